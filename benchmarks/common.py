@@ -1,0 +1,98 @@
+"""Helpers shared by the benchmarks: timing, a printed table, JSON and a PNG
+plot beside it (results/NAME.json, results/NAME.png)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def latencies_us(fn: Callable[[], object], count: int, warmup: int = 50) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        fn()
+        samples.append((clock() - start) / 1000)
+    return samples
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_us(samples: Sequence[float]) -> dict[str, float]:
+    return {"p50_us": round(percentile(samples, 50), 2),
+            "p99_us": round(percentile(samples, 99), 2),
+            "mean_us": round(statistics.fmean(samples), 2), "count": len(samples)}
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, header))] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def save(name: str, results: dict[str, object]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    results = {"benchmark": name, "python": sys.version.split()[0],
+               "machine": platform.machine(), "timestamp": time.time(), **results}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+    return path
+
+
+def bar_plot(name: str, title: str, labels: Sequence[str], values: Sequence[float],
+             ylabel: str, baseline_label: str | None = None) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no plot; pip install 'vsgx[plot]')")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = ["#888888" if label == baseline_label else "#3b6ea8" for label in labels]
+    bars = ax.bar(labels, values, color=colors)
+    ax.bar_label(bars, fmt="%.3g")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path

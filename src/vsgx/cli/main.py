@@ -1,0 +1,120 @@
+"""The `vsgx` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vsgx import __version__
+from vsgx.errors import VsgxError
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def read_file(path: str | Path, what: str = "file") -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise VsgxError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def write_file(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    try:
+        target = Path(path)
+        target.write_bytes(data)
+        if mode is not None:
+            target.chmod(mode)
+    except OSError as exc:
+        raise VsgxError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def print_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsgx", description="Run unmodified, signed Intel SGX enclaves without SGX.")
+    parser.add_argument("--version", action="version", version=f"vsgx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="generate an enclave signing key (RSA-3072, e = 3)")
+    p.add_argument("-o", "--output", required=True, help="private key PEM to write")
+    p.add_argument("--public", help="also write the public key PEM here")
+
+    def enclave_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("enclave", help="enclave ELF (SDK-signed, or plain with a .sig)")
+        p.add_argument("--sigstruct", help="sidecar SIGSTRUCT of a plain ELF enclave "
+                       "(default: ENCLAVE.sig)")
+
+    p = sub.add_parser("sign", help="sign an enclave (SDK format, or a plain ELF's sidecar)")
+    p.add_argument("enclave", help="unsigned enclave ELF")
+    p.add_argument("-k", "--key", required=True, help="private key PEM (RSA-3072, e = 3)")
+    p.add_argument("-c", "--config", help="signing configuration (TOML)")
+    p.add_argument("-o", "--output", help="output (default: NAME.signed.so for SDK format, "
+                   "ENCLAVE.sig for a plain ELF)")
+    p.add_argument("--resign", action="store_true", help="replace an existing signature")
+
+    p = sub.add_parser("gendata", help="write the 256 bytes an external signer must sign")
+    p.add_argument("enclave")
+    p.add_argument("-c", "--config")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--resign", action="store_true")
+
+    p = sub.add_parser("catsig", help="attach an external signature (after gendata)")
+    p.add_argument("enclave")
+    p.add_argument("-c", "--config")
+    p.add_argument("--pubkey", required=True, help="public key PEM of the signer")
+    p.add_argument("--data", required=True, help="the file gendata wrote")
+    p.add_argument("--signature", required=True,
+                   help="RSASSA-PKCS1-v1_5 SHA-256 signature over it (384 bytes, big-endian)")
+    p.add_argument("-o", "--output")
+    p.add_argument("--resign", action="store_true")
+
+    p = sub.add_parser("measure", help="print MRENCLAVE and MRSIGNER")
+    enclave_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("inspect", help="show metadata, layout and SIGSTRUCT; check them")
+    enclave_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--layout", action="store_true", help="list every page run")
+
+    p = sub.add_parser("demo", help="build, sign and inspect the bundled sample enclave")
+    p.add_argument("--workdir", help="where to build (default: a new temporary directory)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from vsgx.cli import commands  # noqa: F401  (registers the handlers)
+
+    try:
+        return _COMMANDS[args.command](args)
+    except VsgxError as exc:
+        print(f"vsgx {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vsgx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

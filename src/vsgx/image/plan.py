@@ -1,0 +1,132 @@
+"""The build plan: what the loader does to an enclave, in measurement order.
+
+Both the signer and the loader consume one plan, so that what is signed is
+what is loaded (Intel's sgx_sign and urts share their loader the same way).
+A plan is data only: no I/O, no EPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from vsgx.arch.constants import PAGE_SIZE, PageType
+from vsgx.arch.pageinfo import Secinfo
+from vsgx.arch.sigstruct import Sigstruct
+from vsgx.crypto.measurement import MrEnclave
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """EADD of ``count`` pages at ``offset`` (from the enclave base) with one
+    SECINFO, each followed by its sixteen EEXTENDs when ``measured``.
+
+    Content is either ``data`` (count pages of bytes) or, when ``data`` is
+    None, every page filled with the 32-bit little-endian ``fill`` pattern;
+    uniform runs are never materialised (heaps reach gigabytes).
+    """
+
+    offset: int
+    count: int
+    secinfo_flags: int
+    measured: bool
+    data: bytes | None = None
+    fill: int = 0
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.offset % PAGE_SIZE or self.count <= 0:
+            raise ValueError(f"bad page run at {self.offset:#x} x {self.count}")
+        if self.data is not None and len(self.data) != self.count * PAGE_SIZE:
+            raise ValueError("page run data is not count pages long")
+
+    @property
+    def size(self) -> int:
+        return self.count * PAGE_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def page_type(self) -> int:
+        return Secinfo(flags=self.secinfo_flags).page_type
+
+    def fill_page(self) -> bytes:
+        return (self.fill & 0xFFFFFFFF).to_bytes(4, "little") * (PAGE_SIZE // 4)
+
+    def page(self, index: int) -> bytes:
+        """The content of page ``index`` of the run."""
+        if self.data is None:
+            return self.fill_page()
+        return self.data[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+
+
+class RegionKind(Enum):
+    """Ranges of ELRANGE that the loader does not EADD."""
+
+    GUARD = "guard"  # never mapped
+    DYNAMIC = "dynamic"  # added later with EAUG (SGX2 heap, stacks, threads)
+    RESERVED = "reserved"  # reserved memory the enclave manages itself
+
+
+@dataclass(frozen=True)
+class Region:
+    offset: int
+    count: int
+    kind: RegionKind
+    label: str = ""
+    secinfo_flags: int = 0
+
+
+@dataclass(frozen=True)
+class Ecreate:
+    """The ECREATE parameters a plan fixes (SECS fields besides BASEADDR)."""
+
+    size: int
+    ssaframesize: int
+    miscselect: int
+    attributes: int
+    xfrm: int
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    ecreate: Ecreate
+    runs: tuple[PageRun, ...]
+    sigstruct: Sigstruct | None
+    # The SIGSTRUCT exactly as the file carries it (what EINIT receives).
+    sigstruct_bytes: bytes | None = None
+    # Where the loaded image sits inside ELRANGE (non-zero only for SDK
+    # enclaves with an ELRANGE configuration); offsets above include it.
+    image_offset: int = 0
+    regions: tuple[Region, ...] = ()
+    entry_symbols: dict[str, int] = field(default_factory=dict)
+    format: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def tcs_offsets(self) -> tuple[int, ...]:
+        return tuple(run.offset + i * PAGE_SIZE
+                     for run in self.runs if run.page_type == PageType.TCS
+                     for i in range(run.count))
+
+    @property
+    def added_pages(self) -> int:
+        return sum(run.count for run in self.runs)
+
+    @property
+    def measured_pages(self) -> int:
+        return sum(run.count for run in self.runs if run.measured)
+
+    def measure(self) -> bytes:
+        """MRENCLAVE of this plan, exactly as ECREATE/EADD/EEXTEND compute it."""
+        mr = MrEnclave()
+        mr.ecreate(self.ecreate.ssaframesize, self.ecreate.size)
+        for run in self.runs:
+            if run.data is not None:
+                mr.add_pages(run.offset, run.data, run.secinfo_flags, run.measured)
+            else:
+                mr.add_uniform_pages(run.offset, run.count, run.fill_page(),
+                                     run.secinfo_flags, run.measured)
+        return mr.digest()

@@ -1,0 +1,234 @@
+/* The plain test enclave: operations the vsgx tests drive through EENTER. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aes_cmac.h"
+#include "encl.h"
+#include "enclu.h"
+#include "sha256.h"
+
+extern uint8_t __encl_base[];
+extern uint8_t encl_ssa[];
+uint64_t encl_read_via_rax(uint64_t *addr);
+uint64_t encl_divide(uint64_t dividend, uint64_t divisor);
+
+static uint8_t encl_buffer[8192] __attribute__((section(".data.encl_buffer"), aligned(4096))) = {1};
+static volatile uint64_t encl_flag;
+
+struct gprsgx {
+    uint64_t rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rflags, rip, ursp, urbp;
+    uint32_t exitinfo;
+    uint8_t reserved[3];
+    uint8_t aexnotify;
+    uint64_t fsbase, gsbase;
+};
+
+struct exinfo {
+    uint64_t maddr;
+    uint32_t errcd;
+    uint32_t reserved;
+};
+
+static struct gprsgx *ssa_gprs(uint64_t tcs, uint64_t frame)
+{
+    uint64_t index = (tcs - (uint64_t)__encl_base) / 4096;
+    uint8_t *start = encl_ssa + (index * ENCL_NSSA + frame) * 4096;
+    return (struct gprsgx *)(start + 4096 - sizeof(struct gprsgx));
+}
+
+static void copy(void *dst, const void *src, size_t n)
+{
+    volatile uint8_t *d = dst;
+    const volatile uint8_t *s = src;
+    while (n--)
+        *d++ = *s++;
+}
+
+static uint64_t get_report_key(const struct sgx_report *report, uint8_t key[16])
+{
+    struct sgx_keyrequest request = {0};
+    uint8_t out[16] __attribute__((aligned(16)));
+    request.keyname = SGX_KEYNAME_REPORT;
+    copy(request.keyid, report->keyid, 32);
+    uint64_t ret = enclu(ENCLU_EGETKEY, (uint64_t)&request, (uint64_t)out, 0);
+    copy(key, out, 16);
+    return ret;
+}
+
+static void do_handle_exception(uint64_t *op, uint64_t cssa, uint64_t tcs)
+{
+    if (cssa == 0) {
+        op[3] = ~0ull;
+        return;
+    }
+    struct gprsgx *g = ssa_gprs(tcs, cssa - 1);
+    struct exinfo *x = (struct exinfo *)((uint8_t *)g - sizeof(struct exinfo));
+    op[3] = g->exitinfo;
+    op[4] = x->maddr;
+    op[5] = x->errcd;
+    op[6] = g->rip;
+    switch (op[1]) {
+    case FIX_SET_RAX:
+        g->rax = op[2];
+        break;
+    case FIX_SET_RCX:
+        g->rcx = op[2];
+        break;
+    case FIX_SKIP:
+        g->rip += op[2];
+        break;
+    case FIX_EMODPE: {
+        struct sgx_secinfo secinfo = {.flags = op[2]};
+        enclu(ENCLU_EMODPE, (uint64_t)&secinfo, x->maddr & ~0xfffull, 0);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static uint64_t recurse(uint64_t depth)
+{
+    volatile uint8_t pad[512];
+    pad[0] = (uint8_t)depth;
+    if (depth == 0)
+        return pad[0];
+    return recurse(depth - 1) + pad[0];
+}
+
+void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
+{
+    switch (op[0]) {
+    case OP_NOP:
+        break;
+    case OP_PUT_BUFFER:
+        copy(encl_buffer, &op[1], 8);
+        break;
+    case OP_GET_BUFFER:
+        copy(&op[1], encl_buffer, 8);
+        break;
+    case OP_PUT_ADDRESS:
+        copy((void *)op[2], &op[1], 8);
+        break;
+    case OP_GET_ADDRESS:
+        copy(&op[1], (void *)op[2], 8);
+        break;
+    case OP_EACCEPT: {
+        struct sgx_secinfo secinfo = {.flags = op[2]};
+        op[3] = enclu(ENCLU_EACCEPT, (uint64_t)&secinfo, op[1], 0);
+        break;
+    }
+    case OP_EMODPE: {
+        struct sgx_secinfo secinfo = {.flags = op[2]};
+        enclu(ENCLU_EMODPE, (uint64_t)&secinfo, op[1], 0);
+        break;
+    }
+    case OP_EACCEPTCOPY: {
+        struct sgx_secinfo secinfo = {.flags = op[2]};
+        op[4] = enclu(ENCLU_EACCEPTCOPY, (uint64_t)&secinfo, op[1], op[3]);
+        break;
+    }
+    case OP_INIT_TCS_PAGE: {
+        uint64_t *tcs_page = (uint64_t *)op[1];
+        for (int i = 0; i < 512; i++)
+            tcs_page[i] = 0;
+        tcs_page[2] = op[2];           /* OSSA */
+        tcs_page[3] = 1ull << 32;      /* CSSA 0, NSSA 1 */
+        tcs_page[4] = op[3];           /* OENTRY */
+        tcs_page[8] = 0xFFFFFFFFFFFFFFFFull; /* FSLIMIT, GSLIMIT */
+        break;
+    }
+    case OP_DIVIDE:
+        op[3] = encl_divide(op[1], op[2]);
+        break;
+    case OP_READ_VIA_RAX:
+        op[2] = encl_read_via_rax((uint64_t *)op[1]);
+        break;
+    case OP_EGETKEY: {
+        struct sgx_keyrequest request;
+        uint8_t key[16] __attribute__((aligned(16)));
+        copy(&request, &op[8], sizeof(request));
+        op[1] = enclu(ENCLU_EGETKEY, (uint64_t)&request, (uint64_t)key, 0);
+        copy(&op[2], key, 16);
+        break;
+    }
+    case OP_EREPORT: {
+        struct sgx_targetinfo target;
+        uint8_t data[64] __attribute__((aligned(128)));
+        struct sgx_report report;
+        copy(&target, &op[8], 512);
+        copy(data, &op[72], 64);
+        enclu(ENCLU_EREPORT, (uint64_t)&target, (uint64_t)data, (uint64_t)&report);
+        copy(&op[80], &report, 432);
+        break;
+    }
+    case OP_VERIFY_REPORT: {
+        struct sgx_report report;
+        uint8_t key[16], mac[16];
+        copy(&report, &op[8], 432);
+        uint64_t ret = get_report_key(&report, key);
+        if (ret) {
+            op[1] = ret;
+            break;
+        }
+        aes128_cmac(key, report.body, sizeof(report.body), mac);
+        op[1] = constant_time_equal(mac, report.mac, 16) ? 0 : 1;
+        break;
+    }
+    case OP_SYSCALL: {
+        uint64_t rax = 39; /* getpid */
+        __asm__ volatile("syscall" : "+a"(rax) : : "rcx", "r11", "memory");
+        op[1] = rax;
+        break;
+    }
+    case OP_CPUID: {
+        uint32_t a = 0, b, c = 0, d;
+        __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+        op[1] = a;
+        break;
+    }
+    case OP_SHA256: {
+        uint8_t digest[32];
+        const uint8_t *data = __encl_base + op[1];
+        sha256(data, op[2], digest);
+        for (uint64_t i = 1; i < op[3]; i++)
+            sha256(digest, 32, digest);
+        copy(&op[4], digest, 32);
+        break;
+    }
+    case OP_WAIT_FLAG: {
+        uint64_t limit = op[2];
+        op[3] = 0;
+        for (uint64_t i = 0; i < limit; i++) {
+            if (encl_flag == op[1]) {
+                op[3] = 1;
+                break;
+            }
+            __asm__ volatile("pause");
+        }
+        break;
+    }
+    case OP_SET_FLAG:
+        encl_flag = op[1];
+        break;
+    case OP_HANDLE_EXCEPTION:
+        do_handle_exception(op, cssa, tcs);
+        break;
+    case OP_COPY:
+        copy((void *)op[2], (const void *)op[1], op[3]);
+        break;
+    case OP_INT3:
+        __asm__ volatile("int3");
+        break;
+    case OP_RECURSE:
+        op[2] = recurse(op[1]);
+        break;
+    case OP_BAD_JUMP:
+        ((void (*)(void))op[1])();
+        break;
+    default:
+        break;
+    }
+}

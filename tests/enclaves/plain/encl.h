@@ -1,0 +1,49 @@
+/* Operations of the plain test enclave. RDI points at a struct in untrusted
+   memory whose first u64 is the operation; RDI == 0 is the register ABI. */
+#ifndef ENCL_H
+#define ENCL_H
+#define ENCL_TCS_COUNT 4
+#define ENCL_NSSA 2
+#define ENCL_STACK_PAGES 4
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+
+enum encl_op {
+    OP_NOP = 0,
+    OP_PUT_BUFFER = 1,      /* value@8 -> encl_buffer[0..8] */
+    OP_GET_BUFFER = 2,      /* value@8 <- encl_buffer[0..8] */
+    OP_PUT_ADDRESS = 3,     /* *(u64 *)addr@16 = value@8 */
+    OP_GET_ADDRESS = 4,     /* value@8 = *(u64 *)addr@16 */
+    OP_EACCEPT = 5,         /* addr@8 flags@16 -> ret@24 */
+    OP_EMODPE = 6,          /* addr@8 flags@16 */
+    OP_INIT_TCS_PAGE = 7,   /* tcs@8 ssa@16 entry@24 (offsets for ssa/entry) */
+    OP_DIVIDE = 8,          /* dividend@8 divisor@16 -> quotient@24 */
+    OP_READ_VIA_RAX = 9,    /* addr@8 -> value@16 (mov (%rax),%rax) */
+    OP_EGETKEY = 10,        /* keyrequest@64(512) -> ret@8 key@16 */
+    OP_EREPORT = 11,        /* targetinfo@64(512) reportdata@576(64) -> report@640(432) */
+    OP_VERIFY_REPORT = 12,  /* report@64(432) -> ret@8 (0 ok, 1 MAC mismatch, else SGX error) */
+    OP_SYSCALL = 13,
+    OP_CPUID = 14,
+    OP_SHA256 = 15,         /* offset@8 length@16 rounds@24 -> digest@32(32) */
+    OP_WAIT_FLAG = 16,      /* value@8 limit@16 -> ret@24 (1 seen, 0 timeout) */
+    OP_SET_FLAG = 17,       /* value@8 */
+    OP_HANDLE_EXCEPTION = 18, /* action@8 value@16 -> exitinfo@24 maddr@32 errcd@40 rip@48 */
+    OP_COPY = 19,           /* src@8 dst@16 length@24 */
+    OP_EACCEPTCOPY = 20,    /* addr@8 flags@16 src@24 -> ret@32 */
+    OP_INT3 = 21,
+    OP_RECURSE = 22,        /* depth@8: overflow the stack */
+    OP_BAD_JUMP = 23,       /* addr@8: jump there */
+    OP_MAX
+};
+
+enum exception_action {
+    FIX_NONE = 0,
+    FIX_SET_RAX = 1,        /* SSA.RAX = value */
+    FIX_SET_RCX = 2,        /* SSA.RCX = value */
+    FIX_SKIP = 3,           /* SSA.RIP += value */
+    FIX_EMODPE = 4,         /* EMODPE(SSA EXINFO page, value as SECINFO flags) */
+};
+
+#endif /* __ASSEMBLER__ */
+#endif
