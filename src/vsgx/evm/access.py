@@ -1,0 +1,47 @@
+"""Access control in enclave mode (SDM 37.3-37.5): what a page of ELRANGE
+allows, and the #PF error code when it does not.
+
+Paging checks come first (the application's page tables: a page with no EPC
+page behind it is not present, and mprotect() can take rights away), then
+the EPCM checks, whose faults carry the SGX bit."""
+
+from __future__ import annotations
+
+from vsgx.arch.constants import PageType, PfErrorCode
+from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
+from vsgx.evm.epc import EpcmEntry
+
+READ, WRITE, FETCH = "read", "write", "fetch"
+_NEED = {READ: PROT_R, WRITE: PROT_W, FETCH: PROT_X}
+
+
+def epcm_prot(entry: EpcmEntry | None) -> int:
+    if (entry is None or not entry.valid or entry.blocked or entry.pending or entry.modified
+            or entry.pt != PageType.REG):
+        return 0
+    return (PROT_R if entry.r else 0) | (PROT_W if entry.w else 0) | (PROT_X if entry.x else 0)
+
+
+def page_prot(encl: EnclaveState, page: int) -> int:
+    """Rights an access to ``page`` has: EPCM and page tables both allow it."""
+    return epcm_prot(encl.pages.get(page)) & encl.pte_permissions(page)
+
+
+def fault_code(encl: EnclaveState, page: int, access: str) -> int:
+    """The #PF error code of a denied ``access`` to ``page``."""
+    code = PfErrorCode.U
+    if access == WRITE:
+        code |= PfErrorCode.W
+    elif access == FETCH:
+        code |= PfErrorCode.I
+    entry = encl.pages.get(page)
+    if entry is None:
+        return int(code)  # not present: no EPC page is mapped there
+    code |= PfErrorCode.P
+    if not encl.pte_permissions(page) & _NEED[access]:
+        return int(code)  # the application's page tables deny it
+    return int(code | PfErrorCode.SGX)
+
+
+def allowed(encl: EnclaveState, page: int, access: str) -> bool:
+    return bool(page_prot(encl, page) & _NEED[access])

@@ -1,0 +1,145 @@
+"""An enclave's state inside the EVM: the SECS with its hidden fields
+(SDM 34.7: EID, MRENCLAVE update state, PADDING, child count...), its
+memory, the linear-page → EPC-page map, the page-table permissions the
+application set, and the epoch tracking of ETRACK (SDM 38.5.3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import threading
+from dataclasses import dataclass, field
+
+from vsgx.arch.constants import PAGE_SIZE, Attribute
+from vsgx.crypto.keys import PKCS1_PADDING
+from vsgx.crypto.measurement import MrEnclave
+from vsgx.evm.epc import EpcmEntry
+
+PROT_R, PROT_W, PROT_X = 1, 2, 4
+PROT_ALL = PROT_R | PROT_W | PROT_X
+
+
+class EnclaveMemory:
+    """The enclave's linear range, backed by a sparse memfd: page contents
+    of EPC pages live here at their offset from BASEADDR. Shared mappings
+    let an executor (a Unicorn engine, or a native runner process) see the
+    same bytes."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.fd = os.memfd_create("vsgx-enclave", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.map)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+
+    def page(self, offset: int) -> memoryview:
+        return self.view[offset:offset + PAGE_SIZE]
+
+    def release(self, offset: int, length: int = PAGE_SIZE) -> None:
+        """Drop pages back to zero and free their memory."""
+        try:
+            self.map.madvise(mmap.MADV_REMOVE, offset, length)
+        except (AttributeError, OSError):
+            self.view[offset:offset + length] = bytes(length)
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # an executor still holds a pointer; the memory goes with it
+        os.close(self.fd)
+
+
+@dataclass
+class EnclaveState:
+    secs_page: int
+    eid: int
+    base: int
+    size: int
+    ssaframesize: int
+    miscselect: int
+    attributes: int
+    xfrm: int
+    configid: bytes = bytes(64)
+    configsvn: int = 0
+    cet_attributes: int = 0
+    mrenclave_builder: MrEnclave | None = field(default_factory=MrEnclave)
+    mrenclave: bytes = bytes(32)
+    mrsigner: bytes = bytes(32)
+    isvprodid: int = 0
+    isvsvn: int = 0
+    isvfamilyid: bytes = bytes(16)
+    isvextprodid: bytes = bytes(16)
+    padding: bytes = bytes(352)
+    child_count: int = 0
+    memory: EnclaveMemory | None = None
+    # linear page address -> EPCM entry of the page mapped there
+    pages: dict[int, EpcmEntry] = field(default_factory=dict)
+    # application page-table permissions of linear pages (default: all)
+    pte: dict[int, int] = field(default_factory=dict)
+    epoch: int = 0
+    tracked_epoch: int = -1
+    # TCS of each logical processor inside the enclave -> its entry epoch
+    inside: dict[int, int] = field(default_factory=dict)
+    # bumped whenever EPCM or page-table permissions of a page change
+    generation: int = 0
+    # executors keep per-TCS state here (see vsgx.evm.thread)
+    threads: dict[int, object] = field(default_factory=dict)
+    exec_lock: threading.Lock = field(default_factory=threading.Lock)
+    running: object | None = None  # the executor holding exec_lock
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.attributes & Attribute.INIT)
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.attributes & Attribute.DEBUG)
+
+    def in_elrange(self, address: int, length: int = 1) -> bool:
+        return self.base <= address and address + length <= self.base + self.size
+
+    def offset(self, linaddr: int) -> int:
+        return linaddr - self.base
+
+    def page_view(self, linaddr: int) -> memoryview:
+        assert self.memory is not None
+        return self.memory.page(linaddr - self.base)
+
+    def pte_permissions(self, page: int) -> int:
+        return self.pte.get(page, PROT_ALL)
+
+    # ETRACK's epochs (SDM 38.5.3; the model in vsgx's notes): a page
+    # blocked or modified in epoch e is "tracked" once an ETRACK has closed
+    # epoch e and no thread that entered in epoch <= e is still inside.
+    def enter(self, tcs: int) -> None:
+        self.inside[tcs] = self.epoch
+
+    def leave(self, tcs: int) -> None:
+        self.inside.pop(tcs, None)
+
+    def tracking_incomplete(self) -> bool:
+        tracked = self.tracked_epoch
+        return any(epoch <= tracked for epoch in self.inside.values())
+
+    def etrack(self) -> bool:
+        if self.tracking_incomplete():
+            return False
+        self.tracked_epoch = self.epoch
+        self.epoch += 1
+        return True
+
+    def is_tracked(self, epoch: int) -> bool:
+        return self.tracked_epoch >= epoch and not any(
+            entered <= epoch for entered in self.inside.values())
+
+    def finish_init(self, mrenclave: bytes, mrsigner: bytes) -> None:
+        self.mrenclave = mrenclave
+        self.mrsigner = mrsigner
+        self.padding = PKCS1_PADDING
+        self.mrenclave_builder = None
+        self.attributes = int(self.attributes) | int(Attribute.INIT)

@@ -1,0 +1,373 @@
+"""EENTER, ERESUME, EEXIT and AEX (SDM 38.4 and 36: "Enclave Exiting
+Events"), over any executor.
+
+The application side sends its registers at the ENCLU (RAX = leaf, RBX =
+TCS, RCX = AEP, the rest as they are) and the address after its ENCLU; it
+gets back an ``EnclaveExit``: the registers after EEXIT, or the synthetic
+state and exception information after an AEX.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from vsgx.arch.constants import (
+    EXITINFO_ALWAYS,
+    EXITINFO_WITH_EXINFO,
+    PAGE_SIZE,
+    SSA_EXINFO_SIZE,
+    SSA_GPRSGX_SIZE,
+    Attribute,
+    Enclu,
+    ExitType,
+    MiscSelect,
+    PageType,
+    Vector,
+)
+from vsgx.arch.errors import Fault, SgxError, gp
+from vsgx.arch.ssa import exitinfo, xsave_size
+from vsgx.evm import enclu
+from vsgx.evm.enclave import EnclaveState
+from vsgx.evm.epc import epc_pf
+from vsgx.evm.executor import (
+    FSBASE,
+    GSBASE,
+    RAX,
+    RBP,
+    RBX,
+    RCX,
+    RDX,
+    REG_COUNT,
+    RFLAGS,
+    RIP,
+    RSP,
+    ExecutorFactory,
+    Stop,
+    StopKind,
+    ThreadExecutor,
+    UntrustedMemory,
+)
+from vsgx.evm.machine import Machine
+
+_TCS = struct.Struct("<QQQIIQQQQ")  # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFS, OGS
+_TCS_STATE, _TCS_CSSA, _TCS_AEP = 0, 24, 40
+_STATE = struct.Struct("<Q")
+_CSSA = struct.Struct("<I")
+_URSP_URBP = struct.Struct("<QQ")
+_INIT = int(Attribute.INIT)
+_AEXNOTIFY = int(Attribute.AEXNOTIFY)
+_GPRS = struct.Struct("<20Q")  # RAX..R15, RFLAGS, RIP, URSP, URBP
+_FSGS = struct.Struct("<QQ")
+_EXINFO = struct.Struct("<QI4x")
+_U64 = (1 << 64) - 1
+_CANONICAL = 1 << 47
+_NONCANONICAL_END = (1 << 64) - _CANONICAL
+# RFLAGS bits the status leaves define, and those ERESUME restores.
+_ZF, _CF = 1 << 6, 1 << 0
+_STATUS_FLAGS = 0x8D5  # CF PF AF ZF SF OF
+_RESTORED_FLAGS = 0x254D5 | (1 << 10) | (1 << 14) | (1 << 18) | (1 << 21)
+_SYNTHETIC_CLEARED = 0x8D5 | (1 << 16)  # arithmetic flags and RF
+_PREEMPT_AFTER = 0.002  # seconds a thread waits before asking the runner to yield
+
+
+def _canonical(address: int) -> bool:
+    return address < _CANONICAL or address >= (1 << 64) - _CANONICAL
+
+
+@dataclass
+class EnclaveExit:
+    """How an EENTER/ERESUME came back to the application."""
+
+    kind: str  # "eexit" or "aex"
+    registers: list[int]
+    vector: int = 0
+    error_code: int = 0
+    address: int = 0  # for #PF: the page (CR2 with bits 11:0 cleared, as the OS sees it)
+    exitinfo_valid: bool = False
+    interrupt: bool = False  # an AEX caused by an interrupt, not an exception
+
+    @property
+    def is_aex(self) -> bool:
+        return self.kind == "aex"
+
+
+class EnclaveThread:
+    """The execution context of one TCS: its executor and entry bookkeeping."""
+
+    def __init__(self, machine: Machine, encl: EnclaveState, tcs: int,
+                 factory: ExecutorFactory):
+        self.machine = machine
+        self.encl = encl
+        self.tcs = tcs
+        self.executor: ThreadExecutor = factory(encl, tcs)
+        self.entry_fsgs = (0, 0)
+        self.active = False
+        self._tcs_cache: tuple[int, tuple[int, ...]] | None = None
+        self._ssa_checked: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        self.executor.close()
+
+    # -- checks shared by EENTER and ERESUME (SDM EENTER steps 2-16) ------
+    def _tcs_fields(self) -> tuple[int, ...]:
+        encl, tcs = self.encl, self.tcs
+        entry = encl.pages.get(tcs)
+        if entry is None or not entry.valid:
+            raise epc_pf(tcs, "RBX is not a TCS of this enclave")
+        if entry.blocked or entry.pt != PageType.TCS or entry.pending or entry.modified:
+            raise epc_pf(tcs, "the TCS page is blocked, pending, modified or not a TCS")
+        fields = _TCS.unpack_from(encl.memory.view, tcs - encl.base)  # type: ignore[union-attr]
+        flags, ossa, ofs, ogs = fields[1], fields[2], fields[7], fields[8]
+        if (ossa | ofs | ogs) & (PAGE_SIZE - 1):
+            raise gp("TCS.OSSA, OFSBASE and OGSBASE must be page aligned")
+        if flags & ~0x3:
+            raise gp("TCS.FLAGS has reserved bits set")
+        if not encl.attributes & _INIT:
+            raise gp("the enclave is not initialized")
+        if not flags & 1 and bool(flags & 2) != bool(encl.attributes & _AEXNOTIFY):
+            raise gp("TCS.FLAGS.AEXNOTIFY does not match ATTRIBUTES.AEXNOTIFY")
+        return fields
+
+    def _ssa_frame(self, ossa: int, index: int) -> int:
+        """Address of SSA frame ``index``; its pages must be RW REG pages."""
+        encl = self.encl
+        frame = encl.base + ossa + index * encl.ssaframesize * PAGE_SIZE
+        for page in range(frame, frame + encl.ssaframesize * PAGE_SIZE, PAGE_SIZE):
+            entry = encl.pages.get(page)
+            if (entry is None or not entry.valid or entry.blocked or entry.pending
+                    or entry.modified or entry.pt != PageType.REG or not entry.r
+                    or not entry.w):
+                raise epc_pf(page, "the SSA frame is not an accessible REG page")
+        return frame
+
+    def _activate(self, cssa: int) -> None:
+        # The busy flag and the AEP are hidden CPU state (the TCS page's
+        # STATE and AEP fields stay as software left them); CSSA lives in
+        # the TCS, where EDBGRD can read it.
+        self.active = True
+        encl = self.encl
+        _CSSA.pack_into(encl.memory.view, self.tcs - encl.base + _TCS_CSSA, cssa)  # type: ignore[union-attr]
+        encl.inside[self.tcs] = encl.epoch
+
+    def _deactivate(self, cssa: int | None = None) -> None:
+        self.active = False
+        encl = self.encl
+        if cssa is not None:
+            _CSSA.pack_into(encl.memory.view, self.tcs - encl.base + _TCS_CSSA, cssa)  # type: ignore[union-attr]
+        encl.inside.pop(self.tcs, None)
+
+    # -- the leaves ---------------------------------------------------------
+    def _checked_tcs(self) -> tuple[int, ...]:
+        """The TCS fields after EENTER's checks; cached while the enclave's
+        generation (EPCM, TCS contents) is unchanged."""
+        cached = self._tcs_cache
+        if cached is not None and cached[0] == self.encl.generation:
+            return cached[1]
+        fields = self._tcs_fields()
+        self._tcs_cache = (self.encl.generation, fields)
+        return fields
+
+    def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
+               ) -> EnclaveExit:
+        """EENTER with the application's registers (RBX = TCS, RCX = AEP)."""
+        m, encl = self.machine, self.encl
+        with m.lock:
+            aep = registers[RCX]
+            if _CANONICAL <= aep < _NONCANONICAL_END:
+                raise gp("the AEP is not canonical")
+            _, _, ossa, _, nssa, oentry, _, ofs, ogs = self._checked_tcs()
+            view = encl.memory.view  # type: ignore[union-attr]
+            cssa = _CSSA.unpack_from(view, self.tcs - encl.base + _TCS_CSSA)[0]
+            if cssa >= nssa:
+                raise gp(f"TCS.CSSA {cssa} >= NSSA {nssa}: no free SSA frame")
+            ssa_key = (encl.generation, cssa)
+            if self._ssa_checked != ssa_key:
+                self._ssa_frame(ossa, cssa)
+                self._ssa_checked = ssa_key
+            frame = encl.base + ossa + cssa * encl.ssaframesize * PAGE_SIZE
+            if self.active:
+                raise gp("the TCS is busy")
+            _URSP_URBP.pack_into(view, frame - encl.base + encl.ssaframesize * PAGE_SIZE
+                                 - SSA_GPRSGX_SIZE + 144, registers[RSP], registers[RBP])
+            self.active = True
+            encl.inside[self.tcs] = encl.epoch
+            self.entry_fsgs = (registers[FSBASE], registers[GSBASE])
+            base = encl.base
+            regs = list(registers)
+            regs[RAX] = cssa
+            regs[RCX] = return_rip
+            regs[RIP] = (base + oentry) & _U64
+            regs[FSBASE] = (base + ofs) & _U64
+            regs[GSBASE] = (base + ogs) & _U64
+            executor = self.executor
+            executor.load(regs)
+            if executor.generation != encl.generation:
+                executor.sync()
+        return self._run(untrusted, aep, frame)
+
+    def eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
+        """ERESUME: continue from SSA[CSSA - 1]."""
+        m, encl = self.machine, self.encl
+        with m.lock:
+            if not _canonical(registers[RCX]):
+                raise gp("the AEP is not canonical")
+            _state, _flags, ossa, cssa, _nssa, _oentry, _aep, _ofs, _ogs = self._tcs_fields()
+            if cssa == 0:
+                raise gp("TCS.CSSA is 0: nothing to resume")
+            frame = self._ssa_frame(ossa, cssa - 1)
+            if self.active:
+                raise gp("the TCS is busy")
+            size = encl.ssaframesize * PAGE_SIZE
+            view = encl.page_view(frame)
+            area = bytes(encl.memory.view[frame - encl.base:frame - encl.base  # type: ignore[union-attr]
+                                          + xsave_size(encl.xfrm)])
+            xstate_bv = struct.unpack_from("<Q", area, 512)[0]
+            if xstate_bv & ~encl.xfrm or any(area[520:536]):
+                raise gp("the SSA's XSAVE header is invalid")
+            saved = list(_GPRS.unpack_from(view, size - SSA_GPRSGX_SIZE))
+            fsbase, gsbase = _FSGS.unpack_from(view, size - SSA_GPRSGX_SIZE + 168)
+            if not _canonical(saved[RIP]) or not _canonical(fsbase) or not _canonical(gsbase):
+                raise gp("the SSA holds a non-canonical RIP or FS/GS base")
+            aep = registers[RCX]
+            self._activate(cssa - 1)
+            self.entry_fsgs = (registers[FSBASE], registers[GSBASE])
+            regs = [*saved[:18], fsbase, gsbase]
+            flags = registers[RFLAGS] & ~_RESTORED_FLAGS | saved[RFLAGS] & _RESTORED_FLAGS
+            regs[RFLAGS] = flags | 0x2
+            self.executor.load(regs)
+            self.executor.xrstor(area)
+            self.executor.sync()
+        return self._run(untrusted, aep, self._ssa_frame_unchecked(ossa, cssa - 1))
+
+    def _ssa_frame_unchecked(self, ossa: int, index: int) -> int:
+        return self.encl.base + ossa + index * self.encl.ssaframesize * PAGE_SIZE
+
+    # -- running ------------------------------------------------------------
+    def _run(self, untrusted: UntrustedMemory, aep: int, frame: int) -> EnclaveExit:
+        encl, executor = self.encl, self.executor
+        lock = encl.exec_lock
+        if not lock.acquire(False) and not lock.acquire(timeout=_PREEMPT_AFTER):
+            runner = encl.running
+            if runner is not None:
+                runner.request_stop()
+            lock.acquire()
+        encl.running = executor
+        try:
+            while True:
+                if executor.interrupt_requested:
+                    executor.interrupt_requested = False
+                    return self._aex(Stop(StopKind.INTERRUPTED, executor.save()),
+                                     untrusted, aep, frame)
+                stop = executor.run(untrusted)
+                if stop.kind is StopKind.PREEMPTED:
+                    lock.release()
+                    time.sleep(0)
+                    if not lock.acquire(timeout=_PREEMPT_AFTER):
+                        runner = encl.running
+                        if runner is not None and runner is not executor:
+                            runner.request_stop()
+                        lock.acquire()
+                    encl.running = executor
+                    continue
+                if stop.kind is StopKind.ENCLU:
+                    exit_ = self._enclu(stop, untrusted, aep, frame)
+                    if exit_ is None:
+                        continue
+                    return exit_
+                return self._aex(stop, untrusted, aep, frame)
+        finally:
+            encl.running = None
+            lock.release()
+
+    def _enclu(self, stop: Stop, untrusted: UntrustedMemory, aep: int, frame: int
+               ) -> EnclaveExit | None:
+        m, encl, executor = self.machine, self.encl, self.executor
+        regs = stop.registers
+        leaf = regs[RAX] & 0xFFFFFFFF
+        if leaf == Enclu.EEXIT:
+            target = regs[RBX]
+            if not _canonical(target):
+                return self._aex(Stop(StopKind.EXCEPTION, regs, Vector.GP), untrusted,
+                                 aep, frame)
+            executor.flush_untrusted(untrusted)
+            with m.lock:
+                self.active = False
+                encl.inside.pop(self.tcs, None)
+            regs[RIP] = target
+            regs[RCX] = aep
+            regs[FSBASE], regs[GSBASE] = self.entry_fsgs
+            return EnclaveExit("eexit", regs)
+        status: SgxError | None = None
+        try:
+            with m.lock:
+                if leaf == Enclu.EREPORT:
+                    enclu.ereport(m, encl, regs[RBX], regs[RCX], regs[RDX])
+                elif leaf == Enclu.EGETKEY:
+                    status = enclu.egetkey(m, encl, regs[RBX], regs[RCX])
+                elif leaf == Enclu.EACCEPT and m.config.sgx2:
+                    status = enclu.eaccept(m, encl, regs[RBX], regs[RCX])
+                elif leaf == Enclu.EMODPE and m.config.sgx2:
+                    enclu.emodpe(m, encl, regs[RBX], regs[RCX])
+                elif leaf == Enclu.EACCEPTCOPY and m.config.sgx2:
+                    status = enclu.eacceptcopy(m, encl, regs[RBX], regs[RCX], regs[RDX])
+                else:
+                    # EENTER/ERESUME inside an enclave, and unknown leaves.
+                    raise gp(f"ENCLU leaf {leaf} is not allowed inside an enclave")
+                executor.sync()
+        except Fault as fault:
+            return self._aex(Stop(StopKind.EXCEPTION, regs, fault.vector, fault.error_code,
+                                  fault.address), untrusted, aep, frame)
+        if status is not None:
+            regs[RAX] = int(status)
+            regs[RFLAGS] = regs[RFLAGS] & ~_STATUS_FLAGS | (_ZF if status else 0)
+        regs[RIP] = stop.rip + 3
+        executor.load(regs)
+        return None
+
+    def _aex(self, stop: Stop, untrusted: UntrustedMemory, aep: int, frame: int
+             ) -> EnclaveExit:
+        """AEX: save the state in SSA[CSSA], CSSA += 1, hand out synthetic state."""
+        m, encl, executor = self.machine, self.encl, self.executor
+        regs = stop.registers
+        executor.flush_untrusted(untrusted)
+        interrupt = stop.kind is StopKind.INTERRUPTED
+        with m.lock:
+            view = encl.page_view(self.tcs)
+            cssa = struct.unpack_from("<I", view, _TCS_CSSA)[0]
+            size = encl.ssaframesize * PAGE_SIZE
+            base = frame - encl.base
+            memory = encl.memory.view  # type: ignore[union-attr]
+            gpr_at = base + size - SSA_GPRSGX_SIZE
+            ursp, urbp = struct.unpack_from("<QQ", memory, gpr_at + 144)
+            saved = regs[:18]
+            vector = Vector(stop.vector)
+            if not interrupt and stop.exit_type is ExitType.HARDWARE and vector != Vector.BP:
+                saved[RFLAGS] |= 1 << 16  # RF for faults
+            report = not interrupt and (vector in EXITINFO_ALWAYS or (
+                vector in EXITINFO_WITH_EXINFO and bool(encl.miscselect & MiscSelect.EXINFO)))
+            info = exitinfo(vector, stop.exit_type) if report else 0
+            _GPRS.pack_into(memory, gpr_at, *saved, ursp, urbp)
+            struct.pack_into("<I4xQQ", memory, gpr_at + 160, info, regs[FSBASE],
+                             regs[GSBASE])
+            if report and vector in EXITINFO_WITH_EXINFO:
+                _EXINFO.pack_into(memory, gpr_at - SSA_EXINFO_SIZE,
+                                  stop.address if vector == Vector.PF else 0, stop.error_code)
+            area = executor.xsave()
+            memory[base:base + len(area)] = area
+            self._deactivate(cssa + 1)
+        synthetic = [0] * REG_COUNT
+        synthetic[RAX] = Enclu.ERESUME
+        synthetic[RBX] = self.tcs
+        synthetic[RCX] = aep
+        synthetic[RIP] = aep
+        synthetic[RSP], synthetic[RBP] = ursp, urbp
+        synthetic[RFLAGS] = (regs[RFLAGS] & ~_SYNTHETIC_CLEARED) | 0x2
+        synthetic[FSBASE], synthetic[GSBASE] = self.entry_fsgs
+        address = stop.address & ~(PAGE_SIZE - 1) if vector == Vector.PF else 0
+        return EnclaveExit("aex", synthetic, int(vector), stop.error_code, address, report,
+                           interrupt)
+
+
+__all__ = ["EnclaveExit", "EnclaveThread"]

@@ -1,0 +1,337 @@
+"""Enclave threads on Unicorn: one engine per TCS, the enclave's whole
+ELRANGE mapped from its memory (so every thread sees the same EPC pages),
+with page protections that follow EPCM and the application's page tables.
+
+The hot path calls libunicorn through ctypes directly (register batches,
+uc_emu_start) — the Python wrapper costs several microseconds per entry.
+ENCLU reaches us as Unicorn's invalid-instruction stop (the user-mode
+analogue of vSGX's #UD trap); faults, exceptions and the instructions SGX
+forbids (SYSCALL, SYSENTER, CPUID, IN, OUT, INT n) through hooks that are
+never on the hot path.
+
+Unicorn instances are not atomic with respect to each other on shared
+memory, so the threads of one enclave take turns (``EnclaveState.exec_lock``;
+a waiting thread asks the running one to yield): several TCS are inside the
+enclave at once and interleave, as on a single core.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_INVALID,
+    UC_MODE_64,
+    UC_PROT_NONE,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as x86
+from unicorn.unicorn_py3.unicorn import uclib
+
+from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
+from vsgx.arch.ssa import xsave_size
+from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
+from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
+from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
+from vsgx.evm.machine import Machine
+
+_UC_REGS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RBX,
+            x86.UC_X86_REG_RSP, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI,
+            x86.UC_X86_REG_R8, x86.UC_X86_REG_R9, x86.UC_X86_REG_R10, x86.UC_X86_REG_R11,
+            x86.UC_X86_REG_R12, x86.UC_X86_REG_R13, x86.UC_X86_REG_R14, x86.UC_X86_REG_R15,
+            x86.UC_X86_REG_RFLAGS, x86.UC_X86_REG_RIP, x86.UC_X86_REG_FS_BASE,
+            x86.UC_X86_REG_GS_BASE)
+_UC_ERR_INSN_INVALID = 10
+_REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
+_ACCESS = {19: READ, 20: WRITE, 21: FETCH, 22: WRITE, 23: READ, 24: FETCH}
+_FAULT_VECTORS = {0, 1, 4, 5, 7, 13, 16, 17, 19}
+_CPU_MODEL = x86.UC_CPU_X86_SKYLAKE_SERVER
+_XMM = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
+_ST = tuple(getattr(x86, f"UC_X86_REG_ST{i}") for i in range(8))
+
+
+class UnicornExecutor:
+    """The executor of one TCS on a Unicorn engine."""
+
+    name = "unicorn"
+
+    def __init__(self, machine: Machine, encl: EnclaveState, tcs: int):
+        assert encl.memory is not None
+        self.machine = machine
+        self.encl = encl
+        self.tcs = tcs
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_cpu_model(_CPU_MODEL)
+        self.handle = self.uc._uch
+        self.uc.mem_map_ptr(encl.base, encl.size, UC_PROT_NONE, encl.memory.address)
+        self.prot: dict[int, int] = {}
+        self.generation = -1
+        self.event: Stop | None = None
+        self.stop_requested = False
+        self.interrupt_requested = False
+        self.untrusted: UntrustedMemory | None = None
+        # page -> (snapshot, buffer, ctypes array keeping the buffer pinned)
+        self.untrusted_pages: dict[int, tuple[bytes, bytearray, ctypes.Array]] = {}
+        self.closed = False
+        self._regs = (ctypes.c_int * REG_COUNT)(*_UC_REGS)
+        self._values = (ctypes.c_uint64 * REG_COUNT)()
+        self._view = memoryview(self._values).cast("B")
+        self._list = self._view.cast("Q")
+        base = ctypes.addressof(self._values)
+        self._ptrs = (ctypes.c_void_p * REG_COUNT)(*[base + 8 * i for i in range(REG_COUNT)])
+        self._rip = ctypes.c_uint64()
+        self._rip_ref = ctypes.byref(self._rip)
+        self._start = 0
+        self.uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid_memory)
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        for insn in (x86.UC_X86_INS_SYSCALL, x86.UC_X86_INS_SYSENTER):
+            self.uc.hook_add(UC_HOOK_INSN, self._on_forbidden, None, 1, 0, insn)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        # The architectural FPU/SSE reset state (Unicorn starts from zeros).
+        self.uc.reg_write(x86.UC_X86_REG_MXCSR, 0x1F80)
+        self.uc.reg_write(x86.UC_X86_REG_FPCW, 0x037F)
+
+    # registers ---------------------------------------------------------
+    def load(self, registers: list[int]) -> None:
+        _REGISTERS.pack_into(self._view, 0, *registers)
+        uclib.uc_reg_write_batch(self.handle, self._regs, self._ptrs, REG_COUNT)
+        self._start = registers[RIP]
+
+    def save(self) -> list[int]:
+        uclib.uc_reg_read_batch(self.handle, self._regs, self._ptrs, REG_COUNT)
+        return self._list.tolist()
+
+    def _read_rip(self) -> int:
+        uclib.uc_reg_read(self.handle, x86.UC_X86_REG_RIP, self._rip_ref)
+        return self._rip.value
+
+    def _at(self, rip: int) -> list[int]:
+        """The registers, with RIP replaced (for stops recorded in hooks)."""
+        registers = self.save()
+        registers[RIP] = rip
+        return registers
+
+    # memory ------------------------------------------------------------
+    def sync(self) -> None:
+        """Make page protections follow EPCM and the page tables (call with
+        the machine lock held)."""
+        encl = self.encl
+        if self.generation == encl.generation:
+            return
+        desired = {}
+        for page in encl.pages:
+            prot = page_prot(encl, page)
+            if prot:
+                desired[page] = prot
+        changes = {page: 0 for page in self.prot if page not in desired}
+        for page, prot in desired.items():
+            if self.prot.get(page) != prot:
+                changes[page] = prot
+        run_start = run_prot = previous = None
+        for page in sorted(changes):
+            prot = changes[page]
+            if run_start is not None and page == previous + PAGE_SIZE and prot == run_prot:
+                previous = page
+                continue
+            if run_start is not None:
+                self.uc.mem_protect(run_start, previous + PAGE_SIZE - run_start, run_prot)
+            run_start, run_prot, previous = page, prot, page
+        if run_start is not None:
+            self.uc.mem_protect(run_start, previous + PAGE_SIZE - run_start, run_prot)
+        self.prot = desired
+        self.generation = encl.generation
+
+    def _on_invalid_memory(self, uc: Uc, access: int, address: int, size: int, value: int,
+                           data: object) -> bool:
+        kind = _ACCESS.get(access, READ)
+        encl = self.encl
+        page = address & ~(PAGE_SIZE - 1)
+        if encl.in_elrange(address):
+            with self.machine.lock:
+                if allowed(encl, page, kind):
+                    # A stale protection: the EPCM changed since our last sync
+                    # (a TLB miss on hardware would see the new entry).
+                    self.generation = -1
+                    self.sync()
+                    return True
+                code = fault_code(encl, page, kind)
+            self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF, code, address)
+            return False
+        rip = self._read_rip()
+        if kind == FETCH:
+            # Code fetches outside ELRANGE are #GP(0) in enclave mode.
+            self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.GP, 0, 0)
+            return False
+        if page in self.untrusted_pages or self.untrusted is None:
+            code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
+            self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
+            return False
+        fetched = self.untrusted.fetch(page)
+        if fetched is None:
+            code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
+            self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
+            return False
+        data_bytes, writable = fetched
+        buffer = bytearray(data_bytes)
+        pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
+        self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
+                            ctypes.addressof(pinned))
+        self.untrusted_pages[page] = (bytes(data_bytes), buffer, pinned)
+        return True
+
+    def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
+        """Write back what the enclave changed in untrusted memory, and forget
+        the pages: the next entry fetches them afresh."""
+        pages = self.untrusted_pages
+        if not pages:
+            return
+        self.untrusted_pages = {}
+        for page, (snapshot, buffer, _pinned) in pages.items():
+            changes = page_changes(snapshot, bytes(buffer))
+            if changes:
+                untrusted.write_back(page, changes)
+            self.uc.mem_unmap(page, PAGE_SIZE)
+
+    # events --------------------------------------------------------------
+    def _stop_with(self, stop: Stop) -> None:
+        self.event = stop
+        self.uc.emu_stop()
+
+    def _on_interrupt(self, uc: Uc, intno: int, data: object) -> None:
+        rip = self._read_rip()
+        memory = self._code_bytes(rip - 2, 2)
+        if intno == 3 and memory[1:] == b"\xcc":
+            self._stop_with(Stop(StopKind.EXCEPTION, self._at(rip), Vector.BP,
+                                 exit_type=ExitType.SOFTWARE))
+        elif memory == bytes([0xCD, intno & 0xFF]) and (intno >= 32 or intno not in
+                                                         _FAULT_VECTORS or intno == 3):
+            self._stop_with(Stop(StopKind.EXCEPTION, self._at(rip - 2), Vector.UD))  # INT n: #UD
+        elif intno in _FAULT_VECTORS or intno == 6:
+            self._stop_with(Stop(StopKind.EXCEPTION, self._at(rip), intno))
+        else:
+            self._stop_with(Stop(StopKind.EXCEPTION, self._at(rip), Vector.UD))
+
+    def _forbidden(self) -> None:
+        self._stop_with(Stop(StopKind.EXCEPTION, self.save(), Vector.UD))
+
+    def _on_forbidden(self, uc: Uc, data: object) -> None:
+        self._forbidden()
+
+    def _on_cpuid(self, uc: Uc, data: object) -> int:
+        self._forbidden()
+        return 1
+
+    def _on_in(self, uc: Uc, port: int, size: int, data: object) -> int:
+        self._forbidden()
+        return 0
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, data: object) -> None:
+        self._forbidden()
+
+    def _code_bytes(self, address: int, length: int) -> bytes:
+        encl = self.encl
+        if encl.in_elrange(address, length) and encl.memory is not None:
+            offset = address - encl.base
+            return bytes(encl.memory.view[offset:offset + length])
+        return b""
+
+    def run(self, untrusted: UntrustedMemory) -> Stop:
+        self.untrusted = untrusted
+        self.event = None
+        self.stop_requested = False
+        start, self._start = self._start, -1
+        if start < 0:
+            start = self._read_rip()
+        status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
+        if self.event is not None:
+            return self.event
+        registers = self.save()
+        rip = registers[RIP]
+        if status == _UC_ERR_INSN_INVALID:
+            encl = self.encl
+            offset = rip - encl.base
+            if 0 <= offset < encl.size - 3 and encl.memory.map[offset:offset + 3] == ENCLU_OPCODE:  # type: ignore[union-attr]
+                return Stop(StopKind.ENCLU, registers)
+            return Stop(StopKind.EXCEPTION, registers, Vector.UD)
+        if status == 0 and self.interrupt_requested:
+            self.interrupt_requested = False
+            return Stop(StopKind.INTERRUPTED, registers)
+        if status == 0 and self.stop_requested:
+            return Stop(StopKind.PREEMPTED, registers)
+        # HLT (or another privileged stop) in user mode is #GP(0).
+        if status == 0:
+            registers[RIP] = rip - 1
+        return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+
+    def request_stop(self, interrupt: bool = False) -> None:
+        if interrupt:
+            self.interrupt_requested = True
+        self.stop_requested = True
+        uclib.uc_emu_stop(self.handle)
+
+    # extended state ------------------------------------------------------
+    def xsave(self) -> bytes:
+        """The SSA's XSAVE area (standard format) for XFRM = x87 | SSE."""
+        uc = self.uc
+        area = bytearray(xsave_size(self.encl.xfrm))
+        struct.pack_into("<HHBxH", area, 0, uc.reg_read(x86.UC_X86_REG_FPCW),
+                         uc.reg_read(x86.UC_X86_REG_FPSW),
+                         _abridged_tag(uc.reg_read(x86.UC_X86_REG_FPTAG)), 0)
+        struct.pack_into("<II", area, 24, uc.reg_read(x86.UC_X86_REG_MXCSR), 0xFFFF)
+        for i, reg in enumerate(_ST):
+            area[32 + 16 * i:42 + 16 * i] = _st_bytes(uc.reg_read(reg))
+        for i, reg in enumerate(_XMM):
+            area[160 + 16 * i:176 + 16 * i] = uc.reg_read(reg).to_bytes(16, "little")
+        struct.pack_into("<Q", area, 512, 0x3 & self.encl.xfrm)  # XSTATE_BV
+        return bytes(area)
+
+    def xrstor(self, area: bytes) -> None:
+        uc = self.uc
+        fcw, fsw, ftw = struct.unpack_from("<HHB", area, 0)
+        uc.reg_write(x86.UC_X86_REG_FPCW, fcw)
+        uc.reg_write(x86.UC_X86_REG_FPSW, fsw)
+        uc.reg_write(x86.UC_X86_REG_MXCSR, struct.unpack_from("<I", area, 24)[0])
+        for i, reg in enumerate(_XMM):
+            uc.reg_write(reg, int.from_bytes(area[160 + 16 * i:176 + 16 * i], "little"))
+        del ftw
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.uc.mem_unmap(self.encl.base, self.encl.size)
+        except UcError:
+            pass
+
+
+def _abridged_tag(full: int) -> int:
+    """FXSAVE's one-bit-per-register tag from the two-bit x87 tag word."""
+    return sum(1 << i for i in range(8) if (full >> (2 * i)) & 3 != 3)
+
+
+def _st_bytes(value: object) -> bytes:
+    if isinstance(value, tuple):
+        mantissa, exponent = value
+        return int(mantissa).to_bytes(8, "little") + int(exponent).to_bytes(2, "little")
+    return int(value).to_bytes(10, "little")  # type: ignore[call-overload]
+
+
+class UnicornExecutorFactory:
+    name = "unicorn"
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+
+    def __call__(self, enclave: EnclaveState, tcs: int) -> UnicornExecutor:
+        return UnicornExecutor(self.machine, enclave, tcs)
+
+
+__all__ = ["RIP", "UnicornExecutor", "UnicornExecutorFactory"]

@@ -1,0 +1,194 @@
+"""The enclave VM: the SGX CPU that vSGX's EVM kernel patch and enclave
+manager implement, as one object with a method per leaf.
+
+Every ENCLS leaf takes its operands as values and EPC addresses and either
+returns (an SgxError where the leaf reports one) or raises a Fault. EENTER
+and ERESUME take the application's registers and an ``UntrustedMemory``
+through which the enclave reads and writes the application's memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vsgx.arch.constants import PAGE_SIZE, PageType
+from vsgx.arch.cpuid import SgxCpuid
+from vsgx.arch.einittoken import EINITTOKEN_SIZE
+from vsgx.arch.errors import SgxError, gp
+from vsgx.evm import encls
+from vsgx.evm.enclave import EnclaveState
+from vsgx.evm.encls import EvictedPage
+from vsgx.evm.executor import RBX, ExecutorFactory, UntrustedMemory
+from vsgx.evm.machine import Machine
+from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
+from vsgx.evm.thread import EnclaveExit, EnclaveThread
+from vsgx.evm.unicorn_executor import UnicornExecutorFactory
+
+
+class EnclaveVM:
+    """One emulated SGX platform: EPC, EPCM, leaves and enclave threads."""
+
+    def __init__(self, config: PlatformConfig | None = None, *, root_secret: bytes | None = None,
+                 secret_path: Path | None = None, executor: ExecutorFactory | None = None):
+        config = config or PlatformConfig()
+        secret = root_secret if root_secret is not None else load_root_secret(secret_path)
+        self.machine = Machine(config, PlatformSecrets(secret))
+        self.executor_factory: ExecutorFactory = executor or UnicornExecutorFactory(self.machine)
+
+    @property
+    def config(self) -> PlatformConfig:
+        return self.machine.config
+
+    def cpuid(self) -> SgxCpuid:
+        return self.config.cpuid()
+
+    def enclave(self, secs_page: int) -> EnclaveState:
+        with self.machine.lock:
+            return encls.secs_of(self.machine, secs_page)
+
+    # -- ENCLS ----------------------------------------------------------
+    def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
+        with self.machine.lock:
+            encls.ecreate(self.machine, epc_page, secs, secinfo)
+
+    def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
+             measure: bool = False) -> None:
+        """EADD, and the sixteen EEXTENDs of the page when ``measure``."""
+        with self.machine.lock:
+            encls.eadd(self.machine, epc_page, secs_page, linaddr, source, secinfo)
+            if measure:
+                encls.measure_pages(self.machine, secs_page, epc_page)
+
+    def eextend(self, secs_page: int, chunk: int) -> None:
+        with self.machine.lock:
+            encls.eextend(self.machine, secs_page, chunk)
+
+    def einit(self, secs_page: int, sigstruct: bytes, token: bytes = bytes(EINITTOKEN_SIZE)
+              ) -> SgxError:
+        with self.machine.lock:
+            return encls.einit(self.machine, secs_page, sigstruct, token)
+
+    def eremove(self, epc_page: int) -> SgxError:
+        with self.machine.lock:
+            return encls.eremove(self.machine, epc_page)
+
+    def edbgrd(self, address: int) -> tuple[SgxError, int]:
+        with self.machine.lock:
+            return encls.edbgrd(self.machine, address)
+
+    def edbgwr(self, address: int, value: int) -> SgxError:
+        with self.machine.lock:
+            return encls.edbgwr(self.machine, address, value)
+
+    def epa(self, epc_page: int) -> None:
+        with self.machine.lock:
+            encls.epa(self.machine, epc_page)
+
+    def eblock(self, epc_page: int) -> SgxError:
+        with self.machine.lock:
+            return encls.eblock(self.machine, epc_page)
+
+    def etrack(self, secs_page: int) -> SgxError:
+        with self.machine.lock:
+            return encls.etrack(self.machine, secs_page)
+
+    def ewb(self, epc_page: int, va_slot: int) -> tuple[SgxError, EvictedPage | None]:
+        with self.machine.lock:
+            return encls.ewb(self.machine, epc_page, va_slot)
+
+    def eldu(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
+             pcmd: bytes) -> SgxError:
+        with self.machine.lock:
+            return encls.eld(self.machine, epc_page, va_slot, secs_page, linaddr, ciphertext,
+                             pcmd, blocked=False)
+
+    def eldb(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
+             pcmd: bytes) -> SgxError:
+        with self.machine.lock:
+            return encls.eld(self.machine, epc_page, va_slot, secs_page, linaddr, ciphertext,
+                             pcmd, blocked=True)
+
+    def eaug(self, epc_page: int, secs_page: int, linaddr: int) -> None:
+        self._sgx2()
+        with self.machine.lock:
+            encls.eaug(self.machine, epc_page, secs_page, linaddr)
+
+    def emodpr(self, epc_page: int, secinfo: bytes) -> SgxError:
+        self._sgx2()
+        with self.machine.lock:
+            return encls.emodpr(self.machine, epc_page, secinfo)
+
+    def emodt(self, epc_page: int, secinfo: bytes) -> SgxError:
+        self._sgx2()
+        with self.machine.lock:
+            return encls.emodt(self.machine, epc_page, secinfo)
+
+    def _sgx2(self) -> None:
+        if not self.config.sgx2:
+            raise gp("SGX2 leaves are not enabled on this platform")
+
+    # -- the application's page tables for ELRANGE -------------------------
+    def set_page_protection(self, secs_page: int, linaddr: int, count: int, prot: int) -> None:
+        """What mprotect() on the enclave mapping does to its page-table entries."""
+        with self.machine.lock:
+            encl = encls.secs_of(self.machine, secs_page)
+            if linaddr % PAGE_SIZE or not encl.in_elrange(linaddr, count * PAGE_SIZE):
+                raise gp("the range is not page aligned inside ELRANGE")
+            for page in range(linaddr, linaddr + count * PAGE_SIZE, PAGE_SIZE):
+                if prot == 0b111:
+                    encl.pte.pop(page, None)
+                else:
+                    encl.pte[page] = prot
+            encl.generation += 1
+
+    # -- ENCLU from outside --------------------------------------------------
+    def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:
+        encl = self.machine.epc.secs.get(secs_page)
+        if encl is not None:
+            thread = encl.threads.get(tcs)
+            if thread is not None:  # it checks everything again under the lock
+                return thread  # type: ignore[return-value]
+        with self.machine.lock:
+            encl = encls.secs_of(self.machine, secs_page)
+            thread = encl.threads.get(tcs)
+            if thread is None:
+                entry = encl.pages.get(tcs)
+                if entry is None or entry.pt != PageType.TCS:
+                    raise encls.epc_pf(tcs, "RBX is not a TCS of this enclave")
+                thread = EnclaveThread(self.machine, encl, tcs, self.executor_factory)
+                encl.threads[tcs] = thread
+            assert isinstance(thread, EnclaveThread)
+            return thread
+
+    def eenter(self, secs_page: int, registers: list[int], return_rip: int,
+               untrusted: UntrustedMemory) -> EnclaveExit:
+        """EENTER: ``registers`` are the application's 20 registers with
+        RBX = TCS and RCX = AEP; ``return_rip`` is the address after its ENCLU."""
+        return self._thread(secs_page, registers[RBX]).eenter(registers, return_rip, untrusted)
+
+    def eresume(self, secs_page: int, registers: list[int], untrusted: UntrustedMemory
+                ) -> EnclaveExit:
+        return self._thread(secs_page, registers[RBX]).eresume(registers, untrusted)
+
+    def kick(self, secs_page: int) -> None:
+        """An IPI to every logical processor inside the enclave: each takes
+        an AEX (the driver's way to complete ETRACK tracking)."""
+        with self.machine.lock:
+            encl = encls.secs_of(self.machine, secs_page)
+            for tcs in list(encl.inside):
+                thread = encl.threads.get(tcs)
+                if isinstance(thread, EnclaveThread):
+                    thread.executor.request_stop(interrupt=True)
+
+    def destroy(self, secs_page: int) -> None:
+        """Remove every page of an enclave and its SECS (what the driver does
+        when the application closes the enclave)."""
+        with self.machine.lock:
+            encl = encls.secs_of(self.machine, secs_page)
+            encl.inside.clear()
+            for entry in list(encl.pages.values()):
+                encls.eremove(self.machine, entry.address)
+            encls.eremove(self.machine, secs_page)
+
+
+__all__ = ["EnclaveExit", "EnclaveVM", "EvictedPage"]

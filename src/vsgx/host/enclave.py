@@ -1,0 +1,271 @@
+"""The Python host API: load an enclave into an EVM through the AVM driver
+and enter it with raw EENTER semantics.
+
+    with Enclave.load("enclave.signed.so") as enclave:
+        result = enclave.eenter(rdi=0, rsi=21)
+        print(result.rsi)
+
+An ``Avm`` is the application side: its address space (untrusted memory),
+its driver, and the EVM it talks to — in this process by default, or a
+separate EVM process (``evm="unix:/path"``, ``"tcp:host:port"``,
+``"vsock:cid:port"``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vsgx.arch.constants import PAGE_SIZE, Enclu
+from vsgx.arch.errors import Fault
+from vsgx.avm.driver import DriverEnclave, EnclaveLost, SgxDriver
+from vsgx.avm.loader import load_plan
+from vsgx.avm.memory import AddressSpace
+from vsgx.errors import VsgxError
+from vsgx.image import BuildPlan, plan_from_bytes
+
+REGISTERS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+             "r12", "r13", "r14", "r15", "rflags", "rip", "fsbase", "gsbase")
+_INDEX = {name: i for i, name in enumerate(REGISTERS)}
+STACK_SIZE = 256 * 1024
+
+
+@dataclass
+class Exit:
+    """How an entry came back: ``kind`` is "eexit" or "aex"."""
+
+    kind: str
+    registers: dict[str, int]
+    vector: int = 0
+    error_code: int = 0
+    address: int = 0
+    exitinfo_valid: bool = False
+    tcs: int = 0
+
+    @property
+    def aex(self) -> bool:
+        return self.kind == "aex"
+
+    def __getattr__(self, name: str) -> int:
+        registers = self.__dict__.get("registers", {})
+        if name in registers:
+            return registers[name]
+        raise AttributeError(name)
+
+    def describe(self) -> str:
+        if not self.aex:
+            return "EEXIT"
+        return (f"AEX vector {self.vector} error code {self.error_code:#x} "
+                f"address {self.address:#x}")
+
+
+class Avm:
+    """The application VM side of one process: memory, driver, EVM link."""
+
+    def __init__(self, evm: Any):
+        self.evm = evm
+        self.memory = AddressSpace()
+        self.driver = SgxDriver(evm)
+        self._local = threading.local()
+        self._closed = False
+
+    def stack_top(self) -> int:
+        """This thread's untrusted stack (the RSP an ENCLU runs with)."""
+        top = getattr(self._local, "stack_top", None)
+        if top is None:
+            bottom = self.memory.alloc(STACK_SIZE)
+            top = bottom + STACK_SIZE - 64
+            self._local.stack_top = top
+        return top
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for encl in list(self.driver.enclaves.values()):
+            try:
+                self.driver.destroy(encl)
+            except (VsgxError, Fault, OSError):
+                pass
+        close = getattr(self.evm, "close", None)
+        if close is not None:
+            close()
+
+
+_default_avm: Avm | None = None
+_default_lock = threading.Lock()
+
+
+def default_avm() -> Avm:
+    """The process's AVM with an in-process EVM (created on first use)."""
+    global _default_avm
+    with _default_lock:
+        if _default_avm is None:
+            from vsgx.evm.vm import EnclaveVM
+
+            _default_avm = Avm(EnclaveVM())
+        return _default_avm
+
+
+def connect(evm: Any = None) -> Avm:
+    """An AVM for ``evm``: None (this process's in-process EVM), an EVM
+    object, or an address string of an EVM process."""
+    if evm is None:
+        return default_avm()
+    if isinstance(evm, Avm):
+        return evm
+    if isinstance(evm, str):
+        from vsgx.host.remote import connect_evm
+
+        return Avm(connect_evm(evm))
+    return Avm(evm)
+
+
+class Enclave:
+    def __init__(self, avm: Avm, driver_enclave: DriverEnclave, plan: BuildPlan,
+                 owns_avm: bool = False):
+        self.avm = avm
+        self.handle = driver_enclave
+        self.plan = plan
+        self.base = driver_enclave.base
+        self.size = driver_enclave.size
+        self.tcs = [self.base + offset for offset in plan.tcs_offsets]
+        self._free_tcs = list(reversed(self.tcs))
+        self._tcs_lock = threading.Condition()
+        self._owns_avm = owns_avm
+        self.closed = False
+
+    # -- loading ----------------------------------------------------------------
+    @classmethod
+    def load(cls, enclave: str | Path | bytes | BuildPlan, *, sigstruct: str | Path | None = None,
+             evm: Any = None, debug: bool = True) -> Enclave:
+        """Load an SDK-signed enclave, or a plain ELF with its SIGSTRUCT
+        (``sigstruct``, default ``ENCLAVE.sig``)."""
+        plan = enclave if isinstance(enclave, BuildPlan) else _plan(enclave, sigstruct)
+        owns = isinstance(evm, str)
+        avm = connect(evm)
+        try:
+            handle = load_plan(avm.driver, avm.memory, plan, debug=debug)
+        except BaseException:
+            if owns:
+                avm.close()
+            raise
+        return cls(avm, handle, plan, owns_avm=owns)
+
+    # -- untrusted memory ------------------------------------------------------
+    @property
+    def memory(self) -> AddressSpace:
+        return self.avm.memory
+
+    def alloc(self, size: int, data: bytes = b"") -> int:
+        return self.avm.memory.alloc(max(size, len(data), 1), init=data)
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.avm.memory.read(address, size)
+
+    def write(self, address: int, data: bytes) -> None:
+        self.avm.memory.write(address, data)
+
+    # -- entering ----------------------------------------------------------------
+    def acquire_tcs(self) -> int:
+        with self._tcs_lock:
+            while not self._free_tcs:
+                self._tcs_lock.wait()
+            return self._free_tcs.pop()
+
+    def release_tcs(self, tcs: int) -> None:
+        with self._tcs_lock:
+            self._free_tcs.append(tcs)
+            self._tcs_lock.notify()
+
+    def _registers(self, tcs: int, values: dict[str, int]) -> list[int]:
+        registers = [0] * len(REGISTERS)
+        registers[_INDEX["rsp"]] = registers[_INDEX["rbp"]] = self.avm.stack_top()
+        registers[_INDEX["rflags"]] = 0x202
+        for name, value in values.items():
+            if name not in _INDEX:
+                raise VsgxError(f"unknown register {name!r}")
+            registers[_INDEX[name]] = value & ((1 << 64) - 1)
+        registers[_INDEX["rbx"]] = tcs
+        registers[_INDEX["rcx"]] = self.avm.memory.return_rip  # the AEP
+        return registers
+
+    def _exit(self, result: Any, tcs: int) -> Exit:
+        return Exit(result.kind, dict(zip(REGISTERS, result.registers, strict=True)),
+                    result.vector, result.error_code, result.address, result.exitinfo_valid,
+                    tcs)
+
+    def _enter(self, leaf: int, tcs: int, registers: list[int]) -> Exit:
+        if self.closed:
+            raise EnclaveLost("the enclave was destroyed")
+        memory = self.avm.memory
+        result = self.avm.driver.enter(self.handle, leaf, registers, memory.return_rip, memory)
+        return self._exit(result, tcs)
+
+    def eenter(self, tcs: int | None = None, **registers: int) -> Exit:
+        """EENTER on ``tcs`` (default: a free TCS, held for the call) with the
+        given registers (rdi, rsi, rdx, r8, r9, ...). Faults of the ENCLU
+        itself (a busy TCS, CSSA == NSSA) raise ``Fault``."""
+        if tcs is not None:
+            return self._enter(Enclu.EENTER, tcs, self._registers(tcs, registers))
+        chosen = self.acquire_tcs()
+        try:
+            return self._enter(Enclu.EENTER, chosen, self._registers(chosen, registers))
+        finally:
+            self.release_tcs(chosen)
+
+    def eresume(self, tcs: int, **registers: int) -> Exit:
+        """ERESUME a TCS after an AEX."""
+        return self._enter(Enclu.ERESUME, tcs, self._registers(tcs, registers))
+
+    # -- SGX2 and page management, as the driver's ioctls ----------------------
+    def restrict_permissions(self, address: int, length: int, permissions: int) -> int:
+        return self.avm.driver.restrict_permissions(self.handle, address - self.base, length,
+                                                    permissions)
+
+    def modify_types(self, address: int, length: int, page_type: int) -> int:
+        return self.avm.driver.modify_types(self.handle, address - self.base, length, page_type)
+
+    def remove_pages(self, address: int, length: int) -> int:
+        return self.avm.driver.remove_pages(self.handle, address - self.base, length)
+
+    def mprotect(self, address: int, length: int, prot: int) -> None:
+        self.avm.driver.mprotect(self.handle, address, length, prot)
+
+    @property
+    def page_size(self) -> int:
+        return PAGE_SIZE
+
+    # -- lifetime ------------------------------------------------------------------
+    def destroy(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.avm.driver.destroy(self.handle)
+        finally:
+            if self._owns_avm:
+                self.avm.close()
+
+    def __enter__(self) -> Enclave:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def _plan(enclave: str | Path | bytes, sigstruct: str | Path | None) -> BuildPlan:
+    if isinstance(enclave, bytes):
+        data = enclave
+        side = Path(sigstruct).read_bytes() if sigstruct else None
+    else:
+        path = Path(enclave)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise VsgxError(f"cannot read enclave {path}: {exc.strerror}") from None
+        side_path = Path(sigstruct) if sigstruct else path.with_name(path.name + ".sig")
+        side = side_path.read_bytes() if side_path.is_file() else None
+    return plan_from_bytes(data, side)
