@@ -81,3 +81,47 @@ def sdk_enclave(build_dir: Path, signing_key: Path) -> BuiltEnclave:
     path = unsigned.with_name("hello.signed.so")
     path.write_bytes(signed.data)
     return BuiltEnclave(unsigned, path, None, signing_key)
+
+
+ROOT_SECRET = bytes(range(32))
+
+
+@pytest.fixture
+def make_vm():
+    """Build EnclaveVMs (root secret fixed, so keys are comparable)."""
+    from vsgx.evm.platform import PlatformConfig
+    from vsgx.evm.vm import EnclaveVM
+
+    def make(secret: bytes = ROOT_SECRET, **config):
+        return EnclaveVM(PlatformConfig(**config), root_secret=secret)
+
+    return make
+
+
+@pytest.fixture
+def make_avm(make_vm):
+    """AVMs over in-process EVMs, closed at the end of the test."""
+    from vsgx.host import Avm
+
+    made = []
+
+    def make(vm=None, **config):
+        avm = Avm(vm if vm is not None else make_vm(**config))
+        made.append(avm)
+        return avm
+
+    yield make
+    for avm in made:
+        avm.close()
+
+
+@pytest.fixture
+def plain(plain_enclave, make_avm):
+    """The plain test enclave loaded in a fresh in-process EVM."""
+    from plain_ops import PlainEnclave
+
+    from vsgx.host import Enclave
+
+    enclave = Enclave.load(plain_enclave.signed, evm=make_avm())
+    yield PlainEnclave(enclave)
+    enclave.destroy()

@@ -34,9 +34,10 @@ class SgxCpuid:
     miscselect: int = int(MiscSelect.EXINFO)
     max_enclave_size_not64: int = 31  # log2
     max_enclave_size_64: int = 47  # log2
-    # The ATTRIBUTES bits ECREATE accepts: everything defined except CET and
-    # AEXNOTIFY, which vsgx does not model.
-    attributes: int = int(ATTRIBUTES_DEFINED & ~(Attribute.CET | Attribute.AEXNOTIFY))
+    # The ATTRIBUTES bits ECREATE accepts: INIT is never settable; CET and
+    # AEXNOTIFY are not modelled by vsgx.
+    attributes: int = int(ATTRIBUTES_DEFINED
+                          & ~(Attribute.INIT | Attribute.CET | Attribute.AEXNOTIFY))
     xfrm: int = int(Xfrm.X87 | Xfrm.SSE)
     epc_sections: tuple[EpcSection, ...] = field(default_factory=tuple)
 

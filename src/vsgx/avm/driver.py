@@ -136,8 +136,9 @@ class SgxDriver:
         self._lock = threading.RLock()
         # Reclaimable pages in LRU order: (enclave, linaddr)
         self._lru: OrderedDict[tuple[int, int], DriverEnclave] = OrderedDict()
-        self._va_pages: list[list[int | bool]] = []  # [epc address, used slots, full?]
         self._va_free: dict[int, list[int]] = {}
+        self._va_capacity = 0
+        self._pages_needing_va = 0
         self.enclaves: dict[int, DriverEnclave] = {}
         self.evictions = 0
         self.reloads = 0
@@ -159,16 +160,27 @@ class SgxDriver:
             self._free.append(address)
 
     def _va_slot(self) -> tuple[int, int]:
-        """A free VA slot (EPA'ing a new VA page when all are full)."""
+        """A free VA slot (there is one for every enclave page: see _reserve_va)."""
         for page, slots in self._va_free.items():
             if slots:
                 return page, slots.pop()
-        page = self._free.pop() if self._free else None
-        if page is None:
-            raise DriverError(errnos.ENOMEM, "no EPC page left for a VA page")
-        self.evm.epa(page)
-        self._va_free[page] = list(range(VA_SLOTS - 1, -1, -1))
-        return page, self._va_free[page].pop()
+        raise DriverError(errnos.ENOMEM, "no free VA slot")
+
+    def _reserve_va(self) -> None:
+        """Keep a VA slot for every enclave page, so that eviction never needs
+        an EPC page (Linux adds a VA page every 512 enclave pages)."""
+        with self._lock:
+            self._pages_needing_va += 1
+            if self._pages_needing_va <= self._va_capacity:
+                return
+            page = self._alloc_epc()
+            self.evm.epa(page)
+            self._va_free[page] = list(range(VA_SLOTS - 1, -1, -1))
+            self._va_capacity += VA_SLOTS
+
+    def _release_va(self) -> None:
+        with self._lock:
+            self._pages_needing_va -= 1
 
     def _reclaim_one(self) -> bool:
         """EBLOCK, ETRACK and EWB the least recently added page (main.c)."""
@@ -275,7 +287,12 @@ class SgxDriver:
                 linaddr = encl.base + offset + position
                 if linaddr in encl.pages:
                     raise DriverError(errnos.EBUSY, f"page {linaddr:#x} is already added")
-                epc = self._alloc_epc()
+                self._reserve_va()
+                try:
+                    epc = self._alloc_epc()
+                except DriverError:
+                    self._release_va()
+                    raise
                 try:
                     self.evm.eadd(epc, encl.secs_page, linaddr,
                                   bytes(source[position:position + PAGE_SIZE]), secinfo,
@@ -283,6 +300,7 @@ class SgxDriver:
                 except Fault as fault:
                     self.evm.eremove(epc)
                     self._free_epc(epc)
+                    self._release_va()
                     raise DriverError(errnos.EIO, f"EADD/EEXTEND faulted: {fault}") from None
                 max_prot = 0x3 if info.page_type == PageType.TCS else perms
                 encl.pages[linaddr] = EnclavePage(linaddr, info.page_type, max_prot, epc)
@@ -419,6 +437,7 @@ class SgxDriver:
                 self._free_epc(epc)
                 del encl.pages[linaddr]
                 self._lru.pop((encl.secs_page, linaddr), None)
+                self._release_va()
                 done += PAGE_SIZE
         return done
 
@@ -448,11 +467,13 @@ class SgxDriver:
                 return False
             if not (self.sgx2 and self.augment_on_fault and encl.initialized):
                 return False
+            self._reserve_va()
             epc = self._alloc_epc()
             try:
                 self.evm.eaug(epc, encl.secs_page, linaddr)
             except Fault:
                 self._free_epc(epc)
+                self._release_va()
                 return False
             encl.pages[linaddr] = EnclavePage(linaddr, PageType.REG, 0x7, epc)
             self._lru[(encl.secs_page, linaddr)] = encl
@@ -511,6 +532,7 @@ class SgxDriver:
                 elif page.evicted is not None:
                     self._va_free[page.evicted.va_page].append(page.evicted.va_index)
                 self._lru.pop((encl.secs_page, page.linaddr), None)
+                self._release_va()
             encl.pages.clear()
             self.evm.eremove(encl.secs_page)
             self._free_epc(encl.secs_page)

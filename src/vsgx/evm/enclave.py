@@ -87,6 +87,9 @@ class EnclaveState:
     inside: dict[int, int] = field(default_factory=dict)
     # bumped whenever EPCM or page-table permissions of a page change
     generation: int = 0
+    # pages whose contents changed without a permission change (EDBGWR):
+    # executors drop their translations of them
+    rewritten: list[int] = field(default_factory=list)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
     exec_lock: threading.Lock = field(default_factory=threading.Lock)

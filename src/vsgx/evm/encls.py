@@ -387,6 +387,7 @@ def edbgwr(m: Machine, address: int, value: int) -> SgxError:
         raise gp("EDBGWR of a non-debug enclave")
     encl.page_view(entry.linaddr)[offset:offset + 8] = (value & ((1 << 64) - 1)).to_bytes(
         8, "little")
+    encl.rewritten.append(entry.linaddr)
     encl.generation += 1  # executors cache TCS contents by generation
     return SgxError.SUCCESS
 

@@ -71,6 +71,7 @@ class UnicornExecutor:
         self.uc.mem_map_ptr(encl.base, encl.size, UC_PROT_NONE, encl.memory.address)
         self.prot: dict[int, int] = {}
         self.generation = -1
+        self.rewritten_seen = 0
         self.event: Stop | None = None
         self.stop_requested = False
         self.interrupt_requested = False
@@ -97,9 +98,17 @@ class UnicornExecutor:
         # The architectural FPU/SSE reset state (Unicorn starts from zeros).
         self.uc.reg_write(x86.UC_X86_REG_MXCSR, 0x1F80)
         self.uc.reg_write(x86.UC_X86_REG_FPCW, 0x037F)
+        # After an exception hook Unicorn keeps QEMU's "previous exception"
+        # (the next #DE becomes a double fault); restoring this pristine CPU
+        # context before the next run clears it.
+        self._pristine = self.uc.context_save()
+        self._dirty = False
 
     # registers ---------------------------------------------------------
     def load(self, registers: list[int]) -> None:
+        if self._dirty:
+            uclib.uc_context_restore(self.handle, self._pristine.context)
+            self._dirty = False
         _REGISTERS.pack_into(self._view, 0, *registers)
         uclib.uc_reg_write_batch(self.handle, self._regs, self._ptrs, REG_COUNT)
         self._start = registers[RIP]
@@ -134,6 +143,11 @@ class UnicornExecutor:
         for page, prot in desired.items():
             if self.prot.get(page) != prot:
                 changes[page] = prot
+        # Page contents changed outside this engine (EDBGWR) need their
+        # translated code dropped too.
+        for page in encl.rewritten[self.rewritten_seen:]:
+            changes.setdefault(page, desired.get(page, 0))
+        self.rewritten_seen = len(encl.rewritten)
         run_start = run_prot = previous = None
         for page in sorted(changes):
             prot = changes[page]
@@ -141,12 +155,19 @@ class UnicornExecutor:
                 previous = page
                 continue
             if run_start is not None:
-                self.uc.mem_protect(run_start, previous + PAGE_SIZE - run_start, run_prot)
+                self._protect(run_start, previous + PAGE_SIZE, run_prot)
             run_start, run_prot, previous = page, prot, page
         if run_start is not None:
-            self.uc.mem_protect(run_start, previous + PAGE_SIZE - run_start, run_prot)
+            self._protect(run_start, previous + PAGE_SIZE, run_prot)
         self.prot = desired
         self.generation = encl.generation
+
+    def _protect(self, start: int, end: int, prot: int) -> None:
+        """Set protections and drop translated code of the range: Unicorn
+        keeps running cached translations of a page whose permissions or
+        contents changed behind its back (EWB, EREMOVE, ELDU, EAUG...)."""
+        self.uc.mem_protect(start, end - start, prot)
+        self.uc.ctl_remove_cache(start, end)
 
     def _on_invalid_memory(self, uc: Uc, access: int, address: int, size: int, value: int,
                            data: object) -> bool:
@@ -202,6 +223,7 @@ class UnicornExecutor:
     # events --------------------------------------------------------------
     def _stop_with(self, stop: Stop) -> None:
         self.event = stop
+        self._dirty = True
         self.uc.emu_stop()
 
     def _on_interrupt(self, uc: Uc, intno: int, data: object) -> None:
