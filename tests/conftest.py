@@ -118,9 +118,9 @@ def make_avm(make_vm):
 @pytest.fixture
 def plain(plain_enclave, make_avm):
     """The plain test enclave loaded in a fresh in-process EVM."""
-    from plain_ops import PlainEnclave
-
     from vsgx.host import Enclave
+
+    from plain_ops import PlainEnclave
 
     enclave = Enclave.load(plain_enclave.signed, evm=make_avm())
     yield PlainEnclave(enclave)

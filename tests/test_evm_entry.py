@@ -4,6 +4,11 @@ the Linux kernel's SGX selftests expect."""
 from __future__ import annotations
 
 import pytest
+
+from vsgx.arch import Fault, PfErrorCode, Vector
+from vsgx.arch.constants import ExitType
+from vsgx.arch.ssa import exitinfo_fields
+
 from plain_ops import (
     FIX_EMODPE,
     FIX_NONE,
@@ -17,10 +22,6 @@ from plain_ops import (
     OP_READ_VIA_RAX,
     OP_SYSCALL,
 )
-
-from vsgx.arch import Fault, PfErrorCode, Vector
-from vsgx.arch.constants import ExitType
-from vsgx.arch.ssa import exitinfo_fields
 
 
 def test_entry_and_exit_with_arguments_in_registers(plain):
@@ -151,7 +152,7 @@ def test_instructions_sgx_forbids_are_ud(plain, op):
 def test_int3_is_a_software_bp(plain):
     result, _ = plain.call(0, OP_INT3)
     assert result.aex and result.vector == Vector.BP
-    handled, info = plain.handle_exception(0, FIX_NONE)
+    _handled, info = plain.handle_exception(0, FIX_NONE)
     assert exitinfo_fields(info["exitinfo"]) == (True, Vector.BP, ExitType.SOFTWARE)
     assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
 

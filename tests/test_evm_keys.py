@@ -5,10 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from plain_ops import PlainEnclave
 
 from vsgx.arch import KeyName, KeyPolicy, Keyrequest, Report, SgxError, Targetinfo
 from vsgx.host import Enclave
+
+from plain_ops import PlainEnclave
 
 INIT_DEBUG = 0x3
 
@@ -89,7 +90,7 @@ def test_mrsigner_key_differs_for_another_signer(plain_enclave, other_signing_ke
 def test_seal_request_above_the_enclave_isvsvn_fails(plain):
     # The plain enclave is signed with ISVSVN 3.
     assert plain.egetkey(seal_request(KeyPolicy.MRENCLAVE, isvsvn=3))[0] == SgxError.SUCCESS
-    status, key = plain.egetkey(seal_request(KeyPolicy.MRENCLAVE, isvsvn=4))
+    status, _key = plain.egetkey(seal_request(KeyPolicy.MRENCLAVE, isvsvn=4))
     assert status == SgxError.INVALID_ISVSVN
     # Older ISVSVNs give older keys (for unsealing data of earlier versions).
     assert (plain.egetkey(seal_request(KeyPolicy.MRENCLAVE, isvsvn=2))[1]

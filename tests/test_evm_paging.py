@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from plain_ops import OP_SHA256, PlainEnclave
 
 from vsgx.arch import Fault, PageType, SgxError
 from vsgx.host import Enclave
+
+from plain_ops import OP_SHA256, PlainEnclave
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def test_ewb_into_an_occupied_slot_still_evicts(plain):
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     first = plain.symbol("encl_buffer")
-    epc, slot, _ = evict(plain, first)
+    _epc, slot, _ = evict(plain, first)
     second = plain.enclave.handle.pages[first + 4096].epc
     vm.eblock(second)
     vm.etrack(secs)

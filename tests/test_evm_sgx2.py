@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 
 import pytest
-from plain_ops import OP_EACCEPTCOPY, OP_GET_BUFFER, OP_INIT_TCS_PAGE, OP_PUT_BUFFER
 
 from vsgx.arch import PageType, SgxError, Vector
 from vsgx.avm.driver import DriverError
 from vsgx.host.enclave import Exit
+
+from plain_ops import OP_EACCEPTCOPY, OP_GET_BUFFER, OP_INIT_TCS_PAGE, OP_PUT_BUFFER
 
 R, W, X = 1, 2, 4
 PENDING, MODIFIED, PR = 0x8, 0x10, 0x20
