@@ -26,17 +26,21 @@ def _nonce(version: int) -> bytes:
     return struct.pack("<Q", version) + bytes(4)
 
 
-def encrypt_page(paging_key: bytes, version: int, header: bytes,
+def paging_cipher(paging_key: bytes) -> AESGCM:
+    return AESGCM(paging_key)
+
+
+def encrypt_page(cipher: AESGCM, version: int, header: bytes,
                  page: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
     """(ciphertext, MAC) of ``page``."""
-    sealed = AESGCM(paging_key).encrypt(_nonce(version), bytes(page), header)
+    sealed = cipher.encrypt(_nonce(version), bytes(page), header)
     return sealed[:-MAC_SIZE], sealed[-MAC_SIZE:]
 
 
-def decrypt_page(paging_key: bytes, version: int, header: bytes, ciphertext: bytes,
+def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes,
                  mac: bytes) -> bytes | None:
     """The page, or None when the MAC does not verify."""
     try:
-        return AESGCM(paging_key).decrypt(_nonce(version), ciphertext + mac, header)
+        return cipher.decrypt(_nonce(version), ciphertext + mac, header)
     except InvalidTag:
         return None

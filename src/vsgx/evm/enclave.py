@@ -34,12 +34,37 @@ class EnclaveMemory:
         self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self._pending: set[int] = set()
 
     def page(self, offset: int) -> memoryview:
         return self.view[offset:offset + PAGE_SIZE]
 
-    def release(self, offset: int, length: int = PAGE_SIZE) -> None:
-        """Drop pages back to zero and free their memory."""
+    RELEASE_BATCH = 64
+
+    def release(self, offset: int) -> None:
+        """Free a page's memory. Pages are released in batches (one madvise
+        per run of pages); a page given out again before that is simply
+        taken off the list, since whoever takes it rewrites all of it."""
+        self._pending.add(offset)
+        if len(self._pending) >= self.RELEASE_BATCH:
+            self.flush_releases()
+
+    def reuse(self, offset: int) -> None:
+        self._pending.discard(offset)
+
+    def flush_releases(self) -> None:
+        pending = sorted(self._pending)
+        self._pending.clear()
+        start = previous = None
+        for offset in [*pending, None]:
+            if start is not None and offset == previous + PAGE_SIZE:  # type: ignore[operator]
+                previous = offset
+                continue
+            if start is not None:
+                self._punch(start, previous + PAGE_SIZE - start)  # type: ignore[operator]
+            start = previous = offset
+
+    def _punch(self, offset: int, length: int) -> None:
         try:
             self.map.madvise(mmap.MADV_REMOVE, offset, length)
         except (AttributeError, OSError):

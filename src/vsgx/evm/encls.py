@@ -11,6 +11,7 @@ supported (#GP at ECREATE), and SECS pages are never evicted (#GP at EWB).
 from __future__ import annotations
 
 import hmac
+import struct
 from array import array
 
 from vsgx.arch.constants import (
@@ -41,6 +42,12 @@ MIN_ENCLAVE_SIZE = 2 * PAGE_SIZE
 # EDBGRD may read TCS bytes below this offset (the architectural fields).
 TCS_DEBUG_LIMIT = 72
 _CHILD_TYPES = (PageType.REG, PageType.TCS, PageType.TRIM)
+_SECINFO = struct.Struct("<Q56x")
+_SECINFO_FLAGS = struct.Struct("<Q")
+_PCMD = struct.Struct("<64sQ40x16s")  # PCMD: SECINFO, ENCLAVEID, reserved, MAC
+_PCMD_FIELDS = struct.Struct("<64sQ40s16s")
+_NO_RESERVED = bytes(40)
+_PAGE_TYPES = {int(t): t for t in PageType}
 
 
 def _secinfo(raw: bytes) -> Secinfo:
@@ -80,9 +87,11 @@ def _xfrm_is_legal(xfrm: int, supported: int) -> bool:
 
 
 def _attach(encl: EnclaveState, entry: EpcmEntry, linaddr: int) -> None:
+    """Give ``linaddr`` an EPC page; the caller writes the whole page."""
     page = linaddr & ~(PAGE_SIZE - 1)
     if page in encl.pages:
         raise gp(f"linear page {page:#x} already has an EPC page (vsgx maps one per page)")
+    encl.memory.reuse(page - encl.base)  # type: ignore[union-attr]
     entry.enclave = encl
     entry.linaddr = page
     entry.valid = True
@@ -467,11 +476,11 @@ def ewb(m: Machine, epc_page: int, va_slot: int) -> tuple[SgxError, EvictedPage 
         encl = None
         eid = 0
         content = m.epc.va_slots[epc_page].tobytes()
-    secinfo = Secinfo(flags=entry.secinfo_flags() & ~0x8000).pack()
+    secinfo = _SECINFO.pack(entry.secinfo_flags())
     version = m.new_version()
-    header = paging_header(secinfo, entry.linaddr, eid, bytes(40))
-    ciphertext, mac = encrypt_page(m.secrets.paging_key, version, header, content)
-    pcmd = Pcmd(secinfo=secinfo, enclaveid=eid, mac=mac).pack()
+    header = paging_header(secinfo, entry.linaddr, eid, _NO_RESERVED)
+    ciphertext, mac = encrypt_page(m.secrets.paging_cipher, version, header, content)
+    pcmd = _PCMD.pack(secinfo, eid, mac)
     result = SgxError.VA_SLOT_OCCUPIED if slots[index] else SgxError.SUCCESS
     slots[index] = version
     linaddr = entry.linaddr
@@ -492,31 +501,32 @@ def eld(m: Machine, epc_page: int, va_slot: int, secs_page: int, linaddr: int,
         raise epc_pf(epc_page, "the EPC page is in use")
     if len(ciphertext) != PAGE_SIZE or len(pcmd) != Pcmd.SIZE:
         raise gp("ELDU needs a 4 KiB page and a 128-byte PCMD")
-    record = Pcmd.unpack(pcmd, strict=False)
-    info = Secinfo.unpack(record.secinfo, strict=False)
+    record_secinfo, _eid, reserved, record_mac = _PCMD_FIELDS.unpack(pcmd)
+    flags = _SECINFO_FLAGS.unpack_from(record_secinfo)[0]
+    page_type = _PAGE_TYPES.get((flags >> 8) & 0xFF)
     encl: EnclaveState | None = None
-    if info.page_type in _CHILD_TYPES:
+    if page_type in _CHILD_TYPES:
         encl = secs_of(m, secs_page)
         eid = encl.eid
-    elif info.page_type == PageType.VA:
+    elif page_type == PageType.VA:
         if secs_page:
             raise gp("PAGEINFO.SECS must be 0 to load a VA page")
         eid = 0
     else:
         return SgxError.MAC_COMPARE_FAIL
     version = slots[index]
-    header = paging_header(record.secinfo, linaddr, eid, pcmd[72:112])
-    page = decrypt_page(m.secrets.paging_key, version, header, ciphertext,
-                        record.mac) if version else None
+    header = paging_header(record_secinfo, linaddr, eid, reserved)
+    page = decrypt_page(m.secrets.paging_cipher, version, header, ciphertext,
+                        record_mac) if version else None
     if page is None:
         return SgxError.MAC_COMPARE_FAIL
     slots[index] = 0
     entry.clear()
-    entry.pt = PageType(info.page_type)
-    entry.set_permissions(info.flags)
-    entry.pending = bool(info.flags & 0x8)
-    entry.modified = bool(info.flags & 0x10)
-    entry.pr = bool(info.flags & 0x20)
+    entry.pt = page_type  # type: ignore[assignment]
+    entry.r, entry.w, entry.x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    entry.pending = bool(flags & 0x8)
+    entry.modified = bool(flags & 0x10)
+    entry.pr = bool(flags & 0x20)
     if encl is None:
         entry.valid = True
         m.epc.va_slots[epc_page] = array("Q", page)
@@ -529,7 +539,8 @@ def eld(m: Machine, epc_page: int, va_slot: int, secs_page: int, linaddr: int,
         raise
     entry.blocked = blocked
     entry.block_epoch = encl.epoch if blocked else -1
-    encl.page_view(linaddr)[:] = page
+    offset = linaddr - encl.base
+    encl.memory.view[offset:offset + PAGE_SIZE] = page  # type: ignore[union-attr]
     return SgxError.SUCCESS
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vsgx.arch.cpuid import EpcSection, SgxCpuid
 from vsgx.crypto.keys import derivation_key, platform_value
+from vsgx.crypto.paging import paging_cipher
 from vsgx.errors import VsgxError
 
 ROOT_SECRET_SIZE = 32
@@ -111,3 +112,4 @@ class PlatformSecrets:
         self.owner_epoch = platform_value(root_secret, "owner epoch")
         self.report_keyid = secrets.token_bytes(32)
         self.paging_key = secrets.token_bytes(16)
+        self.paging_cipher = paging_cipher(self.paging_key)
