@@ -44,10 +44,11 @@ def other_signing_key(build_dir: Path) -> Path:
     return path
 
 
-def build_plain(output: Path) -> Path:
+def build_plain(output: Path, tcs_count: int = 4) -> Path:
     sources = [PLAIN_DIR / "bootstrap.S", PLAIN_DIR / "encl.c", RUNTIME_DIR / "aes_cmac.c",
                RUNTIME_DIR / "sha256.c", RUNTIME_DIR / "string.c"]
-    return compile_enclave(sources, output, PLAIN_DIR / "encl.lds", include_dirs=[PLAIN_DIR])
+    return compile_enclave(sources, output, PLAIN_DIR / "encl.lds", include_dirs=[PLAIN_DIR],
+                           extra_flags=[f"-DENCL_TCS_COUNT={tcs_count}"])
 
 
 PLAIN_CONFIG = """
@@ -116,12 +117,115 @@ def make_avm(make_vm):
 
 
 @pytest.fixture
-def plain(plain_enclave, make_avm):
-    """The plain test enclave loaded in a fresh in-process EVM."""
+def local_plain(plain_enclave, make_avm):
+    """The plain test enclave in an in-process EVM (for tests that look
+    inside the EVM)."""
     from vsgx.host import Enclave
 
     from plain_ops import PlainEnclave
 
     enclave = Enclave.load(plain_enclave.signed, evm=make_avm())
+    yield PlainEnclave(enclave)
+    enclave.destroy()
+
+
+# -- the split: EVMs in separate processes, over every transport we have --
+def _transports() -> list:
+    from vsgx.channel import vsock_loopback_available
+
+    usable, why = vsock_loopback_available()
+    vsock = pytest.param("vsock", marks=pytest.mark.skipif(not usable, reason=why))
+    return ["inproc", "unix", "tcp", vsock]
+
+
+TRANSPORTS = _transports()
+
+
+class EvmProcess:
+    """`vsgx evm serve` in a child process."""
+
+    def __init__(self, address: str, data_dir: Path, *extra: str):
+        import subprocess
+        import sys
+
+        self.address = address
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret = data_dir / "platform-root-secret"
+        if not secret.exists():
+            secret.write_bytes(ROOT_SECRET)
+            secret.chmod(0o600)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
+             "--data-dir", str(data_dir), "--epc-mib", "32", "--session-epc-mib", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.process.stdout.readline()
+        if "serving on" not in line:
+            self.process.kill()
+            raise RuntimeError(f"the EVM did not start: {line}{self.process.stdout.read()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:
+            self.process.kill()
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def evm_processes(tmp_path_factory):
+    """Start one EVM process per transport on first use."""
+    started: dict[str, EvmProcess] = {}
+    base = tmp_path_factory.mktemp("evm")
+
+    def get(transport: str) -> str:
+        if transport not in started:
+            if transport == "unix":
+                address = f"unix:{base / 'evm.sock'}"
+            elif transport == "tcp":
+                address = f"tcp:127.0.0.1:{free_tcp_port()}"
+            else:
+                address = f"vsock:1:{free_tcp_port()}"
+            started[transport] = EvmProcess(address, base / "data")
+        return started[transport].address
+
+    yield get
+    for process in started.values():
+        process.stop()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def split_avm(transport, evm_processes, make_avm):
+    """An AVM whose EVM is in this process ("inproc") or in a separate EVM
+    process reached over attested TLS."""
+    if transport == "inproc":
+        return make_avm()
+    from vsgx.avm.remote import connect_evm
+    from vsgx.channel import EvidencePolicy
+
+    return make_avm(connect_evm(evm_processes(transport),
+                                EvidencePolicy(allow_unprotected=True), warn=False))
+
+
+@pytest.fixture
+def plain(plain_enclave, split_avm):
+    """The plain test enclave, loaded over every transport."""
+    from vsgx.host import Enclave
+
+    from plain_ops import PlainEnclave
+
+    enclave = Enclave.load(plain_enclave.signed, evm=split_avm)
     yield PlainEnclave(enclave)
     enclave.destroy()

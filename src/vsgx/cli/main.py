@@ -93,8 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--layout", action="store_true", help="list every page run")
 
-    p = sub.add_parser("demo", help="build, sign and inspect the bundled sample enclave")
+    p = sub.add_parser("demo", help="build, sign and run the bundled sample enclave in a "
+                       "separate EVM process")
     p.add_argument("--workdir", help="where to build (default: a new temporary directory)")
+    p.add_argument("--evm", help="use this running EVM instead of starting one")
+
+    p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
+    enclave_args(p)
+    p.add_argument("--evm", help="EVM address (unix:PATH, tcp:HOST:PORT, vsock:CID:PORT); "
+                   "default: in this process")
+    p.add_argument("--production", action="store_true", help="load without the DEBUG attribute")
+    p.add_argument("--enter", metavar="REG=VALUE,...",
+                   help="then EENTER the first TCS with these registers and show the exit")
+
+    evm = sub.add_parser("evm", help="the enclave VM")
+    evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
+    p = evm_sub.add_parser("serve", help="serve AVMs over attested TLS")
+    p.add_argument("--listen", required=True,
+                   help="unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")
+    p.add_argument("--epc-mib", type=int, default=336, help="EPC size (default 336 MiB)")
+    p.add_argument("--session-epc-mib", type=int, default=64,
+                   help="EPC slice of each AVM session (default 64 MiB)")
+    p.add_argument("--evidence", choices=["none", "sev-snp"], default="none",
+                   help="evidence in the TLS certificate (default none: no SEV)")
+    p.add_argument("--data-dir", help="where the platform root secret lives")
     return parser
 
 
@@ -104,17 +126,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from vsgx.cli import commands  # noqa: F401  (registers the handlers)
+    from vsgx.cli import commands, evm_commands  # noqa: F401  (registers the handlers)
 
+    name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
+    if name == "evm":
+        parser.parse_args(["evm", "--help"])
     try:
-        return _COMMANDS[args.command](args)
+        return _COMMANDS[name](args)
     except VsgxError as exc:
-        print(f"vsgx {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vsgx {name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"vsgx {args.command}: interrupted", file=sys.stderr)
+        print(f"vsgx {name}: interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the registered module (python -m vsgx.cli.main imports this file
+    # twice: as __main__ and as vsgx.cli.main, where the commands register).
+    from vsgx.cli.main import main as registered_main
+
+    sys.exit(registered_main())

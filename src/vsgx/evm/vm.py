@@ -180,6 +180,21 @@ class EnclaveVM:
                 if isinstance(thread, EnclaveThread):
                     thread.executor.request_stop(interrupt=True)
 
+    def clear_epc(self, base: int, size: int) -> None:
+        """EREMOVE every page of an EPC range (an AVM session's slice when it
+        ends): children and VA pages first, then the SECS pages."""
+        with self.machine.lock:
+            epc = self.machine.epc
+            addresses = range(base, base + size, PAGE_SIZE)
+            for address in addresses:
+                entry = epc.entry(address)
+                if entry.valid and entry.pt != PageType.SECS:
+                    encls.eremove(self.machine, address)
+            for address in addresses:
+                if epc.entry(address).valid:
+                    encls.secs_of(self.machine, address).inside.clear()
+                    encls.eremove(self.machine, address)
+
     def destroy(self, secs_page: int) -> None:
         """Remove every page of an enclave and its SECS (what the driver does
         when the application closes the enclave)."""

@@ -67,6 +67,9 @@ class Avm:
     def __init__(self, evm: Any):
         self.evm = evm
         self.memory = AddressSpace()
+        attach = getattr(evm, "attach_memory", None)
+        if attach is not None:
+            attach(self.memory)
         self.driver = SgxDriver(evm)
         self._local = threading.local()
         self._closed = False

@@ -22,10 +22,11 @@
     .endm
 
     .section .tcs, "aw"
-    tcs 0
-    tcs 1
-    tcs 2
-    tcs 3
+    .set index, 0
+    .rept ENCL_TCS_COUNT
+    tcs index
+    .set index, index + 1
+    .endr
 
     .text
     .global encl_entry

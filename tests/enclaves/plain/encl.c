@@ -14,6 +14,8 @@ uint64_t encl_divide(uint64_t dividend, uint64_t divisor);
 
 static uint8_t encl_buffer[8192] __attribute__((section(".data.encl_buffer"), aligned(4096))) = {1};
 static volatile uint64_t encl_flag;
+/* A secret that exists only inside the enclave (the canary of the tests). */
+static uint8_t encl_secret[4096] __attribute__((aligned(4096)));
 
 struct gprsgx {
     uint64_t rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi;
@@ -228,6 +230,22 @@ void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
     case OP_BAD_JUMP:
         ((void (*)(void))op[1])();
         break;
+    case OP_MAKE_SECRET:
+        for (int i = 0; i < 4; i++) {
+            uint64_t value;
+            unsigned char ok;
+            do
+                __asm__ volatile("rdrand %0; setc %1" : "=r"(value), "=qm"(ok));
+            while (!ok);
+            copy(encl_secret + 8 * i, &value, 8);
+        }
+        break;
+    case OP_SECRET_HASH: {
+        uint8_t digest[32];
+        sha256(encl_secret, 32, digest);
+        copy(&op[1], digest, 32);
+        break;
+    }
     default:
         break;
     }

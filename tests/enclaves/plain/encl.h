@@ -2,7 +2,9 @@
    memory whose first u64 is the operation; RDI == 0 is the register ABI. */
 #ifndef ENCL_H
 #define ENCL_H
+#ifndef ENCL_TCS_COUNT
 #define ENCL_TCS_COUNT 4
+#endif
 #define ENCL_NSSA 2
 #define ENCL_STACK_PAGES 4
 
@@ -34,6 +36,8 @@ enum encl_op {
     OP_INT3 = 21,
     OP_RECURSE = 22,        /* depth@8: overflow the stack */
     OP_BAD_JUMP = 23,       /* addr@8: jump there */
+    OP_MAKE_SECRET = 24,    /* a 32-byte secret from RDRAND, kept in enclave memory */
+    OP_SECRET_HASH = 25,    /* -> sha256(secret)@8(32) */
     OP_MAX
 };
 

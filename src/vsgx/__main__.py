@@ -1,0 +1,7 @@
+"""python -m vsgx"""
+
+import sys
+
+from vsgx.cli.main import main
+
+sys.exit(main())

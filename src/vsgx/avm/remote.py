@@ -1,0 +1,218 @@
+"""The AVM's side of the channel: an EVM reached over attested TLS, with the
+same methods as an in-process EnclaveVM, and the page server that answers
+the EVM's PAGE_FETCH and applies its PAGE_WRITEBACKs while an enclave runs."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from vsgx.arch.constants import PAGE_SIZE, Vector
+from vsgx.arch.cpuid import SgxCpuid
+from vsgx.arch.einittoken import EINITTOKEN_SIZE
+from vsgx.arch.errors import Fault, SgxError
+from vsgx.avm.driver import EnclaveLost
+from vsgx.channel import (
+    ChannelError,
+    Connection,
+    EvidencePolicy,
+    Message,
+    TlsStream,
+    Type,
+    client_context,
+    connect,
+    parse_address,
+    reply_to,
+)
+from vsgx.channel.evidence import KIND_NONE
+from vsgx.channel.messages import VERSION, decode_runs
+
+_CPUID_LEAF = struct.Struct("<4I")
+NO_SEV_BANNER = (
+    "\n"
+    "  *********************************************************************\n"
+    "  *  WARNING: the EVM offers no SEV evidence. Enclave memory is only  *\n"
+    "  *  protected by process isolation on that machine. Use this for    *\n"
+    "  *  development and testing, not to protect secrets.                *\n"
+    "  *********************************************************************\n")
+
+
+@dataclass
+class RemoteExit:
+    kind: str
+    registers: list[int]
+    vector: int
+    error_code: int
+    address: int
+    exitinfo_valid: bool
+    interrupt: bool
+
+
+@dataclass
+class RemoteEvicted:
+    ciphertext: bytes
+    pcmd: bytes
+    linaddr: int
+
+
+class RemoteEvm:
+    """An EVM in another process or VM."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.memory: Any = None  # the AVM's address space, for the page server
+        self._cpuid: SgxCpuid | None = None
+        conn.handler = self._serve
+        reply = self._call(Type.HELLO, (VERSION,))
+        if reply.fields[0] != VERSION:
+            raise ChannelError(f"the EVM speaks protocol {reply.fields[0]}")
+
+    def attach_memory(self, memory: Any) -> None:
+        self.memory = memory
+
+    # -- the page server --------------------------------------------------------
+    def _serve(self, conn: Connection, message: Message) -> Message | None:
+        memory = self.memory
+        if message.type == Type.PAGE_FETCH:
+            page = message.fields[0]
+            fetched = memory.fetch(page) if memory is not None and page % PAGE_SIZE == 0 \
+                else None
+            if fetched is None:
+                return reply_to(message, Type.PAGE_MISSING)
+            data, writable = fetched
+            return reply_to(message, Type.PAGE, (int(writable),), data)
+        if message.type == Type.PAGE_WRITEBACK:
+            if memory is not None:
+                memory.write_back(message.fields[0], decode_runs(message.blob))
+            return None
+        return reply_to(message, Type.ERROR, (1,), b"the AVM serves page requests only")
+
+    # -- requests -----------------------------------------------------------------
+    def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+        try:
+            reply = self.conn.call(message_type, fields, blob)
+        except ChannelError as exc:
+            raise EnclaveLost(f"the enclave VM is lost: {exc}") from None
+        if reply.type == Type.FAULT:
+            vector, error_code, address = reply.fields
+            raise Fault(Vector(vector), error_code, address, reply.blob.decode(errors="replace"))
+        return reply
+
+    def _status(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> SgxError:
+        return SgxError(self._call(message_type, fields, blob).fields[0])
+
+    def cpuid(self) -> SgxCpuid:
+        if self._cpuid is None:
+            blob = self._call(Type.GET_CPUID).blob
+            leaves = [_CPUID_LEAF.unpack_from(blob, i) for i in range(0, len(blob), 16)]
+            self._cpuid = SgxCpuid.from_leaves(leaves)
+        return self._cpuid
+
+    def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
+        self._call(Type.ECREATE, (epc_page, secinfo), secs)
+
+    def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
+             measure: bool = False) -> None:
+        self._call(Type.EADD, (epc_page, secs_page, linaddr, int(measure), secinfo), source)
+
+    def eextend(self, secs_page: int, chunk: int) -> None:
+        self._call(Type.EEXTEND, (secs_page, chunk))
+
+    def einit(self, secs_page: int, sigstruct: bytes, token: bytes = bytes(EINITTOKEN_SIZE)
+              ) -> SgxError:
+        return self._status(Type.EINIT, (secs_page, sigstruct, token))
+
+    def eremove(self, epc_page: int) -> SgxError:
+        return self._status(Type.EREMOVE, (epc_page,))
+
+    def epa(self, epc_page: int) -> None:
+        self._call(Type.EPA, (epc_page,))
+
+    def eblock(self, epc_page: int) -> SgxError:
+        return self._status(Type.EBLOCK, (epc_page,))
+
+    def etrack(self, secs_page: int) -> SgxError:
+        return self._status(Type.ETRACK, (secs_page,))
+
+    def ewb(self, epc_page: int, va_slot: int) -> tuple[SgxError, RemoteEvicted | None]:
+        reply = self._call(Type.EWB, (epc_page, va_slot))
+        status, linaddr, pcmd = reply.fields
+        if not reply.blob:
+            return SgxError(status), None
+        return SgxError(status), RemoteEvicted(reply.blob, pcmd, linaddr)
+
+    def eldu(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
+             pcmd: bytes) -> SgxError:
+        return self._status(Type.ELDU, (epc_page, va_slot, secs_page, linaddr, pcmd), ciphertext)
+
+    def eldb(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
+             pcmd: bytes) -> SgxError:
+        return self._status(Type.ELDB, (epc_page, va_slot, secs_page, linaddr, pcmd), ciphertext)
+
+    def eaug(self, epc_page: int, secs_page: int, linaddr: int) -> None:
+        self._call(Type.EAUG, (epc_page, secs_page, linaddr))
+
+    def emodpr(self, epc_page: int, secinfo: bytes) -> SgxError:
+        return self._status(Type.EMODPR, (epc_page, secinfo))
+
+    def emodt(self, epc_page: int, secinfo: bytes) -> SgxError:
+        return self._status(Type.EMODT, (epc_page, secinfo))
+
+    def edbgrd(self, address: int) -> tuple[SgxError, int]:
+        reply = self._call(Type.EDBGRD, (address,))
+        return SgxError(reply.fields[0]), reply.fields[1]
+
+    def edbgwr(self, address: int, value: int) -> SgxError:
+        return self._status(Type.EDBGWR, (address, value))
+
+    def kick(self, secs_page: int) -> None:
+        self._call(Type.KICK, (secs_page,))
+
+    def set_page_protection(self, secs_page: int, linaddr: int, count: int, prot: int) -> None:
+        self._call(Type.SET_PAGE_PROTECTION, (secs_page, linaddr, count, prot))
+
+    def destroy(self, secs_page: int) -> None:
+        self._call(Type.DESTROY, (secs_page,))
+
+    def _exit(self, reply: Message) -> RemoteExit:
+        aex, valid, interrupt, vector, error_code, address, *registers = reply.fields
+        return RemoteExit("aex" if aex else "eexit", registers, vector, error_code, address,
+                          bool(valid), bool(interrupt))
+
+    def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
+               ) -> RemoteExit:
+        self.memory = untrusted
+        return self._exit(self._call(Type.EENTER, (secs_page, return_rip, *registers)))
+
+    def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> RemoteExit:
+        self.memory = untrusted
+        return self._exit(self._call(Type.ERESUME, (secs_page, *registers)))
+
+    def close(self) -> None:
+        try:
+            self.conn.call(Type.BYE)
+        except (ChannelError, Exception):
+            pass
+        self.conn.close()
+
+
+def connect_evm(address: str, policy: EvidencePolicy | None = None, *,
+                warn: bool = True) -> RemoteEvm:
+    """Connect to an EVM, check its evidence against ``policy``, say hello."""
+    policy = policy or EvidencePolicy(allow_unprotected=True)
+    sock = connect(parse_address(address))
+    stream = TlsStream(sock, client_context(), server_side=False)
+    try:
+        stream.handshake()
+        evidence = stream.verify_peer(policy)
+    except BaseException:
+        stream.close()
+        raise
+    if evidence.kind == KIND_NONE and warn:
+        print(NO_SEV_BANNER, file=sys.stderr, flush=True)
+    conn = Connection(stream, None, name="channel to the EVM")
+    evm = RemoteEvm(conn)
+    evm.evidence = evidence  # type: ignore[attr-defined]
+    return evm

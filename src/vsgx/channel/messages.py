@@ -1,0 +1,210 @@
+"""The AVM <-> EVM protocol: one message per SGX operation, binary, versioned.
+
+A frame is a 24-byte header followed by fixed fields and an optional blob:
+
+    magic "VSGX" | version u16 | type u16 | kind u8 | reserved u8[3]
+    | request id u64 | body length u32
+
+``kind`` says whether the frame is a request, the reply to the request with
+that id, or a one-way notice. Each message type has a fixed field layout
+(``struct`` format) and says whether a blob follows and how long it must be;
+anything else is a ProtocolError — the receiver answers with an ERROR reply
+and goes on.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from vsgx.errors import VsgxError
+
+MAGIC = b"VSGX"
+VERSION = 1
+HEADER = struct.Struct("<4sHHB3xQI")
+HEADER_SIZE = HEADER.size
+MAX_BODY = (1 << 20) + 4096  # an ADD_PAGES batch of 256 pages and its fields
+PAGE = 4096
+
+
+class ProtocolError(VsgxError):
+    """A frame that does not follow the protocol."""
+
+
+class Kind(IntEnum):
+    REQUEST = 0
+    REPLY = 1
+    NOTICE = 2
+
+
+class Type(IntEnum):
+    # session
+    HELLO = 1
+    ERROR = 2
+    BYE = 3
+    PING = 4  # a keepalive notice, ignored
+    # replies
+    OK = 10
+    STATUS = 11  # an SGX error code (and a value, for EDBGRD)
+    FAULT = 12  # the leaf raised #GP / #PF...
+    EXIT = 13  # EEXIT or AEX of an EENTER / ERESUME
+    EVICTED = 14  # EWB's result
+    CPUID = 15
+    # ENCLS, AVM -> EVM
+    ECREATE = 20
+    EADD = 21
+    EEXTEND = 22
+    EINIT = 23
+    EREMOVE = 24
+    EPA = 25
+    EBLOCK = 26
+    ETRACK = 27
+    EWB = 28
+    ELDB = 29
+    ELDU = 30
+    EAUG = 31
+    EMODPR = 32
+    EMODT = 33
+    EDBGRD = 34
+    EDBGWR = 35
+    # ENCLU and platform, AVM -> EVM
+    EENTER = 40
+    ERESUME = 41
+    KICK = 42
+    SET_PAGE_PROTECTION = 43
+    GET_CPUID = 44
+    DESTROY = 45
+    # EVM -> AVM during an entry
+    PAGE_FETCH = 50
+    PAGE = 51
+    PAGE_MISSING = 52
+    PAGE_WRITEBACK = 53
+
+
+@dataclass(frozen=True)
+class Layout:
+    fields: struct.Struct
+    blob: int | None = 0  # exact blob length, None = variable, 0 = none
+
+
+def _layout(fmt: str, blob: int | None = 0) -> Layout:
+    return Layout(struct.Struct("<" + fmt), blob)
+
+
+REGISTERS = "20Q"
+LAYOUTS: dict[Type, Layout] = {
+    Type.HELLO: _layout("H"),  # protocol version; reply HELLO carries the EPC slice
+    Type.ERROR: _layout("I", None),  # code, UTF-8 message
+    Type.BYE: _layout(""),
+    Type.PING: _layout(""),
+    Type.OK: _layout(""),
+    Type.STATUS: _layout("IQ"),  # SgxError, value
+    Type.FAULT: _layout("IIQ", None),  # vector, error code, address, reason
+    Type.EXIT: _layout("BBBxIIQ" + REGISTERS),  # aex, exitinfo valid, interrupt, vector...
+    Type.EVICTED: _layout("IQ128s", None),  # status, linaddr, PCMD, ciphertext (or empty)
+    Type.CPUID: _layout("", None),  # sub-leaves 0.. as 4 x u32 each
+    Type.ECREATE: _layout("Q64s", PAGE),
+    Type.EADD: _layout("QQQB64s", PAGE),
+    Type.EEXTEND: _layout("QQ"),
+    Type.EINIT: _layout("Q1808s304s"),
+    Type.EREMOVE: _layout("Q"),
+    Type.EPA: _layout("Q"),
+    Type.EBLOCK: _layout("Q"),
+    Type.ETRACK: _layout("Q"),
+    Type.EWB: _layout("QQ"),
+    Type.ELDB: _layout("QQQQ128s", PAGE),
+    Type.ELDU: _layout("QQQQ128s", PAGE),
+    Type.EAUG: _layout("QQQ"),
+    Type.EMODPR: _layout("Q64s"),
+    Type.EMODT: _layout("Q64s"),
+    Type.EDBGRD: _layout("Q"),
+    Type.EDBGWR: _layout("QQ"),
+    Type.EENTER: _layout("QQ" + REGISTERS),  # secs, return rip, registers
+    Type.ERESUME: _layout("Q" + REGISTERS),
+    Type.KICK: _layout("Q"),
+    Type.SET_PAGE_PROTECTION: _layout("QQQI"),
+    Type.GET_CPUID: _layout(""),
+    Type.DESTROY: _layout("Q"),
+    Type.PAGE_FETCH: _layout("Q"),
+    Type.PAGE: _layout("B", PAGE),  # writable
+    Type.PAGE_MISSING: _layout(""),
+    Type.PAGE_WRITEBACK: _layout("Q", None),  # page; runs of (u16 offset, u16 len, bytes)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: Type
+    fields: tuple
+    blob: bytes = b""
+    kind: Kind = Kind.REQUEST
+    request_id: int = 0
+
+
+def encode(message: Message) -> bytes:
+    layout = LAYOUTS[message.type]
+    body = layout.fields.pack(*message.fields) + message.blob
+    if layout.blob is not None and len(message.blob) != layout.blob:
+        raise ProtocolError(f"{message.type.name}: blob of {len(message.blob)} bytes")
+    if len(body) > MAX_BODY:
+        raise ProtocolError(f"{message.type.name}: body of {len(body)} bytes is too large")
+    return HEADER.pack(MAGIC, VERSION, message.type, message.kind, message.request_id,
+                       len(body)) + body
+
+
+def decode_header(data: bytes) -> tuple[Type, Kind, int, int]:
+    """(type, kind, request id, body length) of a frame header."""
+    try:
+        magic, version, type_code, kind, request_id, length = HEADER.unpack(data)
+    except struct.error:
+        raise ProtocolError("truncated frame header") from None
+    if magic != MAGIC:
+        raise ProtocolError("bad frame magic")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {VERSION}")
+    if length > MAX_BODY:
+        raise ProtocolError(f"frame body of {length} bytes exceeds the limit")
+    try:
+        return Type(type_code), Kind(kind), request_id, length
+    except ValueError:
+        raise ProtocolError(f"unknown message type {type_code} or kind {kind}") from None
+
+
+def decode_body(message_type: Type, kind: Kind, request_id: int, body: bytes) -> Message:
+    layout = LAYOUTS[message_type]
+    size = layout.fields.size
+    if len(body) < size:
+        raise ProtocolError(f"{message_type.name}: {len(body)} bytes, fields need {size}")
+    blob = body[size:]
+    if layout.blob is not None and len(blob) != layout.blob:
+        raise ProtocolError(f"{message_type.name}: blob of {len(blob)} bytes, expected "
+                            f"{layout.blob}")
+    return Message(message_type, layout.fields.unpack_from(body), blob, kind, request_id)
+
+
+def decode(frame: bytes) -> Message:
+    message_type, kind, request_id, length = decode_header(frame[:HEADER_SIZE])
+    body = frame[HEADER_SIZE:]
+    if len(body) != length:
+        raise ProtocolError("frame length does not match its header")
+    return decode_body(message_type, kind, request_id, body)
+
+
+def encode_runs(runs: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(struct.pack("<HH", offset, len(data)) + data for offset, data in runs)
+
+
+def decode_runs(blob: bytes) -> list[tuple[int, bytes]]:
+    runs = []
+    position = 0
+    while position < len(blob):
+        if position + 4 > len(blob):
+            raise ProtocolError("truncated write-back run")
+        offset, length = struct.unpack_from("<HH", blob, position)
+        position += 4
+        if offset + length > PAGE or position + length > len(blob):
+            raise ProtocolError("write-back run outside the page")
+        runs.append((offset, blob[position:position + length]))
+        position += length
+    return runs
