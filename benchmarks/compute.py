@@ -20,15 +20,15 @@ from common import bar_plot, print_table, save
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import build_plain  # noqa: E402
-from plain_ops import OP_SHA256, PlainEnclave  # noqa: E402
-
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, read_elf, sign_enclave  # noqa: E402
 from vsgx.samples import RUNTIME_DIR  # noqa: E402
 from vsgx.samples.build import compiler  # noqa: E402
+
+from conftest import build_plain  # noqa: E402
+from plain_ops import OP_SHA256, PlainEnclave  # noqa: E402
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 CFLAGS = ["-O2", "-fno-stack-protector", "-fno-builtin", "-msse4.1"]

@@ -20,13 +20,13 @@ from common import bar_plot, latencies_us, print_table, save, summary_us
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import build_plain  # noqa: E402
-
 from vsgx.arch import SgxError  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402
+
+from conftest import build_plain  # noqa: E402
 
 
 def load(workdir: Path, heap_pages: int) -> tuple[Avm, Enclave]:
