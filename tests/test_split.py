@@ -408,7 +408,7 @@ def test_malformed_requests_get_errors_and_the_session_goes_on(tcp_evm, plain_en
 
     remote = connect_evm(tcp_evm, DEV, warn=False)
 
-    def careless(message):  # an encoder that does not check what it sends
+    def careless(message, sole=False):  # an encoder that does not check what it sends
         body = LAYOUTS[message.type].fields.pack(*message.fields) + message.blob
         return HEADER.pack(MAGIC, VERSION, message.type, message.kind, message.request_id,
                            len(body)) + body

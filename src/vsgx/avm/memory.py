@@ -32,6 +32,9 @@ class AddressSpace:
         self._next = UNTRUSTED_START
         self.fetches = 0
         self.write_backs = 0
+        # Bumped whenever a page goes away or changes rights: executors that
+        # map pages of this address space directly drop their mappings.
+        self.generation = 0
         # The ENCLU site: EENTER returns to (and AEX lands at) the address
         # after it, as with the kernel's vDSO.
         self._next_enclave = ENCLAVE_REGION
@@ -45,6 +48,8 @@ class AddressSpace:
         with self._lock:
             for page in range(address, address + page_align_up(size), PAGE_SIZE):
                 self._pages.setdefault(page, bytearray(PAGE_SIZE))
+                if self._writable.get(page, writable) != writable:
+                    self.generation += 1
                 self._writable[page] = writable
 
     def unmap(self, address: int, size: int) -> None:
@@ -52,6 +57,7 @@ class AddressSpace:
             for page in range(address, address + page_align_up(size), PAGE_SIZE):
                 self._pages.pop(page, None)
                 self._writable.pop(page, None)
+            self.generation += 1
 
     def alloc(self, size: int, writable: bool = True, init: bytes = b"",
               guard: bool = True) -> int:
@@ -132,6 +138,15 @@ class AddressSpace:
         return (address & ~(PAGE_SIZE - 1)) in self._pages
 
     # -- the page server the EVM uses ---------------------------------------
+    def share(self, page: int) -> tuple[bytearray, bool] | None:
+        """The page itself, for an EVM in this process: it may map it and
+        read and write it in place (as enclave code touches untrusted memory
+        on hardware) until ``generation`` changes."""
+        data = self._pages.get(page)
+        if data is None:
+            return None
+        return data, self._writable.get(page, True)
+
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
         data = self._pages.get(page)
         if data is None:

@@ -1,21 +1,22 @@
 """A multiplexed connection: many requests in flight from many threads, in
 both directions, over one stream.
 
-Threads cooperate as leader and followers: a thread waiting for its reply
-becomes the reader if nobody is reading, and dispatches what arrives —
-replies to the threads waiting for them, requests to the handler — until
-its own reply comes; then another waiting thread takes over. A single
-thread entering an enclave therefore never hands a message to another
-thread. Requests that run long (EENTER, ERESUME) go to worker threads so
-that the reader keeps reading.
+Threads cooperate as leader and followers (Schmidt's pattern): one thread at
+a time reads. A thread waiting for its reply reads itself when nobody else
+does, handing replies to the threads that wait for them, until its own
+arrives. A server runs a few threads in ``serve_forever``: the one that
+reads a request gives up the reader role before handling it, so the next
+one reads on while it works. No message is ever passed between threads on
+the way to its handler: a single thread entering an enclave does every step
+itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from vsgx.channel.messages import (
@@ -24,9 +25,11 @@ from vsgx.channel.messages import (
     Message,
     ProtocolError,
     Type,
+    body_length,
     decode_body,
     decode_header,
     encode,
+    is_sole,
 )
 from vsgx.channel.transport import ChannelClosed, ChannelError, ChannelIdle
 from vsgx.errors import VsgxError
@@ -50,10 +53,11 @@ Handler = Callable[["Connection", Message], Message | None]
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("done", "error", "event", "reply")
 
     def __init__(self) -> None:
         self.done = False
+        self.event = threading.Event()
         self.reply: Message | None = None
         self.error: BaseException | None = None
 
@@ -69,25 +73,27 @@ def error_reply(request: Message, text: str, code: int = 1) -> Message:
 
 class Connection:
     def __init__(self, stream: Stream, handler: Handler | None = None, *,
-                 blocking: Collection[Type] = (), workers: int = 0, name: str = "channel"):
+                 blocking: Collection[Type] = (), name: str = "channel"):
         self.stream = stream
         self.handler = handler
+        # Requests that may run long: a thread that reads one while it waits
+        # for its own reply hands it to a new thread.
         self.blocking = frozenset(blocking)
         self.name = name
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
-        self._reader = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) \
-            if workers else None
+        self._role = threading.Condition()
+        self._owner: int | None = None
+        self._owner_reading = False
+        self._busy_since = 0.0
         self.error: BaseException | None = None
         self.closed = False
         self.on_close: list[Callable[[BaseException | None], None]] = []
 
     # -- sending ------------------------------------------------------------
-    def send(self, message: Message) -> None:
-        self.stream.send(encode(message))
+    def send(self, message: Message, sole: bool = False) -> None:
+        self.stream.send(encode(message, sole))
 
     def notify(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> None:
         self.send(Message(message_type, fields, blob, Kind.NOTICE))
@@ -99,9 +105,10 @@ class Connection:
         request_id = next(self._ids)
         waiter = _Waiter()
         with self._mutex:
+            sole = not self._waiters
             self._waiters[request_id] = waiter
         try:
-            self.send(Message(message_type, fields, blob, Kind.REQUEST, request_id))
+            self.send(Message(message_type, fields, blob, Kind.REQUEST, request_id), sole)
         except BaseException:
             with self._mutex:
                 self._waiters.pop(request_id, None)
@@ -120,25 +127,88 @@ class Connection:
             return type(self.error)(str(self.error))
         return ChannelClosed(f"the {self.name} is closed")
 
+    # -- the reader role ----------------------------------------------------
+    # One thread at a time reads. The role is a flag under a condition (not
+    # a lock) so that a watchdog can take it back from a thread that holds
+    # it while busy elsewhere (running a SOLE request's enclave code) and
+    # give it to a serving thread: then the session keeps reading — new
+    # requests, and the end of the stream — however long the work takes.
+    def _take_role(self, wait: bool) -> bool:
+        me = threading.get_ident()
+        with self._role:
+            while self._owner is not None:
+                if not wait or self.error is not None:
+                    return False
+                self._role.wait(0.5)
+            self._owner = me
+            self._owner_reading = True
+            return True
+
+    def _give_role(self) -> None:
+        with self._role:
+            if self._owner == threading.get_ident():
+                self._owner = None
+                self._role.notify()
+        self._wake_a_follower()
+
+    def _set_reading(self, reading: bool) -> bool:
+        """Mark the owner reading or busy; False if the role was taken back."""
+        with self._role:
+            if self._owner != threading.get_ident():
+                return False
+            self._owner_reading = reading
+            self._busy_since = time.monotonic()
+            return True
+
+    def reclaim_role(self, busy_for: float) -> bool:
+        """The watchdog: take the role from an owner busy for ``busy_for``
+        seconds and wake a serving thread to read."""
+        with self._role:
+            if (self._owner is None or self._owner_reading
+                    or time.monotonic() - self._busy_since < busy_for):
+                return False
+            self._owner = None
+            self._role.notify()
+        self._wake_a_follower()
+        return True
+
     def _wait(self, waiter: _Waiter) -> None:
+        event = waiter.event
         while not waiter.done:
-            if self._reader.acquire(blocking=False):
+            if self._owner == threading.get_ident():
+                if self._set_reading(True):
+                    self._lead(waiter)
+                    self._set_reading(False)
+                continue
+            if self._take_role(wait=False):
                 try:
-                    while not waiter.done:
-                        try:
-                            self._read_one()
-                        except ChannelIdle:
-                            self._keepalive()
-                except BaseException as exc:
-                    self._fail(exc)
+                    self._lead(waiter)
                 finally:
-                    self._reader.release()
-                    with self._cond:
-                        self._cond.notify_all()
+                    self._give_role()
             else:
-                with self._cond:
-                    if not waiter.done:
-                        self._cond.wait(0.05)
+                event.wait(0.05)
+                event.clear()
+
+    def _lead(self, waiter: _Waiter) -> None:
+        """Read until ``waiter`` has its reply (holding the reader role)."""
+        try:
+            while not waiter.done:
+                try:
+                    message, _ = self._read_one()
+                except ChannelIdle:
+                    self._keepalive()
+                    continue
+                if message is not None:
+                    self._dispatch_while_waiting(message)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _wake_a_follower(self) -> None:
+        """The reader role is free: let a thread still waiting take it."""
+        with self._mutex:
+            for other in self._waiters.values():
+                other.event.set()  # it re-checks its reply and tries to lead
+                break
 
     def _keepalive(self) -> None:
         """A PING while we wait, answered by the other side without waiting
@@ -148,45 +218,63 @@ class Connection:
 
     # -- receiving ------------------------------------------------------------
     def serve_forever(self) -> None:
-        """Keep reading (the server's idle reader) until the stream ends."""
+        """Serve requests until the stream ends (run it in several threads).
+        A SOLE request, or a quick one, is handled by the thread that read
+        it, which keeps the reader role for its own needs (its page
+        fetches) unless the watchdog takes it back; any other long request
+        is handled after the role went to the next thread."""
         try:
             while self.error is None:
-                with self._reader:
+                if not self._take_role(wait=True):
+                    continue
+                try:
                     try:
-                        self._read_one()
+                        message, sole = self._read_one()
                     except ChannelIdle:
                         if self._waiters:
                             self._keepalive()
-                with self._cond:
-                    self._cond.notify_all()
+                        continue
+                    if message is None:
+                        continue
+                    if message.type in self.blocking and not sole:
+                        self._give_role()
+                    else:
+                        self._set_reading(False)
+                    self._handle(message)
+                finally:
+                    self._give_role()
         except BaseException as exc:
             self._fail(exc)
 
-    def _read_one(self) -> None:
-        frame = self.stream.read_frame(HEADER_SIZE, lambda h: decode_header(h)[3])
+    def _read_one(self) -> tuple[Message | None, bool]:
+        """Read a frame; deliver replies; return requests and notices."""
+        frame = self.stream.read_frame(HEADER_SIZE, body_length)
         message_type, kind, request_id, _ = decode_header(frame[:HEADER_SIZE])
-        body = frame[HEADER_SIZE:]
         try:
-            message = decode_body(message_type, kind, request_id, body)
+            message = decode_body(message_type, kind, request_id, frame[HEADER_SIZE:])
         except ProtocolError as exc:
             if kind == Kind.REQUEST:
                 self.send(Message(Type.ERROR, (2,), str(exc).encode(), Kind.REPLY, request_id))
-                return
+                return None, False
             raise
         if kind == Kind.REPLY:
-            with self._cond:
+            with self._mutex:
                 waiter = self._waiters.pop(request_id, None)
-                if waiter is not None:
-                    waiter.reply = message
-                    waiter.done = True
-                    self._cond.notify_all()
-            return
+            if waiter is not None:
+                waiter.reply = message
+                waiter.done = True
+                waiter.event.set()
+            return None, False
         if message_type == Type.PING:
             if kind == Kind.REQUEST:
                 self.send(Message(Type.OK, (), b"", Kind.REPLY, request_id))
-            return
-        if message_type in self.blocking and self._pool is not None:
-            self._pool.submit(self._handle, message)
+            return None, False
+        return message, is_sole(frame)
+
+    def _dispatch_while_waiting(self, message: Message) -> None:
+        if message.type in self.blocking:
+            threading.Thread(target=self._handle, args=(message,), daemon=True,
+                             name=f"{self.name} request").start()
         else:
             self._handle(message)
 
@@ -208,17 +296,19 @@ class Connection:
 
     # -- closing -------------------------------------------------------------
     def _fail(self, error: BaseException) -> None:
-        with self._cond:
+        with self._mutex:
             first = self.error is None
             if first:
                 self.error = error if isinstance(error, ChannelError) else ChannelError(
                     f"the {self.name} failed: {error}")
             waiters = list(self._waiters.values())
             self._waiters.clear()
-            for waiter in waiters:
-                waiter.error = self._closed_error()
-                waiter.done = True
-            self._cond.notify_all()
+        for waiter in waiters:
+            waiter.error = self._closed_error()
+            waiter.done = True
+            waiter.event.set()
+        with self._role:
+            self._role.notify_all()
         if first:
             self.stream.close()
             for callback in self.on_close:
@@ -230,5 +320,3 @@ class Connection:
     def close(self) -> None:
         self.closed = True
         self._fail(ChannelClosed(f"the {self.name} was closed"))
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -6,7 +6,9 @@ A frame is a 24-byte header followed by fixed fields and an optional blob:
     | request id u64 | body length u32
 
 ``kind`` says whether the frame is a request, the reply to the request with
-that id, or a one-way notice. Each message type has a fixed field layout
+that id, or a one-way notice; its top bit (SOLE) marks a request sent while
+the sender had nothing else in flight, which the receiver may run without
+handing its reader role to another thread. Each message type has a fixed field layout
 (``struct`` format) and says whether a blob follows and how long it must be;
 anything else is a ProtocolError — the receiver answers with an ERROR reply
 and goes on.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from vsgx.errors import VsgxError
 
@@ -120,8 +123,10 @@ LAYOUTS: dict[Type, Layout] = {
     Type.EMODT: _layout("Q64s"),
     Type.EDBGRD: _layout("Q"),
     Type.EDBGWR: _layout("QQ"),
-    Type.EENTER: _layout("QQ" + REGISTERS),  # secs, return rip, registers
-    Type.ERESUME: _layout("Q" + REGISTERS),
+    # secs, return rip, registers; then pages pushed ahead of the enclave's
+    # first touch: (u64 address, u8 writable, 7 pad, 4096 bytes) each
+    Type.EENTER: _layout("QQ" + REGISTERS, None),
+    Type.ERESUME: _layout("Q" + REGISTERS, None),
     Type.KICK: _layout("Q"),
     Type.SET_PAGE_PROTECTION: _layout("QQQI"),
     Type.GET_CPUID: _layout(""),
@@ -133,8 +138,7 @@ LAYOUTS: dict[Type, Layout] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     type: Type
     fields: tuple
     blob: bytes = b""
@@ -142,19 +146,26 @@ class Message:
     request_id: int = 0
 
 
-def encode(message: Message) -> bytes:
-    layout = LAYOUTS[message.type]
-    body = layout.fields.pack(*message.fields) + message.blob
-    if layout.blob is not None and len(message.blob) != layout.blob:
-        raise ProtocolError(f"{message.type.name}: blob of {len(message.blob)} bytes")
+def encode(message: Message, sole: bool = False) -> bytes:
+    message_type, fields, blob, kind, request_id = message
+    layout = LAYOUTS[message_type]
+    body = layout.fields.pack(*fields) + blob
+    if layout.blob is not None and len(blob) != layout.blob:
+        raise ProtocolError(f"{message_type.name}: blob of {len(blob)} bytes")
     if len(body) > MAX_BODY:
-        raise ProtocolError(f"{message.type.name}: body of {len(body)} bytes is too large")
-    return HEADER.pack(MAGIC, VERSION, message.type, message.kind, message.request_id,
+        raise ProtocolError(f"{message_type.name}: body of {len(body)} bytes is too large")
+    return HEADER.pack(MAGIC, VERSION, message_type, kind | (SOLE if sole else 0), request_id,
                        len(body)) + body
 
 
+_TYPES = {int(t): t for t in Type}
+_KINDS = {int(k): k for k in Kind}
+SOLE = 0x80
+
+
 def decode_header(data: bytes) -> tuple[Type, Kind, int, int]:
-    """(type, kind, request id, body length) of a frame header."""
+    """(type, kind, request id, body length) of a frame header (the SOLE bit
+    of the kind byte is dropped; ``is_sole`` reads it)."""
     try:
         magic, version, type_code, kind, request_id, length = HEADER.unpack(data)
     except struct.error:
@@ -165,10 +176,19 @@ def decode_header(data: bytes) -> tuple[Type, Kind, int, int]:
         raise ProtocolError(f"protocol version {version}, expected {VERSION}")
     if length > MAX_BODY:
         raise ProtocolError(f"frame body of {length} bytes exceeds the limit")
-    try:
-        return Type(type_code), Kind(kind), request_id, length
-    except ValueError:
-        raise ProtocolError(f"unknown message type {type_code} or kind {kind}") from None
+    message_type = _TYPES.get(type_code)
+    message_kind = _KINDS.get(kind & ~SOLE)
+    if message_type is None or message_kind is None:
+        raise ProtocolError(f"unknown message type {type_code} or kind {kind}")
+    return message_type, message_kind, request_id, length
+
+
+def body_length(header: bytes) -> int:
+    return decode_header(header)[3]
+
+
+def is_sole(header: bytes) -> bool:
+    return bool(header[8] & SOLE)
 
 
 def decode_body(message_type: Type, kind: Kind, request_id: int, body: bytes) -> Message:
@@ -189,6 +209,27 @@ def decode(frame: bytes) -> Message:
     if len(body) != length:
         raise ProtocolError("frame length does not match its header")
     return decode_body(message_type, kind, request_id, body)
+
+
+PUSHED_PAGE = struct.Struct("<QB7x")
+MAX_PUSHED_PAGES = 8
+
+
+def encode_pages(pages: list[tuple[int, bytes, bool]]) -> bytes:
+    return b"".join(PUSHED_PAGE.pack(page, writable) + data for page, data, writable in pages)
+
+
+def decode_pages(blob: bytes) -> dict[int, tuple[bytes, bool]]:
+    record = PUSHED_PAGE.size + PAGE
+    if len(blob) % record or len(blob) // record > MAX_PUSHED_PAGES:
+        raise ProtocolError("malformed pushed pages")
+    pages = {}
+    for offset in range(0, len(blob), record):
+        page, writable = PUSHED_PAGE.unpack_from(blob, offset)
+        if page % PAGE:
+            raise ProtocolError("a pushed page is not page aligned")
+        pages[page] = (blob[offset + PUSHED_PAGE.size:offset + record], bool(writable))
+    return pages
 
 
 def encode_runs(runs: list[tuple[int, bytes]]) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import select
 import socket
 import ssl
 import tempfile
@@ -197,104 +198,92 @@ def client_context() -> ssl.SSLContext:
 
 
 class TlsStream:
-    """A TLS session over a connected socket through ssl.MemoryBIO: the
-    reader reads, any thread writes; TLS state is touched under one lock."""
+    """A TLS session over a connected socket. The SSL object is used in
+    non-blocking mode and only under one lock, so one thread can wait for
+    data (in select, outside the lock) while others send."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool):
-        self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+        self.raw = sock
+        self.context = context
+        self.server_side = server_side
+        self.tls: ssl.SSLSocket | None = None
         self.lock = threading.Lock()
-        self.write_lock = threading.Lock()
         self.closed = False
         self.evidence: Evidence | None = None
         self._plain = bytearray()
-        sock.settimeout(IDLE_SECONDS)
-
-    def _flush(self) -> None:
-        data = self.outgoing.read()
-        if data:
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})") from None
 
     def handshake(self) -> None:
-        idle = 0
-        while True:
-            try:
-                with self.lock:
-                    self.tls.do_handshake()
-                with self.write_lock:
-                    self._flush()
-                return
-            except ssl.SSLWantReadError:
-                with self.write_lock:
-                    self._flush()
-                try:
-                    self._fill()
-                except ChannelIdle:
-                    idle += 1
-                    if idle * IDLE_SECONDS >= 30:
-                        raise ChannelError("TLS handshake timed out") from None
-            except ssl.SSLError as exc:
-                raise ChannelError(f"TLS handshake failed: {exc.reason or exc}") from None
+        self.raw.settimeout(30)
+        try:
+            self.tls = self.context.wrap_socket(self.raw, server_side=self.server_side,
+                                                suppress_ragged_eofs=False)
+        except (ssl.SSLError, OSError) as exc:
+            raise ChannelError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+                               ) from None
+        self.tls.setblocking(False)
 
     def verify_peer(self, policy: EvidencePolicy) -> Evidence:
+        assert self.tls is not None
         der = self.tls.getpeercert(binary_form=True)
         if not der:
             raise ChannelError("the EVM presented no certificate")
         self.evidence = verify_evidence(der, policy)
         return self.evidence
 
-    def _fill(self) -> None:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise ChannelIdle from None
-        except OSError as exc:
-            raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})") from None
-        if not data:
-            self.incoming.write_eof()
-            raise ChannelClosed("the other side closed the channel")
-        self.incoming.write(data)
-
     def send(self, data: bytes) -> None:
-        with self.write_lock:
-            if self.closed:
-                raise ChannelClosed("the channel is closed")
-            try:
-                with self.lock:
-                    self.tls.write(data)
-            except ssl.SSLError as exc:
-                raise ChannelError(f"TLS error: {exc.reason or exc}") from None
-            self._flush()
+        tls = self.tls
+        if tls is None or self.closed:
+            raise ChannelClosed("the channel is closed")
+        view = memoryview(data)
+        while view:
+            with self.lock:
+                try:
+                    sent = tls.send(view)
+                    view = view[sent:]
+                    continue
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                except ssl.SSLError as exc:
+                    raise ChannelError(f"TLS error: {exc.reason or exc}") from None
+                except OSError as exc:
+                    raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
+                                        ) from None
+            select.select([], [tls], [], IDLE_SECONDS)
 
     def _read_into_buffer(self, size: int) -> None:
-        """Decrypt until the plaintext buffer holds ``size`` bytes (only the
+        """Read until the plaintext buffer holds ``size`` bytes (only the
         reader calls this). Bytes stay buffered if ChannelIdle interrupts."""
+        tls = self.tls
+        if tls is None:
+            raise ChannelClosed("the channel is closed")
         while len(self._plain) < size:
-            try:
-                with self.lock:
-                    chunk = self.tls.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                self._fill()
+            with self.lock:
+                try:
+                    chunk = tls.recv(RECV_SIZE)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    chunk = None
+                except ssl.SSLZeroReturnError:
+                    raise ChannelClosed("the other side closed the channel") from None
+                except ssl.SSLEOFError:
+                    raise ChannelError("the channel was truncated (EOF without TLS close)"
+                                       ) from None
+                except ssl.SSLError as exc:
+                    raise ChannelError(f"the channel was tampered with: TLS "
+                                       f"{exc.reason or exc}") from None
+                except OSError as exc:
+                    raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
+                                        ) from None
+            if chunk is None:
+                try:
+                    readable, _, _ = select.select([tls], [], [], IDLE_SECONDS)
+                except (ValueError, OSError):
+                    raise ChannelClosed("the channel is closed") from None
+                if not readable:
+                    raise ChannelIdle
                 continue
-            except ssl.SSLZeroReturnError:
-                raise ChannelClosed("the other side closed the channel") from None
-            except ssl.SSLEOFError:
-                raise ChannelError("the channel was truncated (EOF without TLS close)") from None
-            except ssl.SSLError as exc:
-                raise ChannelError(f"the channel was tampered with: TLS {exc.reason or exc}"
-                                   ) from None
             if not chunk:
                 raise ChannelClosed("the other side closed the channel")
             self._plain += chunk
-            # A TLS 1.3 read may queue records to send (session tickets).
-            if self.outgoing.pending:
-                with self.write_lock:
-                    self._flush()
 
     def read_frame(self, header_size: int, body_length: Callable[[bytes], int]) -> bytes:
         """One whole frame: a header, then ``body_length(header)`` bytes."""
@@ -309,18 +298,9 @@ class TlsStream:
         if self.closed:
             return
         self.closed = True
+        sock = self.tls or self.raw
         try:
-            with self.write_lock, self.lock:
-                self.tls.unwrap()
-        except (ssl.SSLError, ValueError):
-            pass
-        try:
-            with self.write_lock:
-                self._flush()
-        except ChannelError:
-            pass
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.sock.close()
+        sock.close()

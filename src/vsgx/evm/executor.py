@@ -57,7 +57,11 @@ class Stop(NamedTuple):
 
 class UntrustedMemory(Protocol):
     """The application's memory as the enclave sees it (the AVM's page server,
-    reached in-process or over the channel)."""
+    reached in-process or over the channel).
+
+    An in-process address space may also offer ``share(page)`` (the page's
+    own bytearray) and a ``generation`` counter: executors then map pages in
+    place and keep them across entries until the generation changes."""
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
         """(4096 bytes, writable) of the page at ``page``, or None if unmapped."""

@@ -29,12 +29,14 @@ from vsgx.channel import (
     parse_address,
     reply_to,
 )
-from vsgx.channel.messages import VERSION, encode_runs
+from vsgx.channel.messages import VERSION, decode_pages, encode_runs
 from vsgx.errors import VsgxError
 from vsgx.evm.executor import REG_COUNT
 from vsgx.evm.vm import EnclaveVM
 
 DEFAULT_SESSION_EPC_PAGES = 16384
+SERVE_THREADS = 12  # concurrent enclave entries of one session
+WATCHDOG_SECONDS = 0.01
 _CPUID_LEAF = struct.Struct("<4I")
 
 
@@ -43,12 +45,17 @@ class SessionViolation(VsgxError):
 
 
 class RemoteUntrusted:
-    """The AVM's memory, fetched over the session's channel."""
+    """The AVM's memory, fetched over the session's channel (or taken from
+    the pages the AVM pushed with the EENTER)."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, pushed: dict[int, tuple[bytes, bool]] | None = None):
         self.conn = conn
+        self.pushed = pushed or {}
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
+        pushed = self.pushed.pop(page, None)
+        if pushed is not None:
+            return pushed
         try:
             reply = self.conn.call(Type.PAGE_FETCH, (page,))
         except (ChannelError, VsgxError):
@@ -71,7 +78,6 @@ class Session:
         self.conn = conn
         self.epc = epc
         self.enclaves: set[int] = set()
-        self.untrusted = RemoteUntrusted(conn)
         self.inflight = 0
         self.idle = threading.Condition()
         self.closed = False
@@ -227,19 +233,21 @@ class Session:
     def _eenter(self, m: Message) -> Message:
         secs, return_rip = m.fields[:2]
         registers = list(m.fields[2:2 + REG_COUNT])
+        untrusted = RemoteUntrusted(self.conn, decode_pages(m.blob))
         self._entered()
         try:
             return self._exit(m, self.vm.eenter(self._secs(secs), registers, return_rip,
-                                                self.untrusted))
+                                                untrusted))
         finally:
             self._left()
 
     def _eresume(self, m: Message) -> Message:
         secs = m.fields[0]
         registers = list(m.fields[1:1 + REG_COUNT])
+        untrusted = RemoteUntrusted(self.conn, decode_pages(m.blob))
         self._entered()
         try:
-            return self._exit(m, self.vm.eresume(self._secs(secs), registers, self.untrusted))
+            return self._exit(m, self.vm.eresume(self._secs(secs), registers, untrusted))
         finally:
             self._left()
 
@@ -325,7 +333,7 @@ class EnclaveManager:
                 stream.close()
                 return
             epc = self._free_slices.pop(0)
-        conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME}, workers=64,
+        conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
                           name="AVM session")
         session = Session(self, conn, epc)
         conn.handler = session.handle
@@ -334,11 +342,25 @@ class EnclaveManager:
         with self._lock:
             self.sessions.append(session)
             self.sessions_served += 1
+        # Serving threads take turns reading; a thread that reads an EENTER
+        # runs it while the next one reads on.
+        for _ in range(SERVE_THREADS - 1):
+            threading.Thread(target=conn.serve_forever, daemon=True,
+                             name="AVM session").start()
         conn.serve_forever()
+
+    def _watchdog(self) -> None:
+        """Give each session's reader role back to its serving threads when
+        the thread holding it has been busy (running an enclave) for a
+        while, so that sessions always read on."""
+        while not self.stopped.wait(WATCHDOG_SECONDS):
+            for session in list(self.sessions):
+                session.conn.reclaim_role(WATCHDOG_SECONDS)
 
     def serve(self, address: str, ready: Callable[[], None] | None = None) -> None:
         """Listen on ``address`` and serve until ``stop``."""
         self.listener = listen(parse_address(address))
+        threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
         if ready is not None:
             ready()
         try:

@@ -78,6 +78,10 @@ class UnicornExecutor:
         self.untrusted: UntrustedMemory | None = None
         # page -> (snapshot, buffer, ctypes array keeping the buffer pinned)
         self.untrusted_pages: dict[int, tuple[bytes, bytearray, ctypes.Array]] = {}
+        # pages of an in-process address space mapped in place, kept across
+        # entries while (source, generation) is unchanged
+        self.shared_pages: dict[int, ctypes.Array] = {}
+        self.shared_source: tuple[object, int] | None = None
         self.closed = False
         self._regs = (ctypes.c_int * REG_COUNT)(*_UC_REGS)
         self._values = (ctypes.c_uint64 * REG_COUNT)()
@@ -190,10 +194,24 @@ class UnicornExecutor:
             # Code fetches outside ELRANGE are #GP(0) in enclave mode.
             self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.GP, 0, 0)
             return False
-        if page in self.untrusted_pages or self.untrusted is None:
+        if page in self.untrusted_pages or page in self.shared_pages or self.untrusted is None:
             code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
             self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
             return False
+        share = getattr(self.untrusted, "share", None)
+        if share is not None:
+            shared = share(page)
+            if shared is None:
+                code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
+                self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code),
+                                  address)
+                return False
+            buffer, writable = shared
+            pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
+            self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
+                                ctypes.addressof(pinned))
+            self.shared_pages[page] = pinned
+            return True
         fetched = self.untrusted.fetch(page)
         if fetched is None:
             code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
@@ -264,7 +282,20 @@ class UnicornExecutor:
             return bytes(encl.memory.view[offset:offset + length])
         return b""
 
+    def _check_shared(self, untrusted: UntrustedMemory) -> None:
+        source = self.shared_source
+        if (source is None or source[0] is not untrusted
+                or source[1] != getattr(untrusted, "generation", -1)):
+            for page in self.shared_pages:
+                self.uc.mem_unmap(page, PAGE_SIZE)
+            self.shared_pages = {}
+            self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
+
     def run(self, untrusted: UntrustedMemory) -> Stop:
+        if self.shared_pages or self.shared_source is not None:
+            self._check_shared(untrusted)
+        elif hasattr(untrusted, "share"):
+            self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
         self.untrusted = untrusted
         self.event = None
         self.stop_requested = False

@@ -240,6 +240,13 @@ void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
             copy(encl_secret + 8 * i, &value, 8);
         }
         break;
+    case OP_TOUCH: {
+        uint64_t sum = 0;
+        for (uint64_t i = 0; i < op[2]; i++)
+            sum += *(volatile uint64_t *)(op[1] + 4096 * i);
+        op[3] = sum;
+        break;
+    }
     case OP_SECRET_HASH: {
         uint8_t digest[32];
         sha256(encl_secret, 32, digest);

@@ -38,6 +38,7 @@ enum encl_op {
     OP_BAD_JUMP = 23,       /* addr@8: jump there */
     OP_MAKE_SECRET = 24,    /* a 32-byte secret from RDRAND, kept in enclave memory */
     OP_SECRET_HASH = 25,    /* -> sha256(secret)@8(32) */
+    OP_TOUCH = 26,          /* addr@8 pages@16 -> sum@24 of one word per page */
     OP_MAX
 };
 
