@@ -31,6 +31,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as x86
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
@@ -304,7 +305,12 @@ class UnicornExecutor:
             start = self._read_rip()
         status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
         if self.event is not None:
-            return self.event
+            event = self.event
+            if event.vector == Vector.PF and self.encl.in_elrange(event.address):
+                # Unicorn leaves the refused page in its TLB: a second access
+                # would succeed.
+                self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+            return event
         registers = self.save()
         rip = registers[RIP]
         if status == _UC_ERR_INSN_INVALID:
