@@ -111,6 +111,9 @@ class DriverEnclave:
     pages: dict[int, EnclavePage] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     provision_allowed: bool = False
+    # False when the loader maps the pages it did not add PROT_NONE (Intel's
+    # urts without EDMM): a touch there is SIGSEGV, not an EAUG.
+    holes_accessible: bool = True
 
     @property
     def debug(self) -> bool:
@@ -465,7 +468,8 @@ class SgxDriver:
                     self._load(encl, page)
                     return True
                 return False
-            if not (self.sgx2 and self.augment_on_fault and encl.initialized):
+            if not (self.sgx2 and self.augment_on_fault and encl.initialized
+                    and encl.holes_accessible):
                 return False
             self._reserve_va()
             epc = self._alloc_epc()

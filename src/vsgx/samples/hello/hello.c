@@ -134,3 +134,67 @@ int ecall_call_back(int x)
 }
 
 int ecall_private(int x) { return x * 2; }
+
+/* Untrusted events (sgx_tstdc.edl): one thread waits on its own TCS's
+   event, another wakes it, as sgx_thread_mutex and condition variables do. */
+static volatile uint64_t g_waiter;
+
+int ecall_wait_event(void)
+{
+    uint64_t self = vsgx_self_tcs();
+    int ret = -1;
+    __atomic_store_n(&g_waiter, self, __ATOMIC_SEQ_CST);
+    if (sgx_thread_wait_untrusted_event_ocall(&ret, (const void *)self) != SGX_SUCCESS)
+        return -1;
+    return ret;
+}
+
+/* how: 0 set, 1 set_multiple, 2 setwait (wakes the waiter, then waits for
+   it to be woken in turn: the host test wakes us back). */
+int ecall_wake_event(int how)
+{
+    uint64_t waiter = __atomic_exchange_n(&g_waiter, 0, __ATOMIC_SEQ_CST);
+    int ret = -1;
+    sgx_status_t status;
+    if (!waiter)
+        return 0;
+    if (how == 0) {
+        status = sgx_thread_set_untrusted_event_ocall(&ret, (const void *)waiter);
+    } else if (how == 1) {
+        const void *waiters[1] = {(const void *)waiter};
+        status = sgx_thread_set_multiple_untrusted_events_ocall(&ret, waiters, 1);
+    } else {
+        uint64_t self = vsgx_self_tcs();
+        __atomic_store_n(&g_waiter, self, __ATOMIC_SEQ_CST);
+        status = sgx_thread_setwait_untrusted_events_ocall(&ret, (const void *)waiter,
+                                                           (const void *)self);
+    }
+    return status == SGX_SUCCESS && ret == 0 ? 1 : -1;
+}
+
+/* Threads (sgx_pthread.edl): each job is a new enclave thread the host
+   starts on a free TCS with ECMD_ECALL_PTHREAD; it names the creator as the
+   thread to wake when it ends, and the creator waits for that. */
+static volatile int g_job_runs;
+static volatile uint64_t g_joiner;
+
+sgx_status_t vsgx_pthread_run(uint64_t *waiter)
+{
+    __atomic_add_fetch(&g_job_runs, 1, __ATOMIC_SEQ_CST);
+    *waiter = g_joiner;
+    return SGX_SUCCESS;
+}
+
+int ecall_spawn(int jobs)
+{
+    uint64_t self = vsgx_self_tcs();
+    int before = g_job_runs, ret = -1;
+    for (int i = 0; i < jobs; i++) {
+        g_joiner = self;
+        if (pthread_create_ocall(&ret, self) != SGX_SUCCESS || ret != 0)
+            return ret == SGX_ERROR_OUT_OF_TCS ? -3 : -1;
+        if (pthread_wait_timeout_ocall(&ret, self, 30) != SGX_SUCCESS || ret != 0)
+            return -2;
+    }
+    return g_job_runs - before;
+}

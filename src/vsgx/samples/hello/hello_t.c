@@ -40,6 +40,15 @@ typedef struct { int ms_retval; uint32_t ms_leaf; uint32_t *ms_regs; } ms_ecall_
 typedef struct { const char *ms_text; } ms_ocall_print_t;
 typedef struct { int ms_retval; int ms_x; } ms_ocall_call_back_t;
 typedef struct { int *ms_cpuinfo; int ms_leaf; int ms_subleaf; } ms_sgx_oc_cpuidex_t;
+typedef struct { int ms_retval; const void *ms_self; } ms_wait_event_t;
+typedef struct { int ms_retval; const void *ms_waiter; } ms_set_event_t;
+typedef struct { int ms_retval; const void *ms_waiter; const void *ms_self; } ms_setwait_events_t;
+typedef struct { int ms_retval; const void **ms_waiters; size_t ms_total; } ms_set_multiple_t;
+typedef struct { int ms_retval; unsigned long long ms_waiter; unsigned long long ms_timeout; }
+    ms_pthread_wait_timeout_t;
+typedef struct { int ms_retval; unsigned long long ms_arg; } ms_pthread_one_t;
+typedef struct { int ms_retval; int ms_arg; } ms_int_int_t;
+typedef struct { int ms_retval; } ms_int_t;
 
 /* Copy an [in] buffer into the enclave; NULL stays NULL. */
 static sgx_status_t copy_in(const void *untrusted, size_t size, void **copy)
@@ -230,8 +239,31 @@ static sgx_status_t sgx_ecall_private(void *pms)
     return SGX_SUCCESS;
 }
 
-#define NR_ECALL 13
-#define NR_OCALL 8
+static sgx_status_t sgx_ecall_wait_event(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_int_t));
+    ((ms_int_t *)pms)->ms_retval = ecall_wait_event();
+    return SGX_SUCCESS;
+}
+
+static sgx_status_t sgx_ecall_wake_event(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_int_int_t));
+    ms_int_int_t *ms = pms;
+    ms->ms_retval = ecall_wake_event(ms->ms_arg);
+    return SGX_SUCCESS;
+}
+
+static sgx_status_t sgx_ecall_spawn(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_int_int_t));
+    ms_int_int_t *ms = pms;
+    ms->ms_retval = ecall_spawn(ms->ms_arg);
+    return SGX_SUCCESS;
+}
+
+#define NR_ECALL 16
+#define NR_OCALL 11
 
 const struct {
     size_t nr_ecall;
@@ -252,6 +284,9 @@ const struct {
         {(const void *)sgx_ecall_cpuid, 0, 0},
         {(const void *)sgx_ecall_call_back, 0, 0},
         {(const void *)sgx_ecall_private, 1, 0},
+        {(const void *)sgx_ecall_wait_event, 0, 0},
+        {(const void *)sgx_ecall_wake_event, 0, 0},
+        {(const void *)sgx_ecall_spawn, 0, 0},
     },
 };
 
@@ -306,4 +341,93 @@ sgx_status_t sgx_oc_cpuidex(int cpuinfo[4], int leaf, int subleaf)
         memcpy(cpuinfo, slot, 16);
     sgx_ocfree();
     return status;
+}
+
+/* sgx_tstdc.edl's untrusted events (OCALLs 4-7) and sgx_pthread.edl's
+   OCALLs (8-10): imported after the enclave's own, in import order. */
+sgx_status_t sgx_thread_wait_untrusted_event_ocall(int *retval, const void *self)
+{
+    ms_wait_event_t *ms = sgx_ocalloc(sizeof(*ms));
+    ms->ms_self = self;
+    sgx_status_t status = sgx_ocall(4, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+sgx_status_t sgx_thread_set_untrusted_event_ocall(int *retval, const void *waiter)
+{
+    ms_set_event_t *ms = sgx_ocalloc(sizeof(*ms));
+    ms->ms_waiter = waiter;
+    sgx_status_t status = sgx_ocall(5, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+sgx_status_t sgx_thread_setwait_untrusted_events_ocall(int *retval, const void *waiter,
+                                                       const void *self)
+{
+    ms_setwait_events_t *ms = sgx_ocalloc(sizeof(*ms));
+    ms->ms_waiter = waiter;
+    ms->ms_self = self;
+    sgx_status_t status = sgx_ocall(6, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+sgx_status_t sgx_thread_set_multiple_untrusted_events_ocall(int *retval, const void **waiters,
+                                                            size_t total)
+{
+    size_t len = total * sizeof(void *);
+    if (total > (1 << 16))
+        return SGX_ERROR_INVALID_PARAMETER;
+    ms_set_multiple_t *ms = sgx_ocalloc(sizeof(*ms) + len);
+    const void **copy = (const void **)(ms + 1);
+    memcpy(copy, waiters, len);
+    ms->ms_waiters = waiters ? copy : 0;
+    ms->ms_total = total;
+    sgx_status_t status = sgx_ocall(7, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+sgx_status_t pthread_wait_timeout_ocall(int *retval, unsigned long long waiter,
+                                        unsigned long long timeout)
+{
+    ms_pthread_wait_timeout_t *ms = sgx_ocalloc(sizeof(*ms));
+    ms->ms_waiter = waiter;
+    ms->ms_timeout = timeout;
+    sgx_status_t status = sgx_ocall(8, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+static sgx_status_t pthread_one(uint32_t index, int *retval, unsigned long long arg)
+{
+    ms_pthread_one_t *ms = sgx_ocalloc(sizeof(*ms));
+    ms->ms_arg = arg;
+    sgx_status_t status = sgx_ocall(index, ms);
+    if (status == SGX_SUCCESS && retval)
+        *retval = ms->ms_retval;
+    sgx_ocfree();
+    return status;
+}
+
+sgx_status_t pthread_create_ocall(int *retval, unsigned long long self)
+{
+    return pthread_one(9, retval, self);
+}
+
+sgx_status_t pthread_wakeup_ocall(int *retval, unsigned long long waiter)
+{
+    return pthread_one(10, retval, waiter);
 }

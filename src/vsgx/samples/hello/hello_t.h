@@ -22,10 +22,23 @@ int ecall_fault(int kind);
 int ecall_cpuid(uint32_t leaf, uint32_t *regs);
 int ecall_call_back(int x);
 int ecall_private(int x);
+int ecall_wait_event(void);
+int ecall_wake_event(int how);
+int ecall_spawn(int jobs);
 
 sgx_status_t ocall_print(const char *text);
 sgx_status_t ocall_nop(void);
 sgx_status_t ocall_call_back(int *retval, int x);
 sgx_status_t sgx_oc_cpuidex(int cpuinfo[4], int leaf, int subleaf);
+sgx_status_t sgx_thread_wait_untrusted_event_ocall(int *retval, const void *self);
+sgx_status_t sgx_thread_set_untrusted_event_ocall(int *retval, const void *waiter);
+sgx_status_t sgx_thread_setwait_untrusted_events_ocall(int *retval, const void *waiter,
+                                                       const void *self);
+sgx_status_t sgx_thread_set_multiple_untrusted_events_ocall(int *retval, const void **waiters,
+                                                            size_t total);
+sgx_status_t pthread_wait_timeout_ocall(int *retval, unsigned long long waiter,
+                                        unsigned long long timeout);
+sgx_status_t pthread_create_ocall(int *retval, unsigned long long self);
+sgx_status_t pthread_wakeup_ocall(int *retval, unsigned long long waiter);
 
 #endif

@@ -17,7 +17,8 @@
 #define DT_RELASZ 8
 
 extern uint8_t __encl_base[];
-extern const uint64_t _DYNAMIC[] __attribute__((weak));
+/* Hidden, so that it is reached PC-relative before relocation. */
+extern const uint64_t _DYNAMIC[] __attribute__((visibility("hidden")));
 
 /* Patched by `vsgx sign` (the metadata patch table) before measurement. */
 struct vsgx_global_data g_vsgx_global_data __attribute__((used)) = {.magic = 1};
@@ -126,6 +127,22 @@ static sgx_status_t do_init(const void *features, uint64_t tcs)
 }
 
 static int is_root(const struct thread_data *td) { return td->last_sp == td->stack_base; }
+
+uint64_t vsgx_self_tcs(void) { return get_td()->tcs; }
+
+/* ECMD_ECALL_PTHREAD: a thread the enclave asked for with
+   pthread_create_ocall, on a fresh TCS (trts_ecall.cpp, _pthread_thread_run). */
+static sgx_status_t do_pthread(void *ms, uint64_t tcs)
+{
+    struct thread_data *td = td_of_tcs(tcs);
+    if (td->self_addr == 0 || is_root(td))
+        init_thread(tcs);
+    if (!is_root(td) || !vsgx_pthread_run)
+        return SGX_ERROR_INVALID_FUNCTION;
+    if (!ms || !sgx_is_outside_enclave(ms, sizeof(uint64_t)))
+        return SGX_ERROR_INVALID_PARAMETER;
+    return vsgx_pthread_run(ms);
+}
 
 static sgx_status_t do_ecall(int index, void *ms, uint64_t tcs)
 {
@@ -268,6 +285,8 @@ sgx_status_t enter_enclave(int64_t cmd, void *ms, uint64_t tcs, uint64_t cssa)
             status = SGX_ERROR_UNEXPECTED;
         else if (cmd >= 0)
             status = do_ecall((int)cmd, ms, tcs);
+        else if (cmd == ECMD_ECALL_PTHREAD)
+            status = do_pthread(ms, tcs);
         else if (cmd == ECMD_ORET)
             status = do_oret((uint64_t)ms);
         else if (cmd == ECMD_UNINIT_ENCLAVE) {

@@ -7,6 +7,7 @@
 #define ECMD_ORET (-2)
 #define ECMD_EXCEPT (-3)
 #define ECMD_UNINIT_ENCLAVE (-5)
+#define ECMD_ECALL_PTHREAD (-6)
 #define OCMD_ERET (-1)
 #define OCALL_FLAG 0x4F434944
 #define STATIC_STACK_SIZE 4096

@@ -16,6 +16,7 @@ typedef uint32_t sgx_status_t;
 #define SGX_ERROR_INVALID_PARAMETER 0x2
 #define SGX_ERROR_OUT_OF_MEMORY 0x3
 #define SGX_ERROR_INVALID_FUNCTION 0x1001
+#define SGX_ERROR_OUT_OF_TCS 0x1003
 #define SGX_ERROR_ENCLAVE_CRASHED 0x1006
 #define SGX_ERROR_ECALL_NOT_ALLOWED 0x1007
 #define SGX_ERROR_OCALL_NOT_ALLOWED 0x1008
@@ -50,6 +51,12 @@ void sgx_ocfree(void);
 int sgx_is_within_enclave(const void *addr, size_t size);
 int sgx_is_outside_enclave(const void *addr, size_t size);
 void *vsgx_enclave_base(void);
+/* The TCS this thread entered on (how the SDK names threads to the urts). */
+uint64_t vsgx_self_tcs(void);
+/* Defined by an enclave that starts threads through pthread_create_ocall:
+   runs on the new thread's TCS (ECMD_ECALL_PTHREAD) and stores the TCS to
+   wake when it ends in *waiter. */
+sgx_status_t vsgx_pthread_run(uint64_t *waiter) __attribute__((weak));
 
 /* Exceptions (sgx_trts_exception.h shape). */
 typedef struct {
