@@ -134,3 +134,37 @@ def test_plain_enclave_without_its_sigstruct(capsys, tmp_path, plain_enclave):
     shutil.copy(plain_enclave.unsigned, elf)
     code, _, err = run(capsys, "inspect", elf)
     assert code == 1 and "SIGSTRUCT" in err
+
+
+# -- vsgx ecall -------------------------------------------------------------------
+def test_ecall_prints_through_the_default_print_ocall(capsys, sdk_enclave):
+    edl = HELLO_DIR / "hello.edl"
+    code, out, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl, "ecall_hello",
+                         "world")
+    assert code == 0, err
+    assert out.splitlines() == ["Hello from inside the enclave, world!",
+                                "ecall_hello returned 37"]
+    code, out, _ = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl, "ecall_add", "0x10",
+                       "-6")
+    assert code == 0 and out.strip() == "ecall_add returned 10"
+    code, out, _ = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl, "ecall_seal",
+                       "hex:00ff", "-", "-", "128")
+    assert code == 0 and "ecall_seal returned" in out and "sealed = " in out
+    code, out, _ = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl)
+    assert code == 0 and "ECALL  12  private ecall_private" in out
+    assert "OCALL   3  sgx_oc_cpuidex" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ecall_ocall_nop", "2"], "OCALL ocall_nop (index 1), which has no handler"),
+    (["ecall_nope"], "no ECALL named 'ecall_nope'"),
+    (["ecall_add", "1"], "missing 'b'"),
+    (["ecall_add", "one", "2"], "'one' is not an integer"),
+    (["ecall_add", "1", "2", "3"], "takes 2 arguments"),
+    (["ecall_private", "1"], "SGX_ERROR_ECALL_NOT_ALLOWED"),
+    (["ecall_target_info", "x"], "[out] buffer"),
+])
+def test_ecall_errors_are_one_line(capsys, sdk_enclave, args, message):
+    code, _, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", HELLO_DIR / "hello.edl",
+                         *args)
+    assert code == 1 and message in err and "Traceback" not in err

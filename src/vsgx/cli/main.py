@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enter", metavar="REG=VALUE,...",
                    help="then EENTER the first TCS with these registers and show the exit")
 
+    p = sub.add_parser("ecall", help="call an ECALL of an SDK enclave, as its EDL declares it "
+                       "(without NAME: list the ECALLs and OCALLs)")
+    enclave_args(p)
+    p.add_argument("--edl", required=True, help="the enclave's EDL file")
+    p.add_argument("--edl-path", action="append", metavar="DIR",
+                   help="where imported EDLs are looked for (repeatable)")
+    p.add_argument("--evm", help="EVM address (default: in this process)")
+    p.add_argument("--production", action="store_true", help="load without the DEBUG attribute")
+    p.add_argument("name", nargs="?", help="the ECALL")
+    p.add_argument("args", nargs="*", help="its arguments: numbers, strings; for [in] "
+                   "buffers text, hex:HEX or @FILE; - for NULL or to leave a size or an "
+                   "[out] buffer to the EDL")
+
     evm = sub.add_parser("evm", help="the enclave VM")
     evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
     p = evm_sub.add_parser("serve", help="serve AVMs over attested TLS")
@@ -122,11 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "ecall":
+        # NAME and ARGS may follow the options (argparse hands them over as extras).
+        words = ([args.name] if args.name else []) + args.args + extra
+        args.name, args.args = (words[0], words[1:]) if words else (None, [])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2
-    from vsgx.cli import commands, evm_commands  # noqa: F401  (registers the handlers)
+    from vsgx.cli import commands, evm_commands, sdk_commands  # noqa: F401  (registers)
 
     name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
     if name == "evm":
