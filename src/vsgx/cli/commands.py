@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from vsgx.arch.constants import SIGSTRUCT_TYPE_PRODUCTION, Attribute
@@ -213,25 +212,3 @@ def print_inspection(name: str, plan: BuildPlan, info: dict[str, object], layout
     print(f"MRENCLAVE      computed {info['mrenclave']}")
     print(f"               signed   {sig.enclavehash.hex()}  "
           + ("(match)" if info["measurement_matches"] else "(MISMATCH)"))
-
-
-@command("demo")
-def cmd_demo(args: argparse.Namespace) -> int:
-    from vsgx.samples import HELLO_DIR, build_sample
-
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vsgx-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    print(f"== building the sample enclave in {workdir}")
-    unsigned = build_sample(workdir)
-    key_path = workdir / "signing-key.pem"
-    if not key_path.exists():
-        write_file(key_path, private_key_pem(generate_signing_key()), mode=0o600)
-    config = load_config_file(str(HELLO_DIR / "hello.toml"))
-    signed = sign_enclave(unsigned.read_bytes(), config, load_private_key(key_path))
-    output = workdir / "hello.signed.so"
-    write_file(output, signed.data)
-    print(f"== signed {output.name} with {key_path.name}")
-    plan = plan_from_bytes(signed.data)
-    info = describe(plan)
-    print_inspection(str(output), plan, info, layout=False)
-    return 0 if info["measurement_matches"] and info["signature"] == "SUCCESS" else 1

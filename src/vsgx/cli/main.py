@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", action="store_true", help="list every page run")
 
     p = sub.add_parser("demo", help="build, sign and run the bundled sample enclave in a "
-                       "separate EVM process")
+                       "separate EVM process: ECALLs, OCALLs, an exception, sealing across an "
+                       "EVM restart, local attestation")
     p.add_argument("--workdir", help="where to build (default: a new temporary directory)")
     p.add_argument("--evm", help="use this running EVM instead of starting one")
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from vsgx.cli import commands, evm_commands, sdk_commands  # noqa: F401  (registers)
+    from vsgx.cli import commands, demo, evm_commands, sdk_commands  # noqa: F401  (registers)
 
     name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
     if name == "evm":
