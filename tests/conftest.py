@@ -87,14 +87,32 @@ def sdk_enclave(build_dir: Path, signing_key: Path) -> BuiltEnclave:
 ROOT_SECRET = bytes(range(32))
 
 
+def _executors() -> list:
+    from vsgx.evm.native_executor import native_support
+
+    usable, why = native_support()
+    native = pytest.param("native", marks=pytest.mark.skipif(
+        not usable, reason=f"the native executor is not available here: {why}"))
+    return ["unicorn", native]
+
+
+EXECUTORS = _executors()
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request):
+    """Every enclave test runs on both executors: Unicorn and native."""
+    return request.param
+
+
 @pytest.fixture
-def make_vm():
+def make_vm(executor):
     """Build EnclaveVMs (root secret fixed, so keys are comparable)."""
     from vsgx.evm.platform import PlatformConfig
     from vsgx.evm.vm import EnclaveVM
 
     def make(secret: bytes = ROOT_SECRET, **config):
-        return EnclaveVM(PlatformConfig(**config), root_secret=secret)
+        return EnclaveVM(PlatformConfig(**config), root_secret=secret, executor=executor)
 
     return make
 
@@ -144,7 +162,7 @@ TRANSPORTS = _transports()
 class EvmProcess:
     """`vsgx evm serve` in a child process."""
 
-    def __init__(self, address: str, data_dir: Path, *extra: str):
+    def __init__(self, address: str, data_dir: Path, *extra: str, executor: str = "unicorn"):
         import subprocess
         import sys
 
@@ -156,7 +174,8 @@ class EvmProcess:
             secret.chmod(0o600)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
-             "--data-dir", str(data_dir), "--epc-mib", "32", "--session-epc-mib", "1", *extra],
+             "--data-dir", str(data_dir), "--epc-mib", "32", "--session-epc-mib", "1",
+             "--executor", executor, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.process.stdout.readline()
         if "serving on" not in line:
@@ -182,19 +201,20 @@ def free_tcp_port() -> int:
 @pytest.fixture(scope="session")
 def evm_processes(tmp_path_factory):
     """Start one EVM process per transport on first use."""
-    started: dict[str, EvmProcess] = {}
+    started: dict[tuple[str, str], EvmProcess] = {}
     base = tmp_path_factory.mktemp("evm")
 
-    def get(transport: str) -> str:
-        if transport not in started:
+    def get(transport: str, executor: str = "unicorn") -> str:
+        key = (transport, executor)
+        if key not in started:
             if transport == "unix":
-                address = f"unix:{base / 'evm.sock'}"
+                address = f"unix:{base / f'evm-{executor}.sock'}"
             elif transport == "tcp":
                 address = f"tcp:127.0.0.1:{free_tcp_port()}"
             else:
                 address = f"vsock:1:{free_tcp_port()}"
-            started[transport] = EvmProcess(address, base / "data")
-        return started[transport].address
+            started[key] = EvmProcess(address, base / "data", executor=executor)
+        return started[key].address
 
     yield get
     for process in started.values():
@@ -207,7 +227,7 @@ def transport(request):
 
 
 @pytest.fixture
-def split_avm(transport, evm_processes, make_avm):
+def split_avm(transport, evm_processes, make_avm, executor):
     """An AVM whose EVM is in this process ("inproc") or in a separate EVM
     process reached over attested TLS."""
     if transport == "inproc":
@@ -215,7 +235,7 @@ def split_avm(transport, evm_processes, make_avm):
     from vsgx.avm.remote import connect_evm
     from vsgx.channel import EvidencePolicy
 
-    return make_avm(connect_evm(evm_processes(transport),
+    return make_avm(connect_evm(evm_processes(transport, executor),
                                 EvidencePolicy(allow_unprotected=True), warn=False))
 
 

@@ -23,7 +23,7 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
         raise VsgxError("EPC sizes must be positive")
     secret = Path(args.data_dir) / SECRET_FILE if args.data_dir else None
     config = PlatformConfig(epc_pages=args.epc_mib * 256)
-    vm = EnclaveVM(config, secret_path=secret)
+    vm = EnclaveVM(config, secret_path=secret, executor=args.executor)
     manager = EnclaveManager(vm, session_epc_pages=args.session_epc_mib * 256,
                              evidence=args.evidence)
 

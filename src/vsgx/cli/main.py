@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evidence", choices=["none", "sev-snp"], default="none",
                    help="evidence in the TLS certificate (default none: no SEV)")
     p.add_argument("--data-dir", help="where the platform root secret lives")
+    p.add_argument("--executor", choices=["auto", "native", "unicorn"], default="auto",
+                   help="what runs enclave code: native (runner processes on this CPU), "
+                   "unicorn (portable, traceable), auto (native where supported; default)")
     return parser
 
 

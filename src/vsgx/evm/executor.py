@@ -100,12 +100,32 @@ class ExecutorFactory(Protocol):
 
 
 def page_changes(old: bytes, new: bytes, granule: int = 64) -> list[tuple[int, bytes]]:
-    """The runs of ``new`` that differ from ``old`` (page diffs for write-back)."""
+    """The runs of ``new`` that differ from ``old`` (page diffs for write-back),
+    in ``granule``-byte steps. The differing span is found first by halving
+    (slices compare with memcmp), so a small change costs a few comparisons
+    rather than a walk over the whole page."""
     if old == new:
         return []
+    size = len(new)
+    low, high = 0, size  # the first difference is in [low, high)
+    while high - low > granule:
+        middle = (low + high) // 2
+        if old[low:middle] == new[low:middle]:
+            low = middle
+        else:
+            high = middle
+    first = low - low % granule
+    low, high = first, size  # the last difference is in [low, high)
+    while high - low > granule:
+        middle = (low + high) // 2
+        if old[middle:high] == new[middle:high]:
+            high = middle
+        else:
+            low = middle
+    end = min(size, high + (-high) % granule)
     changes: list[tuple[int, bytes]] = []
     start = -1
-    for offset in range(0, len(new), granule):
+    for offset in range(first, end, granule):
         differs = old[offset:offset + granule] != new[offset:offset + granule]
         if differs and start < 0:
             start = offset
@@ -113,5 +133,5 @@ def page_changes(old: bytes, new: bytes, granule: int = 64) -> list[tuple[int, b
             changes.append((start, new[start:offset]))
             start = -1
     if start >= 0:
-        changes.append((start, new[start:]))
+        changes.append((start, new[start:end]))
     return changes

@@ -247,7 +247,9 @@ class EnclaveThread:
     # -- running ------------------------------------------------------------
     def _run(self, untrusted: UntrustedMemory, aep: int, frame: int) -> EnclaveExit:
         encl, executor = self.encl, self.executor
-        lock = encl.exec_lock
+        # Unicorn engines take turns on an enclave's memory; native runners
+        # share it with real atomics and run at once.
+        lock = _NO_LOCK if getattr(executor, "parallel", False) else encl.exec_lock
         if not lock.acquire(False) and not lock.acquire(timeout=_PREEMPT_AFTER):
             runner = encl.running
             if runner is not None:
@@ -369,5 +371,15 @@ class EnclaveThread:
         return EnclaveExit("aex", synthetic, int(vector), stop.error_code, address, report,
                            interrupt)
 
+
+class _NoLock:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+_NO_LOCK = _NoLock()
 
 __all__ = ["EnclaveExit", "EnclaveThread"]

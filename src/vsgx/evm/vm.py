@@ -9,12 +9,14 @@ through which the enclave reads and writes the application's memory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import SgxError, gp
+from vsgx.errors import VsgxError
 from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.encls import EvictedPage
@@ -24,16 +26,38 @@ from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
 from vsgx.evm.thread import EnclaveExit, EnclaveThread
 from vsgx.evm.unicorn_executor import UnicornExecutorFactory
 
+EXECUTORS = ("native", "unicorn")
+
+
+def executor_factory(machine: Machine, name: str | None = None) -> ExecutorFactory:
+    """``native`` (enclave code on the CPU, in runner processes),
+    ``unicorn`` (portable, traceable), or ``auto`` / None: the one named by
+    $VSGX_EXECUTOR, else native where this host supports it."""
+    name = name or os.environ.get("VSGX_EXECUTOR") or "auto"
+    if name == "unicorn":
+        return UnicornExecutorFactory(machine)
+    from vsgx.evm.native_executor import NativeExecutorFactory, native_support
+
+    if name == "native":
+        return NativeExecutorFactory(machine)
+    if name != "auto":
+        raise VsgxError(f"unknown executor {name!r}: choose native, unicorn or auto")
+    return NativeExecutorFactory(machine) if native_support()[0] \
+        else UnicornExecutorFactory(machine)
+
 
 class EnclaveVM:
     """One emulated SGX platform: EPC, EPCM, leaves and enclave threads."""
 
     def __init__(self, config: PlatformConfig | None = None, *, root_secret: bytes | None = None,
-                 secret_path: Path | None = None, executor: ExecutorFactory | None = None):
+                 secret_path: Path | None = None,
+                 executor: ExecutorFactory | str | None = None):
         config = config or PlatformConfig()
         secret = root_secret if root_secret is not None else load_root_secret(secret_path)
         self.machine = Machine(config, PlatformSecrets(secret))
-        self.executor_factory: ExecutorFactory = executor or UnicornExecutorFactory(self.machine)
+        if executor is None or isinstance(executor, str):
+            executor = executor_factory(self.machine, executor)
+        self.executor_factory: ExecutorFactory = executor
 
     @property
     def config(self) -> PlatformConfig:
