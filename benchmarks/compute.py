@@ -1,6 +1,7 @@
 """The compute kernel (SHA-256 over 16 MiB, the same C code) natively, on
 bare Unicorn (no vsgx: one emu_start over the function), and as an enclave
-on vsgx (one ECALL into the plain test enclave), in the same run.
+on vsgx (one ECALL into the plain test enclave) with the Unicorn executor
+and with the native executor, in the same run.
 
     python benchmarks/compute.py [--mib 16]
 """
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.crypto import generate_signing_key  # noqa: E402
+from vsgx.evm.native_executor import native_support  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, read_elf, sign_enclave  # noqa: E402
@@ -77,13 +79,13 @@ def bare_unicorn(workdir: Path, size: int) -> tuple[float, str]:
     return best, bytes(uc.mem_read(data + size, 32)).hex()
 
 
-def vsgx(workdir: Path, size: int) -> tuple[float, str]:
+def vsgx(workdir: Path, size: int, executor: str) -> tuple[float, str]:
     elf = build_plain(workdir / "plain.elf")
     heap_pages = size // 4096
     signed = sign_enclave(elf.read_bytes(), parse_config(f"[enclave]\nheap_pages = {heap_pages}\n"),
                           generate_signing_key())
     (workdir / "plain.elf.sig").write_bytes(signed.data)
-    avm = Avm(EnclaveVM(root_secret=bytes(32)))
+    avm = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
     enclave = Enclave.load(elf, evm=avm)
     plain = PlainEnclave(enclave)
     heap = next(r for r in enclave.plan.runs if r.label == "heap")
@@ -107,7 +109,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results = {"native": native(workdir, size), "bare Unicorn": bare_unicorn(workdir, size),
-                   "vsgx (Unicorn executor)": vsgx(workdir, size)}
+                   "vsgx (Unicorn executor)": vsgx(workdir, size, "unicorn")}
+        if native_support()[0]:
+            results["vsgx (native executor)"] = vsgx(workdir, size, "native")
+        else:
+            print(f"(no native executor here: {native_support()[1]})")
     for name, (_, digest) in results.items():
         assert digest == expected, f"{name} computed a wrong digest"
     native_s = results["native"][0]
@@ -119,8 +125,13 @@ def main() -> None:
     ratio = unicorn_s / results["vsgx (Unicorn executor)"][0]
     print(f"\nvsgx / bare Unicorn speed: {ratio:.2f} (goal >= 0.8); "
           f"bare Unicorn / native: {native_s / unicorn_s:.3f}")
+    native_ratio = None
+    if "vsgx (native executor)" in results:
+        native_ratio = native_s / results["vsgx (native executor)"][0]
+        print(f"vsgx native executor / native speed: {native_ratio:.2f} (goal >= 0.9)")
     save("compute", {"mib": args.mib, **{name: seconds for name, (seconds, _) in results.items()},
-                     "vsgx_vs_unicorn": ratio, "unicorn_vs_native": native_s / unicorn_s})
+                     "vsgx_vs_unicorn": ratio, "unicorn_vs_native": native_s / unicorn_s,
+                     "native_executor_vs_native": native_ratio})
     bar_plot("compute", f"SHA-256 over {args.mib} MiB", list(results),
              [size / s / 1e6 for s, _ in results.values()], "MB/s", baseline_label="native")
 

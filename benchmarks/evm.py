@@ -29,12 +29,12 @@ from vsgx.image import parse_config, sign_enclave  # noqa: E402
 from conftest import build_plain  # noqa: E402
 
 
-def load(workdir: Path, heap_pages: int) -> tuple[Avm, Enclave]:
+def load(workdir: Path, heap_pages: int, executor: str) -> tuple[Avm, Enclave]:
     elf = build_plain(workdir / "plain.elf")
     signed = sign_enclave(elf.read_bytes(), parse_config(f"[enclave]\nheap_pages = {heap_pages}\n"),
                           generate_signing_key())
     (workdir / "plain.elf.sig").write_bytes(signed.data)
-    avm = Avm(EnclaveVM(root_secret=bytes(32)))
+    avm = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
     return avm, Enclave.load(elf, evm=avm)
 
 
@@ -81,9 +81,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=20000)
     parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--executor", default="unicorn", choices=["unicorn", "native"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        avm, enclave = load(Path(tmp), args.pages)
+        avm, enclave = load(Path(tmp), args.pages, args.executor)
         trip = round_trip(avm, enclave, args.entries)
         ewb_rate, eldu_rate = paging(avm, enclave, args.pages)
         avm.close()

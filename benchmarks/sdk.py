@@ -3,7 +3,9 @@ with the ordinal, the trts dispatch and bridge, EEXIT with OCMD_ERET) and a
 null OCALL (``void ocall_nop(void)``: EEXIT with the index, the Python
 bridge, EENTER with ECMD_ORET), against the raw EENTER -> EEXIT round trip
 that the split's benchmark measures, all in the same run; with the EVM in
-this process and in an EVM process behind a Unix socket.
+this process (on the Unicorn and on the native executor) and in an EVM process
+behind a Unix socket; and the enclave's initialisation (load, EINIT and
+ECMD_INIT_ENCLAVE) on each executor.
 
     python benchmarks/sdk.py [--count 3000]
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from vsgx.avm.remote import connect_evm  # noqa: E402
 from vsgx.channel import EvidencePolicy  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
+from vsgx.evm.native_executor import native_support  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm  # noqa: E402
 from vsgx.host import Enclave as RawEnclave  # noqa: E402
@@ -41,9 +44,11 @@ from plain_ops import PlainEnclave  # noqa: E402
 def measure_sdk(path: Path, avm: Avm, count: int) -> dict[str, dict[str, float]]:
     stamps: list[int] = []
     clock = time.perf_counter_ns
+    started = time.perf_counter()
     enclave = Enclave.load(path, edl=HELLO_DIR / "hello.edl", evm=avm, ocalls={
         "ocall_print": print, "ocall_nop": lambda: stamps.append(clock()),
         "ocall_call_back": lambda x: x})
+    init_ms = (time.perf_counter() - started) * 1e3
     try:
         ecall = summary_us(latencies_us(enclave.ecall_nop, count))
         enclave.ecall_ocall_nop(50)  # warm up
@@ -54,7 +59,7 @@ def measure_sdk(path: Path, avm: Avm, count: int) -> dict[str, dict[str, float]]
         ocall = summary_us([(b - a) / 1000 for a, b in pairwise(stamps)])
     finally:
         enclave.destroy()
-    return {"null ECALL": ecall, "null OCALL": ocall}
+    return {"null ECALL": ecall, "null OCALL": ocall, "init_ms": init_ms}  # type: ignore[dict-item]
 
 
 def main() -> None:
@@ -77,22 +82,29 @@ def main() -> None:
             return {"raw EENTER->EEXIT": raw["null"], **measure_sdk(hello, avm, args.count)}
 
         results = {}
-        local = Avm(EnclaveVM(root_secret=bytes(32)))
-        results["in-process"] = run(local)
-        local.close()
+        inits = {}
+        executors = ["unicorn"] + (["native"] if native_support()[0] else [])
+        for executor in executors:
+            local = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
+            measured = run(local)
+            inits[executor] = round(measured.pop("init_ms"), 1)  # type: ignore[arg-type]
+            results[f"in-process, {executor}"] = measured
+            local.close()
         data = workdir / "data"
         data.mkdir()
         (data / "platform-root-secret").write_bytes(bytes(32))
         (data / "platform-root-secret").chmod(0o600)
         address = f"unix:{workdir / 'evm.sock'}"
         server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen",
-                                   address, "--data-dir", str(data)],
+                                   address, "--data-dir", str(data), "--executor", "unicorn"],
                                   stdout=subprocess.PIPE, text=True)
         server.stdout.readline()
         try:
             remote = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True),
                                      warn=False))
-            results["Unix socket"] = run(remote)
+            measured = run(remote)
+            measured.pop("init_ms")
+            results["Unix socket"] = measured
             remote.close()
         finally:
             server.terminate()
@@ -110,7 +122,8 @@ def main() -> None:
     print_table("SDK protocol vs raw EENTER -> EEXIT (same run)",
                 ["EVM", "call", "p50 us", "p99 us", "x raw p50", "count"], rows)
     print(f"\ngoal: null ECALL and null OCALL within 2x of the raw round trip: {ratios}")
-    save("sdk", {"results": results, "ratio_to_raw_p50": ratios})
+    print(f"enclave load + EINIT + ECMD_INIT_ENCLAVE (ms): {inits}")
+    save("sdk", {"results": results, "ratio_to_raw_p50": ratios, "init_ms": inits})
     labels = [f"{w}\n{c}" for w, m in results.items() for c in m]
     bar_plot("sdk", "SDK ECALL / OCALL vs raw round trip (p50)", labels,
              [s["p50_us"] for m in results.values() for s in m.values()], "microseconds")

@@ -58,6 +58,7 @@ def main() -> None:
     faulthandler.dump_traceback_later(60, exit=True)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--executor", default="unicorn", choices=["unicorn", "native"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -66,7 +67,7 @@ def main() -> None:
                               generate_signing_key())
         (workdir / "plain.elf.sig").write_bytes(signed.data)
         results = {}
-        local = Avm(EnclaveVM(root_secret=bytes(32)))
+        local = Avm(EnclaveVM(root_secret=bytes(32), executor=args.executor))
         results["in-process"] = measure(PlainEnclave(Enclave.load(elf, evm=local)), args.count)
         local.close()
         secret = workdir / "data"
@@ -75,7 +76,8 @@ def main() -> None:
         (secret / "platform-root-secret").chmod(0o600)
         address = f"unix:{workdir / 'evm.sock'}"
         server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen",
-                                   address, "--data-dir", str(secret)],
+                                   address, "--data-dir", str(secret), "--executor",
+                                   args.executor],
                                   stdout=subprocess.PIPE, text=True)
         server.stdout.readline()
         try:

@@ -14,7 +14,7 @@ def test_two_threads_inside_one_enclave_at_once(plain):
     results = {}
 
     def waiter():
-        results["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**9)
+        results["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
 
     a = threading.Thread(target=waiter)
     a.start()
@@ -52,7 +52,7 @@ def test_an_interrupt_makes_a_thread_take_an_aex_and_resume(local_plain):
     results = {}
 
     def waiter():
-        results["a"] = plain.call(0, OP_WAIT_FLAG, 7, 10**9)
+        results["a"] = plain.call(0, OP_WAIT_FLAG, 7, 10**11)
 
     a = threading.Thread(target=waiter)
     a.start()

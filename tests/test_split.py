@@ -109,8 +109,8 @@ class Relay:
 
 
 @pytest.fixture
-def tcp_evm(evm_processes):
-    return evm_processes("tcp")
+def tcp_evm(evm_processes, executor):
+    return evm_processes("tcp", executor)
 
 
 def _in_thread(fn, timeout: float = 30.0):

@@ -123,18 +123,20 @@ def runner_binary() -> Path:
 
 
 _support: tuple[bool, str] | None = None
+_features = 0
 
 
 def native_support() -> tuple[bool, str]:
     """(usable, why not): builds the runner and starts one on a scratch
     enclave range once per process."""
-    global _support
+    global _support, _features
     if _support is None:
         try:
             runner_binary()
             probe = EnclaveStateProbe()
             try:
                 executor = NativeExecutor(None, probe, 0)  # type: ignore[arg-type]
+                _features = executor.features
                 executor.close()
             finally:
                 probe.close()
@@ -142,6 +144,12 @@ def native_support() -> tuple[bool, str]:
         except (NativeUnavailable, RunnerLost, OSError) as exc:
             _support = (False, str(exc))
     return _support
+
+
+def cpuid_faulting() -> bool:
+    """Whether the CPU lets runners turn CPUID into #UD (else enclave code
+    that runs CPUID gets the host's answer)."""
+    return native_support()[0] and bool(_features & FEATURE_CPUID_FAULTING)
 
 
 class EnclaveStateProbe:

@@ -28,6 +28,7 @@ from vsgx.arch.constants import (
 )
 from vsgx.arch.errors import Fault, SgxError, gp
 from vsgx.arch.ssa import exitinfo, xsave_size
+from vsgx.errors import VsgxError
 from vsgx.evm import enclu
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.epc import epc_pf
@@ -101,6 +102,7 @@ class EnclaveThread:
         self.machine = machine
         self.encl = encl
         self.tcs = tcs
+        self.factory = factory
         self.executor: ThreadExecutor = factory(encl, tcs)
         self.entry_fsgs = (0, 0)
         self.active = False
@@ -250,11 +252,8 @@ class EnclaveThread:
         # Unicorn engines take turns on an enclave's memory; native runners
         # share it with real atomics and run at once.
         lock = _NO_LOCK if getattr(executor, "parallel", False) else encl.exec_lock
-        if not lock.acquire(False) and not lock.acquire(timeout=_PREEMPT_AFTER):
-            runner = encl.running
-            if runner is not None:
-                runner.request_stop()
-            lock.acquire()
+        if not lock.acquire(False):
+            self._take_turn(lock)
         encl.running = executor
         try:
             while True:
@@ -262,15 +261,15 @@ class EnclaveThread:
                     executor.interrupt_requested = False
                     return self._aex(Stop(StopKind.INTERRUPTED, executor.save()),
                                      untrusted, aep, frame)
-                stop = executor.run(untrusted)
+                try:
+                    stop = executor.run(untrusted)
+                except VsgxError:
+                    self._lost()
+                    raise
                 if stop.kind is StopKind.PREEMPTED:
                     lock.release()
                     time.sleep(0)
-                    if not lock.acquire(timeout=_PREEMPT_AFTER):
-                        runner = encl.running
-                        if runner is not None and runner is not executor:
-                            runner.request_stop()
-                        lock.acquire()
+                    self._take_turn(lock)
                     encl.running = executor
                     continue
                 if stop.kind is StopKind.ENCLU:
@@ -282,6 +281,24 @@ class EnclaveThread:
         finally:
             encl.running = None
             lock.release()
+
+    def _take_turn(self, lock: object) -> None:
+        """Wait for the enclave's engine lock, asking whoever runs to yield
+        — again and again, since a request can land just before that thread
+        starts its engine and be lost."""
+        while not lock.acquire(timeout=_PREEMPT_AFTER):  # type: ignore[attr-defined]
+            runner = self.encl.running
+            if runner is not None and runner is not self.executor:
+                runner.request_stop()
+
+    def _lost(self) -> None:
+        """The executor failed (a native runner died): this entry is lost,
+        and the TCS gets a fresh executor so the enclave can go on."""
+        with self.machine.lock:
+            self.active = False
+            self.encl.inside.pop(self.tcs, None)
+        self.executor.close()
+        self.executor = self.factory(self.encl, self.tcs)
 
     def _enclu(self, stop: Stop, untrusted: UntrustedMemory, aep: int, frame: int
                ) -> EnclaveExit | None:

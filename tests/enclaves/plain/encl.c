@@ -191,6 +191,12 @@ void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
         op[1] = a;
         break;
     }
+    case OP_RDTSC: {
+        uint32_t lo, hi;
+        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        op[1] = (uint64_t)hi << 32 | lo;
+        break;
+    }
     case OP_SHA256: {
         uint8_t digest[32];
         const uint8_t *data = __encl_base + op[1];

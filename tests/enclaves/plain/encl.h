@@ -39,6 +39,7 @@ enum encl_op {
     OP_MAKE_SECRET = 24,    /* a 32-byte secret from RDRAND, kept in enclave memory */
     OP_SECRET_HASH = 25,    /* -> sha256(secret)@8(32) */
     OP_TOUCH = 26,          /* addr@8 pages@16 -> sum@24 of one word per page */
+    OP_RDTSC = 27,          /* -> tsc@8 (#UD in SGX1 enclaves) */
     OP_MAX
 };
 

@@ -73,6 +73,7 @@ enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, 
 #define SYS_tgkill 234
 #define SYS_getpid 39
 #define SYS_getppid 110
+#define SYS_setitimer 38
 #define SYS_write 1
 #define SYS_seccomp 317
 
@@ -102,6 +103,7 @@ enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, 
 #define SIGUSR1 10
 #define SIGSEGV 11
 #define SIGUSR2 12
+#define SIGALRM 14
 #define SIGSYS 31
 #define SA_SIGINFO 0x4
 #define SA_ONSTACK 0x08000000
@@ -470,10 +472,21 @@ __asm__(".text\n"
         "    call runner_main\n"
         "    hlt\n");
 
+/* Once a second: if the EVM is gone (we were re-parented), so are we, even
+   while enclave code spins. Otherwise the enclave just goes on. */
+static void on_alarm(int sig, void *info, void *uc)
+{
+    (void)sig;
+    (void)info;
+    (void)uc;
+    if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != parent)
+        SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+}
+
 static void install(int sig, int extra_flags)
 {
     struct kernel_sigaction act = {0};
-    act.handler = (void *)on_signal;
+    act.handler = sig == SIGALRM ? (void *)on_alarm : (void *)on_signal;
     act.flags = SA_SIGINFO | SA_ONSTACK | SA_RESTORER | extra_flags;
     act.restorer = (void *)vsgx_restorer;
     act.mask = 1ull << (SIGUSR1 - 1); /* no interrupt while the runner's code runs */
@@ -572,6 +585,10 @@ void runner_main(uint64_t *sp)
     install(SIGSYS, SA_NODEFER);
     install(SIGUSR1, 0);
     install(SIGUSR2, 0);
+    install(SIGALRM, 0);
+    long every_second[4] = {1, 0, 1, 0}; /* struct itimerval */
+    if (SYSCALL(SYS_setitimer, 0, every_second, 0, 0, 0, 0) < 0)
+        die("setitimer failed");
     seccomp();
     last_cmd = ctl->cmd_seq;
     long pid = SYSCALL(SYS_getpid, 0, 0, 0, 0, 0, 0);
