@@ -3,12 +3,15 @@ plot beside it (results/NAME.json, results/NAME.png)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,3 +99,34 @@ def bar_plot(name: str, title: str, labels: Sequence[str], values: Sequence[floa
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+@contextlib.contextmanager
+def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
+    """`vsgx evm serve` on a Unix socket in ``workdir`` (root secret zero, as
+    the in-process runs use), and an AVM connected to it."""
+    from vsgx.avm.remote import connect_evm
+    from vsgx.channel import EvidencePolicy
+    from vsgx.host import Avm
+
+    data = workdir / "evm-data"
+    data.mkdir(exist_ok=True)
+    (data / "platform-root-secret").write_bytes(bytes(32))
+    (data / "platform-root-secret").chmod(0o600)
+    address = f"unix:{workdir / 'evm.sock'}"
+    server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
+                               "--data-dir", str(data), "--executor", executor],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    server.stdout.readline()
+    # Keep reading what it says, so that a full pipe never stops it.
+    threading.Thread(target=server.stdout.read, daemon=True).start()
+    avm = None
+    try:
+        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False))
+        yield avm
+    finally:
+        if avm is not None:
+            avm.close()
+        server.terminate()
+        server.wait()

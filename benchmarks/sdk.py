@@ -13,21 +13,18 @@ ECMD_INIT_ENCLAVE) on each executor.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from itertools import pairwise
 from pathlib import Path
 
-from common import bar_plot, latencies_us, print_table, save, summary_us
+from common import bar_plot, evm_process, latencies_us, print_table, save, summary_us
 from split import measure as measure_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from vsgx.avm.remote import connect_evm  # noqa: E402
-from vsgx.channel import EvidencePolicy  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.evm.native_executor import native_support  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
@@ -90,25 +87,10 @@ def main() -> None:
             inits[executor] = round(measured.pop("init_ms"), 1)  # type: ignore[arg-type]
             results[f"in-process, {executor}"] = measured
             local.close()
-        data = workdir / "data"
-        data.mkdir()
-        (data / "platform-root-secret").write_bytes(bytes(32))
-        (data / "platform-root-secret").chmod(0o600)
-        address = f"unix:{workdir / 'evm.sock'}"
-        server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen",
-                                   address, "--data-dir", str(data), "--executor", "unicorn"],
-                                  stdout=subprocess.PIPE, text=True)
-        server.stdout.readline()
-        try:
-            remote = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True),
-                                     warn=False))
+        with evm_process(workdir, "unicorn") as remote:
             measured = run(remote)
             measured.pop("init_ms")
             results["Unix socket"] = measured
-            remote.close()
-        finally:
-            server.terminate()
-            server.wait()
     rows = []
     ratios: dict[str, dict[str, float]] = {}
     for where, measures in results.items():

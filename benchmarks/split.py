@@ -9,18 +9,15 @@ from the AVM on first touch and written back), and one page fetch.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import bar_plot, latencies_us, print_table, save, summary_us
+from common import bar_plot, evm_process, latencies_us, print_table, save, summary_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from vsgx.avm.remote import connect_evm  # noqa: E402
-from vsgx.channel import EvidencePolicy  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
@@ -70,25 +67,9 @@ def main() -> None:
         local = Avm(EnclaveVM(root_secret=bytes(32), executor=args.executor))
         results["in-process"] = measure(PlainEnclave(Enclave.load(elf, evm=local)), args.count)
         local.close()
-        secret = workdir / "data"
-        secret.mkdir()
-        (secret / "platform-root-secret").write_bytes(bytes(32))
-        (secret / "platform-root-secret").chmod(0o600)
-        address = f"unix:{workdir / 'evm.sock'}"
-        server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen",
-                                   address, "--data-dir", str(secret), "--executor",
-                                   args.executor],
-                                  stdout=subprocess.PIPE, text=True)
-        server.stdout.readline()
-        try:
-            remote = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True),
-                                     warn=False))
+        with evm_process(workdir, args.executor) as remote:
             results["Unix socket"] = measure(PlainEnclave(Enclave.load(elf, evm=remote)),
                                              args.count)
-            remote.close()
-        finally:
-            server.terminate()
-            server.wait()
     rows = []
     for where, measures in results.items():
         for what, stats in measures.items():

@@ -7,7 +7,7 @@ the EPCM checks, whose faults carry the SGX bit."""
 
 from __future__ import annotations
 
-from vsgx.arch.constants import PageType, PfErrorCode
+from vsgx.arch.constants import PAGE_SIZE, PageType, PfErrorCode
 from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
 from vsgx.evm.epc import EpcmEntry
 
@@ -45,3 +45,31 @@ def fault_code(encl: EnclaveState, page: int, access: str) -> int:
 
 def allowed(encl: EnclaveState, page: int, access: str) -> bool:
     return bool(page_prot(encl, page) & _NEED[access])
+
+
+def protection_runs(encl: EnclaveState, current: dict[int, int],
+                    also: list[int] | tuple[int, ...] = ()
+                    ) -> tuple[dict[int, int], list[tuple[int, int, int]]]:
+    """What an executor must change so that its page protections follow
+    EPCM and the page tables: the new page -> rights map, and (start, end,
+    rights) runs of consecutive pages whose rights changed (or that are in
+    ``also``, pages rewritten behind the executor's back)."""
+    desired = {}
+    for page in encl.pages:
+        prot = page_prot(encl, page)
+        if prot:
+            desired[page] = prot
+    changes = {page: 0 for page in current if page not in desired}
+    for page, prot in desired.items():
+        if current.get(page) != prot:
+            changes[page] = prot
+    for page in also:
+        changes.setdefault(page, desired.get(page, 0))
+    runs: list[tuple[int, int, int]] = []
+    for page in sorted(changes):
+        prot = changes[page]
+        if runs and runs[-1][1] == page and runs[-1][2] == prot:
+            runs[-1] = (runs[-1][0], page + PAGE_SIZE, prot)
+        else:
+            runs.append((page, page + PAGE_SIZE, prot))
+    return desired, runs

@@ -35,7 +35,7 @@ from pathlib import Path
 from vsgx.arch.constants import PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
+from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.executor import REG_COUNT, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
@@ -295,27 +295,9 @@ class NativeExecutor:
         encl = self.encl
         if self.generation == encl.generation:
             return
-        desired = {}
-        for page in encl.pages:
-            prot = page_prot(encl, page)
-            if prot:
-                desired[page] = prot
-        changes = {page: 0 for page in self.prot if page not in desired}
-        for page, prot in desired.items():
-            if self.prot.get(page) != prot:
-                changes[page] = prot
+        desired, runs = protection_runs(encl, self.prot)
         self.rewritten_seen = len(encl.rewritten)
-        start = previous = run_prot = None
-        for page in sorted(changes):
-            prot = changes[page]
-            if start is not None and page == previous + PAGE_SIZE and prot == run_prot:
-                previous = page
-                continue
-            if start is not None:
-                self._ops.append((OP_PROTECT, start, previous + PAGE_SIZE - start, run_prot))
-            start, previous, run_prot = page, page, prot
-        if start is not None:
-            self._ops.append((OP_PROTECT, start, previous + PAGE_SIZE - start, run_prot))
+        self._ops.extend((OP_PROTECT, start, end - start, prot) for start, end, prot in runs)
         self.prot = desired
         self.generation = encl.generation
 

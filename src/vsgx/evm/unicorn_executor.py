@@ -36,7 +36,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
+from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
 from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
@@ -139,31 +139,12 @@ class UnicornExecutor:
         encl = self.encl
         if self.generation == encl.generation:
             return
-        desired = {}
-        for page in encl.pages:
-            prot = page_prot(encl, page)
-            if prot:
-                desired[page] = prot
-        changes = {page: 0 for page in self.prot if page not in desired}
-        for page, prot in desired.items():
-            if self.prot.get(page) != prot:
-                changes[page] = prot
         # Page contents changed outside this engine (EDBGWR) need their
         # translated code dropped too.
-        for page in encl.rewritten[self.rewritten_seen:]:
-            changes.setdefault(page, desired.get(page, 0))
+        desired, runs = protection_runs(encl, self.prot, encl.rewritten[self.rewritten_seen:])
         self.rewritten_seen = len(encl.rewritten)
-        run_start = run_prot = previous = None
-        for page in sorted(changes):
-            prot = changes[page]
-            if run_start is not None and page == previous + PAGE_SIZE and prot == run_prot:
-                previous = page
-                continue
-            if run_start is not None:
-                self._protect(run_start, previous + PAGE_SIZE, run_prot)
-            run_start, run_prot, previous = page, prot, page
-        if run_start is not None:
-            self._protect(run_start, previous + PAGE_SIZE, run_prot)
+        for start, end, prot in runs:
+            self._protect(start, end, prot)
         self.prot = desired
         self.generation = encl.generation
 
