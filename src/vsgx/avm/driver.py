@@ -376,15 +376,20 @@ class SgxDriver:
                 page = self._page_at(encl, encl.base + offset + position)
                 if page.page_type != PageType.REG:
                     raise DriverError(errnos.EINVAL, "only REG pages can be restricted")
-                try:
-                    status = self.evm.emodpr(self._resident(encl, page), secinfo)
-                except Fault as fault:
-                    raise DriverError(errnos.EFAULT, f"EMODPR faulted: {fault}") from None
-                if status is not SgxError.SUCCESS:
-                    raise DriverError(errnos.EFAULT, f"EMODPR: {status.name}", status)
+                self._modify("EMODPR", self.evm.emodpr, encl, page, secinfo)
                 done += PAGE_SIZE
             self._track(encl)
         return done
+
+    def _modify(self, name: str, leaf: Any, encl: DriverEnclave, page: EnclavePage,
+                secinfo: bytes) -> None:
+        """EMODPR or EMODT on one page; a fault or an error becomes EFAULT."""
+        try:
+            status = leaf(self._resident(encl, page), secinfo)
+        except Fault as fault:
+            raise DriverError(errnos.EFAULT, f"{name} faulted: {fault}") from None
+        if status is not SgxError.SUCCESS:
+            raise DriverError(errnos.EFAULT, f"{name}: {status.name}", status)
 
     def modify_types(self, encl: DriverEnclave, offset: int, length: int, page_type: int) -> int:
         """SGX_IOC_ENCLAVE_MODIFY_TYPES (EMODT + ETRACK)."""
@@ -402,12 +407,7 @@ class SgxDriver:
                     raise DriverError(errnos.EINVAL, "this type change is not allowed")
                 if page_type == PageType.TCS and page.vm_max_prot & 0x3 != 0x3:
                     raise DriverError(errnos.EPERM, "a new TCS page must have been RW")
-                try:
-                    status = self.evm.emodt(self._resident(encl, page), secinfo)
-                except Fault as fault:
-                    raise DriverError(errnos.EFAULT, f"EMODT faulted: {fault}") from None
-                if status is not SgxError.SUCCESS:
-                    raise DriverError(errnos.EFAULT, f"EMODT: {status.name}", status)
+                self._modify("EMODT", self.evm.emodt, encl, page, secinfo)
                 page.page_type = page_type
                 if page_type == PageType.TCS:
                     page.vm_max_prot = 0x3
