@@ -494,3 +494,76 @@ def test_cli_quote_verify(platform, quote, root, tmp_path):
         assert usage.returncode != 0 and "Traceback" not in usage.stderr
     missing = _cli(str(tmp_path / "nothing"), "--root-ca", str(root_file))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def _with_chain(quote: bytes, chain_pem_bytes: bytes) -> bytes:
+    from vsgx.arch.quote import assemble_quote, signature_data
+
+    q = parse_quote(quote)
+    return assemble_quote(q.signed_bytes, signature_data(
+        q.signature, q.attestation_key, q.qe_report_bytes, q.qe_report_signature,
+        q.qe_auth_data, 5, chain_pem_bytes))
+
+
+def test_pck_leaf_must_be_a_p256_signing_certificate_with_sgx_extensions(platform, quote,
+                                                                         root):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from vsgx.crypto.pck import name
+
+    ca = platform.qe._platform_ca  # the platform CA's key signs these test leaves
+    now = datetime.datetime.now(datetime.UTC)
+
+    def leaf(key, ca_flag: bool, sgx: bool):
+        builder = (x509.CertificateBuilder().subject_name(name("test leaf"))
+                   .issuer_name(ca.certificate.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None),
+                                  critical=True)
+                   .add_extension(x509.KeyUsage(True, True, False, False, False, ca_flag,
+                                                ca_flag, False, False), critical=True))
+        if sgx:
+            builder = builder.add_extension(x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.2.840.113741.1.13.1"),
+                platform.qe.sgx_extensions.to_der()), critical=False)
+        return builder.sign(ca.key, hashes.SHA256())
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    cases = [(leaf(generate_key(), False, False), "no SGX Extensions"),
+             (leaf(generate_key(), True, True), "not an end-entity"),
+             (leaf(ec.generate_private_key(ec.SECP384R1()), False, True), "not ECDSA P-256"),
+             (leaf(generate_key(), False, True), "QE report's signature does not verify")]
+    for certificate, reason in cases:
+        forged = _with_chain(quote, chain_pem([certificate, ca.certificate, root]) + b"\0")
+        with pytest.raises(QuoteVerificationError, match=reason):
+            verify_quote(forged, root)
+    assert verify_quote(_with_chain(quote, parse_quote(quote).certification_data), root)
+
+
+def test_attestation_key_bound_by_the_evms_snp_report(platform, quote):
+    import test_snp
+    from vsgx.crypto.quote import snp_report_data_for, verify_quote_snp_binding
+    from vsgx.crypto.snp import SnpVerificationError
+
+    binding = platform.qe.snp_report_data
+    assert binding == snp_report_data_for(parse_quote(quote).attestation_key)
+    chain = test_snp.make_chain()
+    report = test_snp.make_report(chain.vcek_key, report_data=binding)
+    policy = test_snp.SnpPolicy(trusted_arks=(chain.ark,))
+    assert verify_quote_snp_binding(quote, report, chain.certificates, policy).report_data \
+        == binding
+    other = test_snp.make_report(chain.vcek_key, report_data=snp_report_data_for(bytes(64)))
+    with pytest.raises(SnpVerificationError, match="REPORT_DATA"):
+        verify_quote_snp_binding(quote, other, chain.certificates, policy)
+
+
+@pytest.mark.skipif(os.path.exists("/dev/sev-guest"), reason="an SEV-SNP guest")
+def test_snp_evidence_is_a_clean_error_without_sev(platform):
+    from vsgx.errors import VsgxError
+
+    with pytest.raises(VsgxError, match="not an SEV-SNP guest"):
+        platform.qe.snp_evidence()

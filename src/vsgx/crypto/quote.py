@@ -28,6 +28,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -94,6 +95,18 @@ def ecdsa_verify_raw(key: ec.EllipticCurvePublicKey, signature: bytes, data: byt
 def qe_report_data(attestation_key: bytes, auth_data: bytes) -> bytes:
     """The QE report's REPORTDATA that binds an attestation key."""
     return hashlib.sha256(attestation_key + auth_data).digest() + bytes(32)
+
+
+# On an SEV-SNP host the EVM's SNP report binds its attestation key: its
+# REPORT_DATA is SHA-512(this label || x || y). The report travels beside the
+# quote (Intel's format has no room for it), so a verifier can root the
+# quoting key in AMD's hardware as well as in the PCK chain.
+SNP_BINDING_LABEL = b"vsgx QE attestation key\0"
+
+
+def snp_report_data_for(attestation_key: bytes) -> bytes:
+    """The SNP REPORT_DATA that binds a quote's attestation key (x || y)."""
+    return hashlib.sha512(SNP_BINDING_LABEL + attestation_key).digest()
 
 
 def make_quote(header: QuoteHeader, report_body: bytes, attestation_key: ec.EllipticCurvePrivateKey,
@@ -287,3 +300,20 @@ def check_policy(body: ReportBody, policy: QuotePolicy) -> None:
     if body.attributes & Attribute.DEBUG and not policy.allow_debug:
         raise _fail("the enclave is a debug enclave (DEBUG attribute set) and the policy "
                     "does not allow debug enclaves")
+
+
+def verify_quote_snp_binding(quote: bytes | Quote, snp_report: bytes, certificates: Any,
+                             policy: Any = None, *, now: datetime.datetime | None = None
+                             ) -> Any:
+    """Verify the EVM's SEV-SNP report that travels with a quote: to AMD's
+    root (``vsgx.crypto.snp``), with REPORT_DATA binding the quote's
+    attestation key. Returns the SnpReport; SnpVerificationError otherwise."""
+    from vsgx.crypto.snp import verify_snp_evidence
+
+    if not isinstance(quote, Quote):
+        try:
+            quote = parse_quote(quote)
+        except QuoteFormatError as exc:
+            raise _fail(str(exc)) from None
+    return verify_snp_evidence(snp_report, certificates,
+                               snp_report_data_for(quote.attestation_key), policy, now=now)

@@ -40,6 +40,12 @@ the TCB. The CA material lives beside it: root-ca.pem and root-ca-key.pem
 ``root_ca``), platform-ca*.pem and tcb-signing*.pem (made under the root),
 and pck.pem (re-issued whenever the PCK key, TCB or issuer changes). DIR is
 the EVM's data directory's ``attestation`` folder.
+
+SEV-SNP. On an SNP host the PCK chain is rooted in a vsgx CA, which proves
+nothing about the hardware; so the EVM's SNP report binds the attestation
+key too (REPORT_DATA = SHA-512("vsgx QE attestation key\\0" || x || y),
+``snp_evidence``) and travels beside the quote: a verifier checks it with
+``vsgx.crypto.quote.verify_quote_snp_binding`` up to AMD's ARK.
 """
 
 from __future__ import annotations
@@ -102,7 +108,13 @@ from vsgx.crypto.pck import (
     make_signing_certificate,
     public_key_raw,
 )
-from vsgx.crypto.quote import P256_ORDER, ecdsa_sign_raw, make_quote, qe_report_data
+from vsgx.crypto.quote import (
+    P256_ORDER,
+    ecdsa_sign_raw,
+    make_quote,
+    qe_report_data,
+    snp_report_data_for,
+)
 from vsgx.errors import StructureError, VsgxError
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import data_dir
@@ -407,6 +419,18 @@ class QuotingEnclave:
     def sgx_extensions(self) -> SgxExtensions:
         self._setup()
         return self._extensions
+
+    @property
+    def snp_report_data(self) -> bytes:
+        """What the EVM's SEV-SNP report must hold to bind the attestation key."""
+        return snp_report_data_for(self.attestation_public_key)
+
+    def snp_evidence(self) -> bytes:
+        """The EVM's SEV-SNP report binding the attestation key (SNP_GET_REPORT
+        on /dev/sev-guest); an error where this is not an SEV-SNP guest."""
+        from vsgx.channel.evidence import snp_report
+
+        return snp_report(self.snp_report_data)
 
     def collateral(self, now: datetime.datetime | None = None, days: int = 30) -> Collateral:
         """TCB info, QE identity and CRLs for this platform, signed under its root."""
