@@ -567,3 +567,58 @@ def test_snp_evidence_is_a_clean_error_without_sev(platform):
 
     with pytest.raises(VsgxError, match="not an SEV-SNP guest"):
         platform.qe.snp_evidence()
+
+
+def test_sdk_enclave_report_through_its_ecall_is_quoted(sdk_enclave, platform, collateral,
+                                                        root):
+    """The SDK sample enclave EREPORTs to the QE from its own ECALL (as an
+    application calls sgx_create_report with sgx_qe_get_target_info's result)."""
+    from vsgx.samples import HELLO_DIR
+    from vsgx.sdk import Enclave as SdkEnclave
+
+    enclave = SdkEnclave.load(sdk_enclave.signed, edl=HELLO_DIR / "hello.edl",
+                              ocalls={"ocall_print": print, "ocall_nop": lambda: None,
+                                      "ocall_call_back": lambda x: x},
+                              evm=platform.avm, debug=False)
+    try:
+        status, report = enclave.ecall_report(qe_target_info(platform.avm), REPORT_DATA)
+        assert status == 0
+        quote = get_quote(report, platform.avm)
+        verified = verify_quote(quote, root, QuotePolicy(mrenclave=enclave.mrenclave))
+        assert verified.report_body.reportdata == REPORT_DATA
+        assert third_party_verify(quote, collateral, root).status == "UpToDate"
+    finally:
+        enclave.destroy()
+
+
+def test_cli_collateral_feeds_the_third_party_verifier(plain_enclave, tmp_path):
+    """`vsgx quote collateral` on an EVM's data directory writes what a
+    verifier needs; dcap-qvl reads its collateral.json and accepts a quote
+    from that EVM."""
+    data = tmp_path / "evm-data"
+    data.mkdir()
+    (data / "platform-root-secret").write_bytes(OTHER_SECRET)
+    (data / "platform-root-secret").chmod(0o600)
+    evm = Platform(plain_enclave, data / "attestation", secret=OTHER_SECRET)
+    try:
+        quote = get_quote(evm.report(), evm.enclave)
+    finally:
+        evm.close()
+    out = tmp_path / "collateral"
+    result = subprocess.run([sys.executable, "-m", "vsgx", "quote", "collateral", "--data-dir",
+                             str(data), "-o", str(out)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    collateral = dcap_qvl.QuoteCollateralV3.from_json((out / "collateral.json").read_text())
+    root = load_pem_chain((out / "root-ca.pem").read_bytes())[0]
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    assert dcap_qvl.verify_with_root_ca(quote, collateral, der(root), now).status == "UpToDate"
+    assert json.loads((out / "tcb_info.json").read_text())["tcbInfo"]["id"] == "SGX"
+    verify = _cli(str(tmp_path / "q.bin"), "--data-dir", str(data))
+    assert verify.returncode == 1 and "cannot read quote" in verify.stderr
+    (tmp_path / "q.bin").write_bytes(quote)
+    assert _cli(str(tmp_path / "q.bin"), "--data-dir", str(data)).returncode == 0
+    missing = subprocess.run([sys.executable, "-m", "vsgx", "quote", "collateral", "--data-dir",
+                              str(tmp_path / "none"), "-o", str(out)], capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 1 and "no EVM platform secret" in missing.stderr

@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-debug", action="store_true", help="accept debug enclaves")
     p.add_argument("--json", action="store_true")
 
+    p = quote_sub.add_parser("collateral", help="write verification collateral for this "
+                             "installation's quotes (TCB info, QE identity, CRLs, chains), in "
+                             "Intel PCS formats, for third-party verifiers")
+    p.add_argument("-o", "--output", required=True, help="directory to write")
+    p.add_argument("--data-dir", help="the EVM's data directory (default: this user's)")
+    p.add_argument("--days", type=int, default=30, help="validity (default 30 days)")
+
     evm = sub.add_parser("evm", help="the enclave VM")
     evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
     p = evm_sub.add_parser("serve", help="serve AVMs over attested TLS")

@@ -1,11 +1,12 @@
-"""`vsgx quote verify`."""
+"""`vsgx quote verify` and `vsgx quote collateral`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from vsgx.cli.main import command, print_json, read_file
+from vsgx.cli.main import command, print_json, read_file, write_file
 from vsgx.errors import VsgxError
 
 
@@ -66,4 +67,49 @@ def cmd_quote_verify(args: argparse.Namespace) -> int:
           f"{verified.quote.header.pce_svn}; FMSPC {verified.sgx_extensions.fmspc.hex()}")
     for warning in verified.warnings:
         print(f"  warning: {warning}")
+    return 0
+
+
+@command("quote collateral")
+def cmd_quote_collateral(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from vsgx.evm.machine import Machine
+    from vsgx.evm.platform import (
+        SECRET_FILE,
+        PlatformConfig,
+        PlatformSecrets,
+        data_dir,
+        load_root_secret,
+    )
+    from vsgx.evm.quoting import ATTESTATION_DIR, QuotingEnclave
+
+    if not 1 <= args.days <= 3650:
+        raise VsgxError("--days must be between 1 and 3650")
+    base = Path(args.data_dir) if args.data_dir else data_dir()
+    secret = base / SECRET_FILE
+    if not secret.is_file():
+        raise VsgxError(f"no EVM platform secret at {secret}: give the EVM's --data-dir")
+    machine = Machine(PlatformConfig(), PlatformSecrets(load_root_secret(secret)))
+    qe = QuotingEnclave(machine, base / ATTESTATION_DIR)
+    collateral = qe.collateral(days=args.days)
+    out = Path(args.output)
+    files = {
+        "tcb_info.json": collateral.tcb_info.encode(),
+        "qe_identity.json": collateral.qe_identity.encode(),
+        "root_ca_crl.der": collateral.root_ca_crl, "pck_crl.der": collateral.pck_crl,
+        "pck_crl_issuer_chain.pem": collateral.pck_crl_issuer_chain.encode(),
+        "tcb_info_issuer_chain.pem": collateral.tcb_info_issuer_chain.encode(),
+        "qe_identity_issuer_chain.pem": collateral.qe_identity_issuer_chain.encode(),
+        "root-ca.pem": qe.root_certificate.public_bytes(serialization.Encoding.PEM),
+        "collateral.json": json.dumps(collateral.split_json(), indent=2).encode(),
+    }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VsgxError(f"cannot create {out}: {exc.strerror}") from None
+    for name, data in files.items():
+        write_file(out / name, data)
+    print(f"wrote {len(files)} files to {out} (valid {args.days} days; root CA "
+          f"{qe.root_certificate.subject.rfc4514_string()})")
     return 0

@@ -41,6 +41,14 @@ class Collateral:
                 "qe_identity_issuer_chain": self.qe_identity_issuer_chain,
                 "qe_identity": self.qe_identity}
 
+    def split_json(self) -> dict[str, str]:
+        """The same with each PCS document split into its signed body and
+        its signature (hex): the layout of dcap-qvl's QuoteCollateralV3."""
+        _, tcb_info, tcb_signature = split_signed_document(self.tcb_info)
+        _, qe_identity, qe_signature = split_signed_document(self.qe_identity)
+        return {**self.to_json(), "tcb_info": tcb_info, "tcb_info_signature": tcb_signature.hex(),
+                "qe_identity": qe_identity, "qe_identity_signature": qe_signature.hex()}
+
 
 def _time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
