@@ -533,7 +533,14 @@ def test_pck_leaf_must_be_a_p256_signing_certificate_with_sgx_extensions(platfor
 
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    cases = [(leaf(generate_key(), False, False), "no SGX Extensions"),
+    garbled = (x509.CertificateBuilder().subject_name(name("test leaf"))
+               .issuer_name(ca.certificate.subject).public_key(generate_key().public_key())
+               .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.UnrecognizedExtension(x509.oid.ExtensionOID.KEY_USAGE,
+                                                         b"\x30\x03\x01"), critical=False)
+               .sign(ca.key, hashes.SHA256()))
+    cases = [(garbled, "malformed"), (leaf(generate_key(), False, False), "no SGX Extensions"),
              (leaf(generate_key(), True, True), "not an end-entity"),
              (leaf(ec.generate_private_key(ec.SECP384R1()), False, True), "not ECDSA P-256"),
              (leaf(generate_key(), False, True), "QE report's signature does not verify")]

@@ -76,6 +76,7 @@ def _vcek_extensions(tcb: TcbVersion, chip_id: bytes) -> tuple:
 class Chain:
     ark_key: rsa.RSAPrivateKey
     ark: x509.Certificate
+    ask_key: rsa.RSAPrivateKey
     ask: x509.Certificate
     vcek_key: ec.EllipticCurvePrivateKey
     vcek: x509.Certificate
@@ -98,7 +99,7 @@ def make_chain(tcb: TcbVersion = TCB, chip_id: bytes = CHIP_ID) -> Chain:
     ask = _cert("SEV-Test", "ARK-Test", ask_key.public_key(), ark_key, ca=True)
     vcek = _cert("SEV-VCEK", "SEV-Test", vcek_key.public_key(), ask_key, ca=False,
                  extensions=_vcek_extensions(tcb, chip_id))
-    return Chain(ark_key, ark, ask, vcek_key, vcek)
+    return Chain(ark_key, ark, ask_key, ask, vcek_key, vcek)
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +274,17 @@ def test_missing_ask_and_ark_come_from_the_pinned_product_only(chain):
               .sign(chain.ark_key, hashes.SHA384(), rsa_padding=PSS))
     with pytest.raises(SnpVerificationError, match="VCEK's signature does not verify"):
         verify_snp_evidence(report, SnpCertificates(forged), BINDING)
+
+
+def test_malformed_vcek_extensions_get_a_clean_error(chain):
+    garbled = (x509.CertificateBuilder().subject_name(_name("SEV-VCEK"))
+               .issuer_name(chain.ask.subject).public_key(chain.vcek_key.public_key())
+               .serial_number(1).not_valid_before(NOW - datetime.timedelta(days=1))
+               .not_valid_after(NOW + datetime.timedelta(days=30))
+               .add_extension(x509.UnrecognizedExtension(
+                   x509.oid.ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x03\x01"), critical=False)
+               .sign(chain.ask_key, hashes.SHA384(), rsa_padding=PSS))
+    with pytest.raises(SnpVerificationError, match="malformed"):
+        verify_snp_evidence(make_report(chain.vcek_key),
+                            dataclasses.replace(chain.certificates, vcek=garbled), BINDING,
+                            chain.policy)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -250,8 +250,11 @@ def verify_quote(data: bytes, root_ca: x509.Certificate, policy: QuotePolicy | N
                                canonical=True)
     except PckError as exc:
         raise _fail(str(exc)) from None
-    path = verify_pck_chain(chain, root_ca, now)
-    extensions = _check_pck_leaf(path[0])
+    try:
+        path = verify_pck_chain(chain, root_ca, now)
+        extensions = _check_pck_leaf(path[0])
+    except (ValueError, UnsupportedAlgorithm) as exc:  # what cryptography cannot parse
+        raise _fail(f"the quote's PCK chain is malformed ({_one_line(exc)})") from None
     pck_key = path[0].public_key()
     assert isinstance(pck_key, ec.EllipticCurvePublicKey)
     if not ecdsa_verify_raw(pck_key, quote.qe_report_signature, quote.qe_report_bytes):

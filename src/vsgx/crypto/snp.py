@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -440,9 +440,13 @@ def verify_snp_evidence(report: bytes, certificates: SnpCertificates | bytes | s
         certificates = load_certificate_directory(certificates)
     if len(expected_report_data) != 64:
         raise SnpVerificationError("the expected REPORT_DATA must be 64 bytes")
-    verify_chain(certificates, policy.trusted_arks, now)
-    parsed = verify_report_signature(bytes(report), certificates.vcek)
-    _check_vcek_binding(certificates.vcek, parsed)
+    try:
+        verify_chain(certificates, policy.trusted_arks, now)
+        parsed = verify_report_signature(bytes(report), certificates.vcek)
+        _check_vcek_binding(certificates.vcek, parsed)
+    except (ValueError, UnsupportedAlgorithm) as exc:  # what cryptography cannot parse
+        raise SnpVerificationError(f"a certificate is malformed ({' '.join(str(exc).split())})"
+                                   ) from None
     if not hmac.compare_digest(parsed.report_data, expected_report_data):
         raise SnpVerificationError("REPORT_DATA is not the expected binding")
     check_policy(parsed, policy)
