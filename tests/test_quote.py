@@ -66,7 +66,11 @@ from vsgx.host.attestation import get_quote, qe_quote_size, qe_target_info
 from conftest import ROOT_SECRET
 from plain_ops import PlainEnclave
 
-dcap_qvl = pytest.importorskip("dcap_qvl")
+try:  # the third-party verifier (the `test` extra)
+    import dcap_qvl
+except ImportError:
+    dcap_qvl = None
+requires_qvl = pytest.mark.skipif(dcap_qvl is None, reason="dcap-qvl is not installed")
 
 OTHER_SECRET = bytes(range(100, 132))
 REPORT_DATA = hashlib.sha512(b"the enclave's public key").digest()
@@ -173,6 +177,7 @@ def test_quote_is_intel_v3_byte_for_byte(platform, quote):
     assert again[:436] == quote[:436] and again[500:] == quote[500:]
 
 
+@requires_qvl
 def test_pck_certificate_carries_intel_sgx_extensions_readable_by_dcap_qvl(platform, quote):
     parsed = parse_quote(quote)
     theirs = dcap_qvl.parse_pck_extension_from_pem(parsed.certification_data.rstrip(b"\0"))
@@ -220,6 +225,7 @@ def test_quote_verifies_with_vsgx_and_policy(platform, quote, root):
     assert verified.warnings == ()
 
 
+@requires_qvl
 def test_quote_verifies_with_the_third_party_verifier(quote, collateral, root):
     result = third_party_verify(quote, collateral, root)
     assert result.status == "UpToDate"
@@ -240,6 +246,7 @@ def test_wrong_policy_fails(platform, quote, root):
             verify_quote(quote, root, policy)
 
 
+@requires_qvl
 def test_debug_enclave_needs_allow_debug(plain_enclave, qe_dir):
     debug = Platform(plain_enclave, qe_dir, debug=True)
     try:
@@ -284,6 +291,7 @@ def _flip_positions(quote: bytes) -> list[tuple[str, int]]:
     return positions
 
 
+@requires_qvl
 def test_one_flipped_bit_anywhere_fails_both_verifiers(quote, collateral, root):
     qvl = qvl_collateral(collateral)
     anchor = der(root)
@@ -420,6 +428,7 @@ def test_keys_persist_private_from_creation_and_follow_the_root_secret(platform,
         QuotingEnclave(machine, loose).quote_size()
 
 
+@requires_qvl
 def test_an_operator_root_ca_issues_the_chain(platform, tmp_path):
     key = generate_key()
     operator = make_root_ca(key, common_name="Example Corp SGX Root")
@@ -446,6 +455,7 @@ def test_an_operator_root_ca_issues_the_chain(platform, tmp_path):
                        root_ca=Issuer(operator.certificate, generate_key())).quote_size()
 
 
+@requires_qvl
 def test_collateral_is_signed_and_the_third_party_checks_it(quote, collateral, root):
     tcb = json.loads(collateral.tcb_info)
     assert set(tcb) == {"tcbInfo", "signature"}
@@ -576,6 +586,7 @@ def test_snp_evidence_is_a_clean_error_without_sev(platform):
         platform.qe.snp_evidence()
 
 
+@requires_qvl
 def test_sdk_enclave_report_through_its_ecall_is_quoted(sdk_enclave, platform, collateral,
                                                         root):
     """The SDK sample enclave EREPORTs to the QE from its own ECALL (as an
@@ -598,6 +609,7 @@ def test_sdk_enclave_report_through_its_ecall_is_quoted(sdk_enclave, platform, c
         enclave.destroy()
 
 
+@requires_qvl
 def test_cli_collateral_feeds_the_third_party_verifier(plain_enclave, tmp_path):
     """`vsgx quote collateral` on an EVM's data directory writes what a
     verifier needs; dcap-qvl reads its collateral.json and accepts a quote
