@@ -15,7 +15,9 @@ the EVM, and behaves exactly as an enclave would:
 
 * its identity is fixed and documented (``vsgx.arch.quote.VSGX_QE_*``):
   the TARGETINFO it hands out names that MRENCLAVE, ATTRIBUTES, XFRM and
-  MISCSELECT;
+  MISCSELECT. Its MRSIGNER is the SHA-256 of a label, not of an RSA modulus:
+  no enclave can be signed to have it (that takes a SHA-256 preimage), so
+  no application enclave can pose as the QE;
 * it checks an application REPORT with the key EGETKEY(REPORT_KEY) gives an
   enclave of that identity on this platform (``report_key``, the REPORT_KEY
   branch of ``enclu.egetkey``; tested against a real enclave's EGETKEY).
@@ -31,8 +33,9 @@ the EVM, and behaves exactly as an enclave would:
   PCK → platform CA → root CA, NUL-terminated as Intel's library writes it).
 
 Keys. The attestation key (ECDSA P-256) is generated once and kept in
-DIR/attestation-key.pem (0600 from creation) — QE3 keeps its key sealed in
-a blob the same way. The PCK key is not stored: like the PCE's, it is
+DIR/attestation-key.pem (0600 from creation), protected as the platform
+root secret is (QE3 derives its key from its seal key and keeps the key's
+certification in a sealed blob). The PCK key is not stored: like the PCE's, it is
 derived from the platform (EGETKEY(PROVISION_KEY) for the PCE identity
 below, expanded to a P-256 scalar), so it changes with the root secret and
 the TCB. The CA material lives beside it: root-ca.pem and root-ca-key.pem
