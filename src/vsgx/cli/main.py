@@ -120,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "buffers text, hex:HEX or @FILE; - for NULL or to leave a size or an "
                    "[out] buffer to the EDL")
 
+    quote = sub.add_parser("quote", help="DCAP quotes (remote attestation)")
+    quote_sub = quote.add_subparsers(dest="quote_command", metavar="COMMAND")
+    p = quote_sub.add_parser("verify", help="verify a DCAP v3 quote to a root CA and check "
+                             "the enclave against a policy (exit status 1 if it fails)")
+    p.add_argument("quote", help="the quote (binary)")
+    p.add_argument("--root-ca", metavar="PEM", help="the root CA to trust (PEM or DER; "
+                   "default: this installation's vsgx root CA)")
+    p.add_argument("--data-dir", help="where this installation's root CA is looked for")
+    p.add_argument("--mrenclave", metavar="HEX", help="required MRENCLAVE")
+    p.add_argument("--mrsigner", metavar="HEX", help="required MRSIGNER")
+    p.add_argument("--isvprodid", type=int, metavar="N", help="required ISVPRODID")
+    p.add_argument("--isvsvn-min", type=int, metavar="N", help="minimum ISVSVN")
+    p.add_argument("--allow-debug", action="store_true", help="accept debug enclaves")
+    p.add_argument("--json", action="store_true")
+
+    p = quote_sub.add_parser("collateral", help="write verification collateral for this "
+                             "installation's quotes (TCB info, QE identity, CRLs, chains), in "
+                             "Intel PCS formats, for third-party verifiers")
+    p.add_argument("-o", "--output", required=True, help="directory to write")
+    p.add_argument("--data-dir", help="the EVM's data directory (default: this user's)")
+    p.add_argument("--days", type=int, default=30, help="validity (default 30 days)")
+
     evm = sub.add_parser("evm", help="the enclave VM")
     evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
     p = evm_sub.add_parser("serve", help="serve AVMs over attested TLS")
@@ -149,11 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from vsgx.cli import commands, demo, evm_commands, sdk_commands  # noqa: F401  (registers)
+    from vsgx.cli import (  # noqa: F401  (registers)
+        commands,
+        demo,
+        evm_commands,
+        quote_commands,
+        sdk_commands,
+    )
 
     name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
     if name == "evm":
         parser.parse_args(["evm", "--help"])
+    if args.command == "quote":
+        name = f"quote {args.quote_command or ''}".strip()
+        if name == "quote":
+            parser.parse_args(["quote", "--help"])
     try:
         return _COMMANDS[name](args)
     except VsgxError as exc:
