@@ -215,7 +215,9 @@ def test_an_evm_without_the_required_evidence_is_refused(tcp_evm, monkeypatch):
 
     monkeypatch.setattr(remote, "Connection", no_messages)
     with pytest.raises(AttestationError, match="no protection evidence"):
-        connect_evm(tcp_evm, EvidencePolicy())
+        connect_evm(tcp_evm, EvidencePolicy(allow_unprotected_local=False))
+    with pytest.raises(AttestationError, match="requires SEV-SNP"):
+        connect_evm(tcp_evm, EvidencePolicy(require_snp=True))
 
 
 def test_evidence_verification_rules():
