@@ -108,6 +108,8 @@ class Connection:
         self.handler = handler
         self.peer = peer
         self.deadline = deadline
+        # How long a read waits before a keepalive: several PINGs fit in a deadline.
+        self._tick = min(IDLE_SECONDS, deadline / 4)
         # Requests that may run long: a thread that reads one while it waits
         # for its own reply hands it to a new thread.
         self.blocking = frozenset(blocking)
@@ -247,7 +249,7 @@ class Connection:
         try:
             while not waiter.done:
                 try:
-                    message, _ = self._read_one()
+                    message, _ = self._read_one(self._tick)
                 except ChannelIdle:
                     self._idle()
                     continue
@@ -314,7 +316,7 @@ class Connection:
                     continue
                 try:
                     try:
-                        message, sole = self._read_one()
+                        message, sole = self._read_one(self._tick)
                     except ChannelIdle:
                         self._idle()
                         continue

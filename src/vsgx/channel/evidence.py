@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from vsgx.errors import VsgxError
 
@@ -176,14 +177,28 @@ def snp_report(report_data: bytes) -> bytes:
     return data[32:32 + size]
 
 
+def _acceptable_key(key: object) -> bool:
+    """A key TLS 1.3 signs with, of a strength worth trusting."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.curve.name in ("secp256r1", "secp384r1", "secp521r1")
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.key_size >= 2048
+    return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+
+
 def _certificate(certificate_der: bytes) -> tuple[x509.Certificate, bytes]:
     """The certificate and its key's DER SubjectPublicKeyInfo."""
     try:
         certificate = x509.load_der_x509_certificate(certificate_der)
-        return certificate, public_key_der(certificate)
+        key = certificate.public_key()
     except _UNREADABLE as exc:
         raise AttestationError(f"the EVM's certificate is not one vsgx can read "
                                f"({one_line(exc)})") from None
+    if not _acceptable_key(key):
+        size = getattr(key, "key_size", None)
+        raise AttestationError(f"the EVM's key type ({type(key).__name__.lstrip('_')}"
+                               f"{f', {size} bits' if size else ''}) is not one vsgx accepts")
+    return certificate, public_key_der(certificate)
 
 
 def _evidence_extension(certificate: x509.Certificate) -> bytes:

@@ -403,6 +403,12 @@ class TlsStream:
         if self.closed:
             return
         self.closed = True
+        if self.tls is not None:
+            with self.lock:
+                try:
+                    self.tls.unwrap()  # sends close_notify: an orderly end, not a truncation
+                except (ssl.SSLError, OSError, ValueError):
+                    pass
         sock = self.tls or self.raw
         try:
             sock.shutdown(socket.SHUT_RDWR)

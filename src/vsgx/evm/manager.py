@@ -33,6 +33,7 @@ from vsgx.arch.constants import PAGE_SIZE
 from vsgx.arch.cpuid import EpcSection
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.channel import (
+    ChannelClosed,
     ChannelError,
     Connection,
     ErrorCode,
@@ -523,8 +524,13 @@ class EnclaveManager:
             self._refuse(stream, who, session, ErrorCode.FULL)
             return
         conn = session.conn
-        conn.on_close.append(lambda error: threading.Thread(
-            target=session.cleanup, daemon=True, name="session cleanup").start())
+
+        def closed(error: BaseException | None) -> None:
+            if isinstance(error, ChannelError) and not isinstance(error, ChannelClosed):
+                self.log(f"vsgx evm: the session of {who} failed: {error}")
+            threading.Thread(target=session.cleanup, daemon=True, name="session cleanup").start()
+
+        conn.on_close.append(closed)
         # Serving threads take turns reading; a thread that reads an EENTER
         # runs it while the next one reads on.
         for _ in range(SERVE_THREADS - 1):
@@ -539,10 +545,10 @@ class EnclaveManager:
         with self._slots:
             while True:
                 held = sum(1 for s in self.sessions if s.client == who and not s.closed)
-                if held >= cap:
+                if held >= cap and cap < self.slice_count:
                     return (f"EVM full for this client: it holds {held} sessions, the most this "
                             f"EVM gives one client (--max-client-sessions)")
-                if self._free_slices:
+                if self._free_slices and held < cap:
                     break
                 closing = any(s.closed for s in self.sessions)
                 remaining = deadline - time.monotonic()
