@@ -3,6 +3,7 @@ by vsgx itself; nothing here comes from another project."""
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +188,7 @@ class EvmProcess:
     all along (``output``), so that a full pipe never stops it."""
 
     def __init__(self, address: str, data_dir: Path, *extra: str, executor: str = "unicorn"):
-        import subprocess
+        import os
         import sys
         import threading
 
@@ -203,7 +204,8 @@ class EvmProcess:
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
              "--data-dir", str(data_dir), "--epc-mib", "32", "--session-epc-mib", "1",
              "--executor", executor, *admits, *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         line = self.process.stdout.readline()
         if "serving on" not in line:
             self.process.kill()
@@ -221,12 +223,29 @@ class EvmProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_for(self, text: str, limit: float = 30.0) -> str:
+        """Its output, once ``text`` is in it (it arrives line by line)."""
+        import time
+
+        deadline = time.monotonic() + limit
+        while text not in self.output():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"the EVM never said {text!r}:\n{self.output()[-3000:]}")
+            time.sleep(0.02)
+        return self.output()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
+        except subprocess.TimeoutExpired:
+            import signal
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self._reader.join(timeout=5)
 
 

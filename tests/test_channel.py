@@ -164,7 +164,8 @@ def test_listen_refuses_a_live_socket_which_keeps_serving(tmp_path):
             listen(_unix(path))
         client = socket.socket(socket.AF_UNIX)
         client.connect(str(path))  # still the first listener's
-        accepted = first.accept()
+        accepted = first.accept(timeout=10)
+        assert accepted is not None
         accepted.close()
         client.close()
     finally:
@@ -413,7 +414,8 @@ class CraftedServer:
 
     def _serve(self) -> None:
         try:
-            sock = self.listener.accept()
+            sock = self.listener.accept(timeout=30)
+            assert sock is not None
             tls = self.context.wrap_socket(sock, server_side=True)
             tls.settimeout(20)
             tls.recv(1)  # until the client goes away

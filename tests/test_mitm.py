@@ -140,13 +140,14 @@ def test_an_avm_gone_silent_during_a_long_ecall_is_dropped_by_the_evm(mitm_evm, 
                                     daemon=True)
         spinning.start()
         time.sleep(0.5)
+        before = len(mitm_evm.output())
         proxy.arm("blackhole")
         error = _call_error(plain, 1, OP_SET_FLAG, 98)
         assert isinstance(error, VsgxError) and "stopped answering" in str(error)
         deadline = time.monotonic() + PEER_TIMEOUT + SLACK
-        while "the AVM stopped answering" not in mitm_evm.output():
+        while "the AVM stopped answering" not in mitm_evm.output()[before:]:
             assert time.monotonic() < deadline, mitm_evm.output()[-2000:]
-            time.sleep(0.2)
+            time.sleep(0.1)
         spinning.join(timeout=BOUND)
         assert not spinning.is_alive()
     finally:

@@ -155,7 +155,12 @@ class Listener:
             info = os.lstat(address.path)
             self._file = (info.st_dev, info.st_ino)
 
-    def accept(self) -> socket.socket:
+    def accept(self, timeout: float | None = None) -> socket.socket | None:
+        """A new connection, or None after ``timeout`` seconds (a signal
+        may go to any thread: a main thread that waits forever in accept
+        would never run its handler)."""
+        if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+            return None
         return self.sock.accept()[0]
 
     def close(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from vsgx.cli.commands import describe, load_plan, print_inspection
@@ -112,9 +114,13 @@ def cmd_evm_client_id(args: argparse.Namespace) -> int:
     return 0
 
 
-def apply_client_options(args: argparse.Namespace) -> None:
-    """The --evm-* options become what every connection to an EVM in this
-    process uses."""
+@contextlib.contextmanager
+def client_options(args: argparse.Namespace) -> Iterator[None]:
+    """While a command runs, its --evm-* options are what every connection
+    to an EVM in this process uses."""
+    if not hasattr(args, "evm_pin"):
+        yield
+        return
     from vsgx.channel import EvidencePolicy, parse_fingerprint
     from vsgx.host.remote import set_defaults
 
@@ -125,6 +131,10 @@ def apply_client_options(args: argparse.Namespace) -> None:
                             require_snp=args.require_snp,
                             allow_unverified_snp=args.allow_unverified_snp, pinned_keys=pins)
     set_defaults(policy, args.evm_timeout)
+    try:
+        yield
+    finally:
+        set_defaults()
 
 
 def _registers(text: str | None) -> dict[str, int]:

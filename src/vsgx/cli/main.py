@@ -216,9 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name == "evm":
         parser.parse_args(["evm", "--help"])
     try:
-        if hasattr(args, "evm_pin"):
-            evm_commands.apply_client_options(args)
-        return _COMMANDS[name](args)
+        with evm_commands.client_options(args):
+            return _COMMANDS[name](args)
     except VsgxError as exc:
         print(f"vsgx {name}: error: {exc}", file=sys.stderr)
         return 1

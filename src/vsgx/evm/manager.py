@@ -73,6 +73,8 @@ DEFAULT_PEER_TIMEOUT = 30.0  # silence of an AVM that waits for us (it PINGs eve
 HANDSHAKE_SECONDS = 10.0
 HELLO_SECONDS = 5.0  # how long a refused client has to say HELLO and hear why
 SLICE_WAIT_SECONDS = 5.0  # for a closing session's slice; below the AVM's own deadline
+FULL_GRACE_SECONDS = 0.5
+ACCEPT_SECONDS = 0.5  # the serving loop looks at its stop flag this often
 MAX_PENDING = 64  # connections not yet admitted or refused
 _CPUID_LEAF = struct.Struct("<4I")
 CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
@@ -550,12 +552,15 @@ class EnclaveManager:
                             f"EVM gives one client (--max-client-sessions)")
                 if self._free_slices and held < cap:
                     break
+                # A session whose AVM just left may not know it yet: a moment
+                # of grace before "full", more while sessions are closing.
                 closing = any(s.closed for s in self.sessions)
                 remaining = deadline - time.monotonic()
-                if not closing or remaining <= 0:
+                if remaining <= 0 or (not closing and remaining < SLICE_WAIT_SECONDS
+                                      - FULL_GRACE_SECONDS):
                     return (f"EVM full ({len(self.sessions)} sessions of "
                             f"{self.session_pages * PAGE_SIZE >> 20} MiB in use)")
-                self._slots.wait(remaining)
+                self._slots.wait(min(remaining, 0.1))
             epc = self._free_slices.pop(0)
             conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
                               name="AVM session", peer="the AVM", deadline=self.peer_timeout)
@@ -617,11 +622,13 @@ class EnclaveManager:
         try:
             while not self.stopped.is_set():
                 try:
-                    sock = self.listener.accept()
-                except OSError:
+                    sock = self.listener.accept(timeout=ACCEPT_SECONDS)
+                except (OSError, ValueError):  # closed by stop()
                     if self.stopped.is_set():
                         break
                     raise
+                if sock is None:
+                    continue
                 with self._slots:
                     if self._pending >= MAX_PENDING:
                         sock.close()
