@@ -190,6 +190,38 @@ def test_one_client_cannot_take_every_slice(tmp_path):
         evm.stop()
 
 
+def test_a_flood_of_mute_connections_from_one_host_does_not_lock_others_out(tmp_path):
+    """Connections that never finish their handshake: a few from one host
+    wait (for a bounded time), the rest are dropped at once, and a client
+    from another address is served as usual."""
+    from vsgx.evm.manager import PENDING_PER_SOURCE
+
+    evm = EvmProcess("tcp:127.0.0.1:0", tmp_path / "data")
+    port = int(evm.address.rsplit(":", 1)[1])
+    mute = []
+    try:
+        for _ in range(PENDING_PER_SOURCE + 12):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))  # all of loopback is this machine
+            sock.connect(("127.0.0.1", port))
+            mute.append(sock)
+        dropped = 0
+        for sock in mute:
+            sock.settimeout(0.5)
+            try:
+                dropped += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert dropped >= 12
+        started = time.monotonic()
+        connect_evm(evm.address, DEV, warn=False).close()
+        assert time.monotonic() - started < BOUND
+    finally:
+        for sock in mute:
+            sock.close()
+        evm.stop()
+
+
 # -- idle sessions and long ECALLs ----------------------------------------------------
 def test_an_idle_session_ends_but_a_long_ecall_is_neither_idle_nor_silence(tmp_path,
                                                                           plain_enclave):

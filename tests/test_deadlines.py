@@ -59,6 +59,54 @@ def test_the_evm_drops_a_client_that_connects_and_says_nothing(tmp_path, plain_e
         evm.stop()
 
 
+def test_a_handshake_dripped_byte_by_byte_is_bounded_in_all(tmp_path):
+    """A byte now and then does not stretch the EVM's handshake deadline."""
+    evm = EvmProcess(f"unix:{tmp_path / 'evm.sock'}", tmp_path / "data", "--peer-timeout", "2")
+    try:
+        hello = _client_hello()
+        drip = socket.socket(socket.AF_UNIX)
+        drip.connect(str(tmp_path / "evm.sock"))
+        started = time.monotonic()
+        closed = False
+        for byte in hello:
+            try:
+                drip.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.25)
+            if time.monotonic() - started > 2.0 + SLACK:
+                break
+        drip.settimeout(SLACK)
+        try:
+            while not closed:  # what the EVM sent of its side, then the end
+                closed = drip.recv(65536) == b""
+        except TimeoutError:
+            pass
+        except OSError:  # reset: closed too
+            closed = True
+        assert closed and time.monotonic() - started < 2.0 + SLACK
+        drip.close()
+    finally:
+        evm.stop()
+
+
+def _client_hello() -> bytes:
+    """The first bytes a TLS 1.3 client sends (its ClientHello)."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_bio(incoming, outgoing)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
 def test_an_avm_that_stops_serving_page_fetches_is_dropped_by_the_evm(tmp_path,
                                                                       plain_enclave):
     """The AVM's page server hangs (its only reader with it): the EVM's

@@ -255,7 +255,7 @@ def verify_evidence(certificate_der: bytes, policy: EvidencePolicy, *, local: bo
             except Exception as exc:  # a verifier's own error is a refusal, not a crash
                 raise AttestationError(f"the SEV-SNP report failed verification "
                                        f"({one_line(exc)})") from None
-        elif not policy.allow_unverified_snp:
+        elif not (policy.allow_unverified_snp or (policy.pinned_keys and not policy.require_snp)):
             raise AttestationError("SEV-SNP report signatures (VCEK chain) are not verified "
                                    "by this vsgx version; the policy does not accept that")
         return evidence

@@ -279,18 +279,37 @@ class TlsStream:
         self._plain = bytearray()
 
     def handshake(self, timeout: float | None = None) -> None:
+        """The TLS handshake, done within ``timeout`` seconds in all (a peer
+        that sends a byte now and then does not stretch it)."""
         limit = self.timeout if timeout is None else timeout
-        self.raw.settimeout(limit)
+        deadline = time.monotonic() + limit
+        self.raw.setblocking(False)
         try:
-            self.tls = self.context.wrap_socket(self.raw, server_side=self.server_side,
-                                                suppress_ragged_eofs=False)
-        except TimeoutError:
-            raise ChannelError(f"the TLS handshake did not finish within {limit:g} s"
-                               ) from None
+            tls = self.context.wrap_socket(self.raw, server_side=self.server_side,
+                                           do_handshake_on_connect=False,
+                                           suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError) as exc:
             raise ChannelError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
                                ) from None
-        self.tls.setblocking(False)
+        self.tls = tls  # closed with the stream, whatever happens next
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                readers, writers = [tls], []
+            except ssl.SSLWantWriteError:
+                readers, writers = [], [tls]
+            except (ssl.SSLError, OSError) as exc:
+                raise ChannelError(f"TLS handshake failed: "
+                                   f"{getattr(exc, 'reason', None) or exc}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelError(f"the TLS handshake did not finish within {limit:g} s")
+            try:
+                select.select(readers, writers, [], remaining)
+            except (ValueError, OSError):
+                raise ChannelClosed("the channel is closed") from None
         self.last_received = time.monotonic()
 
     def peer_certificate(self) -> bytes | None:

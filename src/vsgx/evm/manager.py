@@ -76,6 +76,7 @@ SLICE_WAIT_SECONDS = 5.0  # for a closing session's slice; below the AVM's own d
 FULL_GRACE_SECONDS = 0.5
 ACCEPT_SECONDS = 0.5  # the serving loop looks at its stop flag this often
 MAX_PENDING = 64  # connections not yet admitted or refused
+PENDING_PER_SOURCE = 8  # ... from one uid (Unix) or address (TCP, vsock)
 _CPUID_LEAF = struct.Struct("<4I")
 CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
 
@@ -124,6 +125,17 @@ class Admission:
             return who, None
         return who, (f"this EVM does not admit client {fingerprint}; start it with "
                      f"--allow-client {fingerprint}")
+
+
+def _source(sock) -> object:  # type: ignore[no-untyped-def]
+    """Where a connection comes from: a uid, or an address without the port."""
+    uid = peer_uid(sock)
+    if uid is not None:
+        return ("uid", uid)
+    try:
+        return ("host", sock.getpeername()[0])
+    except OSError:
+        return ("unknown",)
 
 
 class SessionViolation(VsgxError):
@@ -472,6 +484,7 @@ class EnclaveManager:
                              for i in range(self.slice_count)]
         self._slots = threading.Condition()
         self._pending = 0
+        self._pending_from: dict[object, int] = {}
         self.sessions: list[Session] = []
         self.listener: Listener | None = None
         self.address = ""
@@ -499,14 +512,39 @@ class EnclaveManager:
     # -- admission -------------------------------------------------------------
     def accept(self, sock, family: str | None = None) -> None:  # type: ignore[no-untyped-def]
         """Handshake, admit or refuse, and serve one connection (in its own
-        thread)."""
-        try:
-            self._accept(sock, family or self.family)
-        finally:
+        thread; ``serve`` counted it as pending)."""
+        source = _source(sock)
+        decided = threading.Event()
+
+        def no_longer_pending() -> None:
+            if decided.is_set():
+                return
+            decided.set()
             with self._slots:
                 self._pending = max(0, self._pending - 1)
+                left = self._pending_from.pop(source, 1) - 1
+                if left > 0:
+                    self._pending_from[source] = left
 
-    def _accept(self, sock, family: str) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self._accept(sock, family or self.family, no_longer_pending)
+        finally:
+            no_longer_pending()
+
+    def _too_many_pending(self, sock) -> bool:  # type: ignore[no-untyped-def]
+        """Whether to drop a new connection before its handshake: no more
+        than MAX_PENDING in all, PENDING_PER_SOURCE from one uid or host."""
+        source = _source(sock)
+        with self._slots:
+            if (self._pending >= MAX_PENDING
+                    or self._pending_from.get(source, 0) >= PENDING_PER_SOURCE):
+                return True
+            self._pending += 1
+            self._pending_from[source] = self._pending_from.get(source, 0) + 1
+            return False
+
+    def _accept(self, sock, family: str,  # type: ignore[no-untyped-def]
+                decided: Callable[[], None]) -> None:
         uid = peer_uid(sock) if family == "unix" else None
         stream = TlsStream(sock, self.identity.context, server_side=True,
                            timeout=self.peer_timeout, peer="the AVM")
@@ -525,6 +563,7 @@ class EnclaveManager:
         if isinstance(session, str):
             self._refuse(stream, who, session, ErrorCode.FULL)
             return
+        decided()
         conn = session.conn
 
         def closed(error: BaseException | None) -> None:
@@ -629,11 +668,9 @@ class EnclaveManager:
                     raise
                 if sock is None:
                     continue
-                with self._slots:
-                    if self._pending >= MAX_PENDING:
-                        sock.close()
-                        continue
-                    self._pending += 1
+                if self._too_many_pending(sock):
+                    sock.close()
+                    continue
                 threading.Thread(target=self.accept, args=(sock, parsed.family), daemon=True,
                                  name="AVM session").start()
         finally:
