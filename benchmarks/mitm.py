@@ -147,9 +147,9 @@ def main() -> None:
                   "seed": args.seed, "results": results})
     labels = [name for name in results if name != "control (no attack)"]
     bar_plot("mitm", f"Worst time to detect (s); the AVM's deadline is {args.timeout:g} s",
-             [*labels, "deadline"],
+             [label.replace(" ", "\n") for label in labels] + ["AVM\ndeadline"],
              [float(results[n]["worst_s"] or 0) for n in labels] + [args.timeout], "seconds",
-             baseline_label="deadline")
+             baseline_label="AVM\ndeadline")
 
 
 if __name__ == "__main__":
