@@ -489,6 +489,12 @@ def test_snp_evidence_goes_to_the_policys_verifier():
         verify_evidence(good, EvidencePolicy(snp_verifier=broken))
     with pytest.raises(AttestationError, match="not verified"):
         verify_evidence(good, EvidencePolicy(require_snp=True))
+    # A pinned EVM is trusted as an unattested one would be; its SNP report
+    # adds to that. Requiring SNP means requiring a verified report.
+    pins = frozenset({fingerprint(KEY_SPKI)})
+    assert verify_evidence(good, EvidencePolicy(pinned_keys=pins)).kind == "sev-snp"
+    with pytest.raises(AttestationError, match="not verified"):
+        verify_evidence(good, EvidencePolicy(pinned_keys=pins, require_snp=True))
 
 
 def test_other_key_types_that_tls_uses_are_read():
