@@ -3,6 +3,7 @@ by vsgx itself; nothing here comes from another project."""
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,35 +160,93 @@ def _transports() -> list:
 TRANSPORTS = _transports()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory):
+    """Keys and secrets that tests make by default (the AVM's client key,
+    say) go to a directory of this run, not to the user's home."""
+    import os
+
+    if "VSGX_DATA_DIR" in os.environ:
+        yield os.environ["VSGX_DATA_DIR"]
+        return
+    path = tmp_path_factory.mktemp("vsgx-data")
+    os.environ["VSGX_DATA_DIR"] = str(path)
+    yield str(path)
+    os.environ.pop("VSGX_DATA_DIR", None)
+
+
+def client_fingerprint() -> str:
+    """The fingerprint of this test run's AVM key (what EVMs admit)."""
+    from vsgx.channel import ClientIdentity
+
+    return ClientIdentity.load().fingerprint
+
+
 class EvmProcess:
-    """`vsgx evm serve` in a child process."""
+    """`vsgx evm serve` in a child process. A TCP or vsock EVM admits this
+    run's AVM key unless ``extra`` says whom to admit. Its output is read
+    all along (``output``), so that a full pipe never stops it."""
 
     def __init__(self, address: str, data_dir: Path, *extra: str, executor: str = "unicorn"):
-        import subprocess
+        import os
         import sys
+        import threading
 
-        self.address = address
         data_dir.mkdir(parents=True, exist_ok=True)
         secret = data_dir / "platform-root-secret"
         if not secret.exists():
             secret.write_bytes(ROOT_SECRET)
             secret.chmod(0o600)
+        admits = [] if address.startswith("unix:") or any(
+            flag.startswith("--allow-") for flag in extra) else [
+            "--allow-client", client_fingerprint()]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
              "--data-dir", str(data_dir), "--epc-mib", "32", "--session-epc-mib", "1",
-             "--executor", executor, *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--executor", executor, *admits, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         line = self.process.stdout.readline()
         if "serving on" not in line:
             self.process.kill()
             raise RuntimeError(f"the EVM did not start: {line}{self.process.stdout.read()}")
+        # The address it really listens on (a port 0 became a free port).
+        self.address = line.split("serving on ", 1)[1].split(" (pid", 1)[0]
+        self.lines: list[str] = [line]
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, limit: float = 30.0) -> str:
+        """Its output, once ``text`` is in it (it arrives line by line)."""
+        import time
+
+        deadline = time.monotonic() + limit
+        while text not in self.output():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"the EVM never said {text!r}:\n{self.output()[-3000:]}")
+            time.sleep(0.02)
+        return self.output()
 
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
+        except subprocess.TimeoutExpired:
+            import signal
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
 
 
 def free_tcp_port() -> int:
@@ -210,7 +269,7 @@ def evm_processes(tmp_path_factory):
             if transport == "unix":
                 address = f"unix:{base / f'evm-{executor}.sock'}"
             elif transport == "tcp":
-                address = f"tcp:127.0.0.1:{free_tcp_port()}"
+                address = "tcp:127.0.0.1:0"
             else:
                 address = f"vsock:1:{free_tcp_port()}"
             started[key] = EvmProcess(address, base / "data", executor=executor)

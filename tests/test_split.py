@@ -1,12 +1,12 @@
 """The vSGX split: the AVM and a separate EVM process over attested TLS —
-tampering, evidence policy, failures on either side, and concurrency."""
+what crosses the channel, evidence policy, failures on either side, and
+concurrency. (Tampering: test_mitm.py; admission: test_admission.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,91 +21,10 @@ from vsgx.errors import VsgxError
 from vsgx.host import Avm, Enclave
 
 from conftest import EvmProcess, build_plain
+from mitm_proxy import TamperingProxy
 from plain_ops import OP_MAKE_SECRET, OP_SECRET_HASH, OP_WAIT_FLAG, PlainEnclave
 
 DEV = EvidencePolicy(allow_unprotected=True)
-
-
-class Relay:
-    """A TCP man in the middle that reads TLS records and can flip a bit in,
-    replay, drop, reorder or truncate the next application-data record."""
-
-    def __init__(self, target_port: int):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.target_port = target_port
-        self.captured = {"c2s": bytearray(), "s2c": bytearray()}
-        self.capturing = True
-        self.attack: tuple[str, str] | None = None
-        self.held: bytes | None = None
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"tcp:127.0.0.1:{self.port}"
-
-    def arm(self, mode: str, direction: str = "c2s") -> None:
-        self.attack = (mode, direction)
-
-    def _accept(self) -> None:
-        client, _ = self.listener.accept()
-        server = socket.create_connection(("127.0.0.1", self.target_port))
-        self.sockets += [client, server]
-        threading.Thread(target=self._pump, args=(client, server, "c2s"), daemon=True).start()
-        threading.Thread(target=self._pump, args=(server, client, "s2c"), daemon=True).start()
-
-    @staticmethod
-    def _exactly(sock: socket.socket, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError
-            data += chunk
-        return data
-
-    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
-        try:
-            while True:
-                header = self._exactly(source, 5)
-                record = header + self._exactly(source, int.from_bytes(header[3:5], "big"))
-                if self.capturing:
-                    self.captured[direction] += record
-                attack = self.attack
-                if attack and attack[1] == direction and record[0] == 0x17:
-                    mode = attack[0]
-                    if mode == "flip":
-                        self.attack = None
-                        record = record[:20] + bytes([record[20] ^ 0x01]) + record[21:]
-                    elif mode == "replay":
-                        self.attack = None
-                        sink.sendall(record)
-                    elif mode == "drop":
-                        self.attack = None
-                        continue
-                    elif mode == "reorder":
-                        if self.held is None:
-                            self.held = record
-                            continue
-                        self.attack = None
-                        sink.sendall(record)
-                        record, self.held = self.held, None
-                    elif mode == "truncate":
-                        for s in self.sockets:
-                            s.close()
-                        return
-                sink.sendall(record)
-        except OSError:
-            pass
-        except ConnectionError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @pytest.fixture
@@ -131,44 +50,8 @@ def _in_thread(fn, timeout: float = 30.0):
     return outcome[0]
 
 
-@pytest.mark.parametrize(("mode", "direction"), [
-    ("flip", "c2s"), ("flip", "s2c"), ("replay", "c2s"), ("replay", "s2c"),
-    ("drop", "c2s"), ("drop", "s2c"), ("reorder", "c2s"), ("reorder", "s2c"),
-    ("truncate", "c2s")])
-def test_tampering_ends_the_session(tcp_evm, plain_enclave, mode, direction):
-    relay = Relay(int(tcp_evm.rsplit(":", 1)[1]))
-    avm = Avm(connect_evm(relay.address, DEV, warn=False))
-    enclave = Enclave.load(plain_enclave.signed, evm=avm)
-    assert enclave.eenter(rdi=0, rsi=1).kind == "eexit"
-    relay.arm(mode, direction)
-
-    def keep_entering():
-        for _ in range(20):
-            enclave.eenter(rdi=0, rsi=1)
-            if mode == "reorder":
-                threading.Thread(target=lambda: _quiet(enclave), daemon=True).start()
-
-    error = _in_thread(keep_entering)
-    assert isinstance(error, VsgxError), f"{mode}/{direction} went unnoticed"
-    text = str(error)
-    assert "lost" in text or "closed" in text or "tamper" in text or "truncat" in text
-    avm.close()
-    # The EVM goes on serving.
-    with Enclave.load(plain_enclave.signed, evm=Avm(connect_evm(tcp_evm, DEV, warn=False))) \
-            as other:
-        assert other.eenter(rdi=0, rsi=2).rsi == 4
-        other.avm.close()
-
-
-def _quiet(enclave):
-    try:
-        enclave.eenter(rdi=0, rsi=1)
-    except VsgxError:
-        pass
-
-
 def test_a_canary_in_an_enclave_page_never_leaves_the_evm(tcp_evm, plain_enclave):
-    relay = Relay(int(tcp_evm.rsplit(":", 1)[1]))
+    relay = TamperingProxy(int(tcp_evm.rsplit(":", 1)[1]))
     remote = connect_evm(relay.address, DEV, warn=False)
     frames: list[bytes] = []
     stream = remote.conn.stream
@@ -215,7 +98,9 @@ def test_an_evm_without_the_required_evidence_is_refused(tcp_evm, monkeypatch):
 
     monkeypatch.setattr(remote, "Connection", no_messages)
     with pytest.raises(AttestationError, match="no protection evidence"):
-        connect_evm(tcp_evm, EvidencePolicy())
+        connect_evm(tcp_evm, EvidencePolicy(allow_unprotected_local=False))
+    with pytest.raises(AttestationError, match="requires SEV-SNP"):
+        connect_evm(tcp_evm, EvidencePolicy(require_snp=True))
 
 
 def test_evidence_verification_rules():

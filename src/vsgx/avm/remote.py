@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,14 @@ from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.avm.driver import EnclaveLost
 from vsgx.channel import (
+    DEFAULT_TIMEOUT,
     ChannelError,
+    ClientIdentity,
     Connection,
+    ErrorCode,
     EvidencePolicy,
     Message,
+    RemoteError,
     TlsStream,
     Type,
     client_context,
@@ -26,8 +31,9 @@ from vsgx.channel import (
     parse_address,
     reply_to,
 )
-from vsgx.channel.evidence import KIND_NONE
+from vsgx.channel.evidence import KIND_NONE, one_line
 from vsgx.channel.messages import MAX_PUSHED_PAGES, VERSION, decode_runs, encode_pages
+from vsgx.errors import VsgxError
 
 _CPUID_LEAF = struct.Struct("<4I")
 NO_SEV_BANNER = (
@@ -37,6 +43,16 @@ NO_SEV_BANNER = (
     "  *  protected by process isolation on that machine. Use this for    *\n"
     "  *  development and testing, not to protect secrets.                *\n"
     "  *********************************************************************\n")
+
+
+class EvmRefused(VsgxError):
+    """The EVM did not admit this AVM (not on its list, or it is full)."""
+
+
+# What a session that already ended has nothing left to do: the EVM removed
+# its enclaves with it.
+_TEARDOWN = {Type.EREMOVE: Message(Type.STATUS, (0, 0)), Type.DESTROY: Message(Type.OK, ()),
+             Type.KICK: Message(Type.OK, ()), Type.BYE: Message(Type.OK, ())}
 
 
 @dataclass
@@ -65,9 +81,20 @@ class RemoteEvm:
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
         conn.handler = self._serve
-        reply = self._call(Type.HELLO, (VERSION,))
-        if reply.fields[0] != VERSION:
-            raise ChannelError(f"the EVM speaks protocol {reply.fields[0]}")
+        try:
+            reply = self.conn.call(Type.HELLO, (VERSION,))
+        except RemoteError as exc:
+            conn.close()
+            if exc.code in (ErrorCode.REFUSED, ErrorCode.FULL):
+                raise EvmRefused(f"the EVM refused the session: "
+                                 f"{one_line(str(exc), 400)}") from None
+            raise ChannelError(f"the EVM did not accept the session: {one_line(str(exc))}"
+                               ) from None
+        except ChannelError as exc:
+            raise ChannelError(f"the EVM ended the session before it began: {exc}") from None
+        if reply.type != Type.HELLO or reply.fields[0] != VERSION:
+            conn.close()
+            raise ChannelError("the EVM does not speak this vsgx's protocol")
 
     def attach_memory(self, memory: Any) -> None:
         self.memory = memory
@@ -91,6 +118,8 @@ class RemoteEvm:
 
     # -- requests -----------------------------------------------------------------
     def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+        if self.conn.error is not None and message_type in _TEARDOWN:
+            return _TEARDOWN[message_type]
         try:
             reply = self.conn.call(message_type, fields, blob)
         except ChannelError as exc:
@@ -214,12 +243,39 @@ class RemoteEvm:
         self.conn.close()
 
 
-def connect_evm(address: str, policy: EvidencePolicy | None = None, *,
-                warn: bool = True) -> RemoteEvm:
-    """Connect to an EVM, check its evidence against ``policy``, say hello."""
-    policy = policy or EvidencePolicy(allow_unprotected=True)
-    sock = connect(parse_address(address))
-    stream = TlsStream(sock, client_context(), server_side=False)
+_defaults_lock = threading.Lock()
+_default_policy: EvidencePolicy | None = None
+_default_timeout = DEFAULT_TIMEOUT
+
+
+def set_defaults(policy: EvidencePolicy | None = None, timeout: float | None = None) -> None:
+    """What ``connect_evm`` uses when it is given no policy or timeout (the
+    vsgx command sets them from its --evm-* options)."""
+    global _default_policy, _default_timeout
+    with _defaults_lock:
+        _default_policy = policy
+        _default_timeout = timeout or DEFAULT_TIMEOUT
+
+
+def connect_evm(address: str, policy: EvidencePolicy | None = None, *, warn: bool = True,
+                identity: ClientIdentity | None = None, timeout: float | None = None
+                ) -> RemoteEvm:
+    """Connect to an EVM, check its evidence against ``policy`` (default:
+    ``EvidencePolicy()``, which accepts an unattested EVM only on this
+    machine), say hello. On TCP and vsock the AVM presents ``identity``
+    (default: the user's key, made on first use). ``timeout`` bounds the
+    connect, the handshake, and any silence of the EVM while the AVM waits."""
+    with _defaults_lock:
+        policy = policy or _default_policy or EvidencePolicy()
+        timeout = timeout or _default_timeout
+    if timeout <= 0:
+        raise VsgxError("the EVM timeout must be positive")
+    parsed = parse_address(address)
+    if identity is None and parsed.family != "unix":
+        identity = ClientIdentity.load()
+    context = client_context(identity if parsed.family != "unix" else None)
+    sock = connect(parsed, timeout)
+    stream = TlsStream(sock, context, server_side=False, timeout=timeout, peer="the EVM")
     try:
         stream.handshake()
         evidence = stream.verify_peer(policy)
@@ -228,7 +284,7 @@ def connect_evm(address: str, policy: EvidencePolicy | None = None, *,
         raise
     if evidence.kind == KIND_NONE and warn:
         print(NO_SEV_BANNER, file=sys.stderr, flush=True)
-    conn = Connection(stream, None, name="channel to the EVM")
+    conn = Connection(stream, None, name="channel to the EVM", peer="the EVM", deadline=timeout)
     evm = RemoteEvm(conn)
     evm.evidence = evidence  # type: ignore[attr-defined]
     return evm

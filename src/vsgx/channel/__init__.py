@@ -2,26 +2,41 @@
 attested TLS 1.3 over Unix, TCP and vsock sockets. It knows neither side:
 ``vsgx.evm`` and ``vsgx.avm`` meet only through it."""
 
-from vsgx.channel.connection import Connection, RemoteError, error_reply, reply_to
-from vsgx.channel.evidence import AttestationError, Evidence, EvidencePolicy
+from vsgx.channel.address import Address, is_local_peer, parse_address
+from vsgx.channel.connection import (
+    Connection,
+    ErrorCode,
+    RemoteError,
+    error_reply,
+    reply_to,
+)
+from vsgx.channel.evidence import AttestationError, Evidence, EvidencePolicy, SnpVerifier
+from vsgx.channel.identity import (
+    ClientIdentity,
+    ServerIdentity,
+    parse_fingerprint,
+    user_data_dir,
+)
 from vsgx.channel.messages import Kind, Message, ProtocolError, Type
 from vsgx.channel.transport import (
-    Address,
+    DEFAULT_TIMEOUT,
     ChannelClosed,
     ChannelError,
-    ServerIdentity,
+    Listener,
     TlsStream,
     client_context,
     connect,
     listen,
-    parse_address,
+    peer_uid,
     vsock_available,
     vsock_loopback_available,
 )
 
 __all__ = [
-    "Address", "AttestationError", "ChannelClosed", "ChannelError", "Connection", "Evidence",
-    "EvidencePolicy", "Kind", "Message", "ProtocolError", "RemoteError", "ServerIdentity",
-    "TlsStream", "Type", "client_context", "connect", "error_reply", "listen", "parse_address",
-    "reply_to", "vsock_available", "vsock_loopback_available",
+    "DEFAULT_TIMEOUT", "Address", "AttestationError", "ChannelClosed", "ChannelError",
+    "ClientIdentity", "Connection", "ErrorCode", "Evidence", "EvidencePolicy", "Kind",
+    "Listener", "Message", "ProtocolError", "RemoteError", "ServerIdentity", "SnpVerifier",
+    "TlsStream", "Type", "client_context", "connect", "error_reply", "is_local_peer", "listen",
+    "parse_address", "parse_fingerprint", "peer_uid", "reply_to", "user_data_dir",
+    "vsock_available", "vsock_loopback_available",
 ]

@@ -9,6 +9,12 @@ reads a request gives up the reader role before handling it, so the next
 one reads on while it works. No message is ever passed between threads on
 the way to its handler: a single thread entering an enclave does every step
 itself.
+
+Every wait has a deadline: while a thread waits for a reply, or a request
+of the peer is being handled (the peer waits, and so keeps sending PINGs),
+silence from the peer for ``deadline`` seconds ends the connection with a
+clear error. The one who waits sends the PINGs, so an enclave that runs for
+an hour is not silence.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Collection
+from enum import IntEnum
 from typing import Protocol
 
+from vsgx.channel.evidence import one_line
 from vsgx.channel.messages import (
     HEADER_SIZE,
     Kind,
@@ -31,13 +39,23 @@ from vsgx.channel.messages import (
     encode,
     is_sole,
 )
-from vsgx.channel.transport import ChannelClosed, ChannelError, ChannelIdle
+from vsgx.channel.transport import (
+    DEFAULT_TIMEOUT,
+    IDLE_SECONDS,
+    ChannelClosed,
+    ChannelError,
+    ChannelIdle,
+)
 from vsgx.errors import VsgxError
 
 
 class Stream(Protocol):
+    last_received: float  # monotonic time of the last plaintext from the peer
+
     def send(self, data: bytes) -> None: ...
-    def read_frame(self, header_size: int, body_length: Callable[[bytes], int]) -> bytes: ...
+    def read_frame(self, header_size: int, body_length: Callable[[bytes], int],
+                   wait: float = IDLE_SECONDS) -> bytes: ...
+    def pending(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -67,15 +85,31 @@ def reply_to(request: Message, message_type: Type, fields: tuple = (), blob: byt
     return Message(message_type, fields, blob, Kind.REPLY, request.request_id)
 
 
-def error_reply(request: Message, text: str, code: int = 1) -> Message:
+class ErrorCode(IntEnum):
+    """The code of an ERROR reply."""
+
+    FAILED = 1
+    PROTOCOL = 2  # a malformed request
+    VIOLATION = 3  # a request touching what the session does not own
+    REJECTED = 4  # the request is well-formed but cannot be done
+    REFUSED = 5  # the EVM does not admit this client
+    FULL = 6  # the EVM has no room for another session
+
+
+def error_reply(request: Message, text: str, code: int = ErrorCode.FAILED) -> Message:
     return reply_to(request, Type.ERROR, (code,), text.encode()[:4000])
 
 
 class Connection:
     def __init__(self, stream: Stream, handler: Handler | None = None, *,
-                 blocking: Collection[Type] = (), name: str = "channel"):
+                 blocking: Collection[Type] = (), name: str = "channel",
+                 peer: str = "the other side", deadline: float = DEFAULT_TIMEOUT):
         self.stream = stream
         self.handler = handler
+        self.peer = peer
+        self.deadline = deadline
+        # How long a read waits before a keepalive: several PINGs fit in a deadline.
+        self._tick = min(IDLE_SECONDS, deadline / 4)
         # Requests that may run long: a thread that reads one while it waits
         # for its own reply hands it to a new thread.
         self.blocking = frozenset(blocking)
@@ -87,6 +121,8 @@ class Connection:
         self._owner: int | None = None
         self._owner_reading = False
         self._busy_since = 0.0
+        self._handling = 0  # requests of the peer being handled (it waits for them)
+        self._expecting_since = time.monotonic()
         self.error: BaseException | None = None
         self.closed = False
         self.on_close: list[Callable[[BaseException | None], None]] = []
@@ -99,21 +135,39 @@ class Connection:
         self.send(Message(message_type, fields, blob, Kind.NOTICE))
 
     def call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
-        """Send a request and return its reply (ERROR replies raise)."""
+        """Send a request and return its reply (ERROR replies raise). An
+        interrupt (Ctrl-C) while waiting closes the connection: the reply
+        could never be matched to anything again."""
+        if not self._waiters:
+            self._drain()  # what the peer said while we were quiet (that it closed, say)
         if self.error is not None:
             raise self._closed_error()
         request_id = next(self._ids)
         waiter = _Waiter()
         with self._mutex:
             sole = not self._waiters
+            if sole and not self._handling:
+                self._expecting_since = time.monotonic()
             self._waiters[request_id] = waiter
         try:
             self.send(Message(message_type, fields, blob, Kind.REQUEST, request_id), sole)
+        except ChannelError:
+            with self._mutex:
+                self._waiters.pop(request_id, None)
+            self._drain()  # the peer may have said why before it closed
+            if self.error is not None:
+                raise self._closed_error() from None
+            raise
         except BaseException:
             with self._mutex:
                 self._waiters.pop(request_id, None)
             raise
-        self._wait(waiter)
+        try:
+            self._wait(waiter)
+        except BaseException:
+            self._fail(ChannelClosed(f"the {self.name} was closed: interrupted while waiting "
+                                     "for a reply"))
+            raise
         if waiter.error is not None:
             raise waiter.error
         reply = waiter.reply
@@ -190,18 +244,51 @@ class Connection:
                 event.clear()
 
     def _lead(self, waiter: _Waiter) -> None:
-        """Read until ``waiter`` has its reply (holding the reader role)."""
+        """Read until ``waiter`` has its reply (holding the reader role). An
+        interrupt propagates (``call`` closes the connection)."""
         try:
             while not waiter.done:
                 try:
-                    message, _ = self._read_one()
+                    message, _ = self._read_one(self._tick)
                 except ChannelIdle:
-                    self._keepalive()
+                    self._idle()
                     continue
                 if message is not None:
                     self._dispatch_while_waiting(message)
-        except BaseException as exc:
+        except Exception as exc:
             self._fail(exc)
+
+    def _drain(self) -> None:
+        """Read what has already arrived, if nobody else is reading."""
+        if self.error is not None or not self._take_role(wait=False):
+            return
+        try:
+            while self.error is None and self.stream.pending():
+                try:
+                    message, _ = self._read_one(wait=0)
+                except ChannelIdle:
+                    break
+                if message is not None:
+                    self._dispatch_while_waiting(message)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._give_role()
+
+    def _idle(self) -> None:
+        """Nothing arrived for a while. If we wait for the peer, keep it
+        talking, and give up on it once it has been silent too long."""
+        with self._mutex:
+            waiting = bool(self._waiters)
+            expecting = waiting or self._handling > 0
+        if not expecting:
+            return
+        silent = time.monotonic() - max(self.stream.last_received, self._expecting_since)
+        if silent >= self.deadline:
+            raise ChannelError(f"{self.peer} stopped answering: nothing received for "
+                               f"{silent:.0f} s")
+        if waiting:
+            self._keepalive()
 
     def _wake_a_follower(self) -> None:
         """The reader role is free: let a thread still waiting take it."""
@@ -229,10 +316,9 @@ class Connection:
                     continue
                 try:
                     try:
-                        message, sole = self._read_one()
+                        message, sole = self._read_one(self._tick)
                     except ChannelIdle:
-                        if self._waiters:
-                            self._keepalive()
+                        self._idle()
                         continue
                     if message is None:
                         continue
@@ -246,9 +332,9 @@ class Connection:
         except BaseException as exc:
             self._fail(exc)
 
-    def _read_one(self) -> tuple[Message | None, bool]:
+    def _read_one(self, wait: float = IDLE_SECONDS) -> tuple[Message | None, bool]:
         """Read a frame; deliver replies; return requests and notices."""
-        frame = self.stream.read_frame(HEADER_SIZE, body_length)
+        frame = self.stream.read_frame(HEADER_SIZE, body_length, wait)
         message_type, kind, request_id, _ = decode_header(frame[:HEADER_SIZE])
         try:
             message = decode_body(message_type, kind, request_id, frame[HEADER_SIZE:])
@@ -269,6 +355,9 @@ class Connection:
             if kind == Kind.REQUEST:
                 self.send(Message(Type.OK, (), b"", Kind.REPLY, request_id))
             return None, False
+        if message_type == Type.CLOSING:
+            raise ChannelClosed(one_line(message.blob.decode(errors="replace"), 300)
+                                or f"{self.peer} closed the channel")
         return message, is_sole(frame)
 
     def _dispatch_while_waiting(self, message: Message) -> None:
@@ -279,6 +368,20 @@ class Connection:
             self._handle(message)
 
     def _handle(self, message: Message) -> None:
+        request = message.kind == Kind.REQUEST
+        if request:
+            with self._mutex:
+                if not self._handling and not self._waiters:
+                    self._expecting_since = time.monotonic()
+                self._handling += 1
+        try:
+            self._handle_one(message)
+        finally:
+            if request:
+                with self._mutex:
+                    self._handling -= 1
+
+    def _handle_one(self, message: Message) -> None:
         if self.handler is None:
             reply: Message | None = error_reply(message, "this side serves no requests")
         else:
@@ -317,6 +420,6 @@ class Connection:
                 except Exception:
                     pass
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
         self.closed = True
-        self._fail(ChannelClosed(f"the {self.name} was closed"))
+        self._fail(ChannelClosed(reason or f"the {self.name} was closed"))

@@ -46,7 +46,8 @@ class Type(IntEnum):
     HELLO = 1
     ERROR = 2
     BYE = 3
-    PING = 4  # a keepalive notice, ignored
+    PING = 4  # a keepalive request, answered OK by whoever reads it
+    CLOSING = 5  # a notice: the sender is closing the session, and why
     # replies
     OK = 10
     STATUS = 11  # an SGX error code (and a value, for EDBGRD)
@@ -101,6 +102,7 @@ LAYOUTS: dict[Type, Layout] = {
     Type.ERROR: _layout("I", None),  # code, UTF-8 message
     Type.BYE: _layout(""),
     Type.PING: _layout(""),
+    Type.CLOSING: _layout("I", None),  # reason code, UTF-8 text
     Type.OK: _layout(""),
     Type.STATUS: _layout("IQ"),  # SgxError, value
     Type.FAULT: _layout("IIQ", None),  # vector, error code, address, reason

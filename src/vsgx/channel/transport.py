@@ -1,38 +1,33 @@
 """Transports and TLS 1.3 over them.
 
-Addresses: ``unix:/path``, ``tcp:host:port``, ``vsock:cid:port`` (AF_VSOCK,
-for an EVM in another VM such as an SEV guest). TLS runs over Python's
-``ssl`` through a MemoryBIO pair, so that one thread can read while others
-write and the same code serves every socket family.
+Addresses (see ``address``): ``unix:/path``, ``tcp:host:port``,
+``vsock:cid:port`` (AF_VSOCK, for an EVM in another VM such as an SEV
+guest). TLS runs over Python's ``ssl`` in non-blocking mode, so that one
+thread can read while others write and the same code serves every socket
+family. Every wait is bounded: connecting, the handshake, a send that makes
+no progress; a read gives up its turn after ``IDLE_SECONDS`` so the caller
+can send a keepalive and check how long the peer has been silent.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import select
 import socket
 import ssl
-import tempfile
+import stat
+import struct
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from vsgx.channel.evidence import (
-    EVIDENCE_OID,
-    Evidence,
-    EvidencePolicy,
-    collect_evidence,
-    verify_evidence,
-)
+from vsgx.channel.address import Address, is_local_peer
+from vsgx.channel.evidence import Evidence, EvidencePolicy, verify_evidence
+from vsgx.channel.identity import ClientIdentity, certificate_fingerprint
 from vsgx.errors import VsgxError
 
 RECV_SIZE = 256 * 1024
+DEFAULT_TIMEOUT = 10.0  # connect, handshake, and silence while waiting for the peer
 
 
 class ChannelError(VsgxError):
@@ -48,34 +43,6 @@ class ChannelIdle(Exception):
 
 
 IDLE_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Address:
-    family: str  # unix, tcp, vsock
-    target: str | tuple[str, int] | tuple[int, int]
-
-    def __str__(self) -> str:
-        if self.family == "unix":
-            return f"unix:{self.target}"
-        host, port = self.target  # type: ignore[misc]
-        return f"{self.family}:{host}:{port}"
-
-
-def parse_address(text: str) -> Address:
-    family, _, rest = text.partition(":")
-    try:
-        if family == "unix" and rest:
-            return Address("unix", rest)
-        if family == "tcp":
-            host, _, port = rest.rpartition(":")
-            return Address("tcp", (host or "127.0.0.1", int(port)))
-        if family == "vsock":
-            cid, _, port = rest.partition(":")
-            return Address("vsock", (int(cid), int(port)))
-    except ValueError:
-        pass
-    raise VsgxError(f"bad EVM address {text!r}: use unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")
 
 
 def vsock_available() -> bool:
@@ -122,31 +89,140 @@ def _socket(address: Address) -> socket.socket:
     return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
 
 
-def listen(address: Address, backlog: int = 64) -> socket.socket:
-    sock = _socket(address)
-    if address.family == "unix":
+def _resolve(address: Address) -> Address:
+    """A TCP host name turned into the address family it resolves to."""
+    if address.family != "tcp":
+        return address
+    host, port = address.target  # type: ignore[misc]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ChannelError(f"cannot resolve {host!r} of {address}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return Address("tcp", (sockaddr[0], sockaddr[1])) if family in (
+        socket.AF_INET, socket.AF_INET6) else address
+
+
+def _unix_path_in_use(path: str) -> None:
+    """Refuse to listen where something stands, except a stale socket
+    (one nobody listens on), which is removed. Never deletes anything else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ChannelError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ChannelError(f"cannot listen on unix:{path}: it is a symbolic link (refusing to "
+                           "replace it)")
+    if stat.S_ISDIR(info.st_mode):
+        raise ChannelError(f"cannot listen on unix:{path}: it is a directory")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ChannelError(f"cannot listen on unix:{path}: a file that is not a socket stands "
+                           "there (refusing to replace it)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # stale: nobody listens
+    except OSError as exc:
+        raise ChannelError(f"cannot listen on unix:{path}: cannot tell whether the socket "
+                           f"there is in use ({exc.strerror or exc})") from None
+    else:
+        raise ChannelError(f"cannot listen on unix:{path}: another process (an EVM?) is "
+                           "listening there")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ChannelError(f"cannot replace the stale socket unix:{path}: {exc.strerror}"
+                           ) from None
+
+
+class Listener:
+    """A listening socket; for a Unix socket, the file it made, removed on
+    close if it is still the one it made."""
+
+    def __init__(self, sock: socket.socket, address: Address):
+        self.sock = sock
+        self.address = address
+        self._file: tuple[int, int] | None = None
+        if address.family == "unix":
+            info = os.lstat(address.path)
+            self._file = (info.st_dev, info.st_ino)
+
+    def accept(self, timeout: float | None = None) -> socket.socket | None:
+        """A new connection, or None after ``timeout`` seconds (a signal
+        may go to any thread: a main thread that waits forever in accept
+        would never run its handler)."""
+        if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+            return None
+        return self.sock.accept()[0]
+
+    def close(self) -> None:
         try:
-            os.unlink(str(address.target))
-        except FileNotFoundError:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
             pass
+        self.sock.close()
+        if self._file is not None:
+            try:
+                info = os.lstat(self.address.path)
+                if (info.st_dev, info.st_ino) == self._file:
+                    os.unlink(self.address.path)
+            except OSError:
+                pass
+            self._file = None
+
+
+def listen(address: Address, backlog: int = 64, mode: int = 0o600) -> Listener:
+    """Listen on ``address``; a Unix socket is made with ``mode`` (0600:
+    only this user may connect)."""
+    if address.family == "unix":
+        path = address.path
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ChannelError(f"cannot listen on {address}: the folder {folder} does not "
+                               "exist")
+        _unix_path_in_use(path)
+    resolved = _resolve(address)
+    sock = _socket(resolved)
+    if address.family == "unix":
+        os.fchmod(sock.fileno(), mode)  # Linux makes the file with the socket's mode
     else:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound = address
     try:
-        sock.bind(address.target)  # type: ignore[arg-type]
+        sock.bind(resolved.target)  # type: ignore[arg-type]
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ChannelError(f"cannot listen on {address}: {exc.strerror}") from None
     if address.family == "unix":
-        os.chmod(str(address.target), 0o600)
-    return sock
+        os.chmod(address.path, mode)
+    else:
+        name = sock.getsockname()
+        bound = Address(address.family, (address.target[0], name[1]))  # type: ignore[index]
+    return Listener(sock, bound)
 
 
-def connect(address: Address, timeout: float = 10.0) -> socket.socket:
-    sock = _socket(address)
+def connect(address: Address, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
+    if address.family == "unix" and os.path.isdir(address.path):
+        raise ChannelError(f"cannot connect to the EVM at {address}: it is a directory, not "
+                           "a socket")
+    resolved = _resolve(address)
+    sock = _socket(resolved)
     sock.settimeout(timeout)
     try:
-        sock.connect(address.target)  # type: ignore[arg-type]
+        sock.connect(resolved.target)  # type: ignore[arg-type]
+    except TimeoutError:
+        sock.close()
+        raise ChannelError(f"cannot connect to the EVM at {address}: no answer within "
+                           f"{timeout:g} s") from None
     except OSError as exc:
         sock.close()
         raise ChannelError(f"cannot connect to the EVM at {address}: "
@@ -155,79 +231,106 @@ def connect(address: Address, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket
+    (SO_PEERCRED: the credentials it had when it connected)."""
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid
+
+
 # -- TLS ---------------------------------------------------------------------
-class ServerIdentity:
-    """The EVM's TLS key and certificate, with evidence binding the key."""
-
-    def __init__(self, evidence_kind: str = "none"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.evidence: Evidence = collect_evidence(evidence_kind, public)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vsgx enclave VM")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                       .not_valid_before(now - datetime.timedelta(minutes=5))
-                       .not_valid_after(now + datetime.timedelta(days=30))
-                       .add_extension(x509.UnrecognizedExtension(EVIDENCE_OID,
-                                                                 self.evidence.encode()),
-                                      critical=False)
-                       .sign(key, hashes.SHA256()))
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_3
-        with tempfile.TemporaryDirectory() as tmp:
-            cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-            with open(cert_path, "wb") as f:
-                f.write(certificate.public_bytes(serialization.Encoding.PEM))
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-            self.context.load_cert_chain(cert_path, key_path)
-
-
-def client_context() -> ssl.SSLContext:
-    """TLS 1.3; the certificate is checked by its evidence, not by a CA."""
+def client_context(identity: ClientIdentity | None = None) -> ssl.SSLContext:
+    """TLS 1.3; the EVM's certificate is checked by its evidence, not by a
+    CA. With ``identity``, the AVM presents its certificate (mutual TLS)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if identity is not None:
+        identity.present(context)
     return context
 
 
 class TlsStream:
     """A TLS session over a connected socket. The SSL object is used in
     non-blocking mode and only under one lock, so one thread can wait for
-    data (in select, outside the lock) while others send."""
+    data (in select, outside the lock) while others send.
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool):
+    ``last_received`` is when plaintext last arrived: bytes that decrypt to
+    nothing (a record whose length field was changed, say) are no sign of
+    life. A send that cannot make progress for ``timeout`` seconds fails."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_side: bool, *,
+                 timeout: float = DEFAULT_TIMEOUT, peer: str = "the other side"):
         self.raw = sock
         self.context = context
         self.server_side = server_side
+        self.timeout = timeout
+        self.peer = peer
         self.tls: ssl.SSLSocket | None = None
         self.lock = threading.Lock()
         self.closed = False
         self.evidence: Evidence | None = None
+        self.local = is_local_peer(sock)
+        self.last_received = time.monotonic()
         self._plain = bytearray()
 
-    def handshake(self) -> None:
-        self.raw.settimeout(30)
+    def handshake(self, timeout: float | None = None) -> None:
+        """The TLS handshake, done within ``timeout`` seconds in all (a peer
+        that sends a byte now and then does not stretch it)."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        self.raw.setblocking(False)
         try:
-            self.tls = self.context.wrap_socket(self.raw, server_side=self.server_side,
-                                                suppress_ragged_eofs=False)
+            tls = self.context.wrap_socket(self.raw, server_side=self.server_side,
+                                           do_handshake_on_connect=False,
+                                           suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError) as exc:
             raise ChannelError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
                                ) from None
-        self.tls.setblocking(False)
+        self.tls = tls  # closed with the stream, whatever happens next
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                readers, writers = [tls], []
+            except ssl.SSLWantWriteError:
+                readers, writers = [], [tls]
+            except (ssl.SSLError, OSError) as exc:
+                raise ChannelError(f"TLS handshake failed: "
+                                   f"{getattr(exc, 'reason', None) or exc}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelError(f"the TLS handshake did not finish within {limit:g} s")
+            try:
+                select.select(readers, writers, [], remaining)
+            except (ValueError, OSError):
+                raise ChannelClosed("the channel is closed") from None
+        self.last_received = time.monotonic()
+
+    def peer_certificate(self) -> bytes | None:
+        assert self.tls is not None
+        return self.tls.getpeercert(binary_form=True) or None
+
+    def peer_fingerprint(self) -> str | None:
+        """The fingerprint of the key the peer presented, if it did."""
+        der = self.peer_certificate()
+        if der is None:
+            return None
+        try:
+            return certificate_fingerprint(der)
+        except VsgxError:
+            return None
 
     def verify_peer(self, policy: EvidencePolicy) -> Evidence:
-        assert self.tls is not None
-        der = self.tls.getpeercert(binary_form=True)
+        der = self.peer_certificate()
         if not der:
             raise ChannelError("the EVM presented no certificate")
-        self.evidence = verify_evidence(der, policy)
+        self.evidence = verify_evidence(der, policy, local=self.local)
         return self.evidence
 
     def send(self, data: bytes) -> None:
@@ -235,11 +338,13 @@ class TlsStream:
         if tls is None or self.closed:
             raise ChannelClosed("the channel is closed")
         view = memoryview(data)
+        stalled = time.monotonic()
         while view:
             with self.lock:
                 try:
                     sent = tls.send(view)
                     view = view[sent:]
+                    stalled = time.monotonic()
                     continue
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                     pass
@@ -248,14 +353,23 @@ class TlsStream:
                 except OSError as exc:
                     raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
                                         ) from None
-            select.select([], [tls], [], IDLE_SECONDS)
+            waited = time.monotonic() - stalled
+            if waited >= self.timeout:
+                raise ChannelError(f"{self.peer} stopped reading: nothing could be sent for "
+                                   f"{waited:.0f} s")
+            try:
+                select.select([], [tls], [], min(IDLE_SECONDS, self.timeout - waited))
+            except (ValueError, OSError):
+                raise ChannelClosed("the channel is closed") from None
 
-    def _read_into_buffer(self, size: int) -> None:
+    def _read_into_buffer(self, size: int, wait: float) -> None:
         """Read until the plaintext buffer holds ``size`` bytes (only the
-        reader calls this). Bytes stay buffered if ChannelIdle interrupts."""
+        reader calls this); ChannelIdle after ``wait`` seconds without
+        plaintext. Bytes stay buffered if ChannelIdle interrupts."""
         tls = self.tls
         if tls is None:
             raise ChannelClosed("the channel is closed")
+        started = time.monotonic()
         while len(self._plain) < size:
             with self.lock:
                 try:
@@ -263,7 +377,7 @@ class TlsStream:
                 except (ssl.SSLWantReadError, BlockingIOError):
                     chunk = None
                 except ssl.SSLZeroReturnError:
-                    raise ChannelClosed("the other side closed the channel") from None
+                    raise ChannelClosed(f"{self.peer} closed the channel") from None
                 except ssl.SSLEOFError:
                     raise ChannelError("the channel was truncated (EOF without TLS close)"
                                        ) from None
@@ -274,30 +388,51 @@ class TlsStream:
                     raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
                                         ) from None
             if chunk is None:
+                remaining = wait - (time.monotonic() - started)
+                if remaining <= 0:
+                    raise ChannelIdle
                 try:
-                    readable, _, _ = select.select([tls], [], [], IDLE_SECONDS)
+                    select.select([tls], [], [], remaining)
                 except (ValueError, OSError):
                     raise ChannelClosed("the channel is closed") from None
-                if not readable:
-                    raise ChannelIdle
                 continue
             if not chunk:
-                raise ChannelClosed("the other side closed the channel")
+                raise ChannelClosed(f"{self.peer} closed the channel")
             self._plain += chunk
+            started = self.last_received = time.monotonic()
 
-    def read_frame(self, header_size: int, body_length: Callable[[bytes], int]) -> bytes:
+    def read_frame(self, header_size: int, body_length: Callable[[bytes], int],
+                   wait: float = IDLE_SECONDS) -> bytes:
         """One whole frame: a header, then ``body_length(header)`` bytes."""
-        self._read_into_buffer(header_size)
+        self._read_into_buffer(header_size, wait)
         size = header_size + body_length(bytes(self._plain[:header_size]))
-        self._read_into_buffer(size)
+        self._read_into_buffer(size, wait)
         frame = bytes(self._plain[:size])
         del self._plain[:size]
         return frame
+
+    def pending(self) -> bool:
+        """Whether something may be read right now (without waiting)."""
+        tls = self.tls
+        if tls is None or self.closed:
+            return False
+        if self._plain or tls.pending():
+            return True
+        try:
+            return bool(select.select([tls], [], [], 0)[0])
+        except (ValueError, OSError):
+            return True  # closed: a read will say so
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.tls is not None:
+            with self.lock:
+                try:
+                    self.tls.unwrap()  # sends close_notify: an orderly end, not a truncation
+                except (ssl.SSLError, OSError, ValueError):
+                    pass
         sock = self.tls or self.raw
         try:
             sock.shutdown(socket.SHUT_RDWR)

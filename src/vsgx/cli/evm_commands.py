@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
-import threading
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from vsgx.cli.commands import describe, load_plan, print_inspection
@@ -13,40 +15,126 @@ from vsgx.cli.main import command
 from vsgx.errors import VsgxError
 
 
+def _fingerprints(args: argparse.Namespace) -> frozenset[str]:
+    from vsgx.channel import parse_fingerprint
+
+    texts = list(args.allow_client or [])
+    if args.allow_clients_file:
+        try:
+            lines = Path(args.allow_clients_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VsgxError(f"cannot read {args.allow_clients_file}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                try:
+                    texts.append(parse_fingerprint(text))
+                except VsgxError as exc:
+                    raise VsgxError(f"{args.allow_clients_file}:{number}: {exc}") from None
+    return frozenset(parse_fingerprint(text) for text in texts)
+
+
 @command("evm serve")
 def cmd_evm_serve(args: argparse.Namespace) -> int:
-    from vsgx.evm.manager import EnclaveManager
-    from vsgx.evm.platform import SECRET_FILE, PlatformConfig
+    from vsgx.channel import parse_address
+    from vsgx.channel.identity import SERVER_KEY_FILE
+    from vsgx.evm.manager import Admission, EnclaveManager
+    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, data_dir
     from vsgx.evm.vm import EnclaveVM
 
     if args.epc_mib <= 0 or args.session_epc_mib <= 0:
         raise VsgxError("EPC sizes must be positive")
-    secret = Path(args.data_dir) / SECRET_FILE if args.data_dir else None
+    family = parse_address(args.listen, listening=True).family
+    clients = _fingerprints(args)
+    if family == "unix" and clients:
+        raise VsgxError("--allow-client and --allow-clients-file admit TCP and vsock clients; "
+                        "a Unix socket admits by uid (--allow-uid)")
+    if family != "unix" and args.allow_uid:
+        raise VsgxError("--allow-uid admits Unix-socket clients; TCP and vsock admit by key "
+                        "(--allow-client)")
+    admission = Admission(uids=frozenset(args.allow_uid) if args.allow_uid else None,
+                          clients=clients, any_client=args.allow_any_client,
+                          max_client_sessions=args.max_client_sessions)
+    folder = Path(args.data_dir) if args.data_dir else data_dir()
     config = PlatformConfig(epc_pages=args.epc_mib * 256)
-    vm = EnclaveVM(config, secret_path=secret, executor=args.executor)
+    vm = EnclaveVM(config, secret_path=folder / SECRET_FILE, executor=args.executor)
     manager = EnclaveManager(vm, session_epc_pages=args.session_epc_mib * 256,
-                             evidence=args.evidence)
+                             evidence=args.evidence, admission=admission,
+                             idle_timeout=args.idle_timeout, peer_timeout=args.peer_timeout,
+                             key_path=folder / SERVER_KEY_FILE)
 
     def stop(*_: object) -> None:
         manager.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    ready = threading.Event()
 
     def announce() -> None:
-        sessions = config.epc_pages // manager.session_pages
-        print(f"vsgx evm: serving on {args.listen} (pid {os.getpid()}): EPC {args.epc_mib} MiB, "
-              f"{sessions} sessions of {manager.session_pages // 256} MiB, executor "
-              f"{vm.executor_factory.name}, evidence {args.evidence}", flush=True)
+        sessions = manager.slice_count
+        print(f"vsgx evm: serving on {manager.address} (pid {os.getpid()}): EPC "
+              f"{args.epc_mib} MiB, {sessions} sessions of {manager.session_pages // 256} MiB, "
+              f"executor {vm.executor_factory.name}, evidence {args.evidence}", flush=True)
+        print(f"vsgx evm: TLS key {manager.identity.fingerprint} (an AVM pins it with "
+              f"--evm-pin {manager.identity.fingerprint})", flush=True)
+        if admission.any_client:
+            print("vsgx evm: " + "*" * 66 + "\n"
+                  "vsgx evm: WARNING: --allow-any-client: ANY client that reaches "
+                  f"{manager.address}\n"
+                  "vsgx evm: may open sessions and run any enclave here.\n"
+                  "vsgx evm: " + "*" * 66, flush=True)
+        elif family == "unix":
+            uids = ", ".join(str(uid) for uid in sorted(admission.allowed_uids()))
+            print(f"vsgx evm: admits uid {uids}", flush=True)
+        elif clients:
+            print(f"vsgx evm: admits {len(clients)} client keys: {', '.join(sorted(clients))}",
+                  flush=True)
+        else:
+            print("vsgx evm: admits no client yet: give it --allow-client SHA256 (an AVM "
+                  "prints its own with `vsgx evm client-id`)", flush=True)
+        print(f"vsgx evm: at most {manager.client_cap()} sessions per client; idle sessions "
+              f"close after {args.idle_timeout:g} s", flush=True)
         if args.evidence == "none":
             print("vsgx evm: WARNING: no SEV protection here: enclave memory is protected by "
                   "process isolation only", flush=True)
-        ready.set()
 
     manager.serve(args.listen, ready=announce)
     print(f"vsgx evm: stopped after {manager.sessions_served} sessions", flush=True)
     return 0
+
+
+@command("evm client-id")
+def cmd_evm_client_id(args: argparse.Namespace) -> int:
+    from vsgx.channel import ClientIdentity
+
+    identity = ClientIdentity.load()
+    print(identity.fingerprint)
+    print(f"(the key of this user's AVM, {identity.path}; an EVM admits it with "
+          f"--allow-client {identity.fingerprint})", file=sys.stderr)
+    return 0
+
+
+@contextlib.contextmanager
+def client_options(args: argparse.Namespace) -> Iterator[None]:
+    """While a command runs, its --evm-* options are what every connection
+    to an EVM in this process uses."""
+    if not hasattr(args, "evm_pin"):
+        yield
+        return
+    from vsgx.channel import EvidencePolicy, parse_fingerprint
+    from vsgx.host.remote import set_defaults
+
+    pins = frozenset(parse_fingerprint(text) for text in args.evm_pin or [])
+    if args.require_snp and args.allow_unattested:
+        raise VsgxError("--require-snp and --allow-unattested contradict each other")
+    policy = EvidencePolicy(allow_unprotected=args.allow_unattested,
+                            require_snp=args.require_snp,
+                            allow_unverified_snp=args.allow_unverified_snp, pinned_keys=pins)
+    set_defaults(policy, args.evm_timeout)
+    try:
+        yield
+    finally:
+        set_defaults()
 
 
 def _registers(text: str | None) -> dict[str, int]:

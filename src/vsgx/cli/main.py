@@ -45,6 +45,46 @@ def print_json(value: object) -> None:
     sys.stdout.write("\n")
 
 
+def _number(kind: Callable[[str], float], text: str, what: str, low: float) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < low or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _number(float, text, "a positive number of seconds", 1e-3)
+
+
+def _positive_int(text: str) -> int:
+    return int(_number(int, text, "a positive whole number", 1))
+
+
+def _uid(text: str) -> int:
+    return int(_number(int, text, "a user id (a whole number from 0)", 0))
+
+
+def evm_client_args(p: argparse.ArgumentParser) -> None:
+    """--evm and the AVM's trust policy, wherever an EVM is reached."""
+    p.add_argument("--evm", help="EVM address (unix:PATH, tcp:HOST:PORT, tcp:[IPV6]:PORT, "
+                   "vsock:CID:PORT); default: in this process")
+    p.add_argument("--evm-pin", action="append", metavar="SHA256",
+                   help="accept only an EVM with this TLS key fingerprint (repeatable; the EVM "
+                   "prints it at start); a pinned EVM may be unattested")
+    p.add_argument("--require-snp", action="store_true",
+                   help="accept only an EVM with SEV-SNP evidence")
+    p.add_argument("--allow-unattested", action="store_true",
+                   help="accept an EVM without evidence even when it is not on this machine")
+    p.add_argument("--allow-unverified-snp", action="store_true",
+                   help="accept SEV-SNP reports whose signature nobody verified")
+    p.add_argument("--evm-timeout", type=_seconds, metavar="SECONDS",
+                   help="give up on an EVM that is silent this long while we wait for it "
+                   "(default 10; it is PINGed every second)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsgx", description="Run unmodified, signed Intel SGX enclaves without SGX.")
@@ -101,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
     enclave_args(p)
-    p.add_argument("--evm", help="EVM address (unix:PATH, tcp:HOST:PORT, vsock:CID:PORT); "
-                   "default: in this process")
+    evm_client_args(p)
     p.add_argument("--production", action="store_true", help="load without the DEBUG attribute")
     p.add_argument("--enter", metavar="REG=VALUE,...",
                    help="then EENTER the first TCS with these registers and show the exit")
@@ -113,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edl", required=True, help="the enclave's EDL file")
     p.add_argument("--edl-path", action="append", metavar="DIR",
                    help="where imported EDLs are looked for (repeatable)")
-    p.add_argument("--evm", help="EVM address (default: in this process)")
+    evm_client_args(p)
     p.add_argument("--production", action="store_true", help="load without the DEBUG attribute")
     p.add_argument("name", nargs="?", help="the ECALL")
     p.add_argument("args", nargs="*", help="its arguments: numbers, strings; for [in] "
@@ -146,16 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
     evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
     p = evm_sub.add_parser("serve", help="serve AVMs over attested TLS")
     p.add_argument("--listen", required=True,
-                   help="unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")
+                   help="unix:PATH, tcp:HOST:PORT, tcp:[IPV6]:PORT or vsock:CID:PORT (port 0: "
+                   "any free one, printed at start)")
     p.add_argument("--epc-mib", type=int, default=336, help="EPC size (default 336 MiB)")
     p.add_argument("--session-epc-mib", type=int, default=64,
                    help="EPC slice of each AVM session (default 64 MiB)")
     p.add_argument("--evidence", choices=["none", "sev-snp"], default="none",
                    help="evidence in the TLS certificate (default none: no SEV)")
-    p.add_argument("--data-dir", help="where the platform root secret lives")
+    p.add_argument("--data-dir", help="where the platform root secret and the EVM's TLS key "
+                   "live")
     p.add_argument("--executor", choices=["auto", "native", "unicorn"], default="auto",
                    help="what runs enclave code: native (runner processes on this CPU), "
                    "unicorn (portable, traceable), auto (native where supported; default)")
+    p.add_argument("--allow-uid", action="append", type=_uid, metavar="UID",
+                   help="Unix socket: admit this user id (repeatable; default: this "
+                   "process's own uid only)")
+    p.add_argument("--allow-client", action="append", metavar="SHA256",
+                   help="TCP/vsock: admit the AVM whose key has this fingerprint (repeatable; "
+                   "an AVM prints its own with `vsgx evm client-id`)")
+    p.add_argument("--allow-clients-file", metavar="FILE",
+                   help="TCP/vsock: admit the fingerprints in FILE (one a line, # comments)")
+    p.add_argument("--allow-any-client", action="store_true",
+                   help="admit every client that reaches the EVM (said loudly at start)")
+    p.add_argument("--max-client-sessions", type=_positive_int, metavar="N",
+                   help="sessions one client may hold (default: half of them when several "
+                   "clients are admitted, else all)")
+    p.add_argument("--idle-timeout", type=_seconds, default=600.0, metavar="SECONDS",
+                   help="close a session with no request for this long (default 600)")
+    p.add_argument("--peer-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="end a session whose AVM is silent this long while the EVM waits for "
+                   "it or runs its request (it PINGs every second; default 30)")
+    p = evm_sub.add_parser("client-id", help="print this user's AVM key fingerprint (what an "
+                           "EVM admits with --allow-client), making the key on first use")
     return parser
 
 
@@ -187,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "quote":
             parser.parse_args(["quote", "--help"])
     try:
-        return _COMMANDS[name](args)
+        with evm_commands.client_options(args):
+            return _COMMANDS[name](args)
     except VsgxError as exc:
         print(f"vsgx {name}: error: {exc}", file=sys.stderr)
         return 1

@@ -3,23 +3,41 @@
 its driver sees as the EPC section in CPUID), may only touch pages of that
 slice and enclaves it created, and loses its enclaves when it disconnects.
 A malformed request gets an ERROR reply; the session and the others go on.
+
+Who may open a session is decided, not assumed (``Admission``): on a Unix
+socket the peer's uid (SO_PEERCRED), on TCP and vsock the fingerprint of
+the key the AVM proved it holds in the TLS handshake. A client that is not
+admitted, or finds the EVM full, gets its HELLO answered with an ERROR that
+says why. A session with no request for ``idle_timeout`` seconds is closed
+with a notice saying so. One client identity holds at most
+``max_client_sessions`` slices when several identities are admitted.
+
+A session's slice returns to the free list only when its cleanup is done
+and every page of it is free again; a new client that finds no free slice
+while sessions are still being cleaned up waits for them (a few seconds)
+instead of being turned away.
 """
 
 from __future__ import annotations
 
-import socket
+import math
+import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from vsgx.arch.constants import PAGE_SIZE
 from vsgx.arch.cpuid import EpcSection
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.channel import (
+    ChannelClosed,
     ChannelError,
     Connection,
+    ErrorCode,
+    Listener,
     Message,
     ServerIdentity,
     TlsStream,
@@ -27,9 +45,21 @@ from vsgx.channel import (
     error_reply,
     listen,
     parse_address,
+    peer_uid,
     reply_to,
 )
-from vsgx.channel.messages import VERSION, decode_pages, encode_runs
+from vsgx.channel.messages import (
+    HEADER_SIZE,
+    VERSION,
+    Kind,
+    ProtocolError,
+    body_length,
+    decode,
+    decode_pages,
+    encode,
+    encode_runs,
+)
+from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
 from vsgx.evm.executor import REG_COUNT
 from vsgx.evm.vm import EnclaveVM
@@ -37,7 +67,75 @@ from vsgx.evm.vm import EnclaveVM
 DEFAULT_SESSION_EPC_PAGES = 16384
 SERVE_THREADS = 12  # concurrent enclave entries of one session
 WATCHDOG_SECONDS = 0.01
+REAP_SECONDS = 0.25  # how often idle sessions are looked for
+DEFAULT_IDLE_TIMEOUT = 600.0
+DEFAULT_PEER_TIMEOUT = 30.0  # silence of an AVM that waits for us (it PINGs every second)
+HANDSHAKE_SECONDS = 10.0
+HELLO_SECONDS = 5.0  # how long a refused client has to say HELLO and hear why
+SLICE_WAIT_SECONDS = 5.0  # for a closing session's slice; below the AVM's own deadline
+FULL_GRACE_SECONDS = 0.5
+ACCEPT_SECONDS = 0.5  # the serving loop looks at its stop flag this often
+MAX_PENDING = 64  # connections not yet admitted or refused
+PENDING_PER_SOURCE = 8  # ... from one uid (Unix) or address (TCP, vsock)
 _CPUID_LEAF = struct.Struct("<4I")
+CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Who may open a session.
+
+    ``uids`` (Unix sockets; None: this process's own uid) and ``clients``
+    (TCP and vsock: SHA-256 fingerprints of AVM keys) list who is admitted;
+    ``any_client`` admits everyone. ``max_client_sessions`` caps the slices
+    one identity holds; None means half of them (rounded up) when several
+    identities are admitted, and all of them when only one is (one client
+    cannot starve itself)."""
+
+    uids: frozenset[int] | None = None
+    clients: frozenset[str] = field(default_factory=frozenset)
+    any_client: bool = False
+    max_client_sessions: int | None = None
+
+    def allowed_uids(self) -> frozenset[int]:
+        return self.uids if self.uids is not None else frozenset({os.getuid()})
+
+    def several(self, family: str) -> bool:
+        if self.any_client:
+            return True
+        return len(self.allowed_uids() if family == "unix" else self.clients) > 1
+
+    def check(self, family: str, uid: int | None, fingerprint: str | None
+              ) -> tuple[str, str | None]:
+        """(who the client is, why it is refused or None)."""
+        if family == "unix":
+            who = f"uid {uid}" if uid is not None else "a Unix peer of unknown uid"
+            if self.any_client or (uid is not None and uid in self.allowed_uids()):
+                return who, None
+            if uid is None:
+                return who, "this EVM cannot learn the uid of its Unix peers (no SO_PEERCRED)"
+            return who, f"this EVM does not admit uid {uid}; start it with --allow-uid {uid}"
+        if fingerprint is None:
+            if self.any_client:
+                return "an anonymous client", None
+            return "an anonymous client", ("this EVM admits clients by their key and this one "
+                                           "presented none")
+        who = f"client {fingerprint}"
+        if self.any_client or fingerprint in self.clients:
+            return who, None
+        return who, (f"this EVM does not admit client {fingerprint}; start it with "
+                     f"--allow-client {fingerprint}")
+
+
+def _source(sock) -> object:  # type: ignore[no-untyped-def]
+    """Where a connection comes from: a uid, or an address without the port."""
+    uid = peer_uid(sock)
+    if uid is not None:
+        return ("uid", uid)
+    try:
+        return ("host", sock.getpeername()[0])
+    except OSError:
+        return ("unknown",)
 
 
 class SessionViolation(VsgxError):
@@ -72,16 +170,21 @@ class RemoteUntrusted:
 
 
 class Session:
-    def __init__(self, manager: EnclaveManager, conn: Connection, epc: EpcSection):
+    def __init__(self, manager: EnclaveManager, conn: Connection, epc: EpcSection,
+                 client: str = "a client"):
         self.manager = manager
         self.vm = manager.vm
         self.conn = conn
         self.epc = epc
+        self.client = client
         self.enclaves: set[int] = set()
-        self.inflight = 0
+        self.inflight = 0  # enclave entries running
+        self.busy = 0  # requests being handled
+        self.last_active = time.monotonic()
         self.idle = threading.Condition()
-        self.closed = False
-        self.handlers: dict[Type, Callable[[Message], Message]] = {
+        self.closed = False  # closing: no new entries; the slice is not free yet
+        self._cleanup_started = False
+        self.handlers: dict[Type, Callable[[Message], Message | None]] = {
             Type.HELLO: self._hello, Type.GET_CPUID: self._cpuid, Type.BYE: self._bye,
             Type.ECREATE: self._ecreate, Type.EADD: self._eadd, Type.EEXTEND: self._eextend,
             Type.EINIT: self._einit, Type.EREMOVE: self._eremove, Type.EPA: self._epa,
@@ -107,6 +210,24 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------
     def handle(self, conn: Connection, message: Message) -> Message | None:
+        with self.idle:
+            self.busy += 1
+            self.last_active = time.monotonic()
+        try:
+            return self._dispatch(message)
+        finally:
+            with self.idle:
+                self.busy -= 1
+                self.last_active = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        """How long the session has had no request (0 while one runs)."""
+        with self.idle:
+            if self.closed or self.busy or self.inflight:
+                return 0.0
+            return now - self.last_active
+
+    def _dispatch(self, message: Message) -> Message | None:
         if message.type == Type.PAGE_WRITEBACK:
             return None
         handler = self.handlers.get(message.type)
@@ -118,9 +239,9 @@ class Session:
             return reply_to(message, Type.FAULT, (fault.vector, fault.error_code, fault.address),
                             fault.reason.encode()[:2000])
         except SessionViolation as exc:
-            return error_reply(message, str(exc), 3)
+            return error_reply(message, str(exc), ErrorCode.VIOLATION)
         except VsgxError as exc:
-            return error_reply(message, str(exc), 4)
+            return error_reply(message, str(exc), ErrorCode.REJECTED)
 
     def _ok(self, message: Message) -> Message:
         return reply_to(message, Type.OK)
@@ -139,8 +260,15 @@ class Session:
         blob = b"".join(_CPUID_LEAF.pack(*cpuid.leaf(i)) for i in range(4))
         return reply_to(message, Type.CPUID, (), blob)
 
-    def _bye(self, message: Message) -> Message:
-        return self._ok(message)
+    def _bye(self, message: Message) -> None:
+        """The AVM is done: answer, then close at once, so that the slice is
+        known to be on its way back before anyone else asks for one."""
+        self.mark_closing()
+        try:
+            self.conn.send(self._ok(message))
+        except ChannelError:
+            pass
+        self.conn.close("the AVM ended the session")
 
     def _ecreate(self, m: Message) -> Message:
         epc, secinfo = m.fields
@@ -267,81 +395,183 @@ class Session:
         return self._ok(m)
 
     # -- the end of a session --------------------------------------------------
-    def cleanup(self, timeout: float = 10.0) -> None:
-        """Stop the session's enclave threads, then destroy its enclaves."""
+    def mark_closing(self) -> None:
         with self.idle:
             self.closed = True
-        for secs in list(self.enclaves):
-            try:
-                self.vm.kick(secs)
-            except (Fault, VsgxError):
-                pass
+
+    def end(self, text: str, code: int) -> None:
+        """Close the session from this side, telling the AVM why."""
+        self.mark_closing()
+        try:
+            self.conn.notify(Type.CLOSING, (code,), text.encode())
+        except ChannelError:
+            pass
+        self.conn.close(text)
+
+    def cleanup(self) -> None:
+        """Stop the session's enclave threads, destroy its enclaves, and give
+        its slice back once every page of it is free."""
         with self.idle:
-            self.idle.wait_for(lambda: self.inflight == 0, timeout)
+            if self._cleanup_started:
+                return
+            self._cleanup_started = True
+            self.closed = True
+        waited = 0.0
+        while True:
+            # Kicks are repeated: an entry that had not reached the enclave
+            # when one was sent would run on.
+            for secs in list(self.enclaves):
+                try:
+                    self.vm.kick(secs)
+                except (Fault, VsgxError):
+                    pass
+            with self.idle:
+                if self.idle.wait_for(lambda: self.inflight == 0, 0.5):
+                    break
+            waited += 0.5
+            if waited == 10.0:
+                self.manager.log(f"vsgx evm: {self.inflight} enclave threads of a closed "
+                                 f"session of {self.client} do not stop; its EPC slice waits "
+                                 "for them")
         for secs in list(self.enclaves):
             try:
                 self.vm.destroy(secs)
             except (Fault, VsgxError):
                 pass
         self.enclaves.clear()
-        try:
-            self.vm.clear_epc(self.epc.base, self.epc.size)  # VA pages, leftovers
-        except (Fault, VsgxError):
-            pass
-        self.manager.release(self)
+        for _ in range(2):
+            try:
+                self.vm.clear_epc(self.epc.base, self.epc.size)  # VA pages, leftovers
+            except (Fault, VsgxError):
+                pass
+            if self._slice_is_free():
+                self.manager.release(self)
+                return
+        self.manager.log(f"vsgx evm: the EPC slice at {self.epc.base:#x} could not be cleared; "
+                         "it is not given to another session")
+        self.manager.release(self, reuse=False)
+
+    def _slice_is_free(self) -> bool:
+        machine = self.vm.machine
+        with machine.lock:
+            return not any(machine.epc.entry(address).valid
+                           for address in range(self.epc.base, self.epc.base + self.epc.size,
+                                                PAGE_SIZE))
 
 
 class EnclaveManager:
     """Serves AVM sessions on a listening socket."""
 
     def __init__(self, vm: EnclaveVM, *, session_epc_pages: int | None = None,
-                 evidence: str = "none", log: Callable[[str], None] | None = None):
+                 evidence: str = "none", log: Callable[[str], None] | None = None,
+                 admission: Admission | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+                 key_path: os.PathLike[str] | str | None = None):
+        from pathlib import Path
+
         self.vm = vm
-        self.identity = ServerIdentity(evidence)
+        self.identity = ServerIdentity(evidence, Path(key_path) if key_path else None)
+        self.admission = admission or Admission()
+        self.idle_timeout = idle_timeout
+        self.peer_timeout = peer_timeout
         config = vm.config
         self.session_pages = min(session_epc_pages or DEFAULT_SESSION_EPC_PAGES,
                                  config.epc_pages)
-        slices = config.epc_pages // self.session_pages
+        self.slice_count = config.epc_pages // self.session_pages
         self._free_slices = [EpcSection(config.epc_base + i * self.session_pages * PAGE_SIZE,
                                         self.session_pages * PAGE_SIZE)
-                             for i in range(slices)]
-        self._lock = threading.Lock()
+                             for i in range(self.slice_count)]
+        self._slots = threading.Condition()
+        self._pending = 0
+        self._pending_from: dict[object, int] = {}
         self.sessions: list[Session] = []
-        self.listener: socket.socket | None = None
+        self.listener: Listener | None = None
+        self.address = ""
+        self.family = "unix"
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.stopped = threading.Event()
         self.sessions_served = 0
 
-    def release(self, session: Session) -> None:
-        with self._lock:
+    def client_cap(self, family: str | None = None) -> int:
+        """The most sessions one client identity may hold."""
+        if self.admission.max_client_sessions:
+            return self.admission.max_client_sessions
+        if self.admission.several(family or self.family):
+            return max(1, math.ceil(self.slice_count / 2))
+        return self.slice_count
+
+    def release(self, session: Session, reuse: bool = True) -> None:
+        with self._slots:
             if session in self.sessions:
                 self.sessions.remove(session)
-                self._free_slices.append(session.epc)
+                if reuse:
+                    self._free_slices.append(session.epc)  # the last to be taken again
+            self._slots.notify_all()
 
-    def accept(self, sock: socket.socket) -> None:
-        """Handshake and serve one connection (in its own thread)."""
-        stream = TlsStream(sock, self.identity.context, server_side=True)
+    # -- admission -------------------------------------------------------------
+    def accept(self, sock, family: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        """Handshake, admit or refuse, and serve one connection (in its own
+        thread; ``serve`` counted it as pending)."""
+        source = _source(sock)
+        decided = threading.Event()
+
+        def no_longer_pending() -> None:
+            if decided.is_set():
+                return
+            decided.set()
+            with self._slots:
+                self._pending = max(0, self._pending - 1)
+                left = self._pending_from.pop(source, 1) - 1
+                if left > 0:
+                    self._pending_from[source] = left
+
         try:
-            stream.handshake()
+            self._accept(sock, family or self.family, no_longer_pending)
+        finally:
+            no_longer_pending()
+
+    def _too_many_pending(self, sock) -> bool:  # type: ignore[no-untyped-def]
+        """Whether to drop a new connection before its handshake: no more
+        than MAX_PENDING in all, PENDING_PER_SOURCE from one uid or host."""
+        source = _source(sock)
+        with self._slots:
+            if (self._pending >= MAX_PENDING
+                    or self._pending_from.get(source, 0) >= PENDING_PER_SOURCE):
+                return True
+            self._pending += 1
+            self._pending_from[source] = self._pending_from.get(source, 0) + 1
+            return False
+
+    def _accept(self, sock, family: str,  # type: ignore[no-untyped-def]
+                decided: Callable[[], None]) -> None:
+        uid = peer_uid(sock) if family == "unix" else None
+        stream = TlsStream(sock, self.identity.context, server_side=True,
+                           timeout=self.peer_timeout, peer="the AVM")
+        try:
+            stream.handshake(min(HANDSHAKE_SECONDS, self.peer_timeout))
         except ChannelError as exc:
-            self.log(f"vsgx evm: a connection failed its TLS handshake: {exc}")
+            if "EOF" not in str(exc):  # a probe that connected and left says nothing
+                self.log(f"vsgx evm: a connection failed its TLS handshake: {exc}")
             stream.close()
             return
-        with self._lock:
-            if not self._free_slices:
-                self.log("vsgx evm: no EPC slice left for a new session")
-                stream.close()
-                return
-            epc = self._free_slices.pop(0)
-        conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
-                          name="AVM session")
-        session = Session(self, conn, epc)
-        conn.handler = session.handle
-        conn.on_close.append(lambda error: threading.Thread(
-            target=session.cleanup, daemon=True, name="session cleanup").start())
-        with self._lock:
-            self.sessions.append(session)
-            self.sessions_served += 1
+        who, refusal = self.admission.check(family, uid, stream.peer_fingerprint())
+        if refusal is not None:
+            self._refuse(stream, who, refusal, ErrorCode.REFUSED)
+            return
+        session = self._open_session(stream, who, family)
+        if isinstance(session, str):
+            self._refuse(stream, who, session, ErrorCode.FULL)
+            return
+        decided()
+        conn = session.conn
+
+        def closed(error: BaseException | None) -> None:
+            if isinstance(error, ChannelError) and not isinstance(error, ChannelClosed):
+                self.log(f"vsgx evm: the session of {who} failed: {error}")
+            threading.Thread(target=session.cleanup, daemon=True, name="session cleanup").start()
+
+        conn.on_close.append(closed)
         # Serving threads take turns reading; a thread that reads an EENTER
         # runs it while the next one reads on.
         for _ in range(SERVE_THREADS - 1):
@@ -349,29 +579,99 @@ class EnclaveManager:
                              name="AVM session").start()
         conn.serve_forever()
 
+    def _open_session(self, stream: TlsStream, who: str, family: str) -> Session | str:
+        """A session with a slice of its own, or why there is none."""
+        deadline = time.monotonic() + SLICE_WAIT_SECONDS
+        cap = self.client_cap(family)
+        with self._slots:
+            while True:
+                held = sum(1 for s in self.sessions if s.client == who and not s.closed)
+                if held >= cap and cap < self.slice_count:
+                    return (f"EVM full for this client: it holds {held} sessions, the most this "
+                            f"EVM gives one client (--max-client-sessions)")
+                if self._free_slices and held < cap:
+                    break
+                # A session whose AVM just left may not know it yet: a moment
+                # of grace before "full", more while sessions are closing.
+                closing = any(s.closed for s in self.sessions)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (not closing and remaining < SLICE_WAIT_SECONDS
+                                      - FULL_GRACE_SECONDS):
+                    return (f"EVM full ({len(self.sessions)} sessions of "
+                            f"{self.session_pages * PAGE_SIZE >> 20} MiB in use)")
+                self._slots.wait(min(remaining, 0.1))
+            epc = self._free_slices.pop(0)
+            conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
+                              name="AVM session", peer="the AVM", deadline=self.peer_timeout)
+            session = Session(self, conn, epc, who)
+            conn.handler = session.handle
+            self.sessions.append(session)
+            self.sessions_served += 1
+            return session
+
+    def _refuse(self, stream: TlsStream, who: str, text: str, code: int) -> None:
+        """Answer the client's HELLO with why it is refused, then close."""
+        self.log(f"vsgx evm: refused {who}: {text}")
+        try:
+            frame = stream.read_frame(HEADER_SIZE, body_length,
+                                      wait=min(HELLO_SECONDS, self.peer_timeout))
+            message = decode(frame)
+            if message.type == Type.HELLO and message.kind == Kind.REQUEST:
+                stream.send(encode(error_reply(message, text, code)))
+        except (ChannelIdle, ChannelError, ProtocolError):
+            pass
+        finally:
+            stream.close()
+
+    # -- serving ---------------------------------------------------------------
     def _watchdog(self) -> None:
         """Give each session's reader role back to its serving threads when
         the thread holding it has been busy (running an enclave) for a
-        while, so that sessions always read on."""
+        while, so that sessions always read on; end idle sessions."""
+        next_reap = time.monotonic() + REAP_SECONDS
         while not self.stopped.wait(WATCHDOG_SECONDS):
-            for session in list(self.sessions):
+            sessions = list(self.sessions)
+            for session in sessions:
                 session.conn.reclaim_role(WATCHDOG_SECONDS)
+            now = time.monotonic()
+            if now < next_reap:
+                continue
+            next_reap = now + REAP_SECONDS
+            for session in sessions:
+                idle = session.idle_for(now)
+                if idle >= self.idle_timeout:
+                    self.log(f"vsgx evm: closing the idle session of {session.client}")
+                    session.end(f"the EVM closed the idle session (no request for "
+                                f"{idle:.0f} s; its idle timeout is {self.idle_timeout:g} s)",
+                                CLOSING_IDLE)
 
     def serve(self, address: str, ready: Callable[[], None] | None = None) -> None:
         """Listen on ``address`` and serve until ``stop``."""
-        self.listener = listen(parse_address(address))
+        parsed = parse_address(address, listening=True)
+        self.family = parsed.family
+        others = self.admission.any_client or bool(self.admission.allowed_uids()
+                                                   - {os.getuid()})
+        # Other users may reach the socket only if some of them are admitted
+        # (and then SO_PEERCRED decides).
+        self.listener = listen(parsed, mode=0o666 if others else 0o600)
+        self.address = str(self.listener.address)
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
         if ready is not None:
             ready()
         try:
             while not self.stopped.is_set():
                 try:
-                    sock, _ = self.listener.accept()
-                except OSError:
+                    sock = self.listener.accept(timeout=ACCEPT_SECONDS)
+                except (OSError, ValueError):  # closed by stop()
                     if self.stopped.is_set():
                         break
                     raise
-                threading.Thread(target=self.accept, args=(sock,), daemon=True,
+                if sock is None:
+                    continue
+                if self._too_many_pending(sock):
+                    sock.close()
+                    continue
+                threading.Thread(target=self.accept, args=(sock, parsed.family), daemon=True,
                                  name="AVM session").start()
         finally:
             self.listener.close()
@@ -379,13 +679,9 @@ class EnclaveManager:
     def stop(self) -> None:
         self.stopped.set()
         if self.listener is not None:
-            try:
-                self.listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.listener.close()
         for session in list(self.sessions):
-            session.conn.close()
+            session.end("the EVM is shutting down", CLOSING_SHUTDOWN)
 
 
-__all__ = ["EnclaveManager", "Session"]
+__all__ = ["Admission", "EnclaveManager", "Session"]

@@ -112,9 +112,13 @@ def default_avm() -> Avm:
         return _default_avm
 
 
-def connect(evm: Any = None) -> Avm:
+def connect(evm: Any = None, policy: Any = None) -> Avm:
     """An AVM for ``evm``: None (this process's in-process EVM), an EVM
-    object, or an address string of an EVM process."""
+    object, or an address string of an EVM process, whose evidence must
+    satisfy ``policy`` (a ``vsgx.channel.EvidencePolicy``; default: an
+    unattested EVM only on this machine)."""
+    if policy is not None and not isinstance(evm, str):
+        raise VsgxError("an evidence policy applies to an EVM address (evm=\"tcp:...\")")
     if evm is None:
         return default_avm()
     if isinstance(evm, Avm):
@@ -122,7 +126,7 @@ def connect(evm: Any = None) -> Avm:
     if isinstance(evm, str):
         from vsgx.host.remote import connect_evm
 
-        return Avm(connect_evm(evm))
+        return Avm(connect_evm(evm, policy))
     return Avm(evm)
 
 
@@ -143,12 +147,13 @@ class Enclave:
     # -- loading ----------------------------------------------------------------
     @classmethod
     def load(cls, enclave: str | Path | bytes | BuildPlan, *, sigstruct: str | Path | None = None,
-             evm: Any = None, debug: bool = True) -> Enclave:
+             evm: Any = None, debug: bool = True, policy: Any = None) -> Enclave:
         """Load an SDK-signed enclave, or a plain ELF with its SIGSTRUCT
-        (``sigstruct``, default ``ENCLAVE.sig``)."""
+        (``sigstruct``, default ``ENCLAVE.sig``); ``policy`` is what an EVM
+        at the address ``evm`` must prove (see ``connect``)."""
         plan = enclave if isinstance(enclave, BuildPlan) else _plan(enclave, sigstruct)
         owns = isinstance(evm, str)
-        avm = connect(evm)
+        avm = connect(evm, policy)
         try:
             handle = load_plan(avm.driver, avm.memory, plan, debug=debug)
         except BaseException:
