@@ -105,7 +105,7 @@ def test_attributes_structs_enums_and_the_preprocessor():
     ("public void f([in, user_check] int *p);", "excludes"),
     ("public void f([in, string, size=4] char *p);", "excludes size="),
     ("public void f([in, bogus] int *p);", "unknown attribute"),
-    ("public void f([in, sizefunc=g] int *p);", "deprecated"),
+    ("public void f([out, sizefunc=g] int *p);", "sizefunc= needs [in]"),
     ("public void f(int a[n]);", "must be a number"),
     ("public void f(int x) allow(g);", "unexpected 'allow'"),
 ])
