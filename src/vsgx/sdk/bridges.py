@@ -207,9 +207,11 @@ class EcallProxy:
             f.name == "retval" for f in self.layout.fields) else None
         self.outputs = [p.name for p in self.params if p.name in self.specs
                         and p.direction_out]
-        self.scalar_only = not any(p.pointer_like for p in self.params)
         self.format = _struct_format(self.layout) if self.layout.size else ""
         self.value_fields = [f for f in self.layout.fields if f.param is not None]
+        # The fast path packs numbers only: structs by value go through _call.
+        self.scalar_only = not any(p.pointer_like for p in self.params) and all(
+            f.fmt for f in self.value_fields)
         self.where = f"ECALL {function.name}"
 
     # -- binding the Python arguments to C parameters --------------------------
