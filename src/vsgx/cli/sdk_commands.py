@@ -195,8 +195,8 @@ def cmd_ecall(args: argparse.Namespace) -> int:
                         f"({', '.join(p.name for p in function.params)})")
     values = [convert_argument(p, text, interface.enums)
               for p, text in zip(function.params, args.args, strict=False)]
-    with Enclave.load(args.enclave, edl=args.edl, ocalls=print_handlers(interface),
-                      types=types, edl_paths=args.edl_path, evm=args.evm,
+    with Enclave.load(args.enclave, edl=interface, ocalls=print_handlers(interface),
+                      types=types, evm=args.evm,
                       debug=not args.production) as enclave:
         placed: list[tuple[str, int, int]] = []
         for index, value in enumerate(values):

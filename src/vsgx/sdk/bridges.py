@@ -92,7 +92,11 @@ class _BufferSpec:
         self.element_size = 1
         self.element_fmt = ""
         if param.isary:  # [isary] array_t: sizeof(array_t)
-            self.fixed = types.sizeof(CType(ctype.base))
+            try:
+                self.fixed = types.sizeof(CType(ctype.base))
+            except UnknownTypeError as exc:
+                raise UnknownTypeError(exc.type_name, " (an [isary] type: the size of the "
+                                       "whole array, e.g. 40 for int[10])") from None
         elif ctype.dims:
             element = CType(ctype.base, ctype.pointers, ctype.const)
             self.element_size = types.sizeof(element)

@@ -8,6 +8,7 @@ statements, depth-first; a function reached twice keeps its first place.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -170,6 +171,7 @@ _TOKEN = re.compile(r"""
 _TYPE_WORDS = {"unsigned", "signed", "char", "short", "int", "long", "float", "double", "void"}
 
 
+@functools.lru_cache(maxsize=256)
 def preprocess(text: str) -> str:
     """C preprocessing (edger8r runs ``gcc -E``): through the system's cpp
     when there is one; otherwise comments and directives are dropped."""

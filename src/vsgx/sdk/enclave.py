@@ -63,7 +63,8 @@ class Enclave:
         self._install_ocalls(ocalls or {})
 
     @classmethod
-    def load(cls, enclave: str | Path | bytes | BuildPlan, edl: str | Path | None = None,
+    def load(cls, enclave: str | Path | bytes | BuildPlan,
+             edl: str | Path | edl_module.Enclave | None = None,
              ocalls: dict[str, Handler] | None = None, *,
              types: dict[str, int | tuple[int, int]] | None = None,
              sizefuncs: dict[str, SizeFunc] | None = None,
@@ -78,8 +79,11 @@ class Enclave:
         ``sizefuncs`` are the untrusted side's functions of SDK 1.x
         ``[sizefunc=f]`` attributes: each gets the buffer (bytes, or a view
         of untrusted memory in an OCALL) and returns its size in bytes."""
-        interface = edl_module.load_edl(edl, [Path(p) for p in edl_paths or []]) \
-            if edl is not None else None
+        if isinstance(edl, edl_module.Enclave):
+            interface: edl_module.Enclave | None = edl  # already read (load_edl)
+        else:
+            interface = edl_module.load_edl(edl, [Path(p) for p in edl_paths or []]) \
+                if edl is not None else None
         if ocalls and interface is None:
             raise VsgxError("OCALL handlers are matched by name: pass edl= as well")
         raw = RawEnclave.load(enclave, evm=evm, debug=debug)
