@@ -102,7 +102,7 @@ class _BufferSpec:
             self.element_size = types.sizeof(element)
             self.element_fmt = types.scalar_format(element)
             self.fixed = self.element_size * _product(ctype.dims)
-        elif param.isptr:  # the typedef is the pointer: sizeof(*p) only by the caller
+        elif param.isptr and not ctype.is_pointer:  # the typedef is the pointer
             if param.size is None and param.sizefunc is None:
                 self.element_size = types.pointee_size(ctype.base)
         else:
@@ -122,7 +122,7 @@ class _BufferSpec:
         self.single_scalar = (not ctype.dims and param.size is None and param.count is None
                               and param.sizefunc is None and not self.string
                               and bool(self.element_fmt) and not param.isary
-                              and not param.isptr)
+                              and not (param.isptr and not ctype.is_pointer))
 
     def length(self, value_of: Callable[[str], int], measure: Callable[[], int] | None = None
                ) -> int:

@@ -26,7 +26,6 @@ BUILTIN_TYPES = frozenset({
     "char", "short", "int", "long", "float", "double", "void", "unsigned", "signed",
     "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t",
     "uint64_t", "size_t", "wchar_t"})
-_CHAR_TYPES = ("char", "signed char", "unsigned char")
 
 
 class EdlError(VsgxError):
@@ -486,9 +485,10 @@ def _check_param(source: str, function: str, p: Param) -> None:
     ctype = p.type
     direction = p.direction_in or p.direction_out
     sized = p.size is not None or p.count is not None or p.sizefunc is not None
-    if (p.isptr or p.isary) and not ctype.foreign:
-        raise EdlError(f"{where}: [isptr] and [isary] are for a user-defined type name, "
-                       f"not {ctype}")
+    if p.isary and not ctype.foreign:
+        raise EdlError(f"{where}: [isary] is for a user-defined type name, not {ctype}")
+    if p.isptr and not (ctype.foreign or ctype.is_pointer):  # SDK 1.x took a redundant one
+        raise EdlError(f"{where}: [isptr] is for a user-defined type name, not {ctype}")
     if p.isary and p.isptr:
         raise EdlError(f"{where}: [isary] excludes [isptr]")
     if p.isary and (sized or p.string or p.wstring):
@@ -507,10 +507,11 @@ def _check_param(source: str, function: str, p: Param) -> None:
         raise EdlError(f"{where}: [string] needs [in]")
     if (p.string or p.wstring) and sized:
         raise EdlError(f"{where}: [string] excludes size=, count= and sizefunc=")
-    if p.string and not (ctype.pointers == 1 and ctype.base in _CHAR_TYPES):
-        raise EdlError(f"{where}: [string] needs a char pointer, not {ctype}")
-    if p.wstring and not (ctype.pointers == 1 and ctype.base == "wchar_t"):
-        raise EdlError(f"{where}: [wstring] needs a wchar_t pointer, not {ctype}")
+    # edger8r before SDK 2.5 took [string] on any pointer (strlen + 1 bytes);
+    # so does vsgx, but not on a pointer to pointers.
+    if (p.string or p.wstring) and ctype.pointers != 1:
+        raise EdlError(f"{where}: [string] and [wstring] need a pointer to characters, not "
+                       f"{ctype}")
     if sized and not direction:
         raise EdlError(f"{where}: size=, count= and sizefunc= need a direction")
     if p.size is not None and p.sizefunc is not None:
