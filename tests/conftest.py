@@ -192,7 +192,7 @@ class EvmProcess:
         import sys
         import threading
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         secret = data_dir / "platform-root-secret"
         if not secret.exists():
             secret.write_bytes(ROOT_SECRET)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -168,3 +169,208 @@ def test_ecall_errors_are_one_line(capsys, sdk_enclave, args, message):
     code, _, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", HELLO_DIR / "hello.edl",
                          *args)
     assert code == 1 and message in err and "Traceback" not in err
+
+
+# -- bad input: a one-line error, a non-zero exit, nothing lost ---------------------------
+def test_keygen_refuses_an_existing_file_unless_forced(capsys, tmp_path):
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"my precious key")
+    code, _, err = run(capsys, "keygen", "-o", key)
+    assert code == 1 and _one_line_error(err) and "--force" in err
+    assert key.read_bytes() == b"my precious key"
+    public = tmp_path / "k.pub"
+    public.write_bytes(b"old public key")
+    fresh = tmp_path / "fresh.pem"
+    code, _, err = run(capsys, "keygen", "-o", fresh, "--public", public)
+    assert code == 1 and "k.pub exists" in err and not fresh.exists()  # nothing half-written
+    assert public.read_bytes() == b"old public key"
+    code, _, err = run(capsys, "keygen", "-o", key, "--public", public, "--force")
+    assert code == 0, err
+    assert b"PRIVATE KEY" in key.read_bytes() and b"PUBLIC KEY" in public.read_bytes()
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    link = tmp_path / "link.pem"
+    link.symlink_to(tmp_path / "elsewhere.pem")
+    code, _, err = run(capsys, "keygen", "-o", link)
+    assert code == 1 and not (tmp_path / "elsewhere.pem").exists()  # no write through it
+
+
+def test_keys_are_created_0600_and_never_chmodded(capsys, tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("a key file was chmod-ed after it was written")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+    old_umask = os.umask(0)  # whatever the umask, the key is never readable by others
+    try:
+        code, _, err = run(capsys, "keygen", "-o", tmp_path / "k.pem")
+    finally:
+        os.umask(old_umask)
+    assert code == 0, err
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+
+
+def _serve_with_data_dir(capsys, tmp_path, data_dir):
+    return run(capsys, "evm", "serve", "--listen", f"unix:{tmp_path / 'evm.sock'}",
+               "--data-dir", data_dir, "--executor", "unicorn")
+
+
+def test_a_data_dir_others_may_write_is_refused(capsys, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code, _, err = _serve_with_data_dir(capsys, tmp_path, shared)
+    assert code == 1 and _one_line_error(err) and "writable by group or others" in err
+    assert not list(shared.iterdir())  # no secret was made there
+    shared.chmod(0o770)
+    code, _, err = _serve_with_data_dir(capsys, tmp_path, shared)
+    assert code == 1 and "writable by group or others" in err
+    shared.chmod(0o700)
+
+
+def test_a_data_dir_or_secret_of_another_user_is_refused(capsys, tmp_path):
+    import os
+
+    from vsgx.errors import VsgxError
+    from vsgx.evm.platform import load_root_secret
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    code, _, err = _serve_with_data_dir(capsys, tmp_path, theirs)
+    assert code == 1 and _one_line_error(err) and "belongs to uid 65534" in err
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    secret = mine / "platform-root-secret"
+    secret.write_bytes(bytes(32))
+    secret.chmod(0o600)
+    os.chown(secret, 65534, 65534)
+    with pytest.raises(VsgxError, match="belongs to uid 65534"):
+        load_root_secret(secret)
+    secret.unlink()
+    secret.symlink_to(tmp_path / "planted")
+    (tmp_path / "planted").write_bytes(bytes(32))
+    with pytest.raises(VsgxError, match="cannot read the platform secret"):
+        load_root_secret(secret)
+
+
+def test_a_new_data_dir_is_made_private(tmp_path):
+    from vsgx.evm.platform import load_root_secret
+
+    secret = tmp_path / "new" / "dir" / "platform-root-secret"
+    assert len(load_root_secret(secret)) == 32
+    assert secret.parent.stat().st_mode & 0o777 == 0o700
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def _terabyte_elf(plain_enclave, tmp_path):
+    import struct
+
+    data = bytearray(plain_enclave.unsigned.read_bytes())
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    entsize, count = struct.unpack_from("<HH", data, 0x36)
+    loads = [phoff + i * entsize for i in range(count)
+             if struct.unpack_from("<I", data, phoff + i * entsize)[0] == 1]
+    struct.pack_into("<Q", data, loads[-1] + 40, 0x7F00000000)  # p_memsz: 508 GiB
+    elf = tmp_path / "huge.elf"
+    elf.write_bytes(bytes(data))
+    shutil.copy(plain_enclave.sigstruct, tmp_path / "huge.elf.sig")
+    return elf
+
+
+@pytest.mark.parametrize("command", ["measure", "inspect", "run", "sign"])
+def test_a_plain_elf_claiming_terabytes_is_refused_up_front(capsys, tmp_path, plain_enclave,
+                                                             signing_key, command):
+    elf = _terabyte_elf(plain_enclave, tmp_path)
+    extra = ["-k", signing_key, "-o", tmp_path / "out.sig"] if command == "sign" else []
+    code, _, err = run(capsys, command, elf, *extra)
+    assert code == 1 and _one_line_error(err), err
+    assert re.search(r"adds 1331\d{5} pages \(508 GiB\); vsgx loads at most", err)
+    assert not (tmp_path / "out.sig").exists()
+
+
+def test_image_plans_are_bounded_by_what_a_secs_holds_and_vsgx_measures():
+    from vsgx.errors import ImageError
+    from vsgx.image.plan import MAX_MEASURED_PAGES, PageRun, check_plan_size
+
+    check_plan_size(1 << 46, [PageRun(0, MAX_MEASURED_PAGES, 0x203, True)])
+    with pytest.raises(ImageError, match="a SECS holds less than 2\\^47"):
+        check_plan_size(1 << 47, [])
+    with pytest.raises(ImageError, match="measures 4194305 pages"):
+        check_plan_size(1 << 40, [PageRun(0, MAX_MEASURED_PAGES + 1, 0x203, True)])
+
+
+def test_ecall_out_buffer_sizes_are_capped(capsys, sdk_enclave):
+    code, _, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", HELLO_DIR / "hello.edl",
+                       "ecall_seal", "x", "-", "-", "99999999999")
+    assert code == 1 and _one_line_error(err)
+    assert "99999999999 bytes are more than vsgx passes in one buffer" in err
+
+
+def test_an_edl_with_a_bad_size_reference_fails_when_read(capsys, sdk_enclave, tmp_path):
+    edl = tmp_path / "bad.edl"
+    edl.write_text("enclave { trusted { public int ecall_add(int a, int b); "
+                   "public void f([out, size=missing] uint8_t *p); }; };")
+    code, _, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl, "ecall_add", "1", "2")
+    assert code == 1 and _one_line_error(err) and "'missing' is neither a number" in err
+    edl.write_text("enclave { trusted { public void f([out, count=99999999999] uint8_t *p); }; };")
+    code, _, err = run(capsys, "ecall", sdk_enclave.signed, "--edl", edl)  # even to list it
+    assert code == 1 and _one_line_error(err) and "out of range" in err
+
+
+def test_demo_workdir_that_is_a_file(capsys, tmp_path):
+    existing = tmp_path / "file"
+    existing.write_text("keep me")
+    code, _, err = run(capsys, "demo", "--workdir", existing)
+    assert code == 1 and _one_line_error(err) and "is not a directory" in err
+    assert existing.read_text() == "keep me"
+
+
+def test_demo_removes_its_temporary_directory(capsys, tmp_path, monkeypatch):
+    import tempfile
+
+    from vsgx.cli import demo
+    from vsgx.errors import VsgxError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+
+    def failing_demo(args, workdir):
+        made.append(workdir)
+        (workdir / "signing-key.pem").write_text("secret")
+        raise VsgxError("stopped half-way")
+
+    monkeypatch.setattr(demo, "_demo", failing_demo)
+    code, _, err = run(capsys, "demo")
+    assert code == 1 and "stopped half-way" in err
+    assert made and made[0].parent == tmp_path and not made[0].exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_pipe_ends_any_command_quietly(sdk_enclave):
+    import os
+    import subprocess
+    import sys
+
+    for argv in (["measure", sdk_enclave.signed], ["inspect", sdk_enclave.signed, "--layout"],
+                 ["--help"], ["ecall", sdk_enclave.signed, "--edl", HELLO_DIR / "hello.edl"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first line (| head -0)
+        try:
+            result = subprocess.run([sys.executable, "-m", "vsgx", *map(str, argv)],
+                                    stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                    timeout=120)
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, argv
+        assert result.returncode in (0, 141), (argv, result.returncode, result.stderr)
+
+
+def test_evm_without_a_subcommand_exits_non_zero_with_usage(capsys):
+    code, out, err = run(capsys, "evm")
+    assert code == 2 and "usage: vsgx evm" in err and "subcommand" in err and not out

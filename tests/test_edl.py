@@ -3,6 +3,7 @@ checked against gcc's own layout of the same C structs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_attributes_structs_enums_and_the_preprocessor():
     ("public void f([in, user_check] int *p);", "excludes"),
     ("public void f([in, string, size=4] char *p);", "excludes size="),
     ("public void f([in, bogus] int *p);", "unknown attribute"),
-    ("public void f([in, sizefunc=g] int *p);", "deprecated"),
+    ("public void f([out, sizefunc=g] int *p);", "sizefunc= needs [in]"),
     ("public void f(int a[n]);", "must be a number"),
     ("public void f(int x) allow(g);", "unexpected 'allow'"),
 ])
@@ -134,13 +135,26 @@ def test_import_errors_name_the_problem(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in STANDARD_EDL_DIR.glob("*.edl")))
-def test_the_standard_edls_parse(tmp_path, name):
+def test_the_standard_edls_parse_and_use_only_types_vsgx_knows(tmp_path, name):
+    from vsgx.sdk.bridges import check_function
+
     root = write(tmp_path, "root.edl", f'enclave {{ from "{name}" import *; }};')
     interface = load_edl(root)
     assert interface.ecalls or interface.ocalls
-    types = TypeSystem(interface.composites, interface.enum_types)
-    for function in interface.ocalls:
-        ms_layout(function, types)  # every standard OCALL can be marshalled
+    types = TypeSystem(interface.composites, interface.enum_types)  # no types= given
+    for function in interface.ecalls + interface.ocalls:
+        check_function(function, types)  # layout and every buffer's size
+
+
+def test_all_the_standard_edls_import_together(tmp_path):
+    names = sorted(p.name for p in STANDARD_EDL_DIR.glob("*.edl"))
+    assert {"sgx_tstdc.edl", "sgx_pthread.edl", "sgx_tswitchless.edl", "sgx_tkey_exchange.edl",
+            "sgx_tprotected_fs.edl", "sgx_tsgxssl.edl", "sgx_dcap_tvl.edl", "sgx_ttls.edl",
+            "sgx_tae_service.edl"} <= set(names)
+    root = write(tmp_path, "all.edl", "enclave { " + " ".join(
+        f'from "{name}" import *;' for name in names) + " };")
+    interface = load_edl(root)
+    assert len({f.name for f in interface.ocalls}) == len(interface.ocalls) == 26
 
 
 # -- ms structs against gcc ------------------------------------------------------
@@ -215,3 +229,103 @@ def test_ms_structs_match_gcc_layout(tmp_path):
     theirs = set(subprocess.run([str(binary)], capture_output=True, text=True,
                                 check=True).stdout.split("\n")) - {""}
     assert ours == theirs
+
+
+# -- edger8r's attribute rules, checked when the EDL is read -----------------------
+@pytest.mark.parametrize("body, message", [
+    ("public void f([in, size=n] int *p);", "'n' is neither a number nor a parameter"),
+    ("public void f([in, count=ghost] int *p, size_t n);", "'ghost' is neither"),
+    ("public void f([in, size=q] int *p, [user_check] int *q);", "'q' is not an integer"),
+    ("public void f([in, size=d] int *p, double d);", "'d' is not an integer"),
+    ("public void f([in, count=99999999999] int *p);", "out of range"),
+    ("public void f([in, size=0] int *p);", "out of range"),
+    ("public void f([in, size=65536, count=65536] uint8_t *p);", "size × count is more"),
+    ("public void f([in] int a[100000][100000]);", "has 10000000000 elements"),
+    ("public void f([in] int a[0]);", "dimension of 0"),
+    ("public void f([in, size=4] int a[4]);", "explicitly declared array"),
+    ("public void f([in] int *a[4]);", "arrays of pointers"),
+    ("public void f([in, isary] int a);", "user-defined type name"),
+    ("public void f([in, isptr] int x);", "user-defined type name"),
+    ("public void f([in, isary, isptr] foo_t p);", "excludes [isptr]"),
+    ("public void f([in, isary, size=4] foo_t p);", "takes no size"),
+    ("public void f([in] foo_t p);", "not a pointer"),
+    ("public void f([user_check] int x);", "not a pointer"),
+    ("public void f([in, string] char **p);", "need a pointer to characters"),
+    ("public void f([in, wstring] wchar_t a[4]);", "need a pointer to characters"),
+    ("public void f([in, string, wstring] char *p);", "excludes [wstring]"),
+    ("public void f([in, size=4, sizefunc=g] char *p);", "size= excludes sizefunc="),
+    ("public void f([in, sizefunc=3] char *p);", "must name a function"),
+    ("public void f([in, string, sizefunc=g] char *p);", "excludes size=, count= and sizefunc="),
+    ("public void f([in, out] const char *p);", "readonly (const) pointer cannot be [out]"),
+    ("public void f(int x, int x);", "two parameters named 'x'"),
+])
+def test_edger8rs_rules_refuse_the_edl_when_it_is_read(body, message):
+    with pytest.raises(EdlError) as caught:
+        parse_edl_text(f"enclave {{ trusted {{ {body} }}; }};")
+    assert message in str(caught.value)
+
+
+def test_bad_struct_member_attributes_are_refused():
+    for members, message in [
+        ("[size=len] char *buf; int len2;", "'len' is not a number or an integer member"),
+        ("[size=8] int value;", "not a pointer"),
+        ("[in] char *buf;", "not allowed on a member"),
+    ]:
+        with pytest.raises(EdlError, match=re.escape(message)):
+            parse_edl_text(f"enclave {{ struct s {{ {members} }}; }};")
+    edl = parse_edl_text("enclave { struct s { size_t len; [size=len] char *buf; }; };")
+    assert edl.composites["s"].members[1].size == "len"
+
+
+def test_foreign_pointers_arrays_and_sizefunc_are_marshalled_as_edger8r_does():
+    edl = parse_edl_text("""enclave { trusted {
+        public void f([user_check, isary] array_t a, [in, isptr, size=n] buffer_t b, size_t n,
+                      [in, out, isary] array_t c, [in, out, sizefunc=get_len] char *d,
+                      [in, isptr] handle_t h, [in, sizefunc=get_len, count=k] char *e, int k);
+    }; };""")
+    (f,) = edl.trusted
+    types = TypeSystem(extra={"array_t": 40})
+    layout = ms_layout(f, types)
+    assert [(x.name, x.offset, x.size) for x in layout.fields] == [
+        ("a", 0, 8), ("b", 8, 8), ("n", 16, 8), ("c", 24, 8), ("d", 32, 8), ("h", 40, 8),
+        ("e", 48, 8), ("k", 56, 4)]
+    assert f.params[3].sizefunc is None and f.params[4].sizefunc == "get_len"
+    from vsgx.sdk.bridges import _BufferSpec
+    from vsgx.sdk.ctypes_sysv import UnknownTypeError
+
+    assert _BufferSpec(f, f.params[3], types).fixed == 40  # sizeof(array_t)
+    with pytest.raises(UnknownTypeError, match=r"'\*handle_t'.*what handle_t points to"):
+        _BufferSpec(f, f.params[5], types)  # [isptr] without size=: sizeof(*h)
+    pointee = TypeSystem(extra={"*handle_t": 24})
+    assert _BufferSpec(f, f.params[5], pointee).length(lambda name: 0) == 24
+    spec = _BufferSpec(f, f.params[6], types)
+    assert spec.length({"k": 3}.__getitem__, lambda: 5) == 15  # count × sizefunc
+
+
+def test_every_type_of_the_sdk_headers_is_known_with_its_size():
+    types = TypeSystem()
+    for name, size, align in [("sgx_ra_msg2_t", 168, 4), ("sgx_ra_msg3_t", 336, 1),
+                              ("sgx_ra_key_type_t", 4, 4), ("sgx_ps_sec_prop_desc_t", 256, 1),
+                              ("sgx_ql_qe_report_info_t", 960, 1), ("sgx_dh_msg1_t", 576, 1),
+                              ("sgx_target_info_t", 512, 8), ("sgx_report_t", 432, 8),
+                              ("sgx_sealed_data_t", 560, 8), ("sgx_ec256_signature_t", 64, 4),
+                              ("qae_verification_input_t", 72, 8), ("sgx_enclave_id_t", 8, 8)]:
+        assert types.size_align(CType(name)) == (size, align), name
+    assert types.scalar_format(CType("sgx_ra_key_type_t")) == "I"
+    assert types.scalar_format(CType("sgx_isv_svn_t")) == "H"
+    assert types.scalar_format(CType("sgx_ecc_state_handle_t")) == "Q"  # a pointer typedef
+    mine = TypeSystem(extra={"sgx_report_t": (16, 8)})  # the caller's size wins
+    assert mine.size_align(CType("sgx_report_t")) == (16, 8)
+    for bad in (0, -1, (24, 3), "24", (1 << 29)):
+        with pytest.raises(EdlError, match="types"):
+            TypeSystem(extra={"bad_t": bad})
+
+
+def test_an_unknown_types_hint_suggests_a_pointers_size():
+    from vsgx.sdk.ctypes_sysv import UnknownTypeError
+
+    with pytest.raises(UnknownTypeError) as caught:
+        TypeSystem().sizeof(CType("buffer_t"))
+    message = str(caught.value)
+    assert "types={'buffer_t': SIZE}" in message and "8 if it is a pointer" in message
+    assert "16" not in message

@@ -363,3 +363,76 @@ def test_untrusted_events_remember_a_wake_before_the_wait():
     waiter.join(30)
     assert done == [0]
     assert events.set_multiple_events(b"\0" * 4, 1) == st.SGX_ERROR_INVALID_PARAMETER
+
+
+# -- one EVM object, several loads -------------------------------------------------------
+def test_loads_on_one_enclave_vm_share_its_driver_and_never_collide(sdk_enclave, make_vm):
+    from vsgx.host import Avm, connect
+
+    vm = make_vm()
+    first = Hello(sdk_enclave.signed, evm=vm)
+    second = Hello(sdk_enclave.signed, evm=vm)  # was: ECREATE faulted, the EPC page is in use
+    try:
+        assert first.raw.avm is second.raw.avm is connect(vm)
+        assert first.raw.handle.secs_page != second.raw.handle.secs_page
+        assert first.ecall_add(1, 2) == 3 and second.ecall_add(3, 4) == 7
+        first.destroy()
+        third = Hello(sdk_enclave.signed, evm=vm)  # reuses the freed EPC pages
+        assert third.ecall_add(5, 6) == 11 and second.ecall_add(1, 1) == 2
+        third.destroy()
+        other = Avm(vm)  # a second application on the same machine: the same EPC allocator
+        assert other.driver is second.raw.avm.driver
+        fourth = Hello(sdk_enclave.signed, evm=other)
+        assert fourth.ecall_add(2, 2) == 4
+        other.close()  # destroys only what it loaded
+        assert second.ecall_add(2, 3) == 5
+    finally:
+        second.destroy()
+        connect(vm).close()
+
+
+def test_concurrent_loads_on_one_enclave_vm(sdk_enclave, make_vm):
+    vm = make_vm()
+    results: list[object] = []
+
+    def load_and_call(value):
+        try:
+            enclave = Hello(sdk_enclave.signed, evm=vm)
+            results.append((enclave, enclave.ecall_add(value, value)))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=load_and_call, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert sorted(r[1] for r in results if isinstance(r, tuple)) == [0, 2, 4], results
+    finally:
+        for result in results:
+            if isinstance(result, tuple):
+                result[0].destroy()
+
+
+def test_a_destroyed_enclave_gives_a_vsgx_error_not_a_fault(sdk_enclave, make_avm):
+    from vsgx.avm.driver import EnclaveLost
+    from vsgx.errors import VsgxError
+
+    avm = make_avm()
+    hello = Hello(sdk_enclave.signed, evm=avm)
+    raw = hello.raw
+    hello.destroy()
+    for attempt in (lambda: hello.ecall_add(1, 2), lambda: raw.eenter(),
+                    lambda: raw.eenter(tcs=raw.tcs[0]), lambda: raw.eresume(raw.tcs[0]),
+                    lambda: raw.mprotect(raw.base, 4096, 1),
+                    lambda: raw.restrict_permissions(raw.base, 4096, 1),
+                    lambda: raw.modify_types(raw.base, 4096, 4),
+                    lambda: raw.remove_pages(raw.base, 4096)):
+        with pytest.raises(EnclaveLost, match="destroyed"):
+            attempt()
+    hello.destroy()  # twice is harmless
+    survivor = Hello(sdk_enclave.signed, evm=avm)
+    avm.close()  # the application goes away: its enclaves with it
+    with pytest.raises(VsgxError, match="destroyed"):
+        survivor.ecall_add(1, 2)

@@ -9,7 +9,7 @@ from vsgx.arch.constants import SIGSTRUCT_TYPE_PRODUCTION, Attribute
 from vsgx.arch.errors import SgxError
 from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.sigstruct import Sigstruct
-from vsgx.cli.main import command, print_json, read_file, write_file
+from vsgx.cli.main import command, print_json, read_file, write_file, write_new_file
 from vsgx.crypto import (
     check_sigstruct,
     generate_signing_key,
@@ -56,10 +56,19 @@ def default_output(enclave: str, plain: bool) -> str:
 
 @command("keygen")
 def cmd_keygen(args: argparse.Namespace) -> int:
+    targets = [Path(args.output)] + ([Path(args.public)] if args.public else [])
+    if len(targets) == 2 and targets[0].absolute() == targets[1].absolute():
+        raise VsgxError("-o and --public name the same file")
+    if not args.force:  # refuse before writing anything
+        for target in targets:
+            if target.exists() or target.is_symlink():
+                raise VsgxError(f"{target} exists; pass --force to replace it")
     key = generate_signing_key()
-    write_file(args.output, private_key_pem(key), mode=0o600)
+    write_new_file(args.output, private_key_pem(key), mode=0o600, force=args.force,
+                   what="private key")
     if args.public:
-        write_file(args.public, public_key_pem(key.public_key()))
+        write_new_file(args.public, public_key_pem(key.public_key()), mode=0o644,
+                       force=args.force, what="public key")
     print(f"wrote {args.output} (RSA-3072, e = 3)")
     return 0
 

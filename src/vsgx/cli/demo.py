@@ -10,6 +10,7 @@ two enclaves.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vsgx.cli.main import command, write_file
+from vsgx.cli.main import command, write_file, write_new_file
 from vsgx.errors import VsgxError
 
 
@@ -46,7 +47,7 @@ class _EvmProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> str:
-        self.data_dir.mkdir(exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True, mode=0o700)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", self.address,
              "--data-dir", str(self.data_dir), "--epc-mib", "64", "--session-epc-mib", "16"],
@@ -80,7 +81,8 @@ def _build(workdir: Path) -> tuple[Path, Path]:
     unsigned = build_sample(workdir)
     key_path = workdir / "signing-key.pem"
     if not key_path.exists():
-        write_file(key_path, private_key_pem(generate_signing_key()), mode=0o600)
+        write_new_file(key_path, private_key_pem(generate_signing_key()), mode=0o600,
+                       what="signing key")
     key = load_private_key(key_path)
     config = load_config_file(str(HELLO_DIR / "hello.toml"))
     outputs = []
@@ -94,6 +96,23 @@ def _build(workdir: Path) -> tuple[Path, Path]:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.workdir:
+        workdir = Path(args.workdir)
+        if workdir.exists() and not workdir.is_dir():
+            raise VsgxError(f"--workdir {workdir} exists and is not a directory")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VsgxError(f"cannot create --workdir {workdir}: {exc.strerror}") from None
+        return _demo(args, workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="vsgx-demo-"))
+    try:
+        return _demo(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # keep nothing unless --workdir asked
+
+
+def _demo(args: argparse.Namespace, workdir: Path) -> int:
     from vsgx.arch.report import Report
     from vsgx.avm.remote import connect_evm
     from vsgx.channel import EvidencePolicy
@@ -102,8 +121,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vsgx.sdk import Enclave
 
     checks = _Checks()
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vsgx-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     edl = HELLO_DIR / "hello.edl"
 
     checks.title(f"build the sample enclave with gcc and sign it (in {workdir})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,43 @@ def write_file(path: str | Path, data: bytes, mode: int | None = None) -> None:
             target.chmod(mode)
     except OSError as exc:
         raise VsgxError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def write_new_file(path: str | Path, data: bytes, *, mode: int = 0o644,
+                   force: bool = False, what: str = "file") -> None:
+    """Write a file that did not exist, created with ``mode`` from the start
+    (O_CREAT | O_EXCL: never a moment with wider permissions, never through
+    a symlink). With ``force``, an existing file is replaced atomically by
+    a new one made the same way, so a failure leaves the old one whole."""
+    target = Path(path)
+    if target.is_dir():
+        raise VsgxError(f"cannot write the {what} {path}: it is a directory")
+    if not force and (target.exists() or target.is_symlink()):
+        raise VsgxError(f"the {what} {path} exists; pass --force to replace it")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp") if force else target
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temporary, flags, mode)
+    except FileExistsError:
+        raise VsgxError(f"the {what} {path} exists; pass --force to replace it") from None
+    except OSError as exc:
+        raise VsgxError(f"cannot write the {what} {path}: {exc.strerror}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(temporary, target)
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise VsgxError(f"cannot write the {what} {path}: {exc.strerror}") from None
 
 
 def print_json(value: object) -> None:
@@ -90,10 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vsgx", description="Run unmodified, signed Intel SGX enclaves without SGX.")
     parser.add_argument("--version", action="version", version=f"vsgx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(subcommand_parsers=sub.choices)  # for a usage line
 
     p = sub.add_parser("keygen", help="generate an enclave signing key (RSA-3072, e = 3)")
-    p.add_argument("-o", "--output", required=True, help="private key PEM to write")
+    p.add_argument("-o", "--output", required=True, help="private key PEM to write (created "
+                   "0600; an existing file is refused)")
     p.add_argument("--public", help="also write the public key PEM here")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
 
     def enclave_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("enclave", help="enclave ELF (SDK-signed, or plain with a .sig)")
@@ -136,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build, sign and run the bundled sample enclave in a "
                        "separate EVM process: ECALLs, OCALLs, an exception, sealing across an "
                        "EVM restart, local attestation")
-    p.add_argument("--workdir", help="where to build (default: a new temporary directory)")
+    p.add_argument("--workdir", help="where to build and keep the files (default: a temporary "
+                   "directory, removed at the end)")
     p.add_argument("--evm", help="use this running EVM instead of starting one")
 
     p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
@@ -154,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where imported EDLs are looked for (repeatable)")
     evm_client_args(p)
     p.add_argument("--production", action="store_true", help="load without the DEBUG attribute")
+    p.add_argument("--type", action="append", metavar="NAME=SIZE[:ALIGN]", default=[],
+                   help="the size of a type the EDL only includes (repeatable); *NAME is what "
+                   "an [isptr] NAME points to")
+    p.add_argument("--types", metavar="FILE", help="type sizes as TOML: NAME = SIZE or "
+                   "NAME = [SIZE, ALIGN], at the top or under [types]")
     p.add_argument("name", nargs="?", help="the ECALL")
     p.add_argument("args", nargs="*", help="its arguments: numbers, strings; for [in] "
                    "buffers text, hex:HEX or @FILE; - for NULL or to leave a size or an "
@@ -220,7 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> int:
+    """The reader of our output went away (``vsgx measure … | head -1``):
+    stop quietly, as a program killed by SIGPIPE would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stdout_gone()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "ecall":
@@ -230,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
     from vsgx.cli import (  # noqa: F401  (registers)
         commands,
@@ -241,15 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
-    if name == "evm":
-        parser.parse_args(["evm", "--help"])
     if args.command == "quote":
         name = f"quote {args.quote_command or ''}".strip()
-        if name == "quote":
-            parser.parse_args(["quote", "--help"])
+    if name not in _COMMANDS:
+        args.subcommand_parsers.get(args.command, parser).print_usage(sys.stderr)
+        print(f"vsgx {name}: error: a subcommand is needed", file=sys.stderr)
+        return 2
     try:
         with evm_commands.client_options(args):
-            return _COMMANDS[name](args)
+            code = _COMMANDS[name](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
     except VsgxError as exc:
         print(f"vsgx {name}: error: {exc}", file=sys.stderr)
         return 1

@@ -2,15 +2,17 @@
 and its configuration (CPUSVN, SGX2, launch control, CPUID leaf 0x12).
 
 The root secret persists across EVM restarts (sealed data must unseal after
-a restart): 32 random bytes in a 0600 file under the user's data directory.
-It never leaves the EVM. The paging key and the report KEYID are per boot,
-as on hardware.
+a restart): 32 random bytes in a 0600 file under the user's data directory,
+which must be the user's own and writable by nobody else (whoever can write
+the directory can swap the secret). It never leaves the EVM. The paging key
+and the report KEYID are per boot, as on hardware.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,32 +37,84 @@ def data_dir() -> Path:
     return Path(base) / "vsgx"
 
 
-def load_root_secret(path: Path | None = None) -> bytes:
-    """The platform root secret, created on first use (0600)."""
-    path = path or data_dir() / SECRET_FILE
+def check_private_dir(path: Path, what: str = "data directory") -> None:
+    """Refuse a directory that another user owns or that group or others
+    may write: a secret kept there could be replaced or removed."""
     try:
-        data = path.read_bytes()
+        info = os.stat(path)
+    except OSError as exc:
+        raise VsgxError(f"cannot use the {what} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise VsgxError(f"the {what} {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise VsgxError(f"the {what} {path} belongs to uid {info.st_uid}, not to you "
+                        f"(uid {os.geteuid()}): refusing it")
+    if info.st_mode & 0o022:
+        raise VsgxError(f"the {what} {path} is writable by group or others (mode "
+                        f"{stat.S_IMODE(info.st_mode):04o}): chmod go-w it, or choose "
+                        "another")
+
+
+def private_dir(path: Path, what: str = "data directory") -> Path:
+    """``path``, created 0700 if missing, after ``check_private_dir``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise VsgxError(f"cannot create the {what} {path}: {exc.strerror}") from None
+    check_private_dir(path, what)
+    return path
+
+
+def _read_secret(path: Path) -> bytes | None:
+    """The secret file's bytes, None if it does not exist. No symlinks; a
+    file of another user, or one others may read, is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = secrets.token_bytes(ROOT_SECRET_SIZE)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # atomic: the first writer wins
-        except FileExistsError:
-            data = path.read_bytes()
-        finally:
-            os.unlink(tmp)
+        return None
     except OSError as exc:
         raise VsgxError(f"cannot read the platform secret {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise VsgxError(f"the platform secret {path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise VsgxError(f"the platform secret {path} belongs to uid {info.st_uid}, not "
+                            "to you: refusing it")
+        if info.st_mode & 0o077:
+            raise VsgxError(f"the platform secret {path} is readable by others; chmod 600 it")
+        return os.read(fd, ROOT_SECRET_SIZE + 1)
+    finally:
+        os.close(fd)
+
+
+def load_root_secret(path: Path | None = None) -> bytes:
+    """The platform root secret, created on first use (0600 from the start,
+    in a directory of the user's own that nobody else may write)."""
+    path = path or data_dir() / SECRET_FILE
+    private_dir(path.parent)
+    data = _read_secret(path)
+    if data is None:
+        data = secrets.token_bytes(ROOT_SECRET_SIZE)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic: the first writer wins
+            except FileExistsError:
+                data = _read_secret(path) or b""
+            finally:
+                os.unlink(tmp)
+        except OSError as exc:
+            raise VsgxError(f"cannot create the platform secret {path}: {exc.strerror}") \
+                from None
     if len(data) != ROOT_SECRET_SIZE:
         raise VsgxError(f"the platform secret {path} is corrupt ({len(data)} bytes)")
-    if path.stat().st_mode & 0o077:
-        raise VsgxError(f"the platform secret {path} is readable by others; chmod 600 it")
     return data
 
 

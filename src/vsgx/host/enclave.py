@@ -9,11 +9,16 @@ An ``Avm`` is the application side: its address space (untrusted memory),
 its driver, and the EVM it talks to — in this process by default, or a
 separate EVM process (``evm="unix:/path"``, ``"tcp:host:port"``,
 ``"vsock:cid:port"``).
+
+One EVM object has one driver, as one machine has one EPC allocator: every
+``Avm`` made for the same EVM object shares it (``connect(evm)`` returns the
+same ``Avm``), so enclaves loaded through any of them never collide.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,18 +66,73 @@ class Exit:
                 f"address {self.address:#x}")
 
 
+class _SharedDriver:
+    """The driver of one EVM object and the Avms that use it."""
+
+    def __init__(self, evm: Any):
+        self.driver = SgxDriver(evm)
+        self.avms: weakref.WeakSet[Avm] = weakref.WeakSet()
+
+
+_drivers: weakref.WeakKeyDictionary[Any, _SharedDriver] = weakref.WeakKeyDictionary()
+_drivers_lock = threading.RLock()
+
+
 class Avm:
     """The application VM side of one process: memory, driver, EVM link."""
 
     def __init__(self, evm: Any):
         self.evm = evm
         self.memory = AddressSpace()
-        attach = getattr(evm, "attach_memory", None)
-        if attach is not None:
-            attach(self.memory)
-        self.driver = SgxDriver(evm)
+        self._enclaves: set[int] = set()  # SECS pages of the enclaves loaded through it
+        self._lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
+        attach = getattr(evm, "attach_memory", None)
+        with _drivers_lock:
+            try:
+                shared = _drivers.get(evm)
+            except TypeError:  # an EVM that cannot be weakly referenced: its own driver
+                shared = None
+                self._shared: _SharedDriver | None = None
+                self.driver = SgxDriver(evm)
+            else:
+                if shared is None:
+                    shared = _SharedDriver(evm)
+                    _drivers[evm] = shared
+                live = [avm for avm in shared.avms if not avm._closed]
+                if live and attach is not None:
+                    # A connection's page server serves one address space.
+                    raise VsgxError("this EVM connection already serves another Avm: share "
+                                    "it (vsgx.host.connect(evm) returns it) or connect again")
+                shared.avms.add(self)
+                self._shared = shared
+                self.driver = shared.driver
+        if attach is not None:
+            attach(self.memory)
+
+    @classmethod
+    def of(cls, evm: Any) -> Avm:
+        """The live Avm of an EVM object, made on first use."""
+        with _drivers_lock:
+            try:
+                shared = _drivers.get(evm)
+            except TypeError:
+                shared = None
+            if shared is not None:
+                for avm in shared.avms:
+                    if not avm._closed:
+                        return avm
+            return cls(evm)
+
+    def track(self, encl: DriverEnclave) -> None:
+        """An enclave this Avm loaded (``close`` destroys it)."""
+        with self._lock:
+            self._enclaves.add(encl.secs_page)
+
+    def untrack(self, encl: DriverEnclave) -> None:
+        with self._lock:
+            self._enclaves.discard(encl.secs_page)
 
     def stack_top(self) -> int:
         """This thread's untrusted stack (the RSP an ENCLU runs with)."""
@@ -84,14 +144,25 @@ class Avm:
         return top
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Destroy the enclaves loaded through this Avm (all of the driver's
+        when no other Avm shares it), then close the EVM link."""
+        with _drivers_lock:
+            if self._closed:
+                return
+            self._closed = True
+            alone = self._shared is None or not any(
+                avm is not self and not avm._closed for avm in self._shared.avms)
+        with self._lock:
+            own = set(self._enclaves)
         for encl in list(self.driver.enclaves.values()):
+            if not alone and encl.secs_page not in own:
+                continue
             try:
                 self.driver.destroy(encl)
             except (VsgxError, Fault, OSError):
                 pass
+        if not alone:
+            return
         close = getattr(self.evm, "close", None)
         if close is not None:
             close()
@@ -114,20 +185,23 @@ def default_avm() -> Avm:
 
 def connect(evm: Any = None, policy: Any = None) -> Avm:
     """An AVM for ``evm``: None (this process's in-process EVM), an EVM
-    object, or an address string of an EVM process, whose evidence must
-    satisfy ``policy`` (a ``vsgx.channel.EvidencePolicy``; default: an
-    unattested EVM only on this machine)."""
+    object (its one live Avm), or an address string of an EVM process (a
+    new session), whose evidence must satisfy ``policy`` (a
+    ``vsgx.channel.EvidencePolicy``; default: an unattested EVM only on
+    this machine)."""
     if policy is not None and not isinstance(evm, str):
         raise VsgxError("an evidence policy applies to an EVM address (evm=\"tcp:...\")")
     if evm is None:
         return default_avm()
     if isinstance(evm, Avm):
+        if evm._closed:
+            raise VsgxError("this Avm was closed")
         return evm
     if isinstance(evm, str):
         from vsgx.host.remote import connect_evm
 
         return Avm(connect_evm(evm, policy))
-    return Avm(evm)
+    return Avm.of(evm)
 
 
 class Enclave:
@@ -156,10 +230,15 @@ class Enclave:
         avm = connect(evm, policy)
         try:
             handle = load_plan(avm.driver, avm.memory, plan, debug=debug)
+        except Fault as fault:
+            if owns:
+                avm.close()
+            raise VsgxError(f"loading the enclave faulted in the EVM: {fault}") from None
         except BaseException:
             if owns:
                 avm.close()
             raise
+        avm.track(handle)
         return cls(avm, handle, plan, owns_avm=owns)
 
     # -- untrusted memory ------------------------------------------------------
@@ -205,9 +284,12 @@ class Enclave:
                     result.vector, result.error_code, result.address, result.exitinfo_valid,
                     tcs)
 
-    def _enter(self, leaf: int, tcs: int, registers: list[int]) -> Exit:
-        if self.closed:
+    def _live(self) -> None:
+        if self.closed or self.handle.destroyed:
             raise EnclaveLost("the enclave was destroyed")
+
+    def _enter(self, leaf: int, tcs: int, registers: list[int]) -> Exit:
+        self._live()
         memory = self.avm.memory
         result = self.avm.driver.enter(self.handle, leaf, registers, memory.return_rip, memory)
         return self._exit(result, tcs)
@@ -230,16 +312,20 @@ class Enclave:
 
     # -- SGX2 and page management, as the driver's ioctls ----------------------
     def restrict_permissions(self, address: int, length: int, permissions: int) -> int:
+        self._live()
         return self.avm.driver.restrict_permissions(self.handle, address - self.base, length,
                                                     permissions)
 
     def modify_types(self, address: int, length: int, page_type: int) -> int:
+        self._live()
         return self.avm.driver.modify_types(self.handle, address - self.base, length, page_type)
 
     def remove_pages(self, address: int, length: int) -> int:
+        self._live()
         return self.avm.driver.remove_pages(self.handle, address - self.base, length)
 
     def mprotect(self, address: int, length: int, prot: int) -> None:
+        self._live()
         self.avm.driver.mprotect(self.handle, address, length, prot)
 
     @property
@@ -253,7 +339,10 @@ class Enclave:
         self.closed = True
         try:
             self.avm.driver.destroy(self.handle)
+        except Fault as fault:
+            raise VsgxError(f"destroying the enclave faulted in the EVM: {fault}") from None
         finally:
+            self.avm.untrack(self.handle)
             if self._owns_avm:
                 self.avm.close()
 

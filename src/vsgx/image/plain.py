@@ -20,7 +20,7 @@ from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.sigstruct import Sigstruct
 from vsgx.errors import ImageError
 from vsgx.image.elf import ElfImage
-from vsgx.image.plan import BuildPlan, Ecreate, PageRun
+from vsgx.image.plan import BuildPlan, Ecreate, PageRun, check_plan_size
 
 PLAIN_SSAFRAMESIZE = 1
 
@@ -96,6 +96,7 @@ def plain_plan(elf: ElfImage, sigstruct: Sigstruct | None, *, sigstruct_bytes: b
     if heap_pages > 1 << 24:
         raise ImageError(f"SIGSTRUCT.SWDEFINED asks for {heap_pages} heap pages")
     runs, end = plain_runs(elf, heap_pages)
+    check_plan_size(enclave_size_for(end), runs)  # before anything is hashed
     ecreate = Ecreate(size=enclave_size_for(end), ssaframesize=PLAIN_SSAFRAMESIZE,
                       miscselect=miscselect, attributes=attributes & ~int(Attribute.INIT),
                       xfrm=xfrm)

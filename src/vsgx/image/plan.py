@@ -11,9 +11,35 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
+from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.sigstruct import Sigstruct
 from vsgx.crypto.measurement import MrEnclave
+from vsgx.errors import ImageError
+
+# Work a plan may ask for, checked before anything is hashed or loaded: real
+# signed enclaves add up to 2^23 pages (32 GiB, mostly unmeasured heap) and
+# measure far fewer; hashing 2^22 measured pages takes about 15 s here.
+MAX_ADDED_PAGES = 1 << 25
+MAX_MEASURED_PAGES = 1 << 22
+# ECREATE takes SECS.SIZE < 2^MaxEnclaveSize_64 (CPUID.(EAX=12H,ECX=0):EDX[15:8]).
+MAX_ENCLAVE_SIZE_LOG2 = SgxCpuid().max_enclave_size_64
+
+
+def check_plan_size(size: int, runs: list[PageRun] | tuple[PageRun, ...]) -> None:
+    """Refuse, with the sizes, an enclave no SECS can hold or whose pages
+    would take hours to measure (a crafted p_memsz of terabytes)."""
+    if size >= 1 << MAX_ENCLAVE_SIZE_LOG2:
+        raise ImageError(f"the enclave needs {size:#x} bytes of address space; a SECS holds "
+                         f"less than 2^{MAX_ENCLAVE_SIZE_LOG2} ({1 << MAX_ENCLAVE_SIZE_LOG2:#x})")
+    added = sum(run.count for run in runs)
+    if added > MAX_ADDED_PAGES:
+        raise ImageError(f"the enclave adds {added} pages ({added * PAGE_SIZE >> 30} GiB); "
+                         f"vsgx loads at most {MAX_ADDED_PAGES}")
+    measured = sum(run.count for run in runs if run.measured)
+    if measured > MAX_MEASURED_PAGES:
+        raise ImageError(f"the enclave measures {measured} pages ({measured * PAGE_SIZE >> 30} "
+                         f"GiB); vsgx measures at most {MAX_MEASURED_PAGES}")
 
 
 @dataclass(frozen=True)

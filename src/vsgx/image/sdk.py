@@ -18,7 +18,7 @@ from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.tcs import Tcs
 from vsgx.errors import ImageError
 from vsgx.image.elf import ElfImage, Segment
-from vsgx.image.plan import BuildPlan, Ecreate, PageRun, Region, RegionKind
+from vsgx.image.plan import BuildPlan, Ecreate, PageRun, Region, RegionKind, check_plan_size
 from vsgx.image.sdk_metadata import (
     LAYOUT_IDS_V1,
     LAYOUT_IDS_V2,
@@ -263,6 +263,7 @@ def sdk_plan(elf: ElfImage, meta: MetadataCopy | None = None) -> BuildPlan:
     added = sum(run.count for run in runs)
     if added > MAX_ADDED_PAGES:
         raise ImageError(f"the enclave adds {added} pages; vsgx loads at most {MAX_ADDED_PAGES}")
+    check_plan_size(size, runs)
     _check_no_overlap(runs, size)
     ecreate = Ecreate(size=size, ssaframesize=h.ssa_frame_size,
                       miscselect=meta.sigstruct.miscselect, attributes=h.attributes,

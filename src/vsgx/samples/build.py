@@ -18,6 +18,7 @@ from vsgx.errors import VsgxError
 SAMPLES_DIR = Path(__file__).resolve().parent
 RUNTIME_DIR = SAMPLES_DIR / "rt"
 HELLO_DIR = SAMPLES_DIR / "hello"
+PARAMS_DIR = SAMPLES_DIR / "params"
 
 ENCLAVE_CFLAGS = (
     "-nostdlib", "-static-pie", "-fPIE", "-ffreestanding", "-fno-stack-protector",
@@ -55,6 +56,14 @@ def compile_enclave(sources: Sequence[Path], output: Path, linker_script: Path,
     if result.returncode != 0:
         raise BuildError(f"building {output.name} failed:\n{result.stderr.strip()}")
     return output
+
+
+def build_params(output_dir: Path) -> Path:
+    """Build the unsigned parameter test enclave (params.so): an ECALL or
+    OCALL of every EDL parameter kind, and every standard EDL imported."""
+    sources = [*runtime_sources(), PARAMS_DIR / "params.c", PARAMS_DIR / "params_t.c"]
+    return compile_enclave(sources, output_dir / "params.so", RUNTIME_DIR / "enclave.lds",
+                           include_dirs=[PARAMS_DIR])
 
 
 def build_sample(output_dir: Path) -> Path:

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import errno as errno_module
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from vsgx.sdk import status as st
-from vsgx.sdk.ctypes_sysv import Field, MsLayout, TypeSystem, ms_layout, pack_value
-from vsgx.sdk.edl import CType, EdlError, Function, Param
+from vsgx.sdk.ctypes_sysv import (
+    Field,
+    MsLayout,
+    TypeSystem,
+    UnknownTypeError,
+    ms_layout,
+    pack_value,
+)
+from vsgx.sdk.edl import MAX_BUFFER, CType, EdlError, Function, Param
 from vsgx.sdk.urts import Urts
 
 
@@ -28,11 +36,30 @@ class ArgumentError(EdlError, TypeError):
 
 
 HEAP_THRESHOLD = 64 * 1024  # bigger ECALL buffers go to a heap block, not the stack
-MAX_OCALL_BUFFER = 1 << 28
+MAX_OCALL_BUFFER = MAX_BUFFER
+SizeFunc = Callable[[Any], int]
 
 
-def _is_buffer(param: Param) -> bool:
-    return param.type.is_pointer or bool(param.type.dims)
+class UntrustedView:
+    """What an OCALL's sizefunc sees: the untrusted memory the pointer
+    designates, read on demand (``view[0:4]``, ``view[8]``, ``view.read(o, n)``)."""
+
+    def __init__(self, memory: Any, address: int):
+        self.memory = memory
+        self.address = address
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > MAX_BUFFER:
+            raise st.OcallError(f"a sizefunc read {size} bytes at offset {offset}")
+        return self.memory.read(self.address + offset, size)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, int):
+            return self.read(key, 1)[0]
+        if key.step not in (None, 1) or key.stop is None:
+            raise st.OcallError("a sizefunc may read a slice [start:stop] of the buffer")
+        start = key.start or 0
+        return self.read(start, max(key.stop - start, 0))
 
 
 def _struct_format(layout: MsLayout, fields: list[Field] | None = None) -> str:
@@ -50,52 +77,75 @@ def _struct_format(layout: MsLayout, fields: list[Field] | None = None) -> str:
 
 
 class _BufferSpec:
-    """How many bytes a checked pointer designates (edger8r gen_ptr_size)."""
+    """How many bytes a checked pointer designates (edger8r gen_ptr_size):
+    a foreign array's sizeof; an array's dimensions; a string's length;
+    otherwise size= (or, SDK 1.x, the sizefunc's result) or sizeof(*p),
+    times count=."""
 
     def __init__(self, function: Function, param: Param, types: TypeSystem):
         self.param = param
         self.where = f"{function.name}({param.name})"
-        names = {p.name for p in function.params}
-        for ref in (param.size, param.count):
-            if ref is not None and not ref.isdigit() and not ref.lower().startswith("0x") \
-                    and ref not in names:
-                raise EdlError(f"{self.where}: size/count {ref!r} is neither a number nor a "
-                               "parameter")
         ctype = param.type
         self.string = param.string or param.wstring
         self.char_size = 4 if param.wstring else 1
-        if ctype.dims:
+        self.fixed: int | None = None
+        self.element_size = 1
+        self.element_fmt = ""
+        if param.isary:  # [isary] array_t: sizeof(array_t)
+            try:
+                self.fixed = types.sizeof(CType(ctype.base))
+            except UnknownTypeError as exc:
+                raise UnknownTypeError(exc.type_name, " (an [isary] type: the size of the "
+                                       "whole array, e.g. 40 for int[10])") from None
+        elif ctype.dims:
             element = CType(ctype.base, ctype.pointers, ctype.const)
             self.element_size = types.sizeof(element)
             self.element_fmt = types.scalar_format(element)
             self.fixed = self.element_size * _product(ctype.dims)
+        elif param.isptr and not ctype.is_pointer:  # the typedef is the pointer
+            if param.size is None and param.sizefunc is None:
+                self.element_size = types.pointee_size(ctype.base)
         else:
             pointee = ctype.pointee()
-            if param.size is None and not self.string:
-                if pointee.base == "void" and not pointee.pointers:
+            void = pointee.base == "void" and not pointee.pointers
+            self.element_fmt = "" if void else types.scalar_format(pointee)
+            if self.string:
+                self.element_size = self.char_size
+            elif param.size is None and param.sizefunc is None:
+                if void:
                     raise EdlError(f"{self.where}: a void pointer needs size=")
                 self.element_size = types.sizeof(pointee)
-            else:
-                self.element_size = 1 if pointee.base == "void" and not pointee.pointers else (
-                    types.sizeof(pointee) if not self.string else self.char_size)
-            self.element_fmt = "" if pointee.base == "void" else types.scalar_format(pointee)
-            self.fixed = None
+        if self.fixed is not None and self.fixed > MAX_BUFFER:
+            raise EdlError(f"{self.where}: {self.fixed} bytes are more than vsgx passes in "
+                           f"one buffer ({MAX_BUFFER})")
         # a pointer to one scalar: ECALL results decode to a number
         self.single_scalar = (not ctype.dims and param.size is None and param.count is None
-                              and not self.string and bool(self.element_fmt)
-                              and not param.isary)
+                              and param.sizefunc is None and not self.string
+                              and bool(self.element_fmt) and not param.isary
+                              and not (param.isptr and not ctype.is_pointer))
 
-    def length(self, value_of: Callable[[str], int]) -> int:
+    def length(self, value_of: Callable[[str], int], measure: Callable[[], int] | None = None
+               ) -> int:
+        """The buffer's length; ``measure`` runs the sizefunc ([sizefunc=])."""
         if self.fixed is not None:
             return self.fixed
-        size = _ref(self.param.size, value_of) if self.param.size is not None \
-            else self.element_size
+        if self.param.sizefunc is not None:
+            if measure is None:
+                raise EdlError(f"{self.where}: sized by sizefunc {self.param.sizefunc}, which "
+                               "vsgx cannot run here")
+            size = measure()
+        elif self.param.size is not None:
+            size = _ref(self.param.size, value_of)
+        else:
+            size = self.element_size
         count = _ref(self.param.count, value_of) if self.param.count is not None else 1
-        if size < 0 or count < 0:
-            raise EdlError(f"{self.where}: negative size or count")
+        if not isinstance(size, int) or not isinstance(count, int) or size < 0 or count < 0:
+            raise EdlError(f"{self.where}: size {size!r} and count {count!r} must be "
+                           "non-negative integers")
         total = size * count
-        if total >= 1 << 63:
-            raise EdlError(f"{self.where}: size × count overflows")
+        if total > MAX_BUFFER:
+            raise EdlError(f"{self.where}: {total} bytes are more than vsgx passes in one "
+                           f"buffer ({MAX_BUFFER})")
         return total
 
 
@@ -113,6 +163,21 @@ def _product(dims: tuple[int, ...]) -> int:
     return result
 
 
+def check_function(function: Function, types: TypeSystem) -> None:
+    """Raise what marshalling ``function`` would raise (an unknown type, a
+    void pointer without a size), naming the function, before any call."""
+    what = f"{'ECALL' if function.trusted else 'OCALL'} {function.name}"
+    try:
+        ms_layout(function, types)
+        for param in function.params:
+            if param.checked_pointer:
+                _BufferSpec(function, param, types)
+    except UnknownTypeError as exc:
+        raise UnknownTypeError(exc.type_name, exc.hint, what) from None
+    except EdlError as exc:
+        raise EdlError(f"{what}: {exc}") from None
+
+
 class EcallProxy:
     """``enclave.<ecall>(*args)``: the untrusted proxy of one ECALL.
 
@@ -128,7 +193,8 @@ class EcallProxy:
     if there is nothing. A status other than SGX_SUCCESS raises
     ``SgxStatusError``."""
 
-    def __init__(self, urts: Urts, ordinal: int, function: Function, types: TypeSystem):
+    def __init__(self, urts: Urts, ordinal: int, function: Function, types: TypeSystem,
+                 sizefuncs: dict[str, SizeFunc] | None = None):
         self.urts = urts
         self.ordinal = ordinal
         self.function = function
@@ -136,17 +202,20 @@ class EcallProxy:
         self.memory = urts.raw.avm.memory
         self.layout = ms_layout(function, types)
         self.types = types
+        self.sizefuncs = sizefuncs if sizefuncs is not None else {}
         self.params = function.params
         self.index = {p.name: i for i, p in enumerate(self.params)}
         self.specs = {p.name: _BufferSpec(function, p, types) for p in self.params
-                      if _is_buffer(p) and (p.direction_in or p.direction_out)}
+                      if p.checked_pointer}
         self.retval = self.layout.field("retval") if any(
             f.name == "retval" for f in self.layout.fields) else None
         self.outputs = [p.name for p in self.params if p.name in self.specs
                         and p.direction_out]
-        self.scalar_only = not any(_is_buffer(p) for p in self.params)
         self.format = _struct_format(self.layout) if self.layout.size else ""
         self.value_fields = [f for f in self.layout.fields if f.param is not None]
+        # The fast path packs numbers only: structs by value go through _call.
+        self.scalar_only = not any(p.pointer_like for p in self.params) and all(
+            f.fmt for f in self.value_fields)
         self.where = f"ECALL {function.name}"
 
     # -- binding the Python arguments to C parameters --------------------------
@@ -241,13 +310,16 @@ class EcallProxy:
             value = values[self.index[name]]
             if spec.string:
                 if data is not None:
+                    if len(data) > MAX_BUFFER:
+                        raise EdlError(f"{self.where}: {name} is longer than vsgx passes in "
+                                       f"one buffer ({MAX_BUFFER})")
                     lengths[name] = len(data)
                 continue
             if data is None and value is None and not spec.param.direction_out:
                 continue  # NULL
             if value is None and spec.param.direction_in:
                 continue  # NULL [in, out]
-            length = spec.length(value_of)
+            length = spec.length(value_of, self._measure(spec, data, value_of))
             if data is not None and len(data) != length:
                 raise EdlError(f"{self.where}: {name} has {len(data)} bytes, the EDL makes it "
                                f"{length}")
@@ -258,6 +330,9 @@ class EcallProxy:
             lengths[name] = length
 
         total = sum((n + 15) & ~15 for n in lengths.values()) + self.layout.size + 128
+        if total > MAX_BUFFER:
+            raise EdlError(f"{self.where}: its buffers take {total} bytes, more than vsgx "
+                           f"passes in one ECALL ({MAX_BUFFER})")
         heap = total > HEAP_THRESHOLD
         placed: dict[str, int] = {}
         ms_address: list[int] = []
@@ -301,6 +376,32 @@ class EcallProxy:
             return None
         return results[0] if len(results) == 1 else tuple(results)
 
+    def _measure(self, spec: _BufferSpec, data: bytes | None,
+                 value_of: Callable[[str], int]) -> Callable[[], int] | None:
+        """SDK 1.x [sizefunc=f]: the trusted bridge runs f on the buffer; here
+        the untrusted side's f (``sizefuncs``) measures the caller's bytes,
+        and without one the bytes given are the buffer."""
+        name = spec.param.sizefunc
+        if name is None or data is None:
+            return None
+        count = 1
+        if spec.param.count is not None:
+            count = _ref(spec.param.count, value_of)
+        function = self.sizefuncs.get(name)
+        if function is None:
+            if count <= 0 or len(data) % count:
+                raise ArgumentError(f"{self.where}: {spec.param.name} has {len(data)} bytes, "
+                                    f"not a multiple of its count {count}")
+            return lambda: len(data) // count
+        try:
+            size = function(data)
+        except Exception as exc:
+            raise ArgumentError(f"{self.where}: sizefunc {name} raised {exc!r}") from exc
+        if not isinstance(size, int) or size * count != len(data):
+            raise ArgumentError(f"{self.where}: sizefunc {name} makes {spec.param.name} "
+                                f"{size!r} × {count} bytes, {len(data)} given")
+        return lambda: size
+
     def _infer(self, spec: _BufferSpec, length: int, values: list[Any]) -> None:
         def known(reference: str | None, default: int) -> int | None:
             if reference is None:
@@ -311,6 +412,8 @@ class EcallProxy:
             return int(reference, 0)
 
         size_ref, count_ref = spec.param.size, spec.param.count
+        if spec.param.sizefunc is not None:
+            return
         if size_ref in self.index and values[self.index[size_ref]] is None:
             count = known(count_ref, 1)
             if count:
@@ -369,7 +472,7 @@ class EcallProxy:
             param = item.param
             if param.name in self.specs:
                 value: Any = placed.get(param.name, 0)
-            elif param.user_check and _is_buffer(param):
+            elif param.user_check and param.pointer_like:
                 value = values[self.index[param.name]] or 0
             else:
                 value = values[self.index[param.name]]
@@ -408,20 +511,37 @@ class OcallBridge:
     return value -1."""
 
     def __init__(self, memory: Any, function: Function, types: TypeSystem,
-                 handler: Callable[..., Any]):
+                 handler: Callable[..., Any], sizefuncs: dict[str, SizeFunc] | None = None):
         self.memory = memory
         self.function = function
         self.handler = handler
+        self.types = types
+        self.sizefuncs = sizefuncs if sizefuncs is not None else {}
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def _prepare(self) -> None:
+        """The layout, on first use: one OCALL whose types are unknown fails
+        alone, naming them, and leaves the rest of the EDL usable."""
+        function, types = self.function, self.types
+        try:
+            check_function(function, types)
+        except EdlError as exc:
+            raise st.OcallError(str(exc)) from None
         self.layout = ms_layout(function, types)
+        self.specs = {p.name: _BufferSpec(function, p, types) for p in function.params
+                      if p.checked_pointer}
         self.format = _struct_format(self.layout) if self.layout.size else ""
         self.names = [f.name for f in self.layout.fields]
-        self.specs = {p.name: _BufferSpec(function, p, types) for p in function.params
-                      if _is_buffer(p) and (p.direction_in or p.direction_out)}
         self.retval = self.layout.field("retval") if "retval" in self.names else None
         self.errno_field = self.layout.field("errno") if "errno" in self.names else None
-        self.simple = not self.specs
+        self._ready = True
 
     def __call__(self, ms: int) -> int:
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self._prepare()
         layout = self.layout
         if not layout.size:
             if ms:
@@ -450,10 +570,10 @@ class OcallBridge:
                     outputs.append((value, bytearray(text + b"\0" * spec.char_size),
                                     len(text) + spec.char_size))
                 continue
-            length = spec.length(lambda name: fields[name])
-            if length > MAX_OCALL_BUFFER:
-                raise st.OcallError(f"OCALL {self.function.name}: {param.name} claims "
-                                    f"{length} bytes")
+            try:
+                length = spec.length(lambda name: fields[name], self._measure(param, value))
+            except EdlError as exc:
+                raise st.OcallError(f"OCALL {exc}") from None
             if param.direction_out:
                 buffer = bytearray(memory.read(value, length)) if param.direction_in \
                     else bytearray(length)
@@ -480,6 +600,19 @@ class OcallBridge:
         for address, buffer, length in outputs:
             memory.write(address, bytes(buffer[:length]).ljust(length, b"\0"))
         return st.SGX_SUCCESS
+
+
+    def _measure(self, param: Param, address: int) -> Callable[[], int] | None:
+        """SDK 1.x [sizefunc=f]: the enclave measured its buffer with its own
+        f; the untrusted side's f (``sizefuncs``) measures the copy."""
+        name = param.sizefunc
+        if name is None:
+            return None
+        function = self.sizefuncs.get(name)
+        if function is None:
+            raise st.OcallError(f"OCALL {self.function.name}: {param.name} is sized by "
+                                f"sizefunc {name}: give it, e.g. sizefuncs={{{name!r}: f}}")
+        return lambda: function(UntrustedView(self.memory, address))
 
 
 def _read_wstring(memory: Any, address: int) -> bytes:

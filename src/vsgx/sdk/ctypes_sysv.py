@@ -5,7 +5,9 @@ edger8r (sdk/edger8r/linux CodeGen.ml, gen_marshal_struct) emits
 ``ms_<function>_t`` as an ordinary C struct: ``ms_retval`` first (unless the
 function returns void), ``int ocall_errno`` for ``propagate_errno`` OCALLs,
 then one member per parameter (pointers and arrays as pointers), and for
-ECALLs a ``size_t ms_<name>_len`` right after an ``[in]`` string.
+ECALLs a ``size_t ms_<name>_len`` right after an ``[in]`` string. A
+foreign array (``[isary] array_t a``) is passed as ``array_t *``, a foreign
+pointer (``[isptr] buffer_t b``) as itself: both take 8 bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from vsgx.sdk.edl import Composite, CType, EdlError, Function, Param
+from vsgx.sdk.sdk_types import SDK_TYPES
 
 # name: (size, alignment, struct format for scalars or "" for blobs)
 _BASE: dict[str, tuple[int, int, str]] = {
@@ -31,30 +34,30 @@ _BASE: dict[str, tuple[int, int, str]] = {
     "uint16_t": (2, 2, "H"), "int32_t": (4, 4, "i"), "uint32_t": (4, 4, "I"),
     "int64_t": (8, 8, "q"), "uint64_t": (8, 8, "Q"),
     "size_t": (8, 8, "Q"), "wchar_t": (4, 4, "i"),
-    # Common foreign typedefs (include'd headers the SDK ships).
+    # POSIX and C library typedefs an EDL's included headers commonly use.
     "ssize_t": (8, 8, "q"), "intptr_t": (8, 8, "q"), "uintptr_t": (8, 8, "Q"),
-    "off_t": (8, 8, "q"), "time_t": (8, 8, "q"), "bool": (1, 1, "?"), "_Bool": (1, 1, "?"),
-    "sgx_status_t": (4, 4, "I"), "sgx_enclave_id_t": (8, 8, "Q"),
-    "sgx_ra_context_t": (4, 4, "I"), "quote3_error_t": (4, 4, "I"),
-    "sgx_ql_qv_result_t": (4, 4, "I"), "sgx_key_policy_t": (2, 2, "H"),
-}
-
-# Foreign SGX structures (sgx_report.h, sgx_tseal.h, sgx_tcrypto.h,
-# sgx_dh.h, sgx_quote.h): size and alignment, passed as raw bytes.
-_FOREIGN: dict[str, tuple[int, int]] = {
-    "sgx_report_t": (432, 8), "sgx_report_body_t": (384, 8), "sgx_target_info_t": (512, 8),
-    "sgx_report_data_t": (64, 1), "sgx_measurement_t": (32, 1), "sgx_attributes_t": (16, 8),
-    "sgx_key_request_t": (512, 8), "sgx_key_128bit_t": (16, 1), "sgx_sealed_data_t": (560, 8),
-    "sgx_cpu_svn_t": (16, 1), "sgx_key_id_t": (32, 1), "sgx_mac_t": (16, 1),
-    "sgx_ec256_public_t": (64, 1), "sgx_ec256_private_t": (32, 1),
-    "sgx_ec256_signature_t": (64, 4), "sgx_ec256_dh_shared_t": (32, 1),
-    "sgx_sha256_hash_t": (32, 1), "sgx_cmac_128bit_key_t": (16, 1),
-    "sgx_cmac_128bit_tag_t": (16, 1), "sgx_aes_gcm_128bit_key_t": (16, 1),
-    "sgx_aes_gcm_128bit_tag_t": (16, 1), "sgx_quote_nonce_t": (16, 1), "sgx_spid_t": (16, 1),
-    "sgx_dh_msg1_t": (576, 8), "sgx_dh_msg2_t": (512, 8),
+    "ptrdiff_t": (8, 8, "q"), "off_t": (8, 8, "q"), "off64_t": (8, 8, "q"),
+    "time_t": (8, 8, "q"), "clock_t": (8, 8, "q"), "suseconds_t": (8, 8, "q"),
+    "mode_t": (4, 4, "I"), "pid_t": (4, 4, "i"), "uid_t": (4, 4, "I"), "gid_t": (4, 4, "I"),
+    "socklen_t": (4, 4, "I"), "wint_t": (4, 4, "I"), "errno_t": (4, 4, "i"),
+    "bool": (1, 1, "?"), "_Bool": (1, 1, "?"),
 }
 
 POINTER = (8, 8)
+
+
+class UnknownTypeError(EdlError):
+    """A type whose size vsgx does not know (a typedef the EDL only
+    includes): the caller must give it."""
+
+    def __init__(self, name: str, hint: str = "", needed_by: str = ""):
+        self.type_name = name
+        self.hint = hint
+        self.needed_by = needed_by
+        what = f"{needed_by} needs the size of type {name!r}, which vsgx does not know" \
+            if needed_by else f"the size of type {name!r} is unknown"
+        super().__init__(f"{what}: give it as types={{{name!r}: SIZE}} (vsgx ecall: --type "
+                         f"{name}=SIZE){hint}")
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,7 @@ class TypeSystem:
                  extra: dict[str, int | tuple[int, int]] | None = None):
         self.composites = composites or {}
         self.enum_types = enum_types or set()
-        self.extra = {name: (value, min(value, 8) if value in (1, 2, 4, 8) else 1)
-                      if isinstance(value, int) else tuple(value)
-                      for name, value in (extra or {}).items()}
+        self.extra = {name: _user_size(name, value) for name, value in (extra or {}).items()}
         self._cache: dict[str, tuple[int, int]] = {}
 
     def scalar_format(self, ctype: CType) -> str:
@@ -100,13 +101,15 @@ class TypeSystem:
         if ctype.pointers:
             return "Q"
         base = _strip(ctype.base)
-        if base in _BASE:
-            return _BASE[base][2]
-        if base in self.enum_types or ctype.base.startswith("enum "):
-            return "i"
         if base in self.extra:
             size = self.extra[base][0]
             return {1: "B", 2: "H", 4: "I", 8: "Q"}.get(size, "")
+        if base in _BASE:
+            return _BASE[base][2]
+        if base in SDK_TYPES:
+            return SDK_TYPES[base][2]
+        if base in self.enum_types or ctype.base.startswith("enum "):
+            return "i"
         return ""
 
     def size_align(self, ctype: CType) -> tuple[int, int]:
@@ -121,6 +124,15 @@ class TypeSystem:
     def sizeof(self, ctype: CType) -> int:
         return self.size_align(ctype)[0]
 
+    def pointee_size(self, name: str) -> int:
+        """sizeof(*p) for a foreign pointer type ([isptr] without size=):
+        the caller gives it as ``types={"*name": SIZE}``."""
+        key = "*" + name
+        if key in self.extra:
+            return self.extra[key][0]
+        raise UnknownTypeError(key, f" (the size of what {name} points to, or give the EDL "
+                               "parameter a size=)")
+
     def _base(self, name: str) -> tuple[int, int]:
         if name in self._cache:
             return self._cache[name]
@@ -129,8 +141,8 @@ class TypeSystem:
             result = self.extra[base]
         elif base in _BASE:
             result = _BASE[base][:2]
-        elif base in _FOREIGN:
-            result = _FOREIGN[base]
+        elif base in SDK_TYPES:
+            result = SDK_TYPES[base][:2]
         elif base in self.enum_types or name.startswith("enum "):
             result = (4, 4)
         elif base in self.composites:
@@ -138,8 +150,7 @@ class TypeSystem:
         elif base == "void":
             raise EdlError("void has no size (a void pointer with a direction needs size=)")
         else:
-            raise EdlError(f"unknown type {name!r}: pass its size, e.g. "
-                           f"types={{{base!r}: 16}}")
+            raise UnknownTypeError(base, " (8 if it is a pointer)")
         self._cache[name] = result
         return result
 
@@ -218,6 +229,21 @@ class TypeSystem:
         return _round(size, align), align
 
 
+def _user_size(name: str, value: object) -> tuple[int, int]:
+    """A caller's ``types`` entry: SIZE (alignment: the size if 1/2/4/8,
+    else 8 when a multiple of 8, else 1) or (SIZE, ALIGN)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size, align = value, (value if value in (1, 2, 4, 8) else 8 if value % 8 == 0 else 1)
+    elif isinstance(value, tuple | list) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        size, align = value
+    else:
+        raise EdlError(f"types[{name!r}]: expected SIZE or (SIZE, ALIGN), got {value!r}")
+    if not 0 < size <= 1 << 28 or align not in (1, 2, 4, 8, 16, 32, 64) or size % align:
+        raise EdlError(f"types[{name!r}]: size {size} / alignment {align} are not valid")
+    return size, align
+
+
 def _strip(name: str) -> str:
     for prefix in ("struct ", "union ", "enum "):
         if name.startswith(prefix):
@@ -238,7 +264,7 @@ def ms_layout(function: Function, types: TypeSystem) -> MsLayout:
     if function.propagate_errno:
         members.append(("errno", 4, 4, "i", None))
     for param in function.params:
-        if param.type.is_pointer or param.type.dims:
+        if param.pointer_like:  # isptr: the typedef is a pointer; isary: passed as T*
             members.append((param.name, 8, 8, "Q", param))
         else:
             size, align = types.size_align(param.type)

@@ -8,6 +8,7 @@ statements, depth-first; a function reached twice keeps its first place.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -17,6 +18,14 @@ from pathlib import Path
 from vsgx.errors import VsgxError
 
 STANDARD_EDL_DIR = Path(__file__).resolve().parent / "edl"
+# One buffer of an ECALL or OCALL: beyond this a size or count is refused,
+# in the EDL when it is a number, at the call when it is a parameter.
+MAX_BUFFER = 1 << 28
+# edger8r's own type keywords (Lexer.mll); any other name is "foreign".
+BUILTIN_TYPES = frozenset({
+    "char", "short", "int", "long", "float", "double", "void", "unsigned", "signed",
+    "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t",
+    "uint64_t", "size_t", "wchar_t"})
 
 
 class EdlError(VsgxError):
@@ -35,6 +44,13 @@ class CType:
     @property
     def is_pointer(self) -> bool:
         return self.pointers > 0
+
+    @property
+    def foreign(self) -> bool:
+        """A bare user-defined type name (a typedef the EDL only includes)."""
+        return not self.pointers and not self.dims and not any(
+            word in BUILTIN_TYPES for word in self.base.split()) and not self.base.startswith(
+            ("struct ", "union ", "enum "))
 
     def pointee(self) -> CType:
         return CType(self.base, self.pointers - 1, self.const)
@@ -58,12 +74,24 @@ class Param:
     isptr: bool = False
     isary: bool = False
     readonly: bool = False
+    sizefunc: str | None = None  # SDK 1.x: a function computes the buffer's size
+
+    @property
+    def pointer_like(self) -> bool:
+        """Passed as an address in the ms struct: a pointer, an array, a
+        foreign pointer ([isptr]) or a foreign array type ([isary])."""
+        return self.type.is_pointer or bool(self.type.dims) or self.isptr or self.isary
 
     @property
     def checked_pointer(self) -> bool:
         """A pointer the bridges copy ([in], [out], [in, out])."""
-        return (self.type.is_pointer or self.type.dims or self.isptr) and (
-            self.direction_in or self.direction_out)
+        return self.pointer_like and (self.direction_in or self.direction_out)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The parameters its size= and count= name."""
+        return tuple(ref for ref in (self.size, self.count)
+                     if ref is not None and not _is_number(ref))
 
 
 @dataclass(frozen=True)
@@ -83,7 +111,7 @@ class Function:
 class Member:
     name: str
     type: CType
-    size: str | None = None
+    size: str | None = None  # deep copy of a pointer member (SDK 2.x)
     count: str | None = None
 
 
@@ -142,6 +170,7 @@ _TOKEN = re.compile(r"""
 _TYPE_WORDS = {"unsigned", "signed", "char", "short", "int", "long", "float", "double", "void"}
 
 
+@functools.lru_cache(maxsize=256)
 def preprocess(text: str) -> str:
     """C preprocessing (edger8r runs ``gcc -E``): through the system's cpp
     when there is one; otherwise comments and directives are dropped."""
@@ -232,7 +261,7 @@ class _Parser:
             self.expect(";")
         elif token in ("struct", "union"):
             name = self.identifier()
-            edl.composites[name] = Composite(token, name, tuple(self.members()))
+            edl.composites[name] = Composite(token, name, tuple(self.members(name)))
             self.expect(";")
         elif token == "enum":
             self.enum(edl)
@@ -276,14 +305,32 @@ class _Parser:
                 raise EdlError(f"{self.source}: {token!r} is not a constant") from None
         return -value if negative else value
 
-    def members(self) -> list[Member]:
+    def members(self, composite: str) -> list[Member]:
         self.expect("{")
         members = []
         while not self.accept("}"):
             attributes = self.attributes()
             ctype, name = self.declaration()
-            members.append(Member(name, ctype, attributes.get("size"), attributes.get("count")))
+            unknown = set(attributes) - {"size", "count"}
+            if unknown:
+                raise EdlError(f"{self.source}: {composite}.{name}: attribute(s) "
+                               f"{', '.join(sorted(unknown))} are not allowed on a member")
+            member = Member(name, ctype, _text(attributes.get("size")),
+                            _text(attributes.get("count")))
+            if (member.size or member.count) and not ctype.is_pointer:
+                raise EdlError(f"{self.source}: {composite}.{name}: size/count on a member "
+                               "that is not a pointer")
+            members.append(member)
             self.expect(";")
+        names = {m.name: m for m in members}
+        for member in members:
+            for ref in (member.size, member.count):
+                if ref is None:
+                    continue
+                _check_number(self.source, f"{composite}.{member.name}", ref)
+                if not _is_number(ref) and (ref not in names or names[ref].type.is_pointer):
+                    raise EdlError(f"{self.source}: {composite}.{member.name}: size/count "
+                                   f"{ref!r} is not a number or an integer member")
         return members
 
     def attributes(self) -> dict[str, str | bool]:
@@ -337,11 +384,19 @@ class _Parser:
         while self.accept("["):
             token = self.next()
             try:
-                dims.append(int(token, 0))
+                dim = int(token, 0)
             except ValueError:
                 raise EdlError(f"{self.source}: array dimension {token!r} of {name} must be "
                                "a number") from None
+            if dim <= 0:
+                raise EdlError(f"{self.source}: array {name} has a dimension of {dim}")
+            dims.append(dim)
             self.expect("]")
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        if elements > MAX_BUFFER:
+            raise EdlError(f"{self.source}: array {name} has {elements} elements")
         return CType(base, pointers, const, tuple(dims)), name
 
     def function(self, trusted: bool) -> Function:
@@ -378,6 +433,7 @@ class _Parser:
             else:
                 raise EdlError(f"{self.source}: unexpected {token!r} after {name}()")
         del attributes
+        _check_references(self.source, name, params)
         return Function(name, CType(base, pointers, const), tuple(params), trusted, public,
                         allow, propagate, switchless, self.source)
 
@@ -390,14 +446,16 @@ class _Parser:
         if unknown:
             raise EdlError(f"{self.source}: {function}({name}): unknown attribute(s) "
                            f"{', '.join(sorted(unknown))}")
-        if "sizefunc" in attributes:
-            raise EdlError(f"{self.source}: {function}({name}): sizefunc is deprecated")
+        sizefunc = attributes.get("sizefunc")
+        if sizefunc is True or (isinstance(sizefunc, str)
+                                and not re.fullmatch(r"[A-Za-z_]\w*", sizefunc)):
+            raise EdlError(f"{self.source}: {function}({name}): sizefunc must name a function")
         param = Param(name, ctype, bool(attributes.get("in")), bool(attributes.get("out")),
                       bool(attributes.get("user_check")), bool(attributes.get("string")),
                       bool(attributes.get("wstring")),
                       _text(attributes.get("size")), _text(attributes.get("count")),
                       bool(attributes.get("isptr")), bool(attributes.get("isary")),
-                      bool(attributes.get("readonly")) or ctype.const)
+                      bool(attributes.get("readonly")) or ctype.const, _text(sizefunc))
         _check_param(self.source, function, param)
         return param
 
@@ -406,25 +464,99 @@ def _text(value: str | bool | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _is_number(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_number(source: str, where: str, ref: str) -> None:
+    if _is_number(ref) and not 0 < int(ref, 0) <= MAX_BUFFER:
+        raise EdlError(f"{source}: {where}: size/count {ref} is out of range "
+                       f"(1..{MAX_BUFFER})")
+
+
 def _check_param(source: str, function: str, p: Param) -> None:
+    """The attribute rules of edger8r's parser (Parser.mly get_ptr_attr,
+    check_ptr_attr), which refuses these EDLs too."""
     where = f"{source}: {function}({p.name})"
-    pointer_like = p.type.is_pointer or bool(p.type.dims) or p.isptr
+    ctype = p.type
     direction = p.direction_in or p.direction_out
-    if pointer_like and not (direction or p.user_check):
+    sized = p.size is not None or p.count is not None or p.sizefunc is not None
+    if p.isary and not ctype.foreign:
+        raise EdlError(f"{where}: [isary] is for a user-defined type name, not {ctype}")
+    if p.isptr and not (ctype.foreign or ctype.is_pointer):  # SDK 1.x took a redundant one
+        raise EdlError(f"{where}: [isptr] is for a user-defined type name, not {ctype}")
+    if p.isary and p.isptr:
+        raise EdlError(f"{where}: [isary] excludes [isptr]")
+    if p.isary and (sized or p.string or p.wstring):
+        raise EdlError(f"{where}: a foreign array ([isary]) takes no size, count, sizefunc "
+                       "or string attribute")
+    if not p.pointer_like and (direction or p.user_check or sized or p.string or p.wstring):
+        raise EdlError(f"{where}: pointer attributes on {ctype}, which is not a pointer (a "
+                       "pointer typedef needs [isptr], an array typedef [isary])")
+    if p.pointer_like and not (direction or p.user_check):
         raise EdlError(f"{where}: a pointer needs [in], [out] or [user_check]")
     if p.user_check and direction:
         raise EdlError(f"{where}: [user_check] excludes [in]/[out]")
+    if p.string and p.wstring:
+        raise EdlError(f"{where}: [string] excludes [wstring]")
     if (p.string or p.wstring) and not p.direction_in:
         raise EdlError(f"{where}: [string] needs [in]")
-    if (p.string or p.wstring) and (p.size or p.count):
-        raise EdlError(f"{where}: [string] excludes size= and count=")
-    if (p.size or p.count) and not direction:
-        raise EdlError(f"{where}: size= and count= need a direction")
-    if p.type.is_pointer and p.type.base == "void" and p.type.pointers == 1 and direction \
-            and not p.size:
+    if (p.string or p.wstring) and sized:
+        raise EdlError(f"{where}: [string] excludes size=, count= and sizefunc=")
+    # edger8r before SDK 2.5 took [string] on any pointer (strlen + 1 bytes);
+    # so does vsgx, but not on a pointer to pointers.
+    if (p.string or p.wstring) and ctype.pointers != 1:
+        raise EdlError(f"{where}: [string] and [wstring] need a pointer to characters, not "
+                       f"{ctype}")
+    if sized and not direction:
+        raise EdlError(f"{where}: size=, count= and sizefunc= need a direction")
+    if p.size is not None and p.sizefunc is not None:
+        raise EdlError(f"{where}: size= excludes sizefunc=")
+    if p.sizefunc is not None and not p.direction_in:
+        raise EdlError(f"{where}: sizefunc= needs [in] (edger8r 1.x measures the caller's "
+                       "buffer)")
+    if ctype.dims and (sized or p.isary):
+        raise EdlError(f"{where}: an explicitly declared array takes no size, count or "
+                       "[isary]")
+    if ctype.dims and ctype.is_pointer:
+        raise EdlError(f"{where}: arrays of pointers are not allowed")
+    if ctype.pointers == 1 and ctype.base == "void" and direction and p.size is None \
+            and p.sizefunc is None:
         raise EdlError(f"{where}: a void pointer with a direction needs size=")
-    if p.readonly and p.direction_out and p.isptr:
-        raise EdlError(f"{where}: readonly pointers cannot be [out]")
+    if p.readonly and p.direction_out:
+        raise EdlError(f"{where}: a readonly (const) pointer cannot be [out]")
+    for ref in (p.size, p.count):
+        if ref is not None:
+            _check_number(source, f"{function}({p.name})", ref)
+    if p.size is not None and p.count is not None and _is_number(p.size) \
+            and _is_number(p.count) and int(p.size, 0) * int(p.count, 0) > MAX_BUFFER:
+        raise EdlError(f"{where}: size × count is more than {MAX_BUFFER} bytes")
+
+
+_NOT_INTEGER = ("float", "double", "long double")
+
+
+def _check_references(source: str, function: str, params: list[Param]) -> None:
+    """size= and count= name an integer parameter of the same function."""
+    by_name: dict[str, Param] = {}
+    for param in params:
+        if param.name in by_name:
+            raise EdlError(f"{source}: {function}() has two parameters named {param.name!r}")
+        by_name[param.name] = param
+    for param in params:
+        for ref in param.references:
+            target = by_name.get(ref)
+            if target is None:
+                raise EdlError(f"{source}: {function}({param.name}): size/count {ref!r} is "
+                               "neither a number nor a parameter")
+            if target.pointer_like or target.type.base in _NOT_INTEGER or \
+                    target.type.base.startswith(("struct ", "union ")):
+                raise EdlError(f"{source}: {function}({param.name}): size/count {ref!r} is "
+                               f"not an integer ({target.type})")
 
 
 def parse_edl_text(text: str, source: str = "<edl>", path: Path | None = None) -> EdlFile:

@@ -17,6 +17,7 @@ naming it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from vsgx.errors import VsgxError
 from vsgx.host.enclave import Enclave as RawEnclave
 from vsgx.image import BuildPlan
 from vsgx.sdk import edl as edl_module
-from vsgx.sdk.bridges import EcallProxy, OcallBridge
+from vsgx.sdk.bridges import EcallProxy, OcallBridge, SizeFunc, check_function
 from vsgx.sdk.ctypes_sysv import TypeSystem
 from vsgx.sdk.stdocalls import StandardOcalls
 from vsgx.sdk.urts import Urts
@@ -37,7 +38,8 @@ Handler = Callable[..., Any]
 class Enclave:
     def __init__(self, raw: RawEnclave, interface: edl_module.Enclave | None,
                  ocalls: dict[str, Handler] | None = None,
-                 types: dict[str, int | tuple[int, int]] | None = None):
+                 types: dict[str, int | tuple[int, int]] | None = None,
+                 sizefuncs: dict[str, SizeFunc] | None = None):
         if raw.plan.format != "sgx-sdk":
             raise VsgxError("the SDK protocol needs an enclave signed in the SDK's format "
                             "(.signed.so with sgx_metadata); this one is "
@@ -51,28 +53,42 @@ class Enclave:
         self.standard = StandardOcalls(self.urts)
         self.types = TypeSystem(interface.composites if interface else {},
                                 interface.enum_types if interface else set(), types)
+        self.sizefuncs: dict[str, SizeFunc] = dict(sizefuncs or {})
+        # Proxies are made on first use: an ECALL whose types vsgx does not
+        # know fails alone, naming them; the rest of the EDL stays usable.
         self._proxies: dict[str, EcallProxy] = {}
+        self._ordinals = {f.name: i for i, f in enumerate(interface.ecalls)} \
+            if interface is not None else {}
+        self._proxy_lock = threading.Lock()
         self._install_ocalls(ocalls or {})
-        if interface is not None:
-            for ordinal, function in enumerate(interface.ecalls):
-                self._proxies[function.name] = EcallProxy(self.urts, ordinal, function,
-                                                          self.types)
 
     @classmethod
-    def load(cls, enclave: str | Path | bytes | BuildPlan, edl: str | Path | None = None,
+    def load(cls, enclave: str | Path | bytes | BuildPlan,
+             edl: str | Path | edl_module.Enclave | None = None,
              ocalls: dict[str, Handler] | None = None, *,
              types: dict[str, int | tuple[int, int]] | None = None,
+             sizefuncs: dict[str, SizeFunc] | None = None,
              edl_paths: list[str | Path] | None = None, evm: Any = None,
              debug: bool = True) -> Enclave:
         """Load, EINIT and initialise an SDK-signed enclave. ``evm`` is None
-        (an EVM in this process) or an EVM address ("unix:/path", ...)."""
-        interface = edl_module.load_edl(edl, [Path(p) for p in edl_paths or []]) \
-            if edl is not None else None
+        (an EVM in this process), an EnclaveVM or Avm, or an EVM address
+        ("unix:/path", ...).
+
+        ``types`` gives the sizes of types the EDL only includes: SIZE or
+        (SIZE, ALIGN); ``"*name"`` is what an ``[isptr] name`` points to.
+        ``sizefuncs`` are the untrusted side's functions of SDK 1.x
+        ``[sizefunc=f]`` attributes: each gets the buffer (bytes, or a view
+        of untrusted memory in an OCALL) and returns its size in bytes."""
+        if isinstance(edl, edl_module.Enclave):
+            interface: edl_module.Enclave | None = edl  # already read (load_edl)
+        else:
+            interface = edl_module.load_edl(edl, [Path(p) for p in edl_paths or []]) \
+                if edl is not None else None
         if ocalls and interface is None:
             raise VsgxError("OCALL handlers are matched by name: pass edl= as well")
         raw = RawEnclave.load(enclave, evm=evm, debug=debug)
         try:
-            self = cls(raw, interface, ocalls, types)
+            self = cls(raw, interface, ocalls, types, sizefuncs)
             self.urts.initialize()
         except BaseException:
             raw.destroy()
@@ -92,7 +108,7 @@ class Enclave:
         table: list[OcallBridge | None] = []
         for function in interface.ocalls:
             handler = handlers.get(function.name) or standard.get(function.name)
-            table.append(OcallBridge(memory, function, self.types, handler)
+            table.append(OcallBridge(memory, function, self.types, handler, self.sizefuncs)
                          if handler is not None else None)
         self.urts.ocall_names = names
         self.urts.ocalls = list(table)
@@ -103,22 +119,33 @@ class Enclave:
             raise VsgxError("OCALL handlers are matched by name: load the enclave with edl=")
         index, function = self.interface.ocall(name)
         self.urts.ocalls[index] = OcallBridge(self.raw.avm.memory, function, self.types,
-                                              handler)
+                                              handler, self.sizefuncs)
 
     # -- ECALLs ------------------------------------------------------------------
     def __getattr__(self, name: str) -> EcallProxy:
-        proxies = self.__dict__.get("_proxies", {})
-        if name in proxies:
-            return proxies[name]
+        if name in self.__dict__.get("_ordinals", {}):
+            return self.proxy(name)
         raise AttributeError(f"{type(self).__name__} has no attribute or ECALL {name!r}")
+
+    def proxy(self, name: str) -> EcallProxy:
+        """The proxy of one ECALL, made on first use."""
+        proxy = self._proxies.get(name)
+        if proxy is not None:
+            return proxy
+        if name not in self._ordinals:
+            raise VsgxError(f"the EDL has no ECALL named {name!r}" if self.interface
+                            else "ECALLs by name need the EDL (load with edl=)")
+        assert self.interface is not None
+        ordinal = self._ordinals[name]
+        function = self.interface.ecalls[ordinal]
+        check_function(function, self.types)  # names the ECALL and the type it lacks
+        made = EcallProxy(self.urts, ordinal, function, self.types, self.sizefuncs)
+        with self._proxy_lock:
+            return self._proxies.setdefault(name, made)
 
     def ecall(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call an ECALL by name (the same as ``enclave.<name>(...)``)."""
-        proxy = self._proxies.get(name)
-        if proxy is None:
-            raise VsgxError(f"the EDL has no ECALL named {name!r}" if self.interface
-                            else "ECALLs by name need the EDL (load with edl=)")
-        return proxy(*args, **kwargs)
+        return self.proxy(name)(*args, **kwargs)
 
     def call(self, ordinal: int, ms: int = 0) -> int:
         """A raw ECALL: ``ordinal`` with the ms struct at untrusted address
@@ -131,7 +158,7 @@ class Enclave:
 
     @property
     def ecalls(self) -> list[str]:
-        return list(self._proxies)
+        return list(self._ordinals)
 
     # -- identity and memory ---------------------------------------------------
     @property
