@@ -115,7 +115,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, workdir: Path) -> int:
     from vsgx.arch.report import Report
     from vsgx.avm.remote import connect_evm
-    from vsgx.channel import EvidencePolicy
     from vsgx.host import Avm
     from vsgx.samples import HELLO_DIR
     from vsgx.sdk import Enclave
@@ -135,9 +134,10 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
         address = evm.address
 
     def connect(warn: bool = True) -> Avm:
-        # No SEV here: the EVM's certificate carries no evidence, and the
-        # client says so loudly (the banner) before it trusts it.
-        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=warn))
+        # The user's trust options (--evm-pin, --require-snp...) apply; the
+        # default admits an unattested EVM on this machine only, and says
+        # so loudly (the banner) before it trusts it.
+        avm = Avm(connect_evm(address, None, warn=warn))
         sys.stdout.flush()
         return avm
 

@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "EVM restart, local attestation")
     p.add_argument("--workdir", help="where to build and keep the files (default: a temporary "
                    "directory, removed at the end)")
-    p.add_argument("--evm", help="use this running EVM instead of starting one")
+    evm_client_args(p)  # --evm: use this running EVM instead of starting one
 
     p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
     enclave_args(p)

@@ -69,10 +69,12 @@ class Enclave:
              types: dict[str, int | tuple[int, int]] | None = None,
              sizefuncs: dict[str, SizeFunc] | None = None,
              edl_paths: list[str | Path] | None = None, evm: Any = None,
-             debug: bool = True) -> Enclave:
+             debug: bool = True, policy: Any = None) -> Enclave:
         """Load, EINIT and initialise an SDK-signed enclave. ``evm`` is None
         (an EVM in this process), an EnclaveVM or Avm, or an EVM address
-        ("unix:/path", ...).
+        ("unix:/path", ...) whose evidence must satisfy ``policy`` (a
+        ``vsgx.channel.EvidencePolicy``; default: unattested only on this
+        machine).
 
         ``types`` gives the sizes of types the EDL only includes: SIZE or
         (SIZE, ALIGN); ``"*name"`` is what an ``[isptr] name`` points to.
@@ -86,7 +88,7 @@ class Enclave:
                 if edl is not None else None
         if ocalls and interface is None:
             raise VsgxError("OCALL handlers are matched by name: pass edl= as well")
-        raw = RawEnclave.load(enclave, evm=evm, debug=debug)
+        raw = RawEnclave.load(enclave, evm=evm, debug=debug, policy=policy)
         try:
             self = cls(raw, interface, ocalls, types, sizefuncs)
             self.urts.initialize()
