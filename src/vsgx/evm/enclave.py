@@ -16,9 +16,13 @@ from vsgx.arch.constants import PAGE_SIZE, Attribute
 from vsgx.crypto.keys import PKCS1_PADDING
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.evm.epc import EpcmEntry
+from vsgx.image.plan import PageRunSet
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_ALL = PROT_R | PROT_W | PROT_X
+# Page changes an enclave remembers for its executors' incremental syncs;
+# an executor further behind re-reads every page.
+JOURNAL_LIMIT = 4096
 
 
 class EnclaveMemory:
@@ -30,8 +34,14 @@ class EnclaveMemory:
     def __init__(self, size: int):
         self.size = size
         self.fd = os.memfd_create("vsgx-enclave", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, OverflowError, ValueError) as exc:
+            os.close(self.fd)
+            raise MemoryError(f"the EVM cannot map an ELRANGE of {size:#x} bytes "
+                              f"({size >> 20} MiB): {exc}") from None
         self.view = memoryview(self.map)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         self._pending: set[int] = set()
@@ -40,6 +50,7 @@ class EnclaveMemory:
         return self.view[offset:offset + PAGE_SIZE]
 
     RELEASE_BATCH = 64
+    FILL_BLOCK = 256  # pages written per slice by fill()
 
     def release(self, offset: int) -> None:
         """Free a page's memory. Pages are released in batches (one madvise
@@ -51,6 +62,26 @@ class EnclaveMemory:
 
     def reuse(self, offset: int) -> None:
         self._pending.discard(offset)
+
+    def fill_from(self, offset: int, data: bytes | memoryview) -> None:
+        """Write whole pages of ``data`` from ``offset`` on."""
+        pending = self._pending
+        if pending:
+            for position in range(offset, offset + len(data), PAGE_SIZE):
+                pending.discard(position)
+        self.view[offset:offset + len(data)] = data
+
+    def fill(self, offset: int, count: int, page: bytes) -> None:
+        """Write ``count`` copies of one page from ``offset`` on."""
+        pending = self._pending
+        if pending:
+            for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
+                pending.discard(position)
+        block = page * min(count, self.FILL_BLOCK)
+        end = offset + count * PAGE_SIZE
+        for position in range(offset, end, len(block)):
+            length = min(len(block), end - position)
+            self.view[position:position + length] = block[:length]
 
     def flush_releases(self) -> None:
         pending = sorted(self._pending)
@@ -115,6 +146,14 @@ class EnclaveState:
     # pages whose contents changed without a permission change (EDBGWR):
     # executors drop their translations of them
     rewritten: list[int] = field(default_factory=list)
+    # the pages behind generation bumps, in order (see note_change), from
+    # change number journal_start on
+    journal: list[int] = field(default_factory=list)
+    journal_start: int = 0
+    # pages EADDed as uniform runs that have no EPC page yet (linear page ->
+    # (SECINFO.FLAGS, fill page)); EADD hashed them in order, and the first
+    # touch loads them as ELDU would (see encls.eadd_uniform)
+    deferred: PageRunSet = field(default_factory=PageRunSet)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +179,34 @@ class EnclaveState:
 
     def pte_permissions(self, page: int) -> int:
         return self.pte.get(page, PROT_ALL)
+
+    # The journal lets an executor re-read only the pages that changed: a
+    # change made through note_change is one generation and one journal
+    # entry; a bare ``generation += 1`` (any page) breaks the count, and the
+    # executor then re-reads all pages.
+    def note_change(self, page: int) -> None:
+        self.generation += 1
+        journal = self.journal
+        journal.append(page)
+        if len(journal) > JOURNAL_LIMIT:
+            drop = len(journal) // 2
+            del journal[:drop]
+            self.journal_start += drop
+
+    def change_mark(self) -> tuple[int, int]:
+        """Where an executor that is in sync now stands."""
+        return self.generation, self.journal_start + len(self.journal)
+
+    def changes_since(self, mark: tuple[int, int]) -> list[int] | None:
+        """The pages changed since ``mark``, or None when only a full
+        re-read is exact (the journal was cut, or a change named no page)."""
+        generation, position = mark
+        if generation == self.generation:
+            return []
+        end = self.journal_start + len(self.journal)
+        if position < self.journal_start or self.generation - generation != end - position:
+            return None
+        return self.journal[position - self.journal_start:]
 
     # ETRACK's epochs (SDM 38.5.3; the model in vsgx's notes): a page
     # blocked or modified in epoch e is "tracked" once an ETRACK has closed

@@ -36,7 +36,15 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
+from vsgx.evm.access import (
+    FETCH,
+    READ,
+    WRITE,
+    allowed,
+    fault_code,
+    page_prot,
+    protection_runs,
+)
 from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
 from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
@@ -72,6 +80,7 @@ class UnicornExecutor:
         self.uc.mem_map_ptr(encl.base, encl.size, UC_PROT_NONE, encl.memory.address)
         self.prot: dict[int, int] = {}
         self.generation = -1
+        self.mark = (0, 0)  # the enclave's change mark at our last sync
         self.rewritten_seen = 0
         self.event: Stop | None = None
         self.stop_requested = False
@@ -135,18 +144,54 @@ class UnicornExecutor:
     # memory ------------------------------------------------------------
     def sync(self) -> None:
         """Make page protections follow EPCM and the page tables (call with
-        the machine lock held)."""
+        the machine lock held): only the pages the enclave's journal names
+        when it can, every page otherwise."""
         encl = self.encl
         if self.generation == encl.generation:
             return
         # Page contents changed outside this engine (EDBGWR) need their
         # translated code dropped too.
-        desired, runs = protection_runs(encl, self.prot, encl.rewritten[self.rewritten_seen:])
+        rewritten = encl.rewritten[self.rewritten_seen:]
         self.rewritten_seen = len(encl.rewritten)
+        changed = encl.changes_since(self.mark) if self.generation >= 0 else None
+        if changed is None:
+            desired, runs = protection_runs(encl, self.prot, rewritten)
+            self.prot = desired
+        else:
+            runs = self._changed_runs(changed, rewritten)
         for start, end, prot in runs:
             self._protect(start, end, prot)
-        self.prot = desired
+        if runs:
+            # Unicorn's TLB keeps the rights a page had when it was last
+            # touched: after rights go down (EMODT to TRIM, EWB, EMODPR,
+            # mprotect) a touch must miss and see the new ones, as a TLB
+            # shootdown makes it on hardware.
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         self.generation = encl.generation
+        self.mark = encl.change_mark()
+
+    def _changed_runs(self, changed: list[int], rewritten: list[int]
+                      ) -> list[tuple[int, int, int]]:
+        """(start, end, rights) runs for the pages named since the last sync."""
+        encl, current = self.encl, self.prot
+        forced = set(rewritten)
+        changes: dict[int, int] = {}
+        for page in {*changed, *forced}:
+            prot = page_prot(encl, page)
+            if current.get(page, 0) != prot or page in forced:
+                changes[page] = prot
+                if prot:
+                    current[page] = prot
+                else:
+                    current.pop(page, None)
+        runs: list[tuple[int, int, int]] = []
+        for page in sorted(changes):
+            prot = changes[page]
+            if runs and runs[-1][1] == page and runs[-1][2] == prot:
+                runs[-1] = (runs[-1][0], page + PAGE_SIZE, prot)
+            else:
+                runs.append((page, page + PAGE_SIZE, prot))
+        return runs
 
     def _protect(self, start: int, end: int, prot: int) -> None:
         """Set protections and drop translated code of the range: Unicorn

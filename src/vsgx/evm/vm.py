@@ -15,7 +15,7 @@ from pathlib import Path
 from vsgx.arch.constants import PAGE_SIZE, PageType
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
-from vsgx.arch.errors import SgxError, gp
+from vsgx.arch.errors import Fault, SgxError, gp
 from vsgx.errors import VsgxError
 from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
@@ -27,6 +27,9 @@ from vsgx.evm.thread import EnclaveExit, EnclaveThread
 from vsgx.evm.unicorn_executor import UnicornExecutorFactory
 
 EXECUTORS = ("native", "unicorn")
+# mprotect() ranges up to this many pages are named page by page to the
+# executors (see EnclaveState.note_change)
+_JOURNALLED_PROTECT = 512
 
 
 def executor_factory(machine: Machine, name: str | None = None) -> ExecutorFactory:
@@ -83,6 +86,27 @@ class EnclaveVM:
             if measure:
                 encls.measure_pages(self.machine, secs_page, epc_page)
 
+    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int, source: bytes,
+                   secinfo: bytes, measure: bool = False) -> None:
+        """EADD (and EEXTEND when ``measure``) of consecutive REG pages, one
+        EPC page each, in one call (encls.eadd_pages)."""
+        with self.machine.lock:
+            encls.eadd_pages(self.machine, epc_pages, secs_page, linaddr, source, secinfo,
+                             measure)
+
+    def eadd_uniform(self, secs_page: int, linaddr: int, count: int, secinfo: bytes, fill: int,
+                     measure: bool = False, epc_pages: list[int] | tuple[int, ...] = ()
+                     ) -> None:
+        """EADD of ``count`` pages of one 32-bit pattern; pages past
+        ``epc_pages`` stay deferred until eldu_deferred (encls.eadd_uniform)."""
+        with self.machine.lock:
+            encls.eadd_uniform(self.machine, secs_page, linaddr, count, secinfo, fill, measure,
+                               epc_pages)
+
+    def eldu_deferred(self, epc_page: int, secs_page: int, linaddr: int) -> None:
+        with self.machine.lock:
+            encls.eldu_deferred(self.machine, epc_page, secs_page, linaddr)
+
     def eextend(self, secs_page: int, chunk: int) -> None:
         with self.machine.lock:
             encls.eextend(self.machine, secs_page, chunk)
@@ -119,6 +143,26 @@ class EnclaveVM:
     def ewb(self, epc_page: int, va_slot: int) -> tuple[SgxError, EvictedPage | None]:
         with self.machine.lock:
             return encls.ewb(self.machine, epc_page, va_slot)
+
+    def eblock_pages(self, epc_pages: list[int]) -> list[SgxError | Fault]:
+        """EBLOCK of each page; a Fault (as the last item) ends the batch."""
+        with self.machine.lock:
+            return encls.eblock_pages(self.machine, epc_pages)
+
+    def ewb_pages(self, pairs: list[tuple[int, int]]
+                  ) -> list[tuple[SgxError, EvictedPage | None] | Fault]:
+        """EWB of each (EPC page, VA slot); a Fault (as the last item) ends
+        the batch, and the pages before it are written out."""
+        with self.machine.lock:
+            return encls.ewb_pages(self.machine, pairs)
+
+    def eldu_pages(self, secs_page: int,
+                   items: list[tuple[int, int, int, bytes | memoryview, bytes]]
+                   ) -> list[SgxError | Fault]:
+        """ELDU of each (EPC page, VA slot, LINADDR, blob, PCMD) of one
+        enclave; a blob may be EvictedPage.sealed (no copy is made)."""
+        with self.machine.lock:
+            return encls.eld_pages(self.machine, secs_page, items)
 
     def eldu(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
              pcmd: bytes) -> SgxError:
@@ -158,12 +202,21 @@ class EnclaveVM:
             encl = encls.secs_of(self.machine, secs_page)
             if linaddr % PAGE_SIZE or not encl.in_elrange(linaddr, count * PAGE_SIZE):
                 raise gp("the range is not page aligned inside ELRANGE")
-            for page in range(linaddr, linaddr + count * PAGE_SIZE, PAGE_SIZE):
-                if prot == 0b111:
-                    encl.pte.pop(page, None)
-                else:
-                    encl.pte[page] = prot
-            encl.generation += 1
+            end = linaddr + count * PAGE_SIZE
+            if prot == 0b111 and count > len(encl.pte):
+                for page in [p for p in encl.pte if linaddr <= p < end]:
+                    del encl.pte[page]
+            else:
+                for page in range(linaddr, end, PAGE_SIZE):
+                    if prot == 0b111:
+                        encl.pte.pop(page, None)
+                    else:
+                        encl.pte[page] = prot
+            if count <= _JOURNALLED_PROTECT:
+                for page in range(linaddr, end, PAGE_SIZE):
+                    encl.note_change(page)
+            else:
+                encl.generation += 1  # too many to name: executors re-read everything
 
     # -- ENCLU from outside --------------------------------------------------
     def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:
