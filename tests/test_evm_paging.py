@@ -41,7 +41,8 @@ def test_an_enclave_larger_than_the_epc_runs(big_plain, small_epc_avm):
     driver = avm.driver
     heap = next(r for r in enclave.plan.runs if r.label == "heap")
     assert enclave.plan.added_pages > avm.driver.epc_size // 4096
-    assert driver.evictions > 0
+    # What did not fit was deferred (an EVM that can) or evicted at load.
+    assert len(enclave.handle.deferred) > 0 if driver.defers else driver.evictions > 0
     # Write a value into every heap page, then read them all back: every
     # access to an evicted page faults, ELDU brings it back (and evicts
     # another), and the values survive the round trips.
@@ -50,7 +51,7 @@ def test_an_enclave_larger_than_the_epc_runs(big_plain, small_epc_avm):
     for i in range(heap.count):
         result, value = plain.get(enclave.base + heap.offset + i * 4096 + 8)
         assert result.kind == "eexit" and value == i * 7 + 1
-    assert driver.reloads > heap.count
+    assert driver.reloads + driver.deferred_loads > heap.count
     # The whole heap hashed inside the enclave equals the same bytes hashed here.
     expected = bytearray(heap.count * 4096)
     for i in range(heap.count):
