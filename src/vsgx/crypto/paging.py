@@ -24,8 +24,10 @@ MAC_SIZE = 16
 _HEADER = struct.Struct("<64sQQ40s8x")
 # The same header when SECINFO is FLAGS and zeros, and PCMD's reserved
 # bytes are zero: what EWB builds (one pack instead of three).
-_EWB_HEADER = struct.Struct("<Q56xQQ40x8x")
-_NONCE = struct.Struct("<Q4x")
+EWB_HEADER = struct.Struct("<Q56xQQ40x8x")
+# The 96-bit nonce: the version, zero-extended.
+NONCE = struct.Struct("<Q4x")
+_EWB_HEADER, _NONCE = EWB_HEADER, NONCE
 
 
 def paging_header(secinfo: bytes, linaddr: int, enclave_id: int, pcmd_reserved: bytes) -> bytes:

@@ -31,7 +31,7 @@ class EnclaveMemory:
     let an executor (a Unicorn engine, or a native runner process) see the
     same bytes."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, hold_limit: int = 4096):
         self.size = size
         self.fd = os.memfd_create("vsgx-enclave", os.MFD_CLOEXEC)
         try:
@@ -44,7 +44,11 @@ class EnclaveMemory:
                               f"({size >> 20} MiB): {exc}") from None
         self.view = memoryview(self.map)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        self._pending: set[int] = set()
+        # Offsets of pages that left the EPC whose memory is still held, in
+        # the order they left (see release).
+        self._held: dict[int, None] = {}
+        self.hold_limit = max(self.RELEASE_BATCH, hold_limit)
+        self.punched = 0
 
     def page(self, offset: int) -> memoryview:
         return self.view[offset:offset + PAGE_SIZE]
@@ -53,47 +57,64 @@ class EnclaveMemory:
     FILL_BLOCK = 256  # pages written per slice by fill()
 
     def release(self, offset: int) -> None:
-        """Free a page's memory. Pages are released in batches (one madvise
-        per run of pages); a page given out again before that is simply
-        taken off the list, since whoever takes it rewrites all of it."""
-        self._pending.add(offset)
-        if len(self._pending) >= self.RELEASE_BATCH:
-            self.flush_releases()
+        """A page left the EPC (EWB, EREMOVE). Its memory is kept for a
+        while: a page that comes back soon (ELDU) is written where memory
+        already is — a fresh page of a memfd costs a fault that takes longer
+        than the AES-GCM of the page. Past ``hold_limit`` held pages the
+        oldest are given back to the host, a batch per madvise. Nobody sees
+        a held page: no EPCM entry maps it, and whoever takes it next
+        rewrites all of it (ELDU, EADD, EAUG)."""
+        held = self._held
+        held[offset] = None
+        if len(held) > self.hold_limit:
+            oldest = []
+            for key in held:
+                oldest.append(key)
+                if len(oldest) == self.RELEASE_BATCH:
+                    break
+            for key in oldest:
+                del held[key]
+            self._punch_offsets(oldest)
 
     def reuse(self, offset: int) -> None:
-        self._pending.discard(offset)
-
-    def fill_from(self, offset: int, data: bytes | memoryview) -> None:
-        """Write whole pages of ``data`` from ``offset`` on."""
-        pending = self._pending
-        if pending:
-            for position in range(offset, offset + len(data), PAGE_SIZE):
-                pending.discard(position)
-        self.view[offset:offset + len(data)] = data
-
-    def fill(self, offset: int, count: int, page: bytes) -> None:
-        """Write ``count`` copies of one page from ``offset`` on."""
-        pending = self._pending
-        if pending:
-            for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
-                pending.discard(position)
-        block = page * min(count, self.FILL_BLOCK)
-        end = offset + count * PAGE_SIZE
-        for position in range(offset, end, len(block)):
-            length = min(len(block), end - position)
-            self.view[position:position + length] = block[:length]
+        self._held.pop(offset, None)
 
     def flush_releases(self) -> None:
-        pending = sorted(self._pending)
-        self._pending.clear()
+        """Give every held page's memory back now."""
+        held = list(self._held)
+        self._held.clear()
+        self._punch_offsets(held)
+
+    def _punch_offsets(self, offsets: list[int]) -> None:
         start = previous = None
-        for offset in [*pending, None]:
+        for offset in [*sorted(offsets), None]:
             if start is not None and offset == previous + PAGE_SIZE:  # type: ignore[operator]
                 previous = offset
                 continue
             if start is not None:
                 self._punch(start, previous + PAGE_SIZE - start)  # type: ignore[operator]
             start = previous = offset
+        self.punched += len(offsets)
+
+    def fill_from(self, offset: int, data: bytes | memoryview) -> None:
+        """Write whole pages of ``data`` from ``offset`` on."""
+        held = self._held
+        if held:
+            for position in range(offset, offset + len(data), PAGE_SIZE):
+                held.pop(position, None)
+        self.view[offset:offset + len(data)] = data
+
+    def fill(self, offset: int, count: int, page: bytes) -> None:
+        """Write ``count`` copies of one page from ``offset`` on."""
+        held = self._held
+        if held:
+            for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
+                held.pop(position, None)
+        block = page * min(count, self.FILL_BLOCK)
+        end = offset + count * PAGE_SIZE
+        for position in range(offset, end, len(block)):
+            length = min(len(block), end - position)
+            self.view[position:position + length] = block[:length]
 
     def _punch(self, offset: int, length: int) -> None:
         try:

@@ -43,10 +43,10 @@ from vsgx.arch.tcs import Tcs
 from vsgx.crypto.einittoken import einittoken_mac_is_valid
 from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
 from vsgx.crypto.paging import (
+    EWB_HEADER,
     MAC_SIZE,
     decrypt_page,
     decrypt_page_into,
-    ewb_header,
     paging_header,
     seal_page,
 )
@@ -72,6 +72,15 @@ _PT_REG, _PT_TCS, _PT_TRIM, _PT_SECS, _PT_VA = (PageType.REG, PageType.TCS, Page
                                                 PageType.SECS, PageType.VA)
 _SEALED_SIZE = PAGE_SIZE + MAC_SIZE
 _NO_SECINFO_RESERVED = bytes(56)
+_PAGE_MASK = PAGE_SIZE - 1
+_PT_BITS = {t: int(t) << 8 for t in PageType}
+_SUCCESS, _OCCUPIED = SgxError.SUCCESS, SgxError.VA_SLOT_OCCUPIED
+_NOT_BLOCKED = (SgxError.PAGE_NOT_BLOCKED, None)
+_NOT_TRACKED = (SgxError.NOT_TRACKED, None)
+_U64 = struct.Struct("<Q")
+_PCMD_MAC = 112  # PCMD: SECINFO 0-63, ENCLAVEID 64-71, reserved 72-111, MAC 112-127
+# SECINFO.FLAGS bits 0-5 -> EPCM R, W, X, PENDING, MODIFIED, PR
+_FLAG_BITS = [tuple(bool(f >> bit & 1) for bit in range(6)) for f in range(64)]
 
 
 def _secinfo(raw: bytes) -> Secinfo:
@@ -188,7 +197,8 @@ def ecreate(m: Machine, epc_page: int, secs: bytes, secinfo: bytes, linaddr: int
     assert encl.mrenclave_builder is not None
     encl.mrenclave_builder.ecreate(s.ssaframesize, s.size)
     try:
-        encl.memory = EnclaveMemory(s.size)
+        # Memory of pages that left the EPC is held up to the EPC's size.
+        encl.memory = EnclaveMemory(s.size, hold_limit=m.config.epc_pages)
     except MemoryError as exc:
         raise gp(str(exc)) from None
     entry.clear()
@@ -649,26 +659,37 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
               ) -> list[tuple[SgxError, EvictedPage | None] | Fault]:
     """EWB of each (EPC page, VA slot) in turn, with EWB's checks in the
     SDM's order; a fault ends the batch (its last result) and the pages
-    before it stay written out."""
+    before it stay written out. (The lookups are written out inline: at
+    this rate a function call per check is most of the cost.)"""
     epc = m.epc
-    entry_of = epc.entry
-    va_pages = epc.va_slots
+    base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
     cipher = m.secrets.paging_cipher
+    header_of, pcmd_of = EWB_HEADER.pack, _PCMD_EWB.pack
     results: list[tuple[SgxError, EvictedPage | None] | Fault] = []
+    append = results.append
     tracked: dict[tuple[int, int], bool] = {}  # (eid, epoch) -> tracked, for this batch
     for epc_page, va_slot in pairs:
         try:
-            entry = entry_of(epc_page)
-            if va_slot & ~(PAGE_SIZE - 1) == epc_page:
+            if epc_page & _PAGE_MASK or not base <= epc_page < end:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            entry = entries[(epc_page - base) >> 12]
+            va_page = va_slot & ~_PAGE_MASK
+            if va_page == epc_page:
                 raise gp("the VA slot is in the page being evicted")
             if not entry.valid:
                 raise epc_pf(epc_page, "EWB of an invalid page")
-            slots, index = _va_slot(m, va_slot)
+            if va_slot & 7 or not base <= va_page < end:
+                slots, index = _va_slot(m, va_slot)
+            else:
+                va_entry = entries[(va_page - base) >> 12]
+                if not va_entry.valid or va_entry.pt is not _PT_VA:
+                    raise epc_pf(va_page, "the VA slot is not in a VA page")
+                slots, index = va_pages[va_page], (va_slot & _PAGE_MASK) >> 3
             pt = entry.pt
             if pt is _PT_SECS:
                 raise gp("vsgx does not evict SECS pages")
         except Fault as fault:
-            results.append(fault)
+            append(fault)
             break
         linaddr = entry.linaddr
         if pt is _PT_VA:
@@ -677,33 +698,35 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
             content: bytes | memoryview = va_pages[epc_page].tobytes()
         else:
             encl = entry.enclave
-            assert encl is not None and encl.memory is not None
             if not entry.blocked:
-                results.append((SgxError.PAGE_NOT_BLOCKED, None))
+                append(_NOT_BLOCKED)
                 continue
             eid = encl.eid
-            key = (eid, entry.block_epoch)
-            done = tracked.get(key)
+            epoch = entry.block_epoch
+            done = tracked.get((eid, epoch))
             if done is None:
-                done = tracked[key] = encl.is_tracked(entry.block_epoch)
+                done = tracked[eid, epoch] = encl.is_tracked(epoch)
             if not done:
-                results.append((SgxError.NOT_TRACKED, None))
+                append(_NOT_TRACKED)
                 continue
             offset = linaddr - encl.base
             content = encl.memory.view[offset:offset + PAGE_SIZE]
-        flags = entry.secinfo_flags()
+        flags = (_PT_BITS[pt] | entry.r | entry.w << 1 | entry.x << 2 | entry.pending << 3
+                 | entry.modified << 4 | entry.pr << 5)
         version = m.next_version
         m.next_version = version + 1
-        sealed = seal_page(cipher, version, ewb_header(flags, linaddr, eid), content)
-        pcmd = _PCMD_EWB.pack(flags, eid, sealed[PAGE_SIZE:])
-        status = SgxError.VA_SLOT_OCCUPIED if slots[index] else SgxError.SUCCESS
+        sealed = seal_page(cipher, version, header_of(flags, linaddr, eid), content)
+        status = _OCCUPIED if slots[index] else _SUCCESS
         slots[index] = version
         if encl is not None:
-            _detach(encl, entry)
+            del encl.pages[linaddr]
+            encl.memory.release(offset)
+            encl.child_count -= 1
+            encl.note_change(linaddr)
         else:
             del va_pages[epc_page]
-            entry.clear()
-        results.append((status, EvictedPage(sealed, pcmd, linaddr)))
+        entry.clear()
+        append((status, EvictedPage(sealed, pcmd_of(flags, eid, sealed[PAGE_SIZE:]), linaddr)))
     return results
 
 
@@ -726,22 +749,32 @@ def eld_pages(m: Machine, secs_page: int,
     (ciphertext then MAC) that EWB gives; the MAC compared is PCMD's either
     way. A fault ends the batch (its last result)."""
     epc = m.epc
-    entry_of = epc.entry
+    base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
     cipher = m.secrets.paging_cipher
+    header_of = EWB_HEADER.pack
     results: list[SgxError | Fault] = []
+    append = results.append
     secs: EnclaveState | None = None
     for epc_page, va_slot, linaddr, blob, pcmd in items:
         try:
-            entry = entry_of(epc_page)
-            slots, index = _va_slot(m, va_slot)
+            if epc_page & _PAGE_MASK or not base <= epc_page < end:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            entry = entries[(epc_page - base) >> 12]
+            va_page = va_slot & ~_PAGE_MASK
+            if va_slot & 7 or not base <= va_page < end:
+                slots, index = _va_slot(m, va_slot)
+            else:
+                va_entry = entries[(va_page - base) >> 12]
+                if not va_entry.valid or va_entry.pt is not _PT_VA:
+                    raise epc_pf(va_page, "the VA slot is not in a VA page")
+                slots, index = va_pages[va_page], (va_slot & _PAGE_MASK) >> 3
             if entry.valid:
                 raise epc_pf(epc_page, "the EPC page is in use")
             size = len(blob)
             if ((size != PAGE_SIZE and not (sealed_ok and size == _SEALED_SIZE))
                     or len(pcmd) != Pcmd.SIZE):
                 raise gp("ELDU needs a 4 KiB page and a 128-byte PCMD")
-            record_secinfo, _eid, reserved, record_mac = _PCMD_FIELDS.unpack(pcmd)
-            flags = _SECINFO_FLAGS.unpack_from(record_secinfo)[0]
+            flags = _U64.unpack_from(pcmd)[0]
             page_type = _PAGE_TYPES.get((flags >> 8) & 0xFF)
             encl: EnclaveState | None = None
             if page_type is _PT_REG or page_type is _PT_TCS or page_type is _PT_TRIM:
@@ -754,69 +787,67 @@ def eld_pages(m: Machine, secs_page: int,
                     raise gp("PAGEINFO.SECS must be 0 to load a VA page")
                 eid = 0
             else:
-                results.append(SgxError.MAC_COMPARE_FAIL)
+                append(SgxError.MAC_COMPARE_FAIL)
                 continue
         except Fault as fault:
-            results.append(fault)
+            append(fault)
             break
         version = slots[index]
         # EWB bound a page-aligned LINADDR inside ELRANGE into the MAC: any
         # other LINADDR cannot verify (and must not be written to).
         if not version or (encl is not None and (
-                linaddr % PAGE_SIZE or not encl.in_elrange(linaddr, PAGE_SIZE))):
-            results.append(SgxError.MAC_COMPARE_FAIL)
+                linaddr & _PAGE_MASK or not encl.base <= linaddr < encl.base + encl.size)):
+            append(SgxError.MAC_COMPARE_FAIL)
             continue
-        if size == _SEALED_SIZE and blob[PAGE_SIZE:] == record_mac:
+        mac = pcmd[_PCMD_MAC:]
+        if size == _SEALED_SIZE and blob[PAGE_SIZE:] == mac:
             sealed = blob
         else:
-            sealed = bytes(blob[:PAGE_SIZE]) + record_mac
-        if reserved == _NO_RESERVED and record_secinfo[8:] == _NO_SECINFO_RESERVED:
-            header = ewb_header(flags, linaddr, eid)
+            sealed = bytes(blob[:PAGE_SIZE]) + mac
+        if pcmd[8:64] == _NO_SECINFO_RESERVED and pcmd[72:_PCMD_MAC] == _NO_RESERVED:
+            header = header_of(flags, linaddr, eid)
         else:
-            header = paging_header(record_secinfo, linaddr, eid, reserved)
+            header = paging_header(pcmd[:64], linaddr, eid, pcmd[72:_PCMD_MAC])
         if encl is None or linaddr in encl.pages or (
                 encl.deferred and encl.deferred.get(linaddr) is not None):
             # A VA page, or a linear page that is taken: decrypt aside (the
             # MAC is checked before the one-page-per-address refusal).
-            page = decrypt_page(cipher, version, header, sealed[:PAGE_SIZE], record_mac)
+            page = decrypt_page(cipher, version, header, sealed[:PAGE_SIZE], mac)
             if page is None:
-                results.append(SgxError.MAC_COMPARE_FAIL)
+                append(SgxError.MAC_COMPARE_FAIL)
                 continue
             if encl is not None:
-                results.append(gp(f"linear page {linaddr:#x} already has an EPC page "
-                                  "(vsgx maps one per page)"))
+                append(gp(f"linear page {linaddr:#x} already has an EPC page "
+                          "(vsgx maps one per page)"))
                 break
             slots[index] = 0
             entry.clear()
             entry.pt = _PT_VA
             entry.valid = True
-            epc.va_slots[epc_page] = array("Q", page)
-            results.append(SgxError.SUCCESS)
+            va_pages[epc_page] = array("Q", page)
+            append(_SUCCESS)
             continue
         memory = encl.memory
-        assert memory is not None
         offset = linaddr - encl.base
         memory.reuse(offset)
         if not decrypt_page_into(cipher, version, header, sealed,
                                  memory.view[offset:offset + PAGE_SIZE]):
-            results.append(SgxError.MAC_COMPARE_FAIL)
+            append(SgxError.MAC_COMPARE_FAIL)
             continue
         slots[index] = 0
-        entry.clear()
-        entry.pt = page_type  # type: ignore[assignment]
-        entry.r, entry.w, entry.x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
-        entry.pending = bool(flags & 0x8)
-        entry.modified = bool(flags & 0x10)
-        entry.pr = bool(flags & 0x20)
+        entry.pt = page_type
+        entry.r, entry.w, entry.x, entry.pending, entry.modified, entry.pr = \
+            _FLAG_BITS[flags & 0x3F]
         entry.enclave = encl
         entry.linaddr = linaddr
         entry.valid = True
         entry.blocked = blocked
         entry.block_epoch = encl.epoch if blocked else -1
+        entry.mod_epoch = -1
         encl.pages[linaddr] = entry
         encl.child_count += 1
         encl.note_change(linaddr)
-        results.append(SgxError.SUCCESS)
+        append(_SUCCESS)
     return results
 
 
