@@ -105,8 +105,16 @@ class EnclaveMemory:
         self.view[offset:offset + len(data)] = data
 
     def fill(self, offset: int, count: int, page: bytes) -> None:
-        """Write ``count`` copies of one page from ``offset`` on."""
+        """Write ``count`` copies of one page from ``offset`` on. Zeros are
+        written only where memory is held: every other page of the memfd
+        reads as zero already (never written, or given back)."""
         held = self._held
+        if not any(page):
+            if held:
+                for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
+                    if held.pop(position, 0) is None:
+                        self.view[position:position + PAGE_SIZE] = page
+            return
         if held:
             for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
                 held.pop(position, None)

@@ -36,15 +36,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
-from vsgx.evm.access import (
-    FETCH,
-    READ,
-    WRITE,
-    allowed,
-    fault_code,
-    page_prot,
-    protection_runs,
-)
+from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
 from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
 from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
@@ -60,6 +52,9 @@ _REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
 _ACCESS = {19: READ, 20: WRITE, 21: FETCH, 22: WRITE, 23: READ, 24: FETCH}
 _FAULT_VECTORS = {0, 1, 4, 5, 7, 13, 16, 17, 19}
 _CPU_MODEL = x86.UC_CPU_X86_SKYLAKE_SERVER
+# ELRANGE is mapped in chunks of this size, or as one chunk when smaller
+# (ELRANGE is aligned to its size, a power of two)
+_CHUNK = 64 * PAGE_SIZE
 _XMM = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
 _ST = tuple(getattr(x86, f"UC_X86_REG_ST{i}") for i in range(8))
 
@@ -77,7 +72,12 @@ class UnicornExecutor:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_cpu_model(_CPU_MODEL)
         self.handle = self.uc._uch
-        self.uc.mem_map_ptr(encl.base, encl.size, UC_PROT_NONE, encl.memory.address)
+        # ELRANGE is mapped from the enclave's memory a chunk at a time, on
+        # first touch: Unicorn's mem_protect costs time in proportion to the
+        # region it splits, so one region for a whole 32 GiB ELRANGE would
+        # make every protection change take a second.
+        self.chunks: set[int] = set()
+        self.chunk_size = min(_CHUNK, encl.size)
         self.prot: dict[int, int] = {}
         self.generation = -1
         self.mark = (0, 0)  # the enclave's change mark at our last sync
@@ -144,8 +144,8 @@ class UnicornExecutor:
     # memory ------------------------------------------------------------
     def sync(self) -> None:
         """Make page protections follow EPCM and the page tables (call with
-        the machine lock held): only the pages the enclave's journal names
-        when it can, every page otherwise."""
+        the machine lock held): the pages the enclave's journal names when
+        it can, every page of the mapped chunks otherwise."""
         encl = self.encl
         if self.generation == encl.generation:
             return
@@ -155,10 +155,10 @@ class UnicornExecutor:
         self.rewritten_seen = len(encl.rewritten)
         changed = encl.changes_since(self.mark) if self.generation >= 0 else None
         if changed is None:
-            desired, runs = protection_runs(encl, self.prot, rewritten)
-            self.prot = desired
-        else:
-            runs = self._changed_runs(changed, rewritten)
+            size = self.chunk_size
+            changed = [page for chunk in self.chunks
+                       for page in range(chunk, chunk + size, PAGE_SIZE)]
+        runs = self._changed_runs(changed, rewritten)
         for start, end, prot in runs:
             self._protect(start, end, prot)
         if runs:
@@ -172,11 +172,15 @@ class UnicornExecutor:
 
     def _changed_runs(self, changed: list[int], rewritten: list[int]
                       ) -> list[tuple[int, int, int]]:
-        """(start, end, rights) runs for the pages named since the last sync."""
-        encl, current = self.encl, self.prot
+        """(start, end, rights) runs of the mapped pages among ``changed``
+        whose rights differ from the engine's, and of ``rewritten`` ones."""
+        encl, current, chunks = self.encl, self.prot, self.chunks
+        mask = ~(self.chunk_size - 1)
         forced = set(rewritten)
         changes: dict[int, int] = {}
         for page in {*changed, *forced}:
+            if page & mask not in chunks:
+                continue  # mapped later, with the rights of that moment
             prot = page_prot(encl, page)
             if current.get(page, 0) != prot or page in forced:
                 changes[page] = prot
@@ -196,9 +200,38 @@ class UnicornExecutor:
     def _protect(self, start: int, end: int, prot: int) -> None:
         """Set protections and drop translated code of the range: Unicorn
         keeps running cached translations of a page whose permissions or
-        contents changed behind its back (EWB, EREMOVE, ELDU, EAUG...)."""
-        self.uc.mem_protect(start, end - start, prot)
-        self.uc.ctl_remove_cache(start, end)
+        contents changed behind its back (EWB, EREMOVE, ELDU, EAUG...).
+        Chunks not mapped yet get their rights when they are mapped."""
+        chunks, size = self.chunks, self.chunk_size
+        while start < end:
+            chunk = start & ~(size - 1)
+            stop = min(end, chunk + size)
+            if chunk in chunks:
+                self.uc.mem_protect(start, stop - start, prot)
+                self.uc.ctl_remove_cache(start, stop)
+            start = stop
+
+    def _map_chunk(self, chunk: int) -> None:
+        """Map one chunk of ELRANGE with the rights its pages have now."""
+        encl = self.encl
+        assert encl.memory is not None
+        size = self.chunk_size
+        self.uc.mem_map_ptr(chunk, size, UC_PROT_NONE, encl.memory.address + chunk - encl.base)
+        self.chunks.add(chunk)
+        current = self.prot
+        runs: list[list[int]] = []
+        for page in range(chunk, chunk + size, PAGE_SIZE):
+            prot = page_prot(encl, page)
+            if prot:
+                current[page] = prot
+                if runs and runs[-1][1] == page and runs[-1][2] == prot:
+                    runs[-1][1] = page + PAGE_SIZE
+                else:
+                    runs.append([page, page + PAGE_SIZE, prot])
+            else:
+                current.pop(page, None)
+        for start, end, prot in runs:
+            self.uc.mem_protect(start, end - start, prot)
 
     def _on_invalid_memory(self, uc: Uc, access: int, address: int, size: int, value: int,
                            data: object) -> bool:
@@ -207,6 +240,14 @@ class UnicornExecutor:
         page = address & ~(PAGE_SIZE - 1)
         if encl.in_elrange(address):
             with self.machine.lock:
+                # (an access may cross into the next chunk)
+                missing = {a & ~(self.chunk_size - 1) for a in (address, address + size - 1)
+                           if encl.in_elrange(a)} - self.chunks
+                if missing:
+                    self.sync()
+                    for chunk in sorted(missing):
+                        self._map_chunk(chunk)
+                    return True
                 if allowed(encl, page, kind):
                     # A stale protection: the EPCM changed since our last sync
                     # (a TLB miss on hardware would see the new entry).
@@ -391,10 +432,12 @@ class UnicornExecutor:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.uc.mem_unmap(self.encl.base, self.encl.size)
-        except UcError:
-            pass
+        for chunk in self.chunks:
+            try:
+                self.uc.mem_unmap(chunk, self.chunk_size)
+            except UcError:
+                pass
+        self.chunks.clear()
 
 
 def _abridged_tag(full: int) -> int:
