@@ -54,6 +54,9 @@ VA_SLOTS = 512
 EINIT_RETRIES = 1000
 # Pages the reclaimer takes per batch (Linux: SGX_NR_TO_SCAN).
 RECLAIM_BATCH = 16
+# Turns of the clock's hand (at most) before candidates are evicted even
+# though the EVM saw them touched.
+_AGING_ROUNDS = 3
 # Pages added per call to the EVM (one message per batch on a channel).
 ADD_BATCH = 256
 # How long the reclaimer waits for threads inside an enclave to leave after
@@ -317,29 +320,54 @@ class SgxDriver:
                 self._clock = deque(e for e in self._clock if e[1].ticket == e[0])
 
     def _reclaim(self, want: int) -> int:
-        """Evict up to ``want`` pages; the number evicted."""
+        """Evict up to ``want`` pages; the number evicted.
+
+        The hand passes pages whose young bit is set (clearing it) and takes
+        the others as candidates; the EVM then says which of the candidates
+        were touched since their accessed bit was last cleared (and clears
+        the bits of all the pages the hand met, as the kernel's reclaimer
+        does with ptep_test_and_clear_young). Touched candidates get
+        another turn; in the last round the candidates go regardless."""
         with self._lock:
+            clock = self._clock
             chosen: dict[DriverEnclave, list[EnclavePage]] = {}
             taken = 0
-            # Two turns of the hand at most: the first clears every young bit.
-            steps = 2 * len(self._clock) + want
-            clock = self._clock
-            while taken < want and clock and steps:
-                steps -= 1
-                self.stats["clock_steps"] += 1
-                ticket, page, encl = clock.popleft()
-                if page.ticket != ticket:
-                    continue  # removed, evicted or moved since
-                if page.young and not encl.destroyed:
-                    page.young = False
-                    clock.append((ticket, page, encl))
-                    continue
-                page.ticket = 0
-                self._on_clock -= 1
-                if encl.destroyed or page.epc is None:
-                    continue
-                chosen.setdefault(encl, []).append(page)
-                taken += 1
+            for round_ in range(_AGING_ROUNDS):
+                last = round_ == _AGING_ROUNDS - 1
+                passed: dict[DriverEnclave, list[EnclavePage]] = {}
+                tested: dict[DriverEnclave, list[EnclavePage]] = {}
+                steps = len(clock) + want  # at most one turn of the hand per round
+                found = taken
+                while found < want and clock and steps:
+                    steps -= 1
+                    self.stats["clock_steps"] += 1
+                    ticket, page, encl = clock.popleft()
+                    if page.ticket != ticket:
+                        continue  # removed, evicted or moved since
+                    if page.young and not encl.destroyed:
+                        page.young = False
+                        clock.append((ticket, page, encl))
+                        passed.setdefault(encl, []).append(page)
+                        continue
+                    page.ticket = 0
+                    self._on_clock -= 1
+                    if encl.destroyed or page.epc is None:
+                        continue
+                    tested.setdefault(encl, []).append(page)
+                    found += 1
+                for encl in {**passed, **tested}:
+                    candidates = tested.get(encl, [])
+                    met = passed.get(encl, []) + candidates
+                    touched = self._test_and_clear_young(encl, met)
+                    for page, young in zip(candidates, touched[len(met) - len(candidates):],
+                                           strict=True):
+                        if young and not last:
+                            self._on_the_clock(encl, page, False)
+                        else:
+                            chosen.setdefault(encl, []).append(page)
+                            taken += 1
+                if taken >= want or not clock:
+                    break
             if not chosen:
                 return 0
             if self.evicted_pages + taken > self.evicted_limit:
@@ -353,6 +381,17 @@ class SgxDriver:
                 with encl.lock:
                     done += self._evict_batch(encl, pages)
             return done
+
+    def _test_and_clear_young(self, encl: DriverEnclave, pages: list[EnclavePage]
+                              ) -> list[bool]:
+        """The pages' accessed bits from the EVM (cleared there); all False
+        when it cannot tell, so the clock goes by young bits alone."""
+        ask = getattr(self.evm, "test_and_clear_young", None)
+        touched = None
+        if ask is not None and pages and not encl.destroyed:
+            self.stats["young_tested"] += len(pages)
+            touched = ask(encl.secs_page, [page.linaddr for page in pages])
+        return touched if touched is not None else [False] * len(pages)
 
     def _evict_batch(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
         """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages)."""

@@ -183,6 +183,12 @@ class EnclaveState:
     # (SECINFO.FLAGS, fill page)); EADD hashed them in order, and the first
     # touch loads them as ELDU would (see encls.eadd_uniform)
     deferred: PageRunSet = field(default_factory=PageRunSet)
+    # The accessed bits of the application's page-table entries for ELRANGE,
+    # kept inverted: pages whose bit the driver cleared (age) and no access
+    # has set since. An executor that tracks access maps these pages with
+    # no rights, so that the first touch comes to it (touch) and restores
+    # them — what a clear accessed bit and a TLB shootdown do on hardware.
+    old: set[int] = field(default_factory=set)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -208,6 +214,27 @@ class EnclaveState:
 
     def pte_permissions(self, page: int) -> int:
         return self.pte.get(page, PROT_ALL)
+
+    def age(self, pages: list[int]) -> list[bool]:
+        """Test and clear the accessed bit of each page (the reclaimer's
+        ptep_test_and_clear_young): True where the page was touched since
+        its bit was last cleared, or never had it cleared."""
+        old, resident = self.old, self.pages
+        result = []
+        for page in pages:
+            if page not in resident:
+                result.append(False)
+                continue
+            result.append(page not in old)
+            old.add(page)
+            self.note_change(page)
+        return result
+
+    def touch(self, page: int) -> None:
+        """An access sets the page's accessed bit."""
+        if page in self.old:
+            self.old.discard(page)
+            self.note_change(page)
 
     # The journal lets an executor re-read only the pages that changed: a
     # change made through note_change is one generation and one journal

@@ -140,6 +140,7 @@ def _check_free_linear(encl: EnclaveState, page: int) -> None:
 def _detach(encl: EnclaveState, entry: EpcmEntry) -> None:
     assert encl.memory is not None
     encl.pages.pop(entry.linaddr, None)
+    encl.old.discard(entry.linaddr)
     encl.memory.release(entry.linaddr - encl.base)
     encl.child_count -= 1
     encl.note_change(entry.linaddr)
@@ -720,6 +721,8 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
         slots[index] = version
         if encl is not None:
             del encl.pages[linaddr]
+            if encl.old:
+                encl.old.discard(linaddr)
             encl.memory.release(offset)
             encl.child_count -= 1
             encl.note_change(linaddr)

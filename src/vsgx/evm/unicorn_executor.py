@@ -83,6 +83,7 @@ class UnicornExecutor:
         self.mark = (0, 0)  # the enclave's change mark at our last sync
         self.rewritten_seen = 0
         self.event: Stop | None = None
+        self.retry: tuple[list[int], int | None] | None = None
         self.stop_requested = False
         self.interrupt_requested = False
         self.untrusted: UntrustedMemory | None = None
@@ -177,11 +178,14 @@ class UnicornExecutor:
         encl, current, chunks = self.encl, self.prot, self.chunks
         mask = ~(self.chunk_size - 1)
         forced = set(rewritten)
+        old = encl.old
         changes: dict[int, int] = {}
         for page in {*changed, *forced}:
             if page & mask not in chunks:
                 continue  # mapped later, with the rights of that moment
-            prot = page_prot(encl, page)
+            # A page whose accessed bit is clear is mapped without rights:
+            # its next touch comes to _on_invalid_memory, which sets it.
+            prot = 0 if page in old else page_prot(encl, page)
             if current.get(page, 0) != prot or page in forced:
                 changes[page] = prot
                 if prot:
@@ -218,10 +222,10 @@ class UnicornExecutor:
         size = self.chunk_size
         self.uc.mem_map_ptr(chunk, size, UC_PROT_NONE, encl.memory.address + chunk - encl.base)
         self.chunks.add(chunk)
-        current = self.prot
+        current, old = self.prot, encl.old
         runs: list[list[int]] = []
         for page in range(chunk, chunk + size, PAGE_SIZE):
-            prot = page_prot(encl, page)
+            prot = 0 if page in old else page_prot(encl, page)
             if prot:
                 current[page] = prot
                 if runs and runs[-1][1] == page and runs[-1][2] == prot:
@@ -239,21 +243,23 @@ class UnicornExecutor:
         encl = self.encl
         page = address & ~(PAGE_SIZE - 1)
         if encl.in_elrange(address):
+            # Mappings are not changed from inside a hook (Unicorn may still
+            # use the region it would split): the run stops, run() fixes
+            # them and goes on from the same instruction (memory faults are
+            # precise).
             with self.machine.lock:
                 # (an access may cross into the next chunk)
                 missing = {a & ~(self.chunk_size - 1) for a in (address, address + size - 1)
                            if encl.in_elrange(a)} - self.chunks
                 if missing:
-                    self.sync()
-                    for chunk in sorted(missing):
-                        self._map_chunk(chunk)
-                    return True
+                    self.retry = (sorted(missing), None)
+                    return False
                 if allowed(encl, page, kind):
-                    # A stale protection: the EPCM changed since our last sync
-                    # (a TLB miss on hardware would see the new entry).
-                    self.generation = -1
-                    self.sync()
-                    return True
+                    # The first touch since the accessed bit was cleared, or
+                    # a stale protection: the EPCM changed since our last
+                    # sync (a TLB miss on hardware would see the new entry).
+                    self.retry = ([], page)
+                    return False
                 code = fault_code(encl, page, kind)
             self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF, code, address)
             return False
@@ -292,6 +298,21 @@ class UnicornExecutor:
                             ctypes.addressof(pinned))
         self.untrusted_pages[page] = (bytes(data_bytes), buffer, pinned)
         return True
+
+    def _fix_mappings(self, chunks: list[int], page: int | None) -> None:
+        """What a stop in _on_invalid_memory asked for: map chunks, or set
+        a page's accessed bit, or bring protections up to date."""
+        encl = self.encl
+        with self.machine.lock:
+            if page is not None:
+                if page in encl.old:
+                    encl.touch(page)
+                else:
+                    self.generation = -1  # stale: re-read every mapped page
+            self.sync()
+            for chunk in chunks:
+                self._map_chunk(chunk)
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
         """Write back what the enclave changed in untrusted memory, and forget
@@ -370,7 +391,22 @@ class UnicornExecutor:
         start, self._start = self._start, -1
         if start < 0:
             start = self._read_rip()
-        status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
+        last_retry = None
+        while True:
+            status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
+            retry, self.retry = self.retry, None
+            if retry is None:
+                break
+            start = self._read_rip()
+            if (start, retry) == last_retry:
+                # The fix did not take: never spin; the access faults.
+                encl = self.encl
+                page = retry[1] if retry[1] is not None else retry[0][0]
+                self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF,
+                                  fault_code(encl, page, READ), page)
+                break
+            last_retry = (start, retry)
+            self._fix_mappings(*retry)
         if self.event is not None:
             event = self.event
             if event.vector == Vector.PF and self.encl.in_elrange(event.address):
@@ -454,6 +490,9 @@ def _st_bytes(value: object) -> bytes:
 
 class UnicornExecutorFactory:
     name = "unicorn"
+    # Its engines map pages whose accessed bit is clear without rights, so
+    # EnclaveState.old is exact (see vm.EnclaveVM.test_and_clear_young).
+    tracks_access = True
 
     def __init__(self, machine: Machine):
         self.machine = machine

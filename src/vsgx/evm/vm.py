@@ -10,6 +10,7 @@ through which the enclave reads and writes the application's memory.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
@@ -30,6 +31,8 @@ EXECUTORS = ("native", "unicorn")
 # mprotect() ranges up to this many pages are named page by page to the
 # executors (see EnclaveState.note_change)
 _JOURNALLED_PROTECT = 512
+_TCS_OSSA_NSSA = struct.Struct("<QII")  # TCS.OSSA, CSSA, NSSA (from offset 16)
+_MAX_TOUCHED_SSA = 16
 
 
 def executor_factory(machine: Machine, name: str | None = None) -> ExecutorFactory:
@@ -241,11 +244,40 @@ class EnclaveVM:
                untrusted: UntrustedMemory) -> EnclaveExit:
         """EENTER: ``registers`` are the application's 20 registers with
         RBX = TCS and RCX = AEP; ``return_rip`` is the address after its ENCLU."""
-        return self._thread(secs_page, registers[RBX]).eenter(registers, return_rip, untrusted)
+        thread = self._thread(secs_page, registers[RBX])
+        if thread.encl.old:
+            self._touch_thread_pages(thread.encl, registers[RBX])
+        return thread.eenter(registers, return_rip, untrusted)
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: UntrustedMemory
                 ) -> EnclaveExit:
-        return self._thread(secs_page, registers[RBX]).eresume(registers, untrusted)
+        thread = self._thread(secs_page, registers[RBX])
+        if thread.encl.old:
+            self._touch_thread_pages(thread.encl, registers[RBX])
+        return thread.eresume(registers, untrusted)
+
+    def _touch_thread_pages(self, encl: EnclaveState, tcs: int) -> None:
+        """EENTER and ERESUME access the TCS and the SSA frames themselves
+        (not through the executor): their pages' accessed bits are set."""
+        with self.machine.lock:
+            if tcs not in encl.pages or encl.memory is None:
+                return
+            ossa, _cssa, nssa = _TCS_OSSA_NSSA.unpack_from(encl.memory.view,
+                                                         tcs - encl.base + 16)
+            encl.touch(tcs)
+            frames = min(nssa, _MAX_TOUCHED_SSA) * encl.ssaframesize
+            first = encl.base + (ossa & ~(PAGE_SIZE - 1))
+            for page in range(first, first + frames * PAGE_SIZE, PAGE_SIZE):
+                encl.touch(page)
+
+    def test_and_clear_young(self, secs_page: int, linaddrs: list[int]) -> list[bool] | None:
+        """For the driver's reclaimer: whether each page was touched since
+        this was last asked for it (and clear that), or None when the
+        executor cannot tell (the native one maps pages once)."""
+        if not getattr(self.executor_factory, "tracks_access", False):
+            return None
+        with self.machine.lock:
+            return encls.secs_of(self.machine, secs_page).age(linaddrs)
 
     def kick(self, secs_page: int) -> None:
         """An IPI to every logical processor inside the enclave: each takes
