@@ -56,7 +56,7 @@ EINIT_RETRIES = 1000
 RECLAIM_BATCH = 16
 # Turns of the clock's hand (at most) before candidates are evicted even
 # though the EVM saw them touched.
-_AGING_ROUNDS = 3
+_AGING_TURNS = 4
 # Pages added per call to the EVM (one message per batch on a channel).
 ADD_BATCH = 256
 # How long the reclaimer waits for threads inside an enclave to leave after
@@ -135,6 +135,8 @@ class EnclavePage:
     evicted: Evicted | None = None
     young: bool = False  # accessed since the clock hand last passed
     ticket: int = 0  # its place on the clock (0: not on it)
+    loads: int = 0  # times it was brought (back) into the EPC after its add
+    hot: bool = False  # the EVM saw it touched when the hand last met it
 
 
 @dataclass
@@ -303,6 +305,22 @@ class SgxDriver:
         with self._lock:
             self._pages_needing_va -= count
 
+    def _shrink_va(self) -> None:
+        """EREMOVE VA pages with no slot in use that no page needs any more
+        (Linux frees an enclave's VA pages with it)."""
+        with self._lock:
+            for page, slots in list(self._va_free.items()):
+                if self._va_capacity - VA_SLOTS < self._pages_needing_va:
+                    break
+                if len(slots) != VA_SLOTS:
+                    continue
+                self.evm.eremove(page)
+                del self._va_free[page]
+                if page in self._va_with_free:
+                    self._va_with_free.remove(page)
+                self._va_capacity -= VA_SLOTS
+                self._free.append(page)
+
     def _on_the_clock(self, encl: DriverEnclave, page: EnclavePage, young: bool) -> None:
         ticket = self._next_ticket
         self._next_ticket = ticket + 1
@@ -327,18 +345,22 @@ class SgxDriver:
         were touched since their accessed bit was last cleared (and clears
         the bits of all the pages the hand met, as the kernel's reclaimer
         does with ptep_test_and_clear_young). Touched candidates get
-        another turn; in the last round the candidates go regardless."""
+        another turn, and those touched at the meeting before one more."""
         with self._lock:
             clock = self._clock
             chosen: dict[DriverEnclave, list[EnclavePage]] = {}
             taken = 0
-            for round_ in range(_AGING_ROUNDS):
-                last = round_ == _AGING_ROUNDS - 1
+            # A page the hand meets loses a state each time nobody touched it
+            # (young -> hot -> cold -> out), so a few turns always find pages;
+            # only threads that touch everything between meetings could keep
+            # the hand going, and past this many steps it stops giving turns.
+            steps = _AGING_TURNS * len(clock) + want
+            while taken < want and clock:
+                last = steps <= 0
                 passed: dict[DriverEnclave, list[EnclavePage]] = {}
                 tested: dict[DriverEnclave, list[EnclavePage]] = {}
-                steps = len(clock) + want  # at most one turn of the hand per round
                 found = taken
-                while found < want and clock and steps:
+                while found < want and clock and (steps > 0 or last):
                     steps -= 1
                     self.stats["clock_steps"] += 1
                     ticket, page, encl = clock.popleft()
@@ -361,12 +383,16 @@ class SgxDriver:
                     touched = self._test_and_clear_young(encl, met)
                     for page, young in zip(candidates, touched[len(met) - len(candidates):],
                                            strict=True):
-                        if young and not last:
+                        # Touched since the last meeting: hot, another turn. Hot
+                        # but untouched: one more turn (the hand may come round
+                        # again at once, before anything could touch it).
+                        if not last and (young or page.hot):
+                            page.hot = young
                             self._on_the_clock(encl, page, False)
-                        else:
-                            chosen.setdefault(encl, []).append(page)
-                            taken += 1
-                if taken >= want or not clock:
+                            continue
+                        chosen.setdefault(encl, []).append(page)
+                        taken += 1
+                if last:
                     break
             if not chosen:
                 return 0
@@ -517,6 +543,7 @@ class SgxDriver:
         self._give_va_slot(evicted.va_page, evicted.va_index)
         page.epc = epc
         page.evicted = None
+        page.loads += 1
         self.evicted_pages -= 1
         self._on_the_clock(encl, page, True)
         self.reloads += 1
@@ -541,7 +568,7 @@ class SgxDriver:
             self._release_va()
             raise DriverError(errnos.EFAULT, f"loading a deferred page faulted: {fault}") from None
         encl.deferred.take(linaddr)
-        page = EnclavePage(linaddr, page_type, max_prot, epc)
+        page = EnclavePage(linaddr, page_type, max_prot, epc, loads=1)
         encl.pages[linaddr] = page
         self._on_the_clock(encl, page, True)
         self.deferred_loads += 1
@@ -967,3 +994,4 @@ class SgxDriver:
             self.evm.eremove(encl.secs_page)
             self._free_epc(encl.secs_page)
             self.enclaves.pop(encl.secs_page, None)
+            self._shrink_va()

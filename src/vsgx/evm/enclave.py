@@ -185,9 +185,9 @@ class EnclaveState:
     deferred: PageRunSet = field(default_factory=PageRunSet)
     # The accessed bits of the application's page-table entries for ELRANGE,
     # kept inverted: pages whose bit the driver cleared (age) and no access
-    # has set since. An executor that tracks access maps these pages with
-    # no rights, so that the first touch comes to it (touch) and restores
-    # them — what a clear accessed bit and a TLB shootdown do on hardware.
+    # has set since. Clearing one is a change executors hear of (they drop
+    # their TLB); an executor that tracks access reports the first touch
+    # after it (touch), as the page walk on a TLB miss sets the bit.
     old: set[int] = field(default_factory=set)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
@@ -218,7 +218,8 @@ class EnclaveState:
     def age(self, pages: list[int]) -> list[bool]:
         """Test and clear the accessed bit of each page (the reclaimer's
         ptep_test_and_clear_young): True where the page was touched since
-        its bit was last cleared, or never had it cleared."""
+        its bit was last cleared (a page's bit starts clear when it gets
+        its EPC page)."""
         old, resident = self.old, self.pages
         result = []
         for page in pages:
@@ -231,10 +232,9 @@ class EnclaveState:
         return result
 
     def touch(self, page: int) -> None:
-        """An access sets the page's accessed bit."""
-        if page in self.old:
-            self.old.discard(page)
-            self.note_change(page)
+        """An access sets the page's accessed bit (no executor needs to
+        hear of it: each sees the next touches of its own)."""
+        self.old.discard(page)
 
     # The journal lets an executor re-read only the pages that changed: a
     # change made through note_change is one generation and one journal

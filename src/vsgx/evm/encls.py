@@ -128,6 +128,7 @@ def _attach(encl: EnclaveState, entry: EpcmEntry, linaddr: int) -> None:
     entry.linaddr = page
     entry.valid = True
     encl.pages[page] = entry
+    encl.old.add(page)  # its accessed bit starts clear
     encl.child_count += 1
     encl.note_change(page)
 
@@ -299,7 +300,7 @@ def _regular_add_checks(m: Machine, secs_page: int, linaddr: int, count: int,
 def _give_pages(encl: EnclaveState, entries: list[EpcmEntry], linaddr: int, flags: int) -> None:
     """The EPCM side of EADD for consecutive pages (contents written by the caller)."""
     r, w, x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
-    pages = encl.pages
+    pages, old = encl.pages, encl.old
     for n, entry in enumerate(entries):
         page = linaddr + n * PAGE_SIZE
         entry.enclave = encl
@@ -309,6 +310,7 @@ def _give_pages(encl: EnclaveState, entries: list[EpcmEntry], linaddr: int, flag
         entry.r, entry.w, entry.x = r, w, x
         entry.blocked = entry.pending = entry.modified = entry.pr = False
         pages[page] = entry
+        old.add(page)  # its accessed bit starts clear
         encl.note_change(page)
     encl.child_count += len(entries)
 
@@ -848,6 +850,7 @@ def eld_pages(m: Machine, secs_page: int,
         entry.block_epoch = encl.epoch if blocked else -1
         entry.mod_epoch = -1
         encl.pages[linaddr] = entry
+        encl.old.add(linaddr)  # its accessed bit starts clear
         encl.child_count += 1
         encl.note_change(linaddr)
         append(_SUCCESS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -26,18 +27,23 @@ from unicorn import (
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
     UC_MODE_64,
-    UC_PROT_NONE,
     Uc,
     UcError,
 )
 from unicorn import x86_const as x86
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_const import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_TLB_FILL,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+)
 from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
 from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
-from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
+from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
 from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
 
@@ -54,7 +60,12 @@ _FAULT_VECTORS = {0, 1, 4, 5, 7, 13, 16, 17, 19}
 _CPU_MODEL = x86.UC_CPU_X86_SKYLAKE_SERVER
 # ELRANGE is mapped in chunks of this size, or as one chunk when smaller
 # (ELRANGE is aligned to its size, a power of two)
-_CHUNK = 64 * PAGE_SIZE
+_CHUNK = 512 * PAGE_SIZE
+# Denied accesses go to their address with this bit set, where nothing is
+# mapped (x86-64 physical addresses have 52 bits; linear ones here < 2^47).
+_DENIED = 1 << 51
+_TLB_NEED = {16: 1, 17: 2, 18: 4}  # UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH -> right
+_KIND_NEED = {READ: 1, WRITE: 2, FETCH: 4}
 _XMM = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
 _ST = tuple(getattr(x86, f"UC_X86_REG_ST{i}") for i in range(8))
 
@@ -73,12 +84,15 @@ class UnicornExecutor:
         self.uc.ctl_set_cpu_model(_CPU_MODEL)
         self.handle = self.uc._uch
         # ELRANGE is mapped from the enclave's memory a chunk at a time, on
-        # first touch: Unicorn's mem_protect costs time in proportion to the
-        # region it splits, so one region for a whole 32 GiB ELRANGE would
-        # make every protection change take a second.
+        # first touch (one region for a whole 32 GiB ELRANGE would cost a
+        # second to unmap), with all rights: the TLB hook gives the rights.
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self.chunks: set[int] = set()
         self.chunk_size = min(_CHUNK, encl.size)
-        self.prot: dict[int, int] = {}
+        # pages whose code the engine may have translated (granted X)
+        self.code_pages: set[int] = set()
+        # rights of the untrusted pages mapped now
+        self.untrusted_prot: dict[int, int] = {}
         self.generation = -1
         self.mark = (0, 0)  # the enclave's change mark at our last sync
         self.rewritten_seen = 0
@@ -104,6 +118,7 @@ class UnicornExecutor:
         self._rip_ref = ctypes.byref(self._rip)
         self._start = 0
         self.uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid_memory)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         for insn in (x86.UC_X86_INS_SYSCALL, x86.UC_X86_INS_SYSENTER):
             self.uc.hook_add(UC_HOOK_INSN, self._on_forbidden, None, 1, 0, insn)
@@ -143,121 +158,88 @@ class UnicornExecutor:
         return registers
 
     # memory ------------------------------------------------------------
+    # The engine runs with a virtual TLB: on every TLB miss Unicorn asks
+    # _on_tlb_fill for the page's rights, which follow EPCM and the page
+    # tables at that moment, and for where the page is. Mapped regions keep
+    # all rights and never change (Unicorn's mem_protect costs time in
+    # proportion to its region count and to the region it splits). A change
+    # of rights is a TLB flush, as a TLB shootdown is on hardware; a denied
+    # access is sent to an address with nothing mapped, so that it reaches
+    # _on_invalid_memory with its exact address.
     def sync(self) -> None:
-        """Make page protections follow EPCM and the page tables (call with
-        the machine lock held): the pages the enclave's journal names when
-        it can, every page of the mapped chunks otherwise."""
+        """Make the engine see EPCM and the page tables as they are now
+        (call with the machine lock held): flush its TLB, and drop the
+        translated code of pages that changed (only the journal's pages
+        when it can name them, every executable page otherwise)."""
         encl = self.encl
         if self.generation == encl.generation:
             return
-        # Page contents changed outside this engine (EDBGWR) need their
-        # translated code dropped too.
         rewritten = encl.rewritten[self.rewritten_seen:]
         self.rewritten_seen = len(encl.rewritten)
         changed = encl.changes_since(self.mark) if self.generation >= 0 else None
-        if changed is None:
-            size = self.chunk_size
-            changed = [page for chunk in self.chunks
-                       for page in range(chunk, chunk + size, PAGE_SIZE)]
-        runs = self._changed_runs(changed, rewritten)
-        for start, end, prot in runs:
-            self._protect(start, end, prot)
-        if runs:
-            # Unicorn's TLB keeps the rights a page had when it was last
-            # touched: after rights go down (EMODT to TRIM, EWB, EMODPR,
-            # mprotect) a touch must miss and see the new ones, as a TLB
-            # shootdown makes it on hardware.
-            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        code = self.code_pages
+        stale = set(code) if changed is None else code.intersection(changed)
+        stale.update(page for page in rewritten if page in code)
+        for page in stale:
+            self.uc.ctl_remove_cache(page, page + PAGE_SIZE)
+            code.discard(page)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         self.generation = encl.generation
         self.mark = encl.change_mark()
 
-    def _changed_runs(self, changed: list[int], rewritten: list[int]
-                      ) -> list[tuple[int, int, int]]:
-        """(start, end, rights) runs of the mapped pages among ``changed``
-        whose rights differ from the engine's, and of ``rewritten`` ones."""
-        encl, current, chunks = self.encl, self.prot, self.chunks
-        mask = ~(self.chunk_size - 1)
-        forced = set(rewritten)
-        old = encl.old
-        changes: dict[int, int] = {}
-        for page in {*changed, *forced}:
-            if page & mask not in chunks:
-                continue  # mapped later, with the rights of that moment
-            # A page whose accessed bit is clear is mapped without rights:
-            # its next touch comes to _on_invalid_memory, which sets it.
-            prot = 0 if page in old else page_prot(encl, page)
-            if current.get(page, 0) != prot or page in forced:
-                changes[page] = prot
-                if prot:
-                    current[page] = prot
-                else:
-                    current.pop(page, None)
-        runs: list[tuple[int, int, int]] = []
-        for page in sorted(changes):
-            prot = changes[page]
-            if runs and runs[-1][1] == page and runs[-1][2] == prot:
-                runs[-1] = (runs[-1][0], page + PAGE_SIZE, prot)
-            else:
-                runs.append((page, page + PAGE_SIZE, prot))
-        return runs
-
-    def _protect(self, start: int, end: int, prot: int) -> None:
-        """Set protections and drop translated code of the range: Unicorn
-        keeps running cached translations of a page whose permissions or
-        contents changed behind its back (EWB, EREMOVE, ELDU, EAUG...).
-        Chunks not mapped yet get their rights when they are mapped."""
-        chunks, size = self.chunks, self.chunk_size
-        while start < end:
-            chunk = start & ~(size - 1)
-            stop = min(end, chunk + size)
-            if chunk in chunks:
-                self.uc.mem_protect(start, stop - start, prot)
-                self.uc.ctl_remove_cache(start, stop)
-            start = stop
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: Any, data: object) -> bool:
+        """A TLB miss at ``vaddr`` (a page): where it is and what it allows."""
+        encl = self.encl
+        need = _TLB_NEED.get(access, PROT_R)
+        if encl.base <= vaddr < encl.base + encl.size:
+            with self.machine.lock:
+                prot = page_prot(encl, vaddr)
+                if prot & need:
+                    if vaddr in encl.old:
+                        encl.touch(vaddr)  # the page walk sets the accessed bit
+                    if prot & PROT_X:
+                        self.code_pages.add(vaddr)
+                    entry.paddr = vaddr
+                    entry.perms = prot
+                    return True
+        elif need != PROT_X:
+            prot = self.untrusted_prot.get(vaddr, UC_PROT_ALL)  # not mapped yet: any
+            if prot & need:
+                entry.paddr = vaddr
+                entry.perms = prot
+                return True
+        entry.paddr = vaddr | _DENIED
+        entry.perms = UC_PROT_ALL
+        return True
 
     def _map_chunk(self, chunk: int) -> None:
-        """Map one chunk of ELRANGE with the rights its pages have now."""
         encl = self.encl
         assert encl.memory is not None
-        size = self.chunk_size
-        self.uc.mem_map_ptr(chunk, size, UC_PROT_NONE, encl.memory.address + chunk - encl.base)
+        self.uc.mem_map_ptr(chunk, self.chunk_size, UC_PROT_ALL,
+                            encl.memory.address + chunk - encl.base)
         self.chunks.add(chunk)
-        current, old = self.prot, encl.old
-        runs: list[list[int]] = []
-        for page in range(chunk, chunk + size, PAGE_SIZE):
-            prot = 0 if page in old else page_prot(encl, page)
-            if prot:
-                current[page] = prot
-                if runs and runs[-1][1] == page and runs[-1][2] == prot:
-                    runs[-1][1] = page + PAGE_SIZE
-                else:
-                    runs.append([page, page + PAGE_SIZE, prot])
-            else:
-                current.pop(page, None)
-        for start, end, prot in runs:
-            self.uc.mem_protect(start, end - start, prot)
 
     def _on_invalid_memory(self, uc: Uc, access: int, address: int, size: int, value: int,
                            data: object) -> bool:
         kind = _ACCESS.get(access, READ)
         encl = self.encl
+        denied = bool(address & _DENIED)
+        address &= ~_DENIED
         page = address & ~(PAGE_SIZE - 1)
         if encl.in_elrange(address):
             # Mappings are not changed from inside a hook (Unicorn may still
-            # use the region it would split): the run stops, run() fixes
-            # them and goes on from the same instruction (memory faults are
-            # precise).
+            # use the region): the run stops, run() fixes what is missing and
+            # goes on from the same instruction (memory faults are precise).
             with self.machine.lock:
-                # (an access may cross into the next chunk)
-                missing = {a & ~(self.chunk_size - 1) for a in (address, address + size - 1)
-                           if encl.in_elrange(a)} - self.chunks
-                if missing:
-                    self.retry = (sorted(missing), None)
+                if not denied:
+                    # an access may cross into the next chunk
+                    self.retry = (sorted({a & ~(self.chunk_size - 1) for a in (
+                        address, address + size - 1) if encl.in_elrange(a)} - self.chunks),
+                        None)
                     return False
                 if allowed(encl, page, kind):
-                    # The first touch since the accessed bit was cleared, or
-                    # a stale protection: the EPCM changed since our last
-                    # sync (a TLB miss on hardware would see the new entry).
+                    # A stale TLB entry: EPCM changed since it was filled (a
+                    # TLB miss on hardware would see the new entry).
                     self.retry = ([], page)
                     return False
                 code = fault_code(encl, page, kind)
@@ -282,10 +264,11 @@ class UnicornExecutor:
                 return False
             buffer, writable = shared
             pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
-            self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
-                                ctypes.addressof(pinned))
+            prot = PROT_R | (PROT_W if writable else 0)
+            self.uc.mem_map_ptr(page, PAGE_SIZE, prot, ctypes.addressof(pinned))
             self.shared_pages[page] = pinned
-            return True
+            self.untrusted_prot[page] = prot
+            return self._mapped_allows(prot, kind, rip, address)
         fetched = self.untrusted.fetch(page)
         if fetched is None:
             code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
@@ -294,21 +277,25 @@ class UnicornExecutor:
         data_bytes, writable = fetched
         buffer = bytearray(data_bytes)
         pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
-        self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
-                            ctypes.addressof(pinned))
+        prot = PROT_R | (PROT_W if writable else 0)
+        self.uc.mem_map_ptr(page, PAGE_SIZE, prot, ctypes.addressof(pinned))
         self.untrusted_pages[page] = (bytes(data_bytes), buffer, pinned)
-        return True
+        self.untrusted_prot[page] = prot
+        return self._mapped_allows(prot, kind, rip, address)
+
+    def _mapped_allows(self, prot: int, kind: str, rip: int, address: int) -> bool:
+        """After mapping an untrusted page: go on, or the access faults
+        (a write to a read-only page is #PF with P set)."""
+        if prot & _KIND_NEED[kind]:
+            return True
+        code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
+        self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
+        return False
 
     def _fix_mappings(self, chunks: list[int], page: int | None) -> None:
-        """What a stop in _on_invalid_memory asked for: map chunks, or set
-        a page's accessed bit, or bring protections up to date."""
-        encl = self.encl
+        """What a stop in _on_invalid_memory asked for: map chunks of
+        ELRANGE, or drop a stale TLB entry."""
         with self.machine.lock:
-            if page is not None:
-                if page in encl.old:
-                    encl.touch(page)
-                else:
-                    self.generation = -1  # stale: re-read every mapped page
             self.sync()
             for chunk in chunks:
                 self._map_chunk(chunk)
@@ -326,6 +313,8 @@ class UnicornExecutor:
             if changes:
                 untrusted.write_back(page, changes)
             self.uc.mem_unmap(page, PAGE_SIZE)
+            self.untrusted_prot.pop(page, None)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     # events --------------------------------------------------------------
     def _stop_with(self, stop: Stop) -> None:
@@ -377,6 +366,9 @@ class UnicornExecutor:
                 or source[1] != getattr(untrusted, "generation", -1)):
             for page in self.shared_pages:
                 self.uc.mem_unmap(page, PAGE_SIZE)
+                self.untrusted_prot.pop(page, None)
+            if self.shared_pages:
+                self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
             self.shared_pages = {}
             self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
 
