@@ -64,6 +64,9 @@ class EnclaveVM:
         if executor is None or isinstance(executor, str):
             executor = executor_factory(self.machine, executor)
         self.executor_factory: ExecutorFactory = executor
+        self._tracks_access = bool(getattr(executor, "tracks_access", False))
+        # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
+        self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
 
     @property
     def config(self) -> PlatformConfig:
@@ -245,36 +248,42 @@ class EnclaveVM:
         """EENTER: ``registers`` are the application's 20 registers with
         RBX = TCS and RCX = AEP; ``return_rip`` is the address after its ENCLU."""
         thread = self._thread(secs_page, registers[RBX])
-        if thread.encl.old:
+        if self._tracks_access:
             self._touch_thread_pages(thread.encl, registers[RBX])
         return thread.eenter(registers, return_rip, untrusted)
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: UntrustedMemory
                 ) -> EnclaveExit:
         thread = self._thread(secs_page, registers[RBX])
-        if thread.encl.old:
+        if self._tracks_access:
             self._touch_thread_pages(thread.encl, registers[RBX])
         return thread.eresume(registers, untrusted)
 
     def _touch_thread_pages(self, encl: EnclaveState, tcs: int) -> None:
         """EENTER and ERESUME access the TCS and the SSA frames themselves
         (not through the executor): their pages' accessed bits are set."""
-        with self.machine.lock:
-            if tcs not in encl.pages or encl.memory is None:
-                return
-            ossa, _cssa, nssa = _TCS_OSSA_NSSA.unpack_from(encl.memory.view,
-                                                         tcs - encl.base + 16)
-            encl.touch(tcs)
-            frames = min(nssa, _MAX_TOUCHED_SSA) * encl.ssaframesize
-            first = encl.base + (ossa & ~(PAGE_SIZE - 1))
-            for page in range(first, first + frames * PAGE_SIZE, PAGE_SIZE):
-                encl.touch(page)
+        old = encl.old
+        cached = self._thread_pages.get((encl.eid, tcs))
+        if cached is None or cached[0] != encl.generation:
+            with self.machine.lock:
+                if tcs not in encl.pages or encl.memory is None:
+                    return
+                ossa, _cssa, nssa = _TCS_OSSA_NSSA.unpack_from(encl.memory.view,
+                                                             tcs - encl.base + 16)
+                frames = min(nssa, _MAX_TOUCHED_SSA) * encl.ssaframesize
+                first = encl.base + (ossa & ~(PAGE_SIZE - 1))
+                pages = (tcs, *range(first, first + frames * PAGE_SIZE, PAGE_SIZE))
+                cached = self._thread_pages[encl.eid, tcs] = (encl.generation, pages)
+        if any(page in old for page in cached[1]):
+            with self.machine.lock:
+                for page in cached[1]:
+                    encl.touch(page)
 
     def test_and_clear_young(self, secs_page: int, linaddrs: list[int]) -> list[bool] | None:
         """For the driver's reclaimer: whether each page was touched since
         this was last asked for it (and clear that), or None when the
         executor cannot tell (the native one maps pages once)."""
-        if not getattr(self.executor_factory, "tracks_access", False):
+        if not self._tracks_access:
             return None
         with self.machine.lock:
             return encls.secs_of(self.machine, secs_page).age(linaddrs)
