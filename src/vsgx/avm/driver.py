@@ -901,8 +901,9 @@ class SgxDriver:
             if page is not None:
                 if page.epc is None and page.evicted is not None:
                     self._load(encl, page)
-                    return True
-                return False
+                # Resident: another thread brought it in since (the access
+                # is retried, as the kernel's fault handler lets it be).
+                return page.epc is not None
             if encl.deferred.get(linaddr) is not None:
                 self._load_deferred(encl, linaddr)
                 return True
