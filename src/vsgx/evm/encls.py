@@ -594,13 +594,16 @@ def eblock(m: Machine, epc_page: int) -> SgxError:
 def eblock_pages(m: Machine, epc_pages: Sequence[int]) -> list[SgxError | Fault]:
     """EBLOCK of each page in turn; a fault ends the batch (its last result)."""
     results: list[SgxError | Fault] = []
-    entry_of = m.epc.entry
+    epc = m.epc
+    base, end, entries = epc.base, epc.end, epc.entries
     for epc_page in epc_pages:
-        try:
-            entry = entry_of(epc_page)
-        except Fault as fault:
-            results.append(fault)
-            break
+        if epc_page & _PAGE_MASK or not base <= epc_page < end:
+            try:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            except Fault as fault:
+                results.append(fault)
+                break
+        entry = entries[(epc_page - base) >> 12]
         if not entry.valid:
             results.append(SgxError.PG_INVLD)
             continue
@@ -670,7 +673,8 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
     header_of, pcmd_of = EWB_HEADER.pack, _PCMD_EWB.pack
     results: list[tuple[SgxError, EvictedPage | None] | Fault] = []
     append = results.append
-    tracked: dict[tuple[int, int], bool] = {}  # (eid, epoch) -> tracked, for this batch
+    last: EnclaveState | None = None
+    last_epoch = tracked = None
     for epc_page, va_slot in pairs:
         try:
             if epc_page & _PAGE_MASK or not base <= epc_page < end:
@@ -704,16 +708,18 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
             if not entry.blocked:
                 append(_NOT_BLOCKED)
                 continue
-            eid = encl.eid
             epoch = entry.block_epoch
-            done = tracked.get((eid, epoch))
-            if done is None:
-                done = tracked[eid, epoch] = encl.is_tracked(epoch)
-            if not done:
+            if encl is not last or epoch != last_epoch:
+                # what every page of this enclave and epoch needs (a batch is
+                # one of each, mostly): tracking cannot change under the lock
+                last, last_epoch, eid, ebase, view = encl, epoch, encl.eid, encl.base, \
+                    encl.memory.view
+                tracked = encl.is_tracked(epoch)
+            if not tracked:
                 append(_NOT_TRACKED)
                 continue
-            offset = linaddr - encl.base
-            content = encl.memory.view[offset:offset + PAGE_SIZE]
+            offset = linaddr - ebase
+            content = view[offset:offset + PAGE_SIZE]
         flags = (_PT_BITS[pt] | entry.r | entry.w << 1 | entry.x << 2 | entry.pending << 3
                  | entry.modified << 4 | entry.pr << 5)
         version = m.next_version
@@ -785,6 +791,12 @@ def eld_pages(m: Machine, secs_page: int,
             if page_type is _PT_REG or page_type is _PT_TCS or page_type is _PT_TRIM:
                 if secs is None:
                     secs = secs_of(m, secs_page)
+                    # what every page of the batch needs of its enclave
+                    ebase, eend, resident, old = secs.base, secs.base + secs.size, \
+                        secs.pages, secs.old
+                    deferred = secs.deferred if len(secs.deferred) else None
+                    memory = secs.memory
+                    view = memory.view  # type: ignore[union-attr]
                 encl = secs
                 eid = encl.eid
             elif page_type is _PT_VA:
@@ -801,7 +813,7 @@ def eld_pages(m: Machine, secs_page: int,
         # EWB bound a page-aligned LINADDR inside ELRANGE into the MAC: any
         # other LINADDR cannot verify (and must not be written to).
         if not version or (encl is not None and (
-                linaddr & _PAGE_MASK or not encl.base <= linaddr < encl.base + encl.size)):
+                linaddr & _PAGE_MASK or not ebase <= linaddr < eend)):
             append(SgxError.MAC_COMPARE_FAIL)
             continue
         mac = pcmd[_PCMD_MAC:]
@@ -813,8 +825,8 @@ def eld_pages(m: Machine, secs_page: int,
             header = header_of(flags, linaddr, eid)
         else:
             header = paging_header(pcmd[:64], linaddr, eid, pcmd[72:_PCMD_MAC])
-        if encl is None or linaddr in encl.pages or (
-                encl.deferred and encl.deferred.get(linaddr) is not None):
+        if encl is None or linaddr in resident or (
+                deferred is not None and deferred.get(linaddr) is not None):
             # A VA page, or a linear page that is taken: decrypt aside (the
             # MAC is checked before the one-page-per-address refusal).
             page = decrypt_page(cipher, version, header, sealed[:PAGE_SIZE], mac)
@@ -832,11 +844,10 @@ def eld_pages(m: Machine, secs_page: int,
             va_pages[epc_page] = array("Q", page)
             append(_SUCCESS)
             continue
-        memory = encl.memory
-        offset = linaddr - encl.base
+        offset = linaddr - ebase
         memory.reuse(offset)
         if not decrypt_page_into(cipher, version, header, sealed,
-                                 memory.view[offset:offset + PAGE_SIZE]):
+                                 view[offset:offset + PAGE_SIZE]):
             append(SgxError.MAC_COMPARE_FAIL)
             continue
         slots[index] = 0
@@ -849,8 +860,8 @@ def eld_pages(m: Machine, secs_page: int,
         entry.blocked = blocked
         entry.block_epoch = encl.epoch if blocked else -1
         entry.mod_epoch = -1
-        encl.pages[linaddr] = entry
-        encl.old.add(linaddr)  # its accessed bit starts clear
+        resident[linaddr] = entry
+        old.add(linaddr)  # its accessed bit starts clear
         encl.child_count += 1
         encl.note_change(linaddr)
         append(_SUCCESS)
