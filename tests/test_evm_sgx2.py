@@ -142,3 +142,30 @@ def test_emodpr_needs_tracking_before_eaccept(plain):
     plain.put(page, 1)
     assert vm.emodpr(plain.enclave.handle.pages[page].epc, Secinfo(flags=R).pack()) is \
         SgxError.PAGE_NOT_MODIFIABLE
+
+
+def test_a_page_read_before_its_trim_faults_with_0x8005(plain):
+    """The selftest remove_added_page_invalid_access: a page read in an
+    earlier entry, then EMODT to TRIM: the next read is #PF with P|U|SGX
+    (the executor keeps no stale translation of the page's old rights)."""
+    data = plain.symbol("encl_buffer") + 4096
+    assert plain.put(data, 0x5A5A).kind == "eexit"
+    result, value = plain.get(data)
+    assert result.kind == "eexit" and value == 0x5A5A
+    assert plain.enclave.modify_types(data, 4096, PageType.TRIM) == 4096
+    result, _ = plain.get(data)
+    assert result.aex and result.vector == Vector.PF
+    assert result.error_code == 0x8005 and result.address == data
+
+
+def test_a_page_written_before_its_restriction_faults_with_0x8007(plain):
+    """The same for rights going down with EMODPR: a write after RW -> R
+    faults even though the page was written in the entry before."""
+    data = plain.symbol("encl_buffer") + 4096
+    assert plain.put(data, 1).kind == "eexit"
+    assert plain.enclave.restrict_permissions(data, 4096, R) == 4096
+    assert plain.eaccept(data, R | REG | PR)[1] == SgxError.SUCCESS
+    result = plain.put(data, 2)
+    assert result.aex and result.vector == Vector.PF
+    assert result.error_code == 0x8007 and result.address == data
+    assert plain.get(data)[1] == 1

@@ -8,13 +8,28 @@ contents leave the EVM only encrypted by EWB), the reclaimer that pages out
 under EPC pressure, and the fault handler that reloads evicted pages (ELDU)
 and, on SGX2, adds pages on first touch (EAUG). Errors carry the errno the
 kernel's ioctl would return.
+
+The reclaimer (main.c sgx_reclaim_pages): resident pages sit on a clock; the
+hand gives a page whose "young" bit is set a second chance (a page that was
+just faulted in is young: the fault proves the access), and takes up to 16
+others per batch, which are EBLOCKed together, tracked with one ETRACK and
+written out with EWB. Every step of the hand and every leaf is counted
+(``stats``), so the work per eviction can be checked: it does not grow with
+the number of pages.
+
+Uniform pages (a heap of zeros, a stack of 0xCC) that an EVM can add
+without residency (``eadd_uniform``) are *deferred*: hashed into MRENCLAVE at
+their place in the add order, resident in no EPC page and held in no blob,
+until the first touch loads them (``eldu_deferred``) as an evicted page
+would be. The EPC only ever holds what the enclave touches.
 """
 
 from __future__ import annotations
 
 import errno as errnos
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,9 +48,23 @@ from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.secs import Secs
 from vsgx.arch.sigstruct import Sigstruct
 from vsgx.errors import StructureError, VsgxError
+from vsgx.image.plan import PageRunSet
 
 VA_SLOTS = 512
 EINIT_RETRIES = 1000
+# Pages the reclaimer takes per batch (Linux: SGX_NR_TO_SCAN).
+RECLAIM_BATCH = 16
+# Turns of the clock's hand (at most) before candidates are evicted even
+# though the EVM saw them touched.
+_AGING_TURNS = 4
+# Pages added per call to the EVM (one message per batch on a channel).
+ADD_BATCH = 256
+# How long the reclaimer waits for threads inside an enclave to leave after
+# the "IPI" before it gives up on a batch (seconds).
+TRACKING_WAIT = 2.0
+# What one evicted page costs the AVM to hold: ciphertext, MAC, PCMD and
+# the records around them.
+EVICTED_PAGE_BYTES = PAGE_SIZE + 16 + 128 + 200
 
 
 class DriverError(VsgxError):
@@ -53,7 +82,11 @@ class EnclaveLost(VsgxError):
 
 class Evm(Protocol):
     """What the driver needs from the enclave VM (in-process: the EnclaveVM
-    itself; remote: the channel client, which has the same methods)."""
+    itself; remote: the channel client, which has the same methods).
+
+    Optional batch methods, used when the EVM has them (see
+    vsgx.evm.vm.EnclaveVM): eadd_pages, eadd_uniform, eldu_deferred,
+    eblock_pages, ewb_pages, eldu_pages."""
 
     def cpuid(self) -> Any: ...
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None: ...
@@ -77,15 +110,21 @@ class Evm(Protocol):
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Evicted:
-    ciphertext: bytes
+    # The ciphertext, or EWB's sealed form (ciphertext then MAC) from an
+    # in-process EVM, which ELDU takes back without a copy.
+    blob: bytes
     pcmd: bytes
     va_page: int
     va_index: int
 
+    @property
+    def ciphertext(self) -> bytes:
+        return self.blob[:PAGE_SIZE]
 
-@dataclass
+
+@dataclass(slots=True)
 class EnclavePage:
     """The driver's record of one enclave page (sgx_encl_page)."""
 
@@ -94,6 +133,10 @@ class EnclavePage:
     vm_max_prot: int
     epc: int | None = None
     evicted: Evicted | None = None
+    young: bool = False  # accessed since the clock hand last passed
+    ticket: int = 0  # its place on the clock (0: not on it)
+    loads: int = 0  # times it was brought (back) into the EPC after its add
+    hot: bool = False  # the EVM saw it touched when the hand last met it
 
 
 @dataclass
@@ -109,6 +152,8 @@ class DriverEnclave:
     initialized: bool = False
     destroyed: bool = False
     pages: dict[int, EnclavePage] = field(default_factory=dict)
+    # pages added but not resident anywhere yet: linaddr -> (type, vm_max_prot)
+    deferred: PageRunSet = field(default_factory=PageRunSet)
     lock: threading.RLock = field(default_factory=threading.RLock)
     provision_allowed: bool = False
     # False when the loader maps the pages it did not add PROT_NONE (Intel's
@@ -122,9 +167,28 @@ class DriverEnclave:
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
 
+    def __hash__(self) -> int:
+        return self.secs_page
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def available_memory() -> int | None:
+    """Bytes this host can still give the AVM (MemAvailable), if it says."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
 
 class SgxDriver:
-    def __init__(self, evm: Evm, *, augment_on_fault: bool = True):
+    def __init__(self, evm: Evm, *, augment_on_fault: bool = True,
+                 evicted_limit: int | None = None):
         self.evm = evm
         cpuid = evm.cpuid()
         if not cpuid.epc_sections:
@@ -137,106 +201,378 @@ class SgxDriver:
         self._free = list(range(section.base + section.size - PAGE_SIZE, section.base - 1,
                                 -PAGE_SIZE))
         self._lock = threading.RLock()
-        # Reclaimable pages in LRU order: (enclave, linaddr)
-        self._lru: OrderedDict[tuple[int, int], DriverEnclave] = OrderedDict()
+        # Resident, reclaimable pages: (ticket, page, enclave), hand at the left.
+        self._clock: deque[tuple[int, EnclavePage, DriverEnclave]] = deque()
+        self._on_clock = 0
+        self._next_ticket = 1
+        # VA pages: their free slots, and the pages that have any free.
         self._va_free: dict[int, list[int]] = {}
+        self._va_with_free: list[int] = []
         self._va_capacity = 0
         self._pages_needing_va = 0
         self.enclaves: dict[int, DriverEnclave] = {}
+        # Evicted pages the AVM holds at most (their blobs live in its memory).
+        if evicted_limit is None:
+            memory = available_memory()
+            evicted_limit = (memory * 3 // 4 // EVICTED_PAGE_BYTES) if memory else 1 << 30
+        self.evicted_limit = evicted_limit
+        self.evicted_pages = 0
         self.evictions = 0
         self.reloads = 0
+        self.deferred_loads = 0
+        # Counted work: leaves sent ("eblock" counts pages, "eblock_calls"
+        # calls), clock hand steps, reclaim batches.
+        self.stats: Counter[str] = Counter()
+        self._batch = all(hasattr(evm, name) for name in (
+            "eadd_pages", "eadd_uniform", "eldu_deferred", "eblock_pages", "ewb_pages",
+            "eldu_pages"))
 
     @property
     def free_epc_pages(self) -> int:
         return len(self._free)
 
+    @property
+    def reclaimable_pages(self) -> int:
+        return self._on_clock
+
+    @property
+    def epc_pages(self) -> int:
+        return self.epc_size // PAGE_SIZE
+
+    @property
+    def defers(self) -> bool:
+        """True when the EVM can hold added pages without residency."""
+        return self._batch
+
     # -- EPC allocation and reclaim -------------------------------------------
     def _alloc_epc(self, reclaim: bool = True) -> int:
         with self._lock:
             while not self._free:
-                if not reclaim or not self._reclaim_one():
-                    raise DriverError(errnos.ENOMEM, "no free EPC page and nothing to reclaim")
+                if not reclaim or not self._reclaim(RECLAIM_BATCH):
+                    raise DriverError(errnos.ENOMEM, self._exhausted())
             return self._free.pop()
+
+    def _exhausted(self) -> str:
+        return (f"no free EPC page and nothing to reclaim (EPC {self.epc_pages} pages, "
+                f"{self._on_clock} reclaimable, {self.evicted_pages} evicted of at most "
+                f"{self.evicted_limit} the AVM may hold)")
 
     def _free_epc(self, address: int) -> None:
         with self._lock:
             self._free.append(address)
 
-    def _va_slot(self) -> tuple[int, int]:
+    def _take_va_slot(self) -> tuple[int, int]:
         """A free VA slot (there is one for every enclave page: see _reserve_va)."""
-        for page, slots in self._va_free.items():
+        while self._va_with_free:
+            page = self._va_with_free[-1]
+            slots = self._va_free[page]
             if slots:
-                return page, slots.pop()
+                index = slots.pop()
+                if not slots:
+                    self._va_with_free.pop()
+                return page, index
+            self._va_with_free.pop()
         raise DriverError(errnos.ENOMEM, "no free VA slot")
 
-    def _reserve_va(self) -> None:
-        """Keep a VA slot for every enclave page, so that eviction never needs
-        an EPC page (Linux adds a VA page every 512 enclave pages)."""
-        with self._lock:
-            self._pages_needing_va += 1
-            if self._pages_needing_va <= self._va_capacity:
-                return
-            page = self._alloc_epc()
-            self.evm.epa(page)
-            self._va_free[page] = list(range(VA_SLOTS - 1, -1, -1))
-            self._va_capacity += VA_SLOTS
+    # The name the tests and benchmarks have used for it.
+    _va_slot = _take_va_slot
 
-    def _release_va(self) -> None:
-        with self._lock:
-            self._pages_needing_va -= 1
+    def _give_va_slot(self, page: int, index: int) -> None:
+        slots = self._va_free[page]
+        if not slots:
+            self._va_with_free.append(page)
+        slots.append(index)
 
-    def _reclaim_one(self) -> bool:
-        """EBLOCK, ETRACK and EWB the least recently added page (main.c)."""
-        for key in list(self._lru):
-            encl = self._lru.pop(key)
-            page = encl.pages.get(key[1])
-            if encl.destroyed or page is None or page.epc is None:
+    def _reserve_va(self, count: int = 1) -> None:
+        """Keep a VA slot for every enclave page that can be evicted, so that
+        eviction never needs an EPC page (Linux adds a VA page every 512
+        enclave pages)."""
+        with self._lock:
+            self._pages_needing_va += count
+            while self._pages_needing_va > self._va_capacity:
+                try:
+                    page = self._alloc_epc()
+                    self.evm.epa(page)
+                except (DriverError, Fault):
+                    self._pages_needing_va -= count
+                    raise
+                self.stats["epa"] += 1
+                self._va_free[page] = list(range(VA_SLOTS - 1, -1, -1))
+                self._va_with_free.append(page)
+                self._va_capacity += VA_SLOTS
+
+    def _release_va(self, count: int = 1) -> None:
+        with self._lock:
+            self._pages_needing_va -= count
+
+    def _shrink_va(self) -> None:
+        """EREMOVE VA pages with no slot in use that no page needs any more
+        (Linux frees an enclave's VA pages with it)."""
+        with self._lock:
+            for page, slots in list(self._va_free.items()):
+                if self._va_capacity - VA_SLOTS < self._pages_needing_va:
+                    break
+                if len(slots) != VA_SLOTS:
+                    continue
+                self.evm.eremove(page)
+                del self._va_free[page]
+                if page in self._va_with_free:
+                    self._va_with_free.remove(page)
+                self._va_capacity -= VA_SLOTS
+                self._free.append(page)
+
+    def _on_the_clock(self, encl: DriverEnclave, page: EnclavePage, young: bool) -> None:
+        ticket = self._next_ticket
+        self._next_ticket = ticket + 1
+        page.ticket = ticket
+        page.young = young
+        self._clock.append((ticket, page, encl))
+        self._on_clock += 1
+
+    def _off_the_clock(self, page: EnclavePage) -> None:
+        """Take a page off the clock (its entry goes when the hand meets it)."""
+        if page.ticket:
+            page.ticket = 0
+            self._on_clock -= 1
+            if len(self._clock) > 2 * self._on_clock + 64:
+                self._clock = deque(e for e in self._clock if e[1].ticket == e[0])
+
+    def _reclaim(self, want: int) -> int:
+        """Evict up to ``want`` pages; the number evicted.
+
+        The hand passes pages whose young bit is set (clearing it) and takes
+        the others as candidates; the EVM then says which of the candidates
+        were touched since their accessed bit was last cleared (and clears
+        the bits of all the pages the hand met, as the kernel's reclaimer
+        does with ptep_test_and_clear_young). Touched candidates get
+        another turn, and those touched at the meeting before one more."""
+        with self._lock:
+            clock = self._clock
+            chosen: dict[DriverEnclave, list[EnclavePage]] = {}
+            taken = 0
+            # A page the hand meets loses a state each time nobody touched it
+            # (young -> hot -> cold -> out), so a few turns always find pages;
+            # only threads that touch everything between meetings could keep
+            # the hand going, and past this many steps it stops giving turns.
+            steps = _AGING_TURNS * len(clock) + want
+            while taken < want and clock:
+                last = steps <= 0
+                passed: dict[DriverEnclave, list[EnclavePage]] = {}
+                tested: dict[DriverEnclave, list[EnclavePage]] = {}
+                found = taken
+                while found < want and clock and (steps > 0 or last):
+                    steps -= 1
+                    self.stats["clock_steps"] += 1
+                    ticket, page, encl = clock.popleft()
+                    if page.ticket != ticket:
+                        continue  # removed, evicted or moved since
+                    if page.young and not encl.destroyed:
+                        page.young = False
+                        clock.append((ticket, page, encl))
+                        passed.setdefault(encl, []).append(page)
+                        continue
+                    page.ticket = 0
+                    self._on_clock -= 1
+                    if encl.destroyed or page.epc is None:
+                        continue
+                    tested.setdefault(encl, []).append(page)
+                    found += 1
+                for encl in {**passed, **tested}:
+                    candidates = tested.get(encl, [])
+                    met = passed.get(encl, []) + candidates
+                    touched = self._test_and_clear_young(encl, met)
+                    for page, young in zip(candidates, touched[len(met) - len(candidates):],
+                                           strict=True):
+                        # Touched since the last meeting: hot, another turn. Hot
+                        # but untouched: one more turn (the hand may come round
+                        # again at once, before anything could touch it).
+                        if not last and (young or page.hot):
+                            page.hot = young
+                            self._on_the_clock(encl, page, False)
+                            continue
+                        chosen.setdefault(encl, []).append(page)
+                        taken += 1
+                if last:
+                    break
+            if not chosen:
+                return 0
+            if self.evicted_pages + taken > self.evicted_limit:
+                for encl, pages in chosen.items():
+                    for page in pages:
+                        self._on_the_clock(encl, page, False)
+                return 0
+            self.stats["reclaim_batches"] += 1
+            done = 0
+            for encl, pages in chosen.items():
+                with encl.lock:
+                    done += self._evict_batch(encl, pages)
+            return done
+
+    def _test_and_clear_young(self, encl: DriverEnclave, pages: list[EnclavePage]
+                              ) -> list[bool]:
+        """The pages' accessed bits from the EVM (cleared there); all False
+        when it cannot tell, so the clock goes by young bits alone."""
+        ask = getattr(self.evm, "test_and_clear_young", None)
+        touched = None
+        if ask is not None and pages and not encl.destroyed:
+            self.stats["young_tested"] += len(pages)
+            touched = ask(encl.secs_page, [page.linaddr for page in pages])
+        return touched if touched is not None else [False] * len(pages)
+
+    def _evict_batch(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
+        """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages)."""
+        pages = [p for p in pages if p.epc is not None]
+        statuses = self._eblock([p.epc for p in pages])  # type: ignore[misc]
+        blocked = []
+        for page, status in zip(pages, statuses, strict=False):
+            if status in (SgxError.SUCCESS, SgxError.BLKSTATE):
+                blocked.append(page)
+            else:
+                self._on_the_clock(encl, page, False)
+        for page in pages[len(statuses):]:
+            self._on_the_clock(encl, page, False)
+        if not blocked:
+            return 0
+        slots = [self._take_va_slot() for _ in blocked]
+        self._etrack(encl)
+        results = self._ewb([(p.epc, va + 8 * i) for p, (va, i)  # type: ignore[misc]
+                             in zip(blocked, slots, strict=True)])
+        retry = [n for n, r in enumerate(results)
+                 if not isinstance(r, Fault) and r[0] is SgxError.NOT_TRACKED]
+        if retry and self._complete_tracking(encl):
+            again = self._ewb([(blocked[n].epc, slots[n][0] + 8 * slots[n][1])  # type: ignore[misc]
+                               for n in retry])
+            for n, result in zip(retry, again, strict=False):
+                results[n] = result
+            for n in retry[len(again):]:
+                results[n] = (SgxError.NOT_TRACKED, None)
+        done = 0
+        for n, page in enumerate(blocked):
+            result = results[n] if n < len(results) else None
+            va_page, va_index = slots[n]
+            if (result is None or isinstance(result, Fault) or result[1] is None
+                    or result[0] not in (SgxError.SUCCESS, SgxError.VA_SLOT_OCCUPIED)):
+                self._give_va_slot(va_page, va_index)
+                self._on_the_clock(encl, page, False)
                 continue
-            with encl.lock:
-                if self._evict(encl, page):
-                    return True
-        return False
+            blob = result[1]
+            self._free.append(page.epc)  # type: ignore[arg-type]
+            page.epc = None
+            page.evicted = Evicted(getattr(blob, "sealed", None) or blob.ciphertext, blob.pcmd,
+                                   va_page, va_index)
+            self.evicted_pages += 1
+            self.evictions += 1
+            done += 1
+        return done
+
+    def _eblock(self, epcs: list[int]) -> list[Any]:
+        self.stats["eblock"] += len(epcs)
+        self.stats["eblock_calls"] += 1
+        if self._batch:
+            return self.evm.eblock_pages(epcs)  # type: ignore[attr-defined]
+        results: list[Any] = []
+        for epc in epcs:
+            try:
+                results.append(self.evm.eblock(epc))
+            except Fault as fault:
+                results.append(fault)
+                break
+        return results
+
+    def _ewb(self, pairs: list[tuple[int, int]]) -> list[Any]:
+        self.stats["ewb"] += len(pairs)
+        self.stats["ewb_calls"] += 1
+        if self._batch:
+            return self.evm.ewb_pages(pairs)  # type: ignore[attr-defined]
+        results: list[Any] = []
+        for epc, slot in pairs:
+            try:
+                results.append(self.evm.ewb(epc, slot))
+            except Fault as fault:
+                results.append(fault)
+                break
+        return results
+
+    def _etrack(self, encl: DriverEnclave) -> SgxError:
+        self.stats["etrack"] += 1
+        return self.evm.etrack(encl.secs_page)
+
+    def _complete_tracking(self, encl: DriverEnclave) -> bool:
+        """After an ETRACK that threads inside kept from completing: the
+        IPI (every thread inside takes an AEX), then ETRACK until it holds."""
+        deadline = time.monotonic() + TRACKING_WAIT
+        while True:
+            self.stats["kick"] += 1
+            self.evm.kick(encl.secs_page)
+            if self._etrack(encl) is SgxError.SUCCESS:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
 
     def _evict(self, encl: DriverEnclave, page: EnclavePage) -> bool:
-        assert page.epc is not None
-        evm = self.evm
-        status = evm.eblock(page.epc)
-        if status not in (SgxError.SUCCESS, SgxError.BLKSTATE):
-            return False
-        va_page, va_index = self._va_slot()
-        slot = va_page + 8 * va_index
-        result, blob = evm.ewb(page.epc, slot)
-        if result is SgxError.NOT_TRACKED:
-            evm.etrack(encl.secs_page)
-            result, blob = evm.ewb(page.epc, slot)
-            if result is SgxError.NOT_TRACKED:
-                evm.kick(encl.secs_page)  # the IPI: threads inside take an AEX
-                evm.etrack(encl.secs_page)
-                result, blob = evm.ewb(page.epc, slot)
-        if result not in (SgxError.SUCCESS, SgxError.VA_SLOT_OCCUPIED) or blob is None:
-            self._va_free[va_page].append(va_index)
-            return False
-        self._free.append(page.epc)
-        page.epc = None
-        page.evicted = Evicted(blob.ciphertext, blob.pcmd, va_page, va_index)
-        self.evictions += 1
-        return True
+        """Evict one page now (off the clock's order)."""
+        with self._lock, encl.lock:
+            if page.epc is None:
+                return False
+            self._off_the_clock(page)
+            return self._evict_batch(encl, [page]) == 1
 
     def _load(self, encl: DriverEnclave, page: EnclavePage) -> None:
         """ELDU an evicted page back (encl.c __sgx_encl_eldu)."""
         evicted = page.evicted
         assert evicted is not None
         epc = self._alloc_epc()
-        status = self.evm.eldu(epc, evicted.va_page + 8 * evicted.va_index, encl.secs_page,
-                               page.linaddr, evicted.ciphertext, evicted.pcmd)
+        self.stats["eldu"] += 1
+        slot = evicted.va_page + 8 * evicted.va_index
+        try:
+            if self._batch:
+                status = self.evm.eldu_pages(encl.secs_page, [  # type: ignore[attr-defined]
+                    (epc, slot, page.linaddr, evicted.blob, evicted.pcmd)])[0]
+                if isinstance(status, Fault):
+                    raise status
+            else:
+                status = self.evm.eldu(epc, slot, encl.secs_page, page.linaddr,
+                                       evicted.ciphertext, evicted.pcmd)
+        except Fault as fault:
+            self._free_epc(epc)
+            raise DriverError(errnos.EFAULT, f"ELDU faulted: {fault}") from None
         if status is not SgxError.SUCCESS:
             self._free_epc(epc)
             raise DriverError(errnos.EFAULT, f"ELDU failed: {status.name}", status)
-        self._va_free[evicted.va_page].append(evicted.va_index)
+        self._give_va_slot(evicted.va_page, evicted.va_index)
         page.epc = epc
         page.evicted = None
-        self._lru[(encl.secs_page, page.linaddr)] = encl
+        page.loads += 1
+        self.evicted_pages -= 1
+        self._on_the_clock(encl, page, True)
         self.reloads += 1
+
+    def _load_deferred(self, encl: DriverEnclave, linaddr: int) -> EnclavePage:
+        """Give a deferred page its EPC page (its first touch)."""
+        info = encl.deferred.get(linaddr)
+        assert info is not None
+        page_type, max_prot = info  # type: ignore[misc]
+        with self._lock:
+            self._reserve_va()
+            try:
+                epc = self._alloc_epc()
+            except DriverError:
+                self._release_va()
+                raise
+        self.stats["eldu_deferred"] += 1
+        try:
+            self.evm.eldu_deferred(epc, encl.secs_page, linaddr)  # type: ignore[attr-defined]
+        except Fault as fault:
+            self._free_epc(epc)
+            self._release_va()
+            raise DriverError(errnos.EFAULT, f"loading a deferred page faulted: {fault}") from None
+        encl.deferred.take(linaddr)
+        page = EnclavePage(linaddr, page_type, max_prot, epc, loads=1)
+        encl.pages[linaddr] = page
+        self._on_the_clock(encl, page, True)
+        self.deferred_loads += 1
+        return page
 
     def _resident(self, encl: DriverEnclave, page: EnclavePage) -> int:
         if page.epc is None:
@@ -267,12 +603,11 @@ class SgxDriver:
             raise DriverError(errnos.EINVAL, "offset/length are not page aligned inside the "
                                              "enclave")
 
-    def add_pages(self, encl: DriverEnclave, offset: int, source: bytes, secinfo: bytes,
-                  measure: bool) -> int:
-        """Add ``source`` (whole pages) at ``offset``; returns bytes added."""
+    def _check_add(self, encl: DriverEnclave, offset: int, length: int,
+                   secinfo: bytes) -> Secinfo:
         if encl.initialized or encl.destroyed:
             raise DriverError(errnos.EINVAL, "the enclave is initialized or gone")
-        self._check_range(encl, offset, len(source))
+        self._check_range(encl, offset, length)
         try:
             info = Secinfo.unpack(secinfo)
         except StructureError as exc:
@@ -284,32 +619,121 @@ class SgxDriver:
             raise DriverError(errnos.EINVAL, "a writable page must be readable")
         if info.page_type == PageType.TCS and perms:
             raise DriverError(errnos.EINVAL, "a TCS page takes no permissions")
+        first = encl.base + offset
+        count = length // PAGE_SIZE
+        taken = encl.pages if count > len(encl.pages) else None
+        if taken is not None:
+            clash = next((p for p in taken if first <= p < first + length), None)
+        else:
+            clash = next((p for p in range(first, first + length, PAGE_SIZE)
+                          if p in encl.pages), None)
+        if clash is None and encl.deferred.overlaps(first, count):
+            clash = next(iter(encl.deferred.pages_in(first, count)))
+        if clash is not None:
+            raise DriverError(errnos.EBUSY, f"page {clash:#x} is already added")
+        return info
+
+    def add_pages(self, encl: DriverEnclave, offset: int, source: bytes, secinfo: bytes,
+                  measure: bool) -> int:
+        """Add ``source`` (whole pages) at ``offset``; returns bytes added.
+        A source that is one 32-bit pattern throughout is added as a
+        uniform run (and may be deferred)."""
+        info = self._check_add(encl, offset, len(source), secinfo)
+        count = len(source) // PAGE_SIZE
+        if self._batch and info.page_type == PageType.REG and source[:4] * (
+                len(source) // 4) == source:
+            return self.add_uniform_pages(encl, offset, count,
+                                          int.from_bytes(source[:4], "little"), secinfo, measure)
+        return self._add_resident(encl, offset, source, info, secinfo, measure)
+
+    def _add_resident(self, encl: DriverEnclave, offset: int, source: bytes, info: Secinfo,
+                      secinfo: bytes, measure: bool) -> int:
+        """EADD pages that get an EPC page each now (evicting others if need be)."""
+        count = len(source) // PAGE_SIZE
+        max_prot = 0x3 if info.page_type == PageType.TCS else info.flags & 0x7
+        batch = ADD_BATCH if self._batch and info.page_type == PageType.REG else 1
         done = 0
         with encl.lock:
-            for position in range(0, len(source), PAGE_SIZE):
-                linaddr = encl.base + offset + position
-                if linaddr in encl.pages:
-                    raise DriverError(errnos.EBUSY, f"page {linaddr:#x} is already added")
-                self._reserve_va()
+            for first in range(0, count, batch):
+                n = min(batch, count - first)
+                self._reserve_va(n)
+                epcs: list[int] = []
                 try:
-                    epc = self._alloc_epc()
+                    for _ in range(n):
+                        epcs.append(self._alloc_epc())
                 except DriverError:
-                    self._release_va()
+                    for epc in epcs:
+                        self._free_epc(epc)
+                    self._release_va(n)
                     raise
+                linaddr = encl.base + offset + first * PAGE_SIZE
+                chunk = bytes(source[first * PAGE_SIZE:(first + n) * PAGE_SIZE])
                 try:
-                    self.evm.eadd(epc, encl.secs_page, linaddr,
-                                  bytes(source[position:position + PAGE_SIZE]), secinfo,
-                                  measure=measure)
+                    if batch > 1:
+                        self.evm.eadd_pages(epcs, encl.secs_page, linaddr,  # type: ignore[attr-defined]
+                                            chunk, secinfo, measure)
+                    else:
+                        self.evm.eadd(epcs[0], encl.secs_page, linaddr, chunk, secinfo,
+                                      measure=measure)
                 except Fault as fault:
-                    self.evm.eremove(epc)
-                    self._free_epc(epc)
-                    self._release_va()
+                    for epc in epcs:
+                        self.evm.eremove(epc)
+                        self._free_epc(epc)
+                    self._release_va(n)
                     raise DriverError(errnos.EIO, f"EADD/EEXTEND faulted: {fault}") from None
-                max_prot = 0x3 if info.page_type == PageType.TCS else perms
-                encl.pages[linaddr] = EnclavePage(linaddr, info.page_type, max_prot, epc)
-                self._lru[(encl.secs_page, linaddr)] = encl
-                done += PAGE_SIZE
+                self.stats["eadd"] += n
+                for index, epc in enumerate(epcs):
+                    page = EnclavePage(linaddr + index * PAGE_SIZE, info.page_type, max_prot, epc)
+                    encl.pages[page.linaddr] = page
+                    self._on_the_clock(encl, page, False)
+                done += n * PAGE_SIZE
         return done
+
+    def add_uniform_pages(self, encl: DriverEnclave, offset: int, count: int, fill: int,
+                          secinfo: bytes, measure: bool, resident: int | None = None) -> int:
+        """Add ``count`` pages whose every 32-bit word is ``fill``. Pages get
+        an EPC page now while free ones are left (at most ``resident`` of
+        them); the rest are deferred until first touched. Without an EVM
+        that defers, every page is added as add_pages would."""
+        info = self._check_add(encl, offset, count * PAGE_SIZE, secinfo)
+        page = (fill & 0xFFFFFFFF).to_bytes(4, "little") * (PAGE_SIZE // 4)
+        if not self._batch or info.page_type != PageType.REG:
+            done = 0
+            for first in range(0, count, ADD_BATCH):
+                n = min(ADD_BATCH, count - first)
+                done += self._add_resident(encl, offset + first * PAGE_SIZE, page * n, info,
+                                           secinfo, measure)
+            return done
+        max_prot = info.flags & 0x7
+        linaddr = encl.base + offset
+        with encl.lock, self._lock:
+            # Only free pages, never an eviction; room kept for the VA pages.
+            room = max(0, len(self._free) - RECLAIM_BATCH)
+            room = room * VA_SLOTS // (VA_SLOTS + 1)
+            now = min(count, room if resident is None else min(room, resident))
+            if now:
+                self._reserve_va(now)
+                if len(self._free) < now:
+                    self._release_va(now - len(self._free))
+                    now = len(self._free)
+            epcs = [self._free.pop() for _ in range(now)]
+            try:
+                self.evm.eadd_uniform(encl.secs_page, linaddr, count, secinfo,  # type: ignore[attr-defined]
+                                      fill & 0xFFFFFFFF, measure, epcs)
+            except Fault as fault:
+                self._free.extend(reversed(epcs))
+                self._release_va(now)
+                raise DriverError(errnos.EIO, f"EADD/EEXTEND faulted: {fault}") from None
+            self.stats["eadd"] += now
+            self.stats["eadd_deferred"] += count - now
+            for index, epc in enumerate(epcs):
+                record = EnclavePage(linaddr + index * PAGE_SIZE, PageType.REG, max_prot, epc)
+                encl.pages[record.linaddr] = record
+                self._on_the_clock(encl, record, False)
+            if now < count:
+                encl.deferred.add(linaddr + now * PAGE_SIZE, count - now,
+                                  (int(PageType.REG), max_prot))
+        return count * PAGE_SIZE
 
     # -- ENCLAVE_INIT ------------------------------------------------------------
     def provision(self, encl: DriverEnclave) -> None:
@@ -351,14 +775,14 @@ class SgxDriver:
             raise DriverError(errnos.EINVAL, "the enclave is not initialized")
 
     def _track(self, encl: DriverEnclave) -> None:
-        if self.evm.etrack(encl.secs_page) is not SgxError.SUCCESS:
-            self.evm.kick(encl.secs_page)
-            if self.evm.etrack(encl.secs_page) is not SgxError.SUCCESS:
-                raise DriverError(errnos.EFAULT, "ETRACK did not complete")
+        if self._etrack(encl) is not SgxError.SUCCESS and not self._complete_tracking(encl):
+            raise DriverError(errnos.EFAULT, "ETRACK did not complete")
 
     def _page_at(self, encl: DriverEnclave, linaddr: int) -> EnclavePage:
         page = encl.pages.get(linaddr)
         if page is None:
+            if encl.deferred.get(linaddr) is not None:
+                return self._load_deferred(encl, linaddr)
             raise DriverError(errnos.EFAULT, f"no enclave page at {linaddr:#x}")
         return page
 
@@ -388,6 +812,7 @@ class SgxDriver:
             status = leaf(self._resident(encl, page), secinfo)
         except Fault as fault:
             raise DriverError(errnos.EFAULT, f"{name} faulted: {fault}") from None
+        self.stats[name.lower()] += 1
         if status is not SgxError.SUCCESS:
             raise DriverError(errnos.EFAULT, f"{name}: {status.name}", status)
 
@@ -437,9 +862,10 @@ class SgxDriver:
                 except Fault:
                     pass
                 self.evm.eremove(epc)
+                self.stats["eremove"] += 1
                 self._free_epc(epc)
                 del encl.pages[linaddr]
-                self._lru.pop((encl.secs_page, linaddr), None)
+                self._off_the_clock(page)
                 self._release_va()
                 done += PAGE_SIZE
         return done
@@ -449,11 +875,20 @@ class SgxDriver:
         """mprotect() on the enclave mapping: never above a page's vm_max_prot."""
         if address % PAGE_SIZE or length % PAGE_SIZE or not encl.contains(address):
             raise DriverError(errnos.EINVAL, "mprotect range is not aligned inside ELRANGE")
-        for page in range(address, address + length, PAGE_SIZE):
-            record = encl.pages.get(page)
+        count = length // PAGE_SIZE
+        if count <= len(encl.pages):
+            records = (encl.pages.get(p) for p in range(address, address + length, PAGE_SIZE))
+        else:
+            records = (r for p, r in encl.pages.items() if address <= p < address + length)
+        for record in records:
             if record is not None and prot & ~record.vm_max_prot:
-                raise DriverError(errnos.EACCES, f"page {page:#x} may not become {prot:#x}")
-        self.evm.set_page_protection(encl.secs_page, address, length // PAGE_SIZE, prot)
+                raise DriverError(errnos.EACCES, f"page {record.linaddr:#x} may not become "
+                                                 f"{prot:#x}")
+        for _page_type, max_prot in encl.deferred.values_in(address, count):  # type: ignore[misc]
+            if prot & ~max_prot:
+                raise DriverError(errnos.EACCES, f"pages in {address:#x}+{length:#x} may not "
+                                                 f"become {prot:#x}")
+        self.evm.set_page_protection(encl.secs_page, address, count, prot)
 
     # -- faults (sgx_vma_fault) --------------------------------------------------
     def handle_fault(self, encl: DriverEnclave, address: int, error_code: int) -> bool:
@@ -466,34 +901,49 @@ class SgxDriver:
             if page is not None:
                 if page.epc is None and page.evicted is not None:
                     self._load(encl, page)
-                    return True
-                return False
+                # Resident: another thread brought it in since (the access
+                # is retried, as the kernel's fault handler lets it be).
+                return page.epc is not None
+            if encl.deferred.get(linaddr) is not None:
+                self._load_deferred(encl, linaddr)
+                return True
             if not (self.sgx2 and self.augment_on_fault and encl.initialized
                     and encl.holes_accessible):
                 return False
             self._reserve_va()
-            epc = self._alloc_epc()
+            try:
+                epc = self._alloc_epc()
+            except DriverError:
+                self._release_va()
+                raise
             try:
                 self.evm.eaug(epc, encl.secs_page, linaddr)
             except Fault:
                 self._free_epc(epc)
                 self._release_va()
                 return False
-            encl.pages[linaddr] = EnclavePage(linaddr, PageType.REG, 0x7, epc)
-            self._lru[(encl.secs_page, linaddr)] = encl
+            self.stats["eaug"] += 1
+            page = EnclavePage(linaddr, PageType.REG, 0x7, epc)
+            encl.pages[linaddr] = page
+            self._on_the_clock(encl, page, True)
             return True
 
     # -- entering ---------------------------------------------------------------
     def _reload_for(self, encl: DriverEnclave, fault: Fault) -> bool:
-        """An EENTER/ERESUME faulted on an evicted TCS or SSA page: reload it."""
+        """An EENTER/ERESUME faulted on an evicted (or deferred) TCS or SSA
+        page: bring it in."""
         if fault.vector != Vector.PF:
             return False
-        page = encl.pages.get(fault.address & ~(PAGE_SIZE - 1))
-        if page is None or page.evicted is None:
-            return False
+        linaddr = fault.address & ~(PAGE_SIZE - 1)
         with encl.lock:
-            self._load(encl, page)
-        return True
+            page = encl.pages.get(linaddr)
+            if page is not None and page.evicted is not None:
+                self._load(encl, page)
+                return True
+            if page is None and encl.deferred.get(linaddr) is not None:
+                self._load_deferred(encl, linaddr)
+                return True
+        return False
 
     def enter(self, encl: DriverEnclave, leaf: int, registers: list[int], return_rip: int,
               memory: Any) -> Any:
@@ -525,20 +975,24 @@ class SgxDriver:
     # -- teardown -----------------------------------------------------------------
     def destroy(self, encl: DriverEnclave) -> None:
         """Release an enclave (closing /dev/sgx_enclave): EREMOVE everything."""
-        with encl.lock:
+        with self._lock, encl.lock:
             if encl.destroyed:
                 return
             encl.destroyed = True
+            needing_va = 0
             for page in encl.pages.values():
                 if page.epc is not None:
                     self.evm.eremove(page.epc)
                     self._free_epc(page.epc)
                 elif page.evicted is not None:
-                    self._va_free[page.evicted.va_page].append(page.evicted.va_index)
-                self._lru.pop((encl.secs_page, page.linaddr), None)
-                self._release_va()
+                    self._give_va_slot(page.evicted.va_page, page.evicted.va_index)
+                    self.evicted_pages -= 1
+                self._off_the_clock(page)
+                needing_va += 1
+            self._release_va(needing_va)
             encl.pages.clear()
+            encl.deferred.clear()
             self.evm.eremove(encl.secs_page)
             self._free_epc(encl.secs_page)
-            with self._lock:
-                self.enclaves.pop(encl.secs_page, None)
+            self.enclaves.pop(encl.secs_page, None)
+            self._shrink_va()

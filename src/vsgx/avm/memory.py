@@ -78,12 +78,25 @@ class AddressSpace:
     def free(self, address: int, size: int) -> None:
         self.unmap(address, size)
 
+    def _enclave_base(self, size: int) -> int:
+        base = (self._next_enclave + size - 1) & ~(size - 1)
+        if base + size > ADDRESS_LIMIT:
+            room = max(0, ADDRESS_LIMIT - ((self._next_enclave + PAGE_SIZE - 1)
+                                           & ~(PAGE_SIZE - 1)))
+            raise UnmappedMemory(f"no room in the application's address space for an "
+                                 f"ELRANGE of {size >> 20:,} MiB aligned to its size "
+                                 f"({room >> 20:,} MiB are left above {ENCLAVE_REGION:#x})")
+        return base
+
+    def check_enclave_range(self, size: int) -> None:
+        """Raise UnmappedMemory now if reserve_enclave_range(size) would."""
+        with self._lock:
+            self._enclave_base(size)
+
     def reserve_enclave_range(self, size: int) -> int:
         """A naturally aligned ELRANGE for an enclave of ``size`` bytes."""
         with self._lock:
-            base = (self._next_enclave + size - 1) & ~(size - 1)
-            if base + size > ADDRESS_LIMIT:
-                raise UnmappedMemory("no room left for an enclave of this size")
+            base = self._enclave_base(size)
             self._next_enclave = base + size
             return base
 

@@ -33,6 +33,9 @@ TAG_EEXTEND = b"EEXTEND\0"
 # One measured page as hashed: EADD record, then 16 x (EEXTEND record + chunk).
 _MEASURED_PAGE = RECORD_SIZE + CHUNKS_PER_PAGE * (RECORD_SIZE + EEXTEND_CHUNK)
 _BATCH_PAGES = 256
+# Unmeasured pages hash 64 bytes each: batches this large keep NumPy's
+# per-batch cost below the hash's (millions of heap pages).
+_EADD_ONLY_BATCH = 4096
 
 
 def ecreate_record(ssaframesize: int, size: int) -> bytes:
@@ -95,8 +98,9 @@ class MrEnclave:
         if len(page) != PAGE_SIZE:
             raise ValueError("a page is 4096 bytes")
         chunks = np.frombuffer(page, np.uint8).reshape(1, CHUNKS_PER_PAGE, EEXTEND_CHUNK)
-        for first in range(0, count, _BATCH_PAGES):
-            n = min(_BATCH_PAGES, count - first)
+        batch = _BATCH_PAGES if measured else _EADD_ONLY_BATCH
+        for first in range(0, count, batch):
+            n = min(batch, count - first)
             self._hash_batch(offset + first * PAGE_SIZE, n, secinfo_flags,
                              chunks if measured else None)
 
@@ -135,7 +139,7 @@ class MrEnclave:
 
     def _eadd_only_buffer(self) -> np.ndarray:
         if self._batch_eadd_only is None:
-            buf = np.zeros((_BATCH_PAGES, RECORD_SIZE), np.uint8)
+            buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
             buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
             self._batch_eadd_only = buf
         return self._batch_eadd_only

@@ -16,9 +16,13 @@ from vsgx.arch.constants import PAGE_SIZE, Attribute
 from vsgx.crypto.keys import PKCS1_PADDING
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.evm.epc import EpcmEntry
+from vsgx.image.plan import PageRunSet
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_ALL = PROT_R | PROT_W | PROT_X
+# Page changes an enclave remembers for its executors' incremental syncs;
+# an executor further behind re-reads every page.
+JOURNAL_LIMIT = 4096
 
 
 class EnclaveMemory:
@@ -27,42 +31,98 @@ class EnclaveMemory:
     let an executor (a Unicorn engine, or a native runner process) see the
     same bytes."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, hold_limit: int = 4096):
         self.size = size
         self.fd = os.memfd_create("vsgx-enclave", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
-        self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, OverflowError, ValueError) as exc:
+            os.close(self.fd)
+            raise MemoryError(f"the EVM cannot map an ELRANGE of {size:#x} bytes "
+                              f"({size >> 20} MiB): {exc}") from None
         self.view = memoryview(self.map)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        self._pending: set[int] = set()
+        # Offsets of pages that left the EPC whose memory is still held, in
+        # the order they left (see release).
+        self._held: dict[int, None] = {}
+        self.hold_limit = max(self.RELEASE_BATCH, hold_limit)
+        self.punched = 0
 
     def page(self, offset: int) -> memoryview:
         return self.view[offset:offset + PAGE_SIZE]
 
     RELEASE_BATCH = 64
+    FILL_BLOCK = 256  # pages written per slice by fill()
 
     def release(self, offset: int) -> None:
-        """Free a page's memory. Pages are released in batches (one madvise
-        per run of pages); a page given out again before that is simply
-        taken off the list, since whoever takes it rewrites all of it."""
-        self._pending.add(offset)
-        if len(self._pending) >= self.RELEASE_BATCH:
-            self.flush_releases()
+        """A page left the EPC (EWB, EREMOVE). Its memory is kept for a
+        while: a page that comes back soon (ELDU) is written where memory
+        already is — a fresh page of a memfd costs a fault that takes longer
+        than the AES-GCM of the page. Past ``hold_limit`` held pages the
+        oldest are given back to the host, a batch per madvise. Nobody sees
+        a held page: no EPCM entry maps it, and whoever takes it next
+        rewrites all of it (ELDU, EADD, EAUG)."""
+        held = self._held
+        held[offset] = None
+        if len(held) > self.hold_limit:
+            oldest = []
+            for key in held:
+                oldest.append(key)
+                if len(oldest) == self.RELEASE_BATCH:
+                    break
+            for key in oldest:
+                del held[key]
+            self._punch_offsets(oldest)
 
     def reuse(self, offset: int) -> None:
-        self._pending.discard(offset)
+        self._held.pop(offset, None)
 
     def flush_releases(self) -> None:
-        pending = sorted(self._pending)
-        self._pending.clear()
+        """Give every held page's memory back now."""
+        held = list(self._held)
+        self._held.clear()
+        self._punch_offsets(held)
+
+    def _punch_offsets(self, offsets: list[int]) -> None:
         start = previous = None
-        for offset in [*pending, None]:
+        for offset in [*sorted(offsets), None]:
             if start is not None and offset == previous + PAGE_SIZE:  # type: ignore[operator]
                 previous = offset
                 continue
             if start is not None:
                 self._punch(start, previous + PAGE_SIZE - start)  # type: ignore[operator]
             start = previous = offset
+        self.punched += len(offsets)
+
+    def fill_from(self, offset: int, data: bytes | memoryview) -> None:
+        """Write whole pages of ``data`` from ``offset`` on."""
+        held = self._held
+        if held:
+            for position in range(offset, offset + len(data), PAGE_SIZE):
+                held.pop(position, None)
+        self.view[offset:offset + len(data)] = data
+
+    def fill(self, offset: int, count: int, page: bytes) -> None:
+        """Write ``count`` copies of one page from ``offset`` on. Zeros are
+        written only where memory is held: every other page of the memfd
+        reads as zero already (never written, or given back)."""
+        held = self._held
+        if not any(page):
+            if held:
+                for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
+                    if held.pop(position, 0) is None:
+                        self.view[position:position + PAGE_SIZE] = page
+            return
+        if held:
+            for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
+                held.pop(position, None)
+        block = page * min(count, self.FILL_BLOCK)
+        end = offset + count * PAGE_SIZE
+        for position in range(offset, end, len(block)):
+            length = min(len(block), end - position)
+            self.view[position:position + length] = block[:length]
 
     def _punch(self, offset: int, length: int) -> None:
         try:
@@ -115,6 +175,20 @@ class EnclaveState:
     # pages whose contents changed without a permission change (EDBGWR):
     # executors drop their translations of them
     rewritten: list[int] = field(default_factory=list)
+    # the pages behind generation bumps, in order (see note_change), from
+    # change number journal_start on
+    journal: list[int] = field(default_factory=list)
+    journal_start: int = 0
+    # pages EADDed as uniform runs that have no EPC page yet (linear page ->
+    # (SECINFO.FLAGS, fill page)); EADD hashed them in order, and the first
+    # touch loads them as ELDU would (see encls.eadd_uniform)
+    deferred: PageRunSet = field(default_factory=PageRunSet)
+    # The accessed bits of the application's page-table entries for ELRANGE,
+    # kept inverted: pages whose bit the driver cleared (age) and no access
+    # has set since. Clearing one is a change executors hear of (they drop
+    # their TLB); an executor that tracks access reports the first touch
+    # after it (touch), as the page walk on a TLB miss sets the bit.
+    old: set[int] = field(default_factory=set)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +214,55 @@ class EnclaveState:
 
     def pte_permissions(self, page: int) -> int:
         return self.pte.get(page, PROT_ALL)
+
+    def age(self, pages: list[int]) -> list[bool]:
+        """Test and clear the accessed bit of each page (the reclaimer's
+        ptep_test_and_clear_young): True where the page was touched since
+        its bit was last cleared (a page's bit starts clear when it gets
+        its EPC page)."""
+        old, resident = self.old, self.pages
+        result = []
+        for page in pages:
+            if page not in resident:
+                result.append(False)
+                continue
+            result.append(page not in old)
+            old.add(page)
+            self.note_change(page)
+        return result
+
+    def touch(self, page: int) -> None:
+        """An access sets the page's accessed bit (no executor needs to
+        hear of it: each sees the next touches of its own)."""
+        self.old.discard(page)
+
+    # The journal lets an executor re-read only the pages that changed: a
+    # change made through note_change is one generation and one journal
+    # entry; a bare ``generation += 1`` (any page) breaks the count, and the
+    # executor then re-reads all pages.
+    def note_change(self, page: int) -> None:
+        self.generation += 1
+        journal = self.journal
+        journal.append(page)
+        if len(journal) > JOURNAL_LIMIT:
+            drop = len(journal) // 2
+            del journal[:drop]
+            self.journal_start += drop
+
+    def change_mark(self) -> tuple[int, int]:
+        """Where an executor that is in sync now stands."""
+        return self.generation, self.journal_start + len(self.journal)
+
+    def changes_since(self, mark: tuple[int, int]) -> list[int] | None:
+        """The pages changed since ``mark``, or None when only a full
+        re-read is exact (the journal was cut, or a change named no page)."""
+        generation, position = mark
+        if generation == self.generation:
+            return []
+        end = self.journal_start + len(self.journal)
+        if position < self.journal_start or self.generation - generation != end - position:
+            return None
+        return self.journal[position - self.journal_start:]
 
     # ETRACK's epochs (SDM 38.5.3; the model in vsgx's notes): a page
     # blocked or modified in epoch e is "tracked" once an ETRACK has closed

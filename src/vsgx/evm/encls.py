@@ -6,6 +6,17 @@ raised as Fault, SGX error codes are returned.
 vsgx deviations, all refusals the hardware would not make: a linear page
 may hold one EPC page at a time (#GP on a second), 32-bit enclaves are not
 supported (#GP at ECREATE), and SECS pages are never evicted (#GP at EWB).
+
+Batch entry points (``eadd_pages``, ``eblock_pages``, ``ewb_pages``,
+``eld_pages``) run the same checks, page by page, as the single leaves; they
+exist so that a batch costs one call and one lock, not one per page. One
+addition has no single-leaf twin: ``eadd_uniform`` EADDs a run of pages that
+all hold one 32-bit pattern, hashing every EADD (and EEXTEND) record in
+order as the leaves would, and gives EPC pages to as many of them as the
+caller offers; the rest stay *deferred* — in the state of a page that EWB
+wrote out, with its blob kept inside the EVM (it is the pattern) — until
+``eldu_deferred`` loads one, as ELDU would. MRENCLAVE and everything the
+enclave can observe are those of EADD followed by EWB and ELDU.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import hmac
 import struct
 from array import array
+from collections.abc import Sequence
 
 from vsgx.arch.constants import (
     PAGE_SIZE,
@@ -30,7 +42,14 @@ from vsgx.arch.ssa import misc_size, xsave_size
 from vsgx.arch.tcs import Tcs
 from vsgx.crypto.einittoken import einittoken_mac_is_valid
 from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
-from vsgx.crypto.paging import decrypt_page, encrypt_page, paging_header
+from vsgx.crypto.paging import (
+    EWB_HEADER,
+    MAC_SIZE,
+    decrypt_page,
+    decrypt_page_into,
+    paging_header,
+    seal_page,
+)
 from vsgx.crypto.sigstruct import check_sigstruct, mrsigner
 from vsgx.errors import StructureError
 from vsgx.evm.enclave import EnclaveMemory, EnclaveState
@@ -46,8 +65,22 @@ _SECINFO = struct.Struct("<Q56x")
 _SECINFO_FLAGS = struct.Struct("<Q")
 _PCMD = struct.Struct("<64sQ40x16s")  # PCMD: SECINFO, ENCLAVEID, reserved, MAC
 _PCMD_FIELDS = struct.Struct("<64sQ40s16s")
+_PCMD_EWB = struct.Struct("<Q56xQ40x16s")  # PCMD from SECINFO.FLAGS, ENCLAVEID, MAC
 _NO_RESERVED = bytes(40)
 _PAGE_TYPES = {int(t): t for t in PageType}
+_PT_REG, _PT_TCS, _PT_TRIM, _PT_SECS, _PT_VA = (PageType.REG, PageType.TCS, PageType.TRIM,
+                                                PageType.SECS, PageType.VA)
+_SEALED_SIZE = PAGE_SIZE + MAC_SIZE
+_NO_SECINFO_RESERVED = bytes(56)
+_PAGE_MASK = PAGE_SIZE - 1
+_PT_BITS = {t: int(t) << 8 for t in PageType}
+_SUCCESS, _OCCUPIED = SgxError.SUCCESS, SgxError.VA_SLOT_OCCUPIED
+_NOT_BLOCKED = (SgxError.PAGE_NOT_BLOCKED, None)
+_NOT_TRACKED = (SgxError.NOT_TRACKED, None)
+_U64 = struct.Struct("<Q")
+_PCMD_MAC = 112  # PCMD: SECINFO 0-63, ENCLAVEID 64-71, reserved 72-111, MAC 112-127
+# SECINFO.FLAGS bits 0-5 -> EPCM R, W, X, PENDING, MODIFIED, PR
+_FLAG_BITS = [tuple(bool(f >> bit & 1) for bit in range(6)) for f in range(64)]
 
 
 def _secinfo(raw: bytes) -> Secinfo:
@@ -89,23 +122,29 @@ def _xfrm_is_legal(xfrm: int, supported: int) -> bool:
 def _attach(encl: EnclaveState, entry: EpcmEntry, linaddr: int) -> None:
     """Give ``linaddr`` an EPC page; the caller writes the whole page."""
     page = linaddr & ~(PAGE_SIZE - 1)
-    if page in encl.pages:
-        raise gp(f"linear page {page:#x} already has an EPC page (vsgx maps one per page)")
+    _check_free_linear(encl, page)
     encl.memory.reuse(page - encl.base)  # type: ignore[union-attr]
     entry.enclave = encl
     entry.linaddr = page
     entry.valid = True
     encl.pages[page] = entry
+    encl.old.add(page)  # its accessed bit starts clear
     encl.child_count += 1
-    encl.generation += 1
+    encl.note_change(page)
+
+
+def _check_free_linear(encl: EnclaveState, page: int) -> None:
+    if page in encl.pages or (encl.deferred and encl.deferred.get(page) is not None):
+        raise gp(f"linear page {page:#x} already has an EPC page (vsgx maps one per page)")
 
 
 def _detach(encl: EnclaveState, entry: EpcmEntry) -> None:
     assert encl.memory is not None
     encl.pages.pop(entry.linaddr, None)
+    encl.old.discard(entry.linaddr)
     encl.memory.release(entry.linaddr - encl.base)
     encl.child_count -= 1
-    encl.generation += 1
+    encl.note_change(entry.linaddr)
     entry.clear()
 
 
@@ -159,7 +198,11 @@ def ecreate(m: Machine, epc_page: int, secs: bytes, secinfo: bytes, linaddr: int
                         configsvn=s.configsvn)
     assert encl.mrenclave_builder is not None
     encl.mrenclave_builder.ecreate(s.ssaframesize, s.size)
-    encl.memory = EnclaveMemory(s.size)
+    try:
+        # Memory of pages that left the EPC is held up to the EPC's size.
+        encl.memory = EnclaveMemory(s.size, hold_limit=m.config.epc_pages)
+    except MemoryError as exc:
+        raise gp(str(exc)) from None
     entry.clear()
     entry.pt = PageType.SECS
     entry.valid = True
@@ -207,6 +250,132 @@ def eadd(m: Machine, epc_page: int, secs_page: int, linaddr: int, source: bytes,
     entry.set_permissions(flags)
     entry.blocked = entry.pending = entry.modified = entry.pr = False
     encl.memory.page(linaddr - encl.base)[:] = content
+
+
+def _free_epc_entries(m: Machine, epc_pages: Sequence[int]) -> list[EpcmEntry]:
+    """The EPCM entries of EPC pages an add may fill: each once, each free."""
+    entries = [m.epc.entry(page) for page in epc_pages]
+    if len(set(epc_pages)) != len(epc_pages):
+        raise gp("the same EPC page is given twice")
+    for entry in entries:
+        if entry.valid:
+            raise epc_pf(entry.address, "the EPC page is in use")
+    return entries
+
+
+def _check_linear_range_free(encl: EnclaveState, linaddr: int, count: int) -> None:
+    """No page of the range has an EPC page or is deferred (in the cheaper
+    direction: the range's pages or the enclave's pages, whichever is fewer)."""
+    end = linaddr + count * PAGE_SIZE
+    pages = encl.pages
+    if count <= len(pages):
+        clash = next((p for p in range(linaddr, end, PAGE_SIZE) if p in pages), None)
+    else:
+        clash = next((p for p in pages if linaddr <= p < end), None)
+    if clash is None and encl.deferred.overlaps(linaddr, count):
+        clash = next(iter(encl.deferred.pages_in(linaddr, count)))
+    if clash is not None:
+        raise gp(f"linear page {clash:#x} already has an EPC page (vsgx maps one per page)")
+
+
+def _regular_add_checks(m: Machine, secs_page: int, linaddr: int, count: int,
+                        secinfo: bytes) -> tuple[EnclaveState, Secinfo]:
+    """EADD's checks of the operands a run of REG pages shares."""
+    if linaddr % PAGE_SIZE:
+        raise gp("PAGEINFO.LINADDR is not page aligned")
+    m.epc.entry(secs_page, "SECS")
+    info = _secinfo(secinfo)
+    if info.page_type != PageType.REG:
+        raise gp("a run of pages is added as PT_REG (TCS pages are added one by one)")
+    encl = secs_of(m, secs_page)
+    if info.flags & 0x2 and not info.flags & 0x1:
+        raise gp("a writable page must be readable")
+    if count <= 0 or not encl.in_elrange(linaddr, count * PAGE_SIZE):
+        raise gp(f"LINADDR {linaddr:#x} + {count} pages is outside ELRANGE")
+    if encl.initialized:
+        raise gp("the enclave is already initialized")
+    return encl, info
+
+
+def _give_pages(encl: EnclaveState, entries: list[EpcmEntry], linaddr: int, flags: int) -> None:
+    """The EPCM side of EADD for consecutive pages (contents written by the caller)."""
+    r, w, x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    pages, old = encl.pages, encl.old
+    for n, entry in enumerate(entries):
+        page = linaddr + n * PAGE_SIZE
+        entry.enclave = encl
+        entry.linaddr = page
+        entry.valid = True
+        entry.pt = _PT_REG
+        entry.r, entry.w, entry.x = r, w, x
+        entry.blocked = entry.pending = entry.modified = entry.pr = False
+        pages[page] = entry
+        old.add(page)  # its accessed bit starts clear
+        encl.note_change(page)
+    encl.child_count += len(entries)
+
+
+def eadd_pages(m: Machine, epc_pages: Sequence[int], secs_page: int, linaddr: int,
+               source: bytes | memoryview, secinfo: bytes, measure: bool) -> None:
+    """EADD of ``len(epc_pages)`` consecutive REG pages from ``source`` with
+    one SECINFO, each followed by its sixteen EEXTENDs when ``measure``:
+    every check first, then all pages (all or nothing)."""
+    count = len(epc_pages)
+    if len(source) != count * PAGE_SIZE:
+        raise gp("the source must be one 4 KiB page per EPC page")
+    encl, info = _regular_add_checks(m, secs_page, linaddr, count, secinfo)
+    entries = _free_epc_entries(m, epc_pages)
+    _check_linear_range_free(encl, linaddr, count)
+    assert encl.mrenclave_builder is not None and encl.memory is not None
+    offset = linaddr - encl.base
+    encl.memory.fill_from(offset, source)
+    _give_pages(encl, entries, linaddr, info.flags)
+    encl.mrenclave_builder.add_pages(offset, source, info.flags, measure)
+
+
+def eadd_uniform(m: Machine, secs_page: int, linaddr: int, count: int, secinfo: bytes,
+                 fill: int, measure: bool, epc_pages: Sequence[int] = ()) -> None:
+    """EADD of ``count`` REG pages at ``linaddr`` whose every 32-bit word is
+    ``fill`` (with their EEXTENDs when ``measure``); the first
+    ``len(epc_pages)`` get those EPC pages, the others are deferred."""
+    if not 0 <= fill <= 0xFFFFFFFF:
+        raise gp("the fill pattern is a 32-bit value")
+    encl, info = _regular_add_checks(m, secs_page, linaddr, count, secinfo)
+    if len(epc_pages) > count:
+        raise gp("more EPC pages than pages to add")
+    entries = _free_epc_entries(m, epc_pages)
+    _check_linear_range_free(encl, linaddr, count)
+    assert encl.mrenclave_builder is not None and encl.memory is not None
+    page = fill.to_bytes(4, "little") * (PAGE_SIZE // 4)
+    offset = linaddr - encl.base
+    resident = len(entries)
+    if resident:
+        encl.memory.fill(offset, resident, page)
+        _give_pages(encl, entries, linaddr, info.flags)
+    if resident < count:
+        encl.deferred.add(linaddr + resident * PAGE_SIZE, count - resident, (info.flags, fill))
+    encl.mrenclave_builder.add_uniform_pages(offset, count, page, info.flags, measure)
+
+
+def eldu_deferred(m: Machine, epc_page: int, secs_page: int, linaddr: int) -> None:
+    """Load a deferred page into ``epc_page``: what ELDU of the blob EWB
+    would have written at its EADD gives (its SECINFO, its pattern)."""
+    entry = m.epc.entry(epc_page)
+    if linaddr % PAGE_SIZE:
+        raise gp("PAGEINFO.LINADDR is not page aligned")
+    m.epc.entry(secs_page, "SECS")
+    if entry.valid:
+        raise epc_pf(epc_page, "the EPC page is in use")
+    encl = secs_of(m, secs_page)
+    if linaddr in encl.pages:
+        raise gp(f"linear page {linaddr:#x} already has an EPC page (vsgx maps one per page)")
+    taken = encl.deferred.take(linaddr)
+    if taken is None:
+        raise gp(f"no deferred page at {linaddr:#x}")
+    flags, fill = taken  # type: ignore[misc]
+    assert encl.memory is not None
+    encl.memory.fill(linaddr - encl.base, 1, fill.to_bytes(4, "little") * (PAGE_SIZE // 4))
+    _give_pages(encl, [entry], linaddr, flags)
 
 
 def eextend(m: Machine, secs_page: int, chunk: int) -> None:
@@ -344,6 +513,7 @@ def eremove(m: Machine, epc_page: int) -> SgxError:
 
 def destroy_enclave(encl: EnclaveState) -> None:
     """Release an enclave's executors and memory (when its SECS goes)."""
+    encl.deferred.clear()
     for thread in list(encl.threads.values()):
         close = getattr(thread, "close", None)
         if close is not None:
@@ -397,7 +567,7 @@ def edbgwr(m: Machine, address: int, value: int) -> SgxError:
     encl.page_view(entry.linaddr)[offset:offset + 8] = (value & ((1 << 64) - 1)).to_bytes(
         8, "little")
     encl.rewritten.append(entry.linaddr)
-    encl.generation += 1  # executors cache TCS contents by generation
+    encl.note_change(entry.linaddr)  # executors cache TCS contents by generation
     return SgxError.SUCCESS
 
 
@@ -415,18 +585,42 @@ def epa(m: Machine, epc_page: int, page_type: int = PageType.VA) -> None:
 
 
 def eblock(m: Machine, epc_page: int) -> SgxError:
-    entry = m.epc.entry(epc_page)
-    if not entry.valid:
-        return SgxError.PG_INVLD
-    if entry.pt not in _CHILD_TYPES:
-        return SgxError.PG_IS_SECS if entry.pt == PageType.SECS else SgxError.NOTBLOCKABLE
-    if entry.blocked:
-        return SgxError.BLKSTATE
-    assert entry.enclave is not None
-    entry.blocked = True
-    entry.block_epoch = entry.enclave.epoch
-    entry.enclave.generation += 1
-    return SgxError.SUCCESS
+    result = eblock_pages(m, (epc_page,))[0]
+    if isinstance(result, Fault):
+        raise result
+    return result
+
+
+def eblock_pages(m: Machine, epc_pages: Sequence[int]) -> list[SgxError | Fault]:
+    """EBLOCK of each page in turn; a fault ends the batch (its last result)."""
+    results: list[SgxError | Fault] = []
+    epc = m.epc
+    base, end, entries = epc.base, epc.end, epc.entries
+    for epc_page in epc_pages:
+        if epc_page & _PAGE_MASK or not base <= epc_page < end:
+            try:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            except Fault as fault:
+                results.append(fault)
+                break
+        entry = entries[(epc_page - base) >> 12]
+        if not entry.valid:
+            results.append(SgxError.PG_INVLD)
+            continue
+        pt = entry.pt
+        if pt is not _PT_REG and pt is not _PT_TCS and pt is not _PT_TRIM:
+            results.append(SgxError.PG_IS_SECS if pt is _PT_SECS else SgxError.NOTBLOCKABLE)
+            continue
+        if entry.blocked:
+            results.append(SgxError.BLKSTATE)
+            continue
+        encl = entry.enclave
+        assert encl is not None
+        entry.blocked = True
+        entry.block_epoch = encl.epoch
+        encl.note_change(entry.linaddr)
+        results.append(SgxError.SUCCESS)
+    return results
 
 
 def etrack(m: Machine, secs_page: int) -> SgxError:
@@ -445,103 +639,233 @@ def _va_slot(m: Machine, slot: int) -> tuple[array, int]:
 
 
 class EvictedPage:
-    """What EWB writes out: the encrypted page and its PCMD."""
+    """What EWB writes out: the encrypted page and its PCMD. ``sealed`` is
+    the ciphertext followed by the MAC (which PCMD carries too), the form
+    ELDU decrypts without copying; ``ciphertext`` is the page alone."""
 
-    __slots__ = ("ciphertext", "linaddr", "pcmd")
+    __slots__ = ("linaddr", "pcmd", "sealed")
 
-    def __init__(self, ciphertext: bytes, pcmd: bytes, linaddr: int):
-        self.ciphertext, self.pcmd, self.linaddr = ciphertext, pcmd, linaddr
+    def __init__(self, sealed: bytes, pcmd: bytes, linaddr: int):
+        self.sealed, self.pcmd, self.linaddr = sealed, pcmd, linaddr
+
+    @property
+    def ciphertext(self) -> bytes:
+        return self.sealed[:PAGE_SIZE]
 
 
 def ewb(m: Machine, epc_page: int, va_slot: int) -> tuple[SgxError, EvictedPage | None]:
     """EWB: evict a blocked, tracked page (or a VA page) under the paging key."""
-    entry = m.epc.entry(epc_page)
-    if va_slot & ~(PAGE_SIZE - 1) == epc_page:
-        raise gp("the VA slot is in the page being evicted")
-    if not entry.valid:
-        raise epc_pf(epc_page, "EWB of an invalid page")
-    slots, index = _va_slot(m, va_slot)
-    if entry.pt == PageType.SECS:
-        raise gp("vsgx does not evict SECS pages")
-    if entry.pt in _CHILD_TYPES:
-        encl = entry.enclave
-        assert encl is not None
-        if not entry.blocked:
-            return SgxError.PAGE_NOT_BLOCKED, None
-        if not encl.is_tracked(entry.block_epoch):
-            return SgxError.NOT_TRACKED, None
-        eid = encl.eid
-        content = bytes(encl.page_view(entry.linaddr))
-    else:
-        encl = None
-        eid = 0
-        content = m.epc.va_slots[epc_page].tobytes()
-    secinfo = _SECINFO.pack(entry.secinfo_flags())
-    version = m.new_version()
-    header = paging_header(secinfo, entry.linaddr, eid, _NO_RESERVED)
-    ciphertext, mac = encrypt_page(m.secrets.paging_cipher, version, header, content)
-    pcmd = _PCMD.pack(secinfo, eid, mac)
-    result = SgxError.VA_SLOT_OCCUPIED if slots[index] else SgxError.SUCCESS
-    slots[index] = version
-    linaddr = entry.linaddr
-    if encl is not None:
-        _detach(encl, entry)
-    else:
-        del m.epc.va_slots[epc_page]
+    result = ewb_pages(m, ((epc_page, va_slot),))[0]
+    if isinstance(result, Fault):
+        raise result
+    return result
+
+
+def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
+              ) -> list[tuple[SgxError, EvictedPage | None] | Fault]:
+    """EWB of each (EPC page, VA slot) in turn, with EWB's checks in the
+    SDM's order; a fault ends the batch (its last result) and the pages
+    before it stay written out. (The lookups are written out inline: at
+    this rate a function call per check is most of the cost.)"""
+    epc = m.epc
+    base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
+    cipher = m.secrets.paging_cipher
+    header_of, pcmd_of = EWB_HEADER.pack, _PCMD_EWB.pack
+    results: list[tuple[SgxError, EvictedPage | None] | Fault] = []
+    append = results.append
+    last: EnclaveState | None = None
+    last_epoch = tracked = None
+    for epc_page, va_slot in pairs:
+        try:
+            if epc_page & _PAGE_MASK or not base <= epc_page < end:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            entry = entries[(epc_page - base) >> 12]
+            va_page = va_slot & ~_PAGE_MASK
+            if va_page == epc_page:
+                raise gp("the VA slot is in the page being evicted")
+            if not entry.valid:
+                raise epc_pf(epc_page, "EWB of an invalid page")
+            if va_slot & 7 or not base <= va_page < end:
+                slots, index = _va_slot(m, va_slot)
+            else:
+                va_entry = entries[(va_page - base) >> 12]
+                if not va_entry.valid or va_entry.pt is not _PT_VA:
+                    raise epc_pf(va_page, "the VA slot is not in a VA page")
+                slots, index = va_pages[va_page], (va_slot & _PAGE_MASK) >> 3
+            pt = entry.pt
+            if pt is _PT_SECS:
+                raise gp("vsgx does not evict SECS pages")
+        except Fault as fault:
+            append(fault)
+            break
+        linaddr = entry.linaddr
+        if pt is _PT_VA:
+            encl = None
+            eid = 0
+            content: bytes | memoryview = va_pages[epc_page].tobytes()
+        else:
+            encl = entry.enclave
+            if not entry.blocked:
+                append(_NOT_BLOCKED)
+                continue
+            epoch = entry.block_epoch
+            if encl is not last or epoch != last_epoch:
+                # what every page of this enclave and epoch needs (a batch is
+                # one of each, mostly): tracking cannot change under the lock
+                last, last_epoch, eid, ebase, view = encl, epoch, encl.eid, encl.base, \
+                    encl.memory.view
+                tracked = encl.is_tracked(epoch)
+            if not tracked:
+                append(_NOT_TRACKED)
+                continue
+            offset = linaddr - ebase
+            content = view[offset:offset + PAGE_SIZE]
+        flags = (_PT_BITS[pt] | entry.r | entry.w << 1 | entry.x << 2 | entry.pending << 3
+                 | entry.modified << 4 | entry.pr << 5)
+        version = m.next_version
+        m.next_version = version + 1
+        sealed = seal_page(cipher, version, header_of(flags, linaddr, eid), content)
+        status = _OCCUPIED if slots[index] else _SUCCESS
+        slots[index] = version
+        if encl is not None:
+            del encl.pages[linaddr]
+            if encl.old:
+                encl.old.discard(linaddr)
+            encl.memory.release(offset)
+            encl.child_count -= 1
+            encl.note_change(linaddr)
+        else:
+            del va_pages[epc_page]
         entry.clear()
-    return result, EvictedPage(ciphertext, pcmd, linaddr)
+        append((status, EvictedPage(sealed, pcmd_of(flags, eid, sealed[PAGE_SIZE:]), linaddr)))
+    return results
 
 
 def eld(m: Machine, epc_page: int, va_slot: int, secs_page: int, linaddr: int,
         ciphertext: bytes, pcmd: bytes, blocked: bool) -> SgxError:
     """ELDB (blocked=True) / ELDU: load an evicted page back into the EPC."""
-    entry = m.epc.entry(epc_page)
-    slots, index = _va_slot(m, va_slot)
-    if entry.valid:
-        raise epc_pf(epc_page, "the EPC page is in use")
-    if len(ciphertext) != PAGE_SIZE or len(pcmd) != Pcmd.SIZE:
-        raise gp("ELDU needs a 4 KiB page and a 128-byte PCMD")
-    record_secinfo, _eid, reserved, record_mac = _PCMD_FIELDS.unpack(pcmd)
-    flags = _SECINFO_FLAGS.unpack_from(record_secinfo)[0]
-    page_type = _PAGE_TYPES.get((flags >> 8) & 0xFF)
-    encl: EnclaveState | None = None
-    if page_type in _CHILD_TYPES:
-        encl = secs_of(m, secs_page)
-        eid = encl.eid
-    elif page_type == PageType.VA:
-        if secs_page:
-            raise gp("PAGEINFO.SECS must be 0 to load a VA page")
-        eid = 0
-    else:
-        return SgxError.MAC_COMPARE_FAIL
-    version = slots[index]
-    header = paging_header(record_secinfo, linaddr, eid, reserved)
-    page = decrypt_page(m.secrets.paging_cipher, version, header, ciphertext,
-                        record_mac) if version else None
-    if page is None:
-        return SgxError.MAC_COMPARE_FAIL
-    slots[index] = 0
-    entry.clear()
-    entry.pt = page_type  # type: ignore[assignment]
-    entry.r, entry.w, entry.x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
-    entry.pending = bool(flags & 0x8)
-    entry.modified = bool(flags & 0x10)
-    entry.pr = bool(flags & 0x20)
-    if encl is None:
+    result = eld_pages(m, secs_page, ((epc_page, va_slot, linaddr, ciphertext, pcmd),),
+                       blocked, sealed_ok=False)[0]
+    if isinstance(result, Fault):
+        raise result
+    return result
+
+
+def eld_pages(m: Machine, secs_page: int,
+              items: Sequence[tuple[int, int, int, bytes | memoryview, bytes]],
+              blocked: bool = False, sealed_ok: bool = True) -> list[SgxError | Fault]:
+    """ELDB / ELDU of each (EPC page, VA slot, LINADDR, blob, PCMD) in turn,
+    with ELDU's checks in the SDM's order; PAGEINFO.SECS is ``secs_page``
+    for all of them. A blob is the page's ciphertext, or the sealed form
+    (ciphertext then MAC) that EWB gives; the MAC compared is PCMD's either
+    way. A fault ends the batch (its last result)."""
+    epc = m.epc
+    base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
+    cipher = m.secrets.paging_cipher
+    header_of = EWB_HEADER.pack
+    results: list[SgxError | Fault] = []
+    append = results.append
+    secs: EnclaveState | None = None
+    for epc_page, va_slot, linaddr, blob, pcmd in items:
+        try:
+            if epc_page & _PAGE_MASK or not base <= epc_page < end:
+                epc.entry(epc_page)  # raises the fault the operand deserves
+            entry = entries[(epc_page - base) >> 12]
+            va_page = va_slot & ~_PAGE_MASK
+            if va_slot & 7 or not base <= va_page < end:
+                slots, index = _va_slot(m, va_slot)
+            else:
+                va_entry = entries[(va_page - base) >> 12]
+                if not va_entry.valid or va_entry.pt is not _PT_VA:
+                    raise epc_pf(va_page, "the VA slot is not in a VA page")
+                slots, index = va_pages[va_page], (va_slot & _PAGE_MASK) >> 3
+            if entry.valid:
+                raise epc_pf(epc_page, "the EPC page is in use")
+            size = len(blob)
+            if ((size != PAGE_SIZE and not (sealed_ok and size == _SEALED_SIZE))
+                    or len(pcmd) != Pcmd.SIZE):
+                raise gp("ELDU needs a 4 KiB page and a 128-byte PCMD")
+            flags = _U64.unpack_from(pcmd)[0]
+            page_type = _PAGE_TYPES.get((flags >> 8) & 0xFF)
+            encl: EnclaveState | None = None
+            if page_type is _PT_REG or page_type is _PT_TCS or page_type is _PT_TRIM:
+                if secs is None:
+                    secs = secs_of(m, secs_page)
+                    # what every page of the batch needs of its enclave
+                    ebase, eend, resident, old = secs.base, secs.base + secs.size, \
+                        secs.pages, secs.old
+                    deferred = secs.deferred if len(secs.deferred) else None
+                    memory = secs.memory
+                    view = memory.view  # type: ignore[union-attr]
+                encl = secs
+                eid = encl.eid
+            elif page_type is _PT_VA:
+                if secs_page:
+                    raise gp("PAGEINFO.SECS must be 0 to load a VA page")
+                eid = 0
+            else:
+                append(SgxError.MAC_COMPARE_FAIL)
+                continue
+        except Fault as fault:
+            append(fault)
+            break
+        version = slots[index]
+        # EWB bound a page-aligned LINADDR inside ELRANGE into the MAC: any
+        # other LINADDR cannot verify (and must not be written to).
+        if not version or (encl is not None and (
+                linaddr & _PAGE_MASK or not ebase <= linaddr < eend)):
+            append(SgxError.MAC_COMPARE_FAIL)
+            continue
+        mac = pcmd[_PCMD_MAC:]
+        if size == _SEALED_SIZE and blob[PAGE_SIZE:] == mac:
+            sealed = blob
+        else:
+            sealed = bytes(blob[:PAGE_SIZE]) + mac
+        if pcmd[8:64] == _NO_SECINFO_RESERVED and pcmd[72:_PCMD_MAC] == _NO_RESERVED:
+            header = header_of(flags, linaddr, eid)
+        else:
+            header = paging_header(pcmd[:64], linaddr, eid, pcmd[72:_PCMD_MAC])
+        if encl is None or linaddr in resident or (
+                deferred is not None and deferred.get(linaddr) is not None):
+            # A VA page, or a linear page that is taken: decrypt aside (the
+            # MAC is checked before the one-page-per-address refusal).
+            page = decrypt_page(cipher, version, header, sealed[:PAGE_SIZE], mac)
+            if page is None:
+                append(SgxError.MAC_COMPARE_FAIL)
+                continue
+            if encl is not None:
+                append(gp(f"linear page {linaddr:#x} already has an EPC page "
+                          "(vsgx maps one per page)"))
+                break
+            slots[index] = 0
+            entry.clear()
+            entry.pt = _PT_VA
+            entry.valid = True
+            va_pages[epc_page] = array("Q", page)
+            append(_SUCCESS)
+            continue
+        offset = linaddr - ebase
+        memory.reuse(offset)
+        if not decrypt_page_into(cipher, version, header, sealed,
+                                 view[offset:offset + PAGE_SIZE]):
+            append(SgxError.MAC_COMPARE_FAIL)
+            continue
+        slots[index] = 0
+        entry.pt = page_type
+        entry.r, entry.w, entry.x, entry.pending, entry.modified, entry.pr = \
+            _FLAG_BITS[flags & 0x3F]
+        entry.enclave = encl
+        entry.linaddr = linaddr
         entry.valid = True
-        m.epc.va_slots[epc_page] = array("Q", page)
-        return SgxError.SUCCESS
-    try:
-        _attach(encl, entry, linaddr)
-    except Fault:
-        slots[index] = version
-        entry.clear()
-        raise
-    entry.blocked = blocked
-    entry.block_epoch = encl.epoch if blocked else -1
-    offset = linaddr - encl.base
-    encl.memory.view[offset:offset + PAGE_SIZE] = page  # type: ignore[union-attr]
-    return SgxError.SUCCESS
+        entry.blocked = blocked
+        entry.block_epoch = encl.epoch if blocked else -1
+        entry.mod_epoch = -1
+        resident[linaddr] = entry
+        old.add(linaddr)  # its accessed bit starts clear
+        encl.child_count += 1
+        encl.note_change(linaddr)
+        append(_SUCCESS)
+    return results
 
 
 def eaug(m: Machine, epc_page: int, secs_page: int, linaddr: int,
@@ -587,7 +911,7 @@ def emodpr(m: Machine, epc_page: int, secinfo: bytes) -> SgxError:
     entry.w &= bool(info.flags & 2)
     entry.x &= bool(info.flags & 4)
     entry.mod_epoch = encl.epoch
-    encl.generation += 1
+    encl.note_change(entry.linaddr)
     return SgxError.SUCCESS
 
 
@@ -612,5 +936,5 @@ def emodt(m: Machine, epc_page: int, secinfo: bytes) -> SgxError:
     entry.r = entry.w = entry.x = False
     entry.pt = PageType(info.page_type)
     entry.mod_epoch = encl.epoch
-    encl.generation += 1
+    encl.note_change(entry.linaddr)
     return SgxError.SUCCESS

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -26,18 +27,23 @@ from unicorn import (
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
     UC_MODE_64,
-    UC_PROT_NONE,
     Uc,
     UcError,
 )
 from unicorn import x86_const as x86
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_const import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_TLB_FILL,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+)
 from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
-from vsgx.evm.enclave import PROT_R, PROT_W, EnclaveState
+from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
+from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
 from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
 
@@ -52,6 +58,14 @@ _REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
 _ACCESS = {19: READ, 20: WRITE, 21: FETCH, 22: WRITE, 23: READ, 24: FETCH}
 _FAULT_VECTORS = {0, 1, 4, 5, 7, 13, 16, 17, 19}
 _CPU_MODEL = x86.UC_CPU_X86_SKYLAKE_SERVER
+# ELRANGE is mapped in chunks of this size, or as one chunk when smaller
+# (ELRANGE is aligned to its size, a power of two)
+_CHUNK = 512 * PAGE_SIZE
+# Denied accesses go to their address with this bit set, where nothing is
+# mapped (x86-64 physical addresses have 52 bits; linear ones here < 2^47).
+_DENIED = 1 << 51
+_TLB_NEED = {16: 1, 17: 2, 18: 4}  # UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH -> right
+_KIND_NEED = {READ: 1, WRITE: 2, FETCH: 4}
 _XMM = tuple(getattr(x86, f"UC_X86_REG_XMM{i}") for i in range(16))
 _ST = tuple(getattr(x86, f"UC_X86_REG_ST{i}") for i in range(8))
 
@@ -69,11 +83,21 @@ class UnicornExecutor:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_cpu_model(_CPU_MODEL)
         self.handle = self.uc._uch
-        self.uc.mem_map_ptr(encl.base, encl.size, UC_PROT_NONE, encl.memory.address)
-        self.prot: dict[int, int] = {}
+        # ELRANGE is mapped from the enclave's memory a chunk at a time, on
+        # first touch (one region for a whole 32 GiB ELRANGE would cost a
+        # second to unmap), with all rights: the TLB hook gives the rights.
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.chunks: set[int] = set()
+        self.chunk_size = min(_CHUNK, encl.size)
+        # pages whose code the engine may have translated (granted X)
+        self.code_pages: set[int] = set()
+        # rights of the untrusted pages mapped now
+        self.untrusted_prot: dict[int, int] = {}
         self.generation = -1
+        self.mark = (0, 0)  # the enclave's change mark at our last sync
         self.rewritten_seen = 0
         self.event: Stop | None = None
+        self.retry: tuple[list[int], int | None] | None = None
         self.stop_requested = False
         self.interrupt_requested = False
         self.untrusted: UntrustedMemory | None = None
@@ -94,6 +118,7 @@ class UnicornExecutor:
         self._rip_ref = ctypes.byref(self._rip)
         self._start = 0
         self.uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid_memory)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         for insn in (x86.UC_X86_INS_SYSCALL, x86.UC_X86_INS_SYSENTER):
             self.uc.hook_add(UC_HOOK_INSN, self._on_forbidden, None, 1, 0, insn)
@@ -133,41 +158,90 @@ class UnicornExecutor:
         return registers
 
     # memory ------------------------------------------------------------
+    # The engine runs with a virtual TLB: on every TLB miss Unicorn asks
+    # _on_tlb_fill for the page's rights, which follow EPCM and the page
+    # tables at that moment, and for where the page is. Mapped regions keep
+    # all rights and never change (Unicorn's mem_protect costs time in
+    # proportion to its region count and to the region it splits). A change
+    # of rights is a TLB flush, as a TLB shootdown is on hardware; a denied
+    # access is sent to an address with nothing mapped, so that it reaches
+    # _on_invalid_memory with its exact address.
     def sync(self) -> None:
-        """Make page protections follow EPCM and the page tables (call with
-        the machine lock held)."""
+        """Make the engine see EPCM and the page tables as they are now
+        (call with the machine lock held): flush its TLB, and drop the
+        translated code of pages that changed (only the journal's pages
+        when it can name them, every executable page otherwise)."""
         encl = self.encl
         if self.generation == encl.generation:
             return
-        # Page contents changed outside this engine (EDBGWR) need their
-        # translated code dropped too.
-        desired, runs = protection_runs(encl, self.prot, encl.rewritten[self.rewritten_seen:])
+        rewritten = encl.rewritten[self.rewritten_seen:]
         self.rewritten_seen = len(encl.rewritten)
-        for start, end, prot in runs:
-            self._protect(start, end, prot)
-        self.prot = desired
+        changed = encl.changes_since(self.mark) if self.generation >= 0 else None
+        code = self.code_pages
+        stale = set(code) if changed is None else code.intersection(changed)
+        stale.update(page for page in rewritten if page in code)
+        for page in stale:
+            self.uc.ctl_remove_cache(page, page + PAGE_SIZE)
+            code.discard(page)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         self.generation = encl.generation
+        self.mark = encl.change_mark()
 
-    def _protect(self, start: int, end: int, prot: int) -> None:
-        """Set protections and drop translated code of the range: Unicorn
-        keeps running cached translations of a page whose permissions or
-        contents changed behind its back (EWB, EREMOVE, ELDU, EAUG...)."""
-        self.uc.mem_protect(start, end - start, prot)
-        self.uc.ctl_remove_cache(start, end)
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: Any, data: object) -> bool:
+        """A TLB miss at ``vaddr`` (a page): where it is and what it allows."""
+        encl = self.encl
+        need = _TLB_NEED.get(access, PROT_R)
+        if encl.base <= vaddr < encl.base + encl.size:
+            with self.machine.lock:
+                prot = page_prot(encl, vaddr)
+                if prot & need:
+                    if vaddr in encl.old:
+                        encl.touch(vaddr)  # the page walk sets the accessed bit
+                    if prot & PROT_X:
+                        self.code_pages.add(vaddr)
+                    entry.paddr = vaddr
+                    entry.perms = prot
+                    return True
+        elif need != PROT_X:
+            prot = self.untrusted_prot.get(vaddr, UC_PROT_ALL)  # not mapped yet: any
+            if prot & need:
+                entry.paddr = vaddr
+                entry.perms = prot
+                return True
+        entry.paddr = vaddr | _DENIED
+        entry.perms = UC_PROT_ALL
+        return True
+
+    def _map_chunk(self, chunk: int) -> None:
+        encl = self.encl
+        assert encl.memory is not None
+        self.uc.mem_map_ptr(chunk, self.chunk_size, UC_PROT_ALL,
+                            encl.memory.address + chunk - encl.base)
+        self.chunks.add(chunk)
 
     def _on_invalid_memory(self, uc: Uc, access: int, address: int, size: int, value: int,
                            data: object) -> bool:
         kind = _ACCESS.get(access, READ)
         encl = self.encl
+        denied = bool(address & _DENIED)
+        address &= ~_DENIED
         page = address & ~(PAGE_SIZE - 1)
         if encl.in_elrange(address):
+            # Mappings are not changed from inside a hook (Unicorn may still
+            # use the region): the run stops, run() fixes what is missing and
+            # goes on from the same instruction (memory faults are precise).
             with self.machine.lock:
+                if not denied:
+                    # an access may cross into the next chunk
+                    self.retry = (sorted({a & ~(self.chunk_size - 1) for a in (
+                        address, address + size - 1) if encl.in_elrange(a)} - self.chunks),
+                        None)
+                    return False
                 if allowed(encl, page, kind):
-                    # A stale protection: the EPCM changed since our last sync
-                    # (a TLB miss on hardware would see the new entry).
-                    self.generation = -1
-                    self.sync()
-                    return True
+                    # A stale TLB entry: EPCM changed since it was filled (a
+                    # TLB miss on hardware would see the new entry).
+                    self.retry = ([], page)
+                    return False
                 code = fault_code(encl, page, kind)
             self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF, code, address)
             return False
@@ -190,10 +264,11 @@ class UnicornExecutor:
                 return False
             buffer, writable = shared
             pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
-            self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
-                                ctypes.addressof(pinned))
+            prot = PROT_R | (PROT_W if writable else 0)
+            self.uc.mem_map_ptr(page, PAGE_SIZE, prot, ctypes.addressof(pinned))
             self.shared_pages[page] = pinned
-            return True
+            self.untrusted_prot[page] = prot
+            return self._mapped_allows(prot, kind, rip, address)
         fetched = self.untrusted.fetch(page)
         if fetched is None:
             code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
@@ -202,10 +277,29 @@ class UnicornExecutor:
         data_bytes, writable = fetched
         buffer = bytearray(data_bytes)
         pinned = (ctypes.c_char * PAGE_SIZE).from_buffer(buffer)
-        self.uc.mem_map_ptr(page, PAGE_SIZE, PROT_R | (PROT_W if writable else 0),
-                            ctypes.addressof(pinned))
+        prot = PROT_R | (PROT_W if writable else 0)
+        self.uc.mem_map_ptr(page, PAGE_SIZE, prot, ctypes.addressof(pinned))
         self.untrusted_pages[page] = (bytes(data_bytes), buffer, pinned)
-        return True
+        self.untrusted_prot[page] = prot
+        return self._mapped_allows(prot, kind, rip, address)
+
+    def _mapped_allows(self, prot: int, kind: str, rip: int, address: int) -> bool:
+        """After mapping an untrusted page: go on, or the access faults
+        (a write to a read-only page is #PF with P set)."""
+        if prot & _KIND_NEED[kind]:
+            return True
+        code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
+        self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
+        return False
+
+    def _fix_mappings(self, chunks: list[int], page: int | None) -> None:
+        """What a stop in _on_invalid_memory asked for: map chunks of
+        ELRANGE, or drop a stale TLB entry."""
+        with self.machine.lock:
+            self.sync()
+            for chunk in chunks:
+                self._map_chunk(chunk)
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
         """Write back what the enclave changed in untrusted memory, and forget
@@ -219,6 +313,8 @@ class UnicornExecutor:
             if changes:
                 untrusted.write_back(page, changes)
             self.uc.mem_unmap(page, PAGE_SIZE)
+            self.untrusted_prot.pop(page, None)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     # events --------------------------------------------------------------
     def _stop_with(self, stop: Stop) -> None:
@@ -270,6 +366,9 @@ class UnicornExecutor:
                 or source[1] != getattr(untrusted, "generation", -1)):
             for page in self.shared_pages:
                 self.uc.mem_unmap(page, PAGE_SIZE)
+                self.untrusted_prot.pop(page, None)
+            if self.shared_pages:
+                self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
             self.shared_pages = {}
             self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
 
@@ -284,7 +383,22 @@ class UnicornExecutor:
         start, self._start = self._start, -1
         if start < 0:
             start = self._read_rip()
-        status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
+        last_retry = None
+        while True:
+            status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
+            retry, self.retry = self.retry, None
+            if retry is None:
+                break
+            start = self._read_rip()
+            if (start, retry) == last_retry:
+                # The fix did not take: never spin; the access faults.
+                encl = self.encl
+                page = retry[1] if retry[1] is not None else retry[0][0]
+                self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF,
+                                  fault_code(encl, page, READ), page)
+                break
+            last_retry = (start, retry)
+            self._fix_mappings(*retry)
         if self.event is not None:
             event = self.event
             if event.vector == Vector.PF and self.encl.in_elrange(event.address):
@@ -346,10 +460,12 @@ class UnicornExecutor:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.uc.mem_unmap(self.encl.base, self.encl.size)
-        except UcError:
-            pass
+        for chunk in self.chunks:
+            try:
+                self.uc.mem_unmap(chunk, self.chunk_size)
+            except UcError:
+                pass
+        self.chunks.clear()
 
 
 def _abridged_tag(full: int) -> int:
@@ -366,6 +482,9 @@ def _st_bytes(value: object) -> bytes:
 
 class UnicornExecutorFactory:
     name = "unicorn"
+    # Its engines map pages whose accessed bit is clear without rights, so
+    # EnclaveState.old is exact (see vm.EnclaveVM.test_and_clear_young).
+    tracks_access = True
 
     def __init__(self, machine: Machine):
         self.machine = machine

@@ -10,12 +10,13 @@ through which the enclave reads and writes the application's memory.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
-from vsgx.arch.errors import SgxError, gp
+from vsgx.arch.errors import Fault, SgxError, gp
 from vsgx.errors import VsgxError
 from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
@@ -27,6 +28,11 @@ from vsgx.evm.thread import EnclaveExit, EnclaveThread
 from vsgx.evm.unicorn_executor import UnicornExecutorFactory
 
 EXECUTORS = ("native", "unicorn")
+# mprotect() ranges up to this many pages are named page by page to the
+# executors (see EnclaveState.note_change)
+_JOURNALLED_PROTECT = 512
+_TCS_OSSA_NSSA = struct.Struct("<QII")  # TCS.OSSA, CSSA, NSSA (from offset 16)
+_MAX_TOUCHED_SSA = 16
 
 
 def executor_factory(machine: Machine, name: str | None = None) -> ExecutorFactory:
@@ -58,6 +64,9 @@ class EnclaveVM:
         if executor is None or isinstance(executor, str):
             executor = executor_factory(self.machine, executor)
         self.executor_factory: ExecutorFactory = executor
+        self._tracks_access = bool(getattr(executor, "tracks_access", False))
+        # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
+        self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
 
     @property
     def config(self) -> PlatformConfig:
@@ -82,6 +91,27 @@ class EnclaveVM:
             encls.eadd(self.machine, epc_page, secs_page, linaddr, source, secinfo)
             if measure:
                 encls.measure_pages(self.machine, secs_page, epc_page)
+
+    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int, source: bytes,
+                   secinfo: bytes, measure: bool = False) -> None:
+        """EADD (and EEXTEND when ``measure``) of consecutive REG pages, one
+        EPC page each, in one call (encls.eadd_pages)."""
+        with self.machine.lock:
+            encls.eadd_pages(self.machine, epc_pages, secs_page, linaddr, source, secinfo,
+                             measure)
+
+    def eadd_uniform(self, secs_page: int, linaddr: int, count: int, secinfo: bytes, fill: int,
+                     measure: bool = False, epc_pages: list[int] | tuple[int, ...] = ()
+                     ) -> None:
+        """EADD of ``count`` pages of one 32-bit pattern; pages past
+        ``epc_pages`` stay deferred until eldu_deferred (encls.eadd_uniform)."""
+        with self.machine.lock:
+            encls.eadd_uniform(self.machine, secs_page, linaddr, count, secinfo, fill, measure,
+                               epc_pages)
+
+    def eldu_deferred(self, epc_page: int, secs_page: int, linaddr: int) -> None:
+        with self.machine.lock:
+            encls.eldu_deferred(self.machine, epc_page, secs_page, linaddr)
 
     def eextend(self, secs_page: int, chunk: int) -> None:
         with self.machine.lock:
@@ -119,6 +149,26 @@ class EnclaveVM:
     def ewb(self, epc_page: int, va_slot: int) -> tuple[SgxError, EvictedPage | None]:
         with self.machine.lock:
             return encls.ewb(self.machine, epc_page, va_slot)
+
+    def eblock_pages(self, epc_pages: list[int]) -> list[SgxError | Fault]:
+        """EBLOCK of each page; a Fault (as the last item) ends the batch."""
+        with self.machine.lock:
+            return encls.eblock_pages(self.machine, epc_pages)
+
+    def ewb_pages(self, pairs: list[tuple[int, int]]
+                  ) -> list[tuple[SgxError, EvictedPage | None] | Fault]:
+        """EWB of each (EPC page, VA slot); a Fault (as the last item) ends
+        the batch, and the pages before it are written out."""
+        with self.machine.lock:
+            return encls.ewb_pages(self.machine, pairs)
+
+    def eldu_pages(self, secs_page: int,
+                   items: list[tuple[int, int, int, bytes | memoryview, bytes]]
+                   ) -> list[SgxError | Fault]:
+        """ELDU of each (EPC page, VA slot, LINADDR, blob, PCMD) of one
+        enclave; a blob may be EvictedPage.sealed (no copy is made)."""
+        with self.machine.lock:
+            return encls.eld_pages(self.machine, secs_page, items)
 
     def eldu(self, epc_page: int, va_slot: int, secs_page: int, linaddr: int, ciphertext: bytes,
              pcmd: bytes) -> SgxError:
@@ -158,12 +208,21 @@ class EnclaveVM:
             encl = encls.secs_of(self.machine, secs_page)
             if linaddr % PAGE_SIZE or not encl.in_elrange(linaddr, count * PAGE_SIZE):
                 raise gp("the range is not page aligned inside ELRANGE")
-            for page in range(linaddr, linaddr + count * PAGE_SIZE, PAGE_SIZE):
-                if prot == 0b111:
-                    encl.pte.pop(page, None)
-                else:
-                    encl.pte[page] = prot
-            encl.generation += 1
+            end = linaddr + count * PAGE_SIZE
+            if prot == 0b111 and count > len(encl.pte):
+                for page in [p for p in encl.pte if linaddr <= p < end]:
+                    del encl.pte[page]
+            else:
+                for page in range(linaddr, end, PAGE_SIZE):
+                    if prot == 0b111:
+                        encl.pte.pop(page, None)
+                    else:
+                        encl.pte[page] = prot
+            if count <= _JOURNALLED_PROTECT:
+                for page in range(linaddr, end, PAGE_SIZE):
+                    encl.note_change(page)
+            else:
+                encl.generation += 1  # too many to name: executors re-read everything
 
     # -- ENCLU from outside --------------------------------------------------
     def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:
@@ -188,11 +247,46 @@ class EnclaveVM:
                untrusted: UntrustedMemory) -> EnclaveExit:
         """EENTER: ``registers`` are the application's 20 registers with
         RBX = TCS and RCX = AEP; ``return_rip`` is the address after its ENCLU."""
-        return self._thread(secs_page, registers[RBX]).eenter(registers, return_rip, untrusted)
+        thread = self._thread(secs_page, registers[RBX])
+        if self._tracks_access:
+            self._touch_thread_pages(thread.encl, registers[RBX])
+        return thread.eenter(registers, return_rip, untrusted)
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: UntrustedMemory
                 ) -> EnclaveExit:
-        return self._thread(secs_page, registers[RBX]).eresume(registers, untrusted)
+        thread = self._thread(secs_page, registers[RBX])
+        if self._tracks_access:
+            self._touch_thread_pages(thread.encl, registers[RBX])
+        return thread.eresume(registers, untrusted)
+
+    def _touch_thread_pages(self, encl: EnclaveState, tcs: int) -> None:
+        """EENTER and ERESUME access the TCS and the SSA frames themselves
+        (not through the executor): their pages' accessed bits are set."""
+        old = encl.old
+        cached = self._thread_pages.get((encl.eid, tcs))
+        if cached is None or cached[0] != encl.generation:
+            with self.machine.lock:
+                if tcs not in encl.pages or encl.memory is None:
+                    return
+                ossa, _cssa, nssa = _TCS_OSSA_NSSA.unpack_from(encl.memory.view,
+                                                             tcs - encl.base + 16)
+                frames = min(nssa, _MAX_TOUCHED_SSA) * encl.ssaframesize
+                first = encl.base + (ossa & ~(PAGE_SIZE - 1))
+                pages = (tcs, *range(first, first + frames * PAGE_SIZE, PAGE_SIZE))
+                cached = self._thread_pages[encl.eid, tcs] = (encl.generation, pages)
+        if any(page in old for page in cached[1]):
+            with self.machine.lock:
+                for page in cached[1]:
+                    encl.touch(page)
+
+    def test_and_clear_young(self, secs_page: int, linaddrs: list[int]) -> list[bool] | None:
+        """For the driver's reclaimer: whether each page was touched since
+        this was last asked for it (and clear that), or None when the
+        executor cannot tell (the native one maps pages once)."""
+        if not self._tracks_access:
+            return None
+        with self.machine.lock:
+            return encls.secs_of(self.machine, secs_page).age(linaddrs)
 
     def kick(self, secs_page: int) -> None:
         """An IPI to every logical processor inside the enclave: each takes

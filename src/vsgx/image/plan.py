@@ -7,6 +7,8 @@ A plan is data only: no I/O, no EPC.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -156,3 +158,117 @@ class BuildPlan:
                 mr.add_uniform_pages(run.offset, run.count, run.fill_page(),
                                      run.secinfo_flags, run.measured)
         return mr.digest()
+
+
+class PageRunSet:
+    """Pages of runs that are added but not yet given memory of their own:
+    the uniform runs whose EPC residency the EVM and the driver defer.
+
+    Each run keeps one value for all its pages (its SECINFO and fill, say)
+    and which of its pages are still deferred; a run of any size costs a few
+    objects until its pages are taken one by one (then one byte per page).
+    Lookups are a bisection over the runs, so a million-page heap is as cheap
+    to hold and query as a one-page one.
+    """
+
+    __slots__ = ("_live", "_runs", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        # [start, count, value, live pages (None: all of them), live count]
+        self._runs: list[list] = []
+        self._live = 0
+
+    def __len__(self) -> int:
+        """The number of pages still deferred."""
+        return self._live
+
+    def _run_at(self, page: int) -> list | None:
+        index = bisect.bisect_right(self._starts, page) - 1
+        if index < 0:
+            return None
+        run = self._runs[index]
+        return run if page < run[0] + run[1] * PAGE_SIZE else None
+
+    def _overlapping(self, start: int, end: int) -> list[list]:
+        index = max(0, bisect.bisect_right(self._starts, start) - 1)
+        found = []
+        while index < len(self._runs) and self._runs[index][0] < end:
+            run = self._runs[index]
+            if run[0] + run[1] * PAGE_SIZE > start:
+                found.append(run)
+            index += 1
+        return found
+
+    @staticmethod
+    def _live_between(run: list, start: int, end: int) -> bool:
+        first = max(0, (start - run[0]) // PAGE_SIZE)
+        last = min(run[1], (end - run[0] + PAGE_SIZE - 1) // PAGE_SIZE)
+        if first >= last:
+            return False
+        return run[3] is None or run[3].find(1, first, last) >= 0
+
+    def overlaps(self, start: int, count: int) -> bool:
+        """True when a page of [start, start + count pages) is still deferred."""
+        end = start + count * PAGE_SIZE
+        return any(self._live_between(run, start, end) for run in self._overlapping(start, end))
+
+    def add(self, start: int, count: int, value: object) -> None:
+        if start % PAGE_SIZE or count <= 0:
+            raise ValueError("a deferred run must be page aligned and non-empty")
+        if self.overlaps(start, count):
+            raise ValueError(f"pages at {start:#x} are already deferred")
+        index = bisect.bisect_right(self._starts, start)
+        self._starts.insert(index, start)
+        self._runs.insert(index, [start, count, value, None, count])
+        self._live += count
+
+    def get(self, page: int) -> object | None:
+        """The value of a deferred page, or None."""
+        run = self._run_at(page)
+        if run is None:
+            return None
+        if run[3] is not None and not run[3][(page - run[0]) // PAGE_SIZE]:
+            return None
+        return run[2]
+
+    def take(self, page: int) -> object | None:
+        """Stop deferring ``page``: its value, or None if it was not deferred."""
+        run = self._run_at(page)
+        if run is None:
+            return None
+        index = (page - run[0]) // PAGE_SIZE
+        if run[3] is None:
+            run[3] = bytearray(b"\x01") * run[1]
+        elif not run[3][index]:
+            return None
+        run[3][index] = 0
+        run[4] -= 1
+        self._live -= 1
+        if run[4] == 0:
+            position = self._runs.index(run)
+            del self._runs[position]
+            del self._starts[position]
+        return run[2]
+
+    def values_in(self, start: int, count: int) -> list[object]:
+        """The values of the runs with deferred pages in the range."""
+        end = start + count * PAGE_SIZE
+        return [run[2] for run in self._overlapping(start, end)
+                if self._live_between(run, start, end)]
+
+    def pages_in(self, start: int, count: int) -> Iterator[int]:
+        """The deferred pages of the range, in address order."""
+        end = start + count * PAGE_SIZE
+        for run in self._overlapping(start, end):
+            first = max(0, (start - run[0]) // PAGE_SIZE)
+            last = min(run[1], (end - run[0] + PAGE_SIZE - 1) // PAGE_SIZE)
+            live = run[3]
+            for index in range(first, last):
+                if live is None or live[index]:
+                    yield run[0] + index * PAGE_SIZE
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._runs.clear()
+        self._live = 0
