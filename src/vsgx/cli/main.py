@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["auto", "native", "unicorn"], default="auto",
                    help="what runs enclave code: native (runner processes on this CPU), "
                    "unicorn (portable, traceable), auto (native where supported; default)")
+
+    from vsgx.cli import exec_command  # `vsgx exec` declares its own options
+
+    exec_command.add_parser(sub)
     return parser
 
 
