@@ -315,7 +315,7 @@ class Session:
         size = _BUFFER_SIZES.get(cmd, 0)
         payload = message.payload
         buffer = payload[:size] if size and flags & BUFFER_READABLE else None
-        if size and len(payload) < size:
+        if size and flags & ARG_READABLE and len(payload) < size:
             raise DeviceProtocolError("IOCTL: the argument's buffer is cut short")
         try:
             with self._lock:
@@ -366,6 +366,8 @@ class Session:
             result = self.driver.enter(encl, message["leaf"], list(regs), message["return_rip"],
                                        self.memory)
         except Fault as fault:
+            if os.environ.get("VSGX_EXEC_DEBUG"):
+                self.log(f"pid {self.pid}: ENCLU faulted: {fault}")
             return pack(Msg.EXIT, kind=ExitKind.FAULT, vector=int(fault.vector),
                         error_code=fault.error_code & 0xFFFFFFFF,
                         address=fault.address & ((1 << 64) - 1), regs=regs)
@@ -377,6 +379,9 @@ class Session:
         out = [value & ((1 << 64) - 1) for value in result.registers][:REGISTER_COUNT]
         if result.kind != "aex":
             return pack(Msg.EXIT, kind=ExitKind.EEXIT, regs=out)
+        if os.environ.get("VSGX_EXEC_DEBUG"):
+            self.log(f"pid {self.pid}: AEX vector {result.vector} error code "
+                     f"{result.error_code:#x} address {result.address:#x} rip {out[17]:#x}")
         return pack(Msg.EXIT, kind=ExitKind.AEX, vector=result.vector,
                     error_code=result.error_code & 0xFFFFFFFF,
                     exitinfo_valid=int(result.exitinfo_valid),

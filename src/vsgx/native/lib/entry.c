@@ -115,6 +115,7 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
     memset(result, 0, sizeof(*result));
     uint64_t file = vsgx_enclave_file_for_tcs(regs[R_RBX]);
     if (file == 0) {
+        vsgx_log("EENTER on %#lx: no enclave there", (unsigned long)regs[R_RBX]);
         /* DS:RBX does not resolve within an EPC page: #PF on the TCS. */
         result->kind = VSGX_EXIT_FAULT;
         result->vector = 14;
@@ -175,6 +176,7 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
             memcpy(regs, exit_message->regs, sizeof(exit_message->regs));
     }
     if (result->kind == VSGX_EXIT_LOST) {
+        vsgx_log("the entry on %#lx is lost (%d)", (unsigned long)regs[R_RBX], result->status);
         /* The enclave is gone: its TCS no longer resolves to EPC. */
         result->kind = VSGX_EXIT_FAULT;
         result->vector = 14;
