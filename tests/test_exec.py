@@ -1,0 +1,213 @@
+"""`vsgx exec`: unmodified programs, written here in C and built by gcc,
+run their enclaves through the injected library — a selftest-style loader
+over the uapi ioctls and the vDSO, and a host that follows Intel's urts
+conventions for the SDK-format sample — on both executors; the generated
+protocol header agrees with its Python declarations; bad input gets a
+one-line error."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vsgx.avm.loader import secs_for
+from vsgx.channel.device import MESSAGES, render_c_header
+from vsgx.image import plan_from_bytes
+from vsgx.samples import HELLO_DIR
+from vsgx.sdk.edl import load_edl
+from vsgx.sdk.features import system_features
+
+PROGRAMS = Path(__file__).resolve().parent / "native_programs"
+EXEC_TIMEOUT = 600
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or shutil.which("gcc") is None,
+                                reason="vsgx exec needs Linux and gcc")
+
+
+def compile_program(source: Path, output: Path) -> Path:
+    result = subprocess.run(["gcc", "-O1", "-Wall", "-pthread", "-o", str(output), str(source)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def vsgx_exec(*words: str, executor: str | None = None, cwd: Path | None = None,
+              timeout: float = EXEC_TIMEOUT, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "vsgx", "exec"]
+    if executor:
+        command += ["--executor", executor]
+    return subprocess.run([*command, *words], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, check=False, env=env)
+
+
+def checks(output: str) -> dict[str, str]:
+    """The "ok NAME" / "FAIL NAME: why" lines of a test program."""
+    found = {}
+    for line in output.splitlines():
+        match = re.match(r"(ok|FAIL) ([^:]+?)(?:: (.*))?$", line)
+        if match:
+            found[match.group(2)] = match.group(1) if match.group(1) == "ok" else line
+    return found
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("programs")
+    return {name: compile_program(PROGRAMS / f"{name}.c", out / name)
+            for name in ("uapi_loader", "urts_host")}
+
+
+# -- the generated protocol header --------------------------------------------
+def test_protocol_header_matches_the_python_declarations(tmp_path: Path) -> None:
+    header = tmp_path / "vsgx_device_protocol.h"
+    header.write_text(render_c_header())
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "vsgx_device_protocol.h"',
+             "int main(void) {"]
+    for message in MESSAGES.values():
+        lines.append(f'printf("{message.c_name} size %zu\\n", sizeof(struct {message.c_name}));')
+        for field in message.all_fields:
+            lines.append(f'printf("{message.c_name} {field.name} %zu\\n", '
+                         f'offsetof(struct {message.c_name}, {field.name}));')
+    lines += ["return 0; }"]
+    source = tmp_path / "layout.c"
+    source.write_text("\n".join(lines))
+    binary = tmp_path / "layout"
+    result = subprocess.run(["gcc", f"-I{tmp_path}", "-o", str(binary), str(source)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    expected = []
+    for message in MESSAGES.values():
+        expected.append(f"{message.c_name} size {message.layout.size}")
+        expected += [f"{message.c_name} {name} {offset}"
+                     for name, offset in message.offsets().items()]
+    assert seen.split("\n")[:-1] == expected
+
+
+# -- a loader in the selftests' style over the uapi --------------------------
+def test_uapi_loader_runs_the_plain_enclave(programs, plain_enclave, executor) -> None:
+    assert plain_enclave.sigstruct is not None
+    result = vsgx_exec("--", str(programs["uapi_loader"]), str(plain_enclave.signed),
+                       str(plain_enclave.sigstruct), executor=executor)
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = plan_from_bytes(plain_enclave.signed.read_bytes(),
+                           plain_enclave.sigstruct.read_bytes())
+    image_end = max(run.end for run in plan.runs)
+    wanted = {"probes", "create", "add heap", "init", "init wrong measurement",
+              "map above the pages' rights", "mprotect above the pages' rights",
+              "zeroed restrict probe", "vdso symbol", "put and get", "user handler",
+              "exception", "pte fault", "eresume", "threads", "after close", "after munmap"}
+    if plan.ecreate.size - image_end >= 4096:
+        wanted |= {"unmapped hole", "eaug on a mapped hole", "eaccept", "augmented page"}
+    assert wanted <= set(found), result.stdout
+
+
+# -- a host that follows Intel's urts ----------------------------------------
+def write_plan(signed: Path, output: Path) -> Path:
+    """The sample's build plan as urts_host reads it (the layout Intel's
+    urts derives from the same metadata)."""
+    plan = plan_from_bytes(signed.read_bytes())
+    secs = secs_for(plan, 0, 0x3, 0x1, debug=True)
+    assert plan.sigstruct_bytes is not None
+    tcs = plan.tcs_offsets
+    features = system_features(len(tcs))
+    runs = plan.runs
+    header_size = 8 + 12 * 8
+    runs_at = header_size
+    tcs_at = runs_at + len(runs) * 48
+    data = bytearray()
+    data_at = tcs_at + len(tcs) * 8
+    run_records = []
+    for run in runs:
+        if run.data is None:
+            run_records.append((run.offset, run.count, run.secinfo_flags, int(run.measured),
+                                (1 << 64) - 1, run.fill))
+        else:
+            run_records.append((run.offset, run.count, run.secinfo_flags, int(run.measured),
+                                data_at + len(data), 0))
+            data += run.data
+    sigstruct_at = data_at + len(data)
+    features_at = sigstruct_at + len(plan.sigstruct_bytes)
+    blob = bytearray(b"VSGXPLN1")
+    blob += struct.pack("<12Q", secs.size, secs.ssaframesize, secs.attributes, secs.xfrm,
+                        secs.miscselect, len(runs), len(tcs), runs_at, tcs_at, sigstruct_at,
+                        features_at, len(features))
+    for record in run_records:
+        blob += struct.pack("<6Q", *record)
+    blob += struct.pack(f"<{len(tcs)}Q", *tcs)
+    blob += data + plan.sigstruct_bytes + features
+    output.write_bytes(bytes(blob))
+    return output
+
+
+def test_urts_style_host_runs_the_sdk_sample(programs, sdk_enclave, executor, tmp_path) -> None:
+    plan_file = write_plan(sdk_enclave.signed, tmp_path / "hello.plan")
+    edl = load_edl(HELLO_DIR / "hello.edl")
+    ordinals = [str(edl.ecall(name)[0]) for name in ("ecall_hello", "ecall_add",
+                                                     "ecall_ocall_nop", "ecall_fault")]
+    ordinals += [str(edl.ocall(name)[0]) for name in ("ocall_print", "ocall_nop")]
+    result = vsgx_exec("--", str(programs["urts_host"]), str(plan_file), *ordinals,
+                       executor=executor)
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"vdso symbol", "load", "ecall", "ocalls", "ocall with a string", "exception 1",
+            "exception 2", "exception 3", "two threads", "fork", "parent after fork",
+            "destroyed", "exit without destroy"} <= set(found), result.stdout
+
+
+# -- the command line -----------------------------------------------------------
+def test_exec_without_a_program_is_an_error() -> None:
+    result = vsgx_exec()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("vsgx exec: error: no program")
+
+
+def test_exec_of_a_missing_program_is_an_error(tmp_path: Path) -> None:
+    result = vsgx_exec("--", str(tmp_path / "missing"))
+    assert result.returncode == 1
+    assert "no such file" in result.stderr
+    result = vsgx_exec("--", "vsgx-no-such-program")
+    assert result.returncode == 1 and "not found in PATH" in result.stderr
+    plain = tmp_path / "data.txt"
+    plain.write_text("not a program")
+    result = vsgx_exec("--", str(plain))
+    assert result.returncode == 1 and "not an executable file" in result.stderr
+
+
+def test_exec_with_a_bad_evm_address_is_an_error() -> None:
+    result = vsgx_exec("--evm", "bogus", "--", "true")
+    assert result.returncode == 1
+    assert "--evm bogus" in result.stderr
+    result = vsgx_exec("--evm", "unix:/nonexistent/evm.sock", "--", "true")
+    assert result.returncode == 1
+    assert "cannot reach the EVM" in result.stderr
+    result = vsgx_exec("--evm", "unix:/x", "--executor", "native", "--", "true")
+    assert result.returncode == 1 and "--executor" in result.stderr
+
+
+def test_exec_passes_the_exit_status_and_the_environment_through() -> None:
+    result = vsgx_exec("--", "sh", "-c", 'test -n "$LD_PRELOAD" && exit 7', executor="unicorn")
+    assert result.returncode == 7, result.stderr
+    result = vsgx_exec("--", "sh", "-c", "kill -TERM $$", executor="unicorn")
+    assert result.returncode == 128 + 15, result.stderr
+
+
+def test_print_env_names_the_library_and_the_launcher() -> None:
+    result = vsgx_exec("--print-env")
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    library = values["LD_PRELOAD"].strip("'")
+    assert os.path.isfile(library) and "libvsgx-exec" in library
+    assert "exec --attach" in values["VSGX_EXEC_SPAWN"]
