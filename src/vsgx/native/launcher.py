@@ -26,7 +26,7 @@ from typing import Any
 
 from vsgx.arch.errors import Fault
 from vsgx.avm.driver import DriverError, EnclaveLost
-from vsgx.avm.uapi import STRUCTS, SGX_IOC_ENCLAVE_ADD_PAGES, EnclaveFile, ProgramDriver
+from vsgx.avm.uapi import SGX_IOC_ENCLAVE_ADD_PAGES, STRUCTS, EnclaveFile, ProgramDriver
 from vsgx.channel.device import (
     ARG_READABLE,
     BUFFER_READABLE,
