@@ -349,6 +349,11 @@ void vsgx_cpuid_rescan(void)
     pthread_mutex_unlock(&patch_lock);
 }
 
+void vsgx_cpuid_reload_model(void)
+{
+    load_model();
+}
+
 void vsgx_cpuid_probe(void)
 {
     load_model();

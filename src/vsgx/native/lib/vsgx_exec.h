@@ -94,6 +94,7 @@ VSGX_HIDDEN void vsgx_thread_stack_release(void);
 
 /* cpuid.c */
 VSGX_HIDDEN void vsgx_cpuid_probe(void);
+VSGX_HIDDEN void vsgx_cpuid_reload_model(void);
 VSGX_HIDDEN void vsgx_cpuid_init(void);
 VSGX_HIDDEN void vsgx_cpuid_rescan(void);
 VSGX_HIDDEN int vsgx_handle_cpuid_trap(ucontext_t *uc, int faulting);
