@@ -12,7 +12,12 @@
 
    usage: urts_host PLAN ECALL_HELLO ECALL_ADD ECALL_OCALL_NOP ECALL_FAULT
                     OCALL_PRINT OCALL_NOP
-   Prints "ok NAME" / "FAIL NAME: why"; the exit status counts failures. */
+   Prints "ok NAME" / "FAIL NAME: why"; the exit status counts failures.
+          urts_host --bench COUNT ECALL_NOP PLAN ... (the same ordinals)
+   prints, for benchmarks/exec.py, the creation time of the enclave and
+   COUNT null ECALL and null OCALL latencies (ns);
+          urts_host --sigill COUNT
+   prints COUNT #UD -> SIGILL -> return round trips (ns). */
 #define _GNU_SOURCE
 #include <elf.h>
 #include <errno.h>
@@ -27,7 +32,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+#include <signal.h>
+#include <ucontext.h>
 
 #define PAGE 4096UL
 #define SGX_IOC_ENCLAVE_CREATE 0x4008a400UL
@@ -79,6 +87,8 @@ static uint8_t *plan;
 static long ecall_hello, ecall_add, ecall_ocall_nop, ecall_fault, ocall_print, ocall_nop;
 static char printed[512];
 static int ocalls;
+static uint64_t *stamps;
+static long stamp_count, stamp_limit;
 static pthread_mutex_t ocall_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define CHECK(name, cond, ...)                                                  \
@@ -162,6 +172,11 @@ long urts_exit(long rdi, long rsi, struct sgx_enclave_run *run, long *next)
         uint32_t status = 0;
         pthread_mutex_lock(&ocall_lock);
         ocalls++;
+        if (stamps != NULL && stamp_count < stamp_limit) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            stamps[stamp_count++] = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+        }
         if (rdi == ocall_print) {
             const char *text = *(const char **)rsi;
             snprintf(printed, sizeof(printed), "%s", text ? text : "(null)");
@@ -348,8 +363,77 @@ static uint8_t *read_plan(const char *path)
     return memcmp(data, "VSGXPLN1", 8) ? NULL : data;
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void skip_ud2(int sig, siginfo_t *info, void *context)
+{
+    ((ucontext_t *)context)->uc_mcontext.gregs[REG_RIP] += 2;
+}
+
+static int sigill_round_trips(long count)
+{
+    struct sigaction action = {0};
+    action.sa_sigaction = skip_ud2;
+    action.sa_flags = SA_SIGINFO;
+    sigaction(SIGILL, &action, NULL);
+    for (long i = 0; i < count + 100; i++) {
+        uint64_t start = now_ns();
+        __asm__ volatile("ud2");
+        uint64_t end = now_ns();
+        if (i >= 100)
+            printf("sigill %lu\n", (unsigned long)(end - start));
+    }
+    return 0;
+}
+
+static int bench(long count, long ecall_nop, struct enclave *e)
+{
+    uint64_t start = now_ns();
+    int ret = load(e);
+    printf("create %lu\n", (unsigned long)(now_ns() - start));
+    if (ret != 0)
+        return 1;
+    for (long i = 0; i < count + 100; i++) {
+        start = now_ns();
+        int status = run_ecall(e, e->tcs[0], ecall_nop, NULL, NULL);
+        uint64_t end = now_ns();
+        if (status != 0)
+            return 1;
+        if (i >= 100)
+            printf("ecall %lu\n", (unsigned long)(end - start));
+    }
+    stamp_limit = count + 1;
+    stamps = calloc((size_t)stamp_limit, sizeof(uint64_t));
+    struct { int retval; int count; } ms = {0, (int)stamp_limit};
+    if (run_ecall(e, e->tcs[0], ecall_ocall_nop, &ms, NULL) != 0)
+        return 1;
+    /* Between two OCALL handler calls: ECMD_ORET, the enclave's loop, the
+       next OCALL's EEXIT: one OCALL round trip. */
+    for (long i = 1; i < stamp_count; i++)
+        printf("ocall %lu\n", (unsigned long)(stamps[i] - stamps[i - 1]));
+    destroy(e);
+    start = now_ns();
+    ret = load(e);
+    printf("create %lu\n", (unsigned long)(now_ns() - start));
+    return ret != 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "--sigill"))
+        return sigill_round_trips(atol(argv[2]));
+    long bench_count = 0, ecall_nop = 0;
+    if (argc == 11 && !strcmp(argv[1], "--bench")) {
+        bench_count = atol(argv[2]);
+        ecall_nop = atol(argv[3]);
+        argv += 3;
+        argc -= 3;
+    }
     if (argc != 8) {
         fprintf(stderr, "usage: %s PLAN ECALL_HELLO ECALL_ADD ECALL_OCALL_NOP ECALL_FAULT "
                         "OCALL_PRINT OCALL_NOP\n", argv[0]);
@@ -372,6 +456,8 @@ int main(int argc, char **argv)
         return failures;
 
     struct enclave e;
+    if (bench_count)
+        return bench(bench_count, ecall_nop, &e);
     int ret = load(&e);
     CHECK("load", ret == 0, "step %d errno %d", ret, errno);
     if (ret != 0)
