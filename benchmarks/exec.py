@@ -27,12 +27,11 @@ from common import bar_plot, print_table, save, summary_us
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from test_exec import PROGRAMS, compile_program, write_plan  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave  # noqa: E402
 from vsgx.samples import HELLO_DIR, build_sample  # noqa: E402
 from vsgx.sdk.edl import load_edl  # noqa: E402
-
-from test_exec import PROGRAMS, compile_program, write_plan  # noqa: E402
 
 BIG_CONFIG = """
 [enclave]

@@ -10,6 +10,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -430,9 +431,13 @@ static void build_image(void)
     uint64_t base = (uint64_t)image;
     struct symbol symbols[MAX_SYMBOLS];
     int count = real_vdso_symbols(real_getauxval(AT_SYSINFO_EHDR), symbols, MAX_SYMBOLS - 1);
-    symbols[count++] = (struct symbol){"__vdso_sgx_enter_enclave",
-                                       (uint64_t)vsgx_vdso_sgx_enter_enclave,
-                                       ELF64_ST_INFO(STB_GLOBAL, STT_FUNC)};
+    /* VSGX_EXEC_VDSO=0: a kernel without the SGX vDSO function (runtimes
+       then execute ENCLU themselves, which traps here). */
+    const char *offer = getenv("VSGX_EXEC_VDSO");
+    if (offer == NULL || offer[0] != '0')
+        symbols[count++] = (struct symbol){"__vdso_sgx_enter_enclave",
+                                           (uint64_t)vsgx_vdso_sgx_enter_enclave,
+                                           ELF64_ST_INFO(STB_GLOBAL, STT_FUNC)};
     int nsyms = count + 1;  /* with the null symbol */
     const char *soname = "linux-vdso.so.1", *version = "LINUX_2.6";
 
