@@ -20,6 +20,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <signal.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -157,6 +159,56 @@ static void *vdso_symbol(const char *wanted)
         if (!strcmp(strtab + symtab[i].st_name, wanted))
             return vdso + symtab[i].st_value;
     return NULL;
+}
+
+/* Raw ENCLU, as a runtime without the vDSO function executes it: EENTER with
+   RCX = the AEP (the ENCLU itself); EEXIT comes back after it, an AEX as a
+   signal at the AEP with RAX = ERESUME. */
+uint64_t raw_enter(uint64_t tcs, uint64_t *op);
+extern char raw_aep[], raw_done[];
+__asm__(".text\n"
+        ".globl raw_enter, raw_aep, raw_done\n"
+        "raw_enter:\n"
+        "    push %rbx\n"
+        "    push %rbp\n"
+        "    push %r12\n"
+        "    push %r13\n"
+        "    push %r14\n"
+        "    push %r15\n"
+        "    mov %rdi, %rbx\n"
+        "    mov %rsi, %rdi\n"
+        "    lea raw_aep(%rip), %rcx\n"
+        "    mov $2, %eax\n"
+        "raw_aep:\n"
+        "    .byte 0x0f, 0x01, 0xd7\n"
+        "raw_done:\n"
+        "    pop %r15\n"
+        "    pop %r14\n"
+        "    pop %r13\n"
+        "    pop %r12\n"
+        "    pop %rbp\n"
+        "    pop %rbx\n"
+        "    ret\n");
+
+static volatile int raw_signal;
+static volatile uint64_t raw_rip, raw_rax, raw_rbx;
+
+static void raw_handler(int sig, siginfo_t *info, void *context)
+{
+    ucontext_t *uc = context;
+    raw_signal = sig;
+    raw_rip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    raw_rax = (uint64_t)uc->uc_mcontext.gregs[REG_RAX];
+    raw_rbx = (uint64_t)uc->uc_mcontext.gregs[REG_RBX];
+    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)raw_done;  /* give up the entry */
+}
+
+static volatile int own_sigill;
+
+static void own_sigill_handler(int sig, siginfo_t *info, void *context)
+{
+    own_sigill++;
+    ((ucontext_t *)context)->uc_mcontext.gregs[REG_RIP] += 2;
 }
 
 /* -- calls into the plain enclave --------------------------------------- */
@@ -501,6 +553,32 @@ int main(int argc, char **argv)
     } else {
         printf("skip eaug: no hole in ELRANGE\n");
     }
+
+    /* Raw ENCLU: an EEXIT resumes after it; an AEX is the kernel's signal
+       at the AEP with RAX = ERESUME. The program's own SIGILL handler still
+       sees its own #UD. */
+    struct sigaction action = {0}, previous;
+    action.sa_sigaction = raw_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigaction(SIGFPE, &action, &previous);
+    uint64_t raw_put[8] = {OP_PUT_BUFFER, 0x600d};
+    raw_enter(tcs3, raw_put);
+    uint64_t raw_get[8] = {OP_GET_BUFFER, 0};
+    raw_enter(tcs3, raw_get);
+    CHECK("raw enclu", raw_get[1] == 0x600d && raw_signal == 0, "value %#lx signal %d",
+          (unsigned long)raw_get[1], raw_signal);
+    uint64_t raw_divide[8] = {OP_DIVIDE, 10, 0};
+    raw_enter(tcs1, raw_divide);
+    CHECK("raw enclu aex", raw_signal == SIGFPE && raw_rip == (uint64_t)raw_aep && raw_rax == 3 &&
+          raw_rbx == tcs1, "signal %d rip %#lx rax %lu", raw_signal, (unsigned long)raw_rip,
+          (unsigned long)raw_rax);
+    sigaction(SIGFPE, &previous, NULL);
+    struct sigaction own = {0};
+    own.sa_sigaction = own_sigill_handler;
+    own.sa_flags = SA_SIGINFO;
+    sigaction(SIGILL, &own, NULL);
+    __asm__ volatile("ud2");
+    CHECK("program's own sigill", own_sigill == 1, "handler calls %d", own_sigill);
 
     /* The enclave outlives its descriptor while it is mapped. */
     close(fd);

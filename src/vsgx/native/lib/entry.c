@@ -319,7 +319,10 @@ int vsgx_handle_raw_enclu(ucontext_t *uc)
             stack_t ours = {0};
             ours.ss_sp = alternate_stack;
             ours.ss_size = ALTERNATE_STACK;
-            sigaltstack(&ours, NULL);
+            /* sigreturn restores the stack settings saved in the context:
+               the new one must be there too. */
+            if (sigaltstack(&ours, NULL) == 0)
+                uc->uc_stack = ours;
         }
         return 1;
     }
