@@ -103,7 +103,7 @@ def test_uapi_loader_runs_the_plain_enclave(programs, plain_enclave, executor) -
     plan = plan_from_bytes(plain_enclave.signed.read_bytes(),
                            plain_enclave.sigstruct.read_bytes())
     image_end = max(run.end for run in plan.runs)
-    wanted = {"probes", "create", "add heap", "init", "init wrong measurement",
+    wanted = {"cpuid sgx", "cpuid sgx1 sgx2", "cpuid epc section", "probes", "create", "add heap", "init", "init wrong measurement",
               "map above the pages' rights", "mprotect above the pages' rights",
               "zeroed restrict probe", "vdso symbol", "put and get", "user handler",
               "exception", "pte fault", "eresume", "threads", "raw enclu", "raw enclu aex",
@@ -166,6 +166,44 @@ def test_urts_style_host_runs_the_sdk_sample(programs, sdk_enclave, executor, tm
     assert {"vdso symbol", "load", "ecall", "ocalls", "ocall with a string", "exception 1",
             "exception 2", "exception 3", "two threads", "fork", "parent after fork",
             "destroyed", "exit without destroy"} <= set(found), result.stdout
+
+
+# -- CPUID sites ----------------------------------------------------------------
+def test_cpuid_sites_are_real_instruction_starts(tmp_path: Path) -> None:
+    from vsgx.native.cpuid_sites import FileIdentity, cpuid_sites
+
+    source = tmp_path / "cpuid.c"
+    # The immediate of the first mov holds the bytes 0f a2: not a CPUID.
+    source.write_text("""
+        int main(void) {
+            unsigned a, b, c, d;
+            __asm__ volatile("mov $0x00a20f00, %%eax" : "=a"(a));
+            __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+            return (int)(a + b + c + d);
+        }""")
+    binary = compile_program(source, tmp_path / "cpuid")
+    from elftools.elf.elffile import ELFFile
+
+    with binary.open("rb") as handle:
+        elf = ELFFile(handle)
+        segments = [(s["p_vaddr"], s["p_memsz"]) for s in elf.iter_segments()
+                    if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1]
+        text = elf.get_section_by_name(".text")
+        code, start = text.data(), text["sh_addr"]
+    sites = cpuid_sites(str(binary), FileIdentity.of(str(binary)), segments)
+    decoy = code.index(b"\x0f\xa2")  # inside the mov's immediate comes first
+    assert start + decoy not in sites
+    assert len(sites) == 1 and code[sites[0] - start:sites[0] - start + 2] == b"\x0f\xa2"
+
+
+def test_cpuid_sites_refuse_a_changed_file(tmp_path: Path) -> None:
+    from vsgx.native.cpuid_sites import CpuidSitesError, FileIdentity, cpuid_sites
+
+    binary = compile_program(PROGRAMS / "uapi_loader.c", tmp_path / "loader")
+    identity = FileIdentity.of(str(binary))
+    stale = FileIdentity(identity.dev, identity.ino, identity.size + 1, identity.mtime_ns)
+    with pytest.raises(CpuidSitesError, match="changed on disk"):
+        cpuid_sites(str(binary), stale, [(0, 1 << 30)])
 
 
 # -- the command line -----------------------------------------------------------

@@ -8,6 +8,7 @@
 
    usage: uapi_loader ENCLAVE.elf ENCLAVE.elf.sig */
 #define _GNU_SOURCE
+#include <cpuid.h>
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -278,6 +279,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot read the enclave or its SIGSTRUCT\n");
         return 100;
     }
+
+    /* CPUID says SGX is there: leaf 7, and leaf 0x12 from the EVM's model
+       (the program's CPUID instructions trap where the CPU cannot fault). */
+    unsigned int a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    CHECK("cpuid sgx", b & (1u << 2), "leaf 7 ebx %#x", b);
+    __cpuid_count(0x12, 0, a, b, c, d);
+    CHECK("cpuid sgx1 sgx2", (a & 3) == 3 && (d >> 8 & 0xff) >= 36, "leaf 0x12.0 eax %#x edx %#x",
+          a, d);
+    __cpuid_count(0x12, 2, a, b, c, d);
+    CHECK("cpuid epc section", (a & 0xf) == 1 && (c & 0xfffff000) != 0, "leaf 0x12.2 %#x %#x",
+          a, c);
 
     /* Probes are cheap and local (urts opens and closes ~98 per enclave). */
     int probes_ok = 1;
