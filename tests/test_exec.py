@@ -103,7 +103,8 @@ def test_uapi_loader_runs_the_plain_enclave(programs, plain_enclave, executor) -
     plan = plan_from_bytes(plain_enclave.signed.read_bytes(),
                            plain_enclave.sigstruct.read_bytes())
     image_end = max(run.end for run in plan.runs)
-    wanted = {"cpuid sgx", "cpuid sgx1 sgx2", "cpuid epc section", "probes", "create", "add heap", "init", "init wrong measurement",
+    wanted = {"cpuid sgx", "cpuid sgx1 sgx2", "cpuid epc section", "probes", "create",
+              "add heap", "init", "init wrong measurement",
               "map above the pages' rights", "mprotect above the pages' rights",
               "zeroed restrict probe", "vdso symbol", "put and get", "user handler",
               "exception", "pte fault", "eresume", "threads", "raw enclu", "raw enclu aex",
