@@ -251,3 +251,116 @@ def test_print_env_names_the_library_and_the_launcher() -> None:
     library = values["LD_PRELOAD"].strip("'")
     assert os.path.isfile(library) and "libvsgx-exec" in library
     assert "exec --attach" in values["VSGX_EXEC_SPAWN"]
+
+
+# -- the uapi semantics, in this process ----------------------------------------
+@pytest.fixture
+def enclave_file(plain_enclave, make_vm):
+    """The plain enclave created, added and initialised through
+    vsgx.avm.uapi as the ioctls would, over an in-process EVM."""
+    from vsgx.avm.uapi import (
+        SGX_IOC_ENCLAVE_CREATE,
+        SGX_IOC_ENCLAVE_INIT,
+        EnclaveFile,
+        ProgramDriver,
+    )
+
+    assert plain_enclave.sigstruct is not None
+    plan = plan_from_bytes(plain_enclave.signed.read_bytes(),
+                           plain_enclave.sigstruct.read_bytes())
+    driver = ProgramDriver(make_vm())
+    file = EnclaveFile(driver)
+    base = plan.ecreate.size * 64
+    secs = secs_for(plan, base, 0x3, 0x1, debug=True)
+    assert file.ioctl(SGX_IOC_ENCLAVE_CREATE, [0], secs.pack()).ret == 0
+    for run in plan.runs:
+        secinfo = run.secinfo_flags.to_bytes(8, "little") + bytes(56)
+        pages = [run.page(i) for i in range(run.count)]
+        result = file.add_pages([0, run.offset, run.size, 0, int(run.measured), 0], secinfo, 0,
+                                pages)
+        assert result.ret == 0 and result.arg is not None and result.arg[5] == run.size
+    assert file.ioctl(SGX_IOC_ENCLAVE_INIT, [0], plan.sigstruct_bytes).ret == 0
+    yield file, plan, base
+    file.release()
+
+
+def test_uapi_zeroed_probes_are_answered_as_the_kernel_answers(enclave_file) -> None:
+    import errno
+
+    from vsgx.avm.uapi import (
+        SGX_IOC_ENCLAVE_CREATE,
+        SGX_IOC_ENCLAVE_MODIFY_TYPES,
+        SGX_IOC_ENCLAVE_PROVISION,
+        SGX_IOC_ENCLAVE_REMOVE_PAGES,
+        SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS,
+        SGX_IOC_VEPC_REMOVE_ALL,
+    )
+
+    file, _, _ = enclave_file
+    assert file.ioctl(SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS, [0] * 5).ret == -errno.EINVAL
+    assert file.ioctl(SGX_IOC_ENCLAVE_MODIFY_TYPES, [0] * 5).ret == -errno.EINVAL
+    assert file.ioctl(SGX_IOC_ENCLAVE_REMOVE_PAGES, [0] * 3).ret == -errno.EINVAL
+    assert file.ioctl(SGX_IOC_ENCLAVE_PROVISION, [0]).ret == -errno.EINVAL  # fd 0 is not one
+    assert file.ioctl(SGX_IOC_ENCLAVE_CREATE, [0], bytes(4096)).ret == -errno.EINVAL  # twice
+    assert file.ioctl(SGX_IOC_VEPC_REMOVE_ALL, None).ret == -errno.ENOTTY
+    assert file.ioctl(SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS, None).ret == -errno.EFAULT
+
+
+def test_uapi_counts_are_written_back_where_the_loop_stopped(enclave_file) -> None:
+    import errno
+
+    from vsgx.avm.uapi import SGX_IOC_ENCLAVE_MODIFY_TYPES, SGX_IOC_ENCLAVE_REMOVE_PAGES
+
+    file, plan, _ = enclave_file
+    heap = plan.runs[-1]
+    # Two heap pages become TRIM: count is the bytes done.
+    result = file.ioctl(SGX_IOC_ENCLAVE_MODIFY_TYPES, [heap.offset, 2 * 4096, 4, 0, 0])
+    assert result.ret == 0 and result.arg == [heap.offset, 2 * 4096, 4, 0, 2 * 4096]
+    # Not EACCEPTed yet: EPERM, nothing removed.
+    result = file.ioctl(SGX_IOC_ENCLAVE_REMOVE_PAGES, [heap.offset, 4096, 0])
+    assert result.ret == -errno.EPERM and result.arg == [heap.offset, 4096, 0]
+    # A page type other than TCS or TRIM is refused before the loop.
+    result = file.ioctl(SGX_IOC_ENCLAVE_MODIFY_TYPES, [heap.offset, 4096, 2, 0, 0])
+    assert result.ret == -errno.EINVAL and result.arg is not None and result.arg[4] == 0
+    # The loop stops at the first page that is not there: EFAULT, count so far.
+    end = heap.offset + heap.size
+    result = file.ioctl(SGX_IOC_ENCLAVE_MODIFY_TYPES, [end - 4096, 2 * 4096, 4, 0, 0])
+    assert result.ret == -errno.EFAULT and result.arg is not None and result.arg[4] == 4096
+
+
+def test_uapi_add_pages_stops_at_an_unreadable_source_page(plain_enclave, make_vm) -> None:
+    import errno
+
+    from vsgx.arch.secs import Secs
+    from vsgx.avm.uapi import SGX_IOC_ENCLAVE_CREATE, EnclaveFile, ProgramDriver
+
+    file = EnclaveFile(ProgramDriver(make_vm()))
+    secs = Secs(size=1 << 20, baseaddr=1 << 40, ssaframesize=1, attributes=0x6, xfrm=3)
+    assert file.ioctl(SGX_IOC_ENCLAVE_CREATE, [0], secs.pack()).ret == 0
+    secinfo = (0x203).to_bytes(8, "little") + bytes(56)
+    arg = [0, 0, 3 * 4096, 0, 0, 0]
+    result = file.add_pages(arg, secinfo, 0, [bytes(4096), None])
+    assert result.ret == -errno.EFAULT and result.arg is not None and result.arg[5] == 4096
+    result = file.add_pages(arg, secinfo, 0, [bytes(4096)])  # the same page again
+    assert result.ret == -errno.EBUSY and result.arg is not None and result.arg[5] == 0
+    bad = (0x202).to_bytes(8, "little") + bytes(56)  # W without R
+    assert file.add_pages(arg, bad, 0, [bytes(4096)]).ret == -errno.EINVAL
+    assert file.add_pages([8, 0, 4096, 0, 0, 0], secinfo, 0, []).ret == -errno.EINVAL
+    file.release()
+
+
+def test_uapi_mappings_follow_the_pages_rights(enclave_file) -> None:
+    import errno
+
+    from vsgx.avm.uapi import PROT_EXEC, PROT_READ, PROT_WRITE
+
+    file, plan, base = enclave_file
+    text = plan.runs[1]  # R+X
+    assert file.map(base + text.offset, text.size, PROT_READ | PROT_EXEC) == 0
+    assert file.mprotect(base + text.offset, 4096, PROT_READ | PROT_WRITE) == -errno.EACCES
+    assert file.map(base - 4096, 4096, PROT_READ) == -errno.EACCES  # outside, initialised
+    hole = base + plan.ecreate.size - 4096
+    assert not file.mapped(hole)
+    assert file.map(hole, 4096, PROT_READ | PROT_WRITE | PROT_EXEC) == 0  # no page: any rights
+    assert file.mapped(hole)
+    assert file.unmap(hole, 4096) == 0 and not file.mapped(hole)
