@@ -209,6 +209,8 @@ class Session:
 
     @property
     def driver(self) -> ProgramDriver:
+        if self._driver is not None:
+            return self._driver  # entries do not wait for a long ioctl's lock
         with self._lock:
             if self._driver is None:
                 evm = self.launcher.connect_evm()
