@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "it or runs its request (it PINGs every second; default 30)")
     p = evm_sub.add_parser("client-id", help="print this user's AVM key fingerprint (what an "
                            "EVM admits with --allow-client), making the key on first use")
+
+    from vsgx.cli import exec_command  # `vsgx exec` declares its own options
+
+    exec_command.add_parser(sub)
     return parser
 
 

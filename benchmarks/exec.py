@@ -1,0 +1,111 @@
+"""`vsgx exec`: an unmodified program (tests/native_programs/urts_host.c,
+which follows Intel's urts) enters the bundled SDK sample through the vDSO
+that the injected library provides, with a private EVM on the native
+executor. Measured in the program, in the same run:
+
+* null ECALL (``void ecall_nop(void)``) and null OCALL (``void
+  ocall_nop(void)``, between two of its handler calls), p50 and p99;
+* the baseline: #UD -> SIGILL -> return in a plain process (the floor of
+  one trap per exit);
+* creating a 16 MiB, 10-TCS SDK enclave (probe, CREATE, one ADD_PAGES per
+  page, INIT, the mappings, ECMD_INIT_ENCLAVE), first and second time.
+
+    python benchmarks/exec.py [--count 2000] [--executor native]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import bar_plot, print_table, save, summary_us
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_exec import PROGRAMS, compile_program, write_plan  # noqa: E402
+from vsgx.crypto import generate_signing_key  # noqa: E402
+from vsgx.image import parse_config, plan_from_bytes, sign_enclave  # noqa: E402
+from vsgx.samples import HELLO_DIR, build_sample  # noqa: E402
+from vsgx.sdk.edl import load_edl  # noqa: E402
+
+BIG_CONFIG = """
+[enclave]
+isvprodid = 1
+isvsvn = 1
+debug = true
+tcs_count = 10
+tcs_policy = "unbind"
+stack_size = 0x10000
+heap_size = 0xD00000
+nssa = 2
+misc_select = 1
+misc_mask = 0xFFFFFFFF
+"""
+
+
+def samples(output: str, key: str) -> list[float]:
+    return [int(line.split()[1]) / 1000 for line in output.splitlines()
+            if line.startswith(key + " ")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--executor", default="native", choices=["native", "unicorn"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        key = generate_signing_key()
+        unsigned = build_sample(work)
+        signed = work / "big.signed.so"
+        signed.write_bytes(sign_enclave(unsigned.read_bytes(), parse_config(BIG_CONFIG),
+                                        key).data)
+        plan = plan_from_bytes(signed.read_bytes())
+        size_mib = plan.ecreate.size / (1 << 20)
+        plan_file = write_plan(signed, work / "big.plan")
+        host = compile_program(PROGRAMS / "urts_host.c", work / "urts_host")
+        edl = load_edl(HELLO_DIR / "hello.edl")
+        ordinals = [str(edl.ecall(name)[0]) for name in ("ecall_hello", "ecall_add",
+                                                         "ecall_ocall_nop", "ecall_fault")]
+        ordinals += [str(edl.ocall(name)[0]) for name in ("ocall_print", "ocall_nop")]
+        nop = str(edl.ecall("ecall_nop")[0])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+        sigill = subprocess.run([str(host), "--sigill", str(args.count)], capture_output=True,
+                                text=True, check=True).stdout
+        run = subprocess.run([sys.executable, "-m", "vsgx", "exec", "--executor", args.executor,
+                              "--", str(host), "--bench", str(args.count), nop, str(plan_file),
+                              *ordinals], capture_output=True, text=True, env=env, check=False,
+                             timeout=3600)
+        if run.returncode != 0:
+            raise SystemExit(f"the benchmark program failed ({run.returncode}):\n"
+                             f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    baseline = summary_us(samples(sigill, "sigill"))
+    ecall = summary_us(samples(run.stdout, "ecall"))
+    ocall = summary_us(samples(run.stdout, "ocall"))
+    creates = [round(value / 1000, 1) for value in samples(run.stdout, "create")]
+    results = {"raw SIGILL round trip": baseline, "null ECALL": ecall, "null OCALL": ocall}
+    rows = [[name, stats["p50_us"], stats["p99_us"],
+             round(stats["p50_us"] / baseline["p50_us"], 1), stats["count"]]
+            for name, stats in results.items()]
+    print_table(f"vsgx exec, {args.executor} executor, private EVM (provisional numbers)",
+                ["path", "p50 us", "p99 us", "x SIGILL p50", "count"], rows)
+    print(f"\ncreating a {size_mib:.0f} MiB, {len(plan.tcs_offsets)}-TCS SDK enclave: "
+          f"{creates} ms (first, second); Intel's simulation mode: 6-16 ms on this machine")
+    save("exec", {"executor": args.executor, "results": results,
+                  "create_ms": creates, "enclave_mib": size_mib,
+                  "tcs": len(plan.tcs_offsets),
+                  "ratio_to_sigill_p50": {name: round(stats["p50_us"] / baseline["p50_us"], 2)
+                                          for name, stats in results.items()}})
+    bar_plot("exec", "vsgx exec: null ECALL / OCALL vs a SIGILL round trip (p50)",
+             list(results), [stats["p50_us"] for stats in results.values()], "microseconds",
+             baseline_label="raw SIGILL round trip")
+
+
+if __name__ == "__main__":
+    main()

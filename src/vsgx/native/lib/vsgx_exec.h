@@ -1,0 +1,115 @@
+/* The library vsgx injects into an unmodified SGX program (LD_PRELOAD):
+   the program's SGX driver, vDSO entry and CPUID. Its parts follow the data:
+   device.c (the enclave fd: open/ioctl/mmap), entry.c (the vDSO function and
+   raw ENCLU traps), cpuid.c (CPUID answered from the EVM's model), memory.c
+   (the program's pages served to the EVM), with channel.c (the launcher)
+   and signals.c (our traps beside the program's own handlers). */
+#ifndef VSGX_EXEC_H
+#define VSGX_EXEC_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <ucontext.h>
+
+#include "vsgx_device_protocol.h"
+
+#define VSGX_HIDDEN __attribute__((visibility("hidden")))
+#define VSGX_EXPORT __attribute__((visibility("default")))
+#define PAGE 4096UL
+#define PAGE_DOWN(x) ((uint64_t)(x) & ~(PAGE - 1))
+#define PAGE_UP(x) (((uint64_t)(x) + PAGE - 1) & ~(PAGE - 1))
+
+/* Registers in the EVM's order (vsgx.evm.executor.REG_NAMES). */
+enum {
+    R_RAX, R_RCX, R_RDX, R_RBX, R_RSP, R_RBP, R_RSI, R_RDI,
+    R_R8, R_R9, R_R10, R_R11, R_R12, R_R13, R_R14, R_R15,
+    R_RFLAGS, R_RIP, R_FSBASE, R_GSBASE, R_COUNT
+};
+_Static_assert(R_COUNT == VSGX_REGISTER_COUNT, "register count");
+
+#define ENCLU_EENTER 2
+#define ENCLU_ERESUME 3
+#define ENCLU_EEXIT 4
+
+/* main.c: process state */
+extern VSGX_HIDDEN pid_t vsgx_pid;          /* this process (updated after fork) */
+extern VSGX_HIDDEN int vsgx_debug;
+VSGX_HIDDEN void vsgx_init(void);
+VSGX_HIDDEN void vsgx_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+VSGX_HIDDEN void vsgx_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+VSGX_HIDDEN void *vsgx_real(const char *name);
+
+/* Raw system calls (never through our own interposers). */
+VSGX_HIDDEN long vsgx_syscall(long n, long a, long b, long c, long d, long e, long f);
+VSGX_HIDDEN void *vsgx_mmap_raw(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+VSGX_HIDDEN int vsgx_munmap_raw(void *addr, size_t len);
+VSGX_HIDDEN int vsgx_mprotect_raw(void *addr, size_t len, int prot);
+VSGX_HIDDEN int vsgx_close_raw(int fd);
+
+/* channel.c: the launcher */
+struct vsgx_reply {
+    uint8_t *data;   /* the thread's receive buffer */
+    size_t length;
+};
+VSGX_HIDDEN int vsgx_channel_available(void);
+/* Send one request (header + payload, gathered) and wait for its reply,
+   serving the launcher's page requests meanwhile. Returns 0, or -errno. */
+VSGX_HIDDEN int vsgx_call(const void *request, size_t request_size, const void *payload,
+                          size_t payload_size, struct vsgx_reply *reply);
+VSGX_HIDDEN int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply);
+VSGX_HIDDEN void vsgx_channel_after_fork(void);
+VSGX_HIDDEN int vsgx_channel_is_internal_fd(int fd);
+VSGX_HIDDEN int vsgx_cpuid_model_from_launcher(void);
+
+/* memory.c: the program's own memory */
+VSGX_HIDDEN int vsgx_read_own(uint64_t address, void *out, size_t length);   /* 0 or -EFAULT */
+VSGX_HIDDEN int vsgx_write_own(uint64_t address, const void *data, size_t length);
+VSGX_HIDDEN int vsgx_page_state(uint64_t page);  /* VSGX_PAGE_* */
+VSGX_HIDDEN void vsgx_maps_invalidate(void);
+VSGX_HIDDEN int vsgx_serve_page_request(int fd, const uint8_t *message, size_t length);
+
+/* device.c */
+VSGX_HIDDEN uint64_t vsgx_enclave_file_for_tcs(uint64_t tcs);
+VSGX_HIDDEN void vsgx_device_after_fork(void);
+
+/* entry.c */
+struct vsgx_entry_result {
+    uint32_t kind;       /* VSGX_EXIT_* */
+    uint32_t vector, error_code;
+    uint64_t address;
+    int32_t status;
+};
+/* One EENTER/ERESUME: regs in (as at the ENCLU), regs out (as after it). */
+VSGX_HIDDEN int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
+                           struct vsgx_entry_result *result);
+VSGX_HIDDEN uint64_t vsgx_vdso_base(void);
+VSGX_HIDDEN int vsgx_handle_raw_enclu(ucontext_t *uc);
+VSGX_HIDDEN void vsgx_thread_stack_release(void);
+
+/* cpuid.c */
+VSGX_HIDDEN void vsgx_cpuid_probe(void);
+VSGX_HIDDEN void vsgx_cpuid_reload_model(void);
+VSGX_HIDDEN void vsgx_cpuid_init(void);
+VSGX_HIDDEN void vsgx_cpuid_rescan(void);
+VSGX_HIDDEN int vsgx_handle_cpuid_trap(ucontext_t *uc, int faulting);
+VSGX_HIDDEN void vsgx_cpuid_answer(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+extern VSGX_HIDDEN int vsgx_cpuid_faulting;
+
+/* signals.c */
+VSGX_HIDDEN void vsgx_signals_init(void);
+VSGX_HIDDEN int vsgx_deliver_to_program(int sig, siginfo_t *info, ucontext_t *uc);
+VSGX_HIDDEN void vsgx_block_nothing_of_ours(sigset_t *set);
+
+/* Registers <-> ucontext */
+VSGX_HIDDEN void vsgx_regs_from_ucontext(const ucontext_t *uc, uint64_t *regs);
+VSGX_HIDDEN void vsgx_regs_to_ucontext(const uint64_t *regs, ucontext_t *uc);
+VSGX_HIDDEN uint64_t vsgx_rdfsbase(void);
+VSGX_HIDDEN uint64_t vsgx_rdgsbase(void);
+
+#endif

@@ -1,0 +1,532 @@
+/* A small host written for vsgx's tests that runs an SDK-format enclave the
+   way Intel's urts does on the in-kernel driver: probe the device nodes,
+   reserve ELRANGE, SGX_IOC_ENCLAVE_CREATE, one ADD_PAGES per page, INIT,
+   mmap each run of equal protection, find __vdso_sgx_enter_enclave through
+   the vDSO's section headers, ECMD_INIT_ENCLAVE, then ECALLs whose OCALLs
+   (ECMD_ORET) and exceptions (ECMD_EXCEPT, then ERESUME) are served from
+   the vDSO's user handler. Destroying is close(fd), then munmap.
+
+   The layout comes from a plan file that vsgx's test writes from the
+   enclave's build plan (Intel's urts computes the same from the metadata);
+   the ECALL and OCALL ordinals come on the command line.
+
+   usage: urts_host PLAN ECALL_HELLO ECALL_ADD ECALL_OCALL_NOP ECALL_FAULT
+                    OCALL_PRINT OCALL_NOP
+   Prints "ok NAME" / "FAIL NAME: why"; the exit status counts failures.
+          urts_host --bench COUNT ECALL_NOP PLAN ... (the same ordinals)
+   prints, for benchmarks/exec.py, the creation time of the enclave and
+   COUNT null ECALL and null OCALL latencies (ns);
+          urts_host --sigill COUNT
+   prints COUNT #UD -> SIGILL -> return round trips (ns). */
+#define _GNU_SOURCE
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <signal.h>
+#include <ucontext.h>
+
+#define PAGE 4096UL
+#define SGX_IOC_ENCLAVE_CREATE 0x4008a400UL
+#define SGX_IOC_ENCLAVE_ADD_PAGES 0xc030a401UL
+#define SGX_IOC_ENCLAVE_INIT 0x4008a402UL
+#define EENTER 2
+#define ERESUME 3
+#define EEXIT 4
+#define ECMD_INIT_ENCLAVE (-1)
+#define ECMD_ORET (-2)
+#define ECMD_EXCEPT (-3)
+#define OCMD_ERET (-1)
+#define SGX_ERROR_ENCLAVE_LOST 0x4
+#define SGX_ERROR_UNEXPECTED 0x1
+
+struct plan_header {
+    char magic[8];
+    uint64_t size, ssaframesize, attributes, xfrm, miscselect;
+    uint64_t runs, tcs_count, runs_at, tcs_at, sigstruct_at, features_at, features_size;
+};
+struct plan_run {
+    uint64_t offset, count, secinfo, measured, data_at, fill;
+};
+struct sgx_enclave_add_pages { uint64_t src, offset, length, secinfo, flags, count; };
+struct sgx_enclave_run {
+    uint64_t tcs;
+    uint32_t function;
+    uint16_t exception_vector, exception_error_code;
+    uint64_t exception_addr, user_handler, user_data;
+    uint8_t reserved[216];
+};
+
+struct enclave {
+    int fd;
+    uint64_t base, size;
+    uint64_t tcs[16];
+    int tcs_count;
+};
+
+struct call {
+    struct enclave *enclave;
+    uint64_t tcs;
+    uint32_t status;
+    int exceptions;
+};
+
+static int failures;
+static uint8_t *plan;
+static long ecall_hello, ecall_add, ecall_ocall_nop, ecall_fault, ocall_print, ocall_nop;
+static char printed[512];
+static int ocalls;
+static uint64_t *stamps;
+static long stamp_count, stamp_limit;
+static pthread_mutex_t ocall_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define CHECK(name, cond, ...)                                                  \
+    do {                                                                        \
+        if (cond) {                                                             \
+            printf("ok %s\n", name);                                            \
+        } else {                                                                \
+            printf("FAIL %s: ", name);                                          \
+            printf(__VA_ARGS__);                                                \
+            printf("\n");                                                       \
+            failures++;                                                         \
+        }                                                                       \
+        fflush(stdout);                                                         \
+    } while (0)
+
+/* The vDSO function, found as Intel's urts finds it: through the section
+   headers (.shstrtab, .dynsym, .dynstr). */
+static void *vdso_symbol(const char *wanted)
+{
+    char *vdso = (char *)getauxval(AT_SYSINFO_EHDR);
+    if (vdso == NULL)
+        return NULL;
+    Elf64_Ehdr *ehdr = (Elf64_Ehdr *)vdso;
+    Elf64_Shdr *sections = (Elf64_Shdr *)(vdso + ehdr->e_shoff);
+    const char *names = vdso + sections[ehdr->e_shstrndx].sh_offset;
+    Elf64_Shdr *dynsym = NULL, *dynstr = NULL;
+    for (int i = 0; i < ehdr->e_shnum; i++) {
+        if (!strcmp(names + sections[i].sh_name, ".dynsym"))
+            dynsym = &sections[i];
+        if (!strcmp(names + sections[i].sh_name, ".dynstr"))
+            dynstr = &sections[i];
+    }
+    if (dynsym == NULL || dynstr == NULL || dynsym->sh_entsize == 0)
+        return NULL;
+    Elf64_Sym *symbols = (Elf64_Sym *)(vdso + dynsym->sh_offset);
+    for (uint64_t i = 0; i < dynsym->sh_size / dynsym->sh_entsize; i++)
+        if (!strcmp(vdso + dynstr->sh_offset + symbols[i].st_name, wanted))
+            return vdso + symbols[i].st_value;
+    return NULL;
+}
+
+typedef int (*vdso_enter_t)(long, long, long, unsigned int, long, long, struct sgx_enclave_run *);
+static vdso_enter_t vdso_enter;
+
+/* Callee-saved registers survive the call (the vDSO keeps RBX and RBP). */
+int enter(long rdi, long rsi, long rdx, unsigned int function, long r8, long r9,
+          struct sgx_enclave_run *run);
+__asm__(".text\n"
+        ".globl enter\n"
+        "enter:\n"
+        "    push %r15\n"
+        "    push %r14\n"
+        "    push %r13\n"
+        "    push %r12\n"
+        "    push %rbx\n"
+        "    push $0\n"
+        "    push 0x38(%rsp)\n"
+        "    call *vdso_enter(%rip)\n"
+        "    add $0x10, %rsp\n"
+        "    pop %rbx\n"
+        "    pop %r12\n"
+        "    pop %r13\n"
+        "    pop %r14\n"
+        "    pop %r15\n"
+        "    ret\n");
+
+static int run_ecall(struct enclave *enclave, uint64_t tcs, long index, void *ms,
+                     int *exceptions);
+
+/* The vDSO's user handler, in C behind the assembly below: the handler's
+   return value says what happens next, and for a re-entry RDI and RSI are
+   what it leaves in them (ECMD_ORET and the OCALL's status). */
+long urts_exit(long rdi, long rsi, struct sgx_enclave_run *run, long *next)
+{
+    struct call *call = (struct call *)run->user_data;
+    if (run->function == EEXIT) {
+        if (rdi == OCMD_ERET) {
+            call->status = (uint32_t)rsi;
+            return 0;
+        }
+        uint32_t status = 0;
+        pthread_mutex_lock(&ocall_lock);
+        ocalls++;
+        if (stamps != NULL && stamp_count < stamp_limit) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            stamps[stamp_count++] = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+        }
+        if (rdi == ocall_print) {
+            const char *text = *(const char **)rsi;
+            snprintf(printed, sizeof(printed), "%s", text ? text : "(null)");
+        } else if (rdi != ocall_nop) {
+            status = 0x1;  /* SGX_ERROR_UNEXPECTED: an OCALL this host lacks */
+        }
+        pthread_mutex_unlock(&ocall_lock);
+        next[0] = ECMD_ORET;
+        next[1] = status;
+        return EENTER;
+    }
+    if (run->function == EENTER) {
+        call->status = SGX_ERROR_ENCLAVE_LOST;  /* the EENTER itself faulted */
+        return 0;
+    }
+    /* An AEX: the enclave's own handlers get it through ECMD_EXCEPT on the
+       same TCS, then the interrupted code resumes. */
+    call->exceptions++;
+    int nested = 0;
+    int status = run_ecall(call->enclave, call->tcs, ECMD_EXCEPT, NULL, &nested);
+    if (status != 0) {
+        call->status = (uint32_t)status;
+        return 0;
+    }
+    next[0] = 0;
+    next[1] = 0;
+    return ERESUME;
+}
+
+long urts_handler(long, long, long, long, long, long, struct sgx_enclave_run *);
+__asm__(".text\n"
+        ".globl urts_handler\n"
+        "urts_handler:\n"
+        "    push %rbp\n"
+        "    mov %rsp, %rbp\n"
+        "    sub $32, %rsp\n"
+        "    mov 16(%rbp), %rdx\n"
+        "    lea -32(%rbp), %rcx\n"
+        "    call urts_exit\n"
+        "    mov -32(%rbp), %rdi\n"
+        "    mov -24(%rbp), %rsi\n"
+        "    leave\n"
+        "    ret\n");
+
+static int run_ecall(struct enclave *enclave, uint64_t tcs, long index, void *ms,
+                     int *exceptions)
+{
+    struct call call = {enclave, tcs, SGX_ERROR_UNEXPECTED, 0};
+    struct sgx_enclave_run run;
+    memset(&run, 0, sizeof(run));
+    run.tcs = tcs;
+    run.user_handler = (uint64_t)urts_handler;
+    run.user_data = (uint64_t)&call;
+    int ret = enter(index, (long)ms, 0, EENTER, 0, 0, &run);
+    if (exceptions)
+        *exceptions += call.exceptions;
+    if (ret != 0)
+        return -1;
+    return (int)call.status;
+}
+
+/* -- loading, as urts does on the in-kernel driver -------------------------- */
+static int load(struct enclave *enclave)
+{
+    struct plan_header *h = (struct plan_header *)plan;
+    /* get_driver_type's probes */
+    for (int i = 0; i < 8; i++) {
+        int probe = open("/dev/sgx/enclave", O_RDWR);
+        if (probe < 0)
+            return -1;
+        close(probe);
+    }
+    enclave->fd = open("/dev/sgx/enclave", O_RDWR);
+    if (enclave->fd < 0)
+        return -1;
+    uint64_t size = h->size;
+    uint8_t *area = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                         -1, 0);
+    if (area == MAP_FAILED)
+        return -1;
+    uint64_t base = ((uint64_t)area + size - 1) & ~(size - 1);
+    if (base > (uint64_t)area)
+        munmap(area, base - (uint64_t)area);
+    if ((uint64_t)area + 2 * size > base + size)
+        munmap((void *)(base + size), (uint64_t)area + 2 * size - base - size);
+    enclave->base = base;
+    enclave->size = size;
+    static uint8_t secs[4096] __attribute__((aligned(4096)));
+    memset(secs, 0, sizeof(secs));
+    memcpy(secs, &size, 8);
+    memcpy(secs + 8, &base, 8);
+    uint32_t ssa = (uint32_t)h->ssaframesize, misc = (uint32_t)h->miscselect;
+    memcpy(secs + 16, &ssa, 4);
+    memcpy(secs + 20, &misc, 4);
+    memcpy(secs + 48, &h->attributes, 8);
+    memcpy(secs + 56, &h->xfrm, 8);
+    uint64_t create = (uint64_t)secs;
+    if (ioctl(enclave->fd, SGX_IOC_ENCLAVE_CREATE, &create) != 0)
+        return -2;
+    struct plan_run *runs = (struct plan_run *)(plan + h->runs_at);
+    static uint8_t page[4096] __attribute__((aligned(4096)));
+    for (uint64_t r = 0; r < h->runs; r++) {
+        uint64_t secinfo[8] __attribute__((aligned(64))) = {runs[r].secinfo};
+        for (uint64_t i = 0; i < runs[r].count; i++) {
+            if (runs[r].data_at != ~0ull) {
+                memcpy(page, plan + runs[r].data_at + i * PAGE, PAGE);
+            } else {
+                uint32_t fill = (uint32_t)runs[r].fill;
+                for (int w = 0; w < 1024; w++)
+                    memcpy(page + 4 * w, &fill, 4);
+            }
+            struct sgx_enclave_add_pages add = {(uint64_t)page, runs[r].offset + i * PAGE, PAGE,
+                                                (uint64_t)secinfo, runs[r].measured ? 1 : 0, 0};
+            if (ioctl(enclave->fd, SGX_IOC_ENCLAVE_ADD_PAGES, &add) != 0 || add.count != PAGE)
+                return -3;
+        }
+    }
+    uint64_t init = (uint64_t)(plan + h->sigstruct_at);
+    if (ioctl(enclave->fd, SGX_IOC_ENCLAVE_INIT, &init) != 0)
+        return -4;
+    /* Map each run of pages with its protection (TCS pages RW); pages never
+       added stay PROT_NONE (guards). */
+    for (uint64_t r = 0; r < h->runs; r++) {
+        int tcs = ((runs[r].secinfo >> 8) & 0xff) == 1;
+        int prot = tcs ? PROT_READ | PROT_WRITE : (int)(runs[r].secinfo & 7);
+        if (mmap((void *)(base + runs[r].offset), runs[r].count * PAGE, prot,
+                 MAP_SHARED | MAP_FIXED, enclave->fd, 0) == MAP_FAILED)
+            return -5;
+    }
+    uint64_t *tcs = (uint64_t *)(plan + h->tcs_at);
+    enclave->tcs_count = (int)h->tcs_count;
+    for (int i = 0; i < enclave->tcs_count && i < 16; i++)
+        enclave->tcs[i] = base + tcs[i];
+    /* ECMD_INIT_ENCLAVE with the system_features_t vsgx's urts hands out. */
+    void *features = malloc(h->features_size);
+    memcpy(features, plan + h->features_at, h->features_size);
+    int status = run_ecall(enclave, enclave->tcs[0], ECMD_INIT_ENCLAVE, features, NULL);
+    free(features);
+    return status == 0 ? 0 : -6;
+}
+
+static void destroy(struct enclave *enclave)
+{
+    close(enclave->fd);
+    munmap((void *)enclave->base, enclave->size);
+}
+
+static int add(struct enclave *enclave, uint64_t tcs, int a, int b, int *sum)
+{
+    struct { int retval, a, b; } ms = {0, a, b};
+    int status = run_ecall(enclave, tcs, ecall_add, &ms, NULL);
+    *sum = ms.retval;
+    return status;
+}
+
+static void *adder(void *argument)
+{
+    struct { struct enclave *enclave; uint64_t tcs; int ok; } *job = argument;
+    job->ok = 1;
+    for (int i = 0; i < 30; i++) {
+        int sum = 0;
+        if (add(job->enclave, job->tcs, i, 1000, &sum) != 0 || sum != i + 1000)
+            job->ok = 0;
+    }
+    return NULL;
+}
+
+static uint8_t *read_plan(const char *path)
+{
+    int f = open(path, O_RDONLY);
+    if (f < 0)
+        return NULL;
+    struct stat st;
+    fstat(f, &st);
+    uint8_t *data = malloc((size_t)st.st_size);
+    size_t done = 0;
+    while (done < (size_t)st.st_size) {
+        ssize_t n = read(f, data + done, (size_t)st.st_size - done);
+        if (n <= 0)
+            return NULL;
+        done += (size_t)n;
+    }
+    close(f);
+    return memcmp(data, "VSGXPLN1", 8) ? NULL : data;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void skip_ud2(int sig, siginfo_t *info, void *context)
+{
+    ((ucontext_t *)context)->uc_mcontext.gregs[REG_RIP] += 2;
+}
+
+static int sigill_round_trips(long count)
+{
+    struct sigaction action = {0};
+    action.sa_sigaction = skip_ud2;
+    action.sa_flags = SA_SIGINFO;
+    sigaction(SIGILL, &action, NULL);
+    for (long i = 0; i < count + 100; i++) {
+        uint64_t start = now_ns();
+        __asm__ volatile("ud2");
+        uint64_t end = now_ns();
+        if (i >= 100)
+            printf("sigill %lu\n", (unsigned long)(end - start));
+    }
+    return 0;
+}
+
+static int bench(long count, long ecall_nop, struct enclave *e)
+{
+    uint64_t start = now_ns();
+    int ret = load(e);
+    printf("create %lu\n", (unsigned long)(now_ns() - start));
+    if (ret != 0)
+        return 1;
+    for (long i = 0; i < count + 100; i++) {
+        start = now_ns();
+        int status = run_ecall(e, e->tcs[0], ecall_nop, NULL, NULL);
+        uint64_t end = now_ns();
+        if (status != 0)
+            return 1;
+        if (i >= 100)
+            printf("ecall %lu\n", (unsigned long)(end - start));
+    }
+    stamp_limit = count + 1;
+    stamps = calloc((size_t)stamp_limit, sizeof(uint64_t));
+    struct { int retval; int count; } ms = {0, (int)stamp_limit};
+    if (run_ecall(e, e->tcs[0], ecall_ocall_nop, &ms, NULL) != 0)
+        return 1;
+    /* Between two OCALL handler calls: ECMD_ORET, the enclave's loop, the
+       next OCALL's EEXIT: one OCALL round trip. */
+    for (long i = 1; i < stamp_count; i++)
+        printf("ocall %lu\n", (unsigned long)(stamps[i] - stamps[i - 1]));
+    destroy(e);
+    start = now_ns();
+    ret = load(e);
+    printf("create %lu\n", (unsigned long)(now_ns() - start));
+    return ret != 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[1], "--sigill"))
+        return sigill_round_trips(atol(argv[2]));
+    long bench_count = 0, ecall_nop = 0;
+    if (argc == 11 && !strcmp(argv[1], "--bench")) {
+        bench_count = atol(argv[2]);
+        ecall_nop = atol(argv[3]);
+        argv += 3;
+        argc -= 3;
+    }
+    if (argc != 8) {
+        fprintf(stderr, "usage: %s PLAN ECALL_HELLO ECALL_ADD ECALL_OCALL_NOP ECALL_FAULT "
+                        "OCALL_PRINT OCALL_NOP\n", argv[0]);
+        return 100;
+    }
+    plan = read_plan(argv[1]);
+    if (plan == NULL) {
+        fprintf(stderr, "cannot read the plan %s\n", argv[1]);
+        return 100;
+    }
+    ecall_hello = atol(argv[2]);
+    ecall_add = atol(argv[3]);
+    ecall_ocall_nop = atol(argv[4]);
+    ecall_fault = atol(argv[5]);
+    ocall_print = atol(argv[6]);
+    ocall_nop = atol(argv[7]);
+    vdso_enter = (vdso_enter_t)vdso_symbol("__vdso_sgx_enter_enclave");
+    CHECK("vdso symbol", vdso_enter != NULL, "not found through the section headers");
+    if (vdso_enter == NULL)
+        return failures;
+
+    struct enclave e;
+    if (bench_count)
+        return bench(bench_count, ecall_nop, &e);
+    int ret = load(&e);
+    CHECK("load", ret == 0, "step %d errno %d", ret, errno);
+    if (ret != 0)
+        return failures;
+    int sum = 0;
+    int status = add(&e, e.tcs[0], 2, 40, &sum);
+    CHECK("ecall", status == 0 && sum == 42, "status %#x sum %d", status, sum);
+
+    struct { int retval; int count; } nops = {0, 5};
+    ocalls = 0;
+    status = run_ecall(&e, e.tcs[1], ecall_ocall_nop, &nops, NULL);
+    CHECK("ocalls", status == 0 && nops.retval == 5 && ocalls == 5, "status %#x retval %d "
+          "ocalls %d", status, nops.retval, ocalls);
+
+    const char *name = "vsgx exec";
+    struct { int retval; const char *name; size_t name_len; } hello = {0, name, strlen(name) + 1};
+    status = run_ecall(&e, e.tcs[0], ecall_hello, &hello, NULL);
+    CHECK("ocall with a string", status == 0 &&
+          !strcmp(printed, "Hello from inside the enclave, vsgx exec!"), "status %#x text '%s'",
+          status, printed);
+
+    static const int expected[] = {0, 1000001, 1000000 + 0xde, 1000000 + 0x600d};
+    for (int kind = 1; kind <= 3; kind++) {
+        struct { int retval; int kind; } fault = {0, kind};
+        int exceptions = 0;
+        status = run_ecall(&e, e.tcs[2], ecall_fault, &fault, &exceptions);
+        char label[64];
+        snprintf(label, sizeof(label), "exception %d", kind);
+        CHECK(label, status == 0 && fault.retval == expected[kind] && exceptions == 1,
+              "status %#x retval %d exceptions %d", status, fault.retval, exceptions);
+    }
+
+    struct { struct enclave *enclave; uint64_t tcs; int ok; } jobs[2] = {
+        {&e, e.tcs[1], 0}, {&e, e.tcs[2], 0}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&threads[i], NULL, adder, &jobs[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(threads[i], NULL);
+    CHECK("two threads", jobs[0].ok && jobs[1].ok, "a thread's ECALLs failed");
+
+    /* A child does not inherit enclaves; it makes its own. */
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        int inherited = add(&e, e.tcs[0], 1, 1, &sum);
+        struct enclave own;
+        int loaded = load(&own);
+        int own_status = loaded == 0 ? add(&own, own.tcs[0], 3, 4, &sum) : -1;
+        _exit(inherited == SGX_ERROR_ENCLAVE_LOST && loaded == 0 && own_status == 0 && sum == 7
+                  ? 0 : 10 + (loaded != 0) + 2 * (inherited != SGX_ERROR_ENCLAVE_LOST));
+    }
+    int child_status = -1;
+    waitpid(child, &child_status, 0);
+    CHECK("fork", WIFEXITED(child_status) && WEXITSTATUS(child_status) == 0, "child status %#x",
+          child_status);
+    status = add(&e, e.tcs[3], 5, 6, &sum);
+    CHECK("parent after fork", status == 0 && sum == 11, "status %#x", status);
+
+    destroy(&e);
+    status = add(&e, e.tcs[0], 1, 2, &sum);
+    CHECK("destroyed", status == SGX_ERROR_ENCLAVE_LOST, "status %#x", status);
+
+    /* One more, left for the exit to free. */
+    struct enclave last;
+    ret = load(&last);
+    status = ret == 0 ? add(&last, last.tcs[0], 20, 22, &sum) : -1;
+    CHECK("exit without destroy", ret == 0 && status == 0 && sum == 42, "load %d status %#x",
+          ret, status);
+    printf("done %d failures\n", failures);
+    return failures;
+}
