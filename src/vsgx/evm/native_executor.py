@@ -117,8 +117,8 @@ _SIGILL, _SIGTRAP, _SIGBUS, _SIGFPE, _SIGUSR1, _SIGSEGV, _SIGALRM, _SIGSYS = (
 _SYSCALL_ABIS = (b"\x0f\x05", b"\x0f\x34", b"\xcd\x80")  # syscall, sysenter, int $0x80
 _UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2")  # rdtsc, rdtscp, cpuid
 # Signals whose trap number is the enclave's vector as it stands.
-_PASSED_THROUGH = frozenset({(7, Vector.NP), (7, Vector.SS), (7, Vector.AC), (8, Vector.DE),
-                             (8, Vector.MF), (8, Vector.XM)})
+_PASSED_THROUGH = frozenset({(_SIGBUS, Vector.NP), (_SIGBUS, Vector.SS), (_SIGBUS, Vector.AC),
+                             (_SIGFPE, Vector.DE), (_SIGFPE, Vector.MF), (_SIGFPE, Vector.XM)})
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -195,6 +195,27 @@ def _check_entry_object(path: Path) -> None:
                                         f"({symbol.name or 'a section'})")
 
 
+def runner_compiler() -> str:
+    """The C compiler the runner is built with ($CC, else cc or gcc)."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        raise NativeUnavailable("the native executor's runner is built with a C compiler: "
+                                "install gcc (or set CC), or use --executor unicorn")
+    return compiler
+
+
+def runner_key(header: str, compiler: str) -> str:
+    """The runner's cache key: its sources, the generated header, the linker
+    script, the flags and the compiler."""
+    key = hashlib.sha256()
+    for name in RUNNER_SOURCES:
+        key.update((RUNNER_DIR / name).read_bytes())
+    for part in (header, RUNNER_LINKER_SCRIPT, " ".join(RUNNER_CFLAGS + RUNNER_LDFLAGS),
+                 os.path.realpath(compiler)):
+        key.update(part.encode())
+    return key.hexdigest()[:16]
+
+
 def runner_binary() -> Path:
     """The runner, compiled on first use (cached by sources, generated
     header, linker script, flags and compiler)."""
@@ -203,19 +224,9 @@ def runner_binary() -> Path:
         return _built
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise NativeUnavailable("the native executor needs x86-64 Linux")
-    cc = os.environ.get("CC", "cc")
-    compiler = shutil.which(cc) or shutil.which("gcc")
-    if compiler is None:
-        raise NativeUnavailable("the native executor's runner is built with a C compiler: "
-                                "install gcc (or set CC), or use --executor unicorn")
+    compiler = runner_compiler()
     header = layout.c_header()
-    key = hashlib.sha256()
-    for name in RUNNER_SOURCES:
-        key.update((RUNNER_DIR / name).read_bytes())
-    for part in (header, RUNNER_LINKER_SCRIPT, " ".join(RUNNER_CFLAGS + RUNNER_LDFLAGS),
-                 os.path.realpath(compiler)):
-        key.update(part.encode())
-    target = _cache_dir() / f"runner-{key.hexdigest()[:16]}"
+    target = _cache_dir() / f"runner-{runner_key(header, compiler)}"
     with _build_lock:
         if target.is_file():
             _built = target
@@ -328,6 +339,10 @@ class NativeExecutor:
     # is silent this long is stuck and gets SIGKILL.
     silence_limit = 10.0
     start_limit = 10.0
+    # A command the runner is started under (tests run it as another uid
+    # with ``setpriv``), and the empty directory it chroots into.
+    launcher: tuple[str, ...] = ()
+    root_dir: Path | None = None
 
     def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
                  rdtsc_faults: bool = False):
@@ -366,10 +381,11 @@ class NativeExecutor:
             self._command_seq = ctypes.c_uint32.from_buffer(self.command_area, 0)
             memory_fd = encl.memory.fd
             flags = layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0
+            root = self.root_dir if self.root_dir is not None else runner_root()
             self.process = subprocess.Popen(
-                [str(runner_binary()), str(self._report_fd), str(self._command_fd),
-                 str(memory_fd), str(self._pool_fd), hex(encl.base), hex(encl.size),
-                 hex(POOL_SLOTS * PAGE_SIZE), str(flags), str(runner_root())],
+                [*self.launcher, str(runner_binary()), str(self._report_fd),
+                 str(self._command_fd), str(memory_fd), str(self._pool_fd), hex(encl.base),
+                 hex(encl.size), hex(POOL_SLOTS * PAGE_SIZE), str(flags), str(root)],
                 pass_fds=(self._report_fd, self._command_fd, memory_fd, self._pool_fd),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             report = self._wait(0, self.start_limit)
@@ -619,7 +635,7 @@ class NativeExecutor:
         registers[RFLAGS] = registers[RFLAGS] & _ARCH_FLAGS & ~_RF | 0x2
         self._registers = list(registers)
         self._fpu = report.fpu
-        self.last_report = report
+        self.last_report = report._replace(registers=self._registers[:])
         kind = report.kind
         interrupted = kind == layout.STOP_BEFORE_ENTRY or (
             kind == layout.STOP_SIGNAL and report.signo in (_SIGUSR1, _SIGALRM))

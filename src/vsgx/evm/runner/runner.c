@@ -217,6 +217,12 @@ _Static_assert(offsetof(struct scratch, captured_flags) == 128, "scratch");
 _Static_assert(offsetof(struct scratch, mask) == 136, "scratch");
 _Static_assert(offsetof(struct scratch, fpstate) == 152, "scratch");
 
+/* vsgx_enter's stack: off the alternate stack, so that a signal in the
+   return window starts a fresh frame at the alternate stack's top instead
+   of nesting below frames that are dead by then (repeated, that nesting
+   would overflow the alternate stack). */
+uint64_t vsgx_iret_stack[8] __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+
 #define ALT_STACK_SIZE (64 * 1024)
 uint8_t vsgx_alt_stack[ALT_STACK_SIZE] __attribute__((section(".bss.vsgx_stack"), aligned(4096)));
 uint8_t vsgx_setup_stack[64 * 1024] __attribute__((section(".bss.vsgx_stack"), aligned(4096)));
@@ -500,6 +506,7 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".globl vsgx_enter\n"
         ".type vsgx_enter,@function\n"
         "vsgx_enter:\n"
+        "    lea vsgx_iret_stack+64(%rip), %rsp\n"
         "    cmpl $0, vsgx_sealed+" XSTR(SEALED_OFF_FSGSBASE) "(%rip)\n"
         "    je 1f\n"
         "    mov " COMMAND_REG(18) ", %rax\n"
