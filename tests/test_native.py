@@ -298,6 +298,44 @@ def test_the_runner_has_only_its_page_pool_an_empty_root_and_no_privileges(nativ
     assert len(executable) == 1, executable  # outside ELRANGE: the entry section only
 
 
+def _memory_of(pid: int) -> bytes:
+    """Everything readable in a process (as root: /proc/PID/mem)."""
+    chunks = []
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start >= 1 << 47:
+                continue
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except OSError:
+                continue
+    return b"".join(chunks)
+
+
+@native_only
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads another uid's memory")
+def test_the_platform_root_secret_is_nowhere_in_a_runner(plain_enclave):
+    secret = os.urandom(32)
+    avm = Avm(EnclaveVM(PlatformConfig(), root_secret=secret, executor="native"))
+    try:
+        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        assert plain.call(0, OP_MAKE_SECRET)[0].kind == "eexit"
+        assert plain.call(0, OP_SECRET_HASH)[0].kind == "eexit"
+        memory = _memory_of(runner_of(plain, 0).process.pid)
+        # The scan sees the enclave's memory (its own secret is there)...
+        page = plain.symbol("encl_secret")
+        epc = plain.enclave.handle.pages[page].epc
+        enclave_secret = b"".join(avm.evm.edbgrd(epc + 8 * i)[1].to_bytes(8, "little")
+                                  for i in range(4))
+        assert enclave_secret in memory
+        # ...and not the platform's.
+        assert secret not in memory and secret[:16] not in memory
+    finally:
+        avm.close()
+
+
 @native_only
 def test_the_host_isolation_is_described():
     text = native_isolation()
@@ -769,6 +807,7 @@ def test_the_c_layout_matches_the_python_table(tmp_path):
     assert printed[:len(expected)] == expected
     # The Python side reads what the C side writes at those offsets.
     assert layout.REPORT_HEAD.size == layout.REPORT.end("sys_arch")
+    assert layout.REPORT_STOP.size == layout.REPORT.end("regs")
     assert layout.REPORT.offset("regs") + layout.REGISTERS.size == layout.REPORT.end("regs")
 
 

@@ -92,7 +92,6 @@ _LINKER_SYMBOLS = frozenset({"vsgx_image_begin", "vsgx_image_end", "vsgx_entry_b
                              "vsgx_entry_end", "vsgx_sealable_begin", "vsgx_sealable_end"})
 
 _REPORT_COPY = REPORT.end("fpu")  # what one stop reads (the message only at STOP_DIED)
-_REGS_AT = REPORT.offset("regs")
 _FPU_AT = REPORT.offset("fpu")
 _CMD_REGS_AT = COMMAND.offset("regs")
 _CMD_FPU_AT = COMMAND.offset("fpu")
@@ -408,11 +407,8 @@ class NativeExecutor:
     def _read_report(self) -> Report:
         """Copy the REPORT area once; everything after uses the copy."""
         raw = self.report_area[:_REPORT_COPY]
-        (_, kind, signo, code, trapno, error, cr2, si_addr, sys_nr,
-         sys_arch) = layout.REPORT_HEAD.unpack_from(raw, 0)
-        registers = list(layout.REGISTERS.unpack_from(raw, _REGS_AT))
-        return Report(kind, signo, code, trapno, error, cr2, si_addr, sys_nr, sys_arch,
-                      registers, raw[_FPU_AT:_FPU_AT + 512])
+        values = layout.REPORT_STOP.unpack_from(raw, 0)
+        return Report(*values[1:10], list(values[10:]), raw[_FPU_AT:])
 
     def _kill(self) -> None:
         if self.process.poll() is None:
@@ -631,11 +627,13 @@ class NativeExecutor:
         return Stop(StopKind.EXCEPTION, registers, Vector.GP)
 
     def _stop(self, report: Report) -> Stop:
-        registers = report.registers
-        registers[RFLAGS] = registers[RFLAGS] & _ARCH_FLAGS & ~_RF | 0x2
-        self._registers = list(registers)
+        # The report keeps its registers (they are what a continue resumes
+        # with); the stop gets a copy, which the leaf code may change.
+        self._registers = report.registers
+        self._registers[RFLAGS] = self._registers[RFLAGS] & _ARCH_FLAGS & ~_RF | 0x2
+        registers = list(self._registers)
         self._fpu = report.fpu
-        self.last_report = report._replace(registers=self._registers[:])
+        self.last_report = report
         kind = report.kind
         interrupted = kind == layout.STOP_BEFORE_ENTRY or (
             kind == layout.STOP_SIGNAL and report.signo in (_SIGUSR1, _SIGALRM))

@@ -150,9 +150,11 @@ ISOLATION_BITS = {
 }
 RUNNER_FLAG_RDTSC_FAULTS = 1
 
-REPORT_SEQ = struct.Struct("<I")
 REPORT_HEAD = struct.Struct("<IIIIQQQQII")  # seq .. sys_arch
 REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
+# seq .. sys_arch, then the registers: what every stop reads, in one unpack
+REPORT_STOP = struct.Struct(f"<IIIIQQQQII{REPORT.offset('regs') - REPORT_HEAD.size}x"
+                            f"{REG_COUNT}Q")
 OP = struct.Struct(f"<{OP_WORDS}Q")
 
 

@@ -807,8 +807,10 @@ void runner_main(uint64_t *sp)
     if (SYSCALL(SYS_mmap, &vsgx_command, sizeof(vsgx_command), PROT_READ,
                 MAP_SHARED | MAP_FIXED, command_fd, 0) != (long)&vsgx_command)
         die("cannot map the command area");
-    uint64_t nothing = 0;
-    SYSCALL(SYS_rt_sigprocmask, 2, &nothing, 0, 8, 0, 0);
+    /* Set-up and the first wait for a command run as a handler does: with
+       the interrupts and the marker blocked, until vsgx_enter unmasks. */
+    uint64_t blocked = HANDLER_MASK;
+    SYSCALL(SYS_rt_sigprocmask, 2, &blocked, 0, 8, 0, 0);
 
     char **envp = argv + argc + 1;
     while (*envp)
