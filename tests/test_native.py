@@ -280,6 +280,13 @@ def test_the_runner_has_only_its_page_pool_an_empty_root_and_no_privileges(nativ
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     if os.geteuid() == 0:
         assert status["Uid"].split()[0] == "65534" and status["Groups"].strip() == ""
+        if shutil.which("setpriv"):
+            # Other processes of that uid cannot look inside (not dumpable).
+            for path in (f"/proc/{pid}/fd", f"/proc/{pid}/mem", f"/proc/{pid}/maps"):
+                peek = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534",
+                                       "--clear-groups", "head", "-c", "1", path],
+                                      capture_output=True, check=False)
+                assert peek.returncode != 0 and b"denied" in peek.stderr, (path, peek)
     # Set-up code and read-only data are sealed away; the COMMAND area is
     # read-only; the kernel's stack and vDSO are gone.
     image = RunnerImage.load()
