@@ -42,9 +42,11 @@ from plain_ops import (
     ABI_INT80,
     ABI_SYSCALL,
     ABI_SYSENTER,
+    FIX_SET_RCX,
     FIX_SET_RIP,
     FIX_SKIP,
     OP_BAD_JUMP,
+    OP_DIVIDE,
     OP_JUMP,
     OP_MAKE_SECRET,
     OP_NOP,
@@ -221,6 +223,30 @@ def test_an_interrupt_storm_changes_no_result(native_plain):
     finally:
         done.set()
         thread.join()
+
+
+@native_only
+def test_fs_and_gs_bases_survive_an_aex_without_fsgsbase(native_plain, monkeypatch):
+    # CPUs without FSGSBASE: the runner reads and sets the bases with
+    # arch_prctl (the filter's last rule); here the flag forces that path.
+    monkeypatch.setattr(NativeExecutor, "runner_flags", layout.RUNNER_FLAG_NO_FSGSBASE)
+    plain = native_plain()
+    result, _ = plain.call(0, OP_DIVIDE, 1, 0)
+    assert result.aex and result.vector == Vector.DE
+    assert not runner_of(plain, 0).features & layout.FEATURE_FSGSBASE
+    # The SSA's FS/GS bases are the TCS's OFSBASE/OGSBASE (both encl_tls).
+    vm, handle = plain.enclave.avm.evm, plain.enclave.handle
+    ssa = plain.symbol("encl_ssa")
+    gprsgx = ssa + 4096 - 184
+    epc = handle.pages[ssa].epc
+    fsbase = vm.edbgrd(epc + (gprsgx % 4096) + 168)[1]
+    gsbase = vm.edbgrd(epc + (gprsgx % 4096) + 176)[1]
+    assert fsbase == gsbase == plain.symbol("encl_tls")
+    handled, _ = plain.handle_exception(0, FIX_SET_RCX, 1)
+    assert handled.kind == "eexit"
+    resumed = plain.enclave.eresume(plain.tcs[0])
+    assert resumed.kind == "eexit"
+    assert plain.call(0, OP_DIVIDE, 10, 5)[1][3] == 2
 
 
 @native_only

@@ -342,6 +342,7 @@ class NativeExecutor:
     # with ``setpriv``), and the empty directory it chroots into.
     launcher: tuple[str, ...] = ()
     root_dir: Path | None = None
+    runner_flags = 0  # layout.RUNNER_FLAG_*, beyond what the platform asks
 
     def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
                  rdtsc_faults: bool = False):
@@ -379,7 +380,7 @@ class NativeExecutor:
             self._report_seq = ctypes.c_uint32.from_buffer(self.report_area, 0)
             self._command_seq = ctypes.c_uint32.from_buffer(self.command_area, 0)
             memory_fd = encl.memory.fd
-            flags = layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0
+            flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
             root = self.root_dir if self.root_dir is not None else runner_root()
             self.process = subprocess.Popen(
                 [*self.launcher, str(runner_binary()), str(self._report_fd),

@@ -149,6 +149,7 @@ ISOLATION_BITS = {
     "runner code sealed": 1 << 11,
 }
 RUNNER_FLAG_RDTSC_FAULTS = 1
+RUNNER_FLAG_NO_FSGSBASE = 2  # use arch_prctl as on CPUs without FSGSBASE (tests)
 
 REPORT_HEAD = struct.Struct("<IIIIQQQQII")  # seq .. sys_arch
 REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
@@ -171,6 +172,7 @@ def _defines() -> list[str]:
         "VSGX_FEATURE_CPUID_FAULTING": FEATURE_CPUID_FAULTING,
         "VSGX_FEATURE_RDTSC_FAULTS": FEATURE_RDTSC_FAULTS, "VSGX_FEATURE_XSAVE": FEATURE_XSAVE,
         "VSGX_RUNNER_FLAG_RDTSC_FAULTS": RUNNER_FLAG_RDTSC_FAULTS,
+        "VSGX_RUNNER_FLAG_NO_FSGSBASE": RUNNER_FLAG_NO_FSGSBASE,
         "VSGX_REG_COUNT": REG_COUNT,
     }
     for name, bit in ISOLATION_BITS.items():

@@ -819,6 +819,8 @@ void runner_main(uint64_t *sp)
         if (aux[0] == AT_HWCAP2 && (aux[1] & HWCAP2_FSGSBASE))
             sealed.fsgsbase = 1;
 
+    if (flags & VSGX_RUNNER_FLAG_NO_FSGSBASE)
+        sealed.fsgsbase = 0;
     if ((base | size) & 4095 || size == 0 || base + size < base || base + size > (1ull << 47))
         die("bad enclave range");
     sealed.enclave_begin = base;
