@@ -449,7 +449,11 @@ class NativeExecutor:
         ops = self._ops
         while len(ops) > MAX_OPS:
             self._ops = ops[MAX_OPS:]
-            self._send(layout.CMD_OPS, ops[:MAX_OPS])
+            report = self._send(layout.CMD_OPS, ops[:MAX_OPS])
+            if report.kind != layout.STOP_OPS_DONE:
+                self._kill()
+                raise RunnerLost(f"the runner of TCS {self.tcs:#x} answered page operations "
+                                 f"with {self._reason(report)} and was killed")
             ops = self._ops
         self._ops = []
         return self._send(command, ops, registers, fpu)
