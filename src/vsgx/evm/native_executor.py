@@ -97,6 +97,9 @@ _CMD_REGS_AT = COMMAND.offset("regs")
 _CMD_FPU_AT = COMMAND.offset("fpu")
 _CMD_OPS_AT = COMMAND.offset("ops")
 _CMD_HEAD = struct.Struct("<III")  # command, nops, load_fpu
+# Indexes into a report unpacked with layout.REPORT_STOP (the stop path
+# works on that tuple; ``Report`` is built only when asked for).
+_KIND, _SIGNO, _TRAPNO, _ERROR, _CR2, _SI_ADDR = 1, 2, 4, 5, 6, 7
 FEATURE_FSGSBASE = layout.FEATURE_FSGSBASE
 FEATURE_CPUID_FAULTING = layout.FEATURE_CPUID_FAULTING
 FEATURE_RDTSC_FAULTS = layout.FEATURE_RDTSC_FAULTS
@@ -108,8 +111,8 @@ SPIN_ROUNDS = 200  # sched_yield rounds before sleeping on the futex
 
 # RFLAGS bits with an architectural meaning (no reserved bits); RF is
 # dropped as well: it describes the runner's fault, not the enclave's state.
-_ARCH_FLAGS = 0x3F7FD5
-_RF = 1 << 16
+_KEPT_FLAGS = 0x3F7FD5 & ~(1 << 16)
+_STOP_SIGNAL = layout.STOP_SIGNAL
 _SIGILL, _SIGTRAP, _SIGBUS, _SIGFPE, _SIGUSR1, _SIGSEGV, _SIGALRM, _SIGSYS = (
     4, 5, 7, 8, 10, 11, 14, 31)
 # Opcodes that fault (#GP or SIGSYS) natively and are #UD in an enclave.
@@ -358,11 +361,11 @@ class NativeExecutor:
         self.closed = False
         self.features = self.isolation = 0
         self.mxcsr_mask = 0xFFBF
-        self.last_report: Report | None = None  # the last stop, validated (for tests)
+        self._raw = bytes(_REPORT_COPY)  # the last report, as copied
+        self._base, self._size, self._view = encl.base, encl.size, encl.memory.view
         self._ops: list[tuple[int, int, int, int]] = []
         self._registers: list[int] = [0] * layout.REG_COUNT
         self._pending_fpu: bytes | None = None
-        self._fpu = bytes(512)
         # page -> [slot, snapshot, writable]
         self._mapped: dict[int, list] = {}
         self._free_slots = list(range(POOL_SLOTS - 1, -1, -1))
@@ -389,8 +392,8 @@ class NativeExecutor:
                 pass_fds=(self._report_fd, self._command_fd, memory_fd, self._pool_fd),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             report = self._wait(0, self.start_limit)
-            if report.kind != layout.STOP_READY:
-                raise RunnerLost(f"the runner did not start: {self._reason(report)}")
+            if report[_KIND] != layout.STOP_READY:
+                raise RunnerLost(f"the runner did not start: {self._reason(report[_KIND])}")
             self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
                 "<III", self.report_area, REPORT.offset("features"))
             self.mxcsr_mask &= 0xFFFF
@@ -399,24 +402,29 @@ class NativeExecutor:
             raise
 
     # -- the shared areas -------------------------------------------------------
-    def _reason(self, report: Report) -> str:
-        if report.kind == layout.STOP_DIED:
+    def _reason(self, kind: int) -> str:
+        if kind == layout.STOP_DIED:
             message = self.report_area[REPORT.offset("message"):REPORT.end("message")]
             return message.split(b"\0", 1)[0].decode("ascii", "replace") or "no reason given"
-        return f"stop {report.kind}"
+        return f"stop {kind}"
 
-    def _read_report(self) -> Report:
+    def _read_report(self) -> tuple[int, ...]:
         """Copy the REPORT area once; everything after uses the copy."""
-        raw = self.report_area[:_REPORT_COPY]
-        values = layout.REPORT_STOP.unpack_from(raw, 0)
-        return Report(*values[1:10], list(values[10:]), raw[_FPU_AT:])
+        raw = self._raw = self.report_area[:_REPORT_COPY]
+        return layout.REPORT_STOP.unpack_from(raw, 0)
+
+    @property
+    def last_report(self) -> Report:
+        """The last report as the runner wrote it (for tests and errors)."""
+        values = layout.REPORT_STOP.unpack_from(self._raw, 0)
+        return Report(*values[1:10], list(values[10:]), self._raw[_FPU_AT:])
 
     def _kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
 
-    def _wait(self, seen: int, limit: float) -> Report:
+    def _wait(self, seen: int, limit: float) -> tuple[int, ...]:
         """Wait until the runner reports again; the report."""
         sequence = self._report_seq
         # Spin first: a futex wake-up costs tens of microseconds in a VM (an
@@ -443,23 +451,24 @@ class NativeExecutor:
         return self._read_report()
 
     def _command(self, command: int, registers: list[int] | None = None,
-                 fpu: bytes | None = None) -> Report:
+                 fpu: bytes | None = None) -> tuple[int, ...]:
         if self.closed:
             raise RunnerLost("the runner was closed")
         ops = self._ops
         while len(ops) > MAX_OPS:
             self._ops = ops[MAX_OPS:]
             report = self._send(layout.CMD_OPS, ops[:MAX_OPS])
-            if report.kind != layout.STOP_OPS_DONE:
+            if report[_KIND] != layout.STOP_OPS_DONE:
                 self._kill()
                 raise RunnerLost(f"the runner of TCS {self.tcs:#x} answered page operations "
-                                 f"with {self._reason(report)} and was killed")
+                                 f"with {self._reason(report[_KIND])} and was killed")
             ops = self._ops
         self._ops = []
         return self._send(command, ops, registers, fpu)
 
     def _send(self, command: int, ops: list[tuple[int, int, int, int]],
-              registers: list[int] | None = None, fpu: bytes | None = None) -> Report:
+              registers: list[int] | None = None, fpu: bytes | None = None
+              ) -> tuple[int, ...]:
         area = self.command_area
         for index, op in enumerate(ops):
             layout.OP.pack_into(area, _CMD_OPS_AT + index * layout.OP.size, *op)
@@ -473,7 +482,7 @@ class NativeExecutor:
         _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._command_seq)), _FUTEX_WAKE,
                  1, None, None, 0)
         report = self._wait(seen, self.silence_limit)
-        if report.kind == layout.STOP_OP_FAILED:
+        if report[_KIND] == layout.STOP_OP_FAILED:
             index, errno = struct.unpack_from("<II", self.report_area, REPORT.offset("op_index"))
             address = ops[index][1] if index < len(ops) else 0
             self._kill()
@@ -492,7 +501,7 @@ class NativeExecutor:
         """The SSA's XSAVE area for XFRM = x87 | SSE: the FXSAVE image of the
         enclave's state at the stop, and a header saying both are present."""
         area = bytearray(xsave_size(self.encl.xfrm))
-        area[:512] = self._fpu
+        area[:512] = self._raw[_FPU_AT:_FPU_AT + 512]
         area[464:512] = bytes(48)  # software-available bytes: nothing of ours
         struct.pack_into("<Q", area, 512, 0x3)
         return bytes(area)
@@ -591,15 +600,15 @@ class NativeExecutor:
         offset = address - encl.base
         return bytes(encl.memory.view[offset:offset + length])
 
-    def _exception(self, report: Report, registers: list[int]) -> Stop:
+    def _exception(self, report: tuple[int, ...], registers: list[int]) -> Stop:
         """The architectural exception behind a kernel-delivered signal.
         Only vectors an enclave can take come out of here."""
         rip = registers[RIP]
-        signo, trapno = report.signo, report.trapno
+        signo, trapno = report[_SIGNO], report[_TRAPNO]
         if signo == _SIGSYS:
             # SYSCALL, SYSENTER and INT 0x80 are #UD in an enclave; RIP was
             # past the 2-byte instruction.
-            registers[RIP] = rip = (report.si_addr - 2) & (1 << 64) - 1
+            registers[RIP] = rip = (report[_SI_ADDR] - 2) & (1 << 64) - 1
             if self._code(rip, 2) in _SYSCALL_ABIS:
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
@@ -620,8 +629,8 @@ class NativeExecutor:
             if trapno == Vector.DB:
                 return Stop(StopKind.EXCEPTION, registers, Vector.DB)
         elif signo in (_SIGSEGV, _SIGBUS) and trapno == Vector.PF:
-            return Stop(StopKind.EXCEPTION, registers, Vector.PF, report.error & 0xFFFFFFFF,
-                        report.cr2)
+            return Stop(StopKind.EXCEPTION, registers, Vector.PF, report[_ERROR] & 0xFFFFFFFF,
+                        report[_CR2])
         elif signo == _SIGSEGV and trapno == Vector.GP:
             code = self._code(rip, 3)
             if code[:1] == b"\xcd" or code[:2] in _UD_INSTEAD_OF_GP \
@@ -631,18 +640,22 @@ class NativeExecutor:
             return Stop(StopKind.EXCEPTION, registers, Vector(trapno))
         return Stop(StopKind.EXCEPTION, registers, Vector.GP)
 
-    def _stop(self, report: Report) -> Stop:
-        # The report keeps its registers (they are what a continue resumes
-        # with); the stop gets a copy, which the leaf code may change.
-        self._registers = report.registers
-        self._registers[RFLAGS] = self._registers[RFLAGS] & _ARCH_FLAGS & ~_RF | 0x2
-        registers = list(self._registers)
-        self._fpu = report.fpu
-        self.last_report = report
-        kind = report.kind
-        interrupted = kind == layout.STOP_BEFORE_ENTRY or (
-            kind == layout.STOP_SIGNAL and report.signo in (_SIGUSR1, _SIGALRM))
-        if interrupted:
+    def _stop(self, report: tuple[int, ...]) -> Stop:
+        # The executor keeps the reported registers (a continue resumes with
+        # them); the stop gets a copy, which the leaf code may change.
+        registers = list(report[10:])
+        registers[RFLAGS] = registers[RFLAGS] & _KEPT_FLAGS | 0x2
+        self._registers = registers
+        kind, signo = report[_KIND], report[_SIGNO]
+        if kind == _STOP_SIGNAL and signo == _SIGILL:
+            # The common stop: ENCLU inside ELRANGE (the bytes from the EVM's
+            # own copy of enclave memory).
+            offset = registers[RIP] - self._base
+            if 0 <= offset <= self._size - 3 and self._view[offset:offset + 3] == ENCLU_OPCODE:
+                return Stop(StopKind.ENCLU, registers.copy())
+        registers = registers.copy()
+        if kind == layout.STOP_BEFORE_ENTRY or (
+                kind == _STOP_SIGNAL and signo in (_SIGUSR1, _SIGALRM)):
             if not self.encl.in_elrange(registers[RIP]):
                 # Enclave code was running runner code: that jump was #GP(0).
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP)
@@ -652,10 +665,10 @@ class NativeExecutor:
             return Stop(StopKind.PREEMPTED, registers)
         if kind == layout.STOP_NOT_DELIVERED:
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
-        if kind != layout.STOP_SIGNAL:
+        if kind != _STOP_SIGNAL:
             self._kill()
             raise RunnerLost(f"the runner of TCS {self.tcs:#x} sent an unexpected report "
-                             f"({self._reason(report)}) and was killed")
+                             f"({self._reason(kind)}) and was killed")
         return self._exception(report, registers)
 
     # -- running ------------------------------------------------------------------------

@@ -294,7 +294,7 @@ class EnclaveThread:
         rip = registers[RIP]
         if stop.kind is StopKind.ENCLU:
             offset = rip - encl.base
-            if not encl.in_elrange(rip, len(ENCLU_OPCODE)):
+            if not 0 <= offset <= encl.size - len(ENCLU_OPCODE):
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP)
             if encl.memory.view[offset:offset + len(ENCLU_OPCODE)] != ENCLU_OPCODE:  # type: ignore[union-attr]
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
