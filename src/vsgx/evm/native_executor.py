@@ -1,19 +1,27 @@
-"""Enclave threads on the real CPU: one runner process per TCS.
+"""Enclave threads on the real CPU: one sandboxed runner process per TCS.
 
 The runner (``runner/runner.c``, built with the system's C compiler on first
 use) maps the enclave's memfd at the enclave's own addresses, with the
 protections ``sync`` sends, and runs enclave code natively; ENCLU and every
-fault come back as signals and reach this executor through a shared control
-page, so the leaf code in ``vsgx.evm.thread`` is the same as for Unicorn.
+fault come back as signals. The runner reports each one raw through its
+REPORT area, and this executor decides what it means — the report is
+untrusted input (enclave code can write that area and jump into the
+runner's entry code), so it is read once, validated, and anything that does
+not make sense ends the entry as a #GP AEX or, if the runner itself is in
+doubt, as ``RunnerLost`` with a fresh runner for the TCS. Commands, page
+operations and the registers to enter with go through the COMMAND area,
+which the runner maps read-only (``runner/layout.py``).
+
 EPC pages are shared between the EVM and its runners only — never with the
 AVM. Untrusted pages are copied into a page pool the runner maps on first
 touch; changes are written back at every exit (the split's per-entry model).
 With an in-process address space, pages stay mapped across entries and are
 refreshed only when the application changed them.
 
-System calls from enclave code are refused by a seccomp filter (SIGSYS →
-#UD), RDTSC faults where SGX1 says so, and CPUID faults only where the CPU
-offers CPUID faulting — elsewhere enclave code gets the host's answer.
+System calls from enclave code are refused by the runner's seccomp filter
+(SIGSYS → #UD). RDTSC faults where SGX1 says so. CPUID faults only where the
+CPU offers CPUID faulting (``cpuid_faulting()`` says whether it does here);
+elsewhere enclave code that runs CPUID gets the host's answer.
 """
 
 from __future__ import annotations
@@ -25,44 +33,94 @@ import os
 import platform
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from vsgx.arch.constants import PAGE_SIZE, ExitType, PfErrorCode, Vector
+from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
 from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import EnclaveState
-from vsgx.evm.executor import REG_COUNT, Stop, StopKind, UntrustedMemory, page_changes
+from vsgx.evm.executor import RFLAGS, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
+from vsgx.evm.runner import layout
+from vsgx.evm.runner.layout import COMMAND, REPORT
 
-RUNNER_SOURCE = Path(__file__).resolve().parent / "runner" / "runner.c"
-RUNNER_CFLAGS = ("-static", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
-                 "-fno-pie", "-no-pie", "-O2", "-mgeneral-regs-only",
-                 "-fno-tree-loop-distribute-patterns", "-fno-asynchronous-unwind-tables",
-                 "-Wl,--build-id=none", "-Wl,-z,noexecstack")
+RUNNER_DIR = Path(__file__).resolve().parent / "runner"
+RUNNER_SOURCES = ("runner.c", "filter.c")
+RUNNER_CFLAGS = ("-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-fno-pie", "-O2",
+                 "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
+                 "-fno-asynchronous-unwind-tables", "-fno-jump-tables", "-fcf-protection=none",
+                 "-Wall", "-Wextra", "-Werror")
+RUNNER_LDFLAGS = ("-static", "-nostdlib", "-no-pie", "-Wl,--build-id=none",
+                  "-Wl,-z,noexecstack", "-Wl,-z,max-page-size=4096")
+# The runner's image: the entry section first (the only code left
+# executable after set-up), then the set-up code and read-only data that
+# set-up makes PROT_NONE, then data. Linked low, below where applications
+# and the AVM put anything.
+RUNNER_LINKER_SCRIPT = """\
+ENTRY(_start)
+PHDRS
+{
+    text PT_LOAD FLAGS(5);
+    rodata PT_LOAD FLAGS(4);
+    data PT_LOAD FLAGS(6);
+    stack PT_GNU_STACK FLAGS(6);
+}
+SECTIONS
+{
+    . = 0x100000;
+    vsgx_image_begin = .;
+    .vsgx_entry : { vsgx_entry_begin = .; KEEP(*(.text.vsgx_entry)) . = ALIGN(4096);
+                    vsgx_entry_end = .; } :text
+    .text : ALIGN(4096) { vsgx_sealable_begin = .; *(.text .text.*) } :text
+    .rodata : ALIGN(4096) { *(.rodata .rodata.*) . = ALIGN(4096); vsgx_sealable_end = .; } :rodata
+    .data : ALIGN(4096) { *(.data .data.*) } :data
+    .bss : { *(.bss .bss.*) *(COMMON) . = ALIGN(4096); } :data
+    vsgx_image_end = .;
+    /DISCARD/ : { *(.comment) *(.note*) *(.eh_frame*) }
+}
+"""
+# Symbols the linker script defines: the entry section may use their addresses.
+_LINKER_SYMBOLS = frozenset({"vsgx_image_begin", "vsgx_image_end", "vsgx_entry_begin",
+                             "vsgx_entry_end", "vsgx_sealable_begin", "vsgx_sealable_end"})
 
-# The control page (struct control in runner.c).
-CMD_RUN, CMD_CONTINUE, CMD_OPS, CMD_QUIT = 1, 2, 3, 4
-STOP_READY, STOP_ENCLU, STOP_EXCEPTION, STOP_STOPPED, STOP_OPS_DONE, STOP_ERROR = range(1, 7)
-OP_PROTECT, OP_MAP, OP_UNMAP = 1, 2, 3
-MAX_OPS = 1000
-_OFF_CMD_SEQ, _OFF_DONE_SEQ, _OFF_COMMAND, _OFF_STOP = 0, 4, 8, 12
-_OFF_REGS, _OFF_VECTOR, _OFF_LOAD_FPU, _OFF_NOPS, _OFF_FEATURES = 16, 176, 208, 216, 220
-_OFF_FPU, _OFF_OPS = 256, 768
-CONTROL_SIZE = 32 * 1024
-_REGS = struct.Struct(f"<{REG_COUNT}Q")
-_STOP_INFO = struct.Struct("<QQQQ")  # vector, error code, address, exit type
-_OP = struct.Struct("<QQQQ")
-FEATURE_FSGSBASE, FEATURE_CPUID_FAULTING, FEATURE_RDTSC_FAULTS = 1, 2, 4
+_REPORT_COPY = REPORT.end("fpu")  # what one stop reads (the message only at STOP_DIED)
+_FPU_AT = REPORT.offset("fpu")
+_CMD_REGS_AT = COMMAND.offset("regs")
+_CMD_FPU_AT = COMMAND.offset("fpu")
+_CMD_OPS_AT = COMMAND.offset("ops")
+_CMD_HEAD = struct.Struct("<III")  # command, nops, load_fpu
+# Indexes into a report unpacked with layout.REPORT_STOP (the stop path
+# works on that tuple; ``Report`` is built only when asked for).
+_KIND, _SIGNO, _TRAPNO, _ERROR, _CR2, _SI_ADDR = 1, 2, 4, 5, 6, 7
+FEATURE_FSGSBASE = layout.FEATURE_FSGSBASE
+FEATURE_CPUID_FAULTING = layout.FEATURE_CPUID_FAULTING
+FEATURE_RDTSC_FAULTS = layout.FEATURE_RDTSC_FAULTS
+MAX_OPS = layout.MAX_OPS
 
 POOL_SLOTS = 512  # untrusted pages one thread may have mapped at once
 KEEP_SHARED = 32  # in-process pages kept mapped across entries
 SPIN_ROUNDS = 200  # sched_yield rounds before sleeping on the futex
+
+# RFLAGS bits with an architectural meaning (no reserved bits); RF is
+# dropped as well: it describes the runner's fault, not the enclave's state.
+_KEPT_FLAGS = 0x3F7FD5 & ~(1 << 16)
+_STOP_SIGNAL = layout.STOP_SIGNAL
+_SIGILL, _SIGTRAP, _SIGBUS, _SIGFPE, _SIGUSR1, _SIGSEGV, _SIGALRM, _SIGSYS = (
+    4, 5, 7, 8, 10, 11, 14, 31)
+# Opcodes that fault (#GP or SIGSYS) natively and are #UD in an enclave.
+_SYSCALL_ABIS = (b"\x0f\x05", b"\x0f\x34", b"\xcd\x80")  # syscall, sysenter, int $0x80
+_UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2")  # rdtsc, rdtscp, cpuid
+# Signals whose trap number is the enclave's vector as it stands.
+_PASSED_THROUGH = frozenset({(_SIGBUS, Vector.NP), (_SIGBUS, Vector.SS), (_SIGBUS, Vector.AC),
+                             (_SIGFPE, Vector.DE), (_SIGFPE, Vector.MF), (_SIGFPE, Vector.XM)})
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -83,10 +141,27 @@ class NativeUnavailable(VsgxError):
 
 
 class RunnerLost(VsgxError):
-    """The runner process of an enclave thread died."""
+    """The runner process of an enclave thread died or was killed."""
+
+
+class Report(NamedTuple):
+    """One runner report, copied out of the REPORT area and parsed."""
+
+    kind: int
+    signo: int
+    code: int
+    trapno: int
+    error: int
+    cr2: int
+    si_addr: int
+    sys_nr: int
+    sys_arch: int
+    registers: list[int]
+    fpu: bytes
 
 
 _build_lock = threading.Lock()
+_built: Path | None = None
 
 
 def _cache_dir() -> Path:
@@ -95,48 +170,126 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
+def _check_entry_object(path: Path) -> None:
+    """The entry section may not call or read anything that set-up seals
+    away: every relocation in it must name entry code, writable data, or an
+    address the linker script defines."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        names = [s.name for s in elf.iter_sections()]
+        symbols = elf.get_section_by_name(".symtab")
+        relocations = elf.get_section_by_name(".rela.text.vsgx_entry")
+        if not isinstance(relocations, RelocationSection) or symbols is None:
+            raise NativeUnavailable("the runner's entry section is missing")
+        for relocation in relocations.iter_relocations():
+            symbol = symbols.get_symbol(relocation["r_info_sym"])
+            index = symbol["st_shndx"]
+            if index == "SHN_UNDEF":
+                if symbol.name in _LINKER_SYMBOLS:
+                    continue
+                raise NativeUnavailable(f"the runner's entry section uses {symbol.name}")
+            section = names[index] if isinstance(index, int) else str(index)
+            if section != ".text.vsgx_entry" and not section.startswith((".bss", ".data")):
+                raise NativeUnavailable(f"the runner's entry section refers to {section} "
+                                        f"({symbol.name or 'a section'})")
+
+
+def runner_compiler() -> str:
+    """The C compiler the runner is built with ($CC, else cc or gcc)."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        raise NativeUnavailable("the native executor's runner is built with a C compiler: "
+                                "install gcc (or set CC), or use --executor unicorn")
+    return compiler
+
+
+def runner_key(header: str, compiler: str) -> str:
+    """The runner's cache key: its sources, the generated header, the linker
+    script, the flags and the compiler."""
+    key = hashlib.sha256()
+    for name in RUNNER_SOURCES:
+        key.update((RUNNER_DIR / name).read_bytes())
+    for part in (header, RUNNER_LINKER_SCRIPT, " ".join(RUNNER_CFLAGS + RUNNER_LDFLAGS),
+                 os.path.realpath(compiler)):
+        key.update(part.encode())
+    return key.hexdigest()[:16]
+
+
 def runner_binary() -> Path:
-    """The runner, compiled on first use (cached by source and flags)."""
+    """The runner, compiled on first use (cached by sources, generated
+    header, linker script, flags and compiler)."""
+    global _built
+    if _built is not None:
+        return _built
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise NativeUnavailable("the native executor needs x86-64 Linux")
-    source = RUNNER_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(RUNNER_CFLAGS).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"runner-{digest}"
+    compiler = runner_compiler()
+    header = layout.c_header()
+    target = _cache_dir() / f"runner-{runner_key(header, compiler)}"
     with _build_lock:
         if target.is_file():
+            _built = target
             return target
-        cc = os.environ.get("CC", "cc")
-        compiler = shutil.which(cc) or shutil.which("gcc")
-        if compiler is None:
-            raise NativeUnavailable("the native executor's runner is built with a C compiler: "
-                                    "install gcc (or set CC), or use --executor unicorn")
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            output = Path(tmp) / "runner"
-            result = subprocess.run([compiler, *RUNNER_CFLAGS, "-o", str(output),
-                                     str(RUNNER_SOURCE)], capture_output=True, text=True,
-                                    check=False)
-            if result.returncode != 0:
-                raise NativeUnavailable(f"building the runner failed:\n{result.stderr.strip()}")
+            build = Path(tmp)
+            (build / "vsgx_layout.h").write_text(header)
+            (build / "runner.lds").write_text(RUNNER_LINKER_SCRIPT)
+            obj, output = build / "runner.o", build / "runner"
+            steps = ([compiler, *RUNNER_CFLAGS, "-I", str(build), "-c",
+                      str(RUNNER_DIR / "runner.c"), "-o", str(obj)],
+                     [compiler, *RUNNER_LDFLAGS, "-Wl,-T," + str(build / "runner.lds"),
+                      str(obj), "-o", str(output)])
+            for index, step in enumerate(steps):
+                result = subprocess.run(step, capture_output=True, text=True, check=False)
+                if result.returncode != 0:
+                    raise NativeUnavailable(f"building the runner failed:\n"
+                                            f"{result.stderr.strip()}")
+                if index == 0:
+                    _check_entry_object(obj)
             os.replace(output, target)
+    _built = target
     return target
+
+
+def runner_root() -> Path:
+    """The empty directory runners chroot into: made 0500 under the cache
+    directory; refused if anyone else owns it or it is not empty."""
+    root = _cache_dir() / "runner-root"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(root, 0o500)
+    except FileExistsError:
+        pass
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise NativeUnavailable(f"{root} is not a directory of this user: remove it")
+    if stat.S_IMODE(info.st_mode) != 0o500:
+        os.chmod(root, 0o500)
+    if os.listdir(root):
+        raise NativeUnavailable(f"{root} must be empty: remove what is in it")
+    return root
 
 
 _support: tuple[bool, str] | None = None
 _features = 0
+_isolation = 0
 
 
 def native_support() -> tuple[bool, str]:
     """(usable, why not): builds the runner and starts one on a scratch
     enclave range once per process."""
-    global _support, _features
+    global _support, _features, _isolation
     if _support is None:
         try:
             runner_binary()
             probe = EnclaveStateProbe()
             try:
                 executor = NativeExecutor(None, probe, 0)  # type: ignore[arg-type]
-                _features = executor.features
+                _features, _isolation = executor.features, executor.isolation
                 executor.close()
             finally:
                 probe.close()
@@ -147,9 +300,21 @@ def native_support() -> tuple[bool, str]:
 
 
 def cpuid_faulting() -> bool:
-    """Whether the CPU lets runners turn CPUID into #UD (else enclave code
+    """Whether this CPU lets runners turn CPUID into #UD (else enclave code
     that runs CPUID gets the host's answer)."""
     return native_support()[0] and bool(_features & FEATURE_CPUID_FAULTING)
+
+
+def native_isolation() -> str:
+    """What this host gave the runners, in a few words (for the EVM's
+    start-up message)."""
+    usable, why = native_support()
+    if not usable:
+        return f"native executor unavailable: {why}"
+    cpuid = ("CPUID faults (#UD)" if _features & FEATURE_CPUID_FAULTING
+             else "no CPUID faulting (enclave CPUID gets the host's answer)")
+    return (f"seccomp filter by number and arguments; {layout.describe_isolation(_isolation)}; "
+            f"{cpuid}")
 
 
 class EnclaveStateProbe:
@@ -172,6 +337,15 @@ class NativeExecutor:
 
     name = "native"
     parallel = True  # threads of one enclave run at once, on shared memory
+    # A running runner reports at least once a second (its alarm); one that
+    # is silent this long is stuck and gets SIGKILL.
+    silence_limit = 10.0
+    start_limit = 10.0
+    # A command the runner is started under (tests run it as another uid
+    # with ``setpriv``), and the empty directory it chroots into.
+    launcher: tuple[str, ...] = ()
+    root_dir: Path | None = None
+    runner_flags = 0  # layout.RUNNER_FLAG_*, beyond what the platform asks
 
     def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
                  rdtsc_faults: bool = False):
@@ -185,108 +359,159 @@ class NativeExecutor:
         self.interrupt_requested = False
         self.stop_requested = False
         self.closed = False
+        self.features = self.isolation = 0
+        self.mxcsr_mask = 0xFFBF
+        self._raw = bytes(_REPORT_COPY)  # the last report, as copied
+        self._base, self._size, self._view = encl.base, encl.size, encl.memory.view
         self._ops: list[tuple[int, int, int, int]] = []
-        self._loaded = False
-        self._registers: list[int] = [0] * REG_COUNT
+        self._registers: list[int] = [0] * layout.REG_COUNT
+        self._pending_fpu: bytes | None = None
         # page -> [slot, snapshot, writable]
         self._mapped: dict[int, list] = {}
         self._free_slots = list(range(POOL_SLOTS - 1, -1, -1))
         self._source: tuple[object, int] | None = None
-        self._control_fd = os.memfd_create("vsgx-runner-control", os.MFD_CLOEXEC)
+        self._report_fd = os.memfd_create("vsgx-runner-report", os.MFD_CLOEXEC)
+        self._command_fd = os.memfd_create("vsgx-runner-command", os.MFD_CLOEXEC)
         self._pool_fd = os.memfd_create("vsgx-runner-pool", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(self._control_fd, CONTROL_SIZE)
+            os.ftruncate(self._report_fd, REPORT.size)
+            os.ftruncate(self._command_fd, COMMAND.size)
             os.ftruncate(self._pool_fd, POOL_SLOTS * PAGE_SIZE)
-            self.control = mmap.mmap(self._control_fd, CONTROL_SIZE)
+            self.report_area = mmap.mmap(self._report_fd, REPORT.size)
+            self.command_area = mmap.mmap(self._command_fd, COMMAND.size)
             self.pool = mmap.mmap(self._pool_fd, POOL_SLOTS * PAGE_SIZE)
-            self._cmd_seq = ctypes.c_uint32.from_buffer(self.control, _OFF_CMD_SEQ)
-            self._done_seq = ctypes.c_uint32.from_buffer(self.control, _OFF_DONE_SEQ)
+            self._report_seq = ctypes.c_uint32.from_buffer(self.report_area, 0)
+            self._command_seq = ctypes.c_uint32.from_buffer(self.command_area, 0)
             memory_fd = encl.memory.fd
+            flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
+            root = self.root_dir if self.root_dir is not None else runner_root()
             self.process = subprocess.Popen(
-                [str(runner_binary()), str(self._control_fd), str(memory_fd), hex(encl.base),
-                 hex(encl.size), str(self._pool_fd), "1" if rdtsc_faults else "0"],
-                pass_fds=(self._control_fd, memory_fd, self._pool_fd), stdin=subprocess.DEVNULL)
-            stop = self._wait(0, timeout=10.0)  # done_seq starts at 0
-            if stop != STOP_READY:
-                raise RunnerLost(f"the runner did not start (stop {stop})")
-            self.features = struct.unpack_from("<I", self.control, _OFF_FEATURES)[0]
+                [*self.launcher, str(runner_binary()), str(self._report_fd),
+                 str(self._command_fd), str(memory_fd), str(self._pool_fd), hex(encl.base),
+                 hex(encl.size), hex(POOL_SLOTS * PAGE_SIZE), str(flags), str(root)],
+                pass_fds=(self._report_fd, self._command_fd, memory_fd, self._pool_fd),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            report = self._wait(0, self.start_limit)
+            if report[_KIND] != layout.STOP_READY:
+                raise RunnerLost(f"the runner did not start: {self._reason(report[_KIND])}")
+            self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
+                "<III", self.report_area, REPORT.offset("features"))
+            self.mxcsr_mask &= 0xFFFF
         except BaseException:
             self.close()
             raise
 
-    # -- the control page -------------------------------------------------------
-    def _wait(self, seen: int, timeout: float | None = None) -> int:
-        """Wait until the runner stops again; its stop code."""
-        done = self._done_seq
+    # -- the shared areas -------------------------------------------------------
+    def _reason(self, kind: int) -> str:
+        if kind == layout.STOP_DIED:
+            message = self.report_area[REPORT.offset("message"):REPORT.end("message")]
+            return message.split(b"\0", 1)[0].decode("ascii", "replace") or "no reason given"
+        return f"stop {kind}"
+
+    def _read_report(self) -> tuple[int, ...]:
+        """Copy the REPORT area once; everything after uses the copy."""
+        raw = self._raw = self.report_area[:_REPORT_COPY]
+        return layout.REPORT_STOP.unpack_from(raw, 0)
+
+    @property
+    def last_report(self) -> Report:
+        """The last report as the runner wrote it (for tests and errors)."""
+        values = layout.REPORT_STOP.unpack_from(self._raw, 0)
+        return Report(*values[1:10], list(values[10:]), self._raw[_FPU_AT:])
+
+    def _kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def _wait(self, seen: int, limit: float) -> tuple[int, ...]:
+        """Wait until the runner reports again; the report."""
+        sequence = self._report_seq
         # Spin first: a futex wake-up costs tens of microseconds in a VM (an
         # IPI), and most stops come sooner than that. sched_yield lets the
         # other Python threads run meanwhile.
         for _ in range(SPIN_ROUNDS):
-            if done.value != seen:
-                return struct.unpack_from("<I", self.control, _OFF_STOP)[0]
+            if sequence.value != seen:
+                return self._read_report()
             os.sched_yield()
-        address = ctypes.addressof(done)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while done.value == seen:
+        address = ctypes.addressof(sequence)
+        deadline = time.monotonic() + limit
+        while sequence.value == seen:
             _syscall(_SYS_FUTEX, ctypes.c_void_p(address), _FUTEX_WAIT, ctypes.c_int(seen),
                      ctypes.byref(_WAIT), None, 0)
-            if self._done_seq.value != seen:
+            if sequence.value != seen:
                 break
             if self.process.poll() is not None:
                 raise RunnerLost(f"the runner of TCS {self.tcs:#x} died (status "
                                  f"{self.process.returncode})")
-            if deadline is not None and time.monotonic() > deadline:
-                raise RunnerLost("the runner does not answer")
-        return struct.unpack_from("<I", self.control, _OFF_STOP)[0]
+            if time.monotonic() > deadline:
+                self._kill()
+                raise RunnerLost(f"the runner of TCS {self.tcs:#x} stopped answering "
+                                 f"for {limit:g} s and was killed")
+        return self._read_report()
 
-    def _command(self, command: int) -> int:
+    def _command(self, command: int, registers: list[int] | None = None,
+                 fpu: bytes | None = None) -> tuple[int, ...]:
         if self.closed:
             raise RunnerLost("the runner was closed")
         ops = self._ops
         while len(ops) > MAX_OPS:
             self._ops = ops[MAX_OPS:]
-            self._send(CMD_OPS, ops[:MAX_OPS])
+            report = self._send(layout.CMD_OPS, ops[:MAX_OPS])
+            if report[_KIND] != layout.STOP_OPS_DONE:
+                self._kill()
+                raise RunnerLost(f"the runner of TCS {self.tcs:#x} answered page operations "
+                                 f"with {self._reason(report[_KIND])} and was killed")
             ops = self._ops
         self._ops = []
-        return self._send(command, ops)
+        return self._send(command, ops, registers, fpu)
 
-    def _send(self, command: int, ops: list[tuple[int, int, int, int]]) -> int:
-        control = self.control
+    def _send(self, command: int, ops: list[tuple[int, int, int, int]],
+              registers: list[int] | None = None, fpu: bytes | None = None
+              ) -> tuple[int, ...]:
+        area = self.command_area
         for index, op in enumerate(ops):
-            _OP.pack_into(control, _OFF_OPS + index * _OP.size, *op)
-        struct.pack_into("<I", control, _OFF_NOPS, len(ops))
-        struct.pack_into("<I", control, _OFF_COMMAND, command)
-        seen = self._done_seq.value
-        self._cmd_seq.value = (self._cmd_seq.value + 1) & 0xFFFFFFFF
-        _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._cmd_seq)), _FUTEX_WAKE, 1,
-                 None, None, 0)
-        stop = self._wait(seen)
-        if stop == STOP_ERROR:
-            _, errno, address, _ = _STOP_INFO.unpack_from(control, _OFF_VECTOR)
+            layout.OP.pack_into(area, _CMD_OPS_AT + index * layout.OP.size, *op)
+        if registers is not None:
+            layout.REGISTERS.pack_into(area, _CMD_REGS_AT, *registers)
+        if fpu is not None:
+            area[_CMD_FPU_AT:_CMD_FPU_AT + 512] = fpu
+        _CMD_HEAD.pack_into(area, 4, command, len(ops), int(fpu is not None))
+        seen = self._report_seq.value
+        self._command_seq.value = (self._command_seq.value + 1) & 0xFFFFFFFF
+        _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._command_seq)), _FUTEX_WAKE,
+                 1, None, None, 0)
+        report = self._wait(seen, self.silence_limit)
+        if report[_KIND] == layout.STOP_OP_FAILED:
+            index, errno = struct.unpack_from("<II", self.report_area, REPORT.offset("op_index"))
+            address = ops[index][1] if index < len(ops) else 0
+            self._kill()
             raise RunnerLost(f"the runner could not map or protect {address:#x} "
                              f"({os.strerror(errno) if errno < 200 else errno})")
-        return stop
+        return report
 
     # -- registers and extended state -------------------------------------------
     def load(self, registers: list[int]) -> None:
-        _REGS.pack_into(self.control, _OFF_REGS, *registers)
-        self._loaded = True
+        self._registers = list(registers)
 
     def save(self) -> list[int]:
-        return list(_REGS.unpack_from(self.control, _OFF_REGS))
+        return list(self._registers)
 
     def xsave(self) -> bytes:
         """The SSA's XSAVE area for XFRM = x87 | SSE: the FXSAVE image of the
         enclave's state at the stop, and a header saying both are present."""
         area = bytearray(xsave_size(self.encl.xfrm))
-        area[:512] = self.control[_OFF_FPU:_OFF_FPU + 512]
+        area[:512] = self._raw[_FPU_AT:_FPU_AT + 512]
         area[464:512] = bytes(48)  # software-available bytes: nothing of ours
         struct.pack_into("<Q", area, 512, 0x3)
         return bytes(area)
 
     def xrstor(self, area: bytes) -> None:
-        self.control[_OFF_FPU:_OFF_FPU + 512] = area[:512].ljust(512, b"\0")
-        struct.pack_into("<I", self.control, _OFF_LOAD_FPU, 1)
+        image = bytearray(area[:512].ljust(512, b"\0"))
+        # FXRSTOR faults on reserved MXCSR bits: keep the ones this CPU has.
+        mxcsr = struct.unpack_from("<I", image, 24)[0] & self.mxcsr_mask
+        struct.pack_into("<I", image, 24, mxcsr)
+        self._pending_fpu = bytes(image)
 
     # -- page protections ---------------------------------------------------------
     def sync(self) -> None:
@@ -297,7 +522,8 @@ class NativeExecutor:
             return
         desired, runs = protection_runs(encl, self.prot)
         self.rewritten_seen = len(encl.rewritten)
-        self._ops.extend((OP_PROTECT, start, end - start, prot) for start, end, prot in runs)
+        self._ops.extend((layout.OP_PROTECT, start, end - start, prot)
+                         for start, end, prot in runs)
         self.prot = desired
         self.generation = encl.generation
 
@@ -308,7 +534,7 @@ class NativeExecutor:
     def _unmap(self, page: int) -> None:
         slot = self._mapped.pop(page)[0]
         self._free_slots.append(slot)
-        self._ops.append((OP_UNMAP, page, PAGE_SIZE, 0))
+        self._ops.append((layout.OP_UNMAP, page, PAGE_SIZE, 0))
 
     def _write_back(self, untrusted: UntrustedMemory, page: int, entry: list) -> None:
         slot, snapshot, writable = entry
@@ -329,7 +555,7 @@ class NativeExecutor:
         slot = self._free_slots.pop()
         self._slot_view(slot)[:] = data
         self._mapped[page] = [slot, bytes(data), writable]
-        self._ops.append((OP_MAP, page, PAGE_SIZE, slot << 1 | int(writable)))
+        self._ops.append((layout.OP_MAP, page, PAGE_SIZE, slot << 1 | int(writable)))
         return True
 
     def _refresh(self, untrusted: UntrustedMemory) -> None:
@@ -365,36 +591,103 @@ class NativeExecutor:
             while len(self._mapped) > KEEP_SHARED:
                 self._unmap(next(iter(self._mapped)))
 
+    # -- what a report means ----------------------------------------------------------
+    def _code(self, address: int, length: int) -> bytes:
+        """Enclave code bytes from the EVM's own copy of its memory."""
+        encl = self.encl
+        if encl.memory is None or not encl.in_elrange(address, length):
+            return b""
+        offset = address - encl.base
+        return bytes(encl.memory.view[offset:offset + length])
+
+    def _exception(self, report: tuple[int, ...], registers: list[int]) -> Stop:
+        """The architectural exception behind a kernel-delivered signal.
+        Only vectors an enclave can take come out of here."""
+        rip = registers[RIP]
+        signo, trapno = report[_SIGNO], report[_TRAPNO]
+        if signo == _SIGSYS:
+            # SYSCALL, SYSENTER and INT 0x80 are #UD in an enclave; RIP was
+            # past the 2-byte instruction.
+            registers[RIP] = rip = (report[_SI_ADDR] - 2) & (1 << 64) - 1
+            if self._code(rip, 2) in _SYSCALL_ABIS:
+                return Stop(StopKind.EXCEPTION, registers, Vector.UD)
+            return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        if not self.encl.in_elrange(rip):
+            # A code fetch outside ELRANGE is #GP(0) in enclave mode.
+            return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        if signo == _SIGILL:
+            if self._code(rip, 3) == ENCLU_OPCODE:
+                return Stop(StopKind.ENCLU, registers)
+            return Stop(StopKind.EXCEPTION, registers, Vector.UD)
+        if signo == _SIGTRAP:
+            if trapno == Vector.BP:
+                if self._code(rip - 2, 2) == b"\xcd\x03":  # INT 3 (two bytes): INT n is #UD
+                    registers[RIP] = rip - 2
+                    return Stop(StopKind.EXCEPTION, registers, Vector.UD)
+                return Stop(StopKind.EXCEPTION, registers, Vector.BP,
+                            exit_type=ExitType.SOFTWARE)
+            if trapno == Vector.DB:
+                return Stop(StopKind.EXCEPTION, registers, Vector.DB)
+        elif signo in (_SIGSEGV, _SIGBUS) and trapno == Vector.PF:
+            return Stop(StopKind.EXCEPTION, registers, Vector.PF, report[_ERROR] & 0xFFFFFFFF,
+                        report[_CR2])
+        elif signo == _SIGSEGV and trapno == Vector.GP:
+            code = self._code(rip, 3)
+            if code[:1] == b"\xcd" or code[:2] in _UD_INSTEAD_OF_GP \
+                    or code in _UD_INSTEAD_OF_GP:
+                return Stop(StopKind.EXCEPTION, registers, Vector.UD)  # INT n, RDTSC, CPUID
+        elif (signo, trapno) in _PASSED_THROUGH:
+            return Stop(StopKind.EXCEPTION, registers, Vector(trapno))
+        return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+
+    def _stop(self, report: tuple[int, ...]) -> Stop:
+        # The executor keeps the reported registers (a continue resumes with
+        # them); the stop gets a copy, which the leaf code may change.
+        registers = list(report[10:])
+        registers[RFLAGS] = registers[RFLAGS] & _KEPT_FLAGS | 0x2
+        self._registers = registers
+        kind, signo = report[_KIND], report[_SIGNO]
+        if kind == _STOP_SIGNAL and signo == _SIGILL:
+            # The common stop: ENCLU inside ELRANGE (the bytes from the EVM's
+            # own copy of enclave memory).
+            offset = registers[RIP] - self._base
+            if 0 <= offset <= self._size - 3 and self._view[offset:offset + 3] == ENCLU_OPCODE:
+                return Stop(StopKind.ENCLU, registers.copy())
+        registers = registers.copy()
+        if kind == layout.STOP_BEFORE_ENTRY or (
+                kind == _STOP_SIGNAL and signo in (_SIGUSR1, _SIGALRM)):
+            if not self.encl.in_elrange(registers[RIP]):
+                # Enclave code was running runner code: that jump was #GP(0).
+                return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+            if self.interrupt_requested:
+                self.interrupt_requested = False
+                return Stop(StopKind.INTERRUPTED, registers)
+            return Stop(StopKind.PREEMPTED, registers)
+        if kind == layout.STOP_NOT_DELIVERED:
+            return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        if kind != _STOP_SIGNAL:
+            self._kill()
+            raise RunnerLost(f"the runner of TCS {self.tcs:#x} sent an unexpected report "
+                             f"({self._reason(kind)}) and was killed")
+        return self._exception(report, registers)
+
     # -- running ------------------------------------------------------------------------
     def run(self, untrusted: UntrustedMemory) -> Stop:
         self._refresh(untrusted)
-        command = CMD_RUN if self._loaded else CMD_CONTINUE
-        self._loaded = False
         self.stop_requested = False
+        fpu, self._pending_fpu = self._pending_fpu, None
         encl = self.encl
         while True:
-            stop = self._command(command)
-            command = CMD_CONTINUE
-            registers = self.save()
-            if stop == STOP_ENCLU:
-                return Stop(StopKind.ENCLU, registers)
-            if stop == STOP_STOPPED:
-                if self.interrupt_requested:
-                    self.interrupt_requested = False
-                    return Stop(StopKind.INTERRUPTED, registers)
-                return Stop(StopKind.PREEMPTED, registers)
-            if stop != STOP_EXCEPTION:
-                raise RunnerLost(f"unexpected stop {stop} from the runner")
-            vector, error_code, address, exit_type = _STOP_INFO.unpack_from(self.control,
-                                                                            _OFF_VECTOR)
-            kind = ExitType.SOFTWARE if exit_type == 6 else ExitType.HARDWARE
-            if vector != Vector.PF:
-                if vector == Vector.GP:
-                    error_code = 0
-                return Stop(StopKind.EXCEPTION, registers, vector, error_code, 0, kind)
-            access = FETCH if error_code & PfErrorCode.I else (
-                WRITE if error_code & PfErrorCode.W else READ)
+            report = self._command(layout.CMD_RUN, self._registers, fpu)
+            fpu = None
+            stop = self._stop(report)
+            if stop.kind is not StopKind.EXCEPTION or stop.vector != Vector.PF:
+                return stop
+            address = stop.address
+            access = FETCH if stop.error_code & PfErrorCode.I else (
+                WRITE if stop.error_code & PfErrorCode.W else READ)
             page = address & ~(PAGE_SIZE - 1)
+            registers = stop.registers
             if encl.in_elrange(address):
                 assert self.machine is not None
                 with self.machine.lock:
@@ -432,26 +725,25 @@ class NativeExecutor:
         process = getattr(self, "process", None)
         if process is not None and process.poll() is None:
             try:
-                struct.pack_into("<II", self.control, _OFF_NOPS, 0, 0)
-                struct.pack_into("<I", self.control, _OFF_COMMAND, CMD_QUIT)
-                self._cmd_seq.value = (self._cmd_seq.value + 1) & 0xFFFFFFFF
-                _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._cmd_seq)),
+                _CMD_HEAD.pack_into(self.command_area, 4, layout.CMD_QUIT, 0, 0)
+                self._command_seq.value = (self._command_seq.value + 1) & 0xFFFFFFFF
+                _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._command_seq)),
                          _FUTEX_WAKE, 1, None, None, 0)
                 process.wait(timeout=2)
             except (subprocess.TimeoutExpired, ValueError):
                 process.kill()
                 process.wait()
-        for name in ("_cmd_seq", "_done_seq"):
+        for name in ("_command_seq", "_report_seq"):
             if hasattr(self, name):
                 delattr(self, name)
-        for name in ("control", "pool"):
+        for name in ("report_area", "command_area", "pool"):
             mapping = getattr(self, name, None)
             if mapping is not None:
                 try:
                     mapping.close()
                 except BufferError:
                     pass
-        for fd in (self._control_fd, self._pool_fd):
+        for fd in (self._report_fd, self._command_fd, self._pool_fd):
             try:
                 os.close(fd)
             except OSError:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from vsgx.arch.constants import (
+    ENCLU_OPCODE,
     EXITINFO_ALWAYS,
     EXITINFO_WITH_EXINFO,
     PAGE_SIZE,
@@ -71,6 +72,8 @@ _STATUS_FLAGS = 0x8D5  # CF PF AF ZF SF OF
 _RESTORED_FLAGS = 0x254D5 | (1 << 10) | (1 << 14) | (1 << 18) | (1 << 21)
 _SYNTHETIC_CLEARED = 0x8D5 | (1 << 16)  # arithmetic flags and RF
 _PREEMPT_AFTER = 0.002  # seconds a thread waits before asking the runner to yield
+_RF = 1 << 16
+_VECTORS = frozenset(int(v) for v in Vector)
 
 
 def _canonical(address: int) -> bool:
@@ -262,7 +265,7 @@ class EnclaveThread:
                     return self._aex(Stop(StopKind.INTERRUPTED, executor.save()),
                                      untrusted, aep, frame)
                 try:
-                    stop = executor.run(untrusted)
+                    stop = self._validated(executor.run(untrusted))
                 except VsgxError:
                     self._lost()
                     raise
@@ -281,6 +284,27 @@ class EnclaveThread:
         finally:
             encl.running = None
             lock.release()
+
+    def _validated(self, stop: Stop) -> Stop:
+        """An executor's stop, checked before use (a native runner shares its
+        address space with enclave code): an ENCLU needs the ENCLU bytes at
+        RIP inside ELRANGE; enclave code never runs outside ELRANGE (on
+        hardware, fetching there is #GP(0)); only vectors an enclave can take."""
+        encl, registers = self.encl, stop.registers
+        rip = registers[RIP]
+        if stop.kind is StopKind.ENCLU:
+            offset = rip - encl.base
+            if not 0 <= offset <= encl.size - len(ENCLU_OPCODE):
+                return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+            if encl.memory.view[offset:offset + len(ENCLU_OPCODE)] != ENCLU_OPCODE:  # type: ignore[union-attr]
+                return Stop(StopKind.EXCEPTION, registers, Vector.UD)
+            return stop
+        # A software exception (INT3) reports the RIP after it.
+        after = stop.exit_type is ExitType.SOFTWARE and rip == encl.base + encl.size
+        if not (encl.in_elrange(rip) or after) or (
+                stop.kind is StopKind.EXCEPTION and stop.vector not in _VECTORS):
+            return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        return stop
 
     def _take_turn(self, lock: object) -> None:
         """Wait for the enclave's engine lock, asking whoever runs to yield
@@ -316,6 +340,7 @@ class EnclaveThread:
                 encl.inside.pop(self.tcs, None)
             regs[RIP] = target
             regs[RCX] = aep
+            regs[RFLAGS] &= ~_RF  # ENCLU completed: RF is clear after it
             regs[FSBASE], regs[GSBASE] = self.entry_fsgs
             return EnclaveExit("eexit", regs)
         status: SgxError | None = None

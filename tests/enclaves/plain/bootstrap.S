@@ -107,7 +107,71 @@ encl_divide:
     div %rcx
     ret
 
+/* void encl_jump(u64 regs[9]): target, rax, rdi, rsi, rdx, r10, r8, r9, rsp
+   (0: keep). What a hostile enclave does to reach code outside ELRANGE.
+   encl_jump_landing returns from it (the tests point SSA.RIP there). */
+    .global encl_jump
+encl_jump:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, encl_jump_rsp(%rip)
+    mov %rdi, %r11
+    mov 0(%r11), %rcx
+    mov 8(%r11), %rax
+    mov 24(%r11), %rsi
+    mov 32(%r11), %rdx
+    mov 40(%r11), %r10
+    mov 48(%r11), %r8
+    mov 56(%r11), %r9
+    mov 64(%r11), %rbx
+    test %rbx, %rbx
+    jz 1f
+    mov %rbx, %rsp
+1:  mov 16(%r11), %rdi
+    jmp *%rcx
+
+    .global encl_jump_landing
+encl_jump_landing:
+    mov encl_jump_rsp(%rip), %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
+/* u64 encl_abi_*(u64 rax): a system call by each x86 ABI; #UD in an enclave.
+   The *_insn labels name the instruction (the tests skip it: 2 bytes). */
+    .global encl_abi_syscall, encl_abi_syscall_insn
+encl_abi_syscall:
+    mov %rdi, %rax
+encl_abi_syscall_insn:
+    syscall
+    ret
+
+    .global encl_abi_int80, encl_abi_int80_insn
+encl_abi_int80:
+    mov %rdi, %rax
+encl_abi_int80_insn:
+    int $0x80
+    ret
+
+    .global encl_abi_sysenter, encl_abi_sysenter_insn
+encl_abi_sysenter:
+    mov %rdi, %rax
+encl_abi_sysenter_insn:
+    sysenter
+    ret
+
     .bss
+    .balign 8
+encl_jump_rsp:
+    .skip 8
     .balign 4096
     .global encl_ssa
 encl_ssa:

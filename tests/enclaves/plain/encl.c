@@ -11,6 +11,10 @@ extern uint8_t __encl_base[];
 extern uint8_t encl_ssa[];
 uint64_t encl_read_via_rax(uint64_t *addr);
 uint64_t encl_divide(uint64_t dividend, uint64_t divisor);
+void encl_jump(const uint64_t *registers);
+uint64_t encl_abi_syscall(uint64_t rax);
+uint64_t encl_abi_int80(uint64_t rax);
+uint64_t encl_abi_sysenter(uint64_t rax);
 
 static uint8_t encl_buffer[8192] __attribute__((section(".data.encl_buffer"), aligned(4096))) = {1};
 static volatile uint64_t encl_flag;
@@ -80,6 +84,9 @@ static void do_handle_exception(uint64_t *op, uint64_t cssa, uint64_t tcs)
         break;
     case FIX_SKIP:
         g->rip += op[2];
+        break;
+    case FIX_SET_RIP:
+        g->rip = op[2];
         break;
     case FIX_EMODPE: {
         struct sgx_secinfo secinfo = {.flags = op[2]};
@@ -253,6 +260,14 @@ void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
         op[3] = sum;
         break;
     }
+    case OP_JUMP:
+        encl_jump(&op[1]);
+        break;
+    case OP_SYSCALL_ABI:
+        op[3] = op[1] == 0 ? encl_abi_syscall(op[2])
+                : op[1] == 1 ? encl_abi_int80(op[2])
+                : encl_abi_sysenter(op[2]);
+        break;
     case OP_SECRET_HASH: {
         uint8_t digest[32];
         sha256(encl_secret, 32, digest);

@@ -40,6 +40,9 @@ enum encl_op {
     OP_SECRET_HASH = 25,    /* -> sha256(secret)@8(32) */
     OP_TOUCH = 26,          /* addr@8 pages@16 -> sum@24 of one word per page */
     OP_RDTSC = 27,          /* -> tsc@8 (#UD in SGX1 enclaves) */
+    OP_JUMP = 28,           /* target@8, then rax rdi rsi rdx r10 r8 r9 rsp(0: keep) @16..72:
+                               load them and jump (encl_jump_landing resumes after) */
+    OP_SYSCALL_ABI = 29,    /* abi@8 (0 syscall, 1 int $0x80, 2 sysenter) rax@16 -> rax@24 */
     OP_MAX
 };
 
@@ -49,6 +52,7 @@ enum exception_action {
     FIX_SET_RCX = 2,        /* SSA.RCX = value */
     FIX_SKIP = 3,           /* SSA.RIP += value */
     FIX_EMODPE = 4,         /* EMODPE(SSA EXINFO page, value as SECINFO flags) */
+    FIX_SET_RIP = 5,        /* SSA.RIP = value */
 };
 
 #endif /* __ASSEMBLER__ */

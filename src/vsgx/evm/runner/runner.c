@@ -1,87 +1,97 @@
-/* vsgx native runner: executes one enclave thread's code on the real CPU.
+/* vsgx native runner: executes one enclave thread's code on the real CPU,
+   in a sandbox whose boundary lies between enclave code and the runner.
 
    The EVM starts one runner per TCS. The enclave's memory (a memfd of the
    EVM) is mapped MAP_SHARED at the enclave's own linear addresses with the
-   protections the EVM sends (EPCM and page tables); untrusted pages the
-   enclave touches are mapped from a second memfd, the page pool, after the
-   EVM fetched them from the application.
+   protections the EVM sends; untrusted pages the enclave touches are mapped
+   from a second memfd, the page pool. Two more memfds are the REPORT area
+   (runner-written, EVM-read) and the COMMAND area (EVM-written, mapped
+   read-only here) — see vsgx/evm/runner/layout.py, which generates
+   vsgx_layout.h.
 
-   Control is a shared page (a third memfd) with two futex sequence words.
-   Everything after start-up happens inside one signal handler: the runner
-   "enters" the enclave by returning from the handler with the enclave's
-   registers in the ucontext (the kernel's sigreturn loads them all at
-   once, RSP and RFLAGS included, without touching the enclave's stack),
-   and it leaves the enclave when a signal arrives: SIGILL for ENCLU and
-   other #UD, SIGSEGV/SIGBUS/SIGFPE/SIGTRAP for faults, SIGSYS for a system
-   call the seccomp filter refused, SIGUSR1 for the EVM's interrupts.
+   Enclave code runs in this address space and can write everything the
+   runner can write and jump anywhere the runner can execute. So, after
+   set-up:
+   - the only runner code left executable is the entry section
+     (.text.vsgx_entry, page aligned); the rest of the runner's text and its
+     read-only data are PROT_NONE, so a jump there faults;
+   - the seccomp filter (filter.c) allows system calls only from the entry
+     section, and only by number and arguments that are harmless whoever
+     makes them; everything else, another ABI included, is SIGSYS;
+   - what the runner must trust (the commands, the page operations, the
+     registers to enter with) is in the read-only COMMAND area; its own
+     constants are on a page sealed read-only; the REPORT area is written by
+     the runner but also writable by enclave code, so the EVM treats every
+     report as untrusted;
+   - enclave code runs with no signal blocked and cannot block one (no
+     rt_sigreturn, no sigaction, rt_sigprocmask only with the one empty
+     mask), so the EVM's interrupts and the watchdog alarm always arrive;
+   - the process has nothing worth stealing: no file descriptor but the
+     page pool, an empty root, fresh namespaces where the host allows them,
+     no capabilities, no_new_privs, tight rlimits.
 
-   Freestanding: no libc, no TLS, no stack protector — handlers run with
-   the enclave's FS and GS bases. Every system call goes through the stubs
-   between vsgx_sys_begin and vsgx_sys_end, and the seccomp filter allows
-   system calls from there only. */
+   Leaving the enclave is a signal (SIGILL for ENCLU and #UD, SIGSEGV/
+   SIGBUS/SIGFPE/SIGTRAP for faults, SIGSYS for a refused system call,
+   SIGUSR1 for the EVM's interrupts, SIGALRM once a second); the handler
+   reports the raw signal and waits for a command. Entering is IRETQ with a
+   user-mode frame built from the COMMAND area, after restoring the FPU
+   state and unmasking signals: no sigreturn, so nothing enclave code wrote
+   into the signal frame is ever loaded.
+
+   Freestanding: no libc, no TLS, no stack protector — handlers run with the
+   enclave's FS and GS bases. */
 #include <stddef.h>
 #include <stdint.h>
 
-/* -- the shared control page (mirrored in native_executor.py) ---------- */
-#define REG_COUNT 20
-#define MAX_OPS 1000
+#include "vsgx_layout.h"
+#include "filter.c"
 
-enum { CMD_NONE, CMD_RUN, CMD_CONTINUE, CMD_OPS, CMD_QUIT };
-enum { STOP_NONE, STOP_READY, STOP_ENCLU, STOP_EXCEPTION, STOP_STOPPED, STOP_OPS_DONE,
-       STOP_ERROR };
-enum { OP_PROTECT = 1, OP_MAP = 2, OP_UNMAP = 3 };
-
-struct op {
-    uint64_t kind, address, length, arg;
-};
-
-struct control {
-    volatile uint32_t cmd_seq;   /* 0: bumped by the EVM for each command */
-    volatile uint32_t done_seq;  /* 4: bumped by the runner when it stops */
-    uint32_t command;            /* 8 */
-    uint32_t stop;               /* 12 */
-    uint64_t regs[REG_COUNT];    /* 16: GPRSGX order, then FSBASE, GSBASE */
-    uint64_t vector;             /* 176 */
-    uint64_t error_code;         /* 184 */
-    uint64_t address;            /* 192 */
-    uint64_t exit_type;          /* 200: 3 hardware, 6 software (EXITINFO.TYPE) */
-    uint32_t load_fpu;           /* 208 */
-    volatile uint32_t in_enclave;/* 212 */
-    uint32_t nops;               /* 216 */
-    uint32_t features;           /* 220: bit 0 FSGSBASE, 1 CPUID faulting, 2 RDTSC faults */
-    uint64_t trapno;             /* 224 */
-    uint64_t pad[3];             /* 232 */
-    uint8_t fpu[512];            /* 256: FXSAVE image (x87 and SSE) */
-    struct op ops[MAX_OPS];      /* 768 */
-};
-
-enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15, RFLAGS,
-       RIP, FSBASE, GSBASE };
+#define ENTRY_TEXT __attribute__((section(".text.vsgx_entry")))
+#define ENTRY_FN ENTRY_TEXT __attribute__((noinline, used))
+#define INLINE static inline __attribute__((always_inline))
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 /* -- Linux x86-64 ABI ----------------------------------------------------- */
+#define SYS_read 0
+#define SYS_close 3
 #define SYS_mmap 9
 #define SYS_mprotect 10
 #define SYS_munmap 11
 #define SYS_rt_sigaction 13
+#define SYS_rt_sigprocmask 14
 #define SYS_rt_sigreturn 15
+#define SYS_setitimer 38
+#define SYS_getpid 39
+#define SYS_exit_group 231
+#define SYS_getppid 110
+#define SYS_geteuid 107
+#define SYS_setgroups 116
+#define SYS_setresuid 117
+#define SYS_setresgid 119
+#define SYS_capget 125
+#define SYS_capset 126
 #define SYS_sigaltstack 131
+#define SYS_chdir 80
+#define SYS_chroot 161
+#define SYS_setrlimit 160
 #define SYS_prctl 157
 #define SYS_arch_prctl 158
 #define SYS_gettid 186
 #define SYS_futex 202
-#define SYS_exit_group 231
 #define SYS_tgkill 234
-#define SYS_getpid 39
-#define SYS_getppid 110
-#define SYS_setitimer 38
-#define SYS_write 1
+#define SYS_openat 257
+#define SYS_unshare 272
+#define SYS_dup3 292
 #define SYS_seccomp 317
+#define SYS_close_range 436
 
+#define AT_FDCWD -100
 #define PROT_NONE 0
+#define PROT_READ 1
+#define PROT_RW 3
 #define MAP_SHARED 0x01
 #define MAP_FIXED 0x10
-#define MAP_PRIVATE 0x02
-#define MAP_ANONYMOUS 0x20
 #define MAP_FIXED_NOREPLACE 0x100000
 #define FUTEX_WAIT 0
 #define FUTEX_WAKE 1
@@ -94,25 +104,37 @@ enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, 
 #define PR_SET_TSC 26
 #define PR_TSC_SIGSEGV 2
 #define SECCOMP_SET_MODE_FILTER 1
+#define CLONE_NEWNS 0x00020000
+#define CLONE_NEWUTS 0x04000000
+#define CLONE_NEWIPC 0x08000000
+#define CLONE_NEWUSER 0x10000000
+#define CLONE_NEWNET 0x40000000
+#define NOBODY 65534
 
 #define SIGILL 4
 #define SIGTRAP 5
 #define SIGBUS 7
 #define SIGFPE 8
-#define SIGKILL 9
 #define SIGUSR1 10
 #define SIGSEGV 11
 #define SIGUSR2 12
 #define SIGALRM 14
 #define SIGSYS 31
+/* Never sent: in the sa_mask of every handler, so it is blocked exactly
+   while a kernel-delivered handler runs. */
+#define SIG_MARKER 64
 #define SA_SIGINFO 0x4
 #define SA_ONSTACK 0x08000000
 #define SA_RESTORER 0x04000000
 #define SA_NODEFER 0x40000000
+#define SIG_IGN ((void *)1)
+#define SIGMASK(s) (1ull << ((s) - 1))
+#define HANDLER_MASK (SIGMASK(SIG_MARKER) | SIGMASK(SIGUSR1) | SIGMASK(SIGALRM))
 
 #define AT_NULL 0
 #define AT_HWCAP2 26
 #define HWCAP2_FSGSBASE 2
+#define FP_XSTATE_MAGIC1 0x46505853u
 
 struct kernel_sigaction {
     void *handler;
@@ -121,93 +143,452 @@ struct kernel_sigaction {
     uint64_t mask;
 };
 
-struct stack {
-    void *sp;
-    int flags;
-    size_t size;
-};
-
-/* ucontext: uc_flags 0, uc_link 8, uc_stack 16, uc_mcontext 40 (struct
-   sigcontext: r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags,
-   cs/gs/fs/ss, err, trapno, oldmask, cr2, fpstate), uc_sigmask 296. */
-#define MC(uc, i) (((uint64_t *)((uint8_t *)(uc) + 40))[i])
+/* ucontext: uc_mcontext at 40 (struct sigcontext: r8..r15, rdi, rsi, rbp,
+   rbx, rdx, rax, rcx, rsp, rip, eflags, cs/gs/fs/ss, err, trapno, oldmask,
+   cr2, fpstate). siginfo: si_code at 8, si_addr at 16, and for SIGSYS
+   si_syscall at 24 and si_arch at 28. */
+#define MC(uc, i) (((const uint64_t *)((const uint8_t *)(uc) + 40))[i])
 enum { MC_R8, MC_R9, MC_R10, MC_R11, MC_R12, MC_R13, MC_R14, MC_R15, MC_RDI, MC_RSI, MC_RBP,
        MC_RBX, MC_RDX, MC_RAX, MC_RCX, MC_RSP, MC_RIP, MC_EFL, MC_CSGSFS, MC_ERR, MC_TRAPNO,
        MC_OLDMASK, MC_CR2, MC_FPSTATE };
-#define UC_SIGMASK(uc) (*(uint64_t *)((uint8_t *)(uc) + 296))
 
-static const int gpr_to_mc[16] = {MC_RAX, MC_RCX, MC_RDX, MC_RBX, MC_RSP, MC_RBP, MC_RSI,
-                                  MC_RDI, MC_R8,  MC_R9,  MC_R10, MC_R11, MC_R12, MC_R13,
-                                  MC_R14, MC_R15};
-
-/* The system call stubs: the only place system calls may come from. */
-long vsgx_syscall6(long n, long a, long b, long c, long d, long e, long f);
-void vsgx_restorer(void);
-extern char vsgx_sys_begin[], vsgx_sys_end[];
-extern char __executable_start[], _end[];
-__asm__(".text\n"
-        ".globl vsgx_sys_begin\n"
-        "vsgx_sys_begin:\n"
-        ".globl vsgx_syscall6\n"
-        "vsgx_syscall6:\n"
-        "    mov %rdi, %rax\n"
-        "    mov %rsi, %rdi\n"
-        "    mov %rdx, %rsi\n"
-        "    mov %rcx, %rdx\n"
-        "    mov %r8, %r10\n"
-        "    mov %r9, %r8\n"
-        "    mov 8(%rsp), %r9\n"
-        "    syscall\n"
-        "    ret\n"
-        ".globl vsgx_restorer\n"
-        "vsgx_restorer:\n"
-        "    mov $15, %eax\n"
-        "    syscall\n"
-        "    hlt\n"
-        ".globl vsgx_sys_end\n"
-        "vsgx_sys_end:\n");
-
+INLINE long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
 #define SYSCALL(n, a, b, c, d, e, f)                                                       \
-    vsgx_syscall6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+    sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
-struct timespec {
-    long sec, nsec;
+INLINE void copy(void *to, const void *from, size_t n)
+{
+    __asm__ volatile("rep movsb" : "+D"(to), "+S"(from), "+c"(n) : : "memory");
+}
+
+/* -- what the entry section uses (all inside the image: RIP-relative) --- */
+struct vsgx_report vsgx_report __attribute__((section(".bss.vsgx_report")));
+struct vsgx_command vsgx_command __attribute__((section(".bss.vsgx_command")));
+
+/* Written during set-up, then mprotected read-only. */
+struct sealed_constants {
+    uint64_t empty_mask;       /* the one mask rt_sigprocmask may set */
+    long second[2];            /* the one futex timeout: a struct timespec */
+    uint64_t enclave_begin, enclave_end;
+    uint64_t xfeatures;        /* XRSTOR's mask: what the kernel puts in signal frames */
+    uint64_t pool_fd;
+    long parent;
+    uint32_t fsgsbase, xsave;
 };
+union sealed_page {
+    struct sealed_constants s;
+    uint8_t page[4096];
+};
+union sealed_page vsgx_sealed __attribute__((section(".bss.vsgx_sealed"), aligned(4096)));
+#define sealed (vsgx_sealed.s)
 
-static struct control *ctl;
-static long parent;
-static uint64_t enclave_base, enclave_size, pool_fd;
-static int fsgsbase;
-static uint32_t last_cmd;
-static uint8_t alt_stack[256 * 1024] __attribute__((aligned(64)));
+/* RFLAGS enclave code may hold: CF PF AF ZF SF DF OF AC ID (no TF, NT, RF). */
+#define ENTRY_FLAGS 0x240CD5
+#define SEALED_OFF_FSGSBASE 64
+#define SEALED_OFF_XSAVE 68
+#define SEALED_OFF_XFEATURES 40
+_Static_assert(offsetof(struct sealed_constants, empty_mask) == 0, "sealed");
+_Static_assert(offsetof(struct sealed_constants, fsgsbase) == SEALED_OFF_FSGSBASE, "sealed");
+_Static_assert(offsetof(struct sealed_constants, xsave) == SEALED_OFF_XSAVE, "sealed");
+_Static_assert(offsetof(struct sealed_constants, xfeatures) == SEALED_OFF_XFEATURES, "sealed");
 
-static void copy(void *to, const void *from, size_t n)
+/* The entry section's read-write state (enclave code can write it too). */
+struct scratch {
+    uint64_t captured[16];     /* 0: GPRs at the handler's first instruction */
+    uint64_t captured_flags;   /* 128 */
+    uint64_t mask;             /* 136: the blocked-signal query's answer */
+    uint64_t base;             /* 144: ARCH_GET_FS/GS's answer */
+    uint64_t fpstate;          /* 152: the signal frame's XSAVE image to resume with, or 0 */
+    uint32_t last_cmd;         /* 160 */
+};
+struct scratch vsgx_scratch __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+_Static_assert(offsetof(struct scratch, captured_flags) == 128, "scratch");
+_Static_assert(offsetof(struct scratch, mask) == 136, "scratch");
+_Static_assert(offsetof(struct scratch, fpstate) == 152, "scratch");
+
+/* vsgx_enter's stack: off the alternate stack, so that a signal in the
+   return window starts a fresh frame at the alternate stack's top instead
+   of nesting below frames that are dead by then (repeated, that nesting
+   would overflow the alternate stack). */
+uint64_t vsgx_iret_stack[8] __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+
+#define ALT_STACK_SIZE (64 * 1024)
+uint8_t vsgx_alt_stack[ALT_STACK_SIZE] __attribute__((section(".bss.vsgx_stack"), aligned(4096)));
+uint8_t vsgx_setup_stack[64 * 1024] __attribute__((section(".bss.vsgx_stack"), aligned(4096)));
+
+/* Regions set-up found and the entry section unmaps (the kernel's stack,
+   vDSO and vvar pages). */
+#define UNMAP_MAX 32
+uint64_t vsgx_unmap[UNMAP_MAX][2];
+uint32_t vsgx_unmap_count;
+
+extern char vsgx_image_begin[], vsgx_image_end[], vsgx_entry_begin[], vsgx_entry_end[];
+extern char vsgx_sealable_begin[], vsgx_sealable_end[];
+extern char vsgx_window_begin[], vsgx_window_end[], vsgx_handler[], vsgx_no_return[];
+__attribute__((noreturn)) void vsgx_enter(void);
+
+/* ===================== the entry section ================================ */
+
+INLINE void report(uint32_t kind)
 {
-    uint8_t *t = to;
-    const uint8_t *f = from;
-    while (n--)
-        *t++ = *f++;
+    vsgx_report.kind = kind;
+    __atomic_add_fetch(&vsgx_report.seq, 1, __ATOMIC_SEQ_CST);
+    SYSCALL(SYS_futex, &vsgx_report.seq, FUTEX_WAKE, 1, 0, 0, 0);
 }
 
-static size_t length(const char *s)
+INLINE void get_bases(uint64_t *fs, uint64_t *gs)
 {
-    size_t n = 0;
-    while (s[n])
-        n++;
-    return n;
+    if (sealed.fsgsbase) {
+        __asm__ volatile("rdfsbase %0" : "=r"(*fs));
+        __asm__ volatile("rdgsbase %0" : "=r"(*gs));
+    } else {
+        SYSCALL(SYS_arch_prctl, ARCH_GET_FS, &vsgx_scratch.base, 0, 0, 0, 0);
+        *fs = vsgx_scratch.base;
+        SYSCALL(SYS_arch_prctl, ARCH_GET_GS, &vsgx_scratch.base, 0, 0, 0, 0);
+        *gs = vsgx_scratch.base;
+    }
 }
+
+INLINE uint32_t next_command(void)
+{
+    uint32_t last = vsgx_scratch.last_cmd;
+    for (int spin = 0; spin < 4000; spin++) {
+        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != last)
+            goto got;
+        __asm__ volatile("pause");
+    }
+    while (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) == last) {
+        SYSCALL(SYS_futex, &vsgx_command.seq, FUTEX_WAIT, last, sealed.second, 0, 0);
+        /* The EVM went away (we were re-parented): so do we. */
+        if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
+            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+    }
+got:
+    vsgx_scratch.last_cmd = __atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE);
+    return vsgx_command.command;
+}
+
+/* The page operations of the current command (the filter checks each). */
+INLINE int apply_ops(void)
+{
+    uint32_t count = vsgx_command.nops;
+    if (count > VSGX_MAX_OPS)
+        count = VSGX_MAX_OPS;
+    for (uint32_t i = 0; i < count; i++) {
+        const uint64_t *op = &vsgx_command.ops[i * VSGX_OP_WORDS];
+        uint64_t kind = op[0], address = op[1], length = op[2], arg = op[3];
+        long r;
+        if (kind == VSGX_OP_PROTECT) {
+            r = SYSCALL(SYS_mprotect, address, length, arg & 7, 0, 0, 0);
+        } else if (kind == VSGX_OP_MAP) {
+            /* arg: pool slot << 1 | writable */
+            r = SYSCALL(SYS_mmap, address, 4096, (arg & 1) ? PROT_RW : PROT_READ,
+                        MAP_SHARED | MAP_FIXED_NOREPLACE, sealed.pool_fd, (arg >> 1) * 4096);
+            if (r >= 0 && (uint64_t)r != address)
+                r = -17; /* a kernel without MAP_FIXED_NOREPLACE */
+        } else if (kind == VSGX_OP_UNMAP) {
+            r = SYSCALL(SYS_munmap, address, 4096, 0, 0, 0, 0);
+        } else {
+            r = -22;
+        }
+        if (r < 0) {
+            vsgx_report.op_index = i;
+            vsgx_report.op_errno = (uint32_t)-r;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Serve commands until one sends us into the enclave. */
+ENTRY_FN __attribute__((noreturn)) void vsgx_serve(void)
+{
+    for (;;) {
+        uint32_t cmd = next_command();
+        if (cmd == VSGX_CMD_QUIT)
+            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+        if (cmd != VSGX_CMD_RUN && cmd != VSGX_CMD_OPS) {
+            vsgx_report.op_index = ~0u;
+            vsgx_report.op_errno = 22;
+            report(VSGX_STOP_OP_FAILED);
+            continue;
+        }
+        if (apply_ops() < 0) {
+            report(VSGX_STOP_OP_FAILED);
+            continue;
+        }
+        if (cmd == VSGX_CMD_RUN)
+            vsgx_enter();
+        report(VSGX_STOP_OPS_DONE);
+    }
+}
+
+/* A kernel-delivered signal (the marker was blocked): report it raw; the
+   EVM decides what it means. */
+ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *info,
+                                                      const uint8_t *uc)
+{
+    struct vsgx_report *r = &vsgx_report;
+    uint64_t rip = MC(uc, MC_RIP);
+    uint32_t kind = VSGX_STOP_SIGNAL;
+    if (sig == SIGALRM && SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
+        SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+    if ((sig == SIGUSR1 || sig == SIGALRM) && rip >= (uint64_t)vsgx_window_begin &&
+        rip <= (uint64_t)vsgx_window_end) {
+        /* Between unmasking and IRETQ: the enclave has not started. */
+        kind = VSGX_STOP_BEFORE_ENTRY;
+        copy(r->regs, vsgx_command.regs, 18 * 8);
+    } else {
+        r->regs[VSGX_REG_RAX] = MC(uc, MC_RAX);
+        r->regs[VSGX_REG_RCX] = MC(uc, MC_RCX);
+        r->regs[VSGX_REG_RDX] = MC(uc, MC_RDX);
+        r->regs[VSGX_REG_RBX] = MC(uc, MC_RBX);
+        r->regs[VSGX_REG_RSP] = MC(uc, MC_RSP);
+        r->regs[VSGX_REG_RBP] = MC(uc, MC_RBP);
+        r->regs[VSGX_REG_RSI] = MC(uc, MC_RSI);
+        r->regs[VSGX_REG_RDI] = MC(uc, MC_RDI);
+        r->regs[VSGX_REG_R8] = MC(uc, MC_R8);
+        r->regs[VSGX_REG_R9] = MC(uc, MC_R9);
+        r->regs[VSGX_REG_R10] = MC(uc, MC_R10);
+        r->regs[VSGX_REG_R11] = MC(uc, MC_R11);
+        r->regs[VSGX_REG_R12] = MC(uc, MC_R12);
+        r->regs[VSGX_REG_R13] = MC(uc, MC_R13);
+        r->regs[VSGX_REG_R14] = MC(uc, MC_R14);
+        r->regs[VSGX_REG_R15] = MC(uc, MC_R15);
+        r->regs[VSGX_REG_RFLAGS] = MC(uc, MC_EFL);
+        r->regs[VSGX_REG_RIP] = rip;
+    }
+    get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
+    const uint8_t *fp = (const uint8_t *)MC(uc, MC_FPSTATE);
+    if (fp)
+        copy(r->fpu, fp, 512);
+    vsgx_scratch.fpstate = (uint64_t)fp;
+    r->signo = (uint32_t)sig;
+    r->code = *(const uint32_t *)(info + 8);
+    r->trapno = MC(uc, MC_TRAPNO);
+    r->error = MC(uc, MC_ERR);
+    r->cr2 = MC(uc, MC_CR2);
+    r->si_addr = *(const uint64_t *)(info + 16);
+    r->sys_nr = *(const uint32_t *)(info + 24);
+    r->sys_arch = *(const uint32_t *)(info + 28);
+    report(kind);
+    vsgx_serve();
+}
+
+/* The handler was entered by a jump (the marker was not blocked): on
+   hardware that jump was a code fetch outside ELRANGE, #GP(0) with RIP at
+   the handler. Report the registers captured at its first instruction and
+   the live FPU state; there is no signal frame to resume from. */
+ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
+{
+    struct vsgx_report *r = &vsgx_report;
+    copy(r->regs, vsgx_scratch.captured, 16 * 8);
+    r->regs[VSGX_REG_RFLAGS] = vsgx_scratch.captured_flags;
+    r->regs[VSGX_REG_RIP] = (uint64_t)vsgx_handler;
+    get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
+    __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
+    vsgx_scratch.fpstate = 0;
+    r->signo = 0;
+    r->code = 0;
+    r->trapno = 0;
+    r->error = 0;
+    r->cr2 = 0;
+    r->si_addr = 0;
+    report(VSGX_STOP_NOT_DELIVERED);
+    vsgx_serve();
+}
+
+/* The last of set-up, from here because it makes the rest of the runner's
+   code inaccessible: seal, unmap what the kernel mapped for us, install the
+   filter, report READY. A failure leaves the message set-up wrote. */
+ENTRY_FN __attribute__((noreturn)) void vsgx_finish(const struct sock_fprog *prog)
+{
+    long bad = SYSCALL(SYS_mprotect, vsgx_sealable_begin,
+                       vsgx_sealable_end - vsgx_sealable_begin, PROT_NONE, 0, 0, 0);
+    bad |= SYSCALL(SYS_mprotect, &vsgx_sealed, sizeof(vsgx_sealed), PROT_READ, 0, 0, 0);
+    for (uint32_t i = 0; i < vsgx_unmap_count && i < UNMAP_MAX; i++)
+        bad |= SYSCALL(SYS_munmap, vsgx_unmap[i][0], vsgx_unmap[i][1], 0, 0, 0, 0);
+    if (!bad)
+        bad = SYSCALL(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, prog, 0, 0, 0);
+    if (bad) {
+        report(VSGX_STOP_DIED);
+        SYSCALL(SYS_exit_group, 99, 0, 0, 0, 0, 0);
+    }
+    vsgx_report.message[0] = 0;
+    report(VSGX_STOP_READY);
+    vsgx_serve();
+}
+
+#define SCRATCH(off) "vsgx_scratch+" #off "(%rip)"
+#define COMMAND_REG(i) "vsgx_command+" XSTR(VSGX_COMMAND_OFF_REGS) "+8*" #i "(%rip)"
+
+/* The handler of every signal. It may also be reached by a jump from
+   enclave code, with any registers: so it first stores the registers
+   RIP-relative (no stack, no system call yet), then asks the kernel for the
+   blocked mask. Only a kernel delivery blocks the marker signal, and enclave
+   code can never block a signal itself; marker absent ⇒ a jump.
+
+   A jump past this check (or anywhere else in this section) runs runner
+   code with registers and memory the enclave chose. Everything it can reach
+   is a system call the filter allows (harmless by construction), a fault
+   (reported as one, RIP outside ELRANGE), or a report whose contents the
+   enclave chose — an event it could cause itself, which the EVM validates
+   like every report. It may even go on running after such a report, as
+   another thread of the enclave would. */
+__asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
+        ".globl vsgx_handler\n"
+        ".type vsgx_handler,@function\n"
+        "vsgx_handler:\n"
+        "    mov %rax, " SCRATCH(0) "\n"
+        "    mov %rcx, " SCRATCH(8) "\n"
+        "    mov %rdx, " SCRATCH(16) "\n"
+        "    mov %rbx, " SCRATCH(24) "\n"
+        "    mov %rsp, " SCRATCH(32) "\n"
+        "    mov %rbp, " SCRATCH(40) "\n"
+        "    mov %rsi, " SCRATCH(48) "\n"
+        "    mov %rdi, " SCRATCH(56) "\n"
+        "    mov %r8, " SCRATCH(64) "\n"
+        "    mov %r9, " SCRATCH(72) "\n"
+        "    mov %r10, " SCRATCH(80) "\n"
+        "    mov %r11, " SCRATCH(88) "\n"
+        "    mov %r12, " SCRATCH(96) "\n"
+        "    mov %r13, " SCRATCH(104) "\n"
+        "    mov %r14, " SCRATCH(112) "\n"
+        "    mov %r15, " SCRATCH(120) "\n"
+        /* A jump's RSP may be anything: a fault here is a kernel-delivered
+           SIGSEGV, reported like any other. */
+        "    pushfq\n"
+        "    popq " SCRATCH(128) "\n"
+        "    pushq $2\n"
+        "    popfq\n" /* DF, AC and TF clear */
+        "    movq $0, " SCRATCH(136) "\n"
+        "    mov $" XSTR(SYS_rt_sigprocmask) ", %eax\n"
+        "    xor %edi, %edi\n"
+        "    xor %esi, %esi\n"
+        "    lea " SCRATCH(136) ", %rdx\n"
+        "    mov $8, %r10d\n"
+        "    syscall\n"
+        "    test %rax, %rax\n"
+        "    jnz 1f\n"
+        "    btq $" XSTR(SIG_MARKER) "-1, " SCRATCH(136) "\n"
+        "    jnc 1f\n"
+        "    mov " SCRATCH(56) ", %rdi\n"
+        "    mov " SCRATCH(48) ", %rsi\n"
+        "    mov " SCRATCH(16) ", %rdx\n"
+        "    and $-16, %rsp\n"
+        "    call vsgx_delivered\n"
+        "    ud2\n"
+        "1:  lea vsgx_alt_stack+" XSTR(ALT_STACK_SIZE) "(%rip), %rsp\n"
+        "    call vsgx_not_delivered\n"
+        "    ud2\n"
+        /* The signal frames' return address: the runner never returns. */
+        ".globl vsgx_no_return\n"
+        "vsgx_no_return:\n"
+        "    ud2\n"
+        ".previous\n");
+
+/* Into the enclave: FS/GS, FPU state, unmask, then IRETQ with a user-mode
+   frame (CS 0x33, SS 0x2b, sanitized RFLAGS) and GPRs from the COMMAND
+   area. A signal whose RIP lies in [vsgx_window_begin, vsgx_window_end]
+   came before the enclave's first instruction. */
+__asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
+        ".globl vsgx_enter\n"
+        ".type vsgx_enter,@function\n"
+        "vsgx_enter:\n"
+        "    lea vsgx_iret_stack+64(%rip), %rsp\n"
+        "    cmpl $0, vsgx_sealed+" XSTR(SEALED_OFF_FSGSBASE) "(%rip)\n"
+        "    je 1f\n"
+        "    mov " COMMAND_REG(18) ", %rax\n"
+        "    wrfsbase %rax\n"
+        "    mov " COMMAND_REG(19) ", %rax\n"
+        "    wrgsbase %rax\n"
+        "    jmp 2f\n"
+        "1:  mov $" XSTR(SYS_arch_prctl) ", %eax\n"
+        "    mov $" XSTR(ARCH_SET_FS) ", %edi\n"
+        "    mov " COMMAND_REG(18) ", %rsi\n"
+        "    syscall\n"
+        "    mov $" XSTR(SYS_arch_prctl) ", %eax\n"
+        "    mov $" XSTR(ARCH_SET_GS) ", %edi\n"
+        "    mov " COMMAND_REG(19) ", %rsi\n"
+        "    syscall\n"
+        "2:  cmpl $0, vsgx_command+" XSTR(VSGX_COMMAND_OFF_LOAD_FPU) "(%rip)\n"
+        "    je 3f\n"
+        "    fxrstor64 vsgx_command+" XSTR(VSGX_COMMAND_OFF_FPU) "(%rip)\n"
+        "    jmp 5f\n"
+        "3:  mov " SCRATCH(152) ", %rcx\n"
+        "    test %rcx, %rcx\n"
+        "    jz 5f\n"
+        "    cmpl $0, vsgx_sealed+" XSTR(SEALED_OFF_XSAVE) "(%rip)\n"
+        "    je 4f\n"
+        "    mov vsgx_sealed+" XSTR(SEALED_OFF_XFEATURES) "(%rip), %eax\n"
+        "    mov vsgx_sealed+" XSTR(SEALED_OFF_XFEATURES) "+4(%rip), %edx\n"
+        "    xrstor64 (%rcx)\n"
+        "    jmp 5f\n"
+        "4:  fxrstor64 (%rcx)\n"
+        "5:  mov $" XSTR(SYS_rt_sigprocmask) ", %eax\n"
+        "    mov $2, %edi\n" /* SIG_SETMASK */
+        "    lea vsgx_sealed(%rip), %rsi\n" /* the empty mask */
+        "    xor %edx, %edx\n"
+        "    mov $8, %r10d\n"
+        "    syscall\n"
+        ".globl vsgx_window_begin\n"
+        "vsgx_window_begin:\n"
+        "    pushq $0x2b\n"
+        "    pushq " COMMAND_REG(4) "\n"
+        "    mov " COMMAND_REG(16) ", %rax\n"
+        "    and $" XSTR(ENTRY_FLAGS) ", %rax\n"
+        "    or $0x202, %rax\n"
+        "    push %rax\n"
+        "    pushq $0x33\n"
+        "    pushq " COMMAND_REG(17) "\n"
+        "    mov " COMMAND_REG(0) ", %rax\n"
+        "    mov " COMMAND_REG(1) ", %rcx\n"
+        "    mov " COMMAND_REG(2) ", %rdx\n"
+        "    mov " COMMAND_REG(3) ", %rbx\n"
+        "    mov " COMMAND_REG(5) ", %rbp\n"
+        "    mov " COMMAND_REG(6) ", %rsi\n"
+        "    mov " COMMAND_REG(7) ", %rdi\n"
+        "    mov " COMMAND_REG(8) ", %r8\n"
+        "    mov " COMMAND_REG(9) ", %r9\n"
+        "    mov " COMMAND_REG(10) ", %r10\n"
+        "    mov " COMMAND_REG(11) ", %r11\n"
+        "    mov " COMMAND_REG(12) ", %r12\n"
+        "    mov " COMMAND_REG(13) ", %r13\n"
+        "    mov " COMMAND_REG(14) ", %r14\n"
+        "    mov " COMMAND_REG(15) ", %r15\n"
+        ".globl vsgx_window_end\n"
+        "vsgx_window_end:\n"
+        "    iretq\n"
+        ".previous\n");
+
+/* ===================== set-up (sealed away before the filter) ============ */
 
 static void die(const char *why)
 {
-    SYSCALL(SYS_write, 2, "vsgx runner: ", 13, 0, 0, 0);
-    SYSCALL(SYS_write, 2, why, length(why), 0, 0, 0);
-    SYSCALL(SYS_write, 2, "\n", 1, 0, 0, 0);
+    size_t n = 0;
+    while (why[n] && n < sizeof(vsgx_report.message) - 1) {
+        vsgx_report.message[n] = (uint8_t)why[n];
+        n++;
+    }
+    vsgx_report.message[n] = 0;
+    report(VSGX_STOP_DIED);
     SYSCALL(SYS_exit_group, 99, 0, 0, 0, 0, 0);
     for (;;)
         ;
 }
 
-static uint64_t parse(const char *s)
+static int parse(const char *s, uint64_t *out)
 {
     uint64_t v = 0;
     int base = 10;
@@ -215,384 +596,328 @@ static uint64_t parse(const char *s)
         base = 16;
         s += 2;
     }
+    if (!*s)
+        return -1;
     for (; *s; s++) {
-        int d = *s >= '0' && *s <= '9' ? *s - '0'
-                : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
-                : -1;
+        int d = *s >= '0' && *s <= '9' ? *s - '0' : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10 : -1;
         if (d < 0 || d >= base)
-            die("bad number in the arguments");
-        v = v * base + (uint64_t)d;
+            return -1;
+        v = v * (uint64_t)base + (uint64_t)d;
     }
-    return v;
-}
-
-/* -- FS and GS bases ---------------------------------------------------- */
-static void set_bases(uint64_t fs, uint64_t gs)
-{
-    if (fsgsbase) {
-        __asm__ volatile("wrfsbase %0" : : "r"(fs));
-        __asm__ volatile("wrgsbase %0" : : "r"(gs));
-    } else {
-        SYSCALL(SYS_arch_prctl, ARCH_SET_FS, fs, 0, 0, 0, 0);
-        SYSCALL(SYS_arch_prctl, ARCH_SET_GS, gs, 0, 0, 0, 0);
-    }
-}
-
-static void get_bases(uint64_t *fs, uint64_t *gs)
-{
-    if (fsgsbase) {
-        __asm__ volatile("rdfsbase %0" : "=r"(*fs));
-        __asm__ volatile("rdgsbase %0" : "=r"(*gs));
-    } else {
-        SYSCALL(SYS_arch_prctl, ARCH_GET_FS, fs, 0, 0, 0, 0);
-        SYSCALL(SYS_arch_prctl, ARCH_GET_GS, gs, 0, 0, 0, 0);
-    }
-}
-
-/* -- talking to the EVM --------------------------------------------------- */
-static void report(uint32_t stop)
-{
-    ctl->stop = stop;
-    __atomic_add_fetch(&ctl->done_seq, 1, __ATOMIC_SEQ_CST);
-    SYSCALL(SYS_futex, &ctl->done_seq, FUTEX_WAKE, 1, 0, 0, 0);
-}
-
-static uint32_t next_command(void)
-{
-    for (int spin = 0; spin < 4000; spin++) {
-        if (__atomic_load_n(&ctl->cmd_seq, __ATOMIC_ACQUIRE) != last_cmd)
-            goto got;
-        __asm__ volatile("pause");
-    }
-    while (__atomic_load_n(&ctl->cmd_seq, __ATOMIC_ACQUIRE) == last_cmd) {
-        struct timespec second = {1, 0};
-        SYSCALL(SYS_futex, &ctl->cmd_seq, FUTEX_WAIT, last_cmd, &second, 0, 0);
-        /* The EVM went away (we were re-parented): so do we. */
-        if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != parent)
-            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
-    }
-got:
-    last_cmd = ctl->cmd_seq;
-    return ctl->command;
-}
-
-static long apply_ops(void)
-{
-    for (uint32_t i = 0; i < ctl->nops && i < MAX_OPS; i++) {
-        struct op *op = &ctl->ops[i];
-        long r = 0;
-        if (op->kind == OP_PROTECT) {
-            if (op->address < enclave_base || op->length > enclave_size ||
-                op->address - enclave_base > enclave_size - op->length)
-                r = -22;
-            else
-                r = SYSCALL(SYS_mprotect, op->address, op->length, op->arg & 7, 0, 0, 0);
-        } else if (op->kind == OP_MAP) {
-            /* An untrusted page from the pool (arg: slot << 1 | writable):
-               never over the enclave or the runner itself. */
-            long prot = 1 | ((op->arg & 1) ? 2 : 0);
-            uint64_t a = op->address;
-            if ((a & 4095) || a < 0x10000 || (a + 4096 > enclave_base &&
-                                                a < enclave_base + enclave_size) ||
-                (a + 4096 > (uint64_t)__executable_start && a < (uint64_t)_end))
-                r = -22;
-            else
-                r = SYSCALL(SYS_mmap, a, 4096, prot, MAP_SHARED | MAP_FIXED_NOREPLACE,
-                            pool_fd, (op->arg >> 1) * 4096);
-            if (r == (long)a)
-                r = 0;
-            else if (r >= 0) {
-                SYSCALL(SYS_munmap, r, 4096, 0, 0, 0, 0);
-                r = -17;
-            }
-        } else if (op->kind == OP_UNMAP) {
-            uint64_t a = op->address;
-            if ((a + op->length > enclave_base && a < enclave_base + enclave_size) ||
-                (a + op->length > (uint64_t)__executable_start && a < (uint64_t)_end))
-                r = -22;
-            else
-                r = SYSCALL(SYS_munmap, a, op->length, 0, 0, 0, 0);
-        } else {
-            r = -22;
-        }
-        if (r < 0) {
-            ctl->address = op->address;
-            ctl->error_code = (uint64_t)-r;
-            ctl->nops = 0;
-            return r;
-        }
-    }
-    ctl->nops = 0;
+    *out = v;
     return 0;
 }
 
-static void save_state(void *uc)
-{
-    for (int i = 0; i < 16; i++)
-        ctl->regs[i] = MC(uc, gpr_to_mc[i]);
-    ctl->regs[RFLAGS] = MC(uc, MC_EFL);
-    ctl->regs[RIP] = MC(uc, MC_RIP);
-    get_bases(&ctl->regs[FSBASE], &ctl->regs[GSBASE]);
-    uint8_t *fp = (uint8_t *)MC(uc, MC_FPSTATE);
-    if (fp)
-        copy(ctl->fpu, fp, 512);
-}
+/* The start-up signal tells us what the kernel saves in a signal frame:
+   the XRSTOR mask the entry section resumes with. */
+static uint64_t startup_xfeatures;
+static uint32_t startup_xsave, startup_seen;
 
-static void load_state(void *uc)
+static void on_startup(int sig, void *info, void *uc)
 {
-    for (int i = 0; i < 16; i++)
-        MC(uc, gpr_to_mc[i]) = ctl->regs[i];
-    MC(uc, MC_EFL) = (ctl->regs[RFLAGS] & 0xDD5) | 0x202;
-    MC(uc, MC_RIP) = ctl->regs[RIP];
-    uint8_t *fp = (uint8_t *)MC(uc, MC_FPSTATE);
-    if (ctl->load_fpu && fp) {
-        uint32_t mask = *(uint32_t *)(fp + 28);
-        copy(fp, ctl->fpu, 416); /* not 464..511: the kernel's XSAVE frame info */
-        *(uint32_t *)(fp + 24) &= mask ? mask : 0xFFBF; /* MXCSR reserved bits */
-        *(uint32_t *)(fp + 28) = mask;
-        /* The kernel's XSAVE frame: keep the magic in the software area and
-           mark only x87 and SSE state present (the rest initialised). */
-        if (*(uint32_t *)(fp + 464) == 0x46505853u)
-            *(uint64_t *)(fp + 512) = 3;
-        ctl->load_fpu = 0;
+    (void)sig;
+    (void)info;
+    const uint8_t *fp = (const uint8_t *)MC(uc, MC_FPSTATE);
+    if (fp && *(const uint32_t *)(fp + 464) == FP_XSTATE_MAGIC1) {
+        startup_xsave = 1;
+        startup_xfeatures = *(const uint64_t *)(fp + 472);
     }
-    set_bases(ctl->regs[FSBASE], ctl->regs[GSBASE]);
+    startup_seen = 1;
 }
 
-/* Serve commands until one sends us (back) into the enclave. */
-static void serve(void *uc)
+void vsgx_setup_restorer(void);
+__asm__(".text\n"
+        "vsgx_setup_restorer:\n"
+        "    mov $" XSTR(SYS_rt_sigreturn) ", %eax\n"
+        "    syscall\n"
+        "    hlt\n");
+
+static void set_action(int sig, void *handler, unsigned long flags, void *restorer)
 {
+    struct kernel_sigaction act = {handler, flags | SA_RESTORER, restorer, HANDLER_MASK};
+    if (SYSCALL(SYS_rt_sigaction, sig, &act, 0, 8, 0, 0) < 0)
+        die("rt_sigaction failed");
+}
+
+static uint8_t maps[64 * 1024];
+
+/* Remember every mapping the kernel made that is neither the image nor
+   ELRANGE (stack, vDSO, vvar): vsgx_finish unmaps them. */
+static void find_foreign_mappings(void)
+{
+    long fd = SYSCALL(SYS_openat, AT_FDCWD, "/proc/self/maps", 0, 0, 0, 0);
+    if (fd < 0)
+        die("cannot read /proc/self/maps");
+    size_t used = 0;
     for (;;) {
-        uint32_t cmd = next_command();
-        if (cmd == CMD_QUIT)
-            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
-        if (apply_ops() < 0) {
-            report(STOP_ERROR);
-            continue;
+        long n = SYSCALL(SYS_read, fd, maps + used, sizeof(maps) - 1 - used, 0, 0, 0);
+        if (n <= 0)
+            break;
+        used += (size_t)n;
+    }
+    SYSCALL(SYS_close, fd, 0, 0, 0, 0, 0);
+    maps[used] = 0;
+    const uint8_t *p = maps;
+    while (*p) {
+        uint64_t start = 0, end = 0;
+        while (*p && *p != '-') {
+            int d = *p >= '0' && *p <= '9' ? *p - '0' : *p - 'a' + 10;
+            start = start * 16 + (uint64_t)d;
+            p++;
         }
-        if (cmd == CMD_OPS) {
-            report(STOP_OPS_DONE);
-            continue;
+        if (*p)
+            p++;
+        while (*p && *p != ' ') {
+            int d = *p >= '0' && *p <= '9' ? *p - '0' : *p - 'a' + 10;
+            end = end * 16 + (uint64_t)d;
+            p++;
         }
-        if (cmd == CMD_RUN || cmd == CMD_CONTINUE) {
-            if (!uc)
-                die("no context to run");
-            if (cmd == CMD_RUN)
-                load_state(uc);
-            UC_SIGMASK(uc) = 0; /* interrupts may stop the enclave again */
-            ctl->in_enclave = 1;
-            return;
-        }
-        report(STOP_ERROR);
+        while (*p && *p != '\n')
+            p++;
+        if (*p)
+            p++;
+        int ours = (start >= (uint64_t)vsgx_image_begin && end <= (uint64_t)vsgx_image_end) ||
+                   (start >= sealed.enclave_begin && end <= sealed.enclave_end);
+        if (ours || start >= (1ull << 47))
+            continue; /* [vsyscall] is not a mapping we can remove */
+        if (vsgx_unmap_count >= UNMAP_MAX)
+            die("too many foreign mappings");
+        vsgx_unmap[vsgx_unmap_count][0] = start;
+        vsgx_unmap[vsgx_unmap_count][1] = end - start;
+        vsgx_unmap_count++;
     }
 }
 
-static int is_opcode(uint64_t rip, const uint8_t *bytes, int n)
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective, permitted, inheritable;
+};
+
+static int capabilities_gone(void)
 {
-    const uint8_t *p = (const uint8_t *)rip;
-    for (int i = 0; i < n; i++)
-        if (p[i] != bytes[i])
-            return 0;
-    return 1;
+    struct cap_header h = {0x20080522, 0};
+    struct cap_data d[2] = {{0, 0, 0}, {0, 0, 0}};
+    if (SYSCALL(SYS_capget, &h, d, 0, 0, 0, 0) < 0)
+        return 0;
+    return !(d[0].effective | d[0].permitted | d[1].effective | d[1].permitted);
 }
 
-static const uint8_t enclu[3] = {0x0f, 0x01, 0xd7};
-static const uint8_t rdtsc[2] = {0x0f, 0x31};
-static const uint8_t rdtscp[3] = {0x0f, 0x01, 0xf9};
-static const uint8_t cpuid[2] = {0x0f, 0xa2};
-
-static void on_signal(int sig, void *info, void *uc)
+/* Leave nothing worth stealing. Returns the ISOLATED_* bits achieved. */
+static uint32_t isolate(const char *root)
 {
-    if (sig == SIGUSR2 && !ctl->in_enclave) { /* start-up: begin serving */
-        report(STOP_READY);
-        serve(uc);
-        return;
+    uint32_t bits = 0;
+    if (SYSCALL(SYS_geteuid, 0, 0, 0, 0, 0, 0) == 0) {
+        /* Root needs no user namespace for the others, and chroot must come
+           before dropping the uid (the empty root is 0500). */
+        if (SYSCALL(SYS_unshare, CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS, 0, 0,
+                    0, 0, 0) == 0)
+            bits |= VSGX_ISOLATED_MOUNT_NAMESPACE | VSGX_ISOLATED_NETWORK_NAMESPACE |
+                    VSGX_ISOLATED_IPC_NAMESPACE | VSGX_ISOLATED_UTS_NAMESPACE;
+        if (SYSCALL(SYS_chroot, root, 0, 0, 0, 0, 0) == 0 &&
+            SYSCALL(SYS_chdir, "/", 0, 0, 0, 0, 0) == 0)
+            bits |= VSGX_ISOLATED_EMPTY_ROOT;
+        if (SYSCALL(SYS_setgroups, 0, 0, 0, 0, 0, 0) != 0 ||
+            SYSCALL(SYS_setresgid, NOBODY, NOBODY, NOBODY, 0, 0, 0) != 0 ||
+            SYSCALL(SYS_setresuid, NOBODY, NOBODY, NOBODY, 0, 0, 0) != 0)
+            die("cannot drop root");
+        bits |= VSGX_ISOLATED_UID_NOBODY;
+    } else if (SYSCALL(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
+                       CLONE_NEWUTS, 0, 0, 0, 0, 0) == 0) {
+        bits |= VSGX_ISOLATED_USER_NAMESPACE | VSGX_ISOLATED_MOUNT_NAMESPACE |
+                VSGX_ISOLATED_NETWORK_NAMESPACE | VSGX_ISOLATED_IPC_NAMESPACE |
+                VSGX_ISOLATED_UTS_NAMESPACE;
+        if (SYSCALL(SYS_chroot, root, 0, 0, 0, 0, 0) == 0 &&
+            SYSCALL(SYS_chdir, "/", 0, 0, 0, 0, 0) == 0)
+            bits |= VSGX_ISOLATED_EMPTY_ROOT;
+        /* The namespace's full capability set: drop it. */
+        struct cap_header h = {0x20080522, 0};
+        struct cap_data d[2] = {{0, 0, 0}, {0, 0, 0}};
+        if (SYSCALL(SYS_capset, &h, d, 0, 0, 0, 0) != 0)
+            die("cannot drop capabilities");
     }
-    if (!ctl->in_enclave) {
-        if (sig == SIGUSR1)
-            return; /* an interrupt that came after the enclave stopped */
-        die("fault outside enclave code");
-    }
-    ctl->in_enclave = 0;
-    save_state(uc);
-    uint64_t rip = MC(uc, MC_RIP);
-    uint64_t trapno = MC(uc, MC_TRAPNO);
-    ctl->trapno = trapno;
-    ctl->error_code = 0;
-    ctl->address = 0;
-    ctl->exit_type = 3;
-    uint32_t stop = STOP_EXCEPTION;
-    switch (sig) {
-    case SIGUSR1:
-        stop = STOP_STOPPED;
-        break;
-    case SIGILL:
-        if (rip >= enclave_base && rip - enclave_base < enclave_size - 2 &&
-            is_opcode(rip, enclu, 3))
-            stop = STOP_ENCLU;
-        ctl->vector = 6;
-        break;
-    case SIGSYS: /* a system call refused by seccomp: SYSCALL is #UD in an enclave */
-        ctl->vector = 6;
-        ctl->regs[RIP] = rip - 2;
-        break;
-    case SIGSEGV:
-    case SIGBUS:
-        ctl->vector = trapno ? trapno : 14;
-        ctl->error_code = MC(uc, MC_ERR);
-        ctl->address = *(uint64_t *)((uint8_t *)info + 16);
-        if (trapno == 13 && (is_opcode(rip, rdtsc, 2) || is_opcode(rip, rdtscp, 3) ||
-                             is_opcode(rip, cpuid, 2))) {
-            ctl->vector = 6; /* RDTSC (SGX1) and CPUID are #UD in an enclave */
-            ctl->error_code = 0;
-            ctl->address = 0;
-        }
-        break;
-    case SIGFPE:
-        ctl->vector = trapno;
-        break;
-    case SIGTRAP:
-        ctl->vector = trapno;
-        if (trapno == 3)
-            ctl->exit_type = 6; /* INT3: a software exception, RIP after it */
-        break;
-    default:
-        ctl->vector = trapno;
-    }
-    report(stop);
-    serve(uc);
+    if (capabilities_gone())
+        bits |= VSGX_ISOLATED_NO_CAPABILITIES;
+    if (SYSCALL(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0) != 0)
+        die("cannot set no_new_privs");
+    bits |= VSGX_ISOLATED_NO_NEW_PRIVS;
+    return bits;
 }
+
+/* The page pool becomes fd 0; every other descriptor is closed. */
+static void close_descriptors(uint64_t pool_fd)
+{
+    if (pool_fd != 0) {
+        if (SYSCALL(SYS_dup3, pool_fd, 0, 0, 0, 0, 0) != 0)
+            die("cannot move the page pool to fd 0");
+    }
+    if (SYSCALL(SYS_close_range, 1, ~0u, 0, 0, 0, 0) != 0) {
+        for (long fd = 1; fd < 4096; fd++)
+            SYSCALL(SYS_close, fd, 0, 0, 0, 0, 0);
+    }
+}
+
+static void limit(int resource, uint64_t value)
+{
+    uint64_t lim[2] = {value, value};
+    if (SYSCALL(SYS_setrlimit, resource, lim, 0, 0, 0, 0) != 0)
+        die("setrlimit failed");
+}
+
+#define RLIMIT_FSIZE 1
+#define RLIMIT_DATA 2
+#define RLIMIT_CORE 4
+#define RLIMIT_NPROC 6
+#define RLIMIT_NOFILE 7
+#define RLIMIT_MEMLOCK 8
+#define RLIMIT_AS 9
+#define RLIMIT_MSGQUEUE 12
+
+static struct sock_filter filter_code[FILTER_MAX];
+static struct sock_fprog filter_prog;
 
 __asm__(".text\n"
         ".globl _start\n"
         "_start:\n"
         "    xor %rbp, %rbp\n"
         "    mov %rsp, %rdi\n"
-        "    and $-16, %rsp\n"
+        "    lea vsgx_setup_stack+65536(%rip), %rsp\n"
         "    call runner_main\n"
         "    hlt\n");
 
-/* Once a second: if the EVM is gone (we were re-parented), so are we, even
-   while enclave code spins. Otherwise the enclave just goes on. */
-static void on_alarm(int sig, void *info, void *uc)
-{
-    (void)sig;
-    (void)info;
-    (void)uc;
-    if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != parent)
-        SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
-}
-
-static void install(int sig, int extra_flags)
-{
-    struct kernel_sigaction act = {0};
-    act.handler = sig == SIGALRM ? (void *)on_alarm : (void *)on_signal;
-    act.flags = SA_SIGINFO | SA_ONSTACK | SA_RESTORER | extra_flags;
-    act.restorer = (void *)vsgx_restorer;
-    act.mask = 1ull << (SIGUSR1 - 1); /* no interrupt while the runner's code runs */
-    if (SYSCALL(SYS_rt_sigaction, sig, &act, 0, 8, 0, 0) < 0)
-        die("rt_sigaction failed");
-}
-
-struct sock_filter {
-    uint16_t code;
-    uint8_t jt, jf;
-    uint32_t k;
-};
-
-struct sock_fprog {
-    uint16_t len;
-    struct sock_filter *filter;
-};
-
-#define BPF_LD_W_ABS 0x20
-#define BPF_JEQ_K 0x15
-#define BPF_JGE_K 0x35
-#define BPF_JGT_K 0x25
-#define BPF_RET_K 0x06
-#define SECCOMP_RET_ALLOW 0x7fff0000u
-#define SECCOMP_RET_TRAP 0x00030000u
-#define SECCOMP_RET_KILL_PROCESS 0x80000000u
-#define AUDIT_ARCH_X86_64 0xC000003Eu
-
-/* System calls only from our stubs (seccomp_data.instruction_pointer is
-   the address after the SYSCALL instruction); anything else traps. */
-static void seccomp(void)
-{
-    uint64_t begin = (uint64_t)vsgx_sys_begin, end = (uint64_t)vsgx_sys_end;
-    if (begin >> 32 != end >> 32)
-        die("the system call stubs straddle a 4 GiB boundary");
-    struct sock_filter filter[] = {
-        {BPF_LD_W_ABS, 0, 0, 4},
-        {BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64},
-        {BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS},
-        {BPF_LD_W_ABS, 0, 0, 12},
-        {BPF_JEQ_K, 0, 4, (uint32_t)(begin >> 32)},
-        {BPF_LD_W_ABS, 0, 0, 8},
-        {BPF_JGT_K, 0, 2, (uint32_t)begin},
-        {BPF_JGT_K, 1, 0, (uint32_t)end},
-        {BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW},
-        {BPF_RET_K, 0, 0, SECCOMP_RET_TRAP},
-    };
-    struct sock_fprog prog = {sizeof(filter) / sizeof(filter[0]), filter};
-    if (SYSCALL(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0) < 0 ||
-        SYSCALL(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog, 0, 0, 0) < 0)
-        die("cannot install the seccomp filter");
-}
-
-/* argv: control_fd enclave_fd base size pool_fd rdtsc_faults */
+/* argv: REPORT_FD COMMAND_FD ENCLAVE_FD POOL_FD BASE SIZE POOL_SIZE FLAGS ROOT */
 void runner_main(uint64_t *sp)
 {
     long argc = (long)sp[0];
     char **argv = (char **)(sp + 1);
-    if (argc != 7)
-        die("usage: runner CONTROL_FD ENCLAVE_FD BASE SIZE POOL_FD RDTSC_FAULTS");
+    uint64_t arg[8];
+    if (argc != 10)
+        SYSCALL(SYS_exit_group, 98, 0, 0, 0, 0, 0);
+    for (int i = 0; i < 8; i++)
+        if (parse(argv[i + 1], &arg[i]) != 0)
+            SYSCALL(SYS_exit_group, 98, 0, 0, 0, 0, 0);
+    uint64_t report_fd = arg[0], command_fd = arg[1], enclave_fd = arg[2], pool_fd = arg[3];
+    uint64_t base = arg[4], size = arg[5], pool_size = arg[6], flags = arg[7];
+    const char *root = argv[9];
+    if (SYSCALL(SYS_mmap, &vsgx_report, sizeof(vsgx_report), PROT_RW, MAP_SHARED | MAP_FIXED,
+                report_fd, 0) != (long)&vsgx_report)
+        SYSCALL(SYS_exit_group, 97, 0, 0, 0, 0, 0);
+    if (SYSCALL(SYS_mmap, &vsgx_command, sizeof(vsgx_command), PROT_READ,
+                MAP_SHARED | MAP_FIXED, command_fd, 0) != (long)&vsgx_command)
+        die("cannot map the command area");
+    /* Set-up and the first wait for a command run as a handler does: with
+       the interrupts and the marker blocked, until vsgx_enter unmasks. */
+    uint64_t blocked = HANDLER_MASK;
+    SYSCALL(SYS_rt_sigprocmask, 2, &blocked, 0, 8, 0, 0);
+
     char **envp = argv + argc + 1;
     while (*envp)
         envp++;
     for (uint64_t *aux = (uint64_t *)(envp + 1); aux[0] != AT_NULL; aux += 2)
         if (aux[0] == AT_HWCAP2 && (aux[1] & HWCAP2_FSGSBASE))
-            fsgsbase = 1;
-    uint64_t control_fd = parse(argv[1]), enclave_fd = parse(argv[2]);
-    enclave_base = parse(argv[3]);
-    enclave_size = parse(argv[4]);
-    pool_fd = parse(argv[5]);
-    long mapped = SYSCALL(SYS_mmap, 0, sizeof(struct control), 3, MAP_SHARED, control_fd, 0);
-    if (mapped < 0)
-        die("cannot map the control page");
-    ctl = (struct control *)mapped;
+            sealed.fsgsbase = 1;
+
+    if (flags & VSGX_RUNNER_FLAG_NO_FSGSBASE)
+        sealed.fsgsbase = 0;
+    if ((base | size) & 4095 || size == 0 || base + size < base || base + size > (1ull << 47))
+        die("bad enclave range");
+    sealed.enclave_begin = base;
+    sealed.enclave_end = base + size;
     /* The enclave's range: its memory at its own addresses, inaccessible
        until the EVM says otherwise. */
-    mapped = SYSCALL(SYS_mmap, enclave_base, enclave_size, PROT_NONE,
-                     MAP_SHARED | MAP_FIXED_NOREPLACE, enclave_fd, 0);
-    if (mapped != (long)enclave_base)
+    if (SYSCALL(SYS_mmap, base, size, PROT_NONE, MAP_SHARED | MAP_FIXED_NOREPLACE, enclave_fd,
+                0) != (long)base)
         die("cannot map the enclave at its base address");
-    parent = SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0);
-    uint32_t features = fsgsbase ? 1 : 0;
+
+    set_action(SIGUSR2, (void *)on_startup, SA_SIGINFO, (void *)vsgx_setup_restorer);
+    SYSCALL(SYS_tgkill, SYSCALL(SYS_getpid, 0, 0, 0, 0, 0, 0),
+            SYSCALL(SYS_gettid, 0, 0, 0, 0, 0, 0), SIGUSR2, 0, 0, 0);
+    if (!startup_seen)
+        die("the start-up signal did not arrive");
+    sealed.xsave = startup_xsave;
+    sealed.xfeatures = startup_xfeatures;
+    set_action(SIGUSR2, SIG_IGN, 0, (void *)vsgx_no_return);
+
+    uint8_t fx[512] __attribute__((aligned(16)));
+    __asm__ volatile("fxsave64 %0" : "=m"(fx));
+    uint32_t mxcsr_mask = *(uint32_t *)(fx + 28);
+    vsgx_report.mxcsr_mask = mxcsr_mask ? mxcsr_mask : 0xFFBF;
+
+    uint32_t features = (sealed.fsgsbase ? VSGX_FEATURE_FSGSBASE : 0) |
+                        (sealed.xsave ? VSGX_FEATURE_XSAVE : 0);
     if (SYSCALL(SYS_arch_prctl, ARCH_SET_CPUID, 0, 0, 0, 0, 0) == 0)
-        features |= 2;
-    if (parse(argv[6]) && SYSCALL(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0, 0) == 0)
-        features |= 4;
-    ctl->features = features;
-    struct stack ss = {alt_stack, 0, sizeof(alt_stack)};
+        features |= VSGX_FEATURE_CPUID_FAULTING;
+    if ((flags & VSGX_RUNNER_FLAG_RDTSC_FAULTS) &&
+        SYSCALL(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0, 0) == 0)
+        features |= VSGX_FEATURE_RDTSC_FAULTS;
+    vsgx_report.features = features;
+
+    find_foreign_mappings();
+    uint32_t isolation = isolate(root);
+    close_descriptors(pool_fd);
+    sealed.pool_fd = 0;
+    limit(RLIMIT_NOFILE, 1);
+    limit(RLIMIT_NPROC, 0);
+    limit(RLIMIT_FSIZE, 0);
+    limit(RLIMIT_CORE, 0);
+    limit(RLIMIT_MEMLOCK, 0);
+    limit(RLIMIT_MSGQUEUE, 0);
+    limit(RLIMIT_DATA, 32ull << 20);
+    limit(RLIMIT_AS, size + (uint64_t)(vsgx_image_end - vsgx_image_begin) + pool_size +
+                         (64ull << 20));
+    isolation |= VSGX_ISOLATED_RLIMITS | VSGX_ISOLATED_NO_FILE_DESCRIPTOR_BUT_ITS_PAGE_POOL |
+                 VSGX_ISOLATED_RUNNER_CODE_SEALED;
+
+    struct {
+        void *sp;
+        int flags;
+        size_t size;
+    } ss = {vsgx_alt_stack, 0, ALT_STACK_SIZE};
     if (SYSCALL(SYS_sigaltstack, &ss, 0, 0, 0, 0, 0) < 0)
         die("sigaltstack failed");
-    install(SIGILL, SA_NODEFER);
-    install(SIGSEGV, SA_NODEFER);
-    install(SIGBUS, SA_NODEFER);
-    install(SIGFPE, SA_NODEFER);
-    install(SIGTRAP, SA_NODEFER);
-    install(SIGSYS, SA_NODEFER);
-    install(SIGUSR1, 0);
-    install(SIGUSR2, 0);
-    install(SIGALRM, 0);
+    static const int faults[] = {SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV, SIGSYS};
+    for (unsigned i = 0; i < sizeof(faults) / sizeof(faults[0]); i++)
+        set_action(faults[i], vsgx_handler, SA_SIGINFO | SA_ONSTACK | SA_NODEFER,
+                   vsgx_no_return);
+    set_action(SIGUSR1, vsgx_handler, SA_SIGINFO | SA_ONSTACK, vsgx_no_return);
+    set_action(SIGALRM, vsgx_handler, SA_SIGINFO | SA_ONSTACK, vsgx_no_return);
+    set_action(SIG_MARKER, SIG_IGN, 0, vsgx_no_return);
     long every_second[4] = {1, 0, 1, 0}; /* struct itimerval */
     if (SYSCALL(SYS_setitimer, 0, every_second, 0, 0, 0, 0) < 0)
         die("setitimer failed");
-    seccomp();
-    last_cmd = ctl->cmd_seq;
-    long pid = SYSCALL(SYS_getpid, 0, 0, 0, 0, 0, 0);
-    long tid = SYSCALL(SYS_gettid, 0, 0, 0, 0, 0, 0);
-    SYSCALL(SYS_tgkill, pid, tid, SIGUSR2, 0, 0, 0);
-    die("the start-up signal returned");
+
+    sealed.empty_mask = 0;
+    sealed.second[0] = 1;
+    sealed.second[1] = 0;
+    sealed.parent = SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0);
+    struct filter_params params = {
+        .ip_begin = (uint64_t)vsgx_entry_begin,
+        .ip_end = (uint64_t)vsgx_entry_end,
+        .enclave_begin = sealed.enclave_begin,
+        .enclave_end = sealed.enclave_end,
+        .image_begin = (uint64_t)vsgx_image_begin,
+        .image_end = (uint64_t)vsgx_image_end,
+        .command_word = (uint64_t)&vsgx_command.seq,
+        .report_word = (uint64_t)&vsgx_report.seq,
+        .futex_timeout = (uint64_t)sealed.second,
+        .mask_slot = (uint64_t)&vsgx_scratch.mask,
+        .empty_mask = (uint64_t)&sealed.empty_mask,
+        .base_slot = (uint64_t)&vsgx_scratch.base,
+        .pool_fd = 0,
+        .pool_size = pool_size,
+        .fsgsbase = (int)sealed.fsgsbase,
+    };
+    int count = build_filter(&params, filter_code);
+    if (count < 0)
+        die("cannot build the seccomp filter");
+    filter_prog.len = (uint16_t)count;
+    filter_prog.filter = filter_code;
+    vsgx_report.isolation = isolation;
+    vsgx_scratch.last_cmd = vsgx_command.seq;
+    const char *failed = "cannot seal the runner or install the seccomp filter";
+    for (size_t n = 0; (vsgx_report.message[n] = (uint8_t)failed[n]) != 0; n++)
+        ;
+    vsgx_finish(&filter_prog);
 }
