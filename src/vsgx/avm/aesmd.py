@@ -635,7 +635,7 @@ class AesmdService:
         except (ChannelError, OSError) as exc:
             for listener in listeners:
                 listener.close()
-            raise VsgxError(f"aesmd cannot listen: {one_line(exc)}") from None
+            raise VsgxError(f"aesmd cannot listen: {one_line(exc, 400)}") from None
         self._listeners = listeners
         threads = [threading.Thread(target=self._accept_loop, args=(listener,), daemon=True,
                                     name="aesmd accept") for listener in listeners]
