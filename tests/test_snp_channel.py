@@ -387,3 +387,19 @@ def test_a_host_without_certificates_and_a_firmware_error(device):
     with pytest.raises(AttestationError, match="status 0x16"):
         SnpCollector(device=device, tsm_root=None, ioctl=FakeSevGuest(status=0x16)
                      ).collect(bytes(64))
+
+
+def test_a_configfs_tsm_this_user_may_not_use_falls_back_to_the_device(tmp_path, device):
+    class Refusing(FakeTsm):
+        def mkdir(self, root):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    fake = FakeSevGuest()
+    collector = SnpCollector(device=device, tsm_root=str(tmp_path / "tsm"), ioctl=fake,
+                             configfs=Refusing(tmp_path / "tsm"))
+    assert collector.collect(b"\x07" * 64).certificates == TABLE
+    assert fake.calls == [SNP_GET_EXT_REPORT]
+    alone = SnpCollector(device=str(tmp_path / "none"), tsm_root=str(tmp_path / "tsm"),
+                         configfs=Refusing(tmp_path / "tsm"))
+    with pytest.raises(AttestationError, match="Permission denied"):
+        alone.collect(bytes(64))

@@ -168,12 +168,6 @@ def snp_evidence(report_data: bytes, collector: SnpCollector | None = None) -> E
     return (collector or SnpCollector()).collect(report_data)
 
 
-def snp_report(report_data: bytes) -> bytes:
-    """An SEV-SNP attestation report from the guest firmware (Linux's
-    /dev/sev-guest, SNP_GET_REPORT)."""
-    return SnpCollector(tsm_root=None).report_only(report_data)
-
-
 # -- collecting SEV-SNP evidence on a Linux guest ---------------------------------------
 TSM_REPORT_ROOT = "/sys/kernel/config/tsm/report"
 TSM_PROVIDER_SNP = "sev_guest"
@@ -182,6 +176,10 @@ SNP_CERTS_LIMIT = 0x10000  # a certificate table this large is not a VCEK chain
 SNP_GUEST_VMM_ERR_INVALID_LEN = 1
 _PAGE = 4096
 _TABLE_ENTRY = struct.Struct("<16sII")
+
+
+class _TsmUnavailable(AttestationError):
+    """configfs-tsm is there but this process may not make a report."""
 
 
 class ConfigFs:
@@ -248,19 +246,17 @@ class SnpCollector:
         if len(report_data) != 64:
             raise AttestationError("SEV-SNP REPORT_DATA is 64 bytes")
         if self.tsm_root is not None and self.configfs.exists(self.tsm_root):
-            report, table = self._tsm(report_data)
-            return Evidence(KIND_SEV_SNP, report, table)
+            try:
+                report, table = self._tsm(report_data)
+                return Evidence(KIND_SEV_SNP, report, table)
+            except _TsmUnavailable:
+                if not os.path.exists(self.device):
+                    raise  # nothing else to try: say why configfs-tsm failed
         if not os.path.exists(self.device):
             raise AttestationError(f"this machine is not an SEV-SNP guest ({self.device} is "
                                    "missing, and configfs-tsm is not there)")
         report, table = self._extended(report_data)
         return Evidence(KIND_SEV_SNP, report, table)
-
-    def report_only(self, report_data: bytes) -> bytes:
-        if not os.path.exists(self.device):
-            raise AttestationError(f"this machine is not an SEV-SNP guest ({self.device} "
-                                   "is missing)")
-        return self._get_report(report_data)
 
     # -- configfs-tsm ----------------------------------------------------------------
     def _tsm(self, report_data: bytes) -> tuple[bytes, bytes]:
@@ -268,9 +264,9 @@ class SnpCollector:
         assert self.tsm_root is not None
         try:
             entry = fs.mkdir(self.tsm_root)
-        except OSError as exc:
-            raise AttestationError(f"cannot make a configfs-tsm report in {self.tsm_root}: "
-                                   f"{exc.strerror or exc}") from None
+        except OSError as exc:  # not permitted for this user, say; the device may be
+            raise _TsmUnavailable(f"cannot make a configfs-tsm report in {self.tsm_root}: "
+                                  f"{exc.strerror or exc}") from None
         try:
             provider = fs.read(entry / "provider").decode(errors="replace").strip()
             if provider != TSM_PROVIDER_SNP:
