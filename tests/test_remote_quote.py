@@ -130,7 +130,7 @@ def test_snp_evidence_beside_a_quote_is_empty_without_sev(remote):
 
 
 def test_a_version_1_session_has_no_quoting(remote, monkeypatch):
-    monkeypatch.setattr(remote_module, "VERSION", 1)
+    monkeypatch.setattr(remote_module, "PROTOCOL_VERSION", 1)
     old = connect_evm(remote.process.address, DEV, warn=False)
     try:
         assert old.version == 1
@@ -146,7 +146,7 @@ def test_a_version_1_session_has_no_quoting(remote, monkeypatch):
 
 @pytest.mark.parametrize("offered,agreed", [(2, 2), (7, 2)])
 def test_hello_agrees_on_the_lower_version(remote, monkeypatch, offered, agreed):
-    monkeypatch.setattr(remote_module, "VERSION", offered)
+    monkeypatch.setattr(remote_module, "PROTOCOL_VERSION", offered)
     evm = connect_evm(remote.process.address, DEV, warn=False)
     try:
         assert evm.version == agreed
@@ -157,7 +157,7 @@ def test_hello_agrees_on_the_lower_version(remote, monkeypatch, offered, agreed)
 def test_hello_with_a_version_the_evm_does_not_serve_is_refused(remote, monkeypatch):
     from vsgx.channel import ChannelError
 
-    monkeypatch.setattr(remote_module, "VERSION", 0)
+    monkeypatch.setattr(remote_module, "PROTOCOL_VERSION", 0)
     with pytest.raises(ChannelError, match="older than the oldest this EVM serves"):
         connect_evm(remote.process.address, DEV, warn=False)
 

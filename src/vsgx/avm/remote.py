@@ -35,12 +35,12 @@ from vsgx.channel import (
 from vsgx.channel.evidence import KIND_NONE, one_line
 from vsgx.channel.messages import (
     MAX_PUSHED_PAGES,
-    MIN_VERSION,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_WANT_QE_REPORT,
     QUOTE_WANT_SNP,
     QUOTING_VERSION,
-    VERSION,
     LaunchStatus,
     LaunchTokenError,
     decode_runs,
@@ -94,10 +94,10 @@ class RemoteEvm:
         self.conn = conn
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
-        self.version = VERSION
+        self.version = PROTOCOL_VERSION
         conn.handler = self._serve
         try:
-            reply = self.conn.call(Type.HELLO, (VERSION,))
+            reply = self.conn.call(Type.HELLO, (PROTOCOL_VERSION,))
         except RemoteError as exc:
             conn.close()
             if exc.code in (ErrorCode.REFUSED, ErrorCode.FULL):
@@ -107,7 +107,8 @@ class RemoteEvm:
                                ) from None
         except ChannelError as exc:
             raise ChannelError(f"the EVM ended the session before it began: {exc}") from None
-        if reply.type != Type.HELLO or not MIN_VERSION <= reply.fields[0] <= VERSION:
+        if reply.type != Type.HELLO or not (MIN_PROTOCOL_VERSION <= reply.fields[0]
+                                            <= PROTOCOL_VERSION):
             conn.close()
             raise ChannelError("the EVM does not speak this vsgx's protocol")
         self.version = reply.fields[0]  # what the EVM agreed to speak

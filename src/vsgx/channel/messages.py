@@ -13,7 +13,7 @@ handing its reader role to another thread. Each message type has a fixed field l
 anything else is a ProtocolError — the receiver answers with an ERROR reply
 and goes on.
 
-Versions. The header's version is the frame format's (``FRAME_VERSION``,
+Versions. The header's version is the frame format's (``VERSION``,
 unchanged since 1). The protocol's version travels in HELLO: the AVM says
 the newest it speaks, the EVM answers with the one the session will use
 (the lower of the two, if it speaks that one) or with an ERROR saying why.
@@ -33,9 +33,9 @@ from vsgx.arch.report import REPORT_SIZE, TARGETINFO_SIZE
 from vsgx.errors import VsgxError
 
 MAGIC = b"VSGX"
-FRAME_VERSION = 1  # the header's layout
-VERSION = 2  # the newest protocol this side speaks (HELLO)
-MIN_VERSION = 1  # the oldest one it still serves
+VERSION = 1  # the frame format: the header's version field
+PROTOCOL_VERSION = 2  # the newest protocol this side speaks (HELLO)
+MIN_PROTOCOL_VERSION = 1  # the oldest one it still serves
 QUOTING_VERSION = 2  # the protocol version that has the quoting requests
 HEADER = struct.Struct("<4sHHB3xQI")
 HEADER_SIZE = HEADER.size
@@ -190,10 +190,10 @@ def introduced_in(message_type: Type) -> int:
 def negotiate(offered: int) -> int:
     """The version of a session whose AVM offers ``offered`` (the newest it
     speaks); ProtocolError if this side speaks none that it does."""
-    if offered < MIN_VERSION:
+    if offered < MIN_PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {offered} is older than the oldest this EVM "
-                            f"serves ({MIN_VERSION}); upgrade the AVM's vsgx")
-    return min(offered, VERSION)
+                            f"serves ({MIN_PROTOCOL_VERSION}); upgrade the AVM's vsgx")
+    return min(offered, PROTOCOL_VERSION)
 
 
 # QUOTE flags.
@@ -237,7 +237,7 @@ def encode(message: Message, sole: bool = False) -> bytes:
         raise ProtocolError(f"{message_type.name}: blob of {len(blob)} bytes")
     if len(body) > MAX_BODY:
         raise ProtocolError(f"{message_type.name}: body of {len(body)} bytes is too large")
-    return HEADER.pack(MAGIC, FRAME_VERSION, message_type, kind | (SOLE if sole else 0), request_id,
+    return HEADER.pack(MAGIC, VERSION, message_type, kind | (SOLE if sole else 0), request_id,
                        len(body)) + body
 
 
@@ -255,8 +255,8 @@ def decode_header(data: bytes) -> tuple[Type, Kind, int, int]:
         raise ProtocolError("truncated frame header") from None
     if magic != MAGIC:
         raise ProtocolError("bad frame magic")
-    if version != FRAME_VERSION:
-        raise ProtocolError(f"frame format version {version}, expected {FRAME_VERSION}")
+    if version != VERSION:
+        raise ProtocolError(f"frame format version {version}, expected {VERSION}")
     if length > MAX_BODY:
         raise ProtocolError(f"frame body of {length} bytes exceeds the limit")
     message_type = _TYPES.get(type_code)
