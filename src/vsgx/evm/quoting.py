@@ -49,11 +49,21 @@ nothing about the hardware; so the EVM's SNP report binds the attestation
 key too (REPORT_DATA = SHA-512("vsgx QE attestation key\\0" || x || y),
 ``snp_evidence``) and travels beside the quote: a verifier checks it with
 ``vsgx.crypto.quote.verify_quote_snp_binding`` up to AMD's ARK.
+
+The QE's own REPORT for the application (``sgx_ql_qe_report_info_t``, so
+that the application can check early that its quote came from this QE, as
+QE3 offers): the QE EREPORTs to the application's TARGETINFO with
+REPORTDATA = SHA-256(nonce || quote) || 32 zero bytes.
+
+Where the QE's files live: ``quoting_enclave(vm)`` uses the VM's data
+directory (``EnclaveVM.data_dir``), so an EVM started with ``--data-dir``
+keeps its attestation key and PCK chain there, beside its root secret.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import hmac
 import os
 import threading
@@ -92,7 +102,8 @@ from vsgx.arch.quote import (
     QuoteStatus,
     ReportBody,
 )
-from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, Report, Targetinfo
+from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, TARGETINFO_SIZE, Report, Targetinfo
+from vsgx.channel.evidence import Evidence, snp_evidence
 from vsgx.crypto.cmac import aes_cmac
 from vsgx.crypto.collateral import Collateral, make_collateral
 from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
@@ -113,12 +124,14 @@ from vsgx.crypto.pck import (
 )
 from vsgx.crypto.quote import (
     P256_ORDER,
+    QuoteGenerationError,
     ecdsa_sign_raw,
     make_quote,
     qe_report_data,
     snp_report_data_for,
 )
 from vsgx.errors import StructureError, VsgxError
+from vsgx.evm.enclu import report_key_dependencies
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import data_dir
 
@@ -130,16 +143,13 @@ TCB_SIGNING_FILE, TCB_SIGNING_KEY_FILE = "tcb-signing.pem", "tcb-signing-key.pem
 PCK_FILE = "pck.pem"
 # The authentication data QE3 certifies with its key by default.
 QE_AUTH_DATA = bytes(range(QE_AUTH_DATA_SIZE))
+QE_REPORT_NONCE_SIZE = 16  # sgx_quote_nonce_t
 # Re-issue a stored certificate this long before it expires.
 _RENEW_BEFORE = datetime.timedelta(days=30)
 
 
-class QuotingError(VsgxError):
+class QuotingError(QuoteGenerationError):
     """The QE refuses a request; ``status`` is the quote3_error_t."""
-
-    def __init__(self, status: QuoteStatus, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -374,6 +384,49 @@ class QuotingEnclave:
     def quote(self, report: bytes) -> bytes:
         """sgx_qe_get_quote: a v3 quote of ``report`` (a REPORT targeted at
         this QE); QuotingError(INVALID_REPORT) if its MAC does not verify."""
+        return self.quote_with_report(report)[0]
+
+    def quote_with_report(self, report: bytes, nonce: bytes | None = None,
+                          app_target_info: bytes | None = None) -> tuple[bytes, bytes | None]:
+        """sgx_qe_get_quote with an sgx_ql_qe_report_info_t: the quote, and,
+        when ``nonce`` and ``app_target_info`` are given, the QE's REPORT for
+        that target with REPORTDATA = SHA-256(nonce || quote) || 0*32."""
+        if (nonce is None) != (app_target_info is None):
+            raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                               "the QE report info needs both a nonce and a TARGETINFO")
+        target = None
+        if app_target_info is not None:
+            assert nonce is not None
+            if len(nonce) != QE_REPORT_NONCE_SIZE or len(app_target_info) != TARGETINFO_SIZE:
+                raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                                   f"the QE report info is a {QE_REPORT_NONCE_SIZE}-byte nonce "
+                                   f"and a {TARGETINFO_SIZE}-byte TARGETINFO")
+            try:
+                target = Targetinfo.unpack(app_target_info)
+            except StructureError as exc:
+                raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                                   f"the application's TARGETINFO is malformed: {exc}") from None
+        quote = self._quote(report)
+        if target is None:
+            return quote, None
+        assert nonce is not None
+        return quote, self._report_for(target, hashlib.sha256(nonce + quote).digest()
+                                       + bytes(32))
+
+    def _report_for(self, target: Targetinfo, reportdata: bytes) -> bytes:
+        """EREPORT by the QE (its identity, this platform) for ``target``."""
+        machine = self.machine
+        keyid = machine.secrets.report_keyid
+        body = Report(cpusvn=machine.config.cpusvn, miscselect=QE_IDENTITY.miscselect,
+                      attributes=QE_IDENTITY.attributes, xfrm=QE_IDENTITY.xfrm,
+                      mrenclave=QE_IDENTITY.mrenclave, mrsigner=QE_IDENTITY.mrsigner,
+                      isvprodid=QE_IDENTITY.isvprodid, isvsvn=QE_IDENTITY.isvsvn,
+                      reportdata=reportdata, keyid=keyid).pack()[:REPORT_BODY_SIZE]
+        key = derive_key(machine.secrets.derivation_key,
+                         report_key_dependencies(machine, target, keyid))
+        return body + keyid + aes_cmac(key, body)
+
+    def _quote(self, report: bytes) -> bytes:
         body = self.verify_report(report)
         self._setup()
         header = QuoteHeader(version=QUOTE_VERSION, att_key_type=ATT_KEY_TYPE_ECDSA_P256,
@@ -428,12 +481,12 @@ class QuotingEnclave:
         """What the EVM's SEV-SNP report must hold to bind the attestation key."""
         return snp_report_data_for(self.attestation_public_key)
 
-    def snp_evidence(self) -> bytes:
-        """The EVM's SEV-SNP report binding the attestation key (SNP_GET_REPORT
-        on /dev/sev-guest); an error where this is not an SEV-SNP guest."""
-        from vsgx.channel.evidence import snp_report
-
-        return snp_report(self.snp_report_data)
+    def snp_evidence(self) -> Evidence:
+        """The EVM's SEV-SNP evidence binding the attestation key: the report
+        and, where the guest's kernel and host provide it, the certificate
+        table of the extended report (``vsgx.channel.evidence.snp_evidence``);
+        an error where this is not an SEV-SNP guest."""
+        return snp_evidence(self.snp_report_data)
 
     def collateral(self, now: datetime.datetime | None = None, days: int = 30) -> Collateral:
         """TCB info, QE identity and CRLs for this platform, signed under its root."""
@@ -578,10 +631,13 @@ _REGISTRY_LOCK = threading.Lock()
 def quoting_enclave(vm: Any, directory: str | Path | None = None, *,
                     root_ca: Issuer | None = None) -> QuotingEnclave:
     """The QE of an EnclaveVM: one per VM, made on the first call (which
-    decides its directory and root CA; later calls may repeat them)."""
+    decides its directory and root CA; later calls may repeat them). The
+    directory defaults to the VM's data directory's ``attestation``."""
     with _REGISTRY_LOCK:
         qe = _QUOTING_ENCLAVES.get(vm)
         if qe is None:
+            if directory is None and getattr(vm, "data_dir", None) is not None:
+                directory = Path(vm.data_dir) / ATTESTATION_DIR
             qe = QuotingEnclave(vm.machine, directory, root_ca=root_ca)
             _QUOTING_ENCLAVES[vm] = qe
         elif (directory is not None and Path(directory) != qe.directory) or (
