@@ -54,7 +54,7 @@ class Pageinfo(Structure):
 
 @structure(PCMD_SIZE)
 class Pcmd(Structure):
-    secinfo: bytes = raw(0, SECINFO_SIZE)
+    secinfo: bytes = raw(0, SECINFO_SIZE, of=Secinfo)
     enclaveid: int = u64(64)
     # 72..111 reserved
     mac: bytes = raw(112, 16)
