@@ -1,4 +1,4 @@
-"""Every SGX structure against the SDM's offsets (Vol. 3D ch. 34), and
+"""Every SGX structure against the SDM's offsets (the SDM's structure tables), and
 pack/unpack round trips."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""SECINFO, PAGEINFO and PCMD, SDM 34.11, 34.12, 34.13."""
+"""SECINFO, PAGEINFO and PCMD, SDM "Security Information (SECINFO)", "Paging
+Crypto MetaData (PCMD)", "Page Information (PAGEINFO)"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""State Save Area frames, SDM 34.9.
+"""State Save Area frames, SDM "State Save Area (SSA) Frame".
 
 An SSA frame is SECS.SSAFRAMESIZE pages. The XSAVE area starts at the frame;
 GPRSGX occupies the last 184 bytes and the MISC region (EXINFO when
@@ -103,7 +103,7 @@ def xsave_size(xfrm: int) -> int:
 
 
 def misc_size(miscselect: int) -> int:
-    """Bytes of the MISC region for a MISCSELECT (SDM 34.9.2)."""
+    """Bytes of the MISC region for a MISCSELECT (SDM "MISC Region")."""
     size = 0
     if miscselect & 0x1:
         size += SSA_EXINFO_SIZE

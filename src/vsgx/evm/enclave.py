@@ -1,7 +1,8 @@
-"""An enclave's state inside the EVM: the SECS with its hidden fields
-(SDM 34.7: EID, MRENCLAVE update state, PADDING, child count...), its
-memory, the linear-page → EPC-page map, the page-table permissions the
-application set, and the epoch tracking of ETRACK (SDM 38.5.3).
+"""An enclave's state inside the EVM: the SECS with its hidden fields (SDM
+"SGX Enclave Control Structure (SECS)": EID, MRENCLAVE update state,
+PADDING, child count...), its memory, the linear-page → EPC-page map, the
+page-table permissions the application set, and the epoch tracking of
+ETRACK (SDM ETRACK).
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ class EnclaveState:
             return None
         return self.journal[position - self.journal_start:]
 
-    # ETRACK's epochs (SDM 38.5.3; the model in vsgx's notes): a page
+    # ETRACK's epochs (SDM ETRACK; the model in vsgx's notes): a page
     # blocked or modified in epoch e is "tracked" once an ETRACK has closed
     # epoch e and no thread that entered in epoch <= e is still inside.
     def enter(self, tcs: int) -> None:
