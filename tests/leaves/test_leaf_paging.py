@@ -112,11 +112,11 @@ def test_etrack_of_a_page_that_is_not_a_secs_fails_with_pf():
 
 def test_etrack_while_a_thread_of_the_previous_epoch_is_inside_is_prev_trk_incmpl():
     p = Paged()
-    p.encl.enter(BASE)  # a logical processor inside since the epoch ETRACK closes
+    p.encl.inside[BASE] = p.encl.epoch  # a logical processor inside since the epoch ETRACK closes
     assert encls.etrack(p.m, p.secs) is SgxError.SUCCESS
     refuses(p.m, lambda: encls.etrack(p.m, p.secs), SgxError.PREV_TRK_INCMPL,
             "tracking_incomplete")
-    p.encl.leave(BASE)
+    del p.encl.inside[BASE]
     assert encls.etrack(p.m, p.secs) is SgxError.SUCCESS
 
 
@@ -170,7 +170,7 @@ def test_ewb_of_a_blocked_page_before_etrack_is_not_tracked():
 
 def test_ewb_while_a_thread_of_the_blocking_epoch_is_inside_is_not_tracked():
     p = Paged()
-    p.encl.enter(BASE)
+    p.encl.inside[BASE] = p.encl.epoch
     encls.eblock(p.m, p.pages[0])
     assert encls.etrack(p.m, p.secs) is SgxError.SUCCESS
     refuses(p.m, ewb(p, p.pages[0], p.va), SgxError.NOT_TRACKED, "page_not_tracked")
@@ -363,7 +363,7 @@ def test_eremove_of_a_secs_with_children_is_child_present():
 
 def test_eremove_of_a_child_while_a_thread_is_inside_is_enclave_act():
     p = Paged()
-    p.encl.enter(BASE)
+    p.encl.inside[BASE] = p.encl.epoch
     refuses(p.m, lambda: encls.eremove(p.m, p.pages[0]), SgxError.ENCLAVE_ACT,
             "enclave_active")
 
@@ -373,7 +373,7 @@ def test_eremove_of_an_accepted_trim_page_succeeds_while_threads_are_inside():
     page = p.pages[3]
     entry = p.m.epc.entry(page)
     entry.pt, entry.modified = PageType.TRIM, False  # EMODT then EACCEPT
-    p.encl.enter(BASE)
+    p.encl.inside[BASE] = p.encl.epoch
     assert encls.eremove(p.m, page) is SgxError.SUCCESS and not entry.valid
 
 

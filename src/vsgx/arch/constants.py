@@ -18,6 +18,19 @@ def page_align_up(value: int) -> int:
     return (value + PAGE_SIZE - 1) & PAGE_MASK
 
 
+# 48-bit linear addresses: bits 63:47 all equal.
+CANONICAL_LIMIT = 1 << 47
+
+
+def is_canonical(address: int) -> bool:
+    return address < CANONICAL_LIMIT or address >= (1 << 64) - CANONICAL_LIMIT
+
+
+def cpusvn_at_most(requested: bytes, current: bytes) -> bool:
+    """A CPUSVN no newer than ``current``: every component (a byte here) at or below."""
+    return all(a <= b for a, b in zip(requested, current, strict=True))
+
+
 class Encls(IntEnum):
     """ENCLS leaf numbers (EAX), SDM "ENCLS"."""
 
@@ -239,6 +252,7 @@ RSA_KEY_BYTES = 384
 
 SSA_GPRSGX_SIZE = 184
 SSA_EXINFO_SIZE = 16
+SSA_CPINFO_SIZE = 8
 XSAVE_LEGACY_SIZE = 512
 XSAVE_HEADER_SIZE = 64
 

@@ -80,12 +80,6 @@ class EnclaveMemory:
     def reuse(self, offset: int) -> None:
         self._held.pop(offset, None)
 
-    def flush_releases(self) -> None:
-        """Give every held page's memory back now."""
-        held = list(self._held)
-        self._held.clear()
-        self._punch_offsets(held)
-
     def _punch_offsets(self, offsets: list[int]) -> None:
         start = previous = None
         for offset in [*sorted(offsets), None]:
@@ -206,9 +200,6 @@ class EnclaveState:
     def in_elrange(self, address: int, length: int = 1) -> bool:
         return self.base <= address and address + length <= self.base + self.size
 
-    def offset(self, linaddr: int) -> int:
-        return linaddr - self.base
-
     def page_view(self, linaddr: int) -> memoryview:
         assert self.memory is not None
         return self.memory.page(linaddr - self.base)
@@ -268,12 +259,6 @@ class EnclaveState:
     # ETRACK's epochs (SDM ETRACK; the model in vsgx's notes): a page
     # blocked or modified in epoch e is "tracked" once an ETRACK has closed
     # epoch e and no thread that entered in epoch <= e is still inside.
-    def enter(self, tcs: int) -> None:
-        self.inside[tcs] = self.epoch
-
-    def leave(self, tcs: int) -> None:
-        self.inside.pop(tcs, None)
-
     def tracking_incomplete(self) -> bool:
         tracked = self.tracked_epoch
         return any(epoch <= tracked for epoch in self.inside.values())

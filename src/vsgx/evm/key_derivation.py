@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vsgx.arch.constants import Attribute, KeyName, KeyPolicy
+from vsgx.arch.constants import Attribute, KeyName, KeyPolicy, cpusvn_at_most
 from vsgx.arch.errors import SgxError
 from vsgx.arch.keyrequest import Keyrequest
 from vsgx.arch.report import Targetinfo
@@ -190,10 +190,6 @@ KEY_DERIVATION: dict[KeyName, KeyRule] = {
 }
 
 
-def _cpusvn_at_most(requested: bytes, current: bytes) -> bool:
-    return all(a <= b for a, b in zip(requested, current, strict=True))
-
-
 def key_dependencies(m: Machine, secs: KeyIdentity, request: Keyrequest
                      ) -> KeyDependencies | SgxError:
     """The SDM's TMP_KEYDEPENDENCIES for ``request`` by the enclave ``secs``,
@@ -206,7 +202,7 @@ def key_dependencies(m: Machine, secs: KeyIdentity, request: Keyrequest
     if rule.requires is not None and not secs.attributes & rule.requires:
         return m.refuse(SgxError.INVALID_ATTRIBUTE, "keyname_not_allowed")
     if rule.svn_checked:
-        if not _cpusvn_at_most(request.cpusvn, m.config.cpusvn):
+        if not cpusvn_at_most(request.cpusvn, m.config.cpusvn):
             return m.refuse(SgxError.INVALID_CPUSVN, "cpusvn")
         if request.isvsvn > secs.isvsvn:
             return m.refuse(SgxError.INVALID_ISVSVN, "isvsvn")

@@ -25,6 +25,8 @@ from vsgx.arch.constants import (
     KeyName,
     PageType,
     Xfrm,
+    cpusvn_at_most,
+    is_canonical,
 )
 from vsgx.arch.einittoken import EINITTOKEN_SIZE, EINITTOKEN_VALID, Einittoken
 from vsgx.arch.errors import SgxError, gp
@@ -48,7 +50,6 @@ from vsgx.evm.encls.operands import (
     W,
     X,
     attach,
-    is_canonical,
     secinfo_operand,
     secs_of,
     valid_child,
@@ -323,11 +324,6 @@ def _token_reserved_ok(raw: bytes) -> bool:
     return True
 
 
-def cpusvn_at_most(requested: bytes, current: bytes) -> bool:
-    """CPUSVN components (bytes here) may only be at or below the current ones."""
-    return all(a <= b for a, b in zip(requested, current, strict=True))
-
-
 def launch_key(m: Machine, token: Einittoken, lepubkeyhash: bytes) -> bytes:
     """The EINITTOKEN key EINIT recomputes from a token's LE fields (SDM EINIT)."""
     deps = KeyDependencies(
@@ -390,5 +386,5 @@ def einit(m: Machine, secs_page: int, sigstruct: bytes, token: bytes = bytes(EIN
     return SgxError.SUCCESS
 
 
-__all__ = ["cpusvn_at_most", "eadd", "eadd_pages", "eadd_uniform", "ecreate", "eextend",
+__all__ = ["eadd", "eadd_pages", "eadd_uniform", "ecreate", "eextend",
            "einit", "give_pages", "launch_key", "measure_pages"]

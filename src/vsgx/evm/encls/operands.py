@@ -17,7 +17,6 @@ from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.epc import EpcmEntry, epc_pf
 from vsgx.evm.machine import Machine
 
-CANONICAL_LIMIT = 1 << 47
 PAGE_OFFSET_MASK = PAGE_SIZE - 1
 # SECINFO.FLAGS bits as plain ints (IntFlag arithmetic is slow on hot paths).
 R, W, X = int(SecinfoFlags.R), int(SecinfoFlags.W), int(SecinfoFlags.X)
@@ -27,10 +26,6 @@ PENDING, MODIFIED, PR = (int(SecinfoFlags.PENDING), int(SecinfoFlags.MODIFIED),
 PT_REG, PT_TCS, PT_TRIM, PT_SECS, PT_VA = (PageType.REG, PageType.TCS, PageType.TRIM,
                                           PageType.SECS, PageType.VA)
 DUPLICATE_LINEAR = "linear_page_taken"
-
-
-def is_canonical(address: int) -> bool:
-    return address < CANONICAL_LIMIT or address >= (1 << 64) - CANONICAL_LIMIT
 
 
 def write_without_read(flags: int) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from vsgx.arch.constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
+    SECINFO_PAGE_TYPE_MASK,
     SECINFO_PAGE_TYPE_SHIFT,
     VA_SLOT_SIZE,
     PageType,
@@ -301,7 +302,7 @@ def eld_pages(m: Machine, secs_page: int,
                     or len(pcmd) != Pcmd.SIZE):
                 raise gp("ELDU needs a 4 KiB page and a 128-byte PCMD", "operand_size")
             flags = flags_of(pcmd, _PCMD_FLAGS.offset)[0]
-            page_type = _PAGE_TYPES.get(flags >> SECINFO_PAGE_TYPE_SHIFT & 0xFF)
+            page_type = _PAGE_TYPES.get((flags & SECINFO_PAGE_TYPE_MASK) >> SECINFO_PAGE_TYPE_SHIFT)
             encl: EnclaveState | None = None
             if page_type is PT_REG or page_type is PT_TCS or page_type is PT_TRIM:
                 if secs is None:
