@@ -229,28 +229,36 @@ class Fields(struct.Struct):
 
 
 @functools.cache
-def fields_of(cls: type, *names: str) -> Fields:
-    """A precompiled codec for ``names`` of ``cls``, given in offset order."""
+def fields_of(cls: type, *names: str, whole: bool = False) -> Fields:
+    """A precompiled codec for ``names`` of ``cls``, given in offset order.
+    ``whole``: the codec spans the whole structure (offset 0 to SIZE), so
+    that writing it zeroes every reserved byte too."""
     if not names:
         raise ValueError("name at least one field")
     resolved = [_resolve(cls, name) for name in names]
     named = _named_spans(cls)
-    first = resolved[0][0]
+
+    def gap(start: int, end: int, before: str) -> str:
+        if any(lo < end and hi > start for lo, hi in named):
+            raise ValueError(f"{cls.__name__}: the bytes {start}..{end - 1} {before} hold a "
+                             "field; name it too")
+        return f"{end - start}x"
+
+    first = 0 if whole else resolved[0][0]
     fmt = ["<"]
     position = first
     for name, (offset, spec) in zip(names, resolved, strict=True):
         if offset < position:
             raise ValueError(f"{cls.__name__}.{name} is out of offset order or overlaps")
         if offset > position:
-            if any(lo < offset and hi > position for lo, hi in named):
-                raise ValueError(f"{cls.__name__}: the bytes {position}..{offset - 1} before "
-                                 f"{name} hold a field; name it too")
-            fmt.append(f"{offset - position}x")
+            fmt.append(gap(position, offset, f"before {name}"))
         if spec.is_int and spec.size != 16:
             fmt.append(_INT_CODES[spec.size])
         else:
             fmt.append(f"{spec.size}s")
         position = offset + spec.size
+    if whole and position < cls.SIZE:  # type: ignore[attr-defined]
+        fmt.append(gap(position, cls.SIZE, "at the end"))  # type: ignore[attr-defined]
     codec = Fields("".join(fmt))
     codec.offset = first
     codec.names = names
