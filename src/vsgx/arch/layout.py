@@ -67,8 +67,9 @@ def u128(offset: int, *, default: int = 0) -> Any:
 
 
 def raw(offset: int, size: int, default: bytes | None = None, *, of: type | None = None) -> Any:
-    if of is not None and getattr(of, "SIZE", size) != size:
-        raise AssertionError(f"a {of.__name__} is {of.SIZE} bytes, not {size}")
+    held = getattr(of, "SIZE", size)
+    if held != size:
+        raise AssertionError(f"a {getattr(of, '__name__', of)} is {held} bytes, not {size}")
     return _spec(offset, size, False, 0, bytes(size) if default is None else default, of)
 
 

@@ -144,12 +144,12 @@ _OWNER_EPOCH, _SEAL_FUSES = Cpu("owner_epoch"), Cpu("seal_key_fuses")
 _ATTRIBUTES = Masked("attributemask", "attributes", always=int(Attribute.INIT | Attribute.DEBUG))
 _XFRM, _MISC = Masked("xfrmmask", "xfrm"), Masked("miscmask", "miscselect")
 # What every key an enclave names its SVNs for shares.
-_REQUESTED = {"ownerepoch": _OWNER_EPOCH, "seal_key_fuses": _SEAL_FUSES,
-              "padding": Secs("padding"), "cpusvn": Request("cpusvn"),
-              "isvsvn": Request("isvsvn"), "attributes": _ATTRIBUTES, "xfrm": _XFRM,
-              "miscselect": _MISC}
-_MASKS = {"attributemask": Request("attributemask"), "xfrmmask": Request("xfrmmask"),
-          "miscmask": Inverted("miscmask")}
+_REQUESTED: dict[str, Source] = {
+    "ownerepoch": _OWNER_EPOCH, "seal_key_fuses": _SEAL_FUSES, "padding": Secs("padding"),
+    "cpusvn": Request("cpusvn"), "isvsvn": Request("isvsvn"), "attributes": _ATTRIBUTES,
+    "xfrm": _XFRM, "miscselect": _MISC}
+_MASKS: dict[str, Source] = {"attributemask": Request("attributemask"),
+                             "xfrmmask": Request("xfrmmask"), "miscmask": Inverted("miscmask")}
 
 
 # The identity fields KEYPOLICY chooses for the two seal keys.

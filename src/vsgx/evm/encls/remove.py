@@ -27,17 +27,17 @@ def eremove(m: Machine, epc_page: int) -> SgxError:
         del m.epc.secs[epc_page]
         entry.clear()
         return SgxError.SUCCESS
-    encl = entry.enclave
-    assert encl is not None
+    owner = entry.enclave
+    assert owner is not None
     if entry.pt == PageType.TRIM and not entry.modified:
-        detach(encl, entry)
+        detach(owner, entry)
         return SgxError.SUCCESS
-    if encl.inside:
+    if owner.inside:
         return m.refuse(SgxError.ENCLAVE_ACT, "enclave_active")
-    thread = encl.threads.pop(entry.linaddr, None)
+    thread = owner.threads.pop(entry.linaddr, None)
     if thread is not None:
         thread.close()  # type: ignore[attr-defined]
-    detach(encl, entry)
+    detach(owner, entry)
     return SgxError.SUCCESS
 
 
