@@ -518,3 +518,77 @@ def test_einit_sets_init_and_the_enclave_identity():
     assert encl.mrsigner == hashlib.sha256(
         signing_key().public_key().public_numbers().n.to_bytes(384, "little")).digest()
     assert (encl.isvprodid, encl.isvsvn) == (7, 3)
+
+
+# -- the batch entry points run EADD's checks for a run of REG pages ------------------
+def test_eadd_pages_of_a_source_not_one_page_per_epc_page_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    pages = [b.page(), b.page()]
+    faults(lambda: encls.eadd_pages(b.m, pages, secs, BASE, bytes(4096), secinfo(REG | R | W),
+                                    False), Vector.GP, "source_size")
+
+
+def test_eadd_pages_of_a_tcs_run_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    faults(lambda: encls.eadd_pages(b.m, [b.page()], secs, BASE, bytes(4096), secinfo(TCS),
+                                    False), Vector.GP, "secinfo_page_type")
+
+
+def test_eadd_pages_naming_one_epc_page_twice_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    page = b.page()
+    faults(lambda: encls.eadd_pages(b.m, [page, page], secs, BASE, bytes(8192),
+                                    secinfo(REG | R | W), False), Vector.GP, "epc_page_twice")
+
+
+def test_eadd_pages_over_a_linear_page_taken_fails_with_gp_and_adds_nothing():
+    b = Bare()
+    secs = b.secs()
+    b.add(secs, 4096)
+    pages = [b.page(), b.page()]
+    faults(lambda: encls.eadd_pages(b.m, pages, secs, BASE, bytes(8192), secinfo(REG | R | W),
+                                    True), Vector.GP, "linear_page_taken")
+    assert not any(b.m.epc.entry(p).valid for p in pages) and b.enclave(secs).child_count == 1
+
+
+def test_eadd_pages_beyond_elrange_or_after_einit_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    faults(lambda: encls.eadd_pages(b.m, [b.page(), b.page()], secs, BASE + SIZE - 4096,
+                                    bytes(8192), secinfo(REG | R | W), False), Vector.GP,
+           "linaddr_outside_elrange")
+    done = Bare()
+    secs, _ = done.initialized()
+    faults(lambda: encls.eadd_pages(done.m, [done.page()], secs, BASE + 8 * 4096,
+                                    bytes(4096), secinfo(REG | R | W), False), Vector.GP,
+           "enclave_initialized")
+
+
+def test_eadd_uniform_of_a_pattern_wider_than_32_bits_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    faults(lambda: encls.eadd_uniform(b.m, secs, BASE, 2, secinfo(REG | R | W), 1 << 32, False),
+           Vector.GP, "fill_pattern")
+
+
+def test_eadd_uniform_with_more_epc_pages_than_pages_fails_with_gp():
+    b = Bare()
+    secs = b.secs()
+    faults(lambda: encls.eadd_uniform(b.m, secs, BASE, 1, secinfo(REG | R | W), 0, False,
+                                      [b.page(), b.page()]), Vector.GP, "too_many_epc_pages")
+
+
+def test_eadd_uniform_measures_as_the_single_eadds_it_stands_for():
+    single, run = Bare(), Bare()
+    pattern = (0xCCCCCCCC).to_bytes(4, "little") * 1024
+    s1, s2 = single.secs(), run.secs()
+    for n in range(3):
+        single.add(s1, n * 4096, content=pattern, measure=True)
+    encls.eadd_uniform(run.m, s2, BASE, 3, secinfo(REG | R | W), 0xCCCCCCCC, True,
+                       [run.page()])
+    assert single.enclave(s1).mrenclave_builder.digest() == \
+        run.enclave(s2).mrenclave_builder.digest()
+    assert len(run.enclave(s2).deferred) == 2 and run.enclave(s2).child_count == 1

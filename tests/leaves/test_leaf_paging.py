@@ -10,7 +10,7 @@ from vsgx.arch.layout import fields_of
 from vsgx.crypto.paging import decrypt_page, paging_header
 from vsgx.evm import encls
 
-from bare import BASE, EPC_PF, REG, Bare, R, W, X, faults, refuses
+from bare import BASE, EPC_PF, REG, Bare, R, W, X, faults, refuses, secinfo
 
 
 class Paged:
@@ -384,3 +384,43 @@ def test_eremove_of_every_child_then_the_secs_destroys_the_enclave():
     assert p.encl.child_count == 0 and not p.encl.pages
     assert encls.eremove(p.m, p.secs) is SgxError.SUCCESS
     assert p.secs not in p.m.epc.secs and p.encl.memory is None
+
+
+# -- loading a page EADD deferred -------------------------------------------------------
+def deferred():
+    b = Bare()
+    secs = b.secs()
+    encls.eadd_uniform(b.m, secs, BASE, 4, secinfo(REG | R | W), 0x01020304, False,
+                       [b.page()])
+    return b, secs
+
+
+def test_eldu_deferred_at_a_misaligned_linaddr_fails_with_gp():
+    b, secs = deferred()
+    faults(lambda: encls.eldu_deferred(b.m, b.page(), secs, BASE + 4096 + 8), Vector.GP,
+           "linaddr_alignment")
+
+
+def test_eldu_deferred_into_a_valid_epc_page_fails_with_pf():
+    b, secs = deferred()
+    faults(lambda: encls.eldu_deferred(b.m, secs, secs, BASE + 4096), Vector.PF, "page_in_use",
+           EPC_PF)
+
+
+def test_eldu_deferred_of_a_resident_or_never_deferred_page_fails_with_gp():
+    b, secs = deferred()
+    faults(lambda: encls.eldu_deferred(b.m, b.page(), secs, BASE), Vector.GP,
+           "linear_page_taken")
+    faults(lambda: encls.eldu_deferred(b.m, b.page(), secs, BASE + 8 * 4096), Vector.GP,
+           "not_deferred")
+
+
+def test_eldu_deferred_loads_the_pattern_once():
+    b, secs = deferred()
+    page = b.page()
+    encls.eldu_deferred(b.m, page, secs, BASE + 2 * 4096)
+    encl = b.enclave(secs)
+    assert bytes(encl.page_view(BASE + 2 * 4096)) == bytes([4, 3, 2, 1]) * 1024
+    assert b.m.epc.entry(page).secinfo_flags() == REG | R | W and encl.child_count == 2
+    faults(lambda: encls.eldu_deferred(b.m, b.page(), secs, BASE + 2 * 4096), Vector.GP,
+           "linear_page_taken")
