@@ -25,7 +25,7 @@ from vsgx.crypto.cmac import report_mac
 from vsgx.errors import StructureError
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.epc import EpcmEntry
-from vsgx.evm.key_derivation import derive, report_key
+from vsgx.evm.key_derivation import derive, report_key, report_key_dependencies
 from vsgx.evm.machine import Machine
 
 _KSS_POLICIES = int(KeyPolicy.CONFIGID | KeyPolicy.ISVFAMILYID | KeyPolicy.ISVEXTPRODID
@@ -197,3 +197,6 @@ def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int,
     target.pending = False
     encl.generation += 1
     return SgxError.SUCCESS
+
+
+__all__ = ["eaccept", "eacceptcopy", "egetkey", "emodpe", "ereport", "report_key_dependencies"]

@@ -239,10 +239,16 @@ class TargetIdentity:
                    target.configid, target.configsvn, target.cet_attributes)
 
 
-def report_key(m: Machine, target: Targetinfo, keyid: bytes) -> bytes:
-    """The key EREPORT MACs with: what the target's EGETKEY(REPORT_KEY)
-    derives with KEYREQUEST.KEYID = ``keyid``."""
+def report_key_dependencies(m: Machine, target: Targetinfo, keyid: bytes) -> KeyDependencies:
+    """What EREPORT derives its MAC key from: the REPORT_KEY row for the
+    enclave TARGETINFO describes (what its EGETKEY(REPORT_KEY) derives with
+    KEYREQUEST.KEYID = ``keyid``)."""
     deps = key_dependencies(m, TargetIdentity.of(target),  # type: ignore[arg-type]
                             Keyrequest(keyname=KeyName.REPORT_KEY, keyid=keyid))
     assert isinstance(deps, KeyDependencies)  # REPORT_KEY has no checks
-    return derive_key(m.secrets.derivation_key, deps)
+    return deps
+
+
+def report_key(m: Machine, target: Targetinfo, keyid: bytes) -> bytes:
+    """The key EREPORT MACs with."""
+    return derive_key(m.secrets.derivation_key, report_key_dependencies(m, target, keyid))
