@@ -1,5 +1,5 @@
-"""MRENCLAVE: the SHA-256 over ECREATE, EADD and EEXTEND records, SDM 38.2
-(the "Update MRENCLAVE" steps of ECREATE, EADD and EEXTEND).
+"""MRENCLAVE: the SHA-256 over ECREATE, EADD and EEXTEND records (SDM
+ECREATE, EADD, EEXTEND: their "Update MRENCLAVE" steps).
 
 Each record is 64 bytes: an 8-byte tag, the page offset from the enclave
 base, then the leaf's data:

@@ -1,4 +1,5 @@
-"""EPC paging encryption for EWB / ELDB / ELDU (SDM 38.5).
+"""EPC paging encryption for EWB / ELDB / ELDU (SDM "EPC and Management of EPC
+Pages").
 
 The page is sealed with AES-128-GCM under the EVM's paging key; the nonce is
 the page's version (the value EWB stores in the VA slot), which never
