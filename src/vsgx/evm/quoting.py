@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import hmac
 import os
 import threading
 import weakref
@@ -79,6 +78,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vsgx.arch.constants import Attribute, KeyName, KeyPolicy
+from vsgx.arch.errors import SgxError
 from vsgx.arch.keyrequest import Keyrequest
 from vsgx.arch.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -104,9 +104,9 @@ from vsgx.arch.quote import (
 )
 from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, TARGETINFO_SIZE, Report, Targetinfo
 from vsgx.channel.evidence import Evidence, snp_evidence
-from vsgx.crypto.cmac import aes_cmac
+from vsgx.crypto.cmac import aes_cmac, report_mac, verify_report_mac
 from vsgx.crypto.collateral import Collateral, make_collateral
-from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
+from vsgx.crypto.keys import PKCS1_PADDING, derive_key
 from vsgx.crypto.pck import (
     PLATFORM_CA_NAME,
     TCB_SIGNING_NAME,
@@ -131,6 +131,7 @@ from vsgx.crypto.quote import (
     snp_report_data_for,
 )
 from vsgx.errors import StructureError, VsgxError
+from vsgx.evm import key_derivation
 from vsgx.evm.enclu import report_key_dependencies
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import data_dir
@@ -168,6 +169,7 @@ class EnclaveIdentity:
     cet_attributes: int = 0
     isvextprodid: bytes = bytes(16)
     isvfamilyid: bytes = bytes(16)
+    padding: bytes = PKCS1_PADDING  # what EINIT leaves in SECS.PADDING
 
     @classmethod
     def of_report(cls, report: Report | ReportBody) -> EnclaveIdentity:
@@ -192,41 +194,26 @@ PCE_IDENTITY = EnclaveIdentity(
     xfrm=VSGX_QE_XFRM, miscselect=0, isvprodid=VSGX_QE_ISVPRODID + 1, isvsvn=VSGX_PCE_ISVSVN)
 
 
-# -- EGETKEY as an enclave of a given identity executes it (enclu.egetkey) ------------
+# -- EGETKEY as an enclave of a given identity executes it ------------------------
+# The same key-derivation table as the leaf (vsgx.evm.key_derivation), read
+# for an identity instead of a live SECS: no second copy of the rules.
+def _egetkey(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
+    key = key_derivation.derive(machine, identity, request)  # type: ignore[arg-type]
+    if isinstance(key, SgxError):
+        raise VsgxError(f"EGETKEY for the {request.keyname} key refused it: {key.name}")
+    return key
+
+
 def report_key(machine: Machine, identity: EnclaveIdentity, keyid: bytes) -> bytes:
     """EGETKEY(REPORT_KEY) with KEYREQUEST.KEYID = ``keyid``."""
-    secrets = machine.secrets
-    deps = KeyDependencies(
-        keyname=KeyName.REPORT_KEY, attributes=identity.attributes, xfrm=identity.xfrm,
-        miscselect=identity.miscselect, ownerepoch=secrets.owner_epoch,
-        seal_key_fuses=secrets.seal_key_fuses, cpusvn=machine.config.cpusvn,
-        mrenclave=identity.mrenclave, configid=identity.configid,
-        configsvn=identity.configsvn, keyid=keyid, padding=PKCS1_PADDING,
-        cet_attributes=identity.cet_attributes)
-    return derive_key(secrets.derivation_key, deps)
+    return _egetkey(machine, identity, Keyrequest(keyname=KeyName.REPORT_KEY, keyid=keyid))
 
 
 def seal_key(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
     """EGETKEY(SEAL_KEY) without KSS policies (what QE3 asks for its QE_ID)."""
     if request.keypolicy & ~int(KeyPolicy.MRENCLAVE | KeyPolicy.MRSIGNER) or request.configsvn:
         raise VsgxError("this QE derives seal keys without KSS policies only")
-    if request.isvsvn > identity.isvsvn or any(
-            a > b for a, b in zip(request.cpusvn, machine.config.cpusvn, strict=True)):
-        raise VsgxError("the seal key request names a higher SVN than the platform's")
-    secrets, policy = machine.secrets, request.keypolicy
-    deps = KeyDependencies(
-        keyname=KeyName.SEAL_KEY, ownerepoch=secrets.owner_epoch,
-        seal_key_fuses=secrets.seal_key_fuses, padding=PKCS1_PADDING, cpusvn=request.cpusvn,
-        isvsvn=request.isvsvn, attributes=(request.attributemask | 0x3) & identity.attributes,
-        xfrm=request.xfrmmask & identity.xfrm,
-        miscselect=request.miscmask & identity.miscselect,
-        attributemask=request.attributemask, xfrmmask=request.xfrmmask,
-        miscmask=~request.miscmask & 0xFFFFFFFF, keyid=request.keyid, keypolicy=policy,
-        isvprodid=identity.isvprodid,
-        mrenclave=identity.mrenclave if policy & KeyPolicy.MRENCLAVE else bytes(32),
-        mrsigner=identity.mrsigner if policy & KeyPolicy.MRSIGNER else bytes(32),
-        cet_attributes_mask=request.cet_attributes_mask)
-    return derive_key(secrets.derivation_key, deps)
+    return _egetkey(machine, identity, request)
 
 
 def provision_key(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
@@ -234,15 +221,7 @@ def provision_key(machine: Machine, identity: EnclaveIdentity, request: Keyreque
     signer, the product and the SVNs, but not to the owner epoch."""
     if not identity.attributes & Attribute.PROVISIONKEY:
         raise VsgxError("only an enclave with PROVISIONKEY may derive the provisioning key")
-    deps = KeyDependencies(
-        keyname=KeyName.PROVISION_KEY, cpusvn=request.cpusvn, isvsvn=request.isvsvn,
-        attributes=(request.attributemask | 0x3) & identity.attributes,
-        xfrm=request.xfrmmask & identity.xfrm,
-        miscselect=request.miscmask & identity.miscselect,
-        attributemask=request.attributemask, xfrmmask=request.xfrmmask,
-        miscmask=~request.miscmask & 0xFFFFFFFF, mrsigner=identity.mrsigner,
-        isvprodid=identity.isvprodid, padding=PKCS1_PADDING, keyid=request.keyid)
-    return derive_key(machine.secrets.derivation_key, deps)
+    return _egetkey(machine, identity, request)
 
 
 def qe_id(machine: Machine) -> bytes:
@@ -424,7 +403,7 @@ class QuotingEnclave:
                       reportdata=reportdata, keyid=keyid).pack()[:REPORT_BODY_SIZE]
         key = derive_key(machine.secrets.derivation_key,
                          report_key_dependencies(machine, target, keyid))
-        return body + keyid + aes_cmac(key, body)
+        return body + keyid + report_mac(key, body)
 
     def _quote(self, report: bytes) -> bytes:
         body = self.verify_report(report)
@@ -449,7 +428,7 @@ class QuotingEnclave:
                                ) from None
         key = report_key(self.machine, QE_IDENTITY, parsed.keyid)
         body = bytes(report[:REPORT_BODY_SIZE])
-        if not hmac.compare_digest(aes_cmac(key, body), parsed.mac):
+        if not verify_report_mac(key, body, parsed.mac):
             raise QuotingError(QuoteStatus.INVALID_REPORT,
                                "the report's MAC does not verify: it was not made for this QE "
                                "on this platform, or it was altered")
