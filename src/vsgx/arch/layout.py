@@ -95,7 +95,9 @@ class Structure:
 T = TypeVar("T", bound=Structure)
 
 
-@dataclass_transform(field_specifiers=(u8, u16, u32, u64, u128, raw))
+# The field helpers return their default for type checkers (they are not
+# declared as field specifiers, whose defaults must be spelled ``default=``).
+@dataclass_transform()
 def structure(size: int) -> Callable[[type[T]], type[T]]:
     """Turn a class with offset-annotated fields into an SDM structure."""
 
@@ -166,12 +168,12 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
                 if getattr(self, name) & mask:
                     raise StructureError(f"{cls.__name__}.{name}: reserved bits set")
 
-        cls.SIZE = size  # type: ignore[attr-defined]
-        cls.FIELDS = order  # type: ignore[attr-defined]
-        cls.RESERVED = tuple(reserved)  # type: ignore[attr-defined]
-        cls.pack = pack  # type: ignore[attr-defined]
-        cls.unpack = classmethod(unpack)  # type: ignore[attr-defined]
-        cls.check_reserved_bits = check_reserved_bits  # type: ignore[attr-defined]
+        cls.SIZE = size
+        cls.FIELDS = order
+        cls.RESERVED = tuple(reserved)
+        setattr(cls, "pack", pack)  # noqa: B010 - generated methods replace the stubs
+        setattr(cls, "unpack", classmethod(unpack))  # noqa: B010
+        setattr(cls, "check_reserved_bits", check_reserved_bits)  # noqa: B010
         return cls
 
     return wrap

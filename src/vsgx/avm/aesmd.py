@@ -252,6 +252,7 @@ def decode(data: bytes, schema: Schema) -> dict[str, Any]:
         number, wire = key >> 3, key & 7
         if number == 0 or number > 0x1FFFFFFF:
             raise WireError(f"{schema.name}: field number {number}")
+        value: Any
         if wire == VARINT:
             value, at = _varint(data, at)
         elif wire == LENGTH:
@@ -625,7 +626,7 @@ class AesmdService:
         ``stop``."""
         if path is None and not abstract:
             raise VsgxError("aesmd needs a socket path, the abstract socket, or both")
-        listeners = []
+        listeners: list[Any] = []  # Unix listeners and the abstract one
         try:
             if path is not None:
                 listeners.append(listen(parse_address(f"unix:{path}", listening=True),

@@ -61,7 +61,7 @@ def encrypt_page(cipher: AESGCM, version: int, header: bytes,
     return sealed[:-MAC_SIZE], sealed[-MAC_SIZE:]
 
 
-def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes,
+def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes | memoryview,
                  mac: bytes) -> bytes | None:
     """The page, or None when the MAC does not verify."""
     try:
@@ -70,7 +70,7 @@ def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes,
         return None
 
 
-def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes,
+def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes | memoryview,
                       out: memoryview | bytearray) -> bool:
     """Decrypt ``sealed`` (ciphertext then MAC) into ``out``; False when the
     MAC does not verify (``out`` then holds no plaintext: it is zeroed)."""

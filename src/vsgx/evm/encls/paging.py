@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
+from typing import cast
 
 from vsgx.arch.constants import (
     PAGE_SHIFT,
@@ -32,7 +33,7 @@ from vsgx.crypto.paging import (
     paging_header,
     seal_page,
 )
-from vsgx.evm.enclave import EnclaveState
+from vsgx.evm.enclave import EnclaveMemory, EnclaveState
 from vsgx.evm.encls.build import give_pages
 from vsgx.evm.encls.operands import (
     DUPLICATE_LINEAR,
@@ -216,6 +217,7 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
                 append(_NOT_BLOCKED)
                 continue
             epoch = entry.block_epoch
+            assert encl is not None and encl.memory is not None  # a valid child page
             if encl is not last or epoch != last_epoch:
                 # what every page of this enclave and epoch needs (a batch is
                 # one of each, mostly): tracking cannot change under the lock
@@ -244,7 +246,7 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
             del encl.pages[linaddr]
             if encl.old:
                 encl.old.discard(linaddr)
-            encl.memory.release(offset)
+            encl.memory.release(offset)  # type: ignore[union-attr]  # checked above
             encl.child_count -= 1
             encl.note_change(linaddr)
         else:
@@ -282,6 +284,7 @@ def eld_pages(m: Machine, secs_page: int,
     results: list[SgxError | Fault] = []
     append = results.append
     secs: EnclaveState | None = None
+    memory: EnclaveMemory | None = None
     for epc_page, va_slot, linaddr, blob, pcmd in items:
         try:
             if epc_page & PAGE_OFFSET_MASK or not base <= epc_page < end:
@@ -312,7 +315,8 @@ def eld_pages(m: Machine, secs_page: int,
                         secs.pages, secs.old
                     deferred = secs.deferred if len(secs.deferred) else None
                     memory = secs.memory
-                    view = memory.view  # type: ignore[union-attr]
+                    assert memory is not None  # an enclave's memory lives as long as its SECS
+                    view = memory.view
                 encl = secs
                 eid = encl.eid
             elif page_type is PT_VA:
@@ -365,6 +369,7 @@ def eld_pages(m: Machine, secs_page: int,
             append(_SUCCESS)
             continue
         offset = linaddr - ebase
+        assert memory is not None  # set with ``secs`` for the first child page
         memory.reuse(offset)
         if not decrypt_page_into(cipher, version, header, sealed,
                                  view[offset:offset + PAGE_SIZE]):
@@ -404,7 +409,7 @@ def eldu_deferred(m: Machine, epc_page: int, secs_page: int, linaddr: int) -> No
     taken = encl.deferred.take(linaddr)
     if taken is None:
         raise gp(f"no deferred page at {linaddr:#x}", "not_deferred")
-    flags, fill = taken  # type: ignore[misc]
+    flags, fill = cast(tuple[int, int], taken)
     assert encl.memory is not None
     encl.memory.fill(linaddr - encl.base, 1, fill.to_bytes(4, "little") * (PAGE_SIZE // 4))
     give_pages(encl, [entry], linaddr, flags)
