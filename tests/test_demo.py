@@ -88,3 +88,67 @@ def test_a_missing_root_ca_is_named(tmp_path, monkeypatch):
     with pytest.raises(VsgxError, match=r"no root CA to verify the quote against at .*"
                        r"root-ca\.pem"):
         demo._root_ca(argparse.Namespace(), None)
+
+
+class _SnpBackend:
+    """An EVM's quoting calls, answering quote_ex with given SNP evidence."""
+
+    qe_init = qe_target_info = qe_quote_size = quote = launch_token = None
+
+    def __init__(self, result):
+        self.result = result
+
+    def quote_ex(self, report, qe_report_info=None, snp=False):
+        assert snp
+        return self.result
+
+
+def test_the_snp_step_verifies_the_binding_to_the_root(plain_enclave, tmp_path, monkeypatch,
+                                                        capsys):
+    """On an SEV-SNP EVM the step checks the report beside the quote: to the
+    root (a synthetic ARK trusted here in AMD's place) and its binding of
+    the QE's key; a report binding another key fails, so does one without
+    certificates."""
+    import functools
+
+    import test_snp
+    from vsgx.crypto import snp as snp_module
+    from vsgx.crypto.quote import QuoteResult, snp_report_data_for
+    from vsgx.evm.platform import PlatformConfig
+    from vsgx.evm.quoting import quoting_enclave
+    from vsgx.evm.vm import EnclaveVM
+    from vsgx.host import Avm, Enclave
+    from vsgx.host.attestation import get_quote, qe_target_info
+
+    from plain_ops import PlainEnclave
+
+    vm = EnclaveVM(PlatformConfig(), root_secret=bytes(32))
+    qe = quoting_enclave(vm, tmp_path / "attestation")
+    avm = Avm(vm)
+    try:
+        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        report = plain.ereport(qe_target_info(avm), bytes(64))
+        quote = get_quote(report, avm)
+        plain.enclave.destroy()
+    finally:
+        avm.close()
+    chain = test_snp.make_chain()
+    table = snp_module.make_certificate_table(chain.certificates)
+    monkeypatch.setattr(snp_module, "SnpPolicy", functools.partial(
+        snp_module.SnpPolicy, trusted_arks=(chain.ark,)))
+    args = argparse.Namespace(snp_certs=None, snp_min_tcb=None, snp_allow_debug=False,
+                              snp_measurement=None)
+    good = test_snp.make_report(chain.vcek_key, report_data=qe.snp_report_data)
+    wrong = test_snp.make_report(chain.vcek_key, report_data=snp_report_data_for(bytes(64)))
+    for snp_report, certificates, verdict in (
+            (good, table, "ok   SEV-SNP evidence binding the QE's key: the EVM's SNP report "
+                          "verifies to AMD's root"),
+            (wrong, table, "FAIL SEV-SNP evidence binding the QE's key does not verify: "
+                           "REPORT_DATA"),
+            (good, b"", "FAIL SEV-SNP evidence binding the QE's key came without "
+                        "certificates: give --snp-certs DIR")):
+        checks = demo._Checks()
+        demo._snp_binding(checks, args, _SnpBackend(QuoteResult(quote, None, snp_report,
+                                                                certificates)), report)
+        assert verdict in capsys.readouterr().out
+        assert bool(checks.failed) == verdict.startswith("FAIL")
