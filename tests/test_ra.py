@@ -307,6 +307,13 @@ def test_the_verifier_refuses_what_it_should_not_trust(production, sdk_enclave):
 
 
 def test_the_ra_bridges_refuse_pointers_into_the_enclave(production):
+    from vsgx.sdk.edl import load_edl
+
+    # Appended after the ECALLs tests and programs number by hand.
+    interface = load_edl(EDL)
+    assert [interface.ecall(name)[0] for name in ("ecall_spawn", "ecall_ra_begin",
+                                                  "ecall_ra_provision", "ecall_ra_use")] == \
+        [15, 16, 17, 18]
     enclave, _avm, _root = production
     inside = enclave.raw.base + 0x1000
     key = enclave.alloc(32, bytes(32))
