@@ -95,8 +95,9 @@ def _build(workdir: Path) -> tuple[Path, Path]:
     key = load_private_key(key_path)
     config = load_config_file(str(HELLO_DIR / "hello.toml"))
     outputs = []
-    for name, change in (("hello.signed.so", {}), ("hello-b.signed.so",
-                                                    {"tcs_count": 2, "isvprodid": 2})):
+    variants: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("hello.signed.so", {}), ("hello-b.signed.so", {"tcs_count": 2, "isvprodid": 2}))
+    for name, change in variants:
         signed = sign_enclave(unsigned.read_bytes(), replace(config, **change), key)
         write_file(workdir / name, signed.data)
         outputs.append(workdir / name)
@@ -162,11 +163,15 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
 
     printed: list[str] = []
 
+    def ocall_print(text: str) -> None:
+        printed.append(text)
+        print(f"    enclave says: {text}")
+
     # Production instances (DEBUG clear): what a verifier's policy asks for.
     def load(avm: Avm, path: Path = signed) -> Any:
         return Enclave.load(path, edl=edl, evm=avm, debug=False, ocalls={
-            "ocall_print": lambda text: (printed.append(text), print(f"    enclave says: {text}")),
-            "ocall_nop": lambda: None, "ocall_call_back": lambda x: x})
+            "ocall_print": ocall_print, "ocall_nop": lambda: None,
+            "ocall_call_back": lambda x: x})
 
     try:
         checks.title(f"connect to the EVM over attested TLS 1.3 ({address})")
