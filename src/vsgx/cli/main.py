@@ -199,10 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build, sign and run the bundled sample enclave in a "
                        "separate EVM process: ECALLs, OCALLs, an exception, sealing across an "
-                       "EVM restart, local attestation")
+                       "EVM restart, local and remote attestation")
     p.add_argument("--workdir", help="where to build and keep the files (default: a temporary "
                    "directory, removed at the end)")
     evm_client_args(p)  # --evm: use this running EVM instead of starting one
+    p.add_argument("--root-ca", metavar="PEM", help="the root CA to verify the EVM's quotes "
+                   "against (with --evm; default: the started EVM's own)")
 
     p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
     enclave_args(p)
