@@ -274,12 +274,13 @@ def is_sole(header: bytes) -> bool:
     return bool(header[8] & SOLE)
 
 
-def decode_body(message_type: Type, kind: Kind, request_id: int, body: bytes) -> Message:
+def decode_body(message_type: Type, kind: Kind, request_id: int,
+                body: bytes | memoryview) -> Message:
     layout = LAYOUTS[message_type]
     size = layout.fields.size
     if len(body) < size:
         raise ProtocolError(f"{message_type.name}: {len(body)} bytes, fields need {size}")
-    blob = body[size:]
+    blob = bytes(body[size:])
     if layout.blob is not None and len(blob) != layout.blob:
         raise ProtocolError(f"{message_type.name}: blob of {len(blob)} bytes, expected "
                             f"{layout.blob}")
