@@ -223,9 +223,12 @@ class SgxDriver:
         # Counted work: leaves sent ("eblock" counts pages, "eblock_calls"
         # calls), clock hand steps, reclaim batches.
         self.stats: Counter[str] = Counter()
-        self._batch = all(hasattr(evm, name) for name in (
+        # An EVM that may or may not have them (a channel's session) says so.
+        batch = getattr(evm, "batch_leaves", None)
+        self._batch = batch if batch is not None else all(hasattr(evm, name) for name in (
             "eadd_pages", "eadd_uniform", "eldu_deferred", "eblock_pages", "ewb_pages",
             "eldu_pages"))
+        self._uniform_limit = getattr(evm, "uniform_resident_limit", None)
 
     @property
     def free_epc_pages(self) -> int:
@@ -711,6 +714,8 @@ class SgxDriver:
             room = max(0, len(self._free) - RECLAIM_BATCH)
             room = room * VA_SLOTS // (VA_SLOTS + 1)
             now = min(count, room if resident is None else min(room, resident))
+            if self._uniform_limit is not None:
+                now = min(now, self._uniform_limit)  # what one message of it carries
             if now:
                 self._reserve_va(now)
                 if len(self._free) < now:
