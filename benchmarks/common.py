@@ -124,9 +124,79 @@ def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
     avm = None
     try:
         avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False))
+        avm.evm_pid = server.pid  # type: ignore[attr-defined]  # for cpu_seconds
         yield avm
     finally:
         if avm is not None:
             avm.close()
         server.terminate()
         server.wait()
+
+
+_ECHO_SERVER = """
+import socket, sys
+from vsgx.channel.identity import ServerIdentity
+from pathlib import Path
+context = ServerIdentity("none", Path(sys.argv[2])).context
+tls = context.wrap_socket(socket.socket(fileno=int(sys.argv[1])), server_side=True)
+size = int(sys.argv[3])
+while True:
+    data = tls.recv(65536)
+    if not data:
+        break
+    while len(data) < size:
+        data += tls.recv(65536)
+    tls.sendall(data)
+"""
+
+
+def tls_ping_pong_us(count: int, size: int, workdir: Path) -> dict[str, float]:
+    """The floor of any channel round trip here: Python's ssl (TLS 1.3, the
+    channel's own contexts) over a Unix socket pair to an echo process,
+    blocking sockets, ``size`` bytes each way, no framing. p50/p99 in us."""
+    import socket
+
+    from vsgx.channel.transport import client_context
+
+    ours, theirs = socket.socketpair()
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, str(theirs.fileno()),
+                             str(workdir / "echo-key.pem"), str(size)],
+                            pass_fds=(theirs.fileno(),))
+    theirs.close()
+    tls = client_context().wrap_socket(ours, server_side=False)
+    message = b"x" * size
+
+    def once() -> None:
+        tls.sendall(message)
+        got = 0
+        while got < size:
+            got += len(tls.recv(65536))
+
+    try:
+        return summary_us(latencies_us(once, count))
+    finally:
+        tls.close()
+        echo.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its live children (an
+    EVM and its runner processes), from /proc; 0 where /proc is missing."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == pid or int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0.0
+    return total / ticks
