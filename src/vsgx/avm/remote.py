@@ -34,11 +34,14 @@ from vsgx.channel import (
 )
 from vsgx.channel.evidence import KIND_NONE, one_line
 from vsgx.channel.messages import (
+    ADD_RUN,
     BATCH_VERSION,
     ELDU_ITEM,
     EVICTED,
     MAX_ADD_BATCH,
+    MAX_ADD_RUNS,
     MAX_BLOCK_BATCH,
+    MAX_BODY,
     MAX_ELDU_BATCH,
     MAX_EWB_BATCH,
     MAX_PUSHED_PAGES,
@@ -85,6 +88,7 @@ _TEARDOWN = {Type.EREMOVE: Message(Type.STATUS, (0, 0)), Type.DESTROY: Message(T
 
 # EXIT's fields: aex, valid, interrupt, vector, error code, address, registers
 _EXIT_FIELDS = 6 + 20
+_RUNS_FIELDS = 12  # EADD_RUNS's fields: secs, count
 
 
 @dataclass(slots=True)
@@ -344,6 +348,38 @@ class RemoteEvm:
             self._call(Type.EADD_PAGES, (secs_page, linaddr + first * PAGE_SIZE, int(measure),
                                          bytes(secinfo), len(chunk)),
                        pack_u64s(chunk) + bytes(data))
+
+    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+                  ) -> list[SgxError | Fault]:
+        """The in-process eadd_runs over the channel: as many runs per
+        EADD_RUNS as fit one message, in order."""
+        self._batched("EADD_RUNS")
+        results: list[Any] = []
+        parts: list[bytes] = []
+        size = count = 0
+        for linaddr, pages, secinfo, measure, fill, data, epcs in runs:
+            record = [ADD_RUN.pack(linaddr, pages, len(epcs), fill or 0, int(data is None),
+                                   int(measure), bytes(secinfo)), pack_u64s(list(epcs))]
+            if data is not None:
+                record.append(bytes(data))
+            length = sum(map(len, record))
+            if _RUNS_FIELDS + length > MAX_BODY:
+                raise VsgxError("EADD_RUNS: a run does not fit one message")
+            if count and (_RUNS_FIELDS + size + length > MAX_BODY or count == MAX_ADD_RUNS):
+                if not self._send_runs(secs_page, count, parts, results):
+                    return results
+                parts, size, count = [], 0, 0
+            parts += record
+            size += length
+            count += 1
+        if count:
+            self._send_runs(secs_page, count, parts, results)
+        return results
+
+    def _send_runs(self, secs_page: int, count: int, parts: list[bytes], results: list[Any]
+                   ) -> bool:
+        reply = self._call(Type.EADD_RUNS, (secs_page, count), b"".join(parts))
+        return self._outcome(*decode_statuses(reply), results)
 
     # EPC pages an EADD_UNIFORM may give resident pages (the driver asks).
     uniform_resident_limit = MAX_UNIFORM_RESIDENT

@@ -125,6 +125,7 @@ class Type(IntEnum):
     ELDU_PAGES = 79
     TEST_AND_CLEAR_YOUNG = 80  # accessed bits of an enclave's pages, read and cleared
     YOUNG = 81  # its reply: whether the EVM can tell, and one byte per page
+    EADD_RUNS = 82  # several runs of EADDs (uniform or with their pages) in one request
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,10 @@ LAYOUTS: dict[Type, Layout] = {
     Type.ELDU_PAGES: _layout("QI", None),
     Type.TEST_AND_CLEAR_YOUNG: _layout("QI", None),  # secs, count; blob: LINADDRs (u64)
     Type.YOUNG: _layout("II", None),  # known, count; blob: count bytes, 1 = touched
+    # secs, count; blob: count ADD_RUN records, each followed by its EPC
+    # pages (u64 each) and, unless it is uniform, its pages. Reply: STATUSES
+    # with one status per run done.
+    Type.EADD_RUNS: _layout("QI", None),
 }
 
 # Which requests each protocol version has (replies follow their requests).
@@ -228,7 +233,7 @@ V2_TYPES = frozenset({Type.QE_TARGET_INFO, Type.TARGET_INFO, Type.QE_QUOTE_SIZE,
 V3_TYPES = frozenset({Type.EXIT_PAGES, Type.PAGE_WRITEBACKS, Type.EADD_PAGES,
                       Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EBLOCK_PAGES, Type.STATUSES,
                       Type.EWB_PAGES, Type.EVICTED_PAGES, Type.ELDU_PAGES,
-                      Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG})
+                      Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS})
 
 
 _INTRODUCED = {t: BATCH_VERSION if t in V3_TYPES else QUOTING_VERSION if t in V2_TYPES else 1
@@ -401,6 +406,9 @@ MAX_USED_PAGES = MAX_PUSHED_PAGES  # pages an EXIT_PAGES names as used
 WRITEBACK = struct.Struct("<QI4x")  # page, length of its runs
 EVICTED = struct.Struct("<IIQ128s")  # status, has a ciphertext, LINADDR, PCMD
 ELDU_ITEM = struct.Struct("<QQQ128s")  # EPC page, VA slot, LINADDR, PCMD
+# LINADDR, count, resident (EPC pages that follow), fill, uniform, measure, SECINFO
+ADD_RUN = struct.Struct("<QQIIBB6x64s")
+MAX_ADD_RUNS = 4096  # runs in one EADD_RUNS
 _U64 = struct.Struct("<Q")
 
 
@@ -415,9 +423,9 @@ def unpack_u64s(blob: bytes | memoryview, count: int, what: str) -> tuple[int, .
     return struct.unpack_from(f"<{count}Q", blob)
 
 
-def check_count(what: str, count: int, limit: int) -> None:
+def check_count(what: str, count: int, limit: int, unit: str = "pages") -> None:
     if count > limit:
-        raise ProtocolError(f"{what}: a batch of {count} pages; at most {limit} go in one")
+        raise ProtocolError(f"{what}: a batch of {count} {unit}; at most {limit} go in one")
 
 
 def encode_writebacks(records: list[tuple[int, bytes]]) -> bytes:

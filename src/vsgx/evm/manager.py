@@ -50,11 +50,13 @@ from vsgx.channel import (
     reply_to,
 )
 from vsgx.channel.messages import (
+    ADD_RUN,
     BATCH_VERSION,
     ELDU_ITEM,
     EVICTED,
     HEADER_SIZE,
     MAX_ADD_BATCH,
+    MAX_ADD_RUNS,
     MAX_BLOCK_BATCH,
     MAX_ELDU_BATCH,
     MAX_EWB_BATCH,
@@ -276,6 +278,7 @@ class Session:
             Type.ELDU_DEFERRED: self._eldu_deferred, Type.EBLOCK_PAGES: self._eblock_pages,
             Type.EWB_PAGES: self._ewb_pages, Type.ELDU_PAGES: self._eldu_pages,
             Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
+            Type.EADD_RUNS: self._eadd_runs,
         }
 
     # -- ownership -----------------------------------------------------------
@@ -523,6 +526,38 @@ class Session:
         self.vm.eadd_uniform(self._secs(secs), linaddr, count, secinfo, fill, bool(measure),
                              epcs)
         return self._ok(m)
+
+    def _eadd_runs(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("EADD_RUNS", count, MAX_ADD_RUNS, "runs")
+        view = memoryview(m.blob)
+        runs = []
+        epcs: list[int] = []
+        position = 0
+        for _ in range(count):
+            if position + ADD_RUN.size > len(view):
+                raise ProtocolError("EADD_RUNS: a run is cut short")
+            linaddr, pages, resident, fill, uniform, measure, secinfo = ADD_RUN.unpack_from(
+                view, position)
+            position += ADD_RUN.size
+            if resident > pages or (not uniform and resident != pages):
+                raise ProtocolError(f"EADD_RUNS: a run of {pages} pages with {resident} EPC "
+                                    "pages")
+            run_epcs = unpack_u64s(view[position:], resident, "EADD_RUNS")
+            position += 8 * resident
+            data = None
+            if not uniform:
+                size = pages * PAGE_SIZE
+                if position + size > len(view):
+                    raise ProtocolError("EADD_RUNS: a run's pages are cut short")
+                data = view[position:position + size]
+                position += size
+            runs.append((linaddr, pages, bytes(secinfo), bool(measure), fill, data, run_epcs))
+            epcs.extend(run_epcs)
+        if position != len(view):
+            raise ProtocolError("EADD_RUNS: the runs do not add up to the blob")
+        self._own_all(tuple(epcs))
+        return self._statuses(m, self.vm.eadd_runs(self._secs(secs), runs))
 
     def _eldu_deferred(self, m: Message) -> Message:
         epc, secs, linaddr = m.fields

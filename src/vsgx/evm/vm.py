@@ -114,6 +114,33 @@ class EnclaveVM:
             encls.eadd_uniform(self.machine, secs_page, linaddr, count, secinfo, fill, measure,
                                epc_pages)
 
+    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+                  ) -> list[SgxError | Fault]:
+        """Several runs of EADDs in one call (the pages a program queued
+        with ENCLAVE_ADD_PAGES). A run is (LINADDR, count, SECINFO, measure,
+        fill, data, EPC pages): with ``data``, ``count`` pages from it, one
+        EPC page each (eadd_pages; a TCS run is one page, through eadd);
+        without, ``count`` pages of the 32-bit ``fill``, the first
+        ``len(EPC pages)`` resident (eadd_uniform). Each run is all or
+        nothing; SUCCESS per run done, and a Fault (last) ends the list."""
+        results: list[SgxError | Fault] = []
+        for linaddr, count, secinfo, measure, fill, data, epc_pages in runs:
+            try:
+                if data is None:
+                    self.eadd_uniform(secs_page, linaddr, count, secinfo, fill, measure,
+                                      epc_pages)
+                elif int.from_bytes(secinfo[:8], "little") >> 8 & 0xFF == PageType.REG:
+                    self.eadd_pages(list(epc_pages), secs_page, linaddr, data, secinfo, measure)
+                else:
+                    if count != 1 or len(epc_pages) != 1 or len(data) != PAGE_SIZE:
+                        raise gp("a run of pages other than PT_REG is one page")
+                    self.eadd(epc_pages[0], secs_page, linaddr, bytes(data), secinfo, measure)
+            except Fault as fault:
+                results.append(fault)
+                break
+            results.append(SgxError.SUCCESS)
+        return results
+
     def eldu_deferred(self, epc_page: int, secs_page: int, linaddr: int) -> None:
         with self.machine.lock:
             encls.eldu_deferred(self.machine, epc_page, secs_page, linaddr)
