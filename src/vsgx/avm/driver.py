@@ -767,6 +767,7 @@ class SgxDriver:
         if eadd_runs is None:
             done = 0
             for run in runs:
+                before = self._present(encl, run)
                 try:
                     if run.data is None:
                         self.add_uniform_pages(encl, run.offset, run.count, run.fill,
@@ -774,22 +775,20 @@ class SgxDriver:
                     else:
                         self.add_pages(encl, run.offset, bytes(run.data), run.secinfo,
                                        run.measure)
-                except DriverError as exc:
-                    return done + self._added_of(encl, run), exc
+                except DriverError as exc:  # batches of the run before it may be in
+                    return done + self._present(encl, run) - before, exc
                 done += run.count
             return done, None
         with encl.lock, self._lock:
             return self._add_runs(encl, runs, eadd_runs)
 
     @staticmethod
-    def _added_of(encl: DriverEnclave, run: AddRun) -> int:
-        """How many pages of ``run`` are added (from its start: adds go in order)."""
+    def _present(encl: DriverEnclave, run: AddRun) -> int:
+        """How many pages of ``run``'s range the enclave has."""
         first = encl.base + run.offset
-        done = 0
-        while done < run.count and (first + done * PAGE_SIZE in encl.pages
-                                    or encl.deferred.get(first + done * PAGE_SIZE) is not None):
-            done += 1
-        return done
+        pages = (first + n * PAGE_SIZE for n in range(run.count))
+        return sum(1 for page in pages if page in encl.pages
+                   or encl.deferred.get(page) is not None)
 
     def _split(self, runs: list[AddRun]) -> list[AddRun]:
         """Runs as the EVM takes them: a TCS page on its own, data runs of
