@@ -134,14 +134,17 @@ def test_a_version_3_session_pages_with_batch_messages(serve, heap_enclave):
         assert len(enclave.handle.deferred) > 4 * EPC_PAGES - EPC_PAGES
         sweep(enclave)
         assert avm.driver.evictions > 4 * EPC_PAGES and avm.driver.reloads > 0
-        assert {Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EBLOCK_PAGES, Type.EWB_PAGES,
-                Type.ELDU_PAGES, Type.TEST_AND_CLEAR_YOUNG} <= set(sent)
+        assert {Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EVICT_PAGES, Type.ELDU_PAGES,
+                Type.TEST_AND_CLEAR_YOUNG} <= set(sent)
         assert not SINGLE_PAGING & set(sent)
         # Single EADDs only for TCS pages (added one by one, as in-process).
         assert sent.count(Type.EADD) == len(enclave.tcs)
-        # One EWB_PAGES per reclaimer batch, not one message per page.
-        assert sent.count(Type.EWB_PAGES) <= avm.driver.stats["ewb_calls"]
-        assert avm.driver.stats["ewb"] >= 8 * sent.count(Type.EWB_PAGES)
+        # A reclaimer's batch (EBLOCK, ETRACK, EWB of up to 16) is one
+        # EVICT_PAGES, not a message per page or per leaf.
+        stats = avm.driver.stats
+        assert sent.count(Type.EVICT_PAGES) == stats["eblock_calls"]
+        assert stats["ewb"] >= 8 * sent.count(Type.EVICT_PAGES)
+        assert sent.count(Type.ETRACK) <= sent.count(Type.EWB_PAGES)  # retries only
         enclave.destroy()
     finally:
         avm.close()
@@ -216,6 +219,8 @@ def test_batch_requests_refuse_foreign_epc_pages_whole(session):
              pack_u64s([foreign, own, enclave.base]) + bytes(128) + bytes(4096), violation,
              outside)
     _refused(remote, Type.ELDU_DEFERRED, (foreign, secs, enclave.base), b"", violation, outside)
+    _refused(remote, Type.EVICT_PAGES, (secs, 2), pack_u64s([own, own + 8, foreign, own + 16]),
+             violation, outside)
     # The enclave of another SECS is not this session's either.
     _refused(remote, Type.TEST_AND_CLEAR_YOUNG, (foreign, 1), pack_u64s([enclave.base]),
              violation, "not an enclave of this session")
@@ -232,6 +237,9 @@ def test_oversized_and_inconsistent_batches_are_refused(session):
              pack_u64s([own] * (MAX_BLOCK_BATCH + 1)), protocol,
              f"a batch of {MAX_BLOCK_BATCH + 1} pages; at most {MAX_BLOCK_BATCH} go in one")
     _refused(remote, Type.EWB_PAGES, (MAX_EWB_BATCH + 1,),
+             pack_u64s([own, own + 8] * (MAX_EWB_BATCH + 1)), protocol,
+             f"at most {MAX_EWB_BATCH} go in one")
+    _refused(remote, Type.EVICT_PAGES, (enclave.handle.secs_page, MAX_EWB_BATCH + 1),
              pack_u64s([own, own + 8] * (MAX_EWB_BATCH + 1)), protocol,
              f"at most {MAX_EWB_BATCH} go in one")
     _refused(remote, Type.EBLOCK_PAGES, (3,), pack_u64s([own]), protocol,

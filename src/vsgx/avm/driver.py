@@ -440,23 +440,46 @@ class SgxDriver:
         return touched if touched is not None else [False] * len(pages)
 
     def _evict_batch(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
-        """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages)."""
+        """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages); in one
+        call where the EVM has evict_pages (one round trip on a channel)."""
         pages = [p for p in pages if p.epc is not None]
-        statuses = self._eblock([p.epc for p in pages])  # type: ignore[misc]
-        blocked = []
-        for page, status in zip(pages, statuses, strict=False):
-            if status in (SgxError.SUCCESS, SgxError.BLKSTATE):
-                blocked.append(page)
-            else:
+        evict = getattr(self.evm, "evict_pages", None) if self._batch else None
+        if evict is not None and pages:
+            taken = [self._take_va_slot() for _ in pages]
+            self.stats["eblock"] += len(pages)
+            self.stats["eblock_calls"] += 1
+            statuses, track, results = evict(encl.secs_page, [
+                (p.epc, va + 8 * i) for p, (va, i) in zip(pages, taken, strict=True)])
+            blocked, slots = [], []
+            for n, page in enumerate(pages):
+                status = statuses[n] if n < len(statuses) else None
+                if status is SgxError.SUCCESS or status is SgxError.BLKSTATE:
+                    blocked.append(page)
+                    slots.append(taken[n])
+                else:
+                    self._give_va_slot(*taken[n])
+                    self._on_the_clock(encl, page, False)
+            if not blocked:
+                return 0
+            self.stats["etrack"] += track is not None
+            self.stats["ewb"] += len(blocked)
+            self.stats["ewb_calls"] += 1
+        else:
+            statuses = self._eblock([p.epc for p in pages])  # type: ignore[misc]
+            blocked = []
+            for page, status in zip(pages, statuses, strict=False):
+                if status in (SgxError.SUCCESS, SgxError.BLKSTATE):
+                    blocked.append(page)
+                else:
+                    self._on_the_clock(encl, page, False)
+            for page in pages[len(statuses):]:
                 self._on_the_clock(encl, page, False)
-        for page in pages[len(statuses):]:
-            self._on_the_clock(encl, page, False)
-        if not blocked:
-            return 0
-        slots = [self._take_va_slot() for _ in blocked]
-        self._etrack(encl)
-        results = self._ewb([(p.epc, va + 8 * i) for p, (va, i)  # type: ignore[misc]
-                             in zip(blocked, slots, strict=True)])
+            if not blocked:
+                return 0
+            slots = [self._take_va_slot() for _ in blocked]
+            self._etrack(encl)
+            results = self._ewb([(p.epc, va + 8 * i) for p, (va, i)  # type: ignore[misc]
+                                 in zip(blocked, slots, strict=True)])
         retry = [n for n, r in enumerate(results)
                  if not isinstance(r, Fault) and r[0] is SgxError.NOT_TRACKED]
         if retry and self._complete_tracking(encl):

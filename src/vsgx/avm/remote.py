@@ -38,6 +38,7 @@ from vsgx.channel.messages import (
     BATCH_VERSION,
     ELDU_ITEM,
     EVICTED,
+    FAULT_IN_EBLOCK,
     MAX_ADD_BATCH,
     MAX_ADD_RUNS,
     MAX_BLOCK_BATCH,
@@ -48,6 +49,7 @@ from vsgx.channel.messages import (
     MAX_UNIFORM_RESIDENT,
     MAX_YOUNG_BATCH,
     MIN_PROTOCOL_VERSION,
+    NOT_RUN,
     PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_WANT_QE_REPORT,
@@ -61,6 +63,7 @@ from vsgx.channel.messages import (
     decode_writebacks,
     encode_pages,
     pack_u64s,
+    unpack_u32s,
     unpack_u64s,
 )
 from vsgx.crypto.quote import QuoteGenerationError, QuoteResult
@@ -409,6 +412,23 @@ class RemoteEvm:
                 break
         return results
 
+    @staticmethod
+    def _evicted(blob: bytes, position: int, count: int, results: list[Any]) -> int:
+        """Decode ``count`` EVICTED records at ``position``; where they end."""
+        for _ in range(count):
+            if position + EVICTED.size > len(blob):
+                raise ChannelError("the EVM's evicted pages are cut short")
+            status, has_page, linaddr, pcmd = EVICTED.unpack_from(blob, position)
+            position += EVICTED.size
+            evicted = None
+            if has_page:
+                if position + PAGE_SIZE > len(blob):
+                    raise ChannelError("the EVM's evicted pages are cut short")
+                evicted = RemoteEvicted(blob[position:position + PAGE_SIZE], pcmd, linaddr)
+                position += PAGE_SIZE
+            results.append((SgxError(status), evicted))
+        return position
+
     def ewb_pages(self, pairs: list[tuple[int, int]]
                   ) -> list[tuple[SgxError, RemoteEvicted | None] | Fault]:
         self._batched("EWB_PAGES")
@@ -418,25 +438,32 @@ class RemoteEvm:
             reply = self._call(Type.EWB_PAGES, (len(chunk),),
                                pack_u64s([value for pair in chunk for value in pair]))
             count, faulted, vector, error_code, address = reply.fields
-            blob = reply.blob
-            position = 0
-            for _ in range(count):
-                if position + EVICTED.size > len(blob):
-                    raise ChannelError("the EVM's EVICTED_PAGES is cut short")
-                status, has_page, linaddr, pcmd = EVICTED.unpack_from(blob, position)
-                position += EVICTED.size
-                evicted = None
-                if has_page:
-                    if position + PAGE_SIZE > len(blob):
-                        raise ChannelError("the EVM's EVICTED_PAGES is cut short")
-                    evicted = RemoteEvicted(blob[position:position + PAGE_SIZE], pcmd, linaddr)
-                    position += PAGE_SIZE
-                results.append((SgxError(status), evicted))
+            position = self._evicted(reply.blob, 0, count, results)
             if faulted:
                 results.append(Fault(Vector(vector), error_code, address,
-                                     blob[position:].decode(errors="replace")))
+                                     reply.blob[position:].decode(errors="replace")))
                 break
         return results
+
+    def evict_pages(self, secs_page: int, pairs: list[tuple[int, int]]
+                    ) -> tuple[list[Any], SgxError | None, list[Any]]:
+        """The in-process evict_pages (EBLOCK, ETRACK, EWB of a reclaimer's
+        batch) in one round trip."""
+        self._batched("EVICT_PAGES")
+        if len(pairs) > MAX_EWB_BATCH:
+            raise VsgxError(f"EVICT_PAGES: at most {MAX_EWB_BATCH} pages in one batch")
+        reply = self._call(Type.EVICT_PAGES, (secs_page, len(pairs)),
+                           pack_u64s([value for pair in pairs for value in pair]))
+        blocked, track, evicted, where, vector, error_code, address = reply.fields
+        blocks: list[Any] = [SgxError(code) for code in
+                             unpack_u32s(reply.blob, blocked, "EVICT_RESULT")]
+        evictions: list[Any] = []
+        position = self._evicted(reply.blob, 4 * blocked, evicted, evictions)
+        if where:
+            fault = Fault(Vector(vector), error_code, address,
+                          reply.blob[position:].decode(errors="replace"))
+            (blocks if where == FAULT_IN_EBLOCK else evictions).append(fault)
+        return blocks, None if track == NOT_RUN else SgxError(track), evictions
 
     def eldu_pages(self, secs_page: int,
                    items: list[tuple[int, int, int, bytes | memoryview, bytes]]

@@ -126,6 +126,8 @@ class Type(IntEnum):
     TEST_AND_CLEAR_YOUNG = 80  # accessed bits of an enclave's pages, read and cleared
     YOUNG = 81  # its reply: whether the EVM can tell, and one byte per page
     EADD_RUNS = 82  # several runs of EADDs (uniform or with their pages) in one request
+    EVICT_PAGES = 83  # EBLOCK each, one ETRACK, EWB of the blocked: a reclaimer's batch
+    EVICT_RESULT = 84  # its reply
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,12 @@ LAYOUTS: dict[Type, Layout] = {
     # pages (u64 each) and, unless it is uniform, its pages. Reply: STATUSES
     # with one status per run done.
     Type.EADD_RUNS: _layout("QI", None),
+    Type.EVICT_PAGES: _layout("QI", None),  # secs, count; blob: (EPC page, VA slot) u64 pairs
+    # EBLOCK results, ETRACK status (NOT_RUN if nothing was blocked), EWB
+    # results, where a fault ended it (FAULT_IN_*) and the fault; blob: the
+    # EBLOCK statuses (u32), the EVICTED records (with their ciphertexts),
+    # then the fault's reason
+    Type.EVICT_RESULT: _layout("IIIIIIQ", None),
 }
 
 # Which requests each protocol version has (replies follow their requests).
@@ -233,7 +241,8 @@ V2_TYPES = frozenset({Type.QE_TARGET_INFO, Type.TARGET_INFO, Type.QE_QUOTE_SIZE,
 V3_TYPES = frozenset({Type.EXIT_PAGES, Type.PAGE_WRITEBACKS, Type.EADD_PAGES,
                       Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EBLOCK_PAGES, Type.STATUSES,
                       Type.EWB_PAGES, Type.EVICTED_PAGES, Type.ELDU_PAGES,
-                      Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS})
+                      Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS,
+                      Type.EVICT_PAGES, Type.EVICT_RESULT})
 
 
 _INTRODUCED = {t: BATCH_VERSION if t in V3_TYPES else QUOTING_VERSION if t in V2_TYPES else 1
@@ -409,6 +418,8 @@ ELDU_ITEM = struct.Struct("<QQQ128s")  # EPC page, VA slot, LINADDR, PCMD
 # LINADDR, count, resident (EPC pages that follow), fill, uniform, measure, SECINFO
 ADD_RUN = struct.Struct("<QQIIBB6x64s")
 MAX_ADD_RUNS = 4096  # runs in one EADD_RUNS
+NOT_RUN = 0xFFFFFFFF  # EVICT_RESULT's ETRACK status when nothing was blocked
+FAULT_IN_EBLOCK, FAULT_IN_EWB = 1, 2
 _U64 = struct.Struct("<Q")
 
 

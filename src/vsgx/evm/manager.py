@@ -54,6 +54,8 @@ from vsgx.channel.messages import (
     BATCH_VERSION,
     ELDU_ITEM,
     EVICTED,
+    FAULT_IN_EBLOCK,
+    FAULT_IN_EWB,
     HEADER_SIZE,
     MAX_ADD_BATCH,
     MAX_ADD_RUNS,
@@ -63,6 +65,7 @@ from vsgx.channel.messages import (
     MAX_UNIFORM_RESIDENT,
     MAX_USED_PAGES,
     MAX_YOUNG_BATCH,
+    NOT_RUN,
     PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_FLAGS,
@@ -278,7 +281,7 @@ class Session:
             Type.ELDU_DEFERRED: self._eldu_deferred, Type.EBLOCK_PAGES: self._eblock_pages,
             Type.EWB_PAGES: self._ewb_pages, Type.ELDU_PAGES: self._eldu_pages,
             Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
-            Type.EADD_RUNS: self._eadd_runs,
+            Type.EADD_RUNS: self._eadd_runs, Type.EVICT_PAGES: self._evict_pages,
         }
 
     # -- ownership -----------------------------------------------------------
@@ -585,6 +588,10 @@ class Session:
         self._own_all(flat[1::2], "VA slot")
         results, fault = self._fault_of(self.vm.ewb_pages(list(zip(flat[0::2], flat[1::2],
                                                                       strict=True))))
+        fields, reason = encode_outcome(len(results), fault)
+        return reply_to(m, Type.EVICTED_PAGES, fields, self._evicted_records(results) + reason)
+
+    def _evicted_records(self, results: list) -> bytes:  # type: ignore[type-arg]
         parts = []
         for status, evicted in results:
             if evicted is None:
@@ -592,8 +599,30 @@ class Session:
             else:
                 parts.append(EVICTED.pack(int(status), 1, evicted.linaddr, evicted.pcmd))
                 parts.append(evicted.sealed[:PAGE_SIZE])
-        fields, reason = encode_outcome(len(results), fault)
-        return reply_to(m, Type.EVICTED_PAGES, fields, b"".join(parts) + reason)
+        return b"".join(parts)
+
+    def _evict_pages(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("EVICT_PAGES", count, MAX_EWB_BATCH)
+        if len(m.blob) != 16 * count:
+            raise ProtocolError(f"EVICT_PAGES: {count} pages announced, {len(m.blob) // 16} "
+                                "sent")
+        flat = unpack_u64s(m.blob, 2 * count, "EVICT_PAGES")
+        self._own_all(flat[0::2])
+        self._own_all(flat[1::2], "VA slot")
+        blocks, track, evictions = self.vm.evict_pages(
+            self._secs(secs), list(zip(flat[0::2], flat[1::2], strict=True)))
+        blocks, fault = self._fault_of(blocks)
+        where = FAULT_IN_EBLOCK if fault is not None else 0
+        if fault is None:
+            evictions, fault = self._fault_of(evictions)
+            where = FAULT_IN_EWB if fault is not None else 0
+        vector, error_code, address, reason = fault or (0, 0, 0, "")
+        return reply_to(m, Type.EVICT_RESULT,
+                        (len(blocks), NOT_RUN if track is None else int(track), len(evictions),
+                         where, vector, error_code & 0xFFFFFFFF, address & ((1 << 64) - 1)),
+                        struct.pack(f"<{len(blocks)}I", *map(int, blocks))
+                        + self._evicted_records(evictions) + reason.encode()[:2000])
 
     def _eldu_pages(self, m: Message) -> Message:
         secs, count = m.fields

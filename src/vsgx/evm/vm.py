@@ -194,6 +194,23 @@ class EnclaveVM:
         with self.machine.lock:
             return encls.ewb_pages(self.machine, pairs)
 
+    def evict_pages(self, secs_page: int, pairs: list[tuple[int, int]]
+                    ) -> tuple[list[SgxError | Fault], SgxError | None,
+                               list[tuple[SgxError, EvictedPage | None] | Fault]]:
+        """A reclaimer's batch in one call (Linux's sgx_reclaim_pages): EBLOCK
+        of each EPC page; if any is blocked (SUCCESS or BLKSTATE), one
+        ETRACK of the enclave and EWB of those pages into their VA slots.
+        Returns the EBLOCK results, the ETRACK status (None if none was
+        blocked) and the EWB results of the blocked pages, in order; a Fault
+        ends either list (and the call)."""
+        blocks = self.eblock_pages([epc for epc, _ in pairs])
+        blocked = [pair for pair, status in zip(pairs, blocks, strict=False)
+                   if status is SgxError.SUCCESS or status is SgxError.BLKSTATE]
+        if not blocked or (blocks and isinstance(blocks[-1], Fault)):
+            return blocks, None, []
+        track = self.etrack(secs_page)
+        return blocks, track, self.ewb_pages(blocked)
+
     def eldu_pages(self, secs_page: int,
                    items: list[tuple[int, int, int, bytes | memoryview, bytes]]
                    ) -> list[SgxError | Fault]:
