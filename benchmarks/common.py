@@ -102,9 +102,11 @@ def bar_plot(name: str, title: str, labels: Sequence[str], values: Sequence[floa
 
 
 @contextlib.contextmanager
-def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
+def evm_process(workdir: Path, executor: str = "unicorn", *extra: str,
+                protocol_version: int | None = None) -> Iterator[object]:
     """`vsgx evm serve` on a Unix socket in ``workdir`` (root secret zero, as
-    the in-process runs use), and an AVM connected to it."""
+    the in-process runs use; ``extra`` options added), and an AVM connected
+    to it (offering ``protocol_version``: an older AVM's)."""
     from vsgx.avm.remote import connect_evm
     from vsgx.channel import EvidencePolicy
     from vsgx.host import Avm
@@ -115,7 +117,7 @@ def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
     (data / "platform-root-secret").chmod(0o600)
     address = f"unix:{workdir / 'evm.sock'}"
     server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
-                               "--data-dir", str(data), "--executor", executor],
+                               "--data-dir", str(data), "--executor", executor, *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert server.stdout is not None
     server.stdout.readline()
@@ -123,7 +125,8 @@ def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
     threading.Thread(target=server.stdout.read, daemon=True).start()
     avm = None
     try:
-        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False))
+        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False,
+                              protocol_version=protocol_version))
         avm.evm_pid = server.pid  # type: ignore[attr-defined]  # for cpu_seconds
         yield avm
     finally:
