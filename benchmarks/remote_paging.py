@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import bar_plot, evm_process, print_table, save
 from load import EPC_PAGES, sign, size_of
+
+from common import bar_plot, evm_process, print_table, save
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
