@@ -102,9 +102,11 @@ def bar_plot(name: str, title: str, labels: Sequence[str], values: Sequence[floa
 
 
 @contextlib.contextmanager
-def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
+def evm_process(workdir: Path, executor: str = "unicorn", *extra: str,
+                protocol_version: int | None = None) -> Iterator[object]:
     """`vsgx evm serve` on a Unix socket in ``workdir`` (root secret zero, as
-    the in-process runs use), and an AVM connected to it."""
+    the in-process runs use; ``extra`` options added), and an AVM connected
+    to it (offering ``protocol_version``: an older AVM's)."""
     from vsgx.avm.remote import connect_evm
     from vsgx.channel import EvidencePolicy
     from vsgx.host import Avm
@@ -115,7 +117,7 @@ def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
     (data / "platform-root-secret").chmod(0o600)
     address = f"unix:{workdir / 'evm.sock'}"
     server = subprocess.Popen([sys.executable, "-m", "vsgx", "evm", "serve", "--listen", address,
-                               "--data-dir", str(data), "--executor", executor],
+                               "--data-dir", str(data), "--executor", executor, *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert server.stdout is not None
     server.stdout.readline()
@@ -123,10 +125,81 @@ def evm_process(workdir: Path, executor: str = "unicorn") -> Iterator[object]:
     threading.Thread(target=server.stdout.read, daemon=True).start()
     avm = None
     try:
-        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False))
+        avm = Avm(connect_evm(address, EvidencePolicy(allow_unprotected=True), warn=False,
+                              protocol_version=protocol_version))
+        avm.evm_pid = server.pid  # type: ignore[attr-defined]  # for cpu_seconds
         yield avm
     finally:
         if avm is not None:
             avm.close()
         server.terminate()
         server.wait()
+
+
+_ECHO_SERVER = """
+import socket, sys
+from vsgx.channel.identity import ServerIdentity
+from pathlib import Path
+context = ServerIdentity("none", Path(sys.argv[2])).context
+tls = context.wrap_socket(socket.socket(fileno=int(sys.argv[1])), server_side=True)
+size = int(sys.argv[3])
+while True:
+    data = tls.recv(65536)
+    if not data:
+        break
+    while len(data) < size:
+        data += tls.recv(65536)
+    tls.sendall(data)
+"""
+
+
+def tls_ping_pong_us(count: int, size: int, workdir: Path) -> dict[str, float]:
+    """The floor of any channel round trip here: Python's ssl (TLS 1.3, the
+    channel's own contexts) over a Unix socket pair to an echo process,
+    blocking sockets, ``size`` bytes each way, no framing. p50/p99 in us."""
+    import socket
+
+    from vsgx.channel.transport import client_context
+
+    ours, theirs = socket.socketpair()
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, str(theirs.fileno()),
+                             str(workdir / "echo-key.pem"), str(size)],
+                            pass_fds=(theirs.fileno(),))
+    theirs.close()
+    tls = client_context().wrap_socket(ours, server_side=False)
+    message = b"x" * size
+
+    def once() -> None:
+        tls.sendall(message)
+        got = 0
+        while got < size:
+            got += len(tls.recv(65536))
+
+    try:
+        return summary_us(latencies_us(once, count))
+    finally:
+        tls.close()
+        echo.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its live children (an
+    EVM and its runner processes), from /proc; 0 where /proc is missing."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == pid or int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0.0
+    return total / ticks

@@ -89,6 +89,10 @@ def main() -> None:
     ecall = summary_us(samples(run.stdout, "ecall"))
     ocall = summary_us(samples(run.stdout, "ocall"))
     creates = [round(value / 1000, 1) for value in samples(run.stdout, "create")]
+    step_names = ("probe+open", "CREATE", "ADD_PAGES", "INIT", "mmap", "ECMD_INIT_ENCLAVE")
+    steps = [dict(zip(step_names, (round(int(v) / 1e6, 2) for v in line.split()[1:]),
+                      strict=True))
+             for line in run.stdout.splitlines() if line.startswith("steps ")]
     results = {"raw SIGILL round trip": baseline, "null ECALL": ecall, "null OCALL": ocall}
     rows = [[name, stats["p50_us"], stats["p99_us"],
              round(stats["p50_us"] / baseline["p50_us"], 1), stats["count"]]
@@ -97,8 +101,11 @@ def main() -> None:
                 ["path", "p50 us", "p99 us", "x SIGILL p50", "count"], rows)
     print(f"\ncreating a {size_mib:.0f} MiB, {len(plan.tcs_offsets)}-TCS SDK enclave: "
           f"{creates} ms (first, second); Intel's simulation mode: 6-16 ms on this machine")
+    for n, step in enumerate(steps):
+        print(f"  {('first', 'second')[n] if n < 2 else n}: " + ", ".join(
+            f"{name} {ms} ms" for name, ms in step.items()))
     save("exec", {"executor": args.executor, "results": results,
-                  "create_ms": creates, "enclave_mib": size_mib,
+                  "create_ms": creates, "create_steps_ms": steps, "enclave_mib": size_mib,
                   "tcs": len(plan.tcs_offsets),
                   "ratio_to_sigill_p50": {name: round(stats["p50_us"] / baseline["p50_us"], 2)
                                           for name, stats in results.items()}})

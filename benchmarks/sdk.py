@@ -4,7 +4,9 @@ null OCALL (``void ocall_nop(void)``: EEXIT with the index, the Python
 bridge, EENTER with ECMD_ORET), against the raw EENTER -> EEXIT round trip
 that the split's benchmark measures, all in the same run; with the EVM in
 this process (on the Unicorn and on the native executor) and in an EVM process
-behind a Unix socket; and the enclave's initialisation (load, EINIT and
+behind a Unix socket (native executor where there is one), with a raw TLS
+ping-pong (Python's ssl) as the floor of any round trip through the
+channel; and the enclave's initialisation (load, EINIT and
 ECMD_INIT_ENCLAVE) on each executor.
 
     python benchmarks/sdk.py [--count 3000]
@@ -19,7 +21,16 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
-from common import bar_plot, evm_process, latencies_us, print_table, save, summary_us
+from common import (
+    bar_plot,
+    evm_process,
+    latencies_us,
+    print_table,
+    save,
+    summary_us,
+    tls_ping_pong_us,
+)
+from split import FRAME_BYTES
 from split import measure as measure_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +98,12 @@ def main() -> None:
             inits[executor] = round(measured.pop("init_ms"), 1)  # type: ignore[arg-type]
             results[f"in-process, {executor}"] = measured
             local.close()
-        with evm_process(workdir, "unicorn") as remote:
+        remote_executor = executors[-1]
+        ping_pong = tls_ping_pong_us(args.count, FRAME_BYTES, workdir)
+        with evm_process(workdir, remote_executor) as remote:
             measured = run(remote)
             measured.pop("init_ms")
-            results["Unix socket"] = measured
+            results[f"Unix socket, {remote_executor}"] = measured
     rows = []
     ratios: dict[str, dict[str, float]] = {}
     for where, measures in results.items():
@@ -104,8 +117,15 @@ def main() -> None:
     print_table("SDK protocol vs raw EENTER -> EEXIT (same run)",
                 ["EVM", "call", "p50 us", "p99 us", "x raw p50", "count"], rows)
     print(f"\ngoal: null ECALL and null OCALL within 2x of the raw round trip: {ratios}")
+    remote = results[f"Unix socket, {remote_executor}"]
+    ecall = remote["null ECALL"]["p50_us"]
+    print(f"raw TLS ping-pong (Python ssl, the floor of a round trip): p50 "
+          f"{ping_pong['p50_us']} us, p99 {ping_pong['p99_us']} us; Unix-socket null ECALL "
+          f"{ecall} us ({ecall / ping_pong['p50_us']:.1f}x), null OCALL "
+          f"{remote['null OCALL']['p50_us']} us; goal <= 60 us p50 (provisional numbers)")
     print(f"enclave load + EINIT + ECMD_INIT_ENCLAVE (ms): {inits}")
-    save("sdk", {"results": results, "ratio_to_raw_p50": ratios, "init_ms": inits})
+    save("sdk", {"results": results, "ratio_to_raw_p50": ratios, "init_ms": inits,
+                 "raw_tls_ping_pong": ping_pong})
     labels = [f"{w}\n{c}" for w, m in results.items() for c in m]
     bar_plot("sdk", "SDK ECALL / OCALL vs raw round trip (p50)", labels,
              [s["p50_us"] for m in results.values() for s in m.values()], "microseconds")

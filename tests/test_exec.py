@@ -364,3 +364,102 @@ def test_uapi_mappings_follow_the_pages_rights(enclave_file) -> None:
     assert file.map(hole, 4096, PROT_READ | PROT_WRITE | PROT_EXEC) == 0  # no page: any rights
     assert file.mapped(hole)
     assert file.unmap(hole, 4096) == 0 and not file.mapped(hole)
+
+
+# -- ADD_PAGES answered in the program ------------------------------------------
+def test_add_pages_errors_come_back_from_the_ioctl_as_the_kernel_returns_them(tmp_path) -> None:
+    """Every check of sgx_ioc_enclave_add_pages (state, argument, source
+    alignment, offset and length, SECINFO, already added, source readable,
+    the count written back) answers the ioctl itself, though the pages go
+    to the EVM later; what only the EVM refuses comes back from INIT."""
+    program = compile_program(PROGRAMS / "add_pages.c", tmp_path / "add_pages")
+    result = vsgx_exec("--", str(program), executor="unicorn")
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"add before create", "add with an unreadable argument", "add a misaligned source",
+            "add past ELRANGE", "add a range that wraps", "add with an unreadable secinfo",
+            "add a VA page", "add with a reserved flag (bit 63)",
+            "add with a reserved secinfo byte", "add a page twice",
+            "add stops at an added page", "add stops at an unreadable source page",
+            "add from the stack", "add with an argument it cannot write back",
+            "add a page twice after a flush", "map above a queued page's rights",
+            "init answers for the queued pages", "adds after it fail with it"} <= set(found)
+
+
+def _created(make_vm, batch: bool = True):
+    """An EnclaveFile with a 4 MiB enclave created (its EVM without the
+    batch leaves when ``batch`` is False, as over a version-2 channel)."""
+    from vsgx.arch.secs import Secs
+    from vsgx.avm.uapi import SGX_IOC_ENCLAVE_CREATE, EnclaveFile, ProgramDriver
+
+    vm = make_vm()
+
+    class SingleLeaves:
+        batch_leaves = False
+
+        def __getattr__(self, name):
+            return getattr(vm, name)
+
+    file = EnclaveFile(ProgramDriver(vm if batch else SingleLeaves()))
+    secs = Secs(size=4 << 20, baseaddr=1 << 40, ssaframesize=1, attributes=0x6, xfrm=3)
+    assert file.ioctl(SGX_IOC_ENCLAVE_CREATE, [0], secs.pack()).ret == 0
+    return file, vm
+
+
+REG_RW = (0x203).to_bytes(8, "little") + bytes(56)
+REG_R = (0x201).to_bytes(8, "little") + bytes(56)
+TCS = (0x100).to_bytes(8, "little") + bytes(56)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["eadd_runs", "single leaves"])
+def test_uapi_add_runs_count_the_pages_before_the_run_that_failed(make_vm, batch) -> None:
+    import errno
+
+    from vsgx.avm.uapi import AddRun
+
+    file, vm = _created(make_vm, batch)
+    data = bytes(range(256)) * 16  # one page
+    done = file.add_runs([AddRun(0, 2, REG_RW, True, data * 2),
+                          AddRun(2 * 4096, 300, REG_R, False, fill=0)])
+    assert done == (0, 302)
+    encl = file.encl
+    assert encl is not None
+    if batch:  # a long uniform run waits, deferred, for its first touch
+        assert len(encl.deferred) == 300 - 256
+    # An overlap inside the batch: EBUSY, the runs before it added.
+    status, added = file.add_runs([AddRun(400 * 4096, 1, REG_RW, False, data),
+                                   AddRun(401 * 4096, 2, REG_RW, False, fill=7),
+                                   AddRun(402 * 4096, 1, REG_RW, False, data)])
+    assert (status, added) == (-errno.EBUSY, 3)
+    # A SECINFO the kernel refuses: EINVAL before that run.
+    status, added = file.add_runs([AddRun(500 * 4096, 1, REG_RW, False, data),
+                                   AddRun(501 * 4096, 1, (0x202).to_bytes(8, "little")
+                                          + bytes(56), False, data)])
+    assert (status, added) == (-errno.EINVAL, 1)
+    # A TCS page EADD refuses (reserved TCS.FLAGS bits): EIO from the EVM,
+    # the runs before it added, it not.
+    bad_tcs = bytes(8) + b"\xff" * 8 + bytes(4096 - 16)
+    status, added = file.add_runs([AddRun(600 * 4096, 1, REG_RW, False, data),
+                                   AddRun(601 * 4096, 1, TCS, True, bad_tcs),
+                                   AddRun(602 * 4096, 1, REG_RW, False, data)])
+    assert (status, added) == (-errno.EIO, 1)
+    assert (1 << 40) + 601 * 4096 not in encl.pages
+    state = vm.enclave(encl.secs_page)
+    assert len(state.pages) + len(state.deferred) == 302 + 3 + 1 + 1
+    file.release()
+
+
+def test_uapi_may_map_checks_the_rights_of_deferred_pages(make_vm) -> None:
+    import errno
+
+    from vsgx.avm.uapi import PROT_READ, PROT_WRITE, AddRun
+
+    file, _ = _created(make_vm)
+    assert file.add_runs([AddRun(0, 300, REG_R, False, fill=0)]) == (0, 300)
+    encl = file.encl
+    assert encl is not None and encl.deferred.get(encl.base + 299 * 4096) is not None
+    assert file.map(encl.base + 299 * 4096, 4096, PROT_READ | PROT_WRITE) == -errno.EACCES
+    assert file.map(encl.base + 299 * 4096, 4096, PROT_READ) == 0
+    file.release()

@@ -13,6 +13,7 @@ from vsgx.arch.report import Report
 from vsgx.avm import remote as remote_module
 from vsgx.avm.remote import connect_evm
 from vsgx.channel import EvidencePolicy, RemoteError, Type
+from vsgx.channel.messages import PROTOCOL_VERSION
 from vsgx.crypto.pck import load_certificate
 from vsgx.crypto.quote import QuoteGenerationError, QuotePolicy, attestation_key_id, verify_quote
 from vsgx.errors import VsgxError
@@ -63,7 +64,7 @@ def remote(request, tmp_path_factory, plain_enclave):
 
 
 def test_the_remote_qe_has_the_documented_identity(remote):
-    assert remote.evm.version == 2
+    assert remote.evm.version == PROTOCOL_VERSION
     assert qe_target_info(remote.enclave) == QE_IDENTITY.target_info().pack()
     target, key_id = remote.evm.qe_init()
     assert target == QE_IDENTITY.target_info().pack() and len(key_id) == 32
@@ -144,7 +145,7 @@ def test_a_version_1_session_has_no_quoting(remote, monkeypatch):
         old.close()
 
 
-@pytest.mark.parametrize("offered,agreed", [(2, 2), (7, 2)])
+@pytest.mark.parametrize("offered,agreed", [(2, 2), (3, 3), (7, PROTOCOL_VERSION)])
 def test_hello_agrees_on_the_lower_version(remote, monkeypatch, offered, agreed):
     monkeypatch.setattr(remote_module, "PROTOCOL_VERSION", offered)
     evm = connect_evm(remote.process.address, DEV, warn=False)

@@ -249,6 +249,11 @@ static int run_ecall(struct enclave *enclave, uint64_t tcs, long index, void *ms
 }
 
 /* -- loading, as urts does on the in-kernel driver -------------------------- */
+static uint64_t now_ns(void);
+/* When each step of the last load ended (ns): probes and open, CREATE, the
+   ADD_PAGES, INIT, the mappings, ECMD_INIT_ENCLAVE. */
+static uint64_t load_steps[6];
+
 static int load(struct enclave *enclave)
 {
     struct plan_header *h = (struct plan_header *)plan;
@@ -262,6 +267,7 @@ static int load(struct enclave *enclave)
     enclave->fd = open("/dev/sgx/enclave", O_RDWR);
     if (enclave->fd < 0)
         return -1;
+    load_steps[0] = now_ns();
     uint64_t size = h->size;
     uint8_t *area = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                          -1, 0);
@@ -286,6 +292,7 @@ static int load(struct enclave *enclave)
     uint64_t create = (uint64_t)secs;
     if (ioctl(enclave->fd, SGX_IOC_ENCLAVE_CREATE, &create) != 0)
         return -2;
+    load_steps[1] = now_ns();
     struct plan_run *runs = (struct plan_run *)(plan + h->runs_at);
     static uint8_t page[4096] __attribute__((aligned(4096)));
     for (uint64_t r = 0; r < h->runs; r++) {
@@ -304,9 +311,11 @@ static int load(struct enclave *enclave)
                 return -3;
         }
     }
+    load_steps[2] = now_ns();
     uint64_t init = (uint64_t)(plan + h->sigstruct_at);
     if (ioctl(enclave->fd, SGX_IOC_ENCLAVE_INIT, &init) != 0)
         return -4;
+    load_steps[3] = now_ns();
     /* Map each run of pages with its protection (TCS pages RW); pages never
        added stay PROT_NONE (guards). */
     for (uint64_t r = 0; r < h->runs; r++) {
@@ -316,6 +325,7 @@ static int load(struct enclave *enclave)
                  MAP_SHARED | MAP_FIXED, enclave->fd, 0) == MAP_FAILED)
             return -5;
     }
+    load_steps[4] = now_ns();
     uint64_t *tcs = (uint64_t *)(plan + h->tcs_at);
     enclave->tcs_count = (int)h->tcs_count;
     for (int i = 0; i < enclave->tcs_count && i < 16; i++)
@@ -325,6 +335,7 @@ static int load(struct enclave *enclave)
     memcpy(features, plan + h->features_at, h->features_size);
     int status = run_ecall(enclave, enclave->tcs[0], ECMD_INIT_ENCLAVE, features, NULL);
     free(features);
+    load_steps[5] = now_ns();
     return status == 0 ? 0 : -6;
 }
 
@@ -401,11 +412,22 @@ static int sigill_round_trips(long count)
     return 0;
 }
 
+static void print_steps(uint64_t start)
+{
+    printf("steps");
+    for (int i = 0; i < 6; i++) {
+        printf(" %lu", (unsigned long)(load_steps[i] - start));
+        start = load_steps[i];
+    }
+    printf("\n");
+}
+
 static int bench(long count, long ecall_nop, struct enclave *e)
 {
     uint64_t start = now_ns();
     int ret = load(e);
     printf("create %lu\n", (unsigned long)(now_ns() - start));
+    print_steps(start);
     if (ret != 0)
         return 1;
     for (long i = 0; i < count + 100; i++) {
@@ -430,6 +452,7 @@ static int bench(long count, long ecall_nop, struct enclave *e)
     start = now_ns();
     ret = load(e);
     printf("create %lu\n", (unsigned long)(now_ns() - start));
+    print_steps(start);
     return ret != 0;
 }
 

@@ -59,6 +59,10 @@ RECLAIM_BATCH = 16
 _AGING_TURNS = 4
 # Pages added per call to the EVM (one message per batch on a channel).
 ADD_BATCH = 256
+# Uniform pages of one add_runs run given EPC pages at once (the rest wait,
+# deferred, for their first touch): enough for the stacks, SSA frames and
+# the start of a heap.
+UNIFORM_RESIDENT = 256
 # How long the reclaimer waits for threads inside an enclave to leave after
 # the "IPI" before it gives up on a batch (seconds).
 TRACKING_WAIT = 2.0
@@ -108,6 +112,19 @@ class Evm(Protocol):
     def eenter(self, secs_page: int, registers: list[int], return_rip: int,
                untrusted: Any) -> Any: ...
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AddRun:
+    """Pages for ``add_runs`` at ``offset`` in ELRANGE: ``count`` pages of
+    ``data``, or without data, of the 32-bit pattern ``fill``."""
+
+    offset: int
+    count: int
+    secinfo: bytes
+    measure: bool
+    data: bytes | memoryview | None = None
+    fill: int = 0
 
 
 @dataclass(slots=True)
@@ -223,9 +240,12 @@ class SgxDriver:
         # Counted work: leaves sent ("eblock" counts pages, "eblock_calls"
         # calls), clock hand steps, reclaim batches.
         self.stats: Counter[str] = Counter()
-        self._batch = all(hasattr(evm, name) for name in (
+        # An EVM that may or may not have them (a channel's session) says so.
+        batch = getattr(evm, "batch_leaves", None)
+        self._batch = batch if batch is not None else all(hasattr(evm, name) for name in (
             "eadd_pages", "eadd_uniform", "eldu_deferred", "eblock_pages", "ewb_pages",
             "eldu_pages"))
+        self._uniform_limit = getattr(evm, "uniform_resident_limit", None)
 
     @property
     def free_epc_pages(self) -> int:
@@ -420,23 +440,46 @@ class SgxDriver:
         return touched if touched is not None else [False] * len(pages)
 
     def _evict_batch(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
-        """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages)."""
+        """EBLOCK the pages, one ETRACK, EWB each (sgx_reclaim_pages); in one
+        call where the EVM has evict_pages (one round trip on a channel)."""
         pages = [p for p in pages if p.epc is not None]
-        statuses = self._eblock([p.epc for p in pages])  # type: ignore[misc]
-        blocked = []
-        for page, status in zip(pages, statuses, strict=False):
-            if status in (SgxError.SUCCESS, SgxError.BLKSTATE):
-                blocked.append(page)
-            else:
+        evict = getattr(self.evm, "evict_pages", None) if self._batch else None
+        if evict is not None and pages:
+            taken = [self._take_va_slot() for _ in pages]
+            self.stats["eblock"] += len(pages)
+            self.stats["eblock_calls"] += 1
+            statuses, track, results = evict(encl.secs_page, [
+                (p.epc, va + 8 * i) for p, (va, i) in zip(pages, taken, strict=True)])
+            blocked, slots = [], []
+            for n, page in enumerate(pages):
+                status = statuses[n] if n < len(statuses) else None
+                if status is SgxError.SUCCESS or status is SgxError.BLKSTATE:
+                    blocked.append(page)
+                    slots.append(taken[n])
+                else:
+                    self._give_va_slot(*taken[n])
+                    self._on_the_clock(encl, page, False)
+            if not blocked:
+                return 0
+            self.stats["etrack"] += track is not None
+            self.stats["ewb"] += len(blocked)
+            self.stats["ewb_calls"] += 1
+        else:
+            statuses = self._eblock([p.epc for p in pages])  # type: ignore[misc]
+            blocked = []
+            for page, status in zip(pages, statuses, strict=False):
+                if status in (SgxError.SUCCESS, SgxError.BLKSTATE):
+                    blocked.append(page)
+                else:
+                    self._on_the_clock(encl, page, False)
+            for page in pages[len(statuses):]:
                 self._on_the_clock(encl, page, False)
-        for page in pages[len(statuses):]:
-            self._on_the_clock(encl, page, False)
-        if not blocked:
-            return 0
-        slots = [self._take_va_slot() for _ in blocked]
-        self._etrack(encl)
-        results = self._ewb([(p.epc, va + 8 * i) for p, (va, i)  # type: ignore[misc]
-                             in zip(blocked, slots, strict=True)])
+            if not blocked:
+                return 0
+            slots = [self._take_va_slot() for _ in blocked]
+            self._etrack(encl)
+            results = self._ewb([(p.epc, va + 8 * i) for p, (va, i)  # type: ignore[misc]
+                                 in zip(blocked, slots, strict=True)])
         retry = [n for n, r in enumerate(results)
                  if not isinstance(r, Fault) and r[0] is SgxError.NOT_TRACKED]
         if retry and self._complete_tracking(encl):
@@ -711,6 +754,8 @@ class SgxDriver:
             room = max(0, len(self._free) - RECLAIM_BATCH)
             room = room * VA_SLOTS // (VA_SLOTS + 1)
             now = min(count, room if resident is None else min(room, resident))
+            if self._uniform_limit is not None:
+                now = min(now, self._uniform_limit)  # what one message of it carries
             if now:
                 self._reserve_va(now)
                 if len(self._free) < now:
@@ -734,6 +779,139 @@ class SgxDriver:
                 encl.deferred.add(linaddr + now * PAGE_SIZE, count - now,
                                   (int(PageType.REG), max_prot))
         return count * PAGE_SIZE
+
+    def add_runs(self, encl: DriverEnclave, runs: list[AddRun]) -> tuple[int, DriverError | None]:
+        """ENCLAVE_ADD_PAGES of several runs, in order, as if each had its
+        own ioctl (the pages a program's ioctls queued): the pages added,
+        and the error of the run that stopped the others, if one did. With
+        an EVM that has ``eadd_runs`` they go in one call; each run is all
+        or nothing there, its checks made here first."""
+        eadd_runs = getattr(self.evm, "eadd_runs", None) if self._batch else None
+        if eadd_runs is None:
+            done = 0
+            for run in runs:
+                before = self._present(encl, run)
+                try:
+                    if run.data is None:
+                        self.add_uniform_pages(encl, run.offset, run.count, run.fill,
+                                               run.secinfo, run.measure)
+                    else:
+                        self.add_pages(encl, run.offset, bytes(run.data), run.secinfo,
+                                       run.measure)
+                except DriverError as exc:  # batches of the run before it may be in
+                    return done + self._present(encl, run) - before, exc
+                done += run.count
+            return done, None
+        with encl.lock, self._lock:
+            return self._add_runs(encl, runs, eadd_runs)
+
+    @staticmethod
+    def _present(encl: DriverEnclave, run: AddRun) -> int:
+        """How many pages of ``run``'s range the enclave has."""
+        first = encl.base + run.offset
+        pages = (first + n * PAGE_SIZE for n in range(run.count))
+        return sum(1 for page in pages if page in encl.pages
+                   or encl.deferred.get(page) is not None)
+
+    def _split(self, runs: list[AddRun]) -> list[AddRun]:
+        """Runs as the EVM takes them: a TCS page on its own, data runs of
+        at most ADD_BATCH pages."""
+        pieces = []
+        for run in runs:
+            page_type = int.from_bytes(run.secinfo[:8], "little") >> 8 & 0xFF
+            step = ADD_BATCH if page_type == PageType.REG else 1
+            if run.data is None and page_type != PageType.REG:  # only REG pages defer
+                pattern = (run.fill & 0xFFFFFFFF).to_bytes(4, "little") * (PAGE_SIZE // 4)
+                run = AddRun(run.offset, run.count, run.secinfo, run.measure,
+                             pattern * run.count)
+            if run.data is None or run.count <= step:
+                pieces.append(run)
+                continue
+            for first in range(0, run.count, step):
+                count = min(step, run.count - first)
+                pieces.append(AddRun(run.offset + first * PAGE_SIZE, count, run.secinfo,
+                                     run.measure, run.data[first * PAGE_SIZE:
+                                                           (first + count) * PAGE_SIZE]))
+        return pieces
+
+    def _add_runs(self, encl: DriverEnclave, runs: list[AddRun], eadd_runs: Any
+                  ) -> tuple[int, DriverError | None]:
+        error: DriverError | None = None
+        checked: list[tuple[AddRun, Secinfo]] = []
+        taken: list[tuple[int, int]] = []  # earlier runs of this batch, not recorded yet
+        for run in self._split(runs):
+            try:
+                info = self._check_add(encl, run.offset, run.count * PAGE_SIZE, run.secinfo)
+                if run.data is not None and len(run.data) != run.count * PAGE_SIZE:
+                    raise DriverError(errnos.EINVAL, "a run's data is not its pages")
+                end = run.offset + run.count * PAGE_SIZE
+                clash = next((start for start, stop in taken
+                              if start < end and run.offset < stop), None)
+                if clash is not None:
+                    raise DriverError(errnos.EBUSY, f"page {encl.base + max(clash, run.offset):#x}"
+                                      " is already added")
+            except DriverError as exc:
+                error = exc
+                break
+            taken.append((run.offset, end))
+            checked.append((run, info))
+        # EPC pages: every page with content (evicting others if need be);
+        # uniform pages while free ones are left after the content to come,
+        # at most UNIFORM_RESIDENT of a run; the rest stay deferred.
+        later = sum(run.count for run, _ in checked if run.data is not None)
+        planned: list[tuple[AddRun, Secinfo, list[int]]] = []
+        for run, info in checked:
+            if run.data is not None:
+                later -= run.count
+                want = run.count
+            else:
+                room = (len(self._free) - RECLAIM_BATCH - later) * VA_SLOTS // (VA_SLOTS + 1)
+                want = 0 if info.page_type != PageType.REG else \
+                    max(0, min(run.count, UNIFORM_RESIDENT, room))
+            epcs: list[int] = []
+            try:
+                if want:
+                    self._reserve_va(want)
+                    try:
+                        for _ in range(want):
+                            epcs.append(self._alloc_epc(reclaim=run.data is not None))
+                    except DriverError:
+                        for epc in epcs:
+                            self._free_epc(epc)
+                        self._release_va(want)
+                        raise
+            except DriverError as exc:
+                error = exc
+                break
+            planned.append((run, info, epcs))
+        results = eadd_runs(encl.secs_page, [
+            (encl.base + run.offset, run.count, run.secinfo, run.measure, run.fill, run.data,
+             epcs) for run, _, epcs in planned]) if planned else []
+        done = 0
+        for n, (run, info, epcs) in enumerate(planned):
+            result = results[n] if n < len(results) else None
+            if result is not SgxError.SUCCESS:
+                for epc in epcs:
+                    self._free_epc(epc)
+                self._release_va(len(epcs))
+                if isinstance(result, Fault) and error is None:
+                    error = DriverError(errnos.EIO, f"EADD/EEXTEND faulted: {result}")
+                continue
+            linaddr = encl.base + run.offset
+            max_prot = 0x3 if info.page_type == PageType.TCS else info.flags & 0x7
+            for index, epc in enumerate(epcs):
+                page = EnclavePage(linaddr + index * PAGE_SIZE, info.page_type, max_prot, epc)
+                encl.pages[page.linaddr] = page
+                self._on_the_clock(encl, page, False)
+            if len(epcs) < run.count:
+                encl.deferred.add(linaddr + len(epcs) * PAGE_SIZE, run.count - len(epcs),
+                                  (int(info.page_type), max_prot))
+            self.stats["eadd"] += len(epcs)
+            self.stats["eadd_deferred"] += run.count - len(epcs)
+            done += run.count
+        if len(results) < len(planned) and error is None:
+            error = DriverError(errnos.EIO, "the EVM stopped before the last run")
+        return done, error
 
     # -- ENCLAVE_INIT ------------------------------------------------------------
     def provision(self, encl: DriverEnclave) -> None:

@@ -34,8 +34,22 @@ from vsgx.channel import (
 )
 from vsgx.channel.evidence import KIND_NONE, one_line
 from vsgx.channel.messages import (
+    ADD_RUN,
+    BATCH_VERSION,
+    ELDU_ITEM,
+    EVICTED,
+    FAULT_IN_EBLOCK,
+    MAX_ADD_BATCH,
+    MAX_ADD_RUNS,
+    MAX_BLOCK_BATCH,
+    MAX_BODY,
+    MAX_ELDU_BATCH,
+    MAX_EWB_BATCH,
     MAX_PUSHED_PAGES,
+    MAX_UNIFORM_RESIDENT,
+    MAX_YOUNG_BATCH,
     MIN_PROTOCOL_VERSION,
+    NOT_RUN,
     PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_WANT_QE_REPORT,
@@ -43,8 +57,14 @@ from vsgx.channel.messages import (
     QUOTING_VERSION,
     LaunchStatus,
     LaunchTokenError,
+    ProtocolError,
     decode_runs,
+    decode_statuses,
+    decode_writebacks,
     encode_pages,
+    pack_u64s,
+    unpack_u32s,
+    unpack_u64s,
 )
 from vsgx.crypto.quote import QuoteGenerationError, QuoteResult
 from vsgx.errors import VsgxError
@@ -69,7 +89,12 @@ _TEARDOWN = {Type.EREMOVE: Message(Type.STATUS, (0, 0)), Type.DESTROY: Message(T
              Type.KICK: Message(Type.OK, ()), Type.BYE: Message(Type.OK, ())}
 
 
-@dataclass
+# EXIT's fields: aex, valid, interrupt, vector, error code, address, registers
+_EXIT_FIELDS = 6 + 20
+_RUNS_FIELDS = 12  # EADD_RUNS's fields: secs, count
+
+
+@dataclass(slots=True)
 class RemoteExit:
     kind: str
     registers: list[int]
@@ -90,14 +115,21 @@ class RemoteEvicted:
 class RemoteEvm:
     """An EVM in another process or VM."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, offer: int | None = None):
+        """Say HELLO on ``conn``, offering protocol version ``offer`` (by
+        default the newest this side speaks; an older one acts as an older
+        AVM)."""
+        offer = PROTOCOL_VERSION if offer is None else offer
         self.conn = conn
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
-        self.version = PROTOCOL_VERSION
+        self.version = offer
+        # The untrusted pages each TCS's last entry used: what its next one
+        # pushes (protocol version 3, whose exits say which pages were used).
+        self._used: dict[int, tuple[int, ...]] = {}
         conn.handler = self._serve
         try:
-            reply = self.conn.call(Type.HELLO, (PROTOCOL_VERSION,))
+            reply = self.conn.call(Type.HELLO, (offer,))
         except RemoteError as exc:
             conn.close()
             if exc.code in (ErrorCode.REFUSED, ErrorCode.FULL):
@@ -108,10 +140,16 @@ class RemoteEvm:
         except ChannelError as exc:
             raise ChannelError(f"the EVM ended the session before it began: {exc}") from None
         if reply.type != Type.HELLO or not (MIN_PROTOCOL_VERSION <= reply.fields[0]
-                                            <= PROTOCOL_VERSION):
+                                            <= offer):
             conn.close()
             raise ChannelError("the EVM does not speak this vsgx's protocol")
         self.version = reply.fields[0]  # what the EVM agreed to speak
+
+    @property
+    def batch_leaves(self) -> bool:
+        """Whether the session has the batch paging leaves (the driver's
+        eadd_pages ... test_and_clear_young; version 3)."""
+        return self.version >= BATCH_VERSION
 
     def attach_memory(self, memory: Any) -> None:
         self.memory = memory
@@ -130,6 +168,12 @@ class RemoteEvm:
         if message.type == Type.PAGE_WRITEBACK:
             if memory is not None:
                 memory.write_back(message.fields[0], decode_runs(message.blob))
+            return None
+        if message.type == Type.PAGE_WRITEBACKS:
+            records = decode_writebacks(message.blob, message.fields[0])
+            if memory is not None:
+                for page, runs in records:
+                    memory.write_back(page, runs)
             return None
         return reply_to(message, Type.ERROR, (1,), b"the AVM serves page requests only")
 
@@ -222,18 +266,39 @@ class RemoteEvm:
     def destroy(self, secs_page: int) -> None:
         self._call(Type.DESTROY, (secs_page,))
 
-    def _exit(self, reply: Message) -> RemoteExit:
-        aex, valid, interrupt, vector, error_code, address, *registers = reply.fields
-        return RemoteExit("aex" if aex else "eexit", registers, vector, error_code, address,
-                          bool(valid), bool(interrupt))
+    def _exit(self, reply: Message, untrusted: Any, tcs: int) -> RemoteExit:
+        fields = reply.fields
+        if reply.type == Type.EXIT_PAGES:
+            used_count, records = fields[_EXIT_FIELDS], fields[_EXIT_FIELDS + 1]
+            if not used_count and not records:
+                self._used[tcs] = ()
+            else:
+                if used_count > MAX_PUSHED_PAGES:
+                    raise ProtocolError("EXIT_PAGES names too many used pages")
+                used = unpack_u64s(reply.blob, used_count, "EXIT_PAGES")
+                # The enclave's writes reach the application before the exit does.
+                for page, runs in decode_writebacks(memoryview(reply.blob)[8 * used_count:],
+                                                    records):
+                    untrusted.write_back(page, runs)
+                self._used[tcs] = used
+        elif reply.type != Type.EXIT:
+            raise ChannelError(f"the EVM answered an entry with {reply.type.name}")
+        return RemoteExit("aex" if fields[0] else "eexit", list(fields[6:_EXIT_FIELDS]),
+                          fields[3], fields[4], fields[5], bool(fields[1]), bool(fields[2]))
 
     def _pushed(self, registers: list[int], untrusted: Any) -> bytes:
-        """The pages an entry will almost surely touch, sent with it: the
-        top of the untrusted stack (where the SDK places OCALL frames) and
-        what RDI, RSI and RDX point to. Saves a PAGE_FETCH round trip each."""
-        rsp = registers[4]
-        candidates = [(rsp - 8) & ~(PAGE_SIZE - 1), (rsp - 8 - PAGE_SIZE) & ~(PAGE_SIZE - 1)]
-        candidates += [registers[i] & ~(PAGE_SIZE - 1) for i in (7, 6, 2)]  # RDI, RSI, RDX
+        """The pages an entry will almost surely touch, sent with it: those
+        the TCS's last entry used (version 3 says which), or, the first
+        time, the top of the untrusted stack (where the SDK places OCALL
+        frames) and what RDI, RSI and RDX point to. Saves a PAGE_FETCH
+        round trip each; a null entry sends none."""
+        candidates: tuple[int, ...] | list[int] | None = self._used.get(registers[3])  # RBX
+        if candidates is None:
+            rsp = registers[4]
+            candidates = [(rsp - 8) & ~(PAGE_SIZE - 1), (rsp - 8 - PAGE_SIZE) & ~(PAGE_SIZE - 1)]
+            candidates += [registers[i] & ~(PAGE_SIZE - 1) for i in (7, 6, 2)]  # RDI, RSI, RDX
+        elif not candidates:
+            return b""
         pages = []
         for page in dict.fromkeys(candidates):
             fetched = untrusted.fetch(page) if page else None
@@ -244,13 +309,195 @@ class RemoteEvm:
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                ) -> RemoteExit:
         self.memory = untrusted
-        return self._exit(self._call(Type.EENTER, (secs_page, return_rip, *registers),
-                                     self._pushed(registers, untrusted)))
+        reply = self._call(Type.EENTER, (secs_page, return_rip, *registers),
+                           self._pushed(registers, untrusted))
+        return self._exit(reply, untrusted, registers[3])
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> RemoteExit:
         self.memory = untrusted
-        return self._exit(self._call(Type.ERESUME, (secs_page, *registers),
-                                     self._pushed(registers, untrusted)))
+        reply = self._call(Type.ERESUME, (secs_page, *registers),
+                           self._pushed(registers, untrusted))
+        return self._exit(reply, untrusted, registers[3])
+
+    # -- batch paging (protocol version 3; the driver asks batch_leaves first) -----
+    # A batch request is all the EVM does for it: the pages of one call go in
+    # one message (the driver's batches fit); a longer list is cut where the
+    # leaves are independent, and a fault ends the list as in-process.
+    def _batched(self, what: str) -> None:
+        if self.version < BATCH_VERSION:
+            raise VsgxError(f"{what}: the EVM speaks protocol version {self.version}, which "
+                            f"has no batch paging (version {BATCH_VERSION} has)")
+
+    @staticmethod
+    def _outcome(codes: tuple[int, ...], fault: tuple[int, int, int, str] | None,
+                 results: list[Any]) -> bool:
+        """Append a batch's results (and its fault); False if it faulted."""
+        results.extend(SgxError(code) for code in codes)
+        if fault is not None:
+            vector, error_code, address, reason = fault
+            results.append(Fault(Vector(vector), error_code, address, reason))
+            return False
+        return True
+
+    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int,
+                   source: bytes | memoryview, secinfo: bytes, measure: bool = False) -> None:
+        self._batched("EADD_PAGES")
+        count = len(epc_pages)
+        if len(source) != count * PAGE_SIZE:
+            raise VsgxError("EADD_PAGES: the source must be one page per EPC page")
+        for first in range(0, count, MAX_ADD_BATCH):
+            chunk = epc_pages[first:first + MAX_ADD_BATCH]
+            data = source[first * PAGE_SIZE:(first + len(chunk)) * PAGE_SIZE]
+            self._call(Type.EADD_PAGES, (secs_page, linaddr + first * PAGE_SIZE, int(measure),
+                                         bytes(secinfo), len(chunk)),
+                       pack_u64s(chunk) + bytes(data))
+
+    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+                  ) -> list[SgxError | Fault]:
+        """The in-process eadd_runs over the channel: as many runs per
+        EADD_RUNS as fit one message, in order."""
+        self._batched("EADD_RUNS")
+        results: list[Any] = []
+        parts: list[bytes] = []
+        size = count = 0
+        for linaddr, pages, secinfo, measure, fill, data, epcs in runs:
+            record = [ADD_RUN.pack(linaddr, pages, len(epcs), fill or 0, int(data is None),
+                                   int(measure), bytes(secinfo)), pack_u64s(list(epcs))]
+            if data is not None:
+                record.append(bytes(data))
+            length = sum(map(len, record))
+            if _RUNS_FIELDS + length > MAX_BODY:
+                raise VsgxError("EADD_RUNS: a run does not fit one message")
+            if count and (_RUNS_FIELDS + size + length > MAX_BODY or count == MAX_ADD_RUNS):
+                if not self._send_runs(secs_page, count, parts, results):
+                    return results
+                parts, size, count = [], 0, 0
+            parts += record
+            size += length
+            count += 1
+        if count:
+            self._send_runs(secs_page, count, parts, results)
+        return results
+
+    def _send_runs(self, secs_page: int, count: int, parts: list[bytes], results: list[Any]
+                   ) -> bool:
+        reply = self._call(Type.EADD_RUNS, (secs_page, count), b"".join(parts))
+        return self._outcome(*decode_statuses(reply), results)
+
+    # EPC pages an EADD_UNIFORM may give resident pages (the driver asks).
+    uniform_resident_limit = MAX_UNIFORM_RESIDENT
+
+    def eadd_uniform(self, secs_page: int, linaddr: int, count: int, secinfo: bytes, fill: int,
+                     measure: bool = False, epc_pages: list[int] | tuple[int, ...] = ()
+                     ) -> None:
+        self._batched("EADD_UNIFORM")
+        if len(epc_pages) > MAX_UNIFORM_RESIDENT:
+            raise VsgxError(f"EADD_UNIFORM: at most {MAX_UNIFORM_RESIDENT} resident pages in "
+                            "one run")
+        self._call(Type.EADD_UNIFORM, (secs_page, linaddr, count, fill, int(measure),
+                                       bytes(secinfo), len(epc_pages)),
+                   pack_u64s(list(epc_pages)))
+
+    def eldu_deferred(self, epc_page: int, secs_page: int, linaddr: int) -> None:
+        self._batched("ELDU_DEFERRED")
+        self._call(Type.ELDU_DEFERRED, (epc_page, secs_page, linaddr))
+
+    def eblock_pages(self, epc_pages: list[int]) -> list[SgxError | Fault]:
+        self._batched("EBLOCK_PAGES")
+        results: list[Any] = []
+        for first in range(0, len(epc_pages), MAX_BLOCK_BATCH):
+            chunk = epc_pages[first:first + MAX_BLOCK_BATCH]
+            reply = self._call(Type.EBLOCK_PAGES, (len(chunk),), pack_u64s(chunk))
+            if not self._outcome(*decode_statuses(reply), results):
+                break
+        return results
+
+    @staticmethod
+    def _evicted(blob: bytes, position: int, count: int, results: list[Any]) -> int:
+        """Decode ``count`` EVICTED records at ``position``; where they end."""
+        for _ in range(count):
+            if position + EVICTED.size > len(blob):
+                raise ChannelError("the EVM's evicted pages are cut short")
+            status, has_page, linaddr, pcmd = EVICTED.unpack_from(blob, position)
+            position += EVICTED.size
+            evicted = None
+            if has_page:
+                if position + PAGE_SIZE > len(blob):
+                    raise ChannelError("the EVM's evicted pages are cut short")
+                evicted = RemoteEvicted(blob[position:position + PAGE_SIZE], pcmd, linaddr)
+                position += PAGE_SIZE
+            results.append((SgxError(status), evicted))
+        return position
+
+    def ewb_pages(self, pairs: list[tuple[int, int]]
+                  ) -> list[tuple[SgxError, RemoteEvicted | None] | Fault]:
+        self._batched("EWB_PAGES")
+        results: list[Any] = []
+        for first in range(0, len(pairs), MAX_EWB_BATCH):
+            chunk = pairs[first:first + MAX_EWB_BATCH]
+            reply = self._call(Type.EWB_PAGES, (len(chunk),),
+                               pack_u64s([value for pair in chunk for value in pair]))
+            count, faulted, vector, error_code, address = reply.fields
+            position = self._evicted(reply.blob, 0, count, results)
+            if faulted:
+                results.append(Fault(Vector(vector), error_code, address,
+                                     reply.blob[position:].decode(errors="replace")))
+                break
+        return results
+
+    def evict_pages(self, secs_page: int, pairs: list[tuple[int, int]]
+                    ) -> tuple[list[Any], SgxError | None, list[Any]]:
+        """The in-process evict_pages (EBLOCK, ETRACK, EWB of a reclaimer's
+        batch) in one round trip."""
+        self._batched("EVICT_PAGES")
+        if len(pairs) > MAX_EWB_BATCH:
+            raise VsgxError(f"EVICT_PAGES: at most {MAX_EWB_BATCH} pages in one batch")
+        reply = self._call(Type.EVICT_PAGES, (secs_page, len(pairs)),
+                           pack_u64s([value for pair in pairs for value in pair]))
+        blocked, track, evicted, where, vector, error_code, address = reply.fields
+        blocks: list[Any] = [SgxError(code) for code in
+                             unpack_u32s(reply.blob, blocked, "EVICT_RESULT")]
+        evictions: list[Any] = []
+        position = self._evicted(reply.blob, 4 * blocked, evicted, evictions)
+        if where:
+            fault = Fault(Vector(vector), error_code, address,
+                          reply.blob[position:].decode(errors="replace"))
+            (blocks if where == FAULT_IN_EBLOCK else evictions).append(fault)
+        return blocks, None if track == NOT_RUN else SgxError(track), evictions
+
+    def eldu_pages(self, secs_page: int,
+                   items: list[tuple[int, int, int, bytes | memoryview, bytes]]
+                   ) -> list[SgxError | Fault]:
+        self._batched("ELDU_PAGES")
+        results: list[Any] = []
+        for first in range(0, len(items), MAX_ELDU_BATCH):
+            chunk = items[first:first + MAX_ELDU_BATCH]
+            parts = []
+            for epc, slot, linaddr, blob, pcmd in chunk:
+                parts.append(ELDU_ITEM.pack(epc, slot, linaddr, bytes(pcmd)))
+                parts.append(bytes(blob[:PAGE_SIZE]))
+            reply = self._call(Type.ELDU_PAGES, (secs_page, len(chunk)), b"".join(parts))
+            if not self._outcome(*decode_statuses(reply), results):
+                break
+        return results
+
+    def test_and_clear_young(self, secs_page: int, linaddrs: list[int]) -> list[bool] | None:
+        """The accessed bits of these pages (cleared), or None where the
+        EVM cannot tell, or the session predates version 3."""
+        if self.version < BATCH_VERSION:
+            return None
+        touched: list[bool] = []
+        for first in range(0, len(linaddrs), MAX_YOUNG_BATCH):
+            chunk = linaddrs[first:first + MAX_YOUNG_BATCH]
+            reply = self._call(Type.TEST_AND_CLEAR_YOUNG, (secs_page, len(chunk)),
+                               pack_u64s(chunk))
+            known, count = reply.fields
+            if not known:
+                return None
+            if count != len(chunk) or len(reply.blob) != count:
+                raise ChannelError("the EVM's YOUNG does not answer for every page")
+            touched.extend(bool(bit) for bit in reply.blob)
+        return touched
 
     # -- the EVM's quoting enclave (sgx_qe_*) and launch enclave --------------------
     def _quoting(self, what: str) -> None:
@@ -377,13 +624,14 @@ def set_defaults(policy: EvidencePolicy | None = None, timeout: float | None = N
 
 
 def connect_evm(address: str, policy: EvidencePolicy | None = None, *, warn: bool = True,
-                identity: ClientIdentity | None = None, timeout: float | None = None
-                ) -> RemoteEvm:
+                identity: ClientIdentity | None = None, timeout: float | None = None,
+                protocol_version: int | None = None) -> RemoteEvm:
     """Connect to an EVM, check its evidence against ``policy`` (default:
     ``EvidencePolicy()``, which accepts an unattested EVM only on this
     machine), say hello. On TCP and vsock the AVM presents ``identity``
     (default: the user's key, made on first use). ``timeout`` bounds the
-    connect, the handshake, and any silence of the EVM while the AVM waits."""
+    connect, the handshake, and any silence of the EVM while the AVM waits.
+    ``protocol_version`` is the newest version offered in HELLO."""
     with _defaults_lock:
         policy = policy or _default_policy or EvidencePolicy()
         timeout = timeout or _default_timeout
@@ -404,6 +652,6 @@ def connect_evm(address: str, policy: EvidencePolicy | None = None, *, warn: boo
     if evidence.kind == KIND_NONE and warn:
         print(NO_SEV_BANNER, file=sys.stderr, flush=True)
     conn = Connection(stream, None, name="channel to the EVM", peer="the EVM", deadline=timeout)
-    evm = RemoteEvm(conn)
+    evm = RemoteEvm(conn, protocol_version)
     evm.evidence = evidence  # type: ignore[attr-defined]
     return evm

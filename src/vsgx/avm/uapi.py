@@ -19,7 +19,7 @@ from vsgx.arch.constants import PAGE_SIZE, Attribute, PageType
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.secs import SECS_SIZE, Secs
 from vsgx.arch.sigstruct import SIGSTRUCT_SIZE, Sigstruct
-from vsgx.avm.driver import DriverEnclave, DriverError, SgxDriver
+from vsgx.avm.driver import AddRun, DriverEnclave, DriverError, SgxDriver
 from vsgx.errors import StructureError
 
 SGX_MAGIC = 0xA4
@@ -214,6 +214,24 @@ class EnclaveFile:
         out[5] = done
         return IoctlResult(ret, out)
 
+    def add_runs(self, runs: list[AddRun]) -> tuple[int, int]:
+        """The ENCLAVE_ADD_PAGES a program's library queued (it made the
+        ioctls' checks and answered them): each run is checked again as
+        sgx_ioc_enclave_add_pages would, then added in order. Returns (0 or
+        -errno, pages added); an error is the first that stopped a run
+        (ENOMEM and EIO are what only the driver and the EVM can see)."""
+        encl = self.encl
+        if encl is None or encl.initialized:
+            return -errno.EINVAL, 0
+        for n, run in enumerate(runs):
+            if (not validate_offset_length(encl.size, run.offset, run.count * PAGE_SIZE)
+                    or not validate_secinfo(run.secinfo)
+                    or (run.data is not None and len(run.data) != run.count * PAGE_SIZE)):
+                done, error = self.driver.add_runs(encl, runs[:n])
+                return -(error.errno if error is not None else errno.EINVAL), done
+        done, error = self.driver.add_runs(encl, runs)
+        return (-error.errno if error is not None else 0), done
+
     def init(self, arg: list[int] | None, sigstruct: bytes | None) -> IoctlResult:
         """sgx_ioc_enclave_init / sgx_encl_init."""
         encl = self.encl
@@ -355,10 +373,19 @@ class EnclaveFile:
         if encl.initialized and (start < encl.base or end > encl.base + encl.size):
             return -errno.EACCES
         wanted = prot & (PROT_READ | PROT_WRITE | PROT_EXEC)
-        for page in range(start & ~(PAGE_SIZE - 1), end, PAGE_SIZE):
-            record = encl.pages.get(page)
-            if record is not None and wanted & ~record.vm_max_prot:
-                return -errno.EACCES
+        first = start & ~(PAGE_SIZE - 1)
+        count = (end - first + PAGE_SIZE - 1) // PAGE_SIZE
+        pages = encl.pages
+        # The range's pages or the enclave's, whichever are fewer; and the
+        # pages added but still deferred (their rights are the run's).
+        if count <= len(pages):
+            records = (pages.get(page) for page in range(first, end, PAGE_SIZE))
+        else:
+            records = (record for page, record in pages.items() if first <= page < end)
+        if any(record is not None and wanted & ~record.vm_max_prot for record in records):
+            return -errno.EACCES
+        if any(wanted & ~max_prot for _, max_prot in encl.deferred.values_in(first, count)):
+            return -errno.EACCES
         return 0
 
     def _protect(self, start: int, end: int, prot: int) -> None:
@@ -448,5 +475,5 @@ def pack_arg(words: list[int]) -> bytes:
     return struct.pack(f"<{len(words)}Q", *words)
 
 
-__all__ = ["STRUCTS", "EnclaveFile", "IoctlResult", "ProgramDriver", "SgxError", "Vma",
+__all__ = ["STRUCTS", "AddRun", "EnclaveFile", "IoctlResult", "ProgramDriver", "SgxError", "Vma",
            "validate_offset_length", "validate_secinfo"]

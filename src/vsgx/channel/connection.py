@@ -33,7 +33,6 @@ from vsgx.channel.messages import (
     Message,
     ProtocolError,
     Type,
-    body_length,
     decode_body,
     decode_header,
     encode,
@@ -70,12 +69,30 @@ class RemoteError(VsgxError):
 Handler = Callable[["Connection", Message], Message | None]
 
 
+_events = threading.local()
+
+
+def _thread_event() -> threading.Event:
+    """This thread's event for its waits, made once (an Event costs a few
+    microseconds to make; a thread waits for one reply at a time). A set
+    left over from an earlier wait only makes the next one look again."""
+    event = getattr(_events, "event", None)
+    if event is None:
+        event = _events.event = threading.Event()
+    event.clear()
+    return event
+
+
 class _Waiter:
+    """A request waiting for its reply. ``event`` is set (under the
+    connection's mutex) only once its thread must sleep: a thread that
+    reads its own reply is never woken."""
+
     __slots__ = ("done", "error", "event", "reply")
 
     def __init__(self) -> None:
         self.done = False
-        self.event = threading.Event()
+        self.event: threading.Event | None = None
         self.reply: Message | None = None
         self.error: BaseException | None = None
 
@@ -117,12 +134,14 @@ class Connection:
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self._mutex = threading.Lock()
-        self._role = threading.Condition()
+        self._role = threading.Condition(threading.Lock())
         self._owner: int | None = None
+        self._role_waiters = 0  # serving threads waiting for the role
         self._owner_reading = False
         self._busy_since = 0.0
         self._handling = 0  # requests of the peer being handled (it waits for them)
         self._expecting_since = time.monotonic()
+        self._header: tuple[Type, Kind, int, int] = (Type.OK, Kind.REPLY, 0, 0)
         self.error: BaseException | None = None
         self.closed = False
         self.on_close: list[Callable[[BaseException | None], None]] = []
@@ -138,8 +157,6 @@ class Connection:
         """Send a request and return its reply (ERROR replies raise). An
         interrupt (Ctrl-C) while waiting closes the connection: the reply
         could never be matched to anything again."""
-        if not self._waiters:
-            self._drain()  # what the peer said while we were quiet (that it closed, say)
         if self.error is not None:
             raise self._closed_error()
         request_id = next(self._ids)
@@ -154,7 +171,7 @@ class Connection:
         except ChannelError:
             with self._mutex:
                 self._waiters.pop(request_id, None)
-            self._drain()  # the peer may have said why before it closed
+            self._drain()  # the peer may have said why before it closed (idle, say)
             if self.error is not None:
                 raise self._closed_error() from None
             raise
@@ -193,7 +210,11 @@ class Connection:
             while self._owner is not None:
                 if not wait or self.error is not None:
                     return False
-                self._role.wait(0.5)
+                self._role_waiters += 1
+                try:
+                    self._role.wait(0.5)
+                finally:
+                    self._role_waiters -= 1
             self._owner = me
             self._owner_reading = True
             return True
@@ -202,8 +223,10 @@ class Connection:
         with self._role:
             if self._owner == threading.get_ident():
                 self._owner = None
-                self._role.notify()
-        self._wake_a_follower()
+                if self._role_waiters:
+                    self._role.notify()
+        if self._waiters:
+            self._wake_a_follower()
 
     def _set_reading(self, reading: bool) -> bool:
         """Mark the owner reading or busy; False if the role was taken back."""
@@ -227,9 +250,9 @@ class Connection:
         return True
 
     def _wait(self, waiter: _Waiter) -> None:
-        event = waiter.event
+        me = threading.get_ident()
         while not waiter.done:
-            if self._owner == threading.get_ident():
+            if self._owner == me:
                 if self._set_reading(True):
                     self._lead(waiter)
                     self._set_reading(False)
@@ -239,9 +262,18 @@ class Connection:
                     self._lead(waiter)
                 finally:
                     self._give_role()
-            else:
-                event.wait(0.05)
-                event.clear()
+                continue
+            with self._mutex:
+                if waiter.done:
+                    break
+                if waiter.event is None:
+                    waiter.event = _thread_event()
+                event = waiter.event
+            # A role given back before the event was there woke nobody: look.
+            if self._owner is None:
+                continue
+            event.wait(0.05)
+            event.clear()
 
     def _lead(self, waiter: _Waiter) -> None:
         """Read until ``waiter`` has its reply (holding the reader role). An
@@ -294,8 +326,9 @@ class Connection:
         """The reader role is free: let a thread still waiting take it."""
         with self._mutex:
             for other in self._waiters.values():
-                other.event.set()  # it re-checks its reply and tries to lead
-                break
+                if other.event is not None:
+                    other.event.set()  # it re-checks its reply and tries to lead
+                    break
 
     def _keepalive(self) -> None:
         """A PING while we wait, answered by the other side without waiting
@@ -308,48 +341,55 @@ class Connection:
         """Serve requests until the stream ends (run it in several threads).
         A SOLE request, or a quick one, is handled by the thread that read
         it, which keeps the reader role for its own needs (its page
-        fetches) unless the watchdog takes it back; any other long request
-        is handled after the role went to the next thread."""
+        fetches) unless the watchdog takes it back, and then reads on: a
+        peer that sends one request at a time is served by one thread,
+        with no hand-off. Any other long request is handled after the role
+        went to the next thread."""
+        me = threading.get_ident()
         try:
             while self.error is None:
-                if not self._take_role(wait=True):
+                if self._owner != me and not self._take_role(wait=True):
                     continue
                 try:
-                    try:
-                        message, sole = self._read_one(self._tick)
-                    except ChannelIdle:
-                        self._idle()
-                        continue
-                    if message is None:
-                        continue
-                    if message.type in self.blocking and not sole:
-                        self._give_role()
-                    else:
-                        self._set_reading(False)
-                    self._handle(message)
-                finally:
+                    message, sole = self._read_one(self._tick)
+                except ChannelIdle:
+                    self._idle()
+                    continue
+                if message is None:
+                    continue
+                if message.type in self.blocking and not sole:
                     self._give_role()
+                    self._handle(message)
+                    continue
+                self._set_reading(False)
+                self._handle(message)
+                self._set_reading(True)  # False if the watchdog took the role meanwhile
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            self._give_role()
 
     def _read_one(self, wait: float = IDLE_SECONDS) -> tuple[Message | None, bool]:
         """Read a frame; deliver replies; return requests and notices."""
-        frame = self.stream.read_frame(HEADER_SIZE, body_length, wait)
-        message_type, kind, request_id, _ = decode_header(frame[:HEADER_SIZE])
+        frame = self.stream.read_frame(HEADER_SIZE, self._body_length, wait)
+        message_type, kind, request_id, _ = self._header
         try:
-            message = decode_body(message_type, kind, request_id, frame[HEADER_SIZE:])
+            message = decode_body(message_type, kind, request_id, memoryview(frame)[HEADER_SIZE:])
         except ProtocolError as exc:
             if kind == Kind.REQUEST:
                 self.send(Message(Type.ERROR, (2,), str(exc).encode(), Kind.REPLY, request_id))
                 return None, False
             raise
         if kind == Kind.REPLY:
+            event = None
             with self._mutex:
                 waiter = self._waiters.pop(request_id, None)
-            if waiter is not None:
-                waiter.reply = message
-                waiter.done = True
-                waiter.event.set()
+                if waiter is not None:
+                    waiter.reply = message
+                    waiter.done = True
+                    event = waiter.event
+            if waiter is not None and event is not None:
+                event.set()
             return None, False
         if message_type == Type.PING:
             if kind == Kind.REQUEST:
@@ -359,6 +399,12 @@ class Connection:
             raise ChannelClosed(one_line(message.blob.decode(errors="replace"), 300)
                                 or f"{self.peer} closed the channel")
         return message, is_sole(frame)
+
+    def _body_length(self, header: bytes) -> int:
+        """The stream's callback: the body's length, keeping the decoded
+        header for ``_read_one`` (only the reader calls it)."""
+        self._header = decode_header(header)
+        return self._header[3]
 
     def _dispatch_while_waiting(self, message: Message) -> None:
         if message.type in self.blocking:
@@ -408,8 +454,11 @@ class Connection:
             self._waiters.clear()
         for waiter in waiters:
             waiter.error = self._closed_error()
-            waiter.done = True
-            waiter.event.set()
+            with self._mutex:
+                waiter.done = True
+                event = waiter.event
+            if event is not None:
+                event.set()
         with self._role:
             self._role.notify_all()
         if first:

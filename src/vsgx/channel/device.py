@@ -59,6 +59,10 @@ class Msg(IntEnum):
     EXIT = 18
     CPUID_SITES = 19
     SITES = 20
+    # the queued ADD_PAGES of an enclave file, sent at its next synchronous
+    # point (INIT, another ioctl, a mapping, a full queue); IOCTL_DONE's
+    # count is the pages added
+    ADD_RUNS = 40
     # the launcher's requests while a thread waits
     PAGE_FETCH = 30
     PAGE = 31
@@ -170,7 +174,42 @@ MESSAGES: dict[Msg, Message] = {m.msg: m for m in (
     _m(Msg.PAGE_WRITEBACK, "address:u64", "length:u32", "reserved:u32",
        payload="runs of (u16 offset, u16 length, bytes)"),
     _m(Msg.WRITEBACK_DONE),
+    _m(Msg.ADD_RUNS, "file:u64", "runs:u32", "pages:u32",
+       payload="runs x struct vsgx_add_run, then the pages of the runs that are not "
+               "uniform, in order (pages in all)"),
 )}
+
+
+@dataclass(frozen=True)
+class Record:
+    """A fixed struct inside a payload (rendered into the header too)."""
+
+    name: str
+    fields: tuple[Field, ...]
+
+    @property
+    def layout(self) -> struct.Struct:
+        return struct.Struct("<" + "".join(f"{f.count}{_CTYPES[f.ctype][1]}"
+                                           for f in self.fields))
+
+    def offsets(self) -> dict[str, int]:
+        offset, out = 0, {}
+        for f in self.fields:
+            out[f.name] = offset
+            offset += f.size
+        return out
+
+
+# ADD_RUNS: consecutive pages of one ADD_PAGES SECINFO and flags; a
+# uniform run's pages are all its 32-bit fill and are not sent.
+ADD_RUN = Record("vsgx_add_run", (Field("offset", "u64"), Field("count", "u64"),
+                                  Field("secinfo", "u64"), Field("fill", "u32"),
+                                  Field("flags", "u32")))
+ADD_RUN_MEASURE = 1 << 0  # SGX_PAGE_MEASURE
+ADD_RUN_UNIFORM = 1 << 1
+ADD_RUNS_MAX = 512  # runs in one ADD_RUNS
+ADD_RUNS_PAGES = 32  # pages sent in one ADD_RUNS (a datagram's worth)
+RECORDS = (ADD_RUN,)
 
 
 def pack(msg: Msg, payload: bytes = b"", status: int = 0, **values: int | list[int]) -> bytes:
@@ -256,7 +295,11 @@ def render_c_header() -> str:
              f"#define VSGX_IOCTL_ARG_WORDS {IOCTL_ARG_WORDS}",
              f"#define VSGX_ARG_READABLE {ARG_READABLE}",
              f"#define VSGX_BUFFER_READABLE {BUFFER_READABLE}",
-             f"#define VSGX_IOCTL_COPY_BACK {IOCTL_COPY_BACK}", ""]
+             f"#define VSGX_IOCTL_COPY_BACK {IOCTL_COPY_BACK}",
+             f"#define VSGX_ADD_RUN_MEASURE {ADD_RUN_MEASURE}",
+             f"#define VSGX_ADD_RUN_UNIFORM {ADD_RUN_UNIFORM}",
+             f"#define VSGX_ADD_RUNS_MAX {ADD_RUNS_MAX}",
+             f"#define VSGX_ADD_RUNS_PAGES {ADD_RUNS_PAGES}", ""]
     for msg in Msg:
         lines.append(f"#define VSGX_MSG_{msg.name} {int(msg)}")
     for kind in ExitKind:
@@ -275,9 +318,19 @@ def render_c_header() -> str:
         lines.append(f"_Static_assert(sizeof(struct {message.c_name}) == "
                      f"{message.layout.size}, \"{message.c_name}\");")
         lines.append("")
+    for record in RECORDS:
+        lines.append(f"struct {record.name} {{")
+        for f in record.fields:
+            suffix = f"[{f.count}]" if f.count > 1 else ""
+            lines.append(f"    {_CTYPES[f.ctype][0]} {f.name}{suffix};")
+        lines.append("};")
+        lines.append(f"_Static_assert(sizeof(struct {record.name}) == {record.layout.size}, "
+                     f"\"{record.name}\");")
+        lines.append("")
     lines.append("#endif")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ADD_PAGES_BATCH", "MESSAGES", "VERSION", "Decoded", "DeviceProtocolError",
-           "ExitKind", "Msg", "PageState", "pack", "render_c_header", "unpack"]
+__all__ = ["ADD_PAGES_BATCH", "ADD_RUN", "MESSAGES", "RECORDS", "VERSION", "Decoded",
+           "DeviceProtocolError", "ExitKind", "Msg", "PageState", "pack", "render_c_header",
+           "unpack"]

@@ -19,7 +19,13 @@ the newest it speaks, the EVM answers with the one the session will use
 (the lower of the two, if it speaks that one) or with an ERROR saying why.
 Version 2 added the quoting enclave's and the launch enclave's requests
 (QE_TARGET_INFO, QE_QUOTE_SIZE, QUOTE, LAUNCH_TOKEN); a session of version
-1 has everything else.
+1 has everything else. Version 3 added batch paging (EADD_PAGES,
+EADD_UNIFORM and ELDU_DEFERRED for pages added without residency,
+EBLOCK_PAGES, EWB_PAGES, ELDU_PAGES, TEST_AND_CLEAR_YOUNG) and EXIT_PAGES,
+the exit of an entry that carries the entry's write-backs of untrusted
+memory and the pages it used (so that the next entry pushes those ahead):
+one record each way for an entry that touches no page it was not sent.
+A version-2 session keeps the single leaves, EXIT and PAGE_WRITEBACK.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from vsgx.errors import VsgxError
 
 MAGIC = b"VSGX"
 VERSION = 1  # the frame format: the header's version field
-PROTOCOL_VERSION = 2  # the newest protocol this side speaks (HELLO)
+PROTOCOL_VERSION = 3  # the newest protocol this side speaks (HELLO)
 MIN_PROTOCOL_VERSION = 1  # the oldest one it still serves
 QUOTING_VERSION = 2  # the protocol version that has the quoting requests
+BATCH_VERSION = 3  # the protocol version that has batch paging and EXIT_PAGES
 HEADER = struct.Struct("<4sHHB3xQI")
 HEADER_SIZE = HEADER.size
 MAX_BODY = (1 << 20) + 4096  # an ADD_PAGES batch of 256 pages and its fields
@@ -105,6 +112,22 @@ class Type(IntEnum):
     QUOTE_RESULT = 65  # quote3_error_t and the lengths of the parts that follow
     LAUNCH_TOKEN = 66  # an EINITTOKEN from the launch enclave
     TOKEN = 67  # its reply: LaunchStatus; the token, or the reason
+    # protocol version 3: exits with their write-backs, and batch paging
+    EXIT_PAGES = 70  # EXIT, plus the pages the entry used and its write-backs
+    PAGE_WRITEBACKS = 71  # a notice: write-backs of several pages, EVM -> AVM
+    EADD_PAGES = 72  # consecutive REG pages from one source, one EPC page each
+    EADD_UNIFORM = 73  # pages of one 32-bit pattern; those past the EPC pages are deferred
+    ELDU_DEFERRED = 74  # a deferred page into an EPC page (its first touch)
+    EBLOCK_PAGES = 75
+    STATUSES = 76  # a batch's SgxError codes, and the fault that ended it, if one did
+    EWB_PAGES = 77
+    EVICTED_PAGES = 78  # EWB_PAGES's results: status, LINADDR, PCMD, ciphertext each
+    ELDU_PAGES = 79
+    TEST_AND_CLEAR_YOUNG = 80  # accessed bits of an enclave's pages, read and cleared
+    YOUNG = 81  # its reply: whether the EVM can tell, and one byte per page
+    EADD_RUNS = 82  # several runs of EADDs (uniform or with their pages) in one request
+    EVICT_PAGES = 83  # EBLOCK each, one ETRACK, EWB of the blocked: a reclaimer's batch
+    EVICT_RESULT = 84  # its reply
 
 
 @dataclass(frozen=True)
@@ -174,6 +197,39 @@ LAYOUTS: dict[Type, Layout] = {
     # MRENCLAVE, the signer's modulus (SIGSTRUCT.MODULUS), ATTRIBUTES, XFRM
     Type.LAUNCH_TOKEN: _layout("32s384sQQ"),
     Type.TOKEN: _layout("I", None),
+    # EXIT's fields, then how many used pages (u64 each) and write-back
+    # records (WRITEBACK header, then its runs) the blob holds, in that order
+    Type.EXIT_PAGES: _layout("BBBxIIQ" + REGISTERS + "II", None),
+    Type.PAGE_WRITEBACKS: _layout("I", None),  # records, as EXIT_PAGES's
+    # secs, linaddr, measure, SECINFO, count; blob: count EPC pages (u64),
+    # then count source pages
+    Type.EADD_PAGES: _layout("QQQ64sI", None),
+    # secs, linaddr, count, fill, measure, SECINFO, resident; blob: the
+    # resident pages' EPC pages (u64 each)
+    Type.EADD_UNIFORM: _layout("QQQIQ64sI", None),
+    Type.ELDU_DEFERRED: _layout("QQQ"),  # EPC page, secs, linaddr
+    Type.EBLOCK_PAGES: _layout("I", None),  # count; blob: EPC pages (u64 each)
+    # count, faulted, vector, error code, address; blob: count statuses
+    # (u32 each), then the fault's reason (UTF-8) when one ended the batch
+    Type.STATUSES: _layout("IIIIQ", None),
+    Type.EWB_PAGES: _layout("I", None),  # count; blob: (EPC page, VA slot) u64 pairs
+    # as STATUSES; blob: count EVICTED records (a page's ciphertext follows
+    # a record that has one), then the fault's reason
+    Type.EVICTED_PAGES: _layout("IIIIQ", None),
+    # secs, count; blob: count ELDU records, each followed by its ciphertext
+    Type.ELDU_PAGES: _layout("QI", None),
+    Type.TEST_AND_CLEAR_YOUNG: _layout("QI", None),  # secs, count; blob: LINADDRs (u64)
+    Type.YOUNG: _layout("II", None),  # known, count; blob: count bytes, 1 = touched
+    # secs, count; blob: count ADD_RUN records, each followed by its EPC
+    # pages (u64 each) and, unless it is uniform, its pages. Reply: STATUSES
+    # with one status per run done.
+    Type.EADD_RUNS: _layout("QI", None),
+    Type.EVICT_PAGES: _layout("QI", None),  # secs, count; blob: (EPC page, VA slot) u64 pairs
+    # EBLOCK results, ETRACK status (NOT_RUN if nothing was blocked), EWB
+    # results, where a fault ended it (FAULT_IN_*) and the fault; blob: the
+    # EBLOCK statuses (u32), the EVICTED records (with their ciphertexts),
+    # then the fault's reason
+    Type.EVICT_RESULT: _layout("IIIIIIQ", None),
 }
 
 # Which requests each protocol version has (replies follow their requests).
@@ -182,18 +238,30 @@ V2_TYPES = frozenset({Type.QE_TARGET_INFO, Type.TARGET_INFO, Type.QE_QUOTE_SIZE,
                       Type.TOKEN})
 
 
+V3_TYPES = frozenset({Type.EXIT_PAGES, Type.PAGE_WRITEBACKS, Type.EADD_PAGES,
+                      Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EBLOCK_PAGES, Type.STATUSES,
+                      Type.EWB_PAGES, Type.EVICTED_PAGES, Type.ELDU_PAGES,
+                      Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS,
+                      Type.EVICT_PAGES, Type.EVICT_RESULT})
+
+
+_INTRODUCED = {t: BATCH_VERSION if t in V3_TYPES else QUOTING_VERSION if t in V2_TYPES else 1
+               for t in Type}
+
+
 def introduced_in(message_type: Type) -> int:
     """The protocol version that has ``message_type``."""
-    return QUOTING_VERSION if message_type in V2_TYPES else 1
+    return _INTRODUCED[message_type]
 
 
-def negotiate(offered: int) -> int:
+def negotiate(offered: int, newest: int = PROTOCOL_VERSION) -> int:
     """The version of a session whose AVM offers ``offered`` (the newest it
-    speaks); ProtocolError if this side speaks none that it does."""
+    speaks) with an EVM that speaks up to ``newest``; ProtocolError if this
+    side speaks none that it does."""
     if offered < MIN_PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {offered} is older than the oldest this EVM "
                             f"serves ({MIN_PROTOCOL_VERSION}); upgrade the AVM's vsgx")
-    return min(offered, PROTOCOL_VERSION)
+    return min(offered, newest)
 
 
 # QUOTE flags.
@@ -274,12 +342,13 @@ def is_sole(header: bytes) -> bool:
     return bool(header[8] & SOLE)
 
 
-def decode_body(message_type: Type, kind: Kind, request_id: int, body: bytes) -> Message:
+def decode_body(message_type: Type, kind: Kind, request_id: int,
+                body: bytes | memoryview) -> Message:
     layout = LAYOUTS[message_type]
     size = layout.fields.size
     if len(body) < size:
         raise ProtocolError(f"{message_type.name}: {len(body)} bytes, fields need {size}")
-    blob = body[size:]
+    blob = bytes(body[size:])
     if layout.blob is not None and len(blob) != layout.blob:
         raise ProtocolError(f"{message_type.name}: blob of {len(blob)} bytes, expected "
                             f"{layout.blob}")
@@ -332,3 +401,89 @@ def decode_runs(blob: bytes) -> list[tuple[int, bytes]]:
         runs.append((offset, blob[position:position + length]))
         position += length
     return runs
+
+
+# -- protocol version 3: exits with their pages, and batch paging ---------------
+# How many pages one batch request may name (each fits MAX_BODY with its data).
+MAX_ADD_BATCH = 256
+MAX_UNIFORM_RESIDENT = 65536
+MAX_BLOCK_BATCH = 4096
+MAX_EWB_BATCH = 128
+MAX_ELDU_BATCH = 128
+MAX_YOUNG_BATCH = 65536
+MAX_USED_PAGES = MAX_PUSHED_PAGES  # pages an EXIT_PAGES names as used
+WRITEBACK = struct.Struct("<QI4x")  # page, length of its runs
+EVICTED = struct.Struct("<IIQ128s")  # status, has a ciphertext, LINADDR, PCMD
+ELDU_ITEM = struct.Struct("<QQQ128s")  # EPC page, VA slot, LINADDR, PCMD
+# LINADDR, count, resident (EPC pages that follow), fill, uniform, measure, SECINFO
+ADD_RUN = struct.Struct("<QQIIBB6x64s")
+MAX_ADD_RUNS = 4096  # runs in one EADD_RUNS
+NOT_RUN = 0xFFFFFFFF  # EVICT_RESULT's ETRACK status when nothing was blocked
+FAULT_IN_EBLOCK, FAULT_IN_EWB = 1, 2
+_U64 = struct.Struct("<Q")
+
+
+def pack_u64s(values: list[int] | tuple[int, ...]) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def unpack_u64s(blob: bytes | memoryview, count: int, what: str) -> tuple[int, ...]:
+    """``count`` u64 values at the start of ``blob``."""
+    if len(blob) < 8 * count:
+        raise ProtocolError(f"{what}: {count} values announced, {len(blob) // 8} sent")
+    return struct.unpack_from(f"<{count}Q", blob)
+
+
+def check_count(what: str, count: int, limit: int, unit: str = "pages") -> None:
+    if count > limit:
+        raise ProtocolError(f"{what}: a batch of {count} {unit}; at most {limit} go in one")
+
+
+def encode_writebacks(records: list[tuple[int, bytes]]) -> bytes:
+    """(page, encoded runs) records, as EXIT_PAGES and PAGE_WRITEBACKS carry them."""
+    return b"".join(WRITEBACK.pack(page, len(runs)) + runs for page, runs in records)
+
+
+def decode_writebacks(blob: bytes | memoryview, count: int
+                      ) -> list[tuple[int, list[tuple[int, bytes]]]]:
+    """The ``count`` write-back records that make up ``blob`` exactly."""
+    records = []
+    position = 0
+    for _ in range(count):
+        if position + WRITEBACK.size > len(blob):
+            raise ProtocolError("truncated write-back record")
+        page, length = WRITEBACK.unpack_from(blob, position)
+        position += WRITEBACK.size
+        if page % PAGE or position + length > len(blob):
+            raise ProtocolError("malformed write-back record")
+        records.append((page, decode_runs(bytes(blob[position:position + length]))))
+        position += length
+    if position != len(blob):
+        raise ProtocolError("write-back records do not add up")
+    return records
+
+
+def encode_outcome(count: int, fault: tuple[int, int, int, str] | None) -> tuple[tuple, bytes]:
+    """STATUSES / EVICTED_PAGES fields for ``count`` results and the fault
+    (vector, error code, address, reason) that ended the batch, if one did;
+    and the reason to append to the blob."""
+    if fault is None:
+        return (count, 0, 0, 0, 0), b""
+    vector, error_code, address, reason = fault
+    return (count, 1, vector, error_code & 0xFFFFFFFF, address & ((1 << 64) - 1)), \
+        reason.encode()[:2000]
+
+
+def decode_statuses(message: Message) -> tuple[tuple[int, ...], tuple[int, int, int, str] | None]:
+    """A STATUSES reply: the status codes, and the fault that ended the batch."""
+    count, faulted, vector, error_code, address = message.fields
+    codes = unpack_u32s(message.blob, count, "STATUSES")
+    fault = (vector, error_code, address, message.blob[4 * count:].decode(errors="replace")) \
+        if faulted else None
+    return codes, fault
+
+
+def unpack_u32s(blob: bytes | memoryview, count: int, what: str) -> tuple[int, ...]:
+    if len(blob) < 4 * count:
+        raise ProtocolError(f"{what}: {count} values announced, {len(blob) // 4} sent")
+    return struct.unpack_from(f"<{count}I", blob)

@@ -277,6 +277,7 @@ class TlsStream:
         self.local = is_local_peer(sock)
         self.last_received = time.monotonic()
         self._plain = bytearray()
+        self._poller: select.poll | None = None
 
     def handshake(self, timeout: float | None = None) -> None:
         """The TLS handshake, done within ``timeout`` seconds in all (a peer
@@ -338,13 +339,13 @@ class TlsStream:
         if tls is None or self.closed:
             raise ChannelClosed("the channel is closed")
         view = memoryview(data)
-        stalled = time.monotonic()
+        stalled = 0.0
         while view:
             with self.lock:
                 try:
                     sent = tls.send(view)
                     view = view[sent:]
-                    stalled = time.monotonic()
+                    stalled = 0.0
                     continue
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                     pass
@@ -353,7 +354,10 @@ class TlsStream:
                 except OSError as exc:
                     raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
                                         ) from None
-            waited = time.monotonic() - stalled
+            now = time.monotonic()
+            if not stalled:
+                stalled = now
+            waited = now - stalled
             if waited >= self.timeout:
                 raise ChannelError(f"{self.peer} stopped reading: nothing could be sent for "
                                    f"{waited:.0f} s")
@@ -362,20 +366,50 @@ class TlsStream:
             except (ValueError, OSError):
                 raise ChannelClosed("the channel is closed") from None
 
+    def _readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the socket to be readable
+        (the reader only: a poll object serves one caller at a time)."""
+        poller = self._poller
+        if poller is None:
+            tls = self.tls
+            if tls is None or self.closed:
+                raise ChannelClosed("the channel is closed")
+            try:
+                poller = select.poll()
+                poller.register(tls.fileno(), select.POLLIN)
+            except (ValueError, OSError):
+                raise ChannelClosed("the channel is closed") from None
+            self._poller = poller
+        try:
+            return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+        except (ValueError, OSError):
+            raise ChannelClosed("the channel is closed") from None
+
     def _read_into_buffer(self, size: int, wait: float) -> None:
         """Read until the plaintext buffer holds ``size`` bytes (only the
         reader calls this); ChannelIdle after ``wait`` seconds without
-        plaintext. Bytes stay buffered if ChannelIdle interrupts."""
+        plaintext. Bytes stay buffered if ChannelIdle interrupts.
+
+        The socket is polled before SSL_read when OpenSSL holds no
+        plaintext: a reply that has not arrived costs one poll, not a
+        failed read and its exception as well."""
         tls = self.tls
         if tls is None:
             raise ChannelClosed("the channel is closed")
+        plain = self._plain
         started = time.monotonic()
-        while len(self._plain) < size:
+        while len(plain) < size:
+            if not tls.pending():
+                remaining = wait - (time.monotonic() - started)
+                if not self._readable(remaining):
+                    if time.monotonic() - started >= wait:
+                        raise ChannelIdle
+                    continue
             with self.lock:
                 try:
                     chunk = tls.recv(RECV_SIZE)
                 except (ssl.SSLWantReadError, BlockingIOError):
-                    chunk = None
+                    continue  # a partial record, or a record with no data (a ticket)
                 except ssl.SSLZeroReturnError:
                     raise ChannelClosed(f"{self.peer} closed the channel") from None
                 except ssl.SSLEOFError:
@@ -384,31 +418,29 @@ class TlsStream:
                 except ssl.SSLError as exc:
                     raise ChannelError(f"the channel was tampered with: TLS "
                                        f"{exc.reason or exc}") from None
-                except OSError as exc:
-                    raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
-                                        ) from None
-            if chunk is None:
-                remaining = wait - (time.monotonic() - started)
-                if remaining <= 0:
-                    raise ChannelIdle
-                try:
-                    select.select([tls], [], [], remaining)
-                except (ValueError, OSError):
-                    raise ChannelClosed("the channel is closed") from None
-                continue
+                except (OSError, ValueError) as exc:
+                    raise ChannelClosed(f"the channel is closed "
+                                        f"({getattr(exc, 'strerror', None) or exc})") from None
             if not chunk:
                 raise ChannelClosed(f"{self.peer} closed the channel")
-            self._plain += chunk
+            plain += chunk
             started = self.last_received = time.monotonic()
 
     def read_frame(self, header_size: int, body_length: Callable[[bytes], int],
                    wait: float = IDLE_SECONDS) -> bytes:
         """One whole frame: a header, then ``body_length(header)`` bytes."""
-        self._read_into_buffer(header_size, wait)
-        size = header_size + body_length(bytes(self._plain[:header_size]))
-        self._read_into_buffer(size, wait)
-        frame = bytes(self._plain[:size])
-        del self._plain[:size]
+        plain = self._plain
+        if len(plain) < header_size:
+            self._read_into_buffer(header_size, wait)
+        size = header_size + body_length(bytes(plain[:header_size]))
+        if len(plain) < size:
+            self._read_into_buffer(size, wait)
+        if len(plain) == size:  # the usual case: the frame is all there is
+            frame = bytes(plain)
+            plain.clear()
+        else:
+            frame = bytes(plain[:size])
+            del plain[:size]
         return frame
 
     def pending(self) -> bool:
@@ -418,7 +450,7 @@ class TlsStream:
             return False
         if self._plain or tls.pending():
             return True
-        try:
+        try:  # not the reader's poll object: any thread may ask
             return bool(select.select([tls], [], [], 0)[0])
         except (ValueError, OSError):
             return True  # closed: a read will say so

@@ -50,22 +50,44 @@ from vsgx.channel import (
     reply_to,
 )
 from vsgx.channel.messages import (
+    ADD_RUN,
+    BATCH_VERSION,
+    ELDU_ITEM,
+    EVICTED,
+    FAULT_IN_EBLOCK,
+    FAULT_IN_EWB,
     HEADER_SIZE,
+    MAX_ADD_BATCH,
+    MAX_ADD_RUNS,
+    MAX_BLOCK_BATCH,
+    MAX_ELDU_BATCH,
+    MAX_EWB_BATCH,
+    MAX_UNIFORM_RESIDENT,
+    MAX_USED_PAGES,
+    MAX_YOUNG_BATCH,
+    NOT_RUN,
+    PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_FLAGS,
     QUOTE_WANT_QE_REPORT,
     QUOTE_WANT_SNP,
+    WRITEBACK,
     Kind,
     LaunchStatus,
     LaunchTokenError,
     ProtocolError,
     body_length,
+    check_count,
     decode,
     decode_pages,
     encode,
+    encode_outcome,
     encode_runs,
+    encode_writebacks,
     introduced_in,
     negotiate,
+    pack_u64s,
+    unpack_u64s,
 )
 from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
@@ -87,6 +109,10 @@ MAX_PENDING = 64  # connections not yet admitted or refused
 PENDING_PER_SOURCE = 8  # ... from one uid (Unix) or address (TCP, vsock)
 _CPUID_LEAF = struct.Struct("<4I")
 CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
+# Write-backs an entry holds for its exit reply at most (then they go ahead).
+PENDING_WRITEBACK_BYTES = 256 * 1024
+_WRITEBACKS_PER_NOTICE = 48  # records of up to 4240 bytes each fit MAX_BODY
+_ENTRIES = frozenset({Type.EENTER, Type.ERESUME})
 
 
 @dataclass(frozen=True)
@@ -152,29 +178,75 @@ class SessionViolation(VsgxError):
 
 class RemoteUntrusted:
     """The AVM's memory, fetched over the session's channel (or taken from
-    the pages the AVM pushed with the EENTER)."""
+    the pages the AVM pushed with the EENTER).
 
-    def __init__(self, conn: Connection, pushed: dict[int, tuple[bytes, bool]] | None = None):
+    In a session of protocol version 3 (``batched``) write-backs wait for
+    the exit reply, which carries them (EXIT_PAGES), with the pages the
+    entry used so that the AVM pushes those with the next one. They go
+    ahead in a PAGE_WRITEBACKS notice only before a fetch (the AVM must
+    answer it with what the enclave wrote) or when too many wait."""
+
+    def __init__(self, conn: Connection, pushed: dict[int, tuple[bytes, bool]] | None = None,
+                 batched: bool = False):
         self.conn = conn
         self.pushed = pushed or {}
+        self.batched = batched
+        self.used: list[int] = []
+        self.pending: list[tuple[int, bytes]] = []
+        self._pending_bytes = 0
+
+    def _used(self, page: int) -> None:
+        if len(self.used) < MAX_USED_PAGES and page not in self.used:
+            self.used.append(page)
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
         pushed = self.pushed.pop(page, None)
         if pushed is not None:
+            self._used(page)
             return pushed
+        if self.pending:
+            self.flush()
         try:
             reply = self.conn.call(Type.PAGE_FETCH, (page,))
         except (ChannelError, VsgxError):
             return None  # the AVM is gone: its memory is unmapped
         if reply.type == Type.PAGE:
+            self._used(page)
             return reply.blob, bool(reply.fields[0])
         return None
 
     def write_back(self, page: int, changes: list[tuple[int, bytes]]) -> None:
+        runs = encode_runs(changes)
+        if not self.batched:
+            try:
+                self.conn.notify(Type.PAGE_WRITEBACK, (page,), runs)
+            except ChannelError:
+                pass
+            return
+        size = WRITEBACK.size + len(runs)
+        if self._pending_bytes + size > PENDING_WRITEBACK_BYTES:
+            self.flush()
+        self.pending.append((page, runs))
+        self._pending_bytes += size
+
+    def flush(self) -> None:
+        """Send the waiting write-backs now (PAGE_WRITEBACKS notices)."""
+        pending, self.pending, self._pending_bytes = self.pending, [], 0
         try:
-            self.conn.notify(Type.PAGE_WRITEBACK, (page,), encode_runs(changes))
+            for first in range(0, len(pending), _WRITEBACKS_PER_NOTICE):
+                records = pending[first:first + _WRITEBACKS_PER_NOTICE]
+                self.conn.notify(Type.PAGE_WRITEBACKS, (len(records),),
+                                 encode_writebacks(records))
         except ChannelError:
             pass
+
+    def exit_blob(self) -> tuple[int, int, bytes]:
+        """(used pages, write-back records, blob) for EXIT_PAGES."""
+        if not self.used and not self.pending:
+            return 0, 0, b""
+        pending, self.pending, self._pending_bytes = self.pending, [], 0
+        return (len(self.used), len(pending),
+                pack_u64s(self.used) + encode_writebacks(pending))
 
 
 class Session:
@@ -189,7 +261,7 @@ class Session:
         self.inflight = 0  # enclave entries running
         self.busy = 0  # requests being handled
         self.last_active = time.monotonic()
-        self.idle = threading.Condition()
+        self.idle = threading.Condition(threading.Lock())
         self.closed = False  # closing: no new entries; the slice is not free yet
         self._cleanup_started = False
         self.version = 1  # the protocol version HELLO agreed on
@@ -205,6 +277,11 @@ class Session:
             Type.DESTROY: self._destroy,
             Type.QE_TARGET_INFO: self._qe_target_info, Type.QE_QUOTE_SIZE: self._qe_quote_size,
             Type.QUOTE: self._quote, Type.LAUNCH_TOKEN: self._launch_token,
+            Type.EADD_PAGES: self._eadd_pages, Type.EADD_UNIFORM: self._eadd_uniform,
+            Type.ELDU_DEFERRED: self._eldu_deferred, Type.EBLOCK_PAGES: self._eblock_pages,
+            Type.EWB_PAGES: self._ewb_pages, Type.ELDU_PAGES: self._eldu_pages,
+            Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
+            Type.EADD_RUNS: self._eadd_runs, Type.EVICT_PAGES: self._evict_pages,
         }
 
     # -- ownership -----------------------------------------------------------
@@ -221,7 +298,13 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------
     def handle(self, conn: Connection, message: Message) -> Message | None:
+        # An entry counts as in flight (cleanup waits for it) from here on.
+        entry = message.type in _ENTRIES
         with self.idle:
+            if entry:
+                if self.closed:
+                    return error_reply(message, "the session is closing", ErrorCode.REJECTED)
+                self.inflight += 1
             self.busy += 1
             self.last_active = time.monotonic()
         try:
@@ -230,6 +313,10 @@ class Session:
             with self.idle:
                 self.busy -= 1
                 self.last_active = time.monotonic()
+                if entry:
+                    self.inflight -= 1
+                    if self.closed:  # cleanup waits for the last one
+                        self.idle.notify_all()
 
     def idle_for(self, now: float) -> float:
         """How long the session has had no request (0 while one runs)."""
@@ -239,7 +326,7 @@ class Session:
             return now - self.last_active
 
     def _dispatch(self, message: Message) -> Message | None:
-        if message.type == Type.PAGE_WRITEBACK:
+        if message.type in (Type.PAGE_WRITEBACK, Type.PAGE_WRITEBACKS):
             return None
         handler = self.handlers.get(message.type)
         if handler is None:
@@ -255,6 +342,8 @@ class Session:
                             fault.reason.encode()[:2000])
         except SessionViolation as exc:
             return error_reply(message, str(exc), ErrorCode.VIOLATION)
+        except ProtocolError as exc:
+            return error_reply(message, str(exc), ErrorCode.PROTOCOL)
         except VsgxError as exc:
             return error_reply(message, str(exc), ErrorCode.REJECTED)
 
@@ -266,7 +355,7 @@ class Session:
 
     def _hello(self, message: Message) -> Message:
         try:
-            self.version = negotiate(message.fields[0])
+            self.version = negotiate(message.fields[0], self.manager.protocol_version)
         except ProtocolError as exc:
             return error_reply(message, str(exc))
         return reply_to(message, Type.HELLO, (self.version,))
@@ -358,42 +447,212 @@ class Session:
         address, value = m.fields
         return self._status(m, self.vm.edbgwr(self._own(address), value))
 
-    def _exit(self, m: Message, result) -> Message:  # type: ignore[no-untyped-def]
-        return reply_to(m, Type.EXIT, (result.kind == "aex", result.exitinfo_valid,
-                                       result.interrupt, result.vector, result.error_code,
-                                       result.address, *result.registers))
+    def _exit(self, m: Message, result, untrusted: RemoteUntrusted  # type: ignore[no-untyped-def]
+              ) -> Message:
+        fields = (result.kind == "aex", result.exitinfo_valid, result.interrupt, result.vector,
+                  result.error_code, result.address, *result.registers)
+        if not untrusted.batched:
+            return reply_to(m, Type.EXIT, fields)
+        used, records, blob = untrusted.exit_blob()
+        return reply_to(m, Type.EXIT_PAGES, (*fields, used, records), blob)
 
-    def _entered(self) -> None:
-        with self.idle:
-            if self.closed:
-                raise VsgxError("the session is closing")
-            self.inflight += 1
-
-    def _left(self) -> None:
-        with self.idle:
-            self.inflight -= 1
-            self.idle.notify_all()
+    def _untrusted(self, m: Message) -> RemoteUntrusted:
+        return RemoteUntrusted(self.conn, decode_pages(m.blob) if m.blob else None,
+                               batched=self.version >= BATCH_VERSION)
 
     def _eenter(self, m: Message) -> Message:
         secs, return_rip = m.fields[:2]
         registers = list(m.fields[2:2 + REG_COUNT])
-        untrusted = RemoteUntrusted(self.conn, decode_pages(m.blob))
-        self._entered()
+        untrusted = self._untrusted(m)
         try:
-            return self._exit(m, self.vm.eenter(self._secs(secs), registers, return_rip,
-                                                untrusted))
-        finally:
-            self._left()
+            result = self.vm.eenter(self._secs(secs), registers, return_rip, untrusted)
+        except BaseException:
+            untrusted.flush()  # what the enclave wrote before it failed
+            raise
+        return self._exit(m, result, untrusted)
 
     def _eresume(self, m: Message) -> Message:
         secs = m.fields[0]
         registers = list(m.fields[1:1 + REG_COUNT])
-        untrusted = RemoteUntrusted(self.conn, decode_pages(m.blob))
-        self._entered()
+        untrusted = self._untrusted(m)
         try:
-            return self._exit(m, self.vm.eresume(self._secs(secs), registers, untrusted))
-        finally:
-            self._left()
+            result = self.vm.eresume(self._secs(secs), registers, untrusted)
+        except BaseException:
+            untrusted.flush()
+            raise
+        return self._exit(m, result, untrusted)
+
+    # -- batch paging (protocol version 3) --------------------------------------
+    def _own_all(self, addresses: tuple[int, ...], what: str = "EPC page") -> None:
+        """Every address of a batch is in this session's slice (checked
+        before any leaf runs: a batch is refused whole)."""
+        base, end = self.epc.base, self.epc.base + self.epc.size
+        for address in addresses:
+            if not base <= address < end:
+                raise SessionViolation(f"{what} {address:#x} is outside this session's EPC "
+                                       "slice")
+
+    @staticmethod
+    def _fault_of(results: list) -> tuple[list, tuple[int, int, int, str] | None]:  # type: ignore[type-arg]
+        if results and isinstance(results[-1], Fault):
+            fault = results[-1]
+            return results[:-1], (int(fault.vector), fault.error_code, fault.address,
+                                  fault.reason)
+        return results, None
+
+    def _statuses(self, m: Message, results: list) -> Message:  # type: ignore[type-arg]
+        codes, fault = self._fault_of(results)
+        fields, reason = encode_outcome(len(codes), fault)
+        return reply_to(m, Type.STATUSES, fields,
+                        struct.pack(f"<{len(codes)}I", *map(int, codes)) + reason)
+
+    def _eadd_pages(self, m: Message) -> Message:
+        secs, linaddr, measure, secinfo, count = m.fields
+        check_count("EADD_PAGES", count, MAX_ADD_BATCH)
+        epcs = unpack_u64s(m.blob, count, "EADD_PAGES")
+        if len(m.blob) != count * (8 + PAGE_SIZE):
+            raise ProtocolError(f"EADD_PAGES: {count} pages need {count * (8 + PAGE_SIZE)} "
+                                f"bytes, the blob has {len(m.blob)}")
+        self._own_all(epcs)
+        self.vm.eadd_pages(list(epcs), self._secs(secs), linaddr,
+                           memoryview(m.blob)[8 * count:], secinfo, bool(measure))
+        return self._ok(m)
+
+    def _eadd_uniform(self, m: Message) -> Message:
+        secs, linaddr, count, fill, measure, secinfo, resident = m.fields
+        check_count("EADD_UNIFORM", resident, MAX_UNIFORM_RESIDENT)
+        if len(m.blob) != 8 * resident:
+            raise ProtocolError(f"EADD_UNIFORM: {resident} EPC pages announced, "
+                                f"{len(m.blob) // 8} sent")
+        epcs = unpack_u64s(m.blob, resident, "EADD_UNIFORM")
+        self._own_all(epcs)
+        self.vm.eadd_uniform(self._secs(secs), linaddr, count, secinfo, fill, bool(measure),
+                             epcs)
+        return self._ok(m)
+
+    def _eadd_runs(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("EADD_RUNS", count, MAX_ADD_RUNS, "runs")
+        view = memoryview(m.blob)
+        runs = []
+        epcs: list[int] = []
+        position = 0
+        for _ in range(count):
+            if position + ADD_RUN.size > len(view):
+                raise ProtocolError("EADD_RUNS: a run is cut short")
+            linaddr, pages, resident, fill, uniform, measure, secinfo = ADD_RUN.unpack_from(
+                view, position)
+            position += ADD_RUN.size
+            if resident > pages or (not uniform and resident != pages):
+                raise ProtocolError(f"EADD_RUNS: a run of {pages} pages with {resident} EPC "
+                                    "pages")
+            run_epcs = unpack_u64s(view[position:], resident, "EADD_RUNS")
+            position += 8 * resident
+            data = None
+            if not uniform:
+                size = pages * PAGE_SIZE
+                if position + size > len(view):
+                    raise ProtocolError("EADD_RUNS: a run's pages are cut short")
+                data = view[position:position + size]
+                position += size
+            runs.append((linaddr, pages, bytes(secinfo), bool(measure), fill, data, run_epcs))
+            epcs.extend(run_epcs)
+        if position != len(view):
+            raise ProtocolError("EADD_RUNS: the runs do not add up to the blob")
+        self._own_all(tuple(epcs))
+        return self._statuses(m, self.vm.eadd_runs(self._secs(secs), runs))
+
+    def _eldu_deferred(self, m: Message) -> Message:
+        epc, secs, linaddr = m.fields
+        self.vm.eldu_deferred(self._own(epc), self._secs(secs), linaddr)
+        return self._ok(m)
+
+    def _eblock_pages(self, m: Message) -> Message:
+        (count,) = m.fields
+        check_count("EBLOCK_PAGES", count, MAX_BLOCK_BATCH)
+        if len(m.blob) != 8 * count:
+            raise ProtocolError(f"EBLOCK_PAGES: {count} pages announced, {len(m.blob) // 8} "
+                                "sent")
+        epcs = unpack_u64s(m.blob, count, "EBLOCK_PAGES")
+        self._own_all(epcs)
+        return self._statuses(m, self.vm.eblock_pages(list(epcs)))
+
+    def _ewb_pages(self, m: Message) -> Message:
+        (count,) = m.fields
+        check_count("EWB_PAGES", count, MAX_EWB_BATCH)
+        if len(m.blob) != 16 * count:
+            raise ProtocolError(f"EWB_PAGES: {count} pages announced, {len(m.blob) // 16} "
+                                "sent")
+        flat = unpack_u64s(m.blob, 2 * count, "EWB_PAGES")
+        self._own_all(flat[0::2])
+        self._own_all(flat[1::2], "VA slot")
+        results, fault = self._fault_of(self.vm.ewb_pages(list(zip(flat[0::2], flat[1::2],
+                                                                      strict=True))))
+        fields, reason = encode_outcome(len(results), fault)
+        return reply_to(m, Type.EVICTED_PAGES, fields, self._evicted_records(results) + reason)
+
+    def _evicted_records(self, results: list) -> bytes:  # type: ignore[type-arg]
+        parts = []
+        for status, evicted in results:
+            if evicted is None:
+                parts.append(EVICTED.pack(int(status), 0, 0, bytes(128)))
+            else:
+                parts.append(EVICTED.pack(int(status), 1, evicted.linaddr, evicted.pcmd))
+                parts.append(evicted.sealed[:PAGE_SIZE])
+        return b"".join(parts)
+
+    def _evict_pages(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("EVICT_PAGES", count, MAX_EWB_BATCH)
+        if len(m.blob) != 16 * count:
+            raise ProtocolError(f"EVICT_PAGES: {count} pages announced, {len(m.blob) // 16} "
+                                "sent")
+        flat = unpack_u64s(m.blob, 2 * count, "EVICT_PAGES")
+        self._own_all(flat[0::2])
+        self._own_all(flat[1::2], "VA slot")
+        blocks, track, evictions = self.vm.evict_pages(
+            self._secs(secs), list(zip(flat[0::2], flat[1::2], strict=True)))
+        blocks, fault = self._fault_of(blocks)
+        where = FAULT_IN_EBLOCK if fault is not None else 0
+        if fault is None:
+            evictions, fault = self._fault_of(evictions)
+            where = FAULT_IN_EWB if fault is not None else 0
+        vector, error_code, address, reason = fault or (0, 0, 0, "")
+        return reply_to(m, Type.EVICT_RESULT,
+                        (len(blocks), NOT_RUN if track is None else int(track), len(evictions),
+                         where, vector, error_code & 0xFFFFFFFF, address & ((1 << 64) - 1)),
+                        struct.pack(f"<{len(blocks)}I", *map(int, blocks))
+                        + self._evicted_records(evictions) + reason.encode()[:2000])
+
+    def _eldu_pages(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("ELDU_PAGES", count, MAX_ELDU_BATCH)
+        record = ELDU_ITEM.size + PAGE_SIZE
+        if len(m.blob) != count * record:
+            raise ProtocolError(f"ELDU_PAGES: {count} pages need {count * record} bytes, the "
+                                f"blob has {len(m.blob)}")
+        view = memoryview(m.blob)
+        items = []
+        for offset in range(0, len(view), record):
+            epc, slot, linaddr, pcmd = ELDU_ITEM.unpack_from(view, offset)
+            items.append((epc, slot, linaddr,
+                          view[offset + ELDU_ITEM.size:offset + record], pcmd))
+        self._own_all(tuple(item[0] for item in items))
+        self._own_all(tuple(item[1] & ~(PAGE_SIZE - 1) for item in items), "VA slot")
+        owned_secs = self._secs(secs) if secs else 0
+        return self._statuses(m, self.vm.eldu_pages(owned_secs, items))
+
+    def _test_and_clear_young(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("TEST_AND_CLEAR_YOUNG", count, MAX_YOUNG_BATCH)
+        if len(m.blob) != 8 * count:
+            raise ProtocolError(f"TEST_AND_CLEAR_YOUNG: {count} pages announced, "
+                                f"{len(m.blob) // 8} sent")
+        linaddrs = unpack_u64s(m.blob, count, "TEST_AND_CLEAR_YOUNG")
+        touched = self.vm.test_and_clear_young(self._secs(secs), list(linaddrs))
+        if touched is None:
+            return reply_to(m, Type.YOUNG, (0, 0))
+        return reply_to(m, Type.YOUNG, (1, len(touched)), bytes(map(int, touched)))
 
     def _kick(self, m: Message) -> Message:
         self.vm.kick(self._secs(m.fields[0]))
@@ -551,10 +810,14 @@ class EnclaveManager:
                  admission: Admission | None = None,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  peer_timeout: float = DEFAULT_PEER_TIMEOUT,
-                 key_path: os.PathLike[str] | str | None = None):
+                 key_path: os.PathLike[str] | str | None = None,
+                 protocol_version: int = PROTOCOL_VERSION):
         from pathlib import Path
 
         self.vm = vm
+        # The newest protocol version sessions may agree on (an older EVM's,
+        # to test AVMs against it).
+        self.protocol_version = protocol_version
         self.identity = ServerIdentity(evidence, Path(key_path) if key_path else None)
         self.admission = admission or Admission()
         self.idle_timeout = idle_timeout

@@ -114,6 +114,33 @@ class EnclaveVM:
             encls.eadd_uniform(self.machine, secs_page, linaddr, count, secinfo, fill, measure,
                                epc_pages)
 
+    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+                  ) -> list[SgxError | Fault]:
+        """Several runs of EADDs in one call (the pages a program queued
+        with ENCLAVE_ADD_PAGES). A run is (LINADDR, count, SECINFO, measure,
+        fill, data, EPC pages): with ``data``, ``count`` pages from it, one
+        EPC page each (eadd_pages; a TCS run is one page, through eadd);
+        without, ``count`` pages of the 32-bit ``fill``, the first
+        ``len(EPC pages)`` resident (eadd_uniform). Each run is all or
+        nothing; SUCCESS per run done, and a Fault (last) ends the list."""
+        results: list[SgxError | Fault] = []
+        for linaddr, count, secinfo, measure, fill, data, epc_pages in runs:
+            try:
+                if data is None:
+                    self.eadd_uniform(secs_page, linaddr, count, secinfo, fill, measure,
+                                      epc_pages)
+                elif int.from_bytes(secinfo[:8], "little") >> 8 & 0xFF == PageType.REG:
+                    self.eadd_pages(list(epc_pages), secs_page, linaddr, data, secinfo, measure)
+                else:
+                    if count != 1 or len(epc_pages) != 1 or len(data) != PAGE_SIZE:
+                        raise gp("a run of pages other than PT_REG is one page")
+                    self.eadd(epc_pages[0], secs_page, linaddr, bytes(data), secinfo, measure)
+            except Fault as fault:
+                results.append(fault)
+                break
+            results.append(SgxError.SUCCESS)
+        return results
+
     def eldu_deferred(self, epc_page: int, secs_page: int, linaddr: int) -> None:
         with self.machine.lock:
             encls.eldu_deferred(self.machine, epc_page, secs_page, linaddr)
@@ -166,6 +193,23 @@ class EnclaveVM:
         the batch, and the pages before it are written out."""
         with self.machine.lock:
             return encls.ewb_pages(self.machine, pairs)
+
+    def evict_pages(self, secs_page: int, pairs: list[tuple[int, int]]
+                    ) -> tuple[list[SgxError | Fault], SgxError | None,
+                               list[tuple[SgxError, EvictedPage | None] | Fault]]:
+        """A reclaimer's batch in one call (Linux's sgx_reclaim_pages): EBLOCK
+        of each EPC page; if any is blocked (SUCCESS or BLKSTATE), one
+        ETRACK of the enclave and EWB of those pages into their VA slots.
+        Returns the EBLOCK results, the ETRACK status (None if none was
+        blocked) and the EWB results of the blocked pages, in order; a Fault
+        ends either list (and the call)."""
+        blocks = self.eblock_pages([epc for epc, _ in pairs])
+        blocked = [pair for pair, status in zip(pairs, blocks, strict=False)
+                   if status is SgxError.SUCCESS or status is SgxError.BLKSTATE]
+        if not blocked or (blocks and isinstance(blocks[-1], Fault)):
+            return blocks, None, []
+        track = self.etrack(secs_page)
+        return blocks, track, self.ewb_pages(blocked)
 
     def eldu_pages(self, secs_page: int,
                    items: list[tuple[int, int, int, bytes | memoryview, bytes]]

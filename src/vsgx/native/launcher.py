@@ -26,8 +26,19 @@ from typing import Any
 
 from vsgx.arch.errors import Fault
 from vsgx.avm.driver import DriverError, EnclaveLost
-from vsgx.avm.uapi import SGX_IOC_ENCLAVE_ADD_PAGES, STRUCTS, EnclaveFile, ProgramDriver
+from vsgx.avm.uapi import (
+    SGX_IOC_ENCLAVE_ADD_PAGES,
+    STRUCTS,
+    AddRun,
+    EnclaveFile,
+    ProgramDriver,
+)
 from vsgx.channel.device import (
+    ADD_RUN,
+    ADD_RUN_MEASURE,
+    ADD_RUN_UNIFORM,
+    ADD_RUNS_MAX,
+    ADD_RUNS_PAGES,
     ARG_READABLE,
     BUFFER_READABLE,
     IOCTL_ARG_WORDS,
@@ -279,6 +290,8 @@ class Session:
             return self._enter(message)
         if kind == Msg.IOCTL:
             return self._ioctl(message)
+        if kind == Msg.ADD_RUNS:
+            return self._add_runs(message)
         if kind == Msg.CPUID_SITES:
             return self._cpuid_sites(message)
         if kind in (Msg.MAP, Msg.MPROTECT, Msg.UNMAP, Msg.RELEASE):
@@ -336,6 +349,42 @@ class Session:
         return pack(Msg.IOCTL_DONE, status=result.ret,
                     flags=IOCTL_COPY_BACK if result.arg is not None else 0, arg=words,
                     count=count)
+
+    def _add_runs(self, message: Decoded) -> bytes:
+        """The ADD_PAGES the library queued and answered (it checked them as
+        the kernel's ioctl does): added now, in one go where the EVM can."""
+        file = self.file(message["file"])
+        count, pages = message["runs"], message["pages"]
+        if count > ADD_RUNS_MAX or pages > ADD_RUNS_PAGES:
+            raise DeviceProtocolError(f"ADD_RUNS: {count} runs and {pages} pages are too many")
+        payload = message.payload
+        record = ADD_RUN.layout
+        if len(payload) != count * record.size + pages * PAGE_SIZE:
+            raise DeviceProtocolError("ADD_RUNS: runs and pages do not add up")
+        data = memoryview(payload)[count * record.size:]
+        runs: list[AddRun] = []
+        used = 0
+        for n in range(count):
+            offset, length, secinfo, fill, flags = record.unpack_from(payload, n * record.size)
+            secinfo_bytes = secinfo.to_bytes(8, "little") + bytes(56)
+            if flags & ADD_RUN_UNIFORM:
+                runs.append(AddRun(offset, length, secinfo_bytes, bool(flags & ADD_RUN_MEASURE),
+                                   fill=fill))
+                continue
+            if length > pages - used:
+                raise DeviceProtocolError("ADD_RUNS: a run's pages are missing")
+            runs.append(AddRun(offset, length, secinfo_bytes, bool(flags & ADD_RUN_MEASURE),
+                               bytes(data[used * PAGE_SIZE:(used + length) * PAGE_SIZE])))
+            used += length
+        if used != pages:
+            raise DeviceProtocolError("ADD_RUNS: pages that no run takes")
+        try:
+            with self._lock:
+                status, added = file.add_runs(runs)
+        except (Fault, EnclaveLost, DriverError) as exc:
+            self.log(f"pid {self.pid}: adding pages failed: {exc}")
+            status, added = -errno.EIO, 0
+        return pack(Msg.IOCTL_DONE, status=status, count=added * PAGE_SIZE)
 
     @staticmethod
     def _source_pages(message: Decoded, rest: bytes) -> list[bytes | None]:

@@ -10,6 +10,22 @@
    the argument to copy back. The enclave outlives its descriptors while it
    is mapped (urts closes the fd, then unmaps).
 
+   ADD_PAGES is answered here (urts makes one per page): every check of
+   sgx_ioc_enclave_add_pages that can fail is made here, in its order
+   (enclave state, the argument, source alignment, offset and length, the
+   SECINFO, then per page: already added, the source readable), and the
+   count written back; the pages are queued (a page that is one 32-bit
+   pattern as its pattern only) and go to the launcher in ADD_RUNS at the
+   next synchronous point: INIT, any other ioctl, a mapping of the file, or
+   a full queue. What only the driver and the EVM can refuse (no EPC page
+   left: ENOMEM; EADD of a TCS page whose contents it refuses, or the EVM
+   gone: EIO) comes back there, from that INIT or ADD_PAGES; from then on
+   every ADD_PAGES and INIT of the enclave fails with it (a program that
+   checks its adds destroys the enclave at the first error anyway, and an
+   enclave missing pages could never initialise). Not checked, here or
+   before: the source's VM_MAYEXEC (EACCES for a noexec mount) and signals
+   (ERESTARTSYS).
+
    What the program sees of ELRANGE: an anonymous PROT_NONE mapping where it
    maps the enclave fd (the EPC is unreadable from outside on hardware too:
    reads there return 0xFF there, here they fault). Its protections and
@@ -18,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -49,6 +66,19 @@
 
 enum file_kind { FILE_ENCLAVE = 1, FILE_PROVISION = 2 };
 
+/* Offsets of added pages: sorted, disjoint, merged [start, end) spans. */
+struct span {
+    uint64_t start, end;
+};
+
+/* ADD_PAGES answered but not yet sent to the launcher. */
+struct add_queue {
+    struct vsgx_add_run runs[VSGX_ADD_RUNS_MAX];
+    int run_count;
+    int page_count;  /* pages of the runs that are not uniform, in order */
+    uint8_t pages[VSGX_ADD_RUNS_PAGES][PAGE];
+};
+
 struct sgx_file {
     uint64_t id;
     int kind;
@@ -58,6 +88,12 @@ struct sgx_file {
     ino_t ino;
     uint64_t base, size;  /* ELRANGE, once created */
     atomic_int ioctl_busy;
+    int initialized;  /* INIT succeeded */
+    int add_error;    /* -errno the driver or the EVM gave a queued add: final */
+    struct span *added;
+    int added_count, added_capacity;
+    struct add_queue *queue;  /* made at the first ADD_PAGES */
+    pthread_mutex_t queue_lock;
     struct sgx_file *next;
 };
 
@@ -164,6 +200,7 @@ static int open_device(int kind, int flags)
     }
     file->kind = kind;
     file->fds = 1;
+    pthread_mutex_init(&file->queue_lock, NULL);
     file->dev = st.st_dev;
     file->ino = st.st_ino;
     pthread_mutex_lock(&device_lock);
@@ -208,6 +245,9 @@ static void maybe_release(struct sgx_file *file)
         request.file = file->id;
         simple_request(&request, sizeof(request));
     }
+    /* Queued pages of an enclave that goes never reach it. */
+    free(file->queue);
+    free(file->added);
     free(file);
 }
 
@@ -498,16 +538,13 @@ struct ioctl_call {
     size_t buffer_size;
 };
 
-static int send_ioctl(struct ioctl_call *call, const struct iovec *extra, int extra_count,
-                      struct vsgx_msg_ioctl_done *done)
+static int send_ioctl(struct ioctl_call *call, struct vsgx_msg_ioctl_done *done)
 {
-    struct iovec iov[2 + 2 * VSGX_ADD_PAGES_BATCH + 1];
+    struct iovec iov[2];
     int n = 0;
     iov[n++] = (struct iovec){&call->request, sizeof(call->request)};
     if (call->buffer_size)
         iov[n++] = (struct iovec){call->buffer, call->buffer_size};
-    for (int i = 0; i < extra_count; i++)
-        iov[n++] = extra[i];
     struct vsgx_reply reply;
     int ret = vsgx_call_iov(iov, n, &reply);
     if (ret < 0)
@@ -528,47 +565,330 @@ static long finish_ioctl(struct ioctl_call *call, const struct vsgx_msg_ioctl_do
     return done->status;
 }
 
-static long add_pages(struct ioctl_call *call, uint64_t arg_address)
+/* -- ADD_PAGES, answered here ---------------------------------------------- */
+#define SECINFO_R 0x1ULL
+#define SECINFO_W 0x2ULL
+#define SECINFO_PERMISSION_MASK 0x7ULL
+#define SECINFO_PAGE_TYPE_MASK (0xffULL << 8)
+#define SECINFO_RESERVED_MASK (~(SECINFO_PERMISSION_MASK | SECINFO_PAGE_TYPE_MASK))
+#define SECINFO_TCS (1ULL << 8)
+#define SECINFO_REG (2ULL << 8)
+#define SGX_PAGE_MEASURE 0x1ULL
+
+/* Whether [address, address + length) lies in this thread's live stack
+   (above our own frame), where reading and writing cannot fault: the
+   argument and SECINFO of an ioctl usually are. Anywhere else (or on an
+   alternate signal stack) they are copied with the kernel's checks. */
+static __thread uint64_t stack_low, stack_high;
+
+static int on_live_stack(uint64_t address, size_t length)
 {
-    /* Source pages go in batches; the launcher checks the whole argument
-       first and counts what is added, as sgx_ioc_enclave_add_pages does. */
-    static __thread uint8_t pages[VSGX_ADD_PAGES_BATCH][PAGE];
-    uint8_t zero_flags[VSGX_ADD_PAGES_BATCH];
-    const uint64_t *arg = call->request.arg;  /* src offset length secinfo flags count */
-    uint64_t src = arg[0], length = arg[2];
-    uint64_t total = (length % PAGE == 0 && length <= (1ULL << 46)) ? length / PAGE : 0;
-    uint64_t position = 0;
-    struct vsgx_msg_ioctl_done done;
-    for (;;) {
-        uint64_t remaining = total > position ? total - position : 0;
-        uint32_t batch = remaining < VSGX_ADD_PAGES_BATCH ? (uint32_t)remaining
-                                                          : VSGX_ADD_PAGES_BATCH;
-        uint32_t readable = 0;
-        struct iovec extra[1 + VSGX_ADD_PAGES_BATCH];
-        int extra_count = 0;
-        if (src % PAGE == 0) {
-            for (; readable < batch; readable++) {
-                if (vsgx_read_own(src + (position + readable) * PAGE, pages[readable], PAGE) < 0)
-                    break;
-                static const uint8_t zeros[PAGE];
-                zero_flags[readable] = memcmp(pages[readable], zeros, PAGE) == 0;
+    if (stack_high == 0) {
+        pthread_attr_t attr;
+        void *low;
+        size_t size;
+        stack_high = 1;  /* unknown: never */
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            if (pthread_attr_getstack(&attr, &low, &size) == 0) {
+                stack_low = (uint64_t)low;
+                stack_high = (uint64_t)low + size;
             }
+            pthread_attr_destroy(&attr);
         }
-        extra[extra_count++] = (struct iovec){zero_flags, readable};
-        for (uint32_t i = 0; i < readable; i++)
-            if (!zero_flags[i])
-                extra[extra_count++] = (struct iovec){pages[i], PAGE};
-        call->request.position = position * PAGE;
-        call->request.pages = batch;
-        call->request.readable_pages = readable;
-        int ret = send_ioctl(call, extra, extra_count, &done);
+    }
+    uint64_t frame = (uint64_t)__builtin_frame_address(0);
+    return frame > stack_low && frame < stack_high && address >= frame &&
+           address + length >= address && address + length <= stack_high;
+}
+
+/* The readable PT_LOAD segments of the ELF objects loaded when first asked
+   (.data and .bss, where urts keeps its page buffer): memory that only a
+   munmap, mprotect or MAP_FIXED through us, or a dlclose, can take away,
+   and each of those drops what it touches from the list. */
+#define STATIC_SEGMENTS 512
+static struct span static_segments[STATIC_SEGMENTS];
+static int static_count = -1;  /* -1: not collected yet */
+static pthread_mutex_t static_lock = PTHREAD_MUTEX_INITIALIZER;
+static int (*real_dlclose)(void *);
+
+static int collect_segments(struct dl_phdr_info *info, size_t size, void *data)
+{
+    for (int i = 0; i < info->dlpi_phnum && static_count < STATIC_SEGMENTS; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_R) || ph->p_memsz == 0)
+            continue;
+        uint64_t start = info->dlpi_addr + ph->p_vaddr;
+        static_segments[static_count++] = (struct span){PAGE_DOWN(start),
+                                                        PAGE_UP(start + ph->p_memsz)};
+    }
+    return 0;
+}
+
+static int in_static_segment(uint64_t address, size_t length)
+{
+    if (address + length < address)
+        return 0;
+    int found = 0;
+    pthread_mutex_lock(&static_lock);
+    if (static_count < 0) {
+        static_count = 0;
+        dl_iterate_phdr(collect_segments, NULL);
+    }
+    for (int i = 0; i < static_count && !found; i++)
+        found = static_segments[i].start <= address &&
+                address + length <= static_segments[i].end;
+    pthread_mutex_unlock(&static_lock);
+    return found;
+}
+
+/* The program changed [start, end) through us: those segments are not
+   known readable any more. */
+static void static_segments_forget(uint64_t start, uint64_t end)
+{
+    pthread_mutex_lock(&static_lock);
+    if (static_count < 0) {  /* collect first: what changes now must not be added later */
+        static_count = 0;
+        dl_iterate_phdr(collect_segments, NULL);
+    }
+    for (int i = 0; i < static_count;) {
+        if (static_segments[i].start < end && start < static_segments[i].end)
+            static_segments[i] = static_segments[--static_count];
+        else
+            i++;
+    }
+    pthread_mutex_unlock(&static_lock);
+}
+
+VSGX_EXPORT int dlclose(void *handle)
+{
+    pthread_mutex_lock(&static_lock);
+    static_count = 0;  /* an object's segments may go: none is trusted again */
+    pthread_mutex_unlock(&static_lock);
+    return REAL(dlclose)(handle);
+}
+
+/* copy_from_user: plain copies where the memory cannot fault, the kernel's
+   checked copy (process_vm_readv) elsewhere. */
+static int copy_in(uint64_t address, void *out, size_t length)
+{
+    if (on_live_stack(address, length) || in_static_segment(address, length)) {
+        memcpy(out, (const void *)address, length);
+        return 0;
+    }
+    return vsgx_read_own(address, out, length);
+}
+
+static int copy_out(uint64_t address, const void *data, size_t length)
+{
+    if (on_live_stack(address, length)) {
+        memcpy((void *)address, data, length);
+        return 0;
+    }
+    return vsgx_write_own(address, data, length);
+}
+
+/* sgx_validate_secinfo */
+static int secinfo_valid(const uint64_t secinfo[8])
+{
+    uint64_t perm = secinfo[0] & SECINFO_PERMISSION_MASK;
+    uint64_t type = secinfo[0] & SECINFO_PAGE_TYPE_MASK;
+    if (type != SECINFO_REG && type != SECINFO_TCS)
+        return 0;
+    if ((perm & SECINFO_W) && !(perm & SECINFO_R))
+        return 0;
+    if (type == SECINFO_TCS && perm)
+        return 0;
+    if (secinfo[0] & SECINFO_RESERVED_MASK)
+        return 0;
+    for (int i = 1; i < 8; i++)
+        if (secinfo[i])
+            return 0;
+    return 1;
+}
+
+/* The first span that ends after offset (binary search). */
+static int span_after(const struct sgx_file *file, uint64_t offset)
+{
+    int lo = 0, hi = file->added_count;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (file->added[mid].end <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int page_added(const struct sgx_file *file, uint64_t offset)
+{
+    int i = span_after(file, offset);
+    return i < file->added_count && file->added[i].start <= offset;
+}
+
+/* Record a page as added (a new page is usually just after the last). */
+static void mark_added(struct sgx_file *file, uint64_t offset)
+{
+    int i = span_after(file, offset);
+    if (i > 0 && file->added[i - 1].end == offset) {
+        file->added[i - 1].end = offset + PAGE;
+        if (i < file->added_count && file->added[i].start == offset + PAGE) {
+            file->added[i - 1].end = file->added[i].end;
+            memmove(&file->added[i], &file->added[i + 1],
+                    (size_t)(file->added_count - i - 1) * sizeof(struct span));
+            file->added_count--;
+        }
+        return;
+    }
+    if (i < file->added_count && file->added[i].start == offset + PAGE) {
+        file->added[i].start = offset;
+        return;
+    }
+    /* make_room made room */
+    memmove(&file->added[i + 1], &file->added[i],
+            (size_t)(file->added_count - i) * sizeof(struct span));
+    file->added[i] = (struct span){offset, offset + PAGE};
+    file->added_count++;
+}
+
+/* Send the queue (queue_lock held): 0, or the error that is now final. */
+static int flush_adds(struct sgx_file *file)
+{
+    struct add_queue *queue = file->queue;
+    if (queue == NULL || queue->run_count == 0)
+        return file->add_error;
+    struct vsgx_msg_add_runs request = {0};
+    request.type = VSGX_MSG_ADD_RUNS;
+    request.file = file->id;
+    request.runs = (uint32_t)queue->run_count;
+    request.pages = (uint32_t)queue->page_count;
+    struct iovec iov[3] = {
+        {&request, sizeof(request)},
+        {queue->runs, (size_t)queue->run_count * sizeof(struct vsgx_add_run)},
+        {queue->pages, (size_t)queue->page_count * PAGE},
+    };
+    struct vsgx_reply reply;
+    int ret = vsgx_call_iov(iov, queue->page_count ? 3 : 2, &reply);
+    queue->run_count = queue->page_count = 0;
+    if (ret == 0) {
+        struct vsgx_msg_ioctl_done done;
+        if (reply.length < sizeof(done))
+            ret = -EIO;
+        else {
+            memcpy(&done, reply.data, sizeof(done));
+            ret = done.status;
+        }
+    }
+    if (ret < 0 && file->add_error == 0)
+        file->add_error = ret;
+    return file->add_error;
+}
+
+/* Queue one checked page, read into the next page slot (make_room first). */
+static void queue_page(struct sgx_file *file, uint64_t offset, uint64_t secinfo,
+                       uint32_t flags, uint32_t fill)
+{
+    struct add_queue *queue = file->queue;
+    struct vsgx_add_run *last = queue->run_count ? &queue->runs[queue->run_count - 1] : NULL;
+    int uniform = flags & VSGX_ADD_RUN_UNIFORM;
+    if (last != NULL && last->secinfo == secinfo && last->flags == flags &&
+        last->offset + last->count * PAGE == offset && (!uniform || last->fill == fill) &&
+        (uniform || (secinfo & SECINFO_PAGE_TYPE_MASK) == SECINFO_REG))
+        last->count++;
+    else
+        queue->runs[queue->run_count++] = (struct vsgx_add_run){offset, 1, secinfo, fill, flags};
+    if (!uniform)
+        queue->page_count++;  /* the page was read into its slot */
+    mark_added(file, offset);
+}
+
+/* Room for one more page: a run, a page slot, a span (flushing if full). */
+static int make_room(struct sgx_file *file)
+{
+    struct add_queue *queue = file->queue;
+    if (queue->run_count == VSGX_ADD_RUNS_MAX || queue->page_count == VSGX_ADD_RUNS_PAGES) {
+        int ret = flush_adds(file);
         if (ret < 0)
             return ret;
-        position += batch;
-        if (done.status != 0 || position >= total || done.count < position * PAGE)
-            break;
     }
-    return finish_ioctl(call, &done, arg_address, 48);
+    if (file->added_count == file->added_capacity) {
+        int capacity = file->added_capacity ? 2 * file->added_capacity : 64;
+        struct span *grown = realloc(file->added, (size_t)capacity * sizeof(struct span));
+        if (grown == NULL)
+            return -ENOMEM;
+        file->added = grown;
+        file->added_capacity = capacity;
+    }
+    return 0;
+}
+
+static long add_pages(struct sgx_file *file, uint64_t arg_address)
+{
+    /* sgx_ioc_enclave_add_pages, check by check. */
+    if (file->size == 0 || file->initialized)
+        return -EINVAL;
+    uint64_t arg[6];  /* src offset length secinfo flags count */
+    if (copy_in(arg_address, arg, sizeof(arg)) < 0)
+        return -EFAULT;
+    uint64_t src = arg[0], offset = arg[1], length = arg[2];
+    if (src % PAGE)
+        return -EINVAL;
+    /* sgx_validate_offset_length */
+    if (offset % PAGE || length == 0 || length % PAGE || offset + length < offset ||
+        offset + length - PAGE >= file->size)
+        return -EINVAL;
+    uint64_t secinfo[8];
+    if (copy_in(arg[3], secinfo, sizeof(secinfo)) < 0)
+        return -EFAULT;
+    if (!secinfo_valid(secinfo))
+        return -EINVAL;
+    pthread_mutex_lock(&file->queue_lock);
+    long ret = file->add_error;
+    if (ret == 0 && file->queue == NULL) {
+        file->queue = malloc(sizeof(*file->queue));
+        if (file->queue == NULL)
+            ret = -ENOMEM;
+        else
+            file->queue->run_count = file->queue->page_count = 0;
+    }
+    uint64_t done = 0;
+    uint32_t flags = (arg[4] & SGX_PAGE_MEASURE) ? VSGX_ADD_RUN_MEASURE : 0;
+    int reg = (secinfo[0] & SECINFO_PAGE_TYPE_MASK) == SECINFO_REG;
+    for (; ret == 0 && done < length; done += PAGE) {
+        if (page_added(file, offset + done)) {
+            ret = -EBUSY;  /* xa_insert: the page is there */
+            break;
+        }
+        if ((ret = make_room(file)) < 0)
+            break;
+        struct add_queue *queue = file->queue;
+        uint8_t *page = queue->pages[queue->page_count];
+        if (copy_in(src + done, page, PAGE) < 0) {
+            ret = -EFAULT;  /* get_user_pages */
+            break;
+        }
+        uint32_t fill;
+        memcpy(&fill, page, 4);
+        int uniform = reg && memcmp(page, page + 4, PAGE - 4) == 0;
+        queue_page(file, offset + done, secinfo[0], flags | (uniform ? VSGX_ADD_RUN_UNIFORM : 0),
+                   uniform ? fill : 0);
+    }
+    pthread_mutex_unlock(&file->queue_lock);
+    arg[5] = done;
+    if (copy_out(arg_address, arg, sizeof(arg)) < 0)
+        return -EFAULT;
+    return ret;
+}
+
+/* Before a synchronous point of the file (queue_lock not held). */
+static int flush_file(struct sgx_file *file)
+{
+    if (file->queue == NULL && file->add_error == 0)
+        return 0;
+    pthread_mutex_lock(&file->queue_lock);
+    int ret = flush_adds(file);
+    pthread_mutex_unlock(&file->queue_lock);
+    return ret;
 }
 
 static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg_address)
@@ -590,6 +910,21 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     int expected = 0;
     if (!atomic_compare_exchange_strong(&file->ioctl_busy, &expected, 1))
         return -EBUSY;
+    if (cmd == SGX_IOC_ENCLAVE_ADD_PAGES) {
+        long added = add_pages(file, arg_address);
+        atomic_store(&file->ioctl_busy, 0);
+        return added;
+    }
+    /* Every other ioctl is a synchronous point: the queued pages go first.
+       INIT answers for them (the kernel's INIT flushed its queued EADDs
+       too, in the driver's first versions). */
+    if (!(cmd == SGX_IOC_ENCLAVE_INIT && file->initialized)) {
+        int flushed = flush_file(file);
+        if (flushed < 0 && cmd == SGX_IOC_ENCLAVE_INIT && file->size) {
+            atomic_store(&file->ioctl_busy, 0);
+            return flushed;
+        }
+    }
     static __thread struct ioctl_call call;
     memset(&call.request, 0, sizeof(call.request));
     call.buffer_size = 0;
@@ -608,8 +943,6 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
             want = SECS_SIZE, where = arg[0];
         else if (cmd == SGX_IOC_ENCLAVE_INIT)
             want = SIGSTRUCT_SIZE, where = arg[0];
-        else if (cmd == SGX_IOC_ENCLAVE_ADD_PAGES)
-            want = SECINFO_SIZE, where = arg[3];
         else if (cmd == SGX_IOC_ENCLAVE_PROVISION) {
             struct sgx_file *other = arg[0] <= 0x7fffffff ? file_of((int)arg[0]) : NULL;
             call.request.provision_fd = other != NULL && other->kind == FILE_PROVISION;
@@ -622,14 +955,12 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
         else
             memset(call.buffer, 0, want);
     }
-    if (cmd == SGX_IOC_ENCLAVE_ADD_PAGES && (call.request.flags & VSGX_ARG_READABLE)) {
-        ret = add_pages(&call, arg_address);
-    } else {
-        struct vsgx_msg_ioctl_done done;
-        ret = send_ioctl(&call, NULL, 0, &done);
-        if (ret == 0)
-            ret = finish_ioctl(&call, &done, arg_address, arg_size);
-    }
+    struct vsgx_msg_ioctl_done done;
+    ret = send_ioctl(&call, &done);
+    if (ret == 0)
+        ret = finish_ioctl(&call, &done, arg_address, arg_size);
+    if (cmd == SGX_IOC_ENCLAVE_INIT && ret == 0)
+        file->initialized = 1;
     if (cmd == SGX_IOC_ENCLAVE_CREATE && ret == 0 && want) {
         uint64_t size, base;
         memcpy(&size, call.buffer, 8);
@@ -777,6 +1108,7 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
     pthread_mutex_lock(&device_lock);
     int status = 0;
     if (file->size) {  /* before ECREATE nothing limits a mapping */
+        flush_file(file);  /* what may be mapped depends on the pages added */
         struct vsgx_msg_map request = {0};
         request.type = VSGX_MSG_MAP;
         request.file = file->id;
@@ -795,6 +1127,7 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
     }
     if (flags & MAP_FIXED) {
         /* The old mapping goes, as with any MAP_FIXED. */
+        static_segments_forget((uint64_t)where, (uint64_t)where + size);
         cut_mappings((uint64_t)where, (uint64_t)where + size);
         if (vsgx_mmap_raw(where, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
                           MAP_NORESERVE, -1, 0) == (void *)-1) {
@@ -818,6 +1151,8 @@ VSGX_EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, o
         }
         return map_enclave(file, addr, length, prot, flags);
     }
+    if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
+        static_segments_forget((uint64_t)addr, (uint64_t)addr + PAGE_UP(length));
     void *ret = REAL(mmap)(addr, length, prot, flags, fd, offset);
     if (ret != MAP_FAILED && (flags & MAP_FIXED) && any_device) {
         pthread_mutex_lock(&device_lock);
@@ -834,6 +1169,7 @@ VSGX_EXPORT void *mmap64(void *addr, size_t length, int prot, int flags, int fd,
 
 VSGX_EXPORT int munmap(void *addr, size_t length)
 {
+    static_segments_forget((uint64_t)addr, (uint64_t)addr + PAGE_UP(length));
     int ret = REAL(munmap)(addr, length);
     if (ret == 0 && any_device) {
         pthread_mutex_lock(&device_lock);
@@ -849,6 +1185,7 @@ VSGX_EXPORT int munmap(void *addr, size_t length)
 VSGX_EXPORT int mprotect(void *addr, size_t length, int prot)
 {
     uint64_t start = (uint64_t)addr, end = start + PAGE_UP(length);
+    static_segments_forget(PAGE_DOWN(start), end);
     if (!any_device || start % PAGE || length == 0) {
         vsgx_maps_invalidate();
         return REAL(mprotect)(addr, length, prot);
@@ -885,6 +1222,8 @@ VSGX_EXPORT int mprotect(void *addr, size_t length, int prot)
         request.address = at;
         request.length = stop - at;
         request.prot = (uint32_t)prot;
+        if (whole.file->size)
+            flush_file(whole.file);
         int status = whole.file->size ? simple_request(&request, sizeof(request)) : 0;
         if (status < 0) {
             errno = -status;
