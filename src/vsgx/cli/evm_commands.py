@@ -94,6 +94,11 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
                   "prints its own with `vsgx evm client-id`)", flush=True)
         print(f"vsgx evm: at most {manager.client_cap()} sessions per client; idle sessions "
               f"close after {args.idle_timeout:g} s", flush=True)
+        if vm.executor_factory.name == "native":
+            from vsgx.evm.native_executor import native_isolation
+
+            # which of the sandbox's layers this host gave (README: sandbox)
+            print(f"vsgx evm: runners: {native_isolation()}", flush=True)
         if args.evidence == "none":
             print("vsgx evm: WARNING: no SEV protection here: enclave memory is protected by "
                   "process isolation only", flush=True)
