@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vsgx.arch.constants import PAGE_SIZE, Vector
+from vsgx.arch.constants import PAGE_SIZE, ExitKind, Vector
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
@@ -33,6 +33,7 @@ from vsgx.channel import (
     reply_to,
 )
 from vsgx.channel.evidence import KIND_NONE, one_line
+from vsgx.channel.memory import MemoryConnection
 from vsgx.channel.messages import (
     ADD_RUN,
     BATCH_VERSION,
@@ -96,7 +97,7 @@ _RUNS_FIELDS = 12  # EADD_RUNS's fields: secs, count
 
 @dataclass(slots=True)
 class RemoteExit:
-    kind: str
+    kind: ExitKind
     registers: list[int]
     vector: int
     error_code: int
@@ -113,21 +114,24 @@ class RemoteEvicted:
 
 
 class RemoteEvm:
-    """An EVM in another process or VM."""
+    """An EVM session: in another process or VM (a socket ``Connection``),
+    or in this one (a ``MemoryConnection``, over which an entry hands the
+    application's address space itself to the EVM instead of its pages)."""
 
-    def __init__(self, conn: Connection, offer: int | None = None):
+    def __init__(self, conn: Connection | MemoryConnection, offer: int | None = None):
         """Say HELLO on ``conn``, offering protocol version ``offer`` (by
         default the newest this side speaks; an older one acts as an older
         AVM)."""
         offer = PROTOCOL_VERSION if offer is None else offer
         self.conn = conn
+        self.in_memory = isinstance(conn, MemoryConnection)
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
         self.version = offer
         # The untrusted pages each TCS's last entry used: what its next one
         # pushes (protocol version 3, whose exits say which pages were used).
         self._used: dict[int, tuple[int, ...]] = {}
-        conn.handler = self._serve
+        conn.handler = self._serve  # type: ignore[assignment]
         try:
             reply = self.conn.call(Type.HELLO, (offer,))
         except RemoteError as exc:
@@ -178,11 +182,16 @@ class RemoteEvm:
         return reply_to(message, Type.ERROR, (1,), b"the AVM serves page requests only")
 
     # -- requests -----------------------------------------------------------------
-    def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+    def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"",
+              attachment: object = None) -> Message:
         if self.conn.error is not None and message_type in _TEARDOWN:
             return _TEARDOWN[message_type]
         try:
-            reply = self.conn.call(message_type, fields, blob)
+            if attachment is not None:
+                assert isinstance(self.conn, MemoryConnection)
+                reply = self.conn.call(message_type, fields, blob, attachment)
+            else:
+                reply = self.conn.call(message_type, fields, blob)
         except ChannelError as exc:
             raise EnclaveLost(f"the enclave VM is lost: {exc}") from None
         if reply.type == Type.FAULT:
@@ -283,7 +292,8 @@ class RemoteEvm:
                 self._used[tcs] = used
         elif reply.type != Type.EXIT:
             raise ChannelError(f"the EVM answered an entry with {reply.type.name}")
-        return RemoteExit("aex" if fields[0] else "eexit", list(fields[6:_EXIT_FIELDS]),
+        return RemoteExit(ExitKind.AEX if fields[0] else ExitKind.EEXIT,
+                          list(fields[6:_EXIT_FIELDS]),
                           fields[3], fields[4], fields[5], bool(fields[1]), bool(fields[2]))
 
     def _pushed(self, registers: list[int], untrusted: Any) -> bytes:
@@ -308,12 +318,18 @@ class RemoteEvm:
 
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                ) -> RemoteExit:
+        if self.in_memory:  # the EVM maps the application's pages in place
+            return self._exit(self._call(Type.EENTER, (secs_page, return_rip, *registers),
+                                         attachment=untrusted), untrusted, registers[3])
         self.memory = untrusted
         reply = self._call(Type.EENTER, (secs_page, return_rip, *registers),
                            self._pushed(registers, untrusted))
         return self._exit(reply, untrusted, registers[3])
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> RemoteExit:
+        if self.in_memory:
+            return self._exit(self._call(Type.ERESUME, (secs_page, *registers),
+                                         attachment=untrusted), untrusted, registers[3])
         self.memory = untrusted
         reply = self._call(Type.ERESUME, (secs_page, *registers),
                            self._pushed(registers, untrusted))
