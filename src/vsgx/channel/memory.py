@@ -22,6 +22,8 @@ from vsgx.channel.connection import RemoteError, error_reply
 from vsgx.channel.messages import Kind, Message, Type
 from vsgx.channel.transport import ChannelClosed, ChannelError
 
+# A Message made without NamedTuple's __new__ (which costs a microsecond).
+_new_message = tuple.__new__
 MemoryHandler = Callable[["MemoryConnection", Message], "Message | None"]
 
 
@@ -49,10 +51,11 @@ class MemoryConnection:
              attachment: object = None) -> Message:
         """Run a request in the peer's handler and return its reply (ERROR
         replies raise ``RemoteError``, as on a socket)."""
-        if self.error is not None:
+        other = self._other
+        if self.error is not None or other is None:
             raise self._closed_error()
-        reply = self._peer()._receive(
-            Message(message_type, fields, blob, Kind.REQUEST, 0, attachment))
+        reply = other._receive(
+            _new_message(Message, (message_type, fields, blob, Kind.REQUEST, 0, attachment)))
         if reply is None:
             if self.error is not None:
                 raise self._closed_error()
@@ -93,7 +96,6 @@ class MemoryConnection:
         handler = self.handler
         if handler is None:
             return error_reply(message, "this side serves no requests")
-        self._sent.reply = None
         try:
             reply = handler(self, message)
         except ChannelError:
@@ -101,8 +103,7 @@ class MemoryConnection:
         except Exception as exc:  # a handler bug must not end the session
             reply = error_reply(message, f"internal error: {type(exc).__name__}: {exc}")
         if reply is None:
-            reply = self._sent.reply
-            self._sent.reply = None
+            reply = self._sent.__dict__.pop("reply", None)
         return reply if message.kind == Kind.REQUEST else None
 
     def reclaim_role(self, busy_for: float) -> bool:

@@ -94,7 +94,7 @@ from vsgx.channel.messages import (
 from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
 from vsgx.evm.executor import REG_COUNT, UntrustedMemory
-from vsgx.evm.vm import EnclaveVM
+from vsgx.evm.vm import EnclaveExit, EnclaveVM
 
 DEFAULT_SESSION_EPC_PAGES = 16384
 SERVE_THREADS = 12  # concurrent enclave entries of one session
@@ -115,6 +115,7 @@ CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
 PENDING_WRITEBACK_BYTES = 256 * 1024
 _WRITEBACKS_PER_NOTICE = 48  # records of up to 4240 bytes each fit MAX_BODY
 _ENTRIES = frozenset({Type.EENTER, Type.ERESUME})
+_new_message = tuple.__new__  # a Message without NamedTuple's keyword-handling __new__
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,8 @@ class Session:
         self.inflight = 0  # enclave entries running
         self.busy = 0  # requests being handled
         self.last_active = time.monotonic()
-        self.idle = threading.Condition(threading.Lock())
+        self._counters = threading.Lock()
+        self.idle = threading.Condition(self._counters)
         self.closed = False  # closing: no new entries; the slice is not free yet
         self._cleanup_started = False
         self.version = 1  # the protocol version HELLO agreed on
@@ -294,6 +296,11 @@ class Session:
             Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
             Type.EADD_RUNS: self._eadd_runs, Type.EVICT_PAGES: self._evict_pages,
         }
+        # What dispatch needs per type, found with one lookup (an enum's hash
+        # is computed in Python: on the entry path each lookup counts).
+        self._routes: dict[Type, tuple[Callable[[Message], Message | None], int, bool]] = {
+            message_type: (handler, introduced_in(message_type), message_type in _ENTRIES)
+            for message_type, handler in self.handlers.items()}
 
     # -- ownership -----------------------------------------------------------
     def _own(self, address: int, what: str = "EPC page") -> int:
@@ -308,10 +315,11 @@ class Session:
         return secs
 
     # -- dispatch -------------------------------------------------------------
-    def handle(self, conn: Connection, message: Message) -> Message | None:
+    def handle(self, conn: Connection | MemoryConnection, message: Message) -> Message | None:
         # An entry counts as in flight (cleanup waits for it) from here on.
-        entry = message.type in _ENTRIES
-        with self.idle:
+        route = self._routes.get(message.type)
+        entry = route is not None and route[2]
+        with self._counters:  # idle's lock, taken without the Condition's wrapper
             if entry:
                 if self.closed:
                     return error_reply(message, "the session is closing", ErrorCode.REJECTED)
@@ -319,9 +327,9 @@ class Session:
             self.busy += 1
             self.last_active = time.monotonic()
         try:
-            return self._dispatch(message)
+            return self._dispatch(message, route)
         finally:
-            with self.idle:
+            with self._counters:
                 self.busy -= 1
                 self.last_active = time.monotonic()
                 if entry:
@@ -336,16 +344,17 @@ class Session:
                 return 0.0
             return now - self.last_active
 
-    def _dispatch(self, message: Message) -> Message | None:
-        if message.type in (Type.PAGE_WRITEBACK, Type.PAGE_WRITEBACKS):
-            return None
-        handler = self.handlers.get(message.type)
-        if handler is None:
+    def _dispatch(self, message: Message,
+                  route: tuple[Callable[[Message], Message | None], int, bool] | None
+                  ) -> Message | None:
+        if route is None:
+            if message.type in (Type.PAGE_WRITEBACK, Type.PAGE_WRITEBACKS):
+                return None
             return error_reply(message, f"{message.type.name} is not a request to an EVM")
-        if introduced_in(message.type) > self.version:
+        handler, introduced, _ = route
+        if introduced > self.version:
             return error_reply(message, f"{message.type.name} needs protocol version "
-                               f"{introduced_in(message.type)}; this session speaks "
-                               f"{self.version}")
+                               f"{introduced}; this session speaks {self.version}")
         try:
             return handler(message)
         except Fault as fault:
@@ -471,18 +480,18 @@ class Session:
         return RemoteUntrusted(self.conn, decode_pages(m.blob) if m.blob else None,
                                batched=self.version >= BATCH_VERSION)
 
-    def _exit_in_memory(self, m: Message, result) -> Message:  # type: ignore[no-untyped-def]
-        """The exit of an entry that brought its address space: EXIT (the
-        enclave wrote the application's pages in place)."""
-        return reply_to(m, Type.EXIT, (result.kind is ExitKind.AEX, result.exitinfo_valid,
-                                       result.interrupt, result.vector, result.error_code,
-                                       result.address, *result.registers))
+    @staticmethod
+    def _exit_in_memory(result: EnclaveExit) -> Message:
+        """The exit of an entry that brought its address space (the enclave
+        wrote the application's pages in place): an EXIT whose content is
+        the exit itself, attached."""
+        return _new_message(Message, (Type.EXIT, (), b"", Kind.REPLY, 0, result))
 
     def _eenter(self, m: Message) -> Message:
         secs, return_rip = m.fields[:2]
         registers = list(m.fields[2:2 + REG_COUNT])
         if m.attachment is not None and self.in_memory:
-            return self._exit_in_memory(m, self.vm.eenter(
+            return self._exit_in_memory(self.vm.eenter(
                 self._secs(secs), registers, return_rip, cast(UntrustedMemory, m.attachment)))
         untrusted = self._untrusted(m)
         try:
@@ -496,7 +505,7 @@ class Session:
         secs = m.fields[0]
         registers = list(m.fields[1:1 + REG_COUNT])
         if m.attachment is not None and self.in_memory:
-            return self._exit_in_memory(m, self.vm.eresume(
+            return self._exit_in_memory(self.vm.eresume(
                 self._secs(secs), registers, cast(UntrustedMemory, m.attachment)))
         untrusted = self._untrusted(m)
         try:
@@ -634,9 +643,9 @@ class Session:
         flat = unpack_u64s(m.blob, 2 * count, "EVICT_PAGES")
         self._own_all(flat[0::2])
         self._own_all(flat[1::2], "VA slot")
-        blocks, track, evictions = self.vm.evict_pages(
+        results, track, evictions = self.vm.evict_pages(
             self._secs(secs), list(zip(flat[0::2], flat[1::2], strict=True)))
-        blocks, fault = self._fault_of(blocks)
+        blocks, fault = self._fault_of(results)
         where = FAULT_IN_EBLOCK if fault is not None else 0
         if fault is None:
             evictions, fault = self._fault_of(evictions)
