@@ -589,7 +589,7 @@ class NativeExecutor:
 
     def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
         """Write back what the enclave changed in untrusted memory."""
-        keep = hasattr(untrusted, "share")
+        keep = untrusted.shares_pages
         for page, entry in list(self._mapped.items()):
             self._write_back(untrusted, page, entry)
         if not keep:
