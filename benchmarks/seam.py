@@ -2,8 +2,9 @@
 process through a session of its enclave manager over the in-memory channel
 transport (what ``Avm(vm)`` does), against the same driver calling the
 EnclaveVM's methods directly (the in-process path before the seam, kept
-here as the baseline), in the same run, on each executor. Rounds of the two
-alternate so that a busy machine weighs on both alike.
+here as the baseline), in the same run, on each executor. Both stay loaded
+and batches of the two alternate, so that a busy machine weighs on both
+alike; each figure is the median over the rounds.
 
 Measured: a null EENTER -> EEXIT (wall-clock p50, and this thread's CPU
 time per entry, which other processes on a shared machine disturb less;
@@ -11,7 +12,7 @@ the native executor's runner is not in it, and is the same on both paths),
 an entry touching 1 and 16 untrusted pages, and an enclave load (EADD
 runs, EINIT).
 
-    python benchmarks/seam.py [--count 3000] [--rounds 3]
+    python benchmarks/seam.py [--count 2000] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ def main() -> None:
     import faulthandler
     faulthandler.dump_traceback_later(900, exit=True)
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=2000, help="entries per batch")
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     executors = ["unicorn"] + (["native"] if native_support()[0] else [])
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         elf = build_plain(workdir / "plain.elf")
@@ -84,23 +85,27 @@ def main() -> None:
                               generate_signing_key())
         (workdir / "plain.elf.sig").write_bytes(signed.data)
         for executor in executors:
-            samples: dict[str, dict[str, list[float]]] = {}
+            made = {name: make() for name, make in setups(executor).items()}
+            samples: dict[str, dict[str, list[float]]] = {name: {} for name in made}
+            plains = {}
+            for name, avm in made.items():  # a first load each, then entries
+                plains[name] = PlainEnclave(Enclave.load(elf, evm=avm))
+            # Both paths stay loaded; batches of each alternate, so that
+            # what else the machine does weighs on both alike.
             for _ in range(args.rounds):
-                for name, make in setups(executor).items():
-                    avm = make()
+                for name, avm in made.items():
                     started = time.perf_counter()
-                    enclave = Enclave.load(elf, evm=avm)
-                    load_ms = (time.perf_counter() - started) * 1e3
-                    plain = PlainEnclave(enclave)
-                    measured = measure(plain, args.count)
-                    cpu_us = null_cpu_us(plain, args.count)
-                    enclave.destroy()
-                    avm.close()
-                    into = samples.setdefault(name, {})
-                    into.setdefault("load ms", []).append(load_ms)
-                    into.setdefault("null CPU", []).append(cpu_us)
+                    Enclave.load(elf, evm=avm).destroy()
+                    samples[name].setdefault("load ms", []).append(
+                        (time.perf_counter() - started) * 1e3)
+                    measured = measure(plains[name], args.count)
                     for what, stats in measured.items():
-                        into.setdefault(what, []).append(stats["p50_us"])
+                        samples[name].setdefault(what, []).append(stats["p50_us"])
+                    samples[name].setdefault("null CPU", []).append(
+                        null_cpu_us(plains[name], args.count))
+            for name, avm in made.items():
+                plains[name].enclave.destroy()
+                avm.close()
             for name, by_what in samples.items():
                 results[f"{executor}, {name}"] = {
                     what: {"median_p50": round(statistics.median(values), 2),
@@ -114,8 +119,8 @@ def main() -> None:
             for what, stats in measured.items():
                 rows.append([executor, name, what, stats["median_p50"],
                              round(stats["median_p50"] / base[what]["median_p50"], 3)])
-    print_table(f"in-process EENTER -> EEXIT and load, median over {args.rounds} rounds of "
-                f"p50 (us; load in ms); provisional numbers",
+    print_table(f"in-process EENTER -> EEXIT and load, median over {args.rounds} rounds "
+                "(p50 us; CPU us per entry; load in ms); provisional numbers",
                 ["executor", "path", "what", "median p50", "x direct"], rows)
     added = {executor: {what: round(
         results[f"{executor}, in-memory session"][what]["median_p50"]
