@@ -7,6 +7,7 @@ from vsgx.arch.constants import (
     Attribute,
     Encls,
     Enclu,
+    ExitKind,
     ExitType,
     KeyName,
     KeyPolicy,
@@ -30,7 +31,8 @@ from vsgx.arch.tcs import Tcs
 
 __all__ = [
     "ENCLU_OPCODE", "PAGE_SIZE", "Attribute", "Einittoken", "Encls", "Enclu", "EpcSection",
-    "Exinfo", "ExitType", "Fault", "Gprsgx", "KeyName", "KeyPolicy", "Keyrequest", "MiscSelect",
-    "PageType", "Pageinfo", "Pcmd", "PfErrorCode", "Report", "Secinfo", "SecinfoFlags", "Secs",
-    "SgxCpuid", "SgxError", "Sigstruct", "Targetinfo", "Tcs", "Vector", "Xfrm",
+    "Exinfo", "ExitKind", "ExitType", "Fault", "Gprsgx", "KeyName", "KeyPolicy", "Keyrequest",
+    "MiscSelect", "PageType", "Pageinfo", "Pcmd", "PfErrorCode", "Report", "Secinfo",
+    "SecinfoFlags", "Secs", "SgxCpuid", "SgxError", "Sigstruct", "Targetinfo", "Tcs", "Vector",
+    "Xfrm",
 ]

@@ -3,7 +3,7 @@ Linux kernel's arch/x86/include/asm/sgx.h)."""
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from enum import IntEnum, IntFlag, StrEnum
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -191,6 +191,16 @@ class ExitType(IntEnum):
 
     HARDWARE = 0b011
     SOFTWARE = 0b110
+
+
+class ExitKind(StrEnum):
+    """How an EENTER or ERESUME came back to the application: the enclave
+    left by EEXIT, or an asynchronous exit (AEX) took it out (SDM
+    "Asynchronous Enclave Exit (AEX)"). Strings, so that the host API's
+    ``Exit.kind`` still compares equal to "eexit" and "aex"."""
+
+    EEXIT = "eexit"
+    AEX = "aex"
 
 
 class Vector(IntEnum):

@@ -38,6 +38,7 @@ from vsgx.arch.constants import (
     SIGSTRUCT_VENDOR_INTEL,
     Attribute,
     Enclu,
+    ExitKind,
     PageType,
     PfErrorCode,
     Vector,
@@ -1141,7 +1142,7 @@ class SgxDriver:
                 if self._reload_for(encl, fault):
                     continue
                 raise
-            if result.kind != "aex":
+            if result.kind is not ExitKind.AEX:
                 return result
             if result.interrupt or (result.vector == Vector.PF and self.handle_fault(
                     encl, result.address, result.error_code)):

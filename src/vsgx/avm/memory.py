@@ -151,6 +151,9 @@ class AddressSpace:
         return (address & ~(PAGE_SIZE - 1)) in self._pages
 
     # -- the page server the EVM uses ---------------------------------------
+    # An EVM in this process may map the pages themselves (``share``).
+    shares_pages = True
+
     def share(self, page: int) -> tuple[bytearray, bool] | None:
         """The page itself, for an EVM in this process: it may map it and
         read and write it in place (as enclave code touches untrusted memory

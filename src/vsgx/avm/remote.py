@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vsgx.arch.constants import PAGE_SIZE, Vector
+from vsgx.arch.constants import PAGE_SIZE, ExitKind, Vector
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
@@ -33,6 +33,7 @@ from vsgx.channel import (
     reply_to,
 )
 from vsgx.channel.evidence import KIND_NONE, one_line
+from vsgx.channel.memory import MemoryConnection
 from vsgx.channel.messages import (
     ADD_RUN,
     BATCH_VERSION,
@@ -96,7 +97,7 @@ _RUNS_FIELDS = 12  # EADD_RUNS's fields: secs, count
 
 @dataclass(slots=True)
 class RemoteExit:
-    kind: str
+    kind: ExitKind
     registers: list[int]
     vector: int
     error_code: int
@@ -113,21 +114,24 @@ class RemoteEvicted:
 
 
 class RemoteEvm:
-    """An EVM in another process or VM."""
+    """An EVM session: in another process or VM (a socket ``Connection``),
+    or in this one (a ``MemoryConnection``, over which an entry hands the
+    application's address space itself to the EVM instead of its pages)."""
 
-    def __init__(self, conn: Connection, offer: int | None = None):
+    def __init__(self, conn: Connection | MemoryConnection, offer: int | None = None):
         """Say HELLO on ``conn``, offering protocol version ``offer`` (by
         default the newest this side speaks; an older one acts as an older
         AVM)."""
         offer = PROTOCOL_VERSION if offer is None else offer
         self.conn = conn
+        self.in_memory = isinstance(conn, MemoryConnection)
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
         self.version = offer
         # The untrusted pages each TCS's last entry used: what its next one
         # pushes (protocol version 3, whose exits say which pages were used).
         self._used: dict[int, tuple[int, ...]] = {}
-        conn.handler = self._serve
+        conn.handler = self._serve  # type: ignore[assignment]
         try:
             reply = self.conn.call(Type.HELLO, (offer,))
         except RemoteError as exc:
@@ -283,8 +287,27 @@ class RemoteEvm:
                 self._used[tcs] = used
         elif reply.type != Type.EXIT:
             raise ChannelError(f"the EVM answered an entry with {reply.type.name}")
-        return RemoteExit("aex" if fields[0] else "eexit", list(fields[6:_EXIT_FIELDS]),
+        return RemoteExit(ExitKind.AEX if fields[0] else ExitKind.EEXIT,
+                          list(fields[6:_EXIT_FIELDS]),
                           fields[3], fields[4], fields[5], bool(fields[1]), bool(fields[2]))
+
+    def _entry_in_memory(self, message_type: Type, fields: tuple, untrusted: Any, tcs: int
+                         ) -> Any:
+        """An entry over the in-memory transport: the address space goes
+        with it, and the EVM's exit comes back as it is (the hot path of
+        an in-process EVM: no more steps than it needs)."""
+        conn = self.conn
+        assert isinstance(conn, MemoryConnection)
+        try:
+            reply = conn.call(message_type, fields, b"", untrusted)
+        except ChannelError as exc:
+            raise EnclaveLost(f"the enclave VM is lost: {exc}") from None
+        if reply.attachment is not None and reply.type == Type.EXIT:
+            return reply.attachment
+        if reply.type == Type.FAULT:
+            vector, error_code, address = reply.fields
+            raise Fault(Vector(vector), error_code, address, reply.blob.decode(errors="replace"))
+        return self._exit(reply, untrusted, tcs)
 
     def _pushed(self, registers: list[int], untrusted: Any) -> bytes:
         """The pages an entry will almost surely touch, sent with it: those
@@ -307,13 +330,19 @@ class RemoteEvm:
         return encode_pages(pages[:MAX_PUSHED_PAGES])
 
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
-               ) -> RemoteExit:
+               ) -> Any:
+        if self.in_memory:  # the EVM maps the application's pages in place
+            return self._entry_in_memory(Type.EENTER, (secs_page, return_rip, *registers),
+                                         untrusted, registers[3])
         self.memory = untrusted
         reply = self._call(Type.EENTER, (secs_page, return_rip, *registers),
                            self._pushed(registers, untrusted))
         return self._exit(reply, untrusted, registers[3])
 
-    def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> RemoteExit:
+    def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any:
+        if self.in_memory:
+            return self._entry_in_memory(Type.ERESUME, (secs_page, *registers), untrusted,
+                                         registers[3])
         self.memory = untrusted
         reply = self._call(Type.ERESUME, (secs_page, *registers),
                            self._pushed(registers, untrusted))

@@ -17,6 +17,7 @@ from vsgx.channel.identity import (
     parse_fingerprint,
     user_data_dir,
 )
+from vsgx.channel.memory import MemoryConnection, memory_pair
 from vsgx.channel.messages import Kind, Message, ProtocolError, Type
 from vsgx.channel.transport import (
     DEFAULT_TIMEOUT,
@@ -35,8 +36,9 @@ from vsgx.channel.transport import (
 __all__ = [
     "DEFAULT_TIMEOUT", "Address", "AttestationError", "ChannelClosed", "ChannelError",
     "ClientIdentity", "Connection", "ErrorCode", "Evidence", "EvidencePolicy", "Kind",
-    "Listener", "Message", "ProtocolError", "RemoteError", "ServerIdentity", "SnpVerifier",
+    "Listener", "MemoryConnection", "Message", "ProtocolError", "RemoteError", "ServerIdentity",
+    "SnpVerifier",
     "TlsStream", "Type", "client_context", "connect", "error_reply", "is_local_peer", "listen",
-    "parse_address", "parse_fingerprint", "peer_uid", "reply_to", "user_data_dir",
+    "memory_pair", "parse_address", "parse_fingerprint", "peer_uid", "reply_to", "user_data_dir",
     "vsock_available", "vsock_loopback_available",
 ]

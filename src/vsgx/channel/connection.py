@@ -118,6 +118,8 @@ def error_reply(request: Message, text: str, code: int = ErrorCode.FAILED) -> Me
 
 
 class Connection:
+    in_memory = False  # attachments (see vsgx.channel.memory) cannot cross it
+
     def __init__(self, stream: Stream, handler: Handler | None = None, *,
                  blocking: Collection[Type] = (), name: str = "channel",
                  peer: str = "the other side", deadline: float = DEFAULT_TIMEOUT):

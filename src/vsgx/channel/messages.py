@@ -295,10 +295,16 @@ class Message(NamedTuple):
     blob: bytes = b""
     kind: Kind = Kind.REQUEST
     request_id: int = 0
+    # An object handed across by reference: only the in-memory transport
+    # carries one (vsgx.channel.memory); it is never encoded.
+    attachment: object = None
 
 
 def encode(message: Message, sole: bool = False) -> bytes:
-    message_type, fields, blob, kind, request_id = message
+    message_type, fields, blob, kind, request_id, attachment = message
+    if attachment is not None:
+        raise ProtocolError(f"{message_type.name}: an attachment crosses only an in-memory "
+                            "channel")
     layout = LAYOUTS[message_type]
     body = layout.fields.pack(*fields) + blob
     if layout.blob is not None and len(blob) != layout.blob:

@@ -8,11 +8,22 @@ the EPCM checks, whose faults carry the SGX bit."""
 
 from __future__ import annotations
 
+from enum import Enum
+
 from vsgx.arch.constants import PAGE_SIZE, PageType, PfErrorCode
 from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
 from vsgx.evm.epc import EpcmEntry
 
-READ, WRITE, FETCH = "read", "write", "fetch"
+
+class Access(Enum):
+    """The kind of an access to a page (the #PF error code's W and I bits)."""
+
+    READ = "read"
+    WRITE = "write"
+    FETCH = "fetch"  # an instruction fetch
+
+
+READ, WRITE, FETCH = Access.READ, Access.WRITE, Access.FETCH
 _NEED = {READ: PROT_R, WRITE: PROT_W, FETCH: PROT_X}
 
 
@@ -28,12 +39,12 @@ def page_prot(encl: EnclaveState, page: int) -> int:
     return epcm_prot(encl.pages.get(page)) & encl.pte_permissions(page)
 
 
-def fault_code(encl: EnclaveState, page: int, access: str) -> int:
+def fault_code(encl: EnclaveState, page: int, access: Access) -> int:
     """The #PF error code of a denied ``access`` to ``page``."""
     code = PfErrorCode.U
-    if access == WRITE:
+    if access is WRITE:
         code |= PfErrorCode.W
-    elif access == FETCH:
+    elif access is FETCH:
         code |= PfErrorCode.I
     entry = encl.pages.get(page)
     if entry is None:
@@ -44,7 +55,7 @@ def fault_code(encl: EnclaveState, page: int, access: str) -> int:
     return int(code | PfErrorCode.SGX)
 
 
-def allowed(encl: EnclaveState, page: int, access: str) -> bool:
+def allowed(encl: EnclaveState, page: int, access: Access) -> bool:
     return bool(page_prot(encl, page) & _NEED[access])
 
 

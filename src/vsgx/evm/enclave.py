@@ -12,12 +12,16 @@ import mmap
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vsgx.arch.constants import PAGE_SIZE, Attribute
 from vsgx.crypto.keys import PKCS1_PADDING
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.evm.epc import EpcmEntry
 from vsgx.image.plan import PageRunSet
+
+if TYPE_CHECKING:
+    from vsgx.evm.executor import Closable
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_ALL = PROT_R | PROT_W | PROT_X
@@ -185,7 +189,7 @@ class EnclaveState:
     # after it (touch), as the page walk on a TLB miss sets the bit.
     old: set[int] = field(default_factory=set)
     # executors keep per-TCS state here (see vsgx.evm.thread)
-    threads: dict[int, object] = field(default_factory=dict)
+    threads: dict[int, Closable] = field(default_factory=dict)  # TCS -> EnclaveThread
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
     running: object | None = None  # the executor holding exec_lock
 

@@ -11,12 +11,14 @@ code run natively in an isolated process) fits beside Unicorn:
   changes, and on entry);
 * ``run`` executes until an ENCLU, an exception, or a stop request;
 * untrusted memory (outside ELRANGE) is fetched page by page from an
-  ``UntrustedMemory`` on first touch and written back by ``flush_untrusted``.
+  ``UntrustedMemory`` on first touch and written back by ``flush_untrusted``;
+* what an executor can do beyond that is declared, not probed: its
+  ``capabilities`` (an ``ExecutorCapability``), and its factory's.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, Flag, auto
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from vsgx.arch.constants import ExitType
@@ -55,13 +57,31 @@ class Stop(NamedTuple):
         return self.registers[RIP]
 
 
+class ExecutorCapability(Flag):
+    """What an executor (or every executor a factory makes) can do."""
+
+    NONE = 0
+    # Threads of one enclave run at once, on shared memory with real
+    # atomics (no turn-taking on the enclave's lock).
+    PARALLEL = auto()
+    # Every access to enclave memory is seen: pages' accessed bits are kept
+    # for the driver's reclaimer (test_and_clear_young).
+    TRACKS_ACCESS = auto()
+    # Untrusted pages of an address space that shares them
+    # (``UntrustedMemory.shares_pages``) are mapped in place: zero-copy.
+    SHARES_UNTRUSTED = auto()
+
+
 class UntrustedMemory(Protocol):
     """The application's memory as the enclave sees it (the AVM's page server,
     reached in-process or over the channel).
 
-    An in-process address space may also offer ``share(page)`` (the page's
-    own bytearray) and a ``generation`` counter: executors then map pages in
-    place and keep them across entries until the generation changes."""
+    An address space in the EVM's own process (``shares_pages``) also hands
+    out the pages themselves (``share``): executors that can map them in
+    place keep them across entries until ``generation`` changes."""
+
+    shares_pages: bool
+    generation: int
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
         """(4096 bytes, writable) of the page at ``page``, or None if unmapped."""
@@ -69,8 +89,20 @@ class UntrustedMemory(Protocol):
     def write_back(self, page: int, changes: list[tuple[int, bytes]]) -> None:
         """Apply the enclave's changes: (offset in page, bytes) runs."""
 
+    def share(self, page: int) -> tuple[bytearray, bool] | None:
+        """(the page's own bytearray, writable), or None if unmapped (asked
+        only where ``shares_pages``)."""
+
+
+class Closable(Protocol):
+    """What an enclave keeps per TCS (vsgx.evm.thread.EnclaveThread): its
+    executor goes when the enclave does."""
+
+    def close(self) -> None: ...
+
 
 class ThreadExecutor(Protocol):
+    capabilities: ExecutorCapability
     interrupt_requested: bool
     generation: int  # the enclave generation its mappings reflect
 
@@ -95,8 +127,9 @@ class ThreadExecutor(Protocol):
 
 class ExecutorFactory(Protocol):
     name: str
+    capabilities: ExecutorCapability  # of every executor it makes
 
-    def __call__(self, enclave: EnclaveState, tcs: int) -> ThreadExecutor: ...
+    def __call__(self, enclave: EnclaveState, tcs: int, /) -> ThreadExecutor: ...
 
 
 def page_changes(old: bytes, new: bytes, granule: int = 64) -> list[tuple[int, bytes]]:

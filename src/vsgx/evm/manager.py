@@ -28,8 +28,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
-from vsgx.arch.constants import PAGE_SIZE
+from vsgx.arch.constants import PAGE_SIZE, ExitKind
 from vsgx.arch.cpuid import EpcSection
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.quote import QuoteStatus
@@ -49,6 +50,7 @@ from vsgx.channel import (
     peer_uid,
     reply_to,
 )
+from vsgx.channel.memory import MemoryConnection, memory_pair
 from vsgx.channel.messages import (
     ADD_RUN,
     BATCH_VERSION,
@@ -91,8 +93,8 @@ from vsgx.channel.messages import (
 )
 from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
-from vsgx.evm.executor import REG_COUNT
-from vsgx.evm.vm import EnclaveVM
+from vsgx.evm.executor import REG_COUNT, UntrustedMemory
+from vsgx.evm.vm import EnclaveExit, EnclaveVM
 
 DEFAULT_SESSION_EPC_PAGES = 16384
 SERVE_THREADS = 12  # concurrent enclave entries of one session
@@ -113,6 +115,7 @@ CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
 PENDING_WRITEBACK_BYTES = 256 * 1024
 _WRITEBACKS_PER_NOTICE = 48  # records of up to 4240 bytes each fit MAX_BODY
 _ENTRIES = frozenset({Type.EENTER, Type.ERESUME})
+_new_message = tuple.__new__  # a Message without NamedTuple's keyword-handling __new__
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,11 @@ class RemoteUntrusted:
     ahead in a PAGE_WRITEBACKS notice only before a fetch (the AVM must
     answer it with what the enclave wrote) or when too many wait."""
 
-    def __init__(self, conn: Connection, pushed: dict[int, tuple[bytes, bool]] | None = None,
-                 batched: bool = False):
+    shares_pages = False  # the pages are the AVM's, in another process
+    generation = 0
+
+    def __init__(self, conn: Connection | MemoryConnection,
+                 pushed: dict[int, tuple[bytes, bool]] | None = None, batched: bool = False):
         self.conn = conn
         self.pushed = pushed or {}
         self.batched = batched
@@ -213,6 +219,9 @@ class RemoteUntrusted:
         if reply.type == Type.PAGE:
             self._used(page)
             return reply.blob, bool(reply.fields[0])
+        return None
+
+    def share(self, page: int) -> None:
         return None
 
     def write_back(self, page: int, changes: list[tuple[int, bytes]]) -> None:
@@ -250,18 +259,22 @@ class RemoteUntrusted:
 
 
 class Session:
-    def __init__(self, manager: EnclaveManager, conn: Connection, epc: EpcSection,
-                 client: str = "a client"):
+    def __init__(self, manager: EnclaveManager, conn: Connection | MemoryConnection,
+                 epc: EpcSection, client: str = "a client"):
         self.manager = manager
         self.vm = manager.vm
         self.conn = conn
+        # In this process: an entry may bring the application's address
+        # space itself (an attachment), which the executors map in place.
+        self.in_memory = isinstance(conn, MemoryConnection)
         self.epc = epc
         self.client = client
         self.enclaves: set[int] = set()
         self.inflight = 0  # enclave entries running
         self.busy = 0  # requests being handled
         self.last_active = time.monotonic()
-        self.idle = threading.Condition(threading.Lock())
+        self._counters = threading.Lock()
+        self.idle = threading.Condition(self._counters)
         self.closed = False  # closing: no new entries; the slice is not free yet
         self._cleanup_started = False
         self.version = 1  # the protocol version HELLO agreed on
@@ -283,6 +296,11 @@ class Session:
             Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
             Type.EADD_RUNS: self._eadd_runs, Type.EVICT_PAGES: self._evict_pages,
         }
+        # What dispatch needs per type, found with one lookup (an enum's hash
+        # is computed in Python: on the entry path each lookup counts).
+        self._routes: dict[Type, tuple[Callable[[Message], Message | None], int, bool]] = {
+            message_type: (handler, introduced_in(message_type), message_type in _ENTRIES)
+            for message_type, handler in self.handlers.items()}
 
     # -- ownership -----------------------------------------------------------
     def _own(self, address: int, what: str = "EPC page") -> int:
@@ -297,10 +315,11 @@ class Session:
         return secs
 
     # -- dispatch -------------------------------------------------------------
-    def handle(self, conn: Connection, message: Message) -> Message | None:
+    def handle(self, conn: Connection | MemoryConnection, message: Message) -> Message | None:
         # An entry counts as in flight (cleanup waits for it) from here on.
-        entry = message.type in _ENTRIES
-        with self.idle:
+        route = self._routes.get(message.type)
+        entry = route is not None and route[2]
+        with self._counters:  # idle's lock, taken without the Condition's wrapper
             if entry:
                 if self.closed:
                     return error_reply(message, "the session is closing", ErrorCode.REJECTED)
@@ -308,9 +327,9 @@ class Session:
             self.busy += 1
             self.last_active = time.monotonic()
         try:
-            return self._dispatch(message)
+            return self._dispatch(message, route)
         finally:
-            with self.idle:
+            with self._counters:
                 self.busy -= 1
                 self.last_active = time.monotonic()
                 if entry:
@@ -325,16 +344,17 @@ class Session:
                 return 0.0
             return now - self.last_active
 
-    def _dispatch(self, message: Message) -> Message | None:
-        if message.type in (Type.PAGE_WRITEBACK, Type.PAGE_WRITEBACKS):
-            return None
-        handler = self.handlers.get(message.type)
-        if handler is None:
+    def _dispatch(self, message: Message,
+                  route: tuple[Callable[[Message], Message | None], int, bool] | None
+                  ) -> Message | None:
+        if route is None:
+            if message.type in (Type.PAGE_WRITEBACK, Type.PAGE_WRITEBACKS):
+                return None
             return error_reply(message, f"{message.type.name} is not a request to an EVM")
-        if introduced_in(message.type) > self.version:
+        handler, introduced, _ = route
+        if introduced > self.version:
             return error_reply(message, f"{message.type.name} needs protocol version "
-                               f"{introduced_in(message.type)}; this session speaks "
-                               f"{self.version}")
+                               f"{introduced}; this session speaks {self.version}")
         try:
             return handler(message)
         except Fault as fault:
@@ -449,8 +469,8 @@ class Session:
 
     def _exit(self, m: Message, result, untrusted: RemoteUntrusted  # type: ignore[no-untyped-def]
               ) -> Message:
-        fields = (result.kind == "aex", result.exitinfo_valid, result.interrupt, result.vector,
-                  result.error_code, result.address, *result.registers)
+        fields = (result.kind is ExitKind.AEX, result.exitinfo_valid, result.interrupt,
+                  result.vector, result.error_code, result.address, *result.registers)
         if not untrusted.batched:
             return reply_to(m, Type.EXIT, fields)
         used, records, blob = untrusted.exit_blob()
@@ -460,9 +480,19 @@ class Session:
         return RemoteUntrusted(self.conn, decode_pages(m.blob) if m.blob else None,
                                batched=self.version >= BATCH_VERSION)
 
+    @staticmethod
+    def _exit_in_memory(result: EnclaveExit) -> Message:
+        """The exit of an entry that brought its address space (the enclave
+        wrote the application's pages in place): an EXIT whose content is
+        the exit itself, attached."""
+        return _new_message(Message, (Type.EXIT, (), b"", Kind.REPLY, 0, result))
+
     def _eenter(self, m: Message) -> Message:
         secs, return_rip = m.fields[:2]
         registers = list(m.fields[2:2 + REG_COUNT])
+        if m.attachment is not None and self.in_memory:
+            return self._exit_in_memory(self.vm.eenter(
+                self._secs(secs), registers, return_rip, cast(UntrustedMemory, m.attachment)))
         untrusted = self._untrusted(m)
         try:
             result = self.vm.eenter(self._secs(secs), registers, return_rip, untrusted)
@@ -474,6 +504,9 @@ class Session:
     def _eresume(self, m: Message) -> Message:
         secs = m.fields[0]
         registers = list(m.fields[1:1 + REG_COUNT])
+        if m.attachment is not None and self.in_memory:
+            return self._exit_in_memory(self.vm.eresume(
+                self._secs(secs), registers, cast(UntrustedMemory, m.attachment)))
         untrusted = self._untrusted(m)
         try:
             result = self.vm.eresume(self._secs(secs), registers, untrusted)
@@ -493,18 +526,18 @@ class Session:
                                        "slice")
 
     @staticmethod
-    def _fault_of(results: list) -> tuple[list, tuple[int, int, int, str] | None]:  # type: ignore[type-arg]
+    def _fault_of(results: list[Any]) -> tuple[list[Any], tuple[int, int, int, str] | None]:
         if results and isinstance(results[-1], Fault):
             fault = results[-1]
             return results[:-1], (int(fault.vector), fault.error_code, fault.address,
                                   fault.reason)
         return results, None
 
-    def _statuses(self, m: Message, results: list) -> Message:  # type: ignore[type-arg]
+    def _statuses(self, m: Message, results: list[Any]) -> Message:
         codes, fault = self._fault_of(results)
         fields, reason = encode_outcome(len(codes), fault)
         return reply_to(m, Type.STATUSES, fields,
-                        struct.pack(f"<{len(codes)}I", *map(int, codes)) + reason)
+                        struct.pack(f"<{len(codes)}I", *[int(code) for code in codes]) + reason)
 
     def _eadd_pages(self, m: Message) -> Message:
         secs, linaddr, measure, secinfo, count = m.fields
@@ -610,9 +643,9 @@ class Session:
         flat = unpack_u64s(m.blob, 2 * count, "EVICT_PAGES")
         self._own_all(flat[0::2])
         self._own_all(flat[1::2], "VA slot")
-        blocks, track, evictions = self.vm.evict_pages(
+        results, track, evictions = self.vm.evict_pages(
             self._secs(secs), list(zip(flat[0::2], flat[1::2], strict=True)))
-        blocks, fault = self._fault_of(blocks)
+        blocks, fault = self._fault_of(results)
         where = FAULT_IN_EBLOCK if fault is not None else 0
         if fault is None:
             evictions, fault = self._fault_of(evictions)
@@ -621,7 +654,7 @@ class Session:
         return reply_to(m, Type.EVICT_RESULT,
                         (len(blocks), NOT_RUN if track is None else int(track), len(evictions),
                          where, vector, error_code & 0xFFFFFFFF, address & ((1 << 64) - 1)),
-                        struct.pack(f"<{len(blocks)}I", *map(int, blocks))
+                        struct.pack(f"<{len(blocks)}I", *[int(code) for code in blocks])
                         + self._evicted_records(evictions) + reason.encode()[:2000])
 
     def _eldu_pages(self, m: Message) -> Message:
@@ -632,7 +665,7 @@ class Session:
             raise ProtocolError(f"ELDU_PAGES: {count} pages need {count * record} bytes, the "
                                 f"blob has {len(m.blob)}")
         view = memoryview(m.blob)
-        items = []
+        items: list[tuple[int, int, int, bytes | memoryview, bytes]] = []
         for offset in range(0, len(view), record):
             epc, slot, linaddr, pcmd = ELDU_ITEM.unpack_from(view, offset)
             items.append((epc, slot, linaddr,
@@ -726,7 +759,7 @@ class Session:
         return reply_to(m, Type.QUOTE_RESULT, (int(QuoteStatus.SUCCESS),
                                                *(len(p) for p in parts)), b"".join(parts))
 
-    def _quote_failed(self, m: Message, status: QuoteStatus, text: str) -> Message:
+    def _quote_failed(self, m: Message, status: QuoteStatus | int, text: str) -> Message:
         return reply_to(m, Type.QUOTE_RESULT, (int(status), 0, 0, 0, 0), text.encode()[:2000])
 
     def _launch_token(self, m: Message) -> Message:
@@ -818,7 +851,9 @@ class EnclaveManager:
         # The newest protocol version sessions may agree on (an older EVM's,
         # to test AVMs against it).
         self.protocol_version = protocol_version
-        self.identity = ServerIdentity(evidence, Path(key_path) if key_path else None)
+        self._key_path = Path(key_path) if key_path else None
+        self._identity: ServerIdentity | None = None
+        self._identity_lock = threading.Lock()
         self.admission = admission or Admission()
         self.idle_timeout = idle_timeout
         self.peer_timeout = peer_timeout
@@ -842,6 +877,15 @@ class EnclaveManager:
         self.evidence_kind = evidence
         self._snp_evidence: tuple[bytes, bytes] | None = None
         self._snp_lock = threading.Lock()
+
+    @property
+    def identity(self) -> ServerIdentity:
+        """The EVM's TLS identity, made on first use (an in-process EVM,
+        reached only through the in-memory transport, never needs one)."""
+        with self._identity_lock:
+            if self._identity is None:
+                self._identity = ServerIdentity(self.evidence_kind, self._key_path)
+            return self._identity
 
     # -- this EVM's quoting and launch enclaves -------------------------------
     def quoting(self):  # type: ignore[no-untyped-def]
@@ -934,12 +978,16 @@ class EnclaveManager:
         if refusal is not None:
             self._refuse(stream, who, refusal, ErrorCode.REFUSED)
             return
-        session = self._open_session(stream, who, family)
+        session = self._open_session(
+            lambda: Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
+                               name="AVM session", peer="the AVM", deadline=self.peer_timeout),
+            who, family)
         if isinstance(session, str):
             self._refuse(stream, who, session, ErrorCode.FULL)
             return
         decided()
         conn = session.conn
+        assert isinstance(conn, Connection)
 
         def closed(error: BaseException | None) -> None:
             if isinstance(error, ChannelError) and not isinstance(error, ChannelClosed):
@@ -954,7 +1002,24 @@ class EnclaveManager:
                              name="AVM session").start()
         conn.serve_forever()
 
-    def _open_session(self, stream: TlsStream, who: str, family: str) -> Session | str:
+    def open_local(self, who: str = "this process") -> MemoryConnection:
+        """A session for an AVM in this process, over the in-memory
+        transport: the AVM's end of it (say HELLO on it). The session has
+        a slice of its own and the same checks as one over a socket; it
+        ends, and is cleaned up, when either end closes."""
+        client, server = memory_pair()
+        session = self._open_session(lambda: server, who, "local")
+        if isinstance(session, str):
+            raise ChannelError(f"the EVM refused the session: {session}")
+
+        def closed(_error: BaseException | None) -> None:
+            threading.Thread(target=session.cleanup, daemon=True, name="session cleanup").start()
+
+        server.on_close.append(closed)
+        return client
+
+    def _open_session(self, make_conn: Callable[[], Connection | MemoryConnection], who: str,
+                      family: str) -> Session | str:
         """A session with a slice of its own, or why there is none."""
         deadline = time.monotonic() + SLICE_WAIT_SECONDS
         cap = self.client_cap(family)
@@ -976,8 +1041,7 @@ class EnclaveManager:
                             f"{self.session_pages * PAGE_SIZE >> 20} MiB in use)")
                 self._slots.wait(min(remaining, 0.1))
             epc = self._free_slices.pop(0)
-            conn = Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
-                              name="AVM session", peer="the AVM", deadline=self.peer_timeout)
+            conn = make_conn()
             session = Session(self, conn, epc, who)
             conn.handler = session.handle
             self.sessions.append(session)

@@ -47,7 +47,15 @@ from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
 from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import EnclaveState
-from vsgx.evm.executor import RFLAGS, RIP, Stop, StopKind, UntrustedMemory, page_changes
+from vsgx.evm.executor import (
+    RFLAGS,
+    RIP,
+    ExecutorCapability,
+    Stop,
+    StopKind,
+    UntrustedMemory,
+    page_changes,
+)
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner import layout
 from vsgx.evm.runner.layout import COMMAND, REPORT
@@ -336,7 +344,7 @@ class NativeExecutor:
     """The executor of one TCS in a runner process."""
 
     name = "native"
-    parallel = True  # threads of one enclave run at once, on shared memory
+    capabilities = ExecutorCapability.PARALLEL
     # A running runner reports at least once a second (its alarm); one that
     # is silent this long is stuck and gets SIGKILL.
     silence_limit = 10.0
@@ -561,16 +569,16 @@ class NativeExecutor:
     def _refresh(self, untrusted: UntrustedMemory) -> None:
         """Before an entry: the application may have changed the pages we
         keep mapped (in-process only; others were unmapped at the exit)."""
-        source = (untrusted, getattr(untrusted, "generation", -1))
+        source = (untrusted, untrusted.generation)
         if self._source is None or self._source[0] is not source[0] \
                 or self._source[1] != source[1]:
             for page in list(self._mapped):
                 self._unmap(page)
             self._source = source
             return
-        share = getattr(untrusted, "share", None)
-        if share is None:
+        if not untrusted.shares_pages:
             return
+        share = untrusted.share
         for page, entry in list(self._mapped.items()):
             shared = share(page)
             if shared is None:
@@ -581,7 +589,7 @@ class NativeExecutor:
 
     def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
         """Write back what the enclave changed in untrusted memory."""
-        keep = hasattr(untrusted, "share")
+        keep = untrusted.shares_pages
         for page, entry in list(self._mapped.items()):
             self._write_back(untrusted, page, entry)
         if not keep:
@@ -698,12 +706,12 @@ class NativeExecutor:
                         continue
                     code = fault_code(encl, page, access)
                 return Stop(StopKind.EXCEPTION, registers, Vector.PF, code, address)
-            if access == FETCH:
+            if access is FETCH:
                 # Code fetches outside ELRANGE are #GP(0) in enclave mode.
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP, 0, 0)
             if page not in self._mapped and self._map_untrusted(untrusted, page):
                 continue
-            code = PfErrorCode.U | (PfErrorCode.W if access == WRITE else 0)
+            code = PfErrorCode.U | (PfErrorCode.W if access is WRITE else 0)
             if page in self._mapped:
                 code |= PfErrorCode.P
             return Stop(StopKind.EXCEPTION, registers, Vector.PF, int(code), address)
@@ -752,6 +760,7 @@ class NativeExecutor:
 
 class NativeExecutorFactory:
     name = "native"
+    capabilities = ExecutorCapability.PARALLEL
 
     def __init__(self, machine: Machine):
         usable, why = native_support()

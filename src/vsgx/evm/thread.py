@@ -22,6 +22,7 @@ from vsgx.arch.constants import (
     SSA_GPRSGX_SIZE,
     Attribute,
     Enclu,
+    ExitKind,
     ExitType,
     MiscSelect,
     PageType,
@@ -47,6 +48,7 @@ from vsgx.evm.executor import (
     RFLAGS,
     RIP,
     RSP,
+    ExecutorCapability,
     ExecutorFactory,
     Stop,
     StopKind,
@@ -89,7 +91,7 @@ def _canonical(address: int) -> bool:
 class EnclaveExit:
     """How an EENTER/ERESUME came back to the application."""
 
-    kind: str  # "eexit" or "aex"
+    kind: ExitKind
     registers: list[int]
     vector: int = 0
     error_code: int = 0
@@ -99,7 +101,7 @@ class EnclaveExit:
 
     @property
     def is_aex(self) -> bool:
-        return self.kind == "aex"
+        return self.kind is ExitKind.AEX
 
 
 class EnclaveThread:
@@ -260,7 +262,8 @@ class EnclaveThread:
         encl, executor = self.encl, self.executor
         # Unicorn engines take turns on an enclave's memory; native runners
         # share it with real atomics and run at once.
-        lock = _NO_LOCK if getattr(executor, "parallel", False) else encl.exec_lock
+        lock = _NO_LOCK if ExecutorCapability.PARALLEL in executor.capabilities \
+            else encl.exec_lock
         if not lock.acquire(False):
             self._take_turn(lock)
         encl.running = executor
@@ -348,7 +351,7 @@ class EnclaveThread:
             regs[RCX] = aep
             regs[RFLAGS] &= ~_RF  # ENCLU completed: RF is clear after it
             regs[FSBASE], regs[GSBASE] = self.entry_fsgs
-            return EnclaveExit("eexit", regs)
+            return EnclaveExit(ExitKind.EEXIT, regs)
         status: SgxError | None = None
         try:
             with m.lock:
@@ -416,7 +419,7 @@ class EnclaveThread:
         synthetic[RFLAGS] = (regs[RFLAGS] & ~_SYNTHETIC_CLEARED) | 0x2
         synthetic[FSBASE], synthetic[GSBASE] = self.entry_fsgs
         address = stop.address & ~(PAGE_SIZE - 1) if vector == Vector.PF else 0
-        return EnclaveExit("aex", synthetic, int(vector), stop.error_code, address, report,
+        return EnclaveExit(ExitKind.AEX, synthetic, int(vector), stop.error_code, address, report,
                            interrupt)
 
 

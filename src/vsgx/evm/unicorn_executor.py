@@ -43,9 +43,17 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, page_prot
+from vsgx.evm.access import FETCH, READ, WRITE, Access, allowed, fault_code, page_prot
 from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
-from vsgx.evm.executor import REG_COUNT, RIP, Stop, StopKind, UntrustedMemory, page_changes
+from vsgx.evm.executor import (
+    REG_COUNT,
+    RIP,
+    ExecutorCapability,
+    Stop,
+    StopKind,
+    UntrustedMemory,
+    page_changes,
+)
 from vsgx.evm.machine import Machine
 
 _UC_REGS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RBX,
@@ -74,6 +82,7 @@ _ST = tuple(getattr(x86, f"UC_X86_REG_ST{i}") for i in range(8))
 
 
 class UnicornExecutor:
+    capabilities = ExecutorCapability.TRACKS_ACCESS | ExecutorCapability.SHARES_UNTRUSTED
     """The executor of one TCS on a Unicorn engine."""
 
     name = "unicorn"
@@ -89,7 +98,7 @@ class UnicornExecutor:
         # ELRANGE is mapped from the enclave's memory a chunk at a time, on
         # first touch (one region for a whole 32 GiB ELRANGE would cost a
         # second to unmap), with all rights: the TLB hook gives the rights.
-        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]  # unicorn >= 2.1, its stubs lag
         self.chunks: set[int] = set()
         self.chunk_size = min(_CHUNK, encl.size)
         # pages whose code the engine may have translated (granted X)
@@ -249,19 +258,18 @@ class UnicornExecutor:
             self.event = Stop(StopKind.EXCEPTION, self.save(), Vector.PF, code, address)
             return False
         rip = self._read_rip()
-        if kind == FETCH:
+        if kind is FETCH:
             # Code fetches outside ELRANGE are #GP(0) in enclave mode.
             self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.GP, 0, 0)
             return False
         if page in self.untrusted_pages or page in self.shared_pages or self.untrusted is None:
-            code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
+            code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind is WRITE else 0)
             self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
             return False
-        share = getattr(self.untrusted, "share", None)
-        if share is not None:
-            shared = share(page)
+        if self.untrusted.shares_pages:
+            shared = self.untrusted.share(page)
             if shared is None:
-                code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
+                code = PfErrorCode.U | (PfErrorCode.W if kind is WRITE else 0)
                 self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code),
                                   address)
                 return False
@@ -274,7 +282,7 @@ class UnicornExecutor:
             return self._mapped_allows(prot, kind, rip, address)
         fetched = self.untrusted.fetch(page)
         if fetched is None:
-            code = PfErrorCode.U | (PfErrorCode.W if kind == WRITE else 0)
+            code = PfErrorCode.U | (PfErrorCode.W if kind is WRITE else 0)
             self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
             return False
         data_bytes, writable = fetched
@@ -286,12 +294,12 @@ class UnicornExecutor:
         self.untrusted_prot[page] = prot
         return self._mapped_allows(prot, kind, rip, address)
 
-    def _mapped_allows(self, prot: int, kind: str, rip: int, address: int) -> bool:
+    def _mapped_allows(self, prot: int, kind: Access, rip: int, address: int) -> bool:
         """After mapping an untrusted page: go on, or the access faults
         (a write to a read-only page is #PF with P set)."""
         if prot & _KIND_NEED[kind]:
             return True
-        code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind == WRITE else 0)
+        code = PfErrorCode.U | PfErrorCode.P | (PfErrorCode.W if kind is WRITE else 0)
         self.event = Stop(StopKind.EXCEPTION, self._at(rip), Vector.PF, int(code), address)
         return False
 
@@ -366,20 +374,20 @@ class UnicornExecutor:
     def _check_shared(self, untrusted: UntrustedMemory) -> None:
         source = self.shared_source
         if (source is None or source[0] is not untrusted
-                or source[1] != getattr(untrusted, "generation", -1)):
+                or source[1] != untrusted.generation):
             for page in self.shared_pages:
                 self.uc.mem_unmap(page, PAGE_SIZE)
                 self.untrusted_prot.pop(page, None)
             if self.shared_pages:
                 self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
             self.shared_pages = {}
-            self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
+            self.shared_source = (untrusted, untrusted.generation)
 
     def run(self, untrusted: UntrustedMemory) -> Stop:
         if self.shared_pages or self.shared_source is not None:
             self._check_shared(untrusted)
-        elif hasattr(untrusted, "share"):
-            self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
+        elif untrusted.shares_pages:
+            self.shared_source = (untrusted, untrusted.generation)
         self.untrusted = untrusted
         self.event = None
         start, self._start = self._start, -1
@@ -504,7 +512,7 @@ class UnicornExecutorFactory:
     name = "unicorn"
     # Its engines map pages whose accessed bit is clear without rights, so
     # EnclaveState.old is exact (see vm.EnclaveVM.test_and_clear_young).
-    tracks_access = True
+    capabilities = ExecutorCapability.TRACKS_ACCESS | ExecutorCapability.SHARES_UNTRUSTED
 
     def __init__(self, machine: Machine):
         self.machine = machine

@@ -21,7 +21,7 @@ from vsgx.errors import VsgxError
 from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.encls import EvictedPage
-from vsgx.evm.executor import RBX, ExecutorFactory, UntrustedMemory
+from vsgx.evm.executor import RBX, ExecutorCapability, ExecutorFactory, UntrustedMemory
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
 from vsgx.evm.thread import EnclaveExit, EnclaveThread
@@ -69,7 +69,7 @@ class EnclaveVM:
         if executor is None or isinstance(executor, str):
             executor = executor_factory(self.machine, executor)
         self.executor_factory: ExecutorFactory = executor
-        self._tracks_access = bool(getattr(executor, "tracks_access", False))
+        self._tracks_access = ExecutorCapability.TRACKS_ACCESS in executor.capabilities
         # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
         self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
 
@@ -97,8 +97,8 @@ class EnclaveVM:
             if measure:
                 encls.measure_pages(self.machine, secs_page, epc_page)
 
-    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int, source: bytes,
-                   secinfo: bytes, measure: bool = False) -> None:
+    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int,
+                   source: bytes | memoryview, secinfo: bytes, measure: bool = False) -> None:
         """EADD (and EEXTEND when ``measure``) of consecutive REG pages, one
         EPC page each, in one call (encls.eadd_pages)."""
         with self.machine.lock:

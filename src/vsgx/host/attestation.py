@@ -44,9 +44,10 @@ def attestation_backend(evm: Any = None) -> Any:
         evm = evm.avm
     if not isinstance(evm, Avm):
         evm = connect(evm)
-    target = evm.evm
+    target = evm.link  # the session: in this process too, quotes go through it
     if all(hasattr(target, name) for name in _CALLS):
         return target  # an EVM that answers quoting requests itself (over the channel)
+    target = evm.evm
     if isinstance(target, EnclaveVM):
         return LocalBackend(target)
     raise VsgxError(f"this EVM ({type(target).__name__}) has no quoting enclave")

@@ -10,9 +10,15 @@ its driver, and the EVM it talks to — in this process by default, or a
 separate EVM process (``evm="unix:/path"``, ``"tcp:host:port"``,
 ``"vsock:cid:port"``).
 
-One EVM object has one driver, as one machine has one EPC allocator: every
-``Avm`` made for the same EVM object shares it (``connect(evm)`` returns the
-same ``Avm``), so enclaves loaded through any of them never collide.
+An EVM object in this process is reached as any other EVM is: through a
+session of its enclave manager (``local_manager``), over the in-memory
+channel transport, so the session's EPC slice and ownership checks apply
+here too. One EVM object has one such session and one driver, as one
+machine has one EPC allocator: every ``Avm`` made for the same EVM object
+shares them (``connect(evm)`` returns the same ``Avm``), so enclaves loaded
+through any of them never collide. A second session of the same EVM (a
+second application, with its own slice) is
+``Avm(RemoteEvm(local_manager(vm, ...).open_local()))``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsgx.arch.constants import PAGE_SIZE, Enclu
+from vsgx.arch.constants import PAGE_SIZE, Enclu, ExitKind
 from vsgx.arch.errors import Fault
 from vsgx.avm.driver import DriverEnclave, EnclaveLost, SgxDriver
 from vsgx.avm.loader import load_plan
@@ -39,9 +45,10 @@ STACK_SIZE = 256 * 1024
 
 @dataclass
 class Exit:
-    """How an entry came back: ``kind`` is "eexit" or "aex"."""
+    """How an entry came back: ``kind`` is ExitKind.EEXIT or ExitKind.AEX
+    (equal to the strings "eexit" and "aex")."""
 
-    kind: str
+    kind: ExitKind
     registers: dict[str, int]
     vector: int = 0
     error_code: int = 0
@@ -51,7 +58,7 @@ class Exit:
 
     @property
     def aex(self) -> bool:
-        return self.kind == "aex"
+        return self.kind is ExitKind.AEX
 
     def __getattr__(self, name: str) -> int:
         registers = self.__dict__.get("registers", {})
@@ -66,11 +73,47 @@ class Exit:
                 f"address {self.address:#x}")
 
 
+_managers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_managers_lock = threading.Lock()
+
+
+def local_manager(vm: Any, *, session_epc_pages: int | None = None) -> Any:
+    """The enclave manager that serves in-process sessions of ``vm`` (an
+    EnclaveVM), made on first use. Its sessions get ``session_epc_pages``
+    of EPC each; by default one session gets all of it (an in-process EVM
+    serves one application unless told otherwise)."""
+    from vsgx.evm.manager import EnclaveManager
+
+    with _managers_lock:
+        manager = _managers.get(vm)
+        if manager is None:
+            manager = EnclaveManager(vm, session_epc_pages=session_epc_pages
+                                     or vm.config.epc_pages)
+            _managers[vm] = manager
+        elif session_epc_pages is not None and session_epc_pages != manager.session_pages:
+            raise VsgxError(f"this EVM already serves sessions of {manager.session_pages} EPC "
+                            f"pages, not {session_epc_pages}")
+        return manager
+
+
+def _is_vm(evm: Any) -> bool:
+    from vsgx.evm.vm import EnclaveVM
+
+    return isinstance(evm, EnclaveVM)
+
+
 class _SharedDriver:
-    """The driver of one EVM object and the Avms that use it."""
+    """The driver of one EVM object and the Avms that use it: for an EVM
+    in this process, over its session (``link``)."""
 
     def __init__(self, evm: Any):
-        self.driver = SgxDriver(evm)
+        if _is_vm(evm):
+            from vsgx.avm.remote import RemoteEvm
+
+            self.link: Any = RemoteEvm(local_manager(evm).open_local())
+        else:
+            self.link = evm
+        self.driver = SgxDriver(self.link)
         self.avms: weakref.WeakSet[Avm] = weakref.WeakSet()
 
 
@@ -82,13 +125,14 @@ class Avm:
     """The application VM side of one process: memory, driver, EVM link."""
 
     def __init__(self, evm: Any):
-        self.evm = evm
+        self.evm = evm  # what it was made for (an EnclaveVM, or an EVM session)
+        self.link: Any = evm  # the EVM session the driver talks through
         self.memory = AddressSpace()
         self._enclaves: set[int] = set()  # SECS pages of the enclaves loaded through it
         self._lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
-        attach = getattr(evm, "attach_memory", None)
+        attach = None if _is_vm(evm) else getattr(evm, "attach_memory", None)
         with _drivers_lock:
             try:
                 shared = _drivers.get(evm)
@@ -108,6 +152,7 @@ class Avm:
                 shared.avms.add(self)
                 self._shared = shared
                 self.driver = shared.driver
+                self.link = shared.link
         if attach is not None:
             attach(self.memory)
 
@@ -163,7 +208,13 @@ class Avm:
                 pass
         if not alone:
             return
-        close = getattr(self.evm, "close", None)
+        if self._shared is not None and self._shared.link is not self.evm:
+            # The session of an in-process EVM ends with its last Avm: the
+            # next one opens a new one.
+            with _drivers_lock:
+                if _drivers.get(self.evm) is self._shared:
+                    del _drivers[self.evm]
+        close = getattr(self.link, "close", None)
         if close is not None:
             close()
 

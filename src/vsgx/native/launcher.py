@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vsgx.arch.constants import ExitKind as EnclaveExitKind
 from vsgx.arch.errors import Fault
 from vsgx.avm.driver import DriverError, EnclaveLost
 from vsgx.avm.uapi import (
@@ -428,7 +429,7 @@ class Session:
         finally:
             self.memory.prefetched({})
         out = [value & ((1 << 64) - 1) for value in result.registers][:REGISTER_COUNT]
-        if result.kind != "aex":
+        if result.kind is not EnclaveExitKind.AEX:
             return pack(Msg.EXIT, kind=ExitKind.EEXIT, regs=out)
         if os.environ.get("VSGX_EXEC_DEBUG"):
             self.log(f"pid {self.pid}: AEX vector {result.vector} error code "

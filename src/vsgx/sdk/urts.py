@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsgx.arch.constants import Enclu
+from vsgx.arch.constants import Enclu, ExitKind
 from vsgx.arch.errors import Fault
 from vsgx.avm.driver import EnclaveLost
 from vsgx.errors import VsgxError
@@ -196,7 +196,7 @@ class Urts:
             # Intel: a fault on EENTER itself means the enclave is gone.
             return st.SGX_ERROR_ENCLAVE_LOST
         while True:
-            if result.kind == "aex":
+            if result.kind is ExitKind.AEX:
                 if exception_depth >= MAX_EXCEPTION_DEPTH:
                     return st.SGX_ERROR_ENCLAVE_CRASHED
                 registers = result.registers

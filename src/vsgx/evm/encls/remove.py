@@ -45,9 +45,7 @@ def destroy_enclave(encl: EnclaveState) -> None:
     """Release an enclave's executors and memory (when its SECS goes)."""
     encl.deferred.clear()
     for thread in list(encl.threads.values()):
-        close = getattr(thread, "close", None)
-        if close is not None:
-            close()
+        thread.close()
     encl.threads.clear()
     if encl.memory is not None:
         encl.memory.close()
