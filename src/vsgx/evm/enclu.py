@@ -219,7 +219,7 @@ def eaccept(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> 
         if tcs.flags & 1 or tcs.cssa >= tcs.nssa or tcs.aep or tcs.state:
             raise gp("EACCEPT: the new TCS is not in its initial state")
     entry.pending = entry.modified = entry.pr = False
-    encl.generation += 1
+    encl.note_change(page)
     return SgxError.SUCCESS
 
 
@@ -235,7 +235,7 @@ def emodpe(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> N
     entry.r |= bool(info.flags & 1)
     entry.w |= bool(info.flags & 2)
     entry.x |= bool(info.flags & 4)
-    encl.generation += 1
+    encl.note_change(page)
 
 
 def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int, source: int
@@ -257,5 +257,5 @@ def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int,
     encl.page_view(dest)[:] = bytes(encl.page_view(source))
     target.set_permissions(info.flags)
     target.pending = False
-    encl.generation += 1
+    encl.note_change(dest)
     return SgxError.SUCCESS
