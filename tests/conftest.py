@@ -136,9 +136,10 @@ def make_avm(make_vm):
 
 
 @pytest.fixture
-def local_plain(plain_enclave, make_avm):
-    """The plain test enclave in an in-process EVM (for tests that look
-    inside the EVM)."""
+def plain(plain_enclave, make_avm):
+    """The plain test enclave in an in-process EVM, on every executor: what
+    executors must show (entries, AEX and ERESUME state, threads, faults,
+    SGX2 flows), and what tests look for inside the EVM."""
     from vsgx.host import Enclave
 
     from plain_ops import PlainEnclave
@@ -148,16 +149,45 @@ def local_plain(plain_enclave, make_avm):
     enclave.destroy()
 
 
+@pytest.fixture
+def leaf_plain(plain_enclave):
+    """The plain test enclave in an in-process EVM on one executor, for
+    tests of leaf results through the EVM's interface and the driver (the
+    leaves' own semantics are tests/leaves', on a bare machine)."""
+    from vsgx.evm.platform import PlatformConfig
+    from vsgx.evm.vm import EnclaveVM
+    from vsgx.host import Avm, Enclave
+
+    from plain_ops import PlainEnclave
+
+    avm = Avm(EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="unicorn"))
+    enclave = Enclave.load(plain_enclave.signed, evm=avm)
+    yield PlainEnclave(enclave)
+    enclave.destroy()
+    avm.close()
+
+
 # -- the split: EVMs in separate processes, over every transport we have --
-def _transports() -> list:
+def _remote_transports() -> list:
     from vsgx.channel import vsock_loopback_available
 
     usable, why = vsock_loopback_available()
     vsock = pytest.param("vsock", marks=pytest.mark.skipif(not usable, reason=why))
-    return ["inproc", "unix", "tcp", vsock]
+    return ["unix", "tcp", vsock]
 
 
-TRANSPORTS = _transports()
+REMOTE_TRANSPORTS = _remote_transports()
+# Where an AVM meets its EVM: in this process on each executor, or in an EVM
+# process (on Unicorn) over each channel transport.
+def _cell(param, transport: str | None) -> object:
+    name = param if isinstance(param, str) else param.values[0]
+    marks = () if isinstance(param, str) else param.marks
+    value = ("inproc", name) if transport is None else (name, "unicorn")
+    return pytest.param(value, id=f"inproc-{name}" if transport is None else name, marks=marks)
+
+
+SPLIT_CELLS = [*(_cell(e, None) for e in EXECUTORS), *(_cell(t, "remote") for t in
+                                                        REMOTE_TRANSPORTS)]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -280,31 +310,49 @@ def evm_processes(tmp_path_factory):
         process.stop()
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request):
-    return request.param
 
-
-@pytest.fixture
-def split_avm(transport, evm_processes, make_avm, executor):
-    """An AVM whose EVM is in this process ("inproc") or in a separate EVM
-    process reached over attested TLS."""
-    if transport == "inproc":
-        return make_avm()
+def _remote_avm(transport: str, evm_processes):
     from vsgx.avm.remote import connect_evm
     from vsgx.channel import EvidencePolicy
+    from vsgx.host import Avm
 
-    return make_avm(connect_evm(evm_processes(transport, executor),
-                                EvidencePolicy(allow_unprotected=True), warn=False))
+    return Avm(connect_evm(evm_processes(transport), EvidencePolicy(allow_unprotected=True),
+                           warn=False))
+
+
+@pytest.fixture(params=SPLIT_CELLS)
+def split_avm(request, evm_processes):
+    """An AVM whose EVM is in this process (on each executor) or in an EVM
+    process reached over attested TLS (each transport)."""
+    from vsgx.evm.platform import PlatformConfig
+    from vsgx.evm.vm import EnclaveVM
+    from vsgx.host import Avm
+
+    transport, executor = request.param
+    if transport == "inproc":
+        avm = Avm(EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor=executor))
+    else:
+        avm = _remote_avm(transport, evm_processes)
+    yield avm
+    avm.close()
+
+
+@pytest.fixture(params=REMOTE_TRANSPORTS)
+def remote_avm(request, evm_processes):
+    """An AVM over each channel transport to an EVM process."""
+    avm = _remote_avm(request.param, evm_processes)
+    yield avm
+    avm.close()
 
 
 @pytest.fixture
-def plain(plain_enclave, split_avm):
-    """The plain test enclave, loaded over every transport."""
+def remote_plain(plain_enclave, remote_avm):
+    """The plain test enclave in an EVM process, over each transport: for
+    the few tests of what the channel adds (an entry, an AEX, a fault, paging)."""
     from vsgx.host import Enclave
 
     from plain_ops import PlainEnclave
 
-    enclave = Enclave.load(plain_enclave.signed, evm=split_avm)
+    enclave = Enclave.load(plain_enclave.signed, evm=remote_avm)
     yield PlainEnclave(enclave)
     enclave.destroy()

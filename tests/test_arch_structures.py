@@ -1,4 +1,4 @@
-"""Every SGX structure against the SDM's offsets (Vol. 3D ch. 34), and
+"""Every SGX structure against the SDM's offsets (the SDM's structure tables), and
 pack/unpack round trips."""
 
 from __future__ import annotations
@@ -183,3 +183,40 @@ def test_cpuid_leaf_0x12_round_trip():
     assert leaves[0][0] & 0x3 == 0x3
     assert leaves[2][0] & 0xF == 1 and leaves[3] == (0, 0, 0, 0)
     assert SgxCpuid.from_leaves(leaves) == model
+
+
+# -- precompiled views of the tables (vsgx.arch.layout.fields_of) --------------------
+def test_fields_of_reads_and_writes_named_fields_where_the_table_puts_them():
+    from vsgx.arch.layout import field_offset, fields_of
+
+    tcs = Tcs(state=1, flags=2, ossa=0x3000, cssa=4, nssa=5, oentry=6, aep=7, ofsbase=8,
+              ogsbase=9, fslimit=10, gslimit=11)
+    page = bytearray(8192)
+    page[4096:8192] = tcs.pack()
+    view = fields_of(Tcs, "ossa", "cssa", "nssa")
+    assert view.offset == field_offset(Tcs, "ossa") == 16
+    assert view.unpack_from(page, 4096 + view.offset) == (0x3000, 4, 5)
+    assert view.read(page, 4096) == (0x3000, 4, 5)
+    view.write(page, 4096, 0x5000, 1, 2)
+    assert (Tcs.unpack(page[4096:]).ossa, Tcs.unpack(page[4096:]).cssa) == (0x5000, 1)
+    assert Tcs.unpack(page[4096:]).flags == 2  # nothing outside the named fields moved
+
+
+def test_fields_of_names_nested_structures_and_zeroes_reserved_bytes_between():
+    from vsgx.arch.layout import field_offset, fields_of
+
+    pcmd = fields_of(Pcmd, "secinfo.flags", "enclaveid", "mac")
+    raw = pcmd.pack(0x203, 9, b"m" * 16)
+    assert raw == Pcmd(secinfo=Secinfo(flags=0x203).pack(), enclaveid=9, mac=b"m" * 16).pack()
+    assert field_offset(Pcmd, "secinfo.flags") == 0 and field_offset(Pcmd, "mac") == 112
+    whole = fields_of(Exinfo, "maddr", "errcd", whole=True)
+    assert whole.size == Exinfo.SIZE and whole.pack(1, 2) == Exinfo(maddr=1, errcd=2).pack()
+
+
+@pytest.mark.parametrize("names", [("fsbase", "exitinfo"), ("exitinfo", "fsbase"),
+                                   ("rax", "rax"), ("nosuch",)])
+def test_fields_of_refuses_unordered_overlapping_skipped_or_unknown_fields(names):
+    from vsgx.arch.layout import fields_of
+
+    with pytest.raises((ValueError, KeyError)):
+        fields_of(Gprsgx, *names)

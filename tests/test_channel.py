@@ -469,20 +469,20 @@ def test_snp_evidence_goes_to_the_policys_verifier():
     good = der(certificate(Evidence("sev-snp", report, chain).encode()))
     seen = []
 
-    def verifier(got_report: bytes, got_chain: bytes) -> None:
-        seen.append((got_report, got_chain))
+    def verifier(got_report: bytes, got_chain: bytes, binding: bytes) -> None:
+        seen.append((got_report, got_chain, binding))
 
     policy = EvidencePolicy(require_snp=True, snp_verifier=verifier)
     assert verify_evidence(good, policy).kind == "sev-snp"
-    assert seen == [(report, chain)]
+    assert seen == [(report, chain, key_binding(KEY_SPKI))]
 
-    def refusing(got_report: bytes, got_chain: bytes) -> None:
+    def refusing(got_report: bytes, got_chain: bytes, binding: bytes) -> None:
         raise AttestationError("the VCEK signature\ndoes not verify")
 
     with pytest.raises(AttestationError, match="the VCEK signature does not verify"):
         verify_evidence(good, EvidencePolicy(snp_verifier=refusing))
 
-    def broken(got_report: bytes, got_chain: bytes) -> None:
+    def broken(got_report: bytes, got_chain: bytes, binding: bytes) -> None:
         raise KeyError("a verifier's own bug")
 
     with pytest.raises(AttestationError, match="failed verification"):

@@ -1,5 +1,5 @@
-"""MRENCLAVE records and SIGSTRUCT signatures (SDM 38.2 ECREATE/EADD/EEXTEND,
-34.14 SIGSTRUCT)."""
+"""MRENCLAVE records and SIGSTRUCT signatures (SDM ECREATE/EADD/EEXTEND,
+SIGSTRUCT)."""
 
 from __future__ import annotations
 

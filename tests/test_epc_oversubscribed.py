@@ -1,4 +1,4 @@
-"""An EPC smaller than the enclave (SDM 38.5 "EPC and management of EPC
+"""An EPC smaller than the enclave (SDM "EPC and management of EPC
 pages"; Linux sgx/main.c): contents survive eviction and reload exactly,
 MRENCLAVE does not depend on where pages live, and the reclaimer's work per
 eviction is a constant — counted in leaves and clock steps, never timed."""

@@ -14,7 +14,15 @@ from vsgx.evm.vm import EnclaveVM
 from vsgx.host import Enclave
 
 
-def test_edbgrd_and_edbgwr_on_a_debug_enclave(plain):
+@pytest.fixture
+def executor():
+    """EDBGRD, EDBGWR, CPUID and the platform secret do not depend on the
+    executor (their checks: tests/leaves/test_leaf_sgx2_debug.py)."""
+    return "unicorn"
+
+
+def test_edbgrd_and_edbgwr_on_a_debug_enclave(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     buffer = plain.symbol("encl_buffer")
     epc = plain.enclave.handle.pages[buffer].epc

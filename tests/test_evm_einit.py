@@ -1,4 +1,4 @@
-"""EINIT (SDM 38.3): the signature, the measurement, the attribute masks and
+"""EINIT (SDM EINIT): the signature, the measurement, the attribute masks and
 launch control are checked; the seed's vSGX checked none of them."""
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from vsgx.crypto import check_sigstruct, load_private_key, mrsigner, private_key
 from vsgx.crypto.einittoken import einittoken_mac
 from vsgx.evm.platform import LaunchPolicy
 from vsgx.image import plan_from_bytes
+
+
+@pytest.fixture
+def executor():
+    """EINIT does not depend on the executor (every check of it, on a bare
+    machine: tests/leaves/test_leaf_build.py)."""
+    return "unicorn"
 
 
 def plain_plan(built):
@@ -176,7 +183,8 @@ def test_einittoken_key_attribute_needs_the_launch_signer(plain_enclave, make_vm
         load_plan(avm.driver, avm.memory, with_le_attr)
 
 
-def test_eadd_after_einit_and_second_einit_fault(plain, make_vm):
+def test_eadd_after_einit_and_second_einit_fault(leaf_plain):
+    plain = leaf_plain
     from vsgx.arch import Fault, PageType, Secinfo, Vector
 
     vm = plain.enclave.avm.evm

@@ -1,5 +1,6 @@
-"""EENTER, EEXIT, AEX and ERESUME (SDM 38.4, ch. 36), with the fault codes
-the Linux kernel's SGX selftests expect."""
+"""EENTER, EEXIT, AEX and ERESUME (SDM EENTER, ERESUME, EEXIT and "Enclave
+Exiting Events"), with the fault codes the Linux kernel's SGX selftests
+expect: in-process on every executor, and a few across the channel."""
 
 from __future__ import annotations
 
@@ -212,3 +213,20 @@ def test_read_only_untrusted_page_write_is_pf(plain):
 def test_read_via_rax_on_valid_memory(plain):
     result, words = plain.call(0, OP_READ_VIA_RAX, plain.symbol("encl_buffer"))
     assert result.kind == "eexit" and words[2] == 1  # encl_buffer = {1}
+
+
+# -- what the channel adds: an entry, an AEX, faults, across an EVM process ----------
+def test_entry_and_exit_cross_the_channel(remote_plain):
+    test_entry_and_exit_with_arguments_in_registers(remote_plain)
+
+
+def test_an_aex_and_eresume_cross_the_channel(remote_plain):
+    test_division_by_zero_is_reported_with_vector_0_and_resumes(remote_plain)
+
+
+def test_an_epcm_fault_code_crosses_the_channel(remote_plain):
+    test_epcm_write_fault_is_0x8007_and_resumes_after_emodpe(remote_plain)
+
+
+def test_a_leaf_fault_crosses_the_channel_as_a_fault(remote_plain):
+    test_eresume_with_cssa_zero_is_gp(remote_plain)

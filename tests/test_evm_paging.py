@@ -1,5 +1,7 @@
-"""EPC paging (SDM 38.5): EBLOCK, ETRACK, EWB, ELDU under a small EPC, and
-the anti-replay of VA-slot versions."""
+"""EPC paging (SDM "EPC and Management of EPC Pages"): EBLOCK, ETRACK, EWB,
+ELDU under a small EPC, and the anti-replay of VA-slot versions, through
+the EVM's interface and the driver (every check of the leaves themselves:
+tests/leaves/test_leaf_paging.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from vsgx.arch import Fault, SgxError
 from vsgx.host import Enclave
 
+from conftest import REMOTE_TRANSPORTS, ROOT_SECRET, _remote_avm
 from plain_ops import OP_SHA256, PlainEnclave
 
 
@@ -28,10 +31,22 @@ def big_plain(build_dir, plain_enclave, signing_key):
     return elf
 
 
-@pytest.fixture
-def small_epc_avm(transport, split_avm, make_avm):
-    """96 EPC pages in-process; a separate EVM gives each session 256."""
-    return make_avm(epc_pages=96) if transport == "inproc" else split_avm
+@pytest.fixture(params=["inproc", *REMOTE_TRANSPORTS])
+def small_epc_avm(request, evm_processes):
+    """96 EPC pages in-process (on Unicorn: test_epc_oversubscribed pages on
+    every executor); a separate EVM gives each session 256, over each
+    transport (the blobs cross the channel)."""
+    from vsgx.evm.platform import PlatformConfig
+    from vsgx.evm.vm import EnclaveVM
+    from vsgx.host import Avm
+
+    if request.param == "inproc":
+        avm = Avm(EnclaveVM(PlatformConfig(epc_pages=96), root_secret=ROOT_SECRET,
+                            executor="unicorn"))
+    else:
+        avm = _remote_avm(request.param, evm_processes)
+    yield avm
+    avm.close()
 
 
 def test_an_enclave_larger_than_the_epc_runs(big_plain, small_epc_avm):
@@ -63,7 +78,8 @@ def test_an_enclave_larger_than_the_epc_runs(big_plain, small_epc_avm):
     assert driver.free_epc_pages > 0
 
 
-def test_ewb_needs_a_blocked_and_tracked_page(plain):
+def test_ewb_needs_a_blocked_and_tracked_page(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     driver = plain.enclave.avm.driver
     page = plain.enclave.handle.pages[plain.symbol("encl_buffer")]
@@ -98,7 +114,8 @@ def evict(plain, linaddr):
     return epc, slot, blob
 
 
-def test_a_replayed_old_blob_is_refused(plain):
+def test_a_replayed_old_blob_is_refused(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     linaddr = plain.symbol("encl_buffer")
@@ -125,7 +142,8 @@ def test_a_replayed_old_blob_is_refused(plain):
         SgxError.MAC_COMPARE_FAIL
 
 
-def test_the_wrong_va_slot_is_refused(plain):
+def test_the_wrong_va_slot_is_refused(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     linaddr = plain.symbol("encl_buffer")
@@ -136,7 +154,8 @@ def test_the_wrong_va_slot_is_refused(plain):
     assert vm.eldu(epc, slot, secs, linaddr, blob.ciphertext, blob.pcmd) is SgxError.SUCCESS
 
 
-def test_eldb_loads_the_page_blocked(plain):
+def test_eldb_loads_the_page_blocked(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     linaddr = plain.symbol("encl_buffer")
@@ -145,7 +164,8 @@ def test_eldb_loads_the_page_blocked(plain):
     assert vm.eblock(epc) is SgxError.BLKSTATE
 
 
-def test_ewb_into_an_occupied_slot_still_evicts(plain):
+def test_ewb_into_an_occupied_slot_still_evicts(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     first = plain.symbol("encl_buffer")
@@ -158,7 +178,8 @@ def test_ewb_into_an_occupied_slot_still_evicts(plain):
     assert vm.eblock(second) is SgxError.PG_INVLD
 
 
-def test_va_pages_themselves_can_be_evicted(plain):
+def test_va_pages_themselves_can_be_evicted(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     driver = plain.enclave.avm.driver
     linaddr = plain.symbol("encl_buffer")
@@ -173,7 +194,8 @@ def test_va_pages_themselves_can_be_evicted(plain):
     assert vm.eldu(epc, slot, secs, linaddr, blob.ciphertext, blob.pcmd) is SgxError.SUCCESS
 
 
-def test_eremove_rules(plain):
+def test_eremove_rules(leaf_plain):
+    plain = leaf_plain
     vm = plain.enclave.avm.evm
     secs = plain.enclave.handle.secs_page
     assert vm.eremove(secs) is SgxError.CHILD_PRESENT

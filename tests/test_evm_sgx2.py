@@ -1,5 +1,6 @@
-"""SGX2 (SDM 38.5.x): EAUG, EMODPR, EMODT, EACCEPT, EMODPE, EACCEPTCOPY,
-through the driver's ioctls, in the shape of the Linux SGX selftests."""
+"""SGX2: EAUG, EMODPR, EMODT, EACCEPT, EMODPE, EACCEPTCOPY, through the
+driver's ioctls and enclave code, in the shape of the Linux SGX selftests
+(every check of the leaves: tests/leaves)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,16 @@
    prints, for benchmarks/exec.py, the creation time of the enclave and
    COUNT null ECALL and null OCALL latencies (ns);
           urts_host --sigill COUNT
-   prints COUNT #UD -> SIGILL -> return round trips (ns). */
+   prints COUNT #UD -> SIGILL -> return round trips (ns);
+          urts_host --ra PLAN ECALL_RA_BEGIN OUTDIR
+   loads the sample and quotes its ecall_ra_begin REPORT twice, as DCAP
+   applications do: through Intel's quote library API (libsgx_dcap_ql.so.1,
+   dlopen'ed by its SONAME so that the other modes need no library), and
+   through the aesmd socket ($VSGX_AESM_SOCKET, else Intel's path) with
+   SelectAttKeyID, InitQuoteEx, GetQuoteSizeEx and GetQuoteEx. Writes OUTDIR/dcap.quote,
+   dcap.key, aesm.quote and aesm.key (the enclave's public key). */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,7 +38,9 @@
 #include <sys/auxv.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -423,10 +433,237 @@ static int bench(long count, long ecall_nop, struct enclave *e)
     return ret != 0;
 }
 
+/* -- remote attestation: a quote of the sample's ecall_ra_begin REPORT ------------ */
+static int write_file(const char *dir, const char *name, const void *data, size_t size)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(data, 1, size, f) == size;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    return ok;
+}
+
+/* ecall_ra_begin(qe_target_info, report, public_key) */
+static int ra_begin(struct enclave *e, long ordinal, const uint8_t target[512],
+                    uint8_t report[432], uint8_t key[32])
+{
+    struct { uint32_t retval; const void *target; void *report; uint8_t *key; } ms = {
+        0xffffffff, target, report, key};
+    int status = run_ecall(e, e->tcs[0], ordinal, &ms, NULL);
+    return status ? status : (int)ms.retval;
+}
+
+typedef uint32_t (*qe_target_info_fn)(void *);
+typedef uint32_t (*qe_quote_size_fn)(uint32_t *);
+typedef uint32_t (*qe_quote_fn)(const void *, uint32_t, uint8_t *);
+
+static void dcap_quote(struct enclave *e, long ordinal, const char *dir)
+{
+    void *library = dlopen("libsgx_dcap_ql.so.1", RTLD_NOW);
+    CHECK("dlopen libsgx_dcap_ql.so.1", library != NULL, "%s", dlerror());
+    if (library == NULL)
+        return;
+    qe_target_info_fn target_info = (qe_target_info_fn)dlsym(library, "sgx_qe_get_target_info");
+    qe_quote_size_fn quote_size = (qe_quote_size_fn)dlsym(library, "sgx_qe_get_quote_size");
+    qe_quote_fn get_quote = (qe_quote_fn)dlsym(library, "sgx_qe_get_quote");
+    CHECK("dcap symbols", target_info && quote_size && get_quote, "missing");
+    if (!target_info || !quote_size || !get_quote)
+        return;
+    static uint8_t target[512] __attribute__((aligned(512))), report[432], key[32];
+    uint32_t status = target_info(target);
+    CHECK("sgx_qe_get_target_info", status == 0, "%#x", status);
+    int ecall = ra_begin(e, ordinal, target, report, key);
+    CHECK("ecall_ra_begin for the dcap QE", ecall == 0, "%#x", ecall);
+    uint32_t size = 0;
+    status = quote_size(&size);
+    CHECK("sgx_qe_get_quote_size", status == 0 && size > 1000, "%#x size %u", status, size);
+    if (status || ecall || !size)
+        return;
+    uint8_t *quote = malloc(size);
+    status = get_quote(report, size, quote);
+    CHECK("sgx_qe_get_quote", status == 0, "%#x", status);
+    if (status == 0)
+        CHECK("dcap files", write_file(dir, "dcap.quote", quote, size) &&
+              write_file(dir, "dcap.key", key, 32), "%s", strerror(errno));
+    free(quote);
+    dlclose(library);
+}
+
+/* The aesmd wire: a 4-byte little-endian length, then a protobuf
+   aesm.message.Request with one request field (Intel's messages.proto). */
+static size_t pb_varint(uint8_t *out, uint64_t value)
+{
+    size_t n = 0;
+    for (; value > 0x7f; value >>= 7)
+        out[n++] = (uint8_t)(value | 0x80);
+    out[n++] = (uint8_t)value;
+    return n;
+}
+
+static size_t pb_bytes(uint8_t *out, unsigned field, const void *data, size_t size)
+{
+    size_t n = pb_varint(out, field << 3 | 2);
+    n += pb_varint(out + n, size);
+    memcpy(out + n, data, size);
+    return n + size;
+}
+
+static size_t pb_uint(uint8_t *out, unsigned field, uint64_t value)
+{
+    size_t n = pb_varint(out, field << 3);
+    return n + pb_varint(out + n, value);
+}
+
+/* Field `want` of a message: 0 found (a varint's value, or bytes), 1 absent, -1 malformed. */
+static int pb_field(const uint8_t *p, size_t size, unsigned want, uint64_t *value,
+                    const uint8_t **data, size_t *data_size)
+{
+    const uint8_t *end = p + size;
+    while (p < end) {
+        uint64_t key = 0, v = 0;
+        for (int shift = 0;; shift += 7) {
+            if (p >= end || shift > 63)
+                return -1;
+            key |= (uint64_t)(*p & 0x7f) << shift;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        if ((key & 7) != 0 && (key & 7) != 2)
+            return -1;
+        for (int shift = 0;; shift += 7) {
+            if (p >= end || shift > 63)
+                return -1;
+            v |= (uint64_t)(*p & 0x7f) << shift;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        if ((key & 7) == 2 && v > (uint64_t)(end - p))
+            return -1;
+        if (key >> 3 == want) {
+            *value = v;
+            *data = p;
+            *data_size = (key & 7) == 2 ? (size_t)v : 0;
+            return 0;
+        }
+        if ((key & 7) == 2)
+            p += v;
+    }
+    return 1;
+}
+
+/* One request; the response's message `field` in *msg (inside *body, to free). */
+static int aesm_ask(const char *socket_path, unsigned field, const uint8_t *inner, size_t size,
+                    uint8_t **body, const uint8_t **msg, size_t *msg_size, uint32_t *code)
+{
+    static uint8_t request[8192];
+    size_t n = pb_bytes(request, field, inner, size);
+    uint8_t header[4] = {n & 0xff, n >> 8 & 0xff, n >> 16 & 0xff, n >> 24 & 0xff};
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    snprintf(address.sun_path, sizeof(address.sun_path), "%s", socket_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0 ||
+        write(fd, header, 4) != 4 || write(fd, request, n) != (ssize_t)n ||
+        recv(fd, header, 4, MSG_WAITALL) != 4) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    uint32_t length = header[0] | header[1] << 8 | header[2] << 16 | (uint32_t)header[3] << 24;
+    *body = malloc(length ? length : 1);
+    ssize_t got = recv(fd, *body, length, MSG_WAITALL);
+    close(fd);
+    uint64_t unused, status = ~0ull;
+    const uint8_t *d;
+    size_t ds;
+    if (got != (ssize_t)length || pb_field(*body, length, field, &unused, msg, msg_size) != 0 ||
+        pb_field(*msg, *msg_size, 1, &status, &d, &ds) != 0)
+        return -1;
+    *code = (uint32_t)status;
+    return 0;
+}
+
+static void aesm_quote(struct enclave *e, long ordinal, const char *dir)
+{
+    const char *socket_path = getenv("VSGX_AESM_SOCKET");
+    if (socket_path == NULL || !*socket_path)
+        socket_path = "/var/run/aesmd/aesm.socket";
+    uint8_t inner[1024], *body = NULL;
+    const uint8_t *msg, *data;
+    size_t msg_size, data_size, n;
+    uint32_t code = ~0u;
+    uint64_t value = 0;
+    static uint8_t target[512] __attribute__((aligned(512))), report[432], key[32];
+    static uint8_t key_id[256];
+    /* SelectAttKeyID without a list: the attestation key aesmd offers. */
+    int ok = aesm_ask(socket_path, 19, inner, 0, &body, &msg, &msg_size, &code) == 0 &&
+             code == 0 && pb_field(msg, msg_size, 2, &value, &data, &data_size) == 0 &&
+             data_size == sizeof(key_id);
+    CHECK("SelectAttKeyID", ok, "status %u from %s", code, socket_path);
+    if (!ok)
+        return;
+    memcpy(key_id, data, sizeof(key_id));
+    free(body);
+    n = pb_bytes(inner, 1, key_id, sizeof(key_id));
+    n += pb_uint(inner + n, 3, 0); /* InitQuoteEx{att_key_id, b_pub_key_id: false} */
+    ok = aesm_ask(socket_path, 15, inner, n, &body, &msg, &msg_size, &code) == 0 &&
+         code == 0 && pb_field(msg, msg_size, 2, &value, &data, &data_size) == 0 &&
+         data_size == 512;
+    CHECK("InitQuoteEx", ok, "status %u", code);
+    if (!ok)
+        return;
+    memcpy(target, data, 512);
+    free(body);
+    int ecall = ra_begin(e, ordinal, target, report, key);
+    CHECK("ecall_ra_begin for the aesmd QE", ecall == 0, "%#x", ecall);
+    uint64_t size = 0;
+    n = pb_bytes(inner, 1, key_id, sizeof(key_id)); /* GetQuoteSizeEx{att_key_id} */
+    ok = ecall == 0 && aesm_ask(socket_path, 16, inner, n, &body, &msg, &msg_size, &code) == 0 &&
+         code == 0 && pb_field(msg, msg_size, 2, &size, &data, &data_size) == 0 && size > 1000;
+    CHECK("GetQuoteSizeEx", ok, "status %u size %lu", code, (unsigned long)size);
+    if (!ok)
+        return;
+    free(body);
+    n = pb_bytes(inner, 1, report, sizeof(report));
+    n += pb_bytes(inner + n, 2, key_id, sizeof(key_id));
+    n += pb_uint(inner + n, 4, size); /* GetQuoteEx{report, att_key_id, buf_size} */
+    ok = aesm_ask(socket_path, 17, inner, n, &body, &msg, &msg_size, &code) == 0 && code == 0 &&
+         pb_field(msg, msg_size, 2, &value, &data, &data_size) == 0 && data_size == size;
+    CHECK("GetQuoteEx", ok, "status %u", code);
+    if (ok)
+        CHECK("aesm files", write_file(dir, "aesm.quote", data, data_size) &&
+              write_file(dir, "aesm.key", key, 32), "%s", strerror(errno));
+    free(body);
+}
+
+static int ra_quotes(const char *plan_path, long ordinal, const char *dir)
+{
+    plan = read_plan(plan_path);
+    if (plan == NULL) {
+        fprintf(stderr, "cannot read the plan %s\n", plan_path);
+        return 100;
+    }
+    vdso_enter = (vdso_enter_t)vdso_symbol("__vdso_sgx_enter_enclave");
+    CHECK("vdso symbol", vdso_enter != NULL, "not found through the section headers");
+    struct enclave e;
+    int ret = vdso_enter ? load(&e) : -1;
+    CHECK("load", ret == 0, "step %d errno %d", ret, errno);
+    if (ret != 0)
+        return failures;
+    dcap_quote(&e, ordinal, dir);
+    aesm_quote(&e, ordinal, dir);
+    destroy(&e);
+    printf("done %d failures\n", failures);
+    return failures;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--sigill"))
         return sigill_round_trips(atol(argv[2]));
+    if (argc == 5 && !strcmp(argv[1], "--ra"))
+        return ra_quotes(argv[2], atol(argv[3]), argv[4]);
     long bench_count = 0, ecall_nop = 0;
     if (argc == 11 && !strcmp(argv[1], "--bench")) {
         bench_count = atol(argv[2]);

@@ -1,4 +1,4 @@
-"""SGX architectural constants (Intel SDM Vol. 3D, ch. 34-38, and the
+"""SGX architectural constants (Intel SDM Vol. 3D, the SGX chapters, and the
 Linux kernel's arch/x86/include/asm/sgx.h)."""
 
 from __future__ import annotations
@@ -18,8 +18,21 @@ def page_align_up(value: int) -> int:
     return (value + PAGE_SIZE - 1) & PAGE_MASK
 
 
+# 48-bit linear addresses: bits 63:47 all equal.
+CANONICAL_LIMIT = 1 << 47
+
+
+def is_canonical(address: int) -> bool:
+    return address < CANONICAL_LIMIT or address >= (1 << 64) - CANONICAL_LIMIT
+
+
+def cpusvn_at_most(requested: bytes, current: bytes) -> bool:
+    """A CPUSVN no newer than ``current``: every component (a byte here) at or below."""
+    return all(a <= b for a, b in zip(requested, current, strict=True))
+
+
 class Encls(IntEnum):
-    """ENCLS leaf numbers (EAX), SDM 38.1."""
+    """ENCLS leaf numbers (EAX), SDM "ENCLS"."""
 
     ECREATE = 0x00
     EADD = 0x01
@@ -44,7 +57,7 @@ class Encls(IntEnum):
 
 
 class Enclu(IntEnum):
-    """ENCLU leaf numbers (EAX), SDM 38.1."""
+    """ENCLU leaf numbers (EAX), SDM "ENCLU"."""
 
     EREPORT = 0x00
     EGETKEY = 0x01
@@ -63,7 +76,7 @@ ENCLS_OPCODE = b"\x0f\x01\xcf"
 
 
 class PageType(IntEnum):
-    """EPCM.PT / SECINFO.FLAGS.PAGE_TYPE, SDM 34.11.2."""
+    """EPCM.PT / SECINFO.FLAGS.PAGE_TYPE, SDM "PAGE_TYPE Field Definition"."""
 
     SECS = 0
     TCS = 1
@@ -75,7 +88,7 @@ class PageType(IntEnum):
 
 
 class SecinfoFlags(IntFlag):
-    """SECINFO.FLAGS bits, SDM 34.11.1. PAGE_TYPE occupies bits 15:8."""
+    """SECINFO.FLAGS bits, SDM "SECINFO.FLAGS". PAGE_TYPE occupies bits 15:8."""
 
     R = 1 << 0
     W = 1 << 1
@@ -97,7 +110,7 @@ def secinfo_flags(page_type: PageType, permissions: int = 0) -> int:
 
 
 class Attribute(IntFlag):
-    """SECS.ATTRIBUTES.FLAGS bits, SDM 34.7.1."""
+    """SECS.ATTRIBUTES.FLAGS bits, SDM "ATTRIBUTES"."""
 
     INIT = 1 << 0
     DEBUG = 1 << 1
@@ -143,14 +156,14 @@ XFRM_LEGACY = Xfrm.X87 | Xfrm.SSE
 
 
 class MiscSelect(IntFlag):
-    """SECS.MISCSELECT bits, SDM 34.7.2."""
+    """SECS.MISCSELECT bits, SDM "SECS.MISCSELECT Field"."""
 
     EXINFO = 1 << 0
     CPINFO = 1 << 1
 
 
 class KeyName(IntEnum):
-    """KEYREQUEST.KEYNAME, SDM 34.18.1."""
+    """KEYREQUEST.KEYNAME, SDM "Key Request (KEYREQUEST)"."""
 
     EINITTOKEN_KEY = 0
     PROVISION_KEY = 1
@@ -160,7 +173,7 @@ class KeyName(IntEnum):
 
 
 class KeyPolicy(IntFlag):
-    """KEYREQUEST.KEYPOLICY bits, SDM 34.18.1. Bits 15:6 are reserved."""
+    """KEYREQUEST.KEYPOLICY bits, SDM "Key Request (KEYREQUEST)". Bits 15:6 are reserved."""
 
     MRENCLAVE = 1 << 0
     MRSIGNER = 1 << 1
@@ -174,7 +187,7 @@ KEYPOLICY_RESERVED = 0xFFFF & ~0x3F
 
 
 class ExitType(IntEnum):
-    """GPRSGX.EXITINFO.EXIT_TYPE, SDM 34.9.1."""
+    """GPRSGX.EXITINFO.EXIT_TYPE, SDM "GPRSGX Region"."""
 
     HARDWARE = 0b011
     SOFTWARE = 0b110
@@ -205,7 +218,7 @@ class Vector(IntEnum):
     CP = 21
 
 
-# Exceptions whose vector EXITINFO reports (SDM 34.9.1.1); #PF and #GP only
+# Exceptions whose vector EXITINFO reports (SDM "EXITINFO"); #PF and #GP only
 # when SECS.MISCSELECT.EXINFO is set (they then also fill MISC.EXINFO), and
 # #CP only with CPINFO.
 EXITINFO_ALWAYS = frozenset({Vector.DE, Vector.DB, Vector.BP, Vector.BR, Vector.UD,
@@ -239,6 +252,7 @@ RSA_KEY_BYTES = 384
 
 SSA_GPRSGX_SIZE = 184
 SSA_EXINFO_SIZE = 16
+SSA_CPINFO_SIZE = 8
 XSAVE_LEGACY_SIZE = 512
 XSAVE_HEADER_SIZE = 64
 

@@ -1,4 +1,5 @@
-"""CPUID leaf 0x12 (SGX capability enumeration), SDM 36.7.2.
+"""CPUID leaf 0x12 (SGX capability enumeration), SDM "Intel SGX Resource Enumeration
+Leaves".
 
 The EVM answers CPUID from this model, and the AVM forwards it to
 applications that probe for SGX (the seed's KVM patch did the same).

@@ -1,4 +1,4 @@
-"""EINIT token, SDM 34.15 (Table 34-20). The MAC covers bytes 0..191."""
+"""EINIT token, SDM "EINIT Token Structure (EINITTOKEN)". The MAC covers bytes 0..191."""
 
 from __future__ import annotations
 

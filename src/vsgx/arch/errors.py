@@ -1,19 +1,24 @@
 """SGX error codes and CPU faults.
 
-An SGX *error code* is a value a leaf returns in RAX with ZF set (SDM 38.1,
-"Error Codes"); a *fault* (#GP, #PF, #UD) is an exception the leaf raises
-instead of completing. The two are kept apart, as the kernel's driver does.
+An SGX *error code* is a value a leaf returns in RAX with ZF set (SDM
+"Error Codes" of the SGX instruction references); a *fault* (#GP, #PF, #UD)
+is an exception the leaf raises instead of completing. The two are kept
+apart, as the kernel's driver does.
+
+Each check of a leaf has a name (``Fault.check``; for an error code,
+``Machine.refusal``), so that a test can tell apart two checks that end in
+the same vector or the same code.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from vsgx.arch.constants import PfErrorCode, Vector
+from vsgx.arch.constants import Vector
 
 
 class SgxError(IntEnum):
-    """Values of RAX after an ENCLS/ENCLU leaf (SDM Table 38-4)."""
+    """Values of RAX after an ENCLS/ENCLU leaf (SDM "Error Codes" table)."""
 
     SUCCESS = 0
     INVALID_SIG_STRUCT = 1
@@ -49,14 +54,17 @@ class SgxError(IntEnum):
 class Fault(Exception):
     """A CPU exception raised by a leaf or by enclave code.
 
-    ``address`` is the faulting linear address (CR2) for #PF, else 0.
+    ``address`` is the faulting linear address (CR2) for #PF, else 0;
+    ``check`` names the leaf's check that raised it ("" for enclave code).
     """
 
-    def __init__(self, vector: Vector, error_code: int = 0, address: int = 0, reason: str = ""):
+    def __init__(self, vector: Vector, error_code: int = 0, address: int = 0, reason: str = "",
+                 check: str = ""):
         self.vector = Vector(vector)
         self.error_code = error_code
         self.address = address
         self.reason = reason
+        self.check = check
         super().__init__(self.describe())
 
     def describe(self) -> str:
@@ -70,24 +78,10 @@ class Fault(Exception):
         return text
 
 
-def gp(reason: str = "") -> Fault:
+def gp(reason: str = "", check: str = "") -> Fault:
     """#GP(0)."""
-    return Fault(Vector.GP, 0, 0, reason)
+    return Fault(Vector.GP, 0, 0, reason, check)
 
 
-def pf(address: int, error_code: int, reason: str = "") -> Fault:
-    return Fault(Vector.PF, error_code, address, reason)
-
-
-def epcm_pf(address: int, write: bool = False, fetch: bool = False, reason: str = "") -> Fault:
-    """A #PF the EPCM check raises: present, user, with the SGX bit (SDM 37.3)."""
-    code = PfErrorCode.SGX | PfErrorCode.U | PfErrorCode.P
-    if write:
-        code |= PfErrorCode.W
-    if fetch:
-        code |= PfErrorCode.I
-    return Fault(Vector.PF, int(code), address, reason)
-
-
-def ud(reason: str = "") -> Fault:
-    return Fault(Vector.UD, 0, 0, reason)
+def pf(address: int, error_code: int, reason: str = "", check: str = "") -> Fault:
+    return Fault(Vector.PF, error_code, address, reason, check)

@@ -1,4 +1,4 @@
-"""KEYREQUEST, SDM 34.18 (Table 34-23)."""
+"""KEYREQUEST, SDM "Key Request (KEYREQUEST)"."""
 
 from __future__ import annotations
 

@@ -10,11 +10,17 @@ A structure is a dataclass whose fields carry their SDM offset and size:
 ``struct.Struct`` for it, and adds ``pack``/``unpack``. Bytes the table does
 not name are reserved: ``unpack`` refuses them non-zero unless told not to, and
 ``reserved_bits`` names bits of a field that must be zero.
+
+Hot paths read and write a few fields in place with ``fields_of(Tcs, "ossa",
+"cssa")``: a ``struct.Struct`` compiled from the same table, so that no
+offset or format is written twice. A raw field declared ``of=Secinfo`` holds
+that structure, and its fields are named with a dot (``"secinfo.flags"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, Self, TypeVar, dataclass_transform
@@ -31,10 +37,12 @@ class FieldSpec:
     size: int
     is_int: bool  # an unsigned little-endian integer of 1/2/4/8/16 bytes
     reserved_bits: int = 0
+    of: type | None = None  # the structure a raw field holds
 
 
-def _spec(offset: int, size: int, is_int: bool, reserved_bits: int, default: Any) -> Any:
-    meta = {"vsgx": (offset, size, is_int, reserved_bits)}
+def _spec(offset: int, size: int, is_int: bool, reserved_bits: int, default: Any,
+          of: type | None = None) -> Any:
+    meta = {"vsgx": (offset, size, is_int, reserved_bits, of)}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -58,8 +66,11 @@ def u128(offset: int, *, default: int = 0) -> Any:
     return _spec(offset, 16, True, 0, default)
 
 
-def raw(offset: int, size: int, default: bytes | None = None) -> Any:
-    return _spec(offset, size, False, 0, bytes(size) if default is None else default)
+def raw(offset: int, size: int, default: bytes | None = None, *, of: type | None = None) -> Any:
+    held = getattr(of, "SIZE", size)
+    if held != size:
+        raise AssertionError(f"a {getattr(of, '__name__', of)} is {held} bytes, not {size}")
+    return _spec(offset, size, False, 0, bytes(size) if default is None else default, of)
 
 
 class Structure:
@@ -84,7 +95,9 @@ class Structure:
 T = TypeVar("T", bound=Structure)
 
 
-@dataclass_transform(field_specifiers=(u8, u16, u32, u64, u128, raw))
+# The field helpers return their default for type checkers (they are not
+# declared as field specifiers, whose defaults must be spelled ``default=``).
+@dataclass_transform()
 def structure(size: int) -> Callable[[type[T]], type[T]]:
     """Turn a class with offset-annotated fields into an SDM structure."""
 
@@ -92,8 +105,8 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
         cls = dataclasses.dataclass(slots=True)(cls)
         specs = []
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            offset, fsize, is_int, reserved_bits = f.metadata["vsgx"]
-            specs.append(FieldSpec(f.name, offset, fsize, is_int, reserved_bits))
+            offset, fsize, is_int, reserved_bits, of = f.metadata["vsgx"]
+            specs.append(FieldSpec(f.name, offset, fsize, is_int, reserved_bits, of))
         specs.sort(key=lambda s: s.offset)
         fmt = ["<"]
         reserved: list[tuple[int, int]] = []
@@ -155,20 +168,101 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
                 if getattr(self, name) & mask:
                     raise StructureError(f"{cls.__name__}.{name}: reserved bits set")
 
-        cls.SIZE = size  # type: ignore[attr-defined]
-        cls.FIELDS = order  # type: ignore[attr-defined]
-        cls.RESERVED = tuple(reserved)  # type: ignore[attr-defined]
-        cls.pack = pack  # type: ignore[attr-defined]
-        cls.unpack = classmethod(unpack)  # type: ignore[attr-defined]
-        cls.check_reserved_bits = check_reserved_bits  # type: ignore[attr-defined]
+        cls.SIZE = size
+        cls.FIELDS = order
+        cls.RESERVED = tuple(reserved)
+        setattr(cls, "pack", pack)  # noqa: B010 - generated methods replace the stubs
+        setattr(cls, "unpack", classmethod(unpack))  # noqa: B010
+        setattr(cls, "check_reserved_bits", check_reserved_bits)  # noqa: B010
         return cls
 
     return wrap
 
 
-def field_offset(cls: type, name: str) -> int:
-    """The SDM offset of a named field (for code that patches raw pages)."""
+def _resolve(cls: type, name: str) -> tuple[int, FieldSpec]:
+    """(offset in ``cls``, spec) of a field, dotted through ``of`` fields."""
+    base = 0
+    head, _, rest = name.partition(".")
     for spec in cls.FIELDS:  # type: ignore[attr-defined]
-        if spec.name == name:
-            return spec.offset
-    raise KeyError(name)
+        if spec.name == head:
+            if not rest:
+                return base + spec.offset, spec
+            if spec.of is None:
+                break
+            inner, found = _resolve(spec.of, rest)
+            return base + spec.offset + inner, found
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def _named_spans(cls: type, base: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of every innermost named field: the bytes that are not
+    reserved."""
+    spans = []
+    for spec in cls.FIELDS:  # type: ignore[attr-defined]
+        if spec.of is not None:
+            spans += _named_spans(spec.of, base + spec.offset)
+        else:
+            spans.append((base + spec.offset, base + spec.offset + spec.size))
+    return spans
+
+
+def field_offset(cls: type, name: str) -> int:
+    """The SDM offset of a field (dotted through nested structures), for
+    code that patches raw pages."""
+    return _resolve(cls, name)[0]
+
+
+class Fields(struct.Struct):
+    """Some fields of one structure, compiled from its table: a
+    ``struct.Struct`` over the bytes from the first named field to the end
+    of the last, so ``unpack_from(buffer, start + f.offset)`` gives their
+    values (in the order named) and ``pack_into`` writes them in place.
+    Bytes between named fields are reserved ones and are written as zero.
+    16-byte integers are ``bytes`` here (no conversion on the hot path)."""
+
+    offset: int  # of the first named field, from the start of the structure
+    names: tuple[str, ...]
+
+    def read(self, buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[Any, ...]:
+        """The named fields of the structure at ``start`` of ``buffer``."""
+        return self.unpack_from(buffer, start + self.offset)
+
+    def write(self, buffer: bytearray | memoryview, start: int, *values: Any) -> None:
+        self.pack_into(buffer, start + self.offset, *values)
+
+
+@functools.cache
+def fields_of(cls: type, *names: str, whole: bool = False) -> Fields:
+    """A precompiled codec for ``names`` of ``cls``, given in offset order.
+    ``whole``: the codec spans the whole structure (offset 0 to SIZE), so
+    that writing it zeroes every reserved byte too."""
+    if not names:
+        raise ValueError("name at least one field")
+    resolved = [_resolve(cls, name) for name in names]
+    named = _named_spans(cls)
+
+    def gap(start: int, end: int, before: str) -> str:
+        if any(lo < end and hi > start for lo, hi in named):
+            raise ValueError(f"{cls.__name__}: the bytes {start}..{end - 1} {before} hold a "
+                             "field; name it too")
+        return f"{end - start}x"
+
+    first = 0 if whole else resolved[0][0]
+    fmt = ["<"]
+    position = first
+    for name, (offset, spec) in zip(names, resolved, strict=True):
+        if offset < position:
+            raise ValueError(f"{cls.__name__}.{name} is out of offset order or overlaps")
+        if offset > position:
+            fmt.append(gap(position, offset, f"before {name}"))
+        if spec.is_int and spec.size != 16:
+            fmt.append(_INT_CODES[spec.size])
+        else:
+            fmt.append(f"{spec.size}s")
+        position = offset + spec.size
+    if whole and position < cls.SIZE:  # type: ignore[attr-defined]
+        fmt.append(gap(position, cls.SIZE, "at the end"))  # type: ignore[attr-defined]
+    codec = Fields("".join(fmt))
+    codec.offset = first
+    codec.names = names
+    return codec

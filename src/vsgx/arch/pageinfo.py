@@ -1,4 +1,5 @@
-"""SECINFO, PAGEINFO and PCMD, SDM 34.11, 34.12, 34.13."""
+"""SECINFO, PAGEINFO and PCMD, SDM "Security Information (SECINFO)", "Paging
+Crypto MetaData (PCMD)", "Page Information (PAGEINFO)"."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Pageinfo(Structure):
 
 @structure(PCMD_SIZE)
 class Pcmd(Structure):
-    secinfo: bytes = raw(0, SECINFO_SIZE)
+    secinfo: bytes = raw(0, SECINFO_SIZE, of=Secinfo)
     enclaveid: int = u64(64)
     # 72..111 reserved
     mac: bytes = raw(112, 16)

@@ -1,4 +1,5 @@
-"""REPORT and TARGETINFO, SDM 34.16 and 34.17. The REPORT MAC covers the
+"""REPORT and TARGETINFO, SDM "Report (REPORT)" and "Report Target Info
+(TARGETINFO)". The REPORT MAC covers the
 384-byte body."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SGX Enclave Control Structure, SDM 34.7 (Table 34-3)."""
+"""SGX Enclave Control Structure, SDM "SGX Enclave Control Structure (SECS)"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Enclave Signature Structure, SDM 34.14 (Table 34-19).
+"""Enclave Signature Structure, SDM "Enclave Signature Structure (SIGSTRUCT)".
 
 HEADER is split here into the 12 fixed bytes and the TYPE word (bit 31: a
 production signer), as Intel's SDK names them (css_header_t).
@@ -10,7 +10,7 @@ from vsgx.arch.constants import RSA_KEY_BYTES, SIGSTRUCT_HEADER, SIGSTRUCT_HEADE
 from vsgx.arch.layout import Structure, raw, structure, u8, u16, u32, u64
 
 SIGSTRUCT_SIZE = 1808
-# The signed bytes: 0..127 and 900..1027 (SDM 34.14).
+# The signed bytes: 0..127 and 900..1027 (SDM SIGSTRUCT).
 SIGNED_RANGES = ((0, 128), (900, 1028))
 
 

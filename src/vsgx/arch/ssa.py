@@ -1,4 +1,4 @@
-"""State Save Area frames, SDM 34.9.
+"""State Save Area frames, SDM "State Save Area (SSA) Frame".
 
 An SSA frame is SECS.SSAFRAMESIZE pages. The XSAVE area starts at the frame;
 GPRSGX occupies the last 184 bytes and the MISC region (EXINFO when
@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from vsgx.arch.constants import (
     PAGE_SIZE,
+    SSA_CPINFO_SIZE,
     SSA_EXINFO_SIZE,
     SSA_GPRSGX_SIZE,
     XSAVE_HEADER_SIZE,
     XSAVE_LEGACY_SIZE,
     ExitType,
+    MiscSelect,
     Vector,
 )
 from vsgx.arch.layout import Structure, structure, u8, u32, u64
-
-GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
 
 @structure(SSA_GPRSGX_SIZE)
@@ -49,11 +48,6 @@ class Gprsgx(Structure):
     aexnotify: int = u8(167)
     fsbase: int = u64(168)
     gsbase: int = u64(176)
-
-
-GPRSGX_URSP_OFFSET = 144
-GPRSGX_URBP_OFFSET = 152
-GPRSGX_EXITINFO_OFFSET = 160
 
 
 @structure(SSA_EXINFO_SIZE)
@@ -103,10 +97,10 @@ def xsave_size(xfrm: int) -> int:
 
 
 def misc_size(miscselect: int) -> int:
-    """Bytes of the MISC region for a MISCSELECT (SDM 34.9.2)."""
+    """Bytes of the MISC region for a MISCSELECT (SDM "MISC Region")."""
     size = 0
-    if miscselect & 0x1:
+    if miscselect & MiscSelect.EXINFO:
         size += SSA_EXINFO_SIZE
-    if miscselect & 0x2:
-        size += 8  # CPINFO
+    if miscselect & MiscSelect.CPINFO:
+        size += SSA_CPINFO_SIZE
     return size

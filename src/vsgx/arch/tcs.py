@@ -1,4 +1,4 @@
-"""Thread Control Structure, SDM 34.8 (Table 34-4)."""
+"""Thread Control Structure, SDM "Thread Control Structure (TCS)"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Version Array pages, SDM 34.20: 512 slots of 8 bytes, each holding the
+"""Version Array pages, SDM "Version Array (VA)": 512 slots of 8 bytes, each holding the
 version of one evicted page (zero = free)."""
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from vsgx.arch.constants import PAGE_SIZE, Vector
 from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
+from vsgx.arch.quote import QuoteStatus
 from vsgx.avm.driver import EnclaveLost
 from vsgx.channel import (
     DEFAULT_TIMEOUT,
@@ -32,7 +33,20 @@ from vsgx.channel import (
     reply_to,
 )
 from vsgx.channel.evidence import KIND_NONE, one_line
-from vsgx.channel.messages import MAX_PUSHED_PAGES, VERSION, decode_runs, encode_pages
+from vsgx.channel.messages import (
+    MAX_PUSHED_PAGES,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    QE_REPORT_INFO_INPUT_SIZE,
+    QUOTE_WANT_QE_REPORT,
+    QUOTE_WANT_SNP,
+    QUOTING_VERSION,
+    LaunchStatus,
+    LaunchTokenError,
+    decode_runs,
+    encode_pages,
+)
+from vsgx.crypto.quote import QuoteGenerationError, QuoteResult
 from vsgx.errors import VsgxError
 
 _CPUID_LEAF = struct.Struct("<4I")
@@ -80,9 +94,10 @@ class RemoteEvm:
         self.conn = conn
         self.memory: Any = None  # the AVM's address space, for the page server
         self._cpuid: SgxCpuid | None = None
+        self.version = PROTOCOL_VERSION
         conn.handler = self._serve
         try:
-            reply = self.conn.call(Type.HELLO, (VERSION,))
+            reply = self.conn.call(Type.HELLO, (PROTOCOL_VERSION,))
         except RemoteError as exc:
             conn.close()
             if exc.code in (ErrorCode.REFUSED, ErrorCode.FULL):
@@ -92,9 +107,11 @@ class RemoteEvm:
                                ) from None
         except ChannelError as exc:
             raise ChannelError(f"the EVM ended the session before it began: {exc}") from None
-        if reply.type != Type.HELLO or reply.fields[0] != VERSION:
+        if reply.type != Type.HELLO or not (MIN_PROTOCOL_VERSION <= reply.fields[0]
+                                            <= PROTOCOL_VERSION):
             conn.close()
             raise ChannelError("the EVM does not speak this vsgx's protocol")
+        self.version = reply.fields[0]  # what the EVM agreed to speak
 
     def attach_memory(self, memory: Any) -> None:
         self.memory = memory
@@ -234,6 +251,108 @@ class RemoteEvm:
         self.memory = untrusted
         return self._exit(self._call(Type.ERESUME, (secs_page, *registers),
                                      self._pushed(registers, untrusted)))
+
+    # -- the EVM's quoting enclave (sgx_qe_*) and launch enclave --------------------
+    def _quoting(self, what: str) -> None:
+        if self.version < QUOTING_VERSION:
+            raise VsgxError(f"{what}: the EVM speaks protocol version {self.version}, which "
+                            f"has no quoting enclave (version {QUOTING_VERSION} has); upgrade "
+                            "the EVM's vsgx")
+
+    def qe_target_info(self) -> bytes:
+        """sgx_qe_get_target_info: the TARGETINFO of the EVM's QE."""
+        return self.qe_init()[0]
+
+    def qe_init(self) -> tuple[bytes, bytes]:
+        """sgx_ql_init_quote: the QE's TARGETINFO and the ID (SHA-256) of its
+        attestation key; QuoteGenerationError with the QE's status."""
+        self._quoting("QE target info")
+        reply = self._call(Type.QE_TARGET_INFO)
+        (status,) = reply.fields
+        if status:
+            raise QuoteGenerationError(status, "the EVM's QE: "
+                                       + one_line(reply.blob.decode(errors="replace"), 300))
+        if len(reply.blob) != 512 + 32:
+            raise ChannelError("the EVM's TARGET_INFO is not a TARGETINFO and a key ID")
+        return reply.blob[:512], reply.blob[512:]
+
+    def qe_quote_size(self) -> int:
+        """sgx_qe_get_quote_size; QuoteGenerationError with the QE's status."""
+        self._quoting("quote size")
+        reply = self._call(Type.QE_QUOTE_SIZE)
+        status, size = reply.fields
+        if status:
+            raise QuoteGenerationError(status, "the EVM's QE: "
+                                       + one_line(reply.blob.decode(errors="replace"), 300))
+        return size
+
+    def quote(self, report: bytes) -> bytes:
+        """sgx_qe_get_quote: a DCAP v3 quote of ``report``."""
+        return self.quote_ex(report).quote
+
+    def quote_ex(self, report: bytes, qe_report_info: bytes | None = None, snp: bool = False
+                 ) -> QuoteResult:
+        """sgx_qe_get_quote with its options: ``qe_report_info`` is the
+        nonce (16 bytes) and the application's TARGETINFO (512) of an
+        sgx_ql_qe_report_info_t, for the QE's REPORT back; ``snp`` asks for
+        the EVM's SEV-SNP evidence that binds the attestation key."""
+        self._quoting("quote")
+        if len(report) != 432:
+            raise QuoteGenerationError(QuoteStatus.INVALID_PARAMETER,
+                                       f"a REPORT is 432 bytes, not {len(report)}")
+        flags = QUOTE_WANT_SNP if snp else 0
+        blob = b""
+        if qe_report_info is not None:
+            if len(qe_report_info) != QE_REPORT_INFO_INPUT_SIZE:
+                raise QuoteGenerationError(QuoteStatus.INVALID_PARAMETER,
+                                           "the QE report info is a 16-byte nonce and a "
+                                           "512-byte TARGETINFO")
+            flags |= QUOTE_WANT_QE_REPORT
+            blob = bytes(qe_report_info)
+        reply = self._call(Type.QUOTE, (flags, bytes(report)), blob)
+        status, *lengths = reply.fields
+        if status:
+            raise QuoteGenerationError(status, "the EVM's QE: "
+                                       + one_line(reply.blob.decode(errors="replace"), 300))
+        if sum(lengths) != len(reply.blob):
+            raise ChannelError("the EVM's QUOTE_RESULT does not add up")
+        parts, at = [], 0
+        for length in lengths:
+            parts.append(reply.blob[at:at + length])
+            at += length
+        quote, qe_report, snp_report, snp_certificates = parts
+        if qe_report_info is not None and len(qe_report) != 432:
+            raise ChannelError("the EVM's QE sent no REPORT for the application")
+        return QuoteResult(quote, qe_report if qe_report_info is not None else None,
+                           snp_report, snp_certificates)
+
+    def launch_token(self, mrenclave: bytes, modulus: bytes, attributes: int, xfrm: int
+                     ) -> bytes:
+        """An EINITTOKEN from the EVM's launch enclave; LaunchTokenError if
+        it gives none."""
+        if self.version < QUOTING_VERSION:
+            raise LaunchTokenError(LaunchStatus.UNAVAILABLE,
+                                   f"the EVM speaks protocol version {self.version}, which "
+                                   "has no launch enclave")
+        if len(mrenclave) != 32 or len(modulus) != 384:
+            raise LaunchTokenError(LaunchStatus.INVALID_PARAMETER,
+                                   "a launch token is asked for a 32-byte MRENCLAVE and a "
+                                   "384-byte modulus")
+        if not (0 <= attributes < 1 << 64 and 0 <= xfrm < 1 << 64):
+            raise LaunchTokenError(LaunchStatus.INVALID_PARAMETER, "attributes out of range")
+        reply = self._call(Type.LAUNCH_TOKEN, (bytes(mrenclave), bytes(modulus), attributes,
+                                               xfrm))
+        (status,) = reply.fields
+        if status:
+            try:
+                code = LaunchStatus(status)
+            except ValueError:
+                code = LaunchStatus.INVALID_PARAMETER
+            raise LaunchTokenError(code, "the EVM's launch enclave: "
+                                   + one_line(reply.blob.decode(errors="replace"), 300))
+        if len(reply.blob) != EINITTOKEN_SIZE:
+            raise ChannelError("the EVM's launch token is not 304 bytes")
+        return reply.blob
 
     def close(self) -> None:
         try:

@@ -7,10 +7,16 @@ Evidence kinds:
 * ``none`` — development only: proves nothing; the AVM accepts it only if
   its policy says so, and says loudly that the EVM is unprotected.
 * ``sev-snp`` — an SEV-SNP attestation report whose REPORT_DATA holds the
-  SHA-512 of the certificate's public key. This module checks the binding
-  and the report's structure; the report's signature (AMD's VCEK chain) is
-  checked by the policy's ``snp_verifier``, and without one a policy must
-  opt in to accept such evidence unverified.
+  SHA-512 of the certificate's public key, with the certificate table of
+  the extended report when the EVM's host supplied one. This module checks
+  the binding and the report's structure; the report's signature (AMD's
+  VCEK chain) is checked by the policy's ``snp_verifier`` —
+  ``AmdSnpVerifier`` verifies it to AMD's root with
+  ``vsgx.crypto.snp`` — and without one a policy must opt in to accept such
+  evidence unverified.
+
+The EVM collects its evidence with ``SnpCollector`` (configfs-tsm, or the
+sev-guest device's extended and plain report requests).
 
 The certificate is hostile input: whatever is wrong with it ends as one
 AttestationError line, never as a traceback from the parser below.
@@ -18,17 +24,28 @@ AttestationError line, never as a traceback from the parser below.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from vsgx.crypto.snp import (
+    SnpPolicy,
+    SnpVerificationError,
+    parse_certificate_table,
+    verify_snp_evidence,
+)
 from vsgx.errors import VsgxError
 
 # A UUID-based OID (ITU-T X.667, arc 2.25): no registration needed.
@@ -45,9 +62,10 @@ MAX_EVIDENCE = 64 * 1024
 _UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
                x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
-# (report, the VCEK chain the evidence carries, possibly empty) -> None;
-# raises if the report's signature does not chain to AMD's root.
-SnpVerifier = Callable[[bytes, bytes], None]
+# (report, the certificate table the evidence carries (possibly empty), the
+# REPORT_DATA that binds the TLS key) -> None; raises if the report does not
+# verify to a trusted root or fails the verifier's policy.
+SnpVerifier = Callable[[bytes, bytes, bytes], None]
 
 
 class AttestationError(VsgxError):
@@ -66,7 +84,9 @@ def one_line(exc: BaseException | str, limit: int = 160) -> str:
 class Evidence:
     kind: str
     report: bytes = b""
-    certificates: bytes = b""  # the VCEK chain (DER, concatenated), when the EVM has it
+    # the extended report's certificate table (GHCB format: GUID, offset,
+    # length per entry; VCEK, ASK, ARK), when the EVM's host supplied one
+    certificates: bytes = b""
 
     def encode(self) -> bytes:
         document = {"kind": self.kind, "report": self.report.hex()}
@@ -138,43 +158,260 @@ def collect_evidence(kind: str, public_key: bytes) -> Evidence:
     if kind == KIND_NONE:
         return Evidence(KIND_NONE)
     if kind == KIND_SEV_SNP:
-        return Evidence(KIND_SEV_SNP, snp_report(key_binding(public_key)))
+        return snp_evidence(key_binding(public_key))
     raise AttestationError(f"unknown evidence kind {kind!r}")
 
 
-def snp_report(report_data: bytes) -> bytes:
-    """An SEV-SNP attestation report from the guest firmware (Linux's
-    /dev/sev-guest, SNP_GET_REPORT)."""
-    if not os.path.exists(SEV_GUEST_DEVICE):
-        raise AttestationError(f"this machine is not an SEV-SNP guest ({SEV_GUEST_DEVICE} "
-                               "is missing)")
-    import ctypes
-    import fcntl
+def snp_evidence(report_data: bytes, collector: SnpCollector | None = None) -> Evidence:
+    """SEV-SNP evidence whose REPORT_DATA is ``report_data``: the report and,
+    where the kernel and the host offer it, the certificate table."""
+    return (collector or SnpCollector()).collect(report_data)
 
-    class Request(ctypes.Structure):  # struct snp_report_req
-        _fields_ = [("user_data", ctypes.c_uint8 * 64), ("vmpl", ctypes.c_uint32),
-                    ("rsvd", ctypes.c_uint8 * 28)]
 
-    class Response(ctypes.Structure):  # struct snp_report_resp
-        _fields_ = [("data", ctypes.c_uint8 * 4000)]
+# -- collecting SEV-SNP evidence on a Linux guest ---------------------------------------
+TSM_REPORT_ROOT = "/sys/kernel/config/tsm/report"
+TSM_PROVIDER_SNP = "sev_guest"
+SNP_FW_BLOB_MAX = 0x4000  # SEV_FW_BLOB_MAX_SIZE: what the kernel accepts at first
+SNP_CERTS_LIMIT = 0x10000  # a certificate table this large is not a VCEK chain
+SNP_GUEST_VMM_ERR_INVALID_LEN = 1
+_PAGE = 4096
+_TABLE_ENTRY = struct.Struct("<16sII")
 
-    class GuestRequest(ctypes.Structure):  # struct snp_guest_request_ioctl
-        _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
-                    ("resp_data", ctypes.c_uint64), ("exitinfo2", ctypes.c_uint64)]
 
-    request, response = Request(), Response()
-    ctypes.memmove(request.user_data, report_data, 64)
-    guest = GuestRequest(1, ctypes.addressof(request), ctypes.addressof(response), 0)
-    snp_get_report = (3 << 30) | (ctypes.sizeof(GuestRequest) << 16) | (ord("S") << 8) | 0x0
-    try:
-        with open(SEV_GUEST_DEVICE, "rb", buffering=0) as device:
-            fcntl.ioctl(device, snp_get_report, guest)
-    except OSError as exc:
-        raise AttestationError(f"SNP_GET_REPORT failed: {exc}") from None
-    # snp_report_resp: status u32, report_size u32, reserved[24], report
-    data = bytes(response.data)
-    size = int.from_bytes(data[4:8], "little")
+class _TsmUnavailable(AttestationError):
+    """configfs-tsm is there but this process may not make a report."""
+
+
+class ConfigFs:
+    """The file operations configfs-tsm takes (an object, so that tests can
+    stand in for the kernel)."""
+
+    def mkdir(self, root: Path) -> Path:
+        return Path(tempfile.mkdtemp(prefix="vsgx-", dir=root))
+
+    def write(self, path: Path, data: bytes) -> None:
+        with open(path, "wb", buffering=0) as f:
+            f.write(data)
+
+    def read(self, path: Path) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(SNP_CERTS_LIMIT + 1)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def rmdir(self, path: Path) -> None:
+        os.rmdir(path)
+
+
+def _trim_table(table: bytes) -> bytes:
+    """The certificate table without the zero padding of its buffer (as it
+    is, if it is not a well-formed table: the verifier says what is wrong)."""
+    end, at = 0, 0
+    while at + _TABLE_ENTRY.size <= len(table):
+        guid, offset, length = _TABLE_ENTRY.unpack_from(table, at)
+        at += _TABLE_ENTRY.size
+        if guid == bytes(16) and offset == 0 and length == 0:
+            return table[:max(end, at)] if end or at > _TABLE_ENTRY.size else b""
+        end = max(end, offset + length)
+    return table
+
+
+class SnpCollector:
+    """SEV-SNP evidence from the guest's kernel, in the order of preference:
+
+    1. configfs-tsm (Linux 6.7+, ``/sys/kernel/config/tsm/report``): a report
+       entry gets ``inblob`` (REPORT_DATA); ``outblob`` is the report,
+       ``auxblob`` the certificate table the host supplied (GHCB format);
+       ``generation`` must not move between the write and the reads, or
+       another writer interfered;
+    2. ``SNP_GET_EXT_REPORT`` on /dev/sev-guest: the report and the host's
+       certificate table (if the buffer is too small the kernel says how
+       large it must be, and the request is made once more);
+    3. ``SNP_GET_REPORT``: the report without certificates.
+
+    ``ioctl`` and ``configfs`` are what the kernel is reached through (tests
+    replace them)."""
+
+    def __init__(self, device: str = SEV_GUEST_DEVICE, tsm_root: str | None = TSM_REPORT_ROOT,
+                 ioctl: Callable[..., object] | None = None, configfs: ConfigFs | None = None,
+                 vmpl: int = 0):
+        self.device = device
+        self.tsm_root = Path(tsm_root) if tsm_root else None
+        self.ioctl = ioctl
+        self.configfs = configfs or ConfigFs()
+        self.vmpl = vmpl
+
+    def collect(self, report_data: bytes) -> Evidence:
+        if len(report_data) != 64:
+            raise AttestationError("SEV-SNP REPORT_DATA is 64 bytes")
+        if self.tsm_root is not None and self.configfs.exists(self.tsm_root):
+            try:
+                report, table = self._tsm(report_data)
+                return Evidence(KIND_SEV_SNP, report, table)
+            except _TsmUnavailable:
+                if not os.path.exists(self.device):
+                    raise  # nothing else to try: say why configfs-tsm failed
+        if not os.path.exists(self.device):
+            raise AttestationError(f"this machine is not an SEV-SNP guest ({self.device} is "
+                                   "missing, and configfs-tsm is not there)")
+        report, table = self._extended(report_data)
+        return Evidence(KIND_SEV_SNP, report, table)
+
+    # -- configfs-tsm ----------------------------------------------------------------
+    def _tsm(self, report_data: bytes) -> tuple[bytes, bytes]:
+        fs = self.configfs
+        assert self.tsm_root is not None
+        try:
+            entry = fs.mkdir(self.tsm_root)
+        except OSError as exc:  # not permitted for this user, say; the device may be
+            raise _TsmUnavailable(f"cannot make a configfs-tsm report in {self.tsm_root}: "
+                                  f"{exc.strerror or exc}") from None
+        try:
+            provider = fs.read(entry / "provider").decode(errors="replace").strip()
+            if provider != TSM_PROVIDER_SNP:
+                raise AttestationError(f"configfs-tsm's provider is {one_line(provider, 40)!r}, "
+                                       f"not {TSM_PROVIDER_SNP} (SEV-SNP)")
+            if self.vmpl and fs.exists(entry / "privlevel"):
+                fs.write(entry / "privlevel", str(self.vmpl).encode())
+            fs.write(entry / "inblob", report_data)
+            generation = fs.read(entry / "generation").strip()
+            report = fs.read(entry / "outblob")
+            table = fs.read(entry / "auxblob") if fs.exists(entry / "auxblob") else b""
+            if fs.read(entry / "generation").strip() != generation:
+                raise AttestationError("another writer changed the configfs-tsm report while "
+                                       "it was read; try again")
+        except OSError as exc:
+            raise AttestationError(f"configfs-tsm report failed: {exc.strerror or exc}"
+                                   ) from None
+        finally:
+            try:
+                fs.rmdir(entry)
+            except OSError:
+                pass
+        if len(report) != SNP_REPORT_SIZE:
+            raise AttestationError(f"configfs-tsm gave a {len(report)}-byte report, not "
+                                   f"{SNP_REPORT_SIZE}")
+        if len(table) > SNP_CERTS_LIMIT:
+            raise AttestationError("configfs-tsm gave a certificate table larger than "
+                                   f"{SNP_CERTS_LIMIT} bytes")
+        return report, _trim_table(table)
+
+    # -- /dev/sev-guest ----------------------------------------------------------------
+    def _call(self, number: int, request: object, response: object) -> _GuestRequest:
+        import fcntl
+
+        guest = _GuestRequest(1, ctypes.addressof(request),  # type: ignore[arg-type]
+                              ctypes.addressof(response), 0)  # type: ignore[arg-type]
+        code = _iowr(number, ctypes.sizeof(_GuestRequest))
+        ioctl = self.ioctl or fcntl.ioctl
+        with open(self.device, "rb", buffering=0) as device:
+            ioctl(device, code, guest)
+        return guest
+
+    def _get_report(self, report_data: bytes) -> bytes:
+        request, response = _ReportRequest(), _ReportResponse()
+        ctypes.memmove(request.user_data, report_data, 64)
+        request.vmpl = self.vmpl
+        try:
+            self._call(0x0, request, response)
+        except OSError as exc:
+            raise AttestationError(f"SNP_GET_REPORT failed: {exc}") from None
+        return _report_of(bytes(response.data), "SNP_GET_REPORT")
+
+    def _extended(self, report_data: bytes) -> tuple[bytes, bytes]:
+        length = SNP_FW_BLOB_MAX
+        for _ in range(2):
+            certs = ctypes.create_string_buffer(length)
+            request, response = _ExtReportRequest(), _ReportResponse()
+            ctypes.memmove(request.data.user_data, report_data, 64)
+            request.data.vmpl = self.vmpl
+            request.certs_address = ctypes.addressof(certs)
+            request.certs_len = length
+            try:
+                self._call(0x2, request, response)
+            except OSError as exc:
+                if exc.errno == errno.ENOTTY:  # a kernel without the extended request
+                    return self._get_report(report_data), b""
+                needed = request.certs_len
+                if (exc.errno == errno.EIO and needed > length
+                        and needed <= SNP_CERTS_LIMIT and needed % _PAGE == 0):
+                    length = needed
+                    continue
+                raise AttestationError(f"SNP_GET_EXT_REPORT failed: {exc}") from None
+            report = _report_of(bytes(response.data), "SNP_GET_EXT_REPORT")
+            size = min(request.certs_len, length)
+            return report, _trim_table(certs.raw[:size])
+        raise AttestationError("SNP_GET_EXT_REPORT: the certificate buffer the kernel asked "
+                               "for changed twice")
+
+
+class _ReportRequest(ctypes.Structure):  # struct snp_report_req
+    _fields_ = [("user_data", ctypes.c_uint8 * 64), ("vmpl", ctypes.c_uint32),
+                ("rsvd", ctypes.c_uint8 * 28)]
+
+
+class _ExtReportRequest(ctypes.Structure):  # struct snp_ext_report_req
+    _fields_ = [("data", _ReportRequest), ("certs_address", ctypes.c_uint64),
+                ("certs_len", ctypes.c_uint32)]
+
+
+class _ReportResponse(ctypes.Structure):  # struct snp_report_resp
+    _fields_ = [("data", ctypes.c_uint8 * 4000)]
+
+
+class _GuestRequest(ctypes.Structure):  # struct snp_guest_request_ioctl
+    _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
+                ("resp_data", ctypes.c_uint64), ("exitinfo2", ctypes.c_uint64)]
+
+
+def _iowr(number: int, size: int) -> int:
+    """_IOWR('S', number, size): the sev-guest ioctls."""
+    return (3 << 30) | (size << 16) | (ord("S") << 8) | number
+
+
+def _report_of(data: bytes, what: str) -> bytes:
+    """The report in an MSG_REPORT_RSP: status u32, report_size u32,
+    reserved[24], report (SEV-SNP ABI, "MSG_REPORT_RSP Message Structure")."""
+    status, size = struct.unpack_from("<II", data)
+    if status != 0:
+        raise AttestationError(f"{what}: the firmware answered status {status:#x}")
+    if size != SNP_REPORT_SIZE:
+        raise AttestationError(f"{what}: a {size}-byte report, not {SNP_REPORT_SIZE}")
     return data[32:32 + size]
+
+
+# -- verifying SEV-SNP evidence to AMD's root ---------------------------------------
+@dataclass(frozen=True)
+class AmdSnpVerifier:
+    """An ``EvidencePolicy.snp_verifier`` that checks the report up to a
+    trusted AMD root (``vsgx.crypto.snp.verify_snp_evidence``): the VCEK
+    chain from the evidence's certificate table, else from
+    ``certificate_dir`` (ark.pem, ask.pem, vcek.pem or AMD KDS's files;
+    nothing is fetched), REPORT_DATA equal to the TLS key's binding, and
+    ``policy`` (measurements, minimum TCB, debug, trusted ARKs)."""
+
+    policy: SnpPolicy = field(default_factory=SnpPolicy)
+    certificate_dir: Path | None = None
+
+    def __call__(self, report: bytes, certificates: bytes, binding: bytes) -> None:
+        source: bytes | Path | None = certificates or None
+        if source is not None and self.certificate_dir is not None:
+            try:
+                parse_certificate_table(certificates)
+            except SnpVerificationError:
+                source = self.certificate_dir  # the cache has what the table lacks
+        if source is None:
+            source = self.certificate_dir
+        if source is None:
+            raise AttestationError("the EVM's SEV-SNP evidence carries no certificates and no "
+                                   "certificate directory is given (--snp-certs DIR): its "
+                                   "report cannot be verified to AMD's root")
+        try:
+            verify_snp_evidence(report, source, binding, self.policy)
+        except SnpVerificationError as exc:
+            raise AttestationError(f"the EVM's SEV-SNP report does not verify: "
+                                   f"{one_line(exc, 240)}") from None
 
 
 def _acceptable_key(key: object) -> bool:
@@ -249,7 +486,7 @@ def verify_evidence(certificate_der: bytes, policy: EvidencePolicy, *, local: bo
             raise AttestationError("the EVM's SEV-SNP launch measurement is not allowed")
         if policy.snp_verifier is not None:
             try:
-                policy.snp_verifier(report, evidence.certificates)
+                policy.snp_verifier(report, evidence.certificates, key_binding(public))
             except AttestationError as exc:
                 raise AttestationError(one_line(exc, 300)) from None
             except Exception as exc:  # a verifier's own error is a refusal, not a crash

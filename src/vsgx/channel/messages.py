@@ -12,6 +12,14 @@ handing its reader role to another thread. Each message type has a fixed field l
 (``struct`` format) and says whether a blob follows and how long it must be;
 anything else is a ProtocolError — the receiver answers with an ERROR reply
 and goes on.
+
+Versions. The header's version is the frame format's (``VERSION``,
+unchanged since 1). The protocol's version travels in HELLO: the AVM says
+the newest it speaks, the EVM answers with the one the session will use
+(the lower of the two, if it speaks that one) or with an ERROR saying why.
+Version 2 added the quoting enclave's and the launch enclave's requests
+(QE_TARGET_INFO, QE_QUOTE_SIZE, QUOTE, LAUNCH_TOKEN); a session of version
+1 has everything else.
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from vsgx.arch.report import REPORT_SIZE, TARGETINFO_SIZE
 from vsgx.errors import VsgxError
 
 MAGIC = b"VSGX"
-VERSION = 1
+VERSION = 1  # the frame format: the header's version field
+PROTOCOL_VERSION = 2  # the newest protocol this side speaks (HELLO)
+MIN_PROTOCOL_VERSION = 1  # the oldest one it still serves
+QUOTING_VERSION = 2  # the protocol version that has the quoting requests
 HEADER = struct.Struct("<4sHHB3xQI")
 HEADER_SIZE = HEADER.size
 MAX_BODY = (1 << 20) + 4096  # an ADD_PAGES batch of 256 pages and its fields
@@ -84,6 +96,15 @@ class Type(IntEnum):
     PAGE = 51
     PAGE_MISSING = 52
     PAGE_WRITEBACK = 53
+    # the EVM's quoting and launch enclaves, AVM -> EVM (protocol version 2)
+    QE_TARGET_INFO = 60  # sgx_qe_get_target_info
+    TARGET_INFO = 61  # its reply: status; TARGETINFO and attestation key ID, or the reason
+    QE_QUOTE_SIZE = 62  # sgx_qe_get_quote_size
+    QUOTE_SIZE = 63  # its reply: quote3_error_t, size; the reason if it failed
+    QUOTE = 64  # sgx_qe_get_quote: flags, REPORT; sgx_ql_qe_report_info_t's inputs
+    QUOTE_RESULT = 65  # quote3_error_t and the lengths of the parts that follow
+    LAUNCH_TOKEN = 66  # an EINITTOKEN from the launch enclave
+    TOKEN = 67  # its reply: LaunchStatus; the token, or the reason
 
 
 @dataclass(frozen=True)
@@ -137,7 +158,67 @@ LAYOUTS: dict[Type, Layout] = {
     Type.PAGE: _layout("B", PAGE),  # writable
     Type.PAGE_MISSING: _layout(""),
     Type.PAGE_WRITEBACK: _layout("Q", None),  # page; runs of (u16 offset, u16 len, bytes)
+    Type.QE_TARGET_INFO: _layout(""),
+    # quote3_error_t; blob: the QE's TARGETINFO || SHA-256 of its attestation
+    # key (sgx_ql_init_quote's two results), or the reason (UTF-8)
+    Type.TARGET_INFO: _layout("I", None),
+    Type.QE_QUOTE_SIZE: _layout(""),
+    Type.QUOTE_SIZE: _layout("II", None),
+    # flags (QUOTE_WANT_*), the application enclave's REPORT; blob: nothing,
+    # or the nonce and TARGETINFO of an sgx_ql_qe_report_info_t
+    Type.QUOTE: _layout(f"I{REPORT_SIZE}s", None),
+    # status, then the lengths of: quote, QE report, SNP report, SNP
+    # certificate table; the blob is those parts in that order, or the
+    # reason (UTF-8) when the status is not success
+    Type.QUOTE_RESULT: _layout("IIIII", None),
+    # MRENCLAVE, the signer's modulus (SIGSTRUCT.MODULUS), ATTRIBUTES, XFRM
+    Type.LAUNCH_TOKEN: _layout("32s384sQQ"),
+    Type.TOKEN: _layout("I", None),
 }
+
+# Which requests each protocol version has (replies follow their requests).
+V2_TYPES = frozenset({Type.QE_TARGET_INFO, Type.TARGET_INFO, Type.QE_QUOTE_SIZE,
+                      Type.QUOTE_SIZE, Type.QUOTE, Type.QUOTE_RESULT, Type.LAUNCH_TOKEN,
+                      Type.TOKEN})
+
+
+def introduced_in(message_type: Type) -> int:
+    """The protocol version that has ``message_type``."""
+    return QUOTING_VERSION if message_type in V2_TYPES else 1
+
+
+def negotiate(offered: int) -> int:
+    """The version of a session whose AVM offers ``offered`` (the newest it
+    speaks); ProtocolError if this side speaks none that it does."""
+    if offered < MIN_PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {offered} is older than the oldest this EVM "
+                            f"serves ({MIN_PROTOCOL_VERSION}); upgrade the AVM's vsgx")
+    return min(offered, PROTOCOL_VERSION)
+
+
+# QUOTE flags.
+QUOTE_WANT_QE_REPORT = 1  # blob holds nonce (16) || TARGETINFO (512); reply has a QE REPORT
+QUOTE_WANT_SNP = 2  # the EVM's SEV-SNP evidence binding the attestation key, if it has any
+QUOTE_FLAGS = QUOTE_WANT_QE_REPORT | QUOTE_WANT_SNP
+QE_REPORT_INFO_INPUT_SIZE = 16 + TARGETINFO_SIZE
+
+
+class LaunchStatus(IntEnum):
+    """What the launch enclave answers (the reasons Intel's LE has)."""
+
+    SUCCESS = 0
+    INVALID_PARAMETER = 1  # LE_INVALID_PARAMETER
+    INVALID_ATTRIBUTE = 2  # LE_INVALID_ATTRIBUTE: attributes the LE does not grant
+    SIGNER_NOT_ALLOWED = 3  # LE_INVALID_PRIVILEGE_ERROR: not on the LE's list
+    UNAVAILABLE = 4  # this EVM has no launch enclave
+
+
+class LaunchTokenError(VsgxError):
+    """The launch enclave refuses a token; ``status`` says why."""
+
+    def __init__(self, status: LaunchStatus, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class Message(NamedTuple):
@@ -175,7 +256,7 @@ def decode_header(data: bytes) -> tuple[Type, Kind, int, int]:
     if magic != MAGIC:
         raise ProtocolError("bad frame magic")
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version}, expected {VERSION}")
+        raise ProtocolError(f"frame format version {version}, expected {VERSION}")
     if length > MAX_BODY:
         raise ProtocolError(f"frame body of {length} bytes exceeds the limit")
     message_type = _TYPES.get(type_code)

@@ -3,13 +3,17 @@
 Builds and signs the sample (an SDK-format enclave written here), starts an
 EVM in a separate process, reaches it over attested TLS 1.3, and runs the
 enclave through the SDK protocol: ECALLs and OCALLs, an in-enclave exception
-handler, sealing that survives an EVM restart, and local attestation between
-two enclaves.
+handler, sealing that survives an EVM restart, local attestation between
+two enclaves, and remote attestation: a DCAP quote from the EVM's quoting
+enclave, verified to the EVM's root CA, and a secret provisioned only to
+the key the verified quote binds (``vsgx.samples.ra``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,7 @@ from vsgx.errors import VsgxError
 class _Checks:
     def __init__(self) -> None:
         self.failed: list[str] = []
+        self.skipped: list[str] = []
         self.step = 0
 
     def title(self, text: str) -> None:
@@ -36,6 +41,10 @@ class _Checks:
         print(f"    {'ok  ' if ok else 'FAIL'} {text}", flush=True)
         if not ok:
             self.failed.append(text)
+
+    def skip(self, text: str, why: str) -> None:
+        print(f"    skip {text}: skipped, {why}", flush=True)
+        self.skipped.append(text)
 
 
 class _EvmProcess:
@@ -86,12 +95,23 @@ def _build(workdir: Path) -> tuple[Path, Path]:
     key = load_private_key(key_path)
     config = load_config_file(str(HELLO_DIR / "hello.toml"))
     outputs = []
-    for name, change in (("hello.signed.so", {}), ("hello-b.signed.so",
-                                                    {"tcs_count": 2, "isvprodid": 2})):
+    variants: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("hello.signed.so", {}), ("hello-b.signed.so", {"tcs_count": 2, "isvprodid": 2}))
+    for name, change in variants:
         signed = sign_enclave(unsigned.read_bytes(), replace(config, **change), key)
         write_file(workdir / name, signed.data)
         outputs.append(workdir / name)
     return outputs[0], outputs[1]
+
+
+def _identity(path: Path) -> tuple[bytes, bytes]:
+    """MRENCLAVE and MRSIGNER as `vsgx measure` gives them for a signed file."""
+    from vsgx.crypto import mrsigner
+    from vsgx.image import plan_from_bytes
+
+    plan = plan_from_bytes(path.read_bytes())
+    assert plan.sigstruct is not None
+    return plan.measure(), mrsigner(plan.sigstruct.modulus)
 
 
 @command("demo")
@@ -143,17 +163,22 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
 
     printed: list[str] = []
 
+    def ocall_print(text: str) -> None:
+        printed.append(text)
+        print(f"    enclave says: {text}")
+
+    # Production instances (DEBUG clear): what a verifier's policy asks for.
     def load(avm: Avm, path: Path = signed) -> Any:
-        return Enclave.load(path, edl=edl, evm=avm, ocalls={
-            "ocall_print": lambda text: (printed.append(text), print(f"    enclave says: {text}")),
-            "ocall_nop": lambda: None, "ocall_call_back": lambda x: x})
+        return Enclave.load(path, edl=edl, evm=avm, debug=False, ocalls={
+            "ocall_print": ocall_print, "ocall_nop": lambda: None,
+            "ocall_call_back": lambda x: x})
 
     try:
         checks.title(f"connect to the EVM over attested TLS 1.3 ({address})")
         avm = connect()
         enclave = load(avm)
-        checks.check(True, "ECREATE/EADD/EEXTEND/EINIT in the EVM, ECMD_INIT_ENCLAVE in the "
-                     "enclave's runtime")
+        checks.check(True, "ECREATE/EADD/EEXTEND/EINIT in the EVM (a production instance: "
+                     "DEBUG clear), ECMD_INIT_ENCLAVE in the enclave's runtime")
         print(f"    MRENCLAVE {enclave.mrenclave.hex()}")
         print(f"    MRSIGNER  {enclave.mrsigner.hex()}")
 
@@ -201,6 +226,9 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
         checks.check(other.ecall_verify_report(bytes(forged)) != 0,
                      "a report with one changed byte is refused")
         other.destroy()
+
+        _remote_attestation(checks, args, avm, enclave, _identity(signed),
+                            _identity(signed_b)[0], evm.data_dir if evm is not None else None)
         enclave.destroy()
         avm.close()
     finally:
@@ -209,5 +237,164 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
     if checks.failed:
         print(f"\nvsgx demo: {len(checks.failed)} check(s) failed", file=sys.stderr)
         return 1
-    print(f"\nvsgx demo: all checks passed ({time.process_time():.1f} s of CPU)")
+    skipped = f", {len(checks.skipped)} skipped" if checks.skipped else ""
+    print(f"\nvsgx demo: all checks passed{skipped} ({time.process_time():.1f} s of CPU)")
     return 0
+
+
+def _root_ca(args: argparse.Namespace, evm_data: Path | None) -> tuple[Any, str]:
+    """The root CA a verifier trusts for this EVM: its data directory's
+    (the EVM this demo started), else --root-ca or this user's default data
+    directory's, as `vsgx quote verify` finds it."""
+    from vsgx.crypto.pck import PckError, load_certificate
+    from vsgx.evm.platform import data_dir
+    from vsgx.evm.quoting import ATTESTATION_DIR, ROOT_CA_FILE
+
+    given = getattr(args, "root_ca", None)
+    path = Path(given) if given else (evm_data or data_dir()) / ATTESTATION_DIR / ROOT_CA_FILE
+    shown = str(path.relative_to(evm_data.parent)) if evm_data and not given else str(path)
+    try:
+        return load_certificate(path.read_bytes(), str(path)), shown
+    except OSError as exc:
+        raise VsgxError(f"no root CA to verify the quote against at {path} ({exc.strerror}): "
+                        "it is the EVM's data directory's attestation/root-ca.pem") from None
+    except PckError as exc:
+        raise VsgxError(str(exc)) from None
+
+
+def _remote_attestation(checks: _Checks, args: argparse.Namespace, avm: Any, enclave: Any,
+                        identity: tuple[bytes, bytes], other_mrenclave: bytes,
+                        evm_data: Path | None) -> None:
+    from dataclasses import replace
+
+    from vsgx.arch.quote import parse_quote
+    from vsgx.arch.report import Report, Targetinfo
+    from vsgx.crypto.quote import QuoteGenerationError, QuotePolicy, QuoteVerificationError
+    from vsgx.host.attestation import get_quote, qe_target_info
+    from vsgx.samples import ra
+    from vsgx.sdk import status_name
+    from vsgx.sdk.status import SGX_ERROR_MAC_MISMATCH
+
+    checks.title("remote attestation: a quote of the enclave, verified; a secret only it "
+                 "can read")
+    target = qe_target_info(avm)
+    checks.check(True, "the QE's TARGETINFO (sgx_qe_get_target_info, over the channel): "
+                 f"MRENCLAVE {Targetinfo.unpack(target).measurement.hex()[:16]}...")
+    status, report, public_key = enclave.ecall_ra_begin(target, None, None)
+    body = Report.unpack(report)
+    checks.check(status == 0 and body.reportdata == ra.report_data(public_key),
+                 "ecall_ra_begin: an X25519 key made in the enclave, bound into its REPORT "
+                 "for the QE")
+    print(f"    REPORTDATA = key || SHA-256(\"{ra.LABEL.decode()}\"), key "
+          f"{public_key.hex()[:16]}...")
+    if status != 0:
+        return
+    try:
+        quote = get_quote(report, avm)
+    except QuoteGenerationError as exc:
+        checks.check(False, f"sgx_qe_get_quote refused the report: {exc}")
+        return
+    parsed = parse_quote(quote)
+    checks.check(parsed.header.version == 3 and parsed.report_body.pack() == report[:384],
+                 f"a DCAP v3 quote of that report (sgx_qe_get_quote): {len(quote)} bytes")
+    try:
+        root, root_path = _root_ca(args, evm_data)
+    except VsgxError as exc:
+        checks.check(False, f"the quote cannot be verified: {exc}")
+        return
+    mrenclave, mrsigner = identity
+    policy = QuotePolicy(mrenclave=mrenclave, mrsigner=mrsigner)
+    try:
+        _, key = ra.verify_attestation(quote, root, policy)
+    except (QuoteVerificationError, ra.RaError) as exc:
+        checks.check(False, f"the quote does not verify: {exc}")
+        return
+    checks.check(key == public_key, "the quote verifies to the EVM's root CA with the signed "
+                 "file's MRENCLAVE and MRSIGNER, DEBUG clear")
+    print(f"    root CA {root_path} (in the work directory); REPORTDATA binds the key"
+          if evm_data else f"    root CA {root_path}; REPORTDATA binds the key")
+    _third_party(checks, quote, root, evm_data)
+    try:
+        ra.verify_attestation(quote, root, replace(policy, mrenclave=other_mrenclave))
+        checks.check(False, "a policy that names enclave B's MRENCLAVE accepted the quote")
+    except QuoteVerificationError as exc:
+        checks.check("MRENCLAVE" in str(exc), "a policy that names enclave B's MRENCLAVE "
+                     "refuses it")
+
+    secret = b"the database password: correct horse battery staple"
+    message = ra.encrypt_secret(key, secret)
+    flipped = bytes([message.ciphertext[0] ^ 1]) + message.ciphertext[1:]
+    status = enclave.ecall_ra_provision(*replace(message, ciphertext=flipped).ecall_args())
+    checks.check(status == SGX_ERROR_MAC_MISMATCH, "a ciphertext with one flipped bit is "
+                 f"refused by the enclave: {status_name(status)}")
+    status = enclave.ecall_ra_provision(*message.ecall_args())
+    checks.check(status == 0, f"a {len(secret)}-byte secret encrypted to the bound key is "
+                 "accepted (X25519, HKDF-SHA256, AES-128-CTR, AES-CMAC)")
+    challenge = os.urandom(32)
+    status, mac = enclave.ecall_ra_use(challenge, None)
+    checks.check(status == 0 and ra.check_proof(secret, challenge, mac),
+                 "the enclave proves it holds it: HMAC-SHA256 of a random challenge matches")
+    _snp_binding(checks, args, avm, report)
+
+
+def _third_party(checks: _Checks, quote: bytes, root: Any, evm_data: Path | None) -> None:
+    """dcap-qvl (the `test` extra), with collateral made from the EVM's data
+    directory as `vsgx quote collateral` makes it."""
+    what = "dcap-qvl (a third-party DCAP verifier)"
+    try:
+        import dcap_qvl
+    except ImportError:
+        checks.skip(what, "it is not installed (pip install dcap-qvl)")
+        return
+    if evm_data is None:
+        checks.skip(what, "its collateral comes from the EVM's data directory, and this "
+                    "demo did not start the EVM")
+        return
+    from cryptography.hazmat.primitives import serialization
+
+    from vsgx.evm.machine import Machine
+    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, PlatformSecrets, load_root_secret
+    from vsgx.evm.quoting import ATTESTATION_DIR, QuotingEnclave
+
+    machine = Machine(PlatformConfig(), PlatformSecrets(load_root_secret(evm_data /
+                                                                         SECRET_FILE)))
+    collateral = QuotingEnclave(machine, evm_data / ATTESTATION_DIR).collateral()
+    try:
+        result = dcap_qvl.verify_with_root_ca(
+            quote, dcap_qvl.QuoteCollateralV3.from_json(json.dumps(collateral.split_json())),
+            root.public_bytes(serialization.Encoding.DER), int(time.time()))
+    except Exception as exc:  # whatever the library raises is its verdict
+        checks.check(False, f"{what} refuses the quote: {' '.join(str(exc).split())}")
+        return
+    checks.check(result.status == "UpToDate", f"{what} accepts it with the EVM's collateral: "
+                 f"{result.status}")
+
+
+def _snp_binding(checks: _Checks, args: argparse.Namespace, avm: Any, report: bytes) -> None:
+    """On an SEV-SNP EVM: its SNP report binds the QE's attestation key,
+    verified to AMD's root."""
+    from vsgx.cli.snp_options import measurements, parse_tcb
+    from vsgx.crypto.quote import verify_quote_snp_binding
+    from vsgx.crypto.snp import SnpPolicy
+    from vsgx.host.attestation import get_quote_ex
+
+    what = "SEV-SNP evidence binding the QE's key"
+    result = get_quote_ex(report, avm, snp=True)
+    if not result.snp_report:
+        checks.skip(what, "the EVM has no SEV-SNP")
+        return
+    certificates = result.snp_certificates or getattr(args, "snp_certs", None)
+    if not certificates:
+        checks.check(False, f"{what} came without certificates: give --snp-certs DIR")
+        return
+    min_tcb = getattr(args, "snp_min_tcb", None)
+    policy = SnpPolicy(measurements=measurements(args),
+                       minimum_tcb=parse_tcb(min_tcb) if min_tcb else None,
+                       allow_debug=getattr(args, "snp_allow_debug", False))
+    try:
+        snp = verify_quote_snp_binding(result.quote, result.snp_report, certificates, policy)
+    except VsgxError as exc:
+        checks.check(False, f"{what} does not verify: {exc}")
+        return
+    checks.check(True, f"{what}: the EVM's SNP report verifies to AMD's root (measurement "
+                 f"{snp.measurement.hex()[:16]}...)")

@@ -127,9 +127,13 @@ def client_options(args: argparse.Namespace) -> Iterator[None]:
     pins = frozenset(parse_fingerprint(text) for text in args.evm_pin or [])
     if args.require_snp and args.allow_unattested:
         raise VsgxError("--require-snp and --allow-unattested contradict each other")
+    from vsgx.cli.snp_options import snp_verifier
+
+    verifier = snp_verifier(args)
     policy = EvidencePolicy(allow_unprotected=args.allow_unattested,
                             require_snp=args.require_snp,
-                            allow_unverified_snp=args.allow_unverified_snp, pinned_keys=pins)
+                            allow_unverified_snp=args.allow_unverified_snp, pinned_keys=pins,
+                            snp_verifier=verifier)
     set_defaults(policy, args.evm_timeout)
     try:
         yield

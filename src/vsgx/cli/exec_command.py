@@ -6,8 +6,10 @@
 The program gets the injected library (LD_PRELOAD) and a control socket;
 this process stays alive as its AVM (``vsgx.native.launcher``) and, unless
 ``--evm`` names one, runs a private EVM (`vsgx evm serve` on a Unix socket
-in a 0700 directory) that ends with the program. The exit status is the
-program's (128 + N when a signal N ended it).
+in a 0700 directory) that ends with the program. It also serves aesmd's
+quoting messages for the program, from that EVM's quoting enclave, and
+points vsgx's drop-in libsgx_dcap_ql at them (``vsgx.cli.exec_quoting``).
+The exit status is the program's (128 + N when a signal N ended it).
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ def _serve_attached(args: argparse.Namespace) -> int:
 
 @command("exec")
 def cmd_exec(args: argparse.Namespace) -> int:
+    from vsgx.cli.exec_quoting import ProgramAesmd
     from vsgx.native import library_path
     from vsgx.native.launcher import Launcher
 
@@ -212,13 +215,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     library = library_path()
     local = None if args.evm else LocalEvm(args.executor or "auto")
     launcher = None
+    aesmd = None
     child = None
     try:
         connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
         model = _cpuid_text(connect)
         launcher = Launcher(lambda: connect())
+        aesmd = ProgramAesmd(lambda: connect(), local.directory if local else None)
         control_fd = launcher.control_socket()
         env = _clean_environment(os.environ)
+        env.update(aesmd.environment(os.environ))
         env.update(LD_PRELOAD=_preload(library, os.environ), VSGX_EXEC_FD=str(control_fd),
                    VSGX_EXEC_CPUID=model)
         try:
@@ -242,6 +248,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
             child.wait()
         if launcher is not None:
             launcher.close()
+        if aesmd is not None:
+            aesmd.close()
         if local is not None:
             local.stop()
     return status if status >= 0 else 128 - status

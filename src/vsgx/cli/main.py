@@ -105,6 +105,16 @@ def _uid(text: str) -> int:
     return int(_number(int, text, "a user id (a whole number from 0)", 0))
 
 
+def _socket_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal file mode") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode (000..777)")
+    return value
+
+
 def evm_client_args(p: argparse.ArgumentParser) -> None:
     """--evm and the AVM's trust policy, wherever an EVM is reached."""
     p.add_argument("--evm", help="EVM address (unix:PATH, tcp:HOST:PORT, tcp:[IPV6]:PORT, "
@@ -113,11 +123,24 @@ def evm_client_args(p: argparse.ArgumentParser) -> None:
                    help="accept only an EVM with this TLS key fingerprint (repeatable; the EVM "
                    "prints it at start); a pinned EVM may be unattested")
     p.add_argument("--require-snp", action="store_true",
-                   help="accept only an EVM with SEV-SNP evidence")
+                   help="accept only an EVM with SEV-SNP evidence verified to AMD's root")
     p.add_argument("--allow-unattested", action="store_true",
                    help="accept an EVM without evidence even when it is not on this machine")
     p.add_argument("--allow-unverified-snp", action="store_true",
-                   help="accept SEV-SNP reports whose signature nobody verified")
+                   help="accept SEV-SNP reports without verifying their signature (by default "
+                   "an EVM's SEV-SNP report is verified to AMD's root)")
+    p.add_argument("--snp-certs", metavar="DIR",
+                   help="VCEK, ASK and ARK certificates (vcek.pem or .der, ask.pem, ark.pem or "
+                   "AMD KDS's cert_chain.pem) for EVMs whose evidence carries none; never "
+                   "fetched")
+    p.add_argument("--snp-measurement", action="append", metavar="HEX",
+                   help="accept only an SEV-SNP EVM with this launch measurement (48 bytes; "
+                   "repeatable)")
+    p.add_argument("--snp-min-tcb", metavar="TCB",
+                   help="minimum REPORTED_TCB: bootloader=N,tee=N,snp=N,microcode=N[,fmc=N] "
+                   "(names left out are 0)")
+    p.add_argument("--snp-allow-debug", action="store_true",
+                   help="accept an SEV-SNP guest whose policy allows debugging")
     p.add_argument("--evm-timeout", type=_seconds, metavar="SECONDS",
                    help="give up on an EVM that is silent this long while we wait for it "
                    "(default 10; it is PINGed every second)")
@@ -176,10 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build, sign and run the bundled sample enclave in a "
                        "separate EVM process: ECALLs, OCALLs, an exception, sealing across an "
-                       "EVM restart, local attestation")
+                       "EVM restart, local and remote attestation")
     p.add_argument("--workdir", help="where to build and keep the files (default: a temporary "
                    "directory, removed at the end)")
     evm_client_args(p)  # --evm: use this running EVM instead of starting one
+    p.add_argument("--root-ca", metavar="PEM", help="the root CA to verify the EVM's quotes "
+                   "against (with --evm; default: the started EVM's own)")
 
     p = sub.add_parser("run", help="load an enclave into an EVM, initialise it, show it")
     enclave_args(p)
@@ -227,6 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="directory to write")
     p.add_argument("--data-dir", help="the EVM's data directory (default: this user's)")
     p.add_argument("--days", type=int, default=30, help="validity (default 30 days)")
+
+    aesmd = sub.add_parser("aesmd", help="an aesmd-compatible socket (quotes, launch tokens)")
+    aesmd_sub = aesmd.add_subparsers(dest="aesmd_command", metavar="COMMAND")
+    p = aesmd_sub.add_parser("serve", help="answer aesmd's requests (InitQuoteEx, GetQuoteEx, "
+                             "GetLaunchToken, ...) on a Unix socket with an EVM's quoting and "
+                             "launch enclaves")
+    p.add_argument("--socket", metavar="PATH", help="the socket to make (default "
+                   "/var/run/aesmd/aesm.socket, where Intel's libraries look, if this user may "
+                   "write there)")
+    p.add_argument("--abstract", action="store_true",
+                   help="also listen on the legacy abstract socket sgx_aesm_socket_base, which "
+                   "Gramine and Fortanix's client try first (this uid only)")
+    p.add_argument("--mode", type=_socket_mode, default=0o600, metavar="OCTAL",
+                   help="the socket file's mode (default 600: this user's programs)")
+    evm_client_args(p)
 
     evm = sub.add_parser("evm", help="the enclave VM")
     evm_sub = evm.add_subparsers(dest="evm_command", metavar="COMMAND")
@@ -303,6 +343,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return 2
     from vsgx.cli import (  # noqa: F401  (registers)
+        aesmd_commands,
         commands,
         demo,
         evm_commands,
@@ -311,8 +352,9 @@ def _main(argv: Sequence[str] | None) -> int:
     )
 
     name = args.command if args.command != "evm" else f"evm {args.evm_command or ''}".strip()
-    if args.command == "quote":
-        name = f"quote {args.quote_command or ''}".strip()
+    for group in ("quote", "aesmd"):
+        if args.command == group:
+            name = f"{group} {getattr(args, f'{group}_command') or ''}".strip()
     if name not in _COMMANDS:
         args.subcommand_parsers.get(args.command, parser).print_usage(sys.stderr)
         print(f"vsgx {name}: error: a subcommand is needed", file=sys.stderr)

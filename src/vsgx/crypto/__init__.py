@@ -1,6 +1,9 @@
-"""Cryptography of SGX, on ``cryptography``: MRENCLAVE, SIGSTRUCT, CMAC-based
-MACs and key derivation, paging encryption."""
+"""Cryptography of SGX, on ``cryptography``, in SGX's nouns: MRENCLAVE,
+SIGSTRUCT signing and MRSIGNER, key derivation for a KEYREQUEST-shaped set
+of dependencies, the REPORT MAC and its check, paging encryption."""
 
+from vsgx.crypto.cmac import report_mac, verify_report_mac
+from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.crypto.rsa import generate_signing_key, load_private_key, load_public_key
 from vsgx.crypto.sigstruct import (
@@ -14,7 +17,8 @@ from vsgx.crypto.sigstruct import (
 )
 
 __all__ = [
-    "MrEnclave", "attach_signature", "check_sigstruct", "data_to_sign", "generate_signing_key",
-    "key_mrsigner", "load_private_key", "load_public_key", "mrsigner", "private_key_signer",
-    "sign",
+    "PKCS1_PADDING", "KeyDependencies", "MrEnclave", "attach_signature", "check_sigstruct",
+    "data_to_sign", "derive_key", "generate_signing_key", "key_mrsigner", "load_private_key",
+    "load_public_key", "mrsigner", "private_key_signer", "report_mac", "sign",
+    "verify_report_mac",
 ]

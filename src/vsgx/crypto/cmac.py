@@ -17,3 +17,14 @@ def aes_cmac(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
 
 def cmac_equal(key: bytes, data: bytes | bytearray | memoryview, tag: bytes) -> bool:
     return hmac.compare_digest(aes_cmac(key, data), tag)
+
+
+def report_mac(report_key: bytes, body: bytes | bytearray | memoryview) -> bytes:
+    """REPORT.MAC: the CMAC of the REPORT body under the target's report key."""
+    return aes_cmac(report_key, body)
+
+
+def verify_report_mac(report_key: bytes, body: bytes | bytearray | memoryview,
+                      mac: bytes) -> bool:
+    """Whether ``mac`` is REPORT.MAC of ``body`` (compared in constant time)."""
+    return cmac_equal(report_key, body, mac)

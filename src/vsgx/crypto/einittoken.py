@@ -1,5 +1,5 @@
 """EINITTOKEN MAC: AES-128-CMAC under the launch key over bytes 0..191
-(SDM 34.15 and EINIT)."""
+(SDM "EINIT Token Structure (EINITTOKEN)" and EINIT)."""
 
 from __future__ import annotations
 

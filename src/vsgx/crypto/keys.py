@@ -1,5 +1,5 @@
-"""SGX key derivation (EGETKEY, EREPORT, EINIT's launch key), SDM 38.4
-EGETKEY: "key dependencies" table.
+"""SGX key derivation (EGETKEY, EREPORT, EINIT's launch key), SDM
+EGETKEY: the key-derivation table (vsgx.evm.key_derivation reads it).
 
 The hardware's derivation function is not architectural; vsgx derives every
 key as AES-128-CMAC, keyed by the platform's derivation key, over a

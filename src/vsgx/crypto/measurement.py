@@ -1,5 +1,5 @@
-"""MRENCLAVE: the SHA-256 over ECREATE, EADD and EEXTEND records, SDM 38.2
-(the "Update MRENCLAVE" steps of ECREATE, EADD and EEXTEND).
+"""MRENCLAVE: the SHA-256 over ECREATE, EADD and EEXTEND records (SDM
+ECREATE, EADD, EEXTEND: their "Update MRENCLAVE" steps).
 
 Each record is 64 bytes: an 8-byte tag, the page offset from the enclave
 base, then the leaf's data:
@@ -114,7 +114,7 @@ class MrEnclave:
             out = self._eadd_only_buffer()[:n]
             out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
             out[:, 16:24] = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
-            self._hash.update(out)
+            self._hash.update(out.data)
             return
         out = self._measured_buffer()[:n]
         out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
@@ -125,7 +125,7 @@ class MrEnclave:
         extends[:, :, 8:16] = chunk_offsets.astype("<u8").view(np.uint8).reshape(
             n, CHUNKS_PER_PAGE, 8)
         extends[:, :, RECORD_SIZE:] = chunks
-        self._hash.update(out)
+        self._hash.update(out.data)
 
     def _measured_buffer(self) -> np.ndarray:
         if self._batch is None:

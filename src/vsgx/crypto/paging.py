@@ -1,4 +1,5 @@
-"""EPC paging encryption for EWB / ELDB / ELDU (SDM 38.5).
+"""EPC paging encryption for EWB / ELDB / ELDU (SDM "EPC and Management of EPC
+Pages").
 
 The page is sealed with AES-128-GCM under the EVM's paging key; the nonce is
 the page's version (the value EWB stores in the VA slot), which never
@@ -60,7 +61,7 @@ def encrypt_page(cipher: AESGCM, version: int, header: bytes,
     return sealed[:-MAC_SIZE], sealed[-MAC_SIZE:]
 
 
-def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes,
+def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes | memoryview,
                  mac: bytes) -> bytes | None:
     """The page, or None when the MAC does not verify."""
     try:
@@ -69,7 +70,7 @@ def decrypt_page(cipher: AESGCM, version: int, header: bytes, ciphertext: bytes,
         return None
 
 
-def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes,
+def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes | memoryview,
                       out: memoryview | bytearray) -> bool:
     """Decrypt ``sealed`` (ciphertext then MAC) into ``out``; False when the
     MAC does not verify (``out`` then holds no plaintext: it is zeroed)."""

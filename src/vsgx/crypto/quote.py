@@ -73,6 +73,31 @@ class QuoteVerificationError(VsgxError):
     """A quote does not verify, or does not satisfy the policy."""
 
 
+class QuoteGenerationError(VsgxError):
+    """A quoting enclave refused a request; ``status`` is the quote3_error_t
+    (``vsgx.arch.quote.QuoteStatus``) the DCAP library would return. The
+    same error whether the QE is in this process or in an EVM reached over
+    the channel."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class QuoteResult:
+    """What sgx_qe_get_quote hands back, and what travels beside it: the
+    quote; the QE's REPORT for the application (when it gave an
+    sgx_ql_qe_report_info_t); the EVM's SEV-SNP report binding the
+    attestation key and that report's certificate table (empty where the EVM
+    has no SNP evidence)."""
+
+    quote: bytes
+    qe_report: bytes | None = None
+    snp_report: bytes = b""
+    snp_certificates: bytes = b""
+
+
 # -- raw ECDSA (r || s, 32 bytes each, big-endian), as quotes carry it ------------------
 def ecdsa_sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
@@ -102,6 +127,12 @@ def qe_report_data(attestation_key: bytes, auth_data: bytes) -> bytes:
 # quote (Intel's format has no room for it), so a verifier can root the
 # quoting key in AMD's hardware as well as in the PCK chain.
 SNP_BINDING_LABEL = b"vsgx QE attestation key\0"
+
+
+def attestation_key_id(attestation_key: bytes) -> bytes:
+    """The ID sgx_ql_init_quote hands back for an attestation key (its
+    ``p_pub_key_id``): the SHA-256 of the public key, x || y."""
+    return hashlib.sha256(attestation_key).digest()
 
 
 def snp_report_data_for(attestation_key: bytes) -> bytes:

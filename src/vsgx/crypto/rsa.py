@@ -1,4 +1,4 @@
-"""RSA-3072 keys with public exponent 3, as SIGSTRUCT requires (SDM 34.14)."""
+"""RSA-3072 keys with public exponent 3, as SIGSTRUCT requires (SDM SIGSTRUCT)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SIGSTRUCT signing and verification (SDM 34.14, EINIT in 38.2).
+"""SIGSTRUCT signing and verification (SDM "Enclave Signature Structure
+(SIGSTRUCT)" and EINIT).
 
 The signature is RSASSA-PKCS1-v1_5 with SHA-256 over SIGSTRUCT bytes 0..127
 and 900..1027. MODULUS, SIGNATURE, Q1 and Q2 are stored little-endian, with

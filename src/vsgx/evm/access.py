@@ -1,4 +1,5 @@
-"""Access control in enclave mode (SDM 37.3-37.5): what a page of ELRANGE
+"""Access control in enclave mode (SDM "Access-control
+Requirements", "Page-based Access Control"): what a page of ELRANGE
 allows, and the #PF error code when it does not.
 
 Paging checks come first (the application's page tables: a page with no EPC

@@ -1,7 +1,8 @@
-"""An enclave's state inside the EVM: the SECS with its hidden fields
-(SDM 34.7: EID, MRENCLAVE update state, PADDING, child count...), its
-memory, the linear-page → EPC-page map, the page-table permissions the
-application set, and the epoch tracking of ETRACK (SDM 38.5.3).
+"""An enclave's state inside the EVM: the SECS with its hidden fields (SDM
+"SGX Enclave Control Structure (SECS)": EID, MRENCLAVE update state,
+PADDING, child count...), its memory, the linear-page → EPC-page map, the
+page-table permissions the application set, and the epoch tracking of
+ETRACK (SDM ETRACK).
 """
 
 from __future__ import annotations
@@ -79,12 +80,6 @@ class EnclaveMemory:
 
     def reuse(self, offset: int) -> None:
         self._held.pop(offset, None)
-
-    def flush_releases(self) -> None:
-        """Give every held page's memory back now."""
-        held = list(self._held)
-        self._held.clear()
-        self._punch_offsets(held)
 
     def _punch_offsets(self, offsets: list[int]) -> None:
         start = previous = None
@@ -209,9 +204,6 @@ class EnclaveState:
     def in_elrange(self, address: int, length: int = 1) -> bool:
         return self.base <= address and address + length <= self.base + self.size
 
-    def offset(self, linaddr: int) -> int:
-        return linaddr - self.base
-
     def page_view(self, linaddr: int) -> memoryview:
         assert self.memory is not None
         return self.memory.page(linaddr - self.base)
@@ -276,15 +268,9 @@ class EnclaveState:
             return None
         return self.journal[position - self.journal_start:]
 
-    # ETRACK's epochs (SDM 38.5.3; the model in vsgx's notes): a page
+    # ETRACK's epochs (SDM ETRACK; the model in vsgx's notes): a page
     # blocked or modified in epoch e is "tracked" once an ETRACK has closed
     # epoch e and no thread that entered in epoch <= e is still inside.
-    def enter(self, tcs: int) -> None:
-        self.inside[tcs] = self.epoch
-
-    def leave(self, tcs: int) -> None:
-        self.inside.pop(tcs, None)
-
     def tracking_incomplete(self) -> bool:
         tracked = self.tracked_epoch
         return any(epoch <= tracked for epoch in self.inside.values())

@@ -1,76 +1,77 @@
-"""ENCLU leaves executed inside an enclave (SDM 38.4): EREPORT, EGETKEY and
-SGX2's EACCEPT, EMODPE, EACCEPTCOPY. Operands are enclave linear addresses;
-each must lie in ELRANGE on an accessible page of the enclave, or the leaf
-faults as the SDM says."""
+"""ENCLU leaves executed inside an enclave (SDM "Intel SGX Instruction
+References", user leaves): EREPORT, EGETKEY and SGX2's EACCEPT, EMODPE,
+EACCEPTCOPY, checks in the order of the SDM's pseudocode. Operands are
+enclave linear addresses; each must lie in ELRANGE on an accessible page of
+the enclave, or the leaf faults as the SDM says. Every check has a name
+(``Fault.check``, ``Machine.refusal``). (EENTER, ERESUME, EEXIT and AEX are
+in vsgx.evm.thread: they need an executor.)"""
 
 from __future__ import annotations
 
 from vsgx.arch.constants import (
     PAGE_SIZE,
     Attribute,
-    KeyName,
     KeyPolicy,
     PageType,
     PfErrorCode,
+    SecinfoFlags,
 )
 from vsgx.arch.errors import Fault, SgxError, gp, pf
 from vsgx.arch.keyrequest import Keyrequest
 from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.report import REPORT_BODY_SIZE, Report, Targetinfo
-from vsgx.arch.tcs import Tcs
-from vsgx.crypto.cmac import aes_cmac
-from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
+from vsgx.arch.tcs import TCS_FLAGS_DBGOPTIN, Tcs
+from vsgx.crypto.cmac import report_mac
 from vsgx.errors import StructureError
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.epc import EpcmEntry
+from vsgx.evm.key_derivation import derive, report_key, report_key_dependencies
 from vsgx.evm.machine import Machine
 
 _KSS_POLICIES = int(KeyPolicy.CONFIGID | KeyPolicy.ISVFAMILYID | KeyPolicy.ISVEXTPRODID
                     | KeyPolicy.NOISVPRODID)
+_R, _W, _X = int(SecinfoFlags.R), int(SecinfoFlags.W), int(SecinfoFlags.X)
+_PENDING, _MODIFIED, _PR = (int(SecinfoFlags.PENDING), int(SecinfoFlags.MODIFIED),
+                            int(SecinfoFlags.PR))
+_NOT_PRESENT = int(PfErrorCode.U)
+_EPCM_FAULT = int(PfErrorCode.P | PfErrorCode.U | PfErrorCode.SGX)
+# Operand alignments (SDM EREPORT, EGETKEY, EACCEPT...).
+TARGETINFO_ALIGN, REPORTDATA_ALIGN, REPORT_ALIGN = 512, 128, 512
+KEYREQUEST_ALIGN, KEY_ALIGN, SECINFO_ALIGN = 512, 16, 64
+REPORTDATA_SIZE, KEY_SIZE = 64, 16
 
 
 def _operand(encl: EnclaveState, address: int, length: int, align: int, what: str,
              write: bool = False) -> memoryview:
-    """The bytes of an in-enclave operand, after the SDM's checks."""
-    if address % align or not encl.in_elrange(address, length):
-        raise gp(f"{what} {address:#x} is misaligned or outside ELRANGE")
+    """The bytes of an in-enclave operand, after the SDM's checks (named
+    "WHAT_alignment", "WHAT_outside_elrange", "WHAT_not_present", "WHAT_epcm")."""
+    if address % align:
+        raise gp(f"{what} {address:#x} is not {align}-byte aligned", f"{what}_alignment")
+    if not encl.in_elrange(address, length):
+        raise gp(f"{what} {address:#x} is outside ELRANGE", f"{what}_outside_elrange")
     page = address & ~(PAGE_SIZE - 1)
     entry = encl.pages.get(page)
-    code = int(PfErrorCode.U | (PfErrorCode.W if write else 0))
+    code = _NOT_PRESENT | (int(PfErrorCode.W) if write else 0)
     if entry is None:
-        raise pf(address, code, f"{what}: no EPC page at {page:#x}")
+        raise pf(address, code, f"{what}: no EPC page at {page:#x}", f"{what}_not_present")
     if (not entry.valid or entry.blocked or entry.pt != PageType.REG or entry.pending
             or entry.modified or not entry.r or (write and not entry.w)):
         raise pf(address, code | int(PfErrorCode.P | PfErrorCode.SGX),
-                 f"{what}: the EPCM does not allow this access")
+                 f"{what}: the EPCM does not allow this access", f"{what}_epcm")
     return encl.memory.view[address - encl.base:address - encl.base + length]  # type: ignore[union-attr]
-
-
-def _cpusvn_le(requested: bytes, current: bytes) -> bool:
-    return all(a <= b for a, b in zip(requested, current, strict=True))
-
-
-def report_key_dependencies(m: Machine, target: Targetinfo, keyid: bytes) -> KeyDependencies:
-    """What EREPORT derives its MAC key from; equal to what the target's
-    EGETKEY(REPORT_KEY) derives when TARGETINFO describes it."""
-    return KeyDependencies(
-        keyname=KeyName.REPORT_KEY, attributes=target.attributes, xfrm=target.xfrm,
-        mrenclave=target.measurement, miscselect=target.miscselect, configid=target.configid,
-        configsvn=target.configsvn, ownerepoch=m.secrets.owner_epoch,
-        seal_key_fuses=m.secrets.seal_key_fuses, cpusvn=m.config.cpusvn, keyid=keyid,
-        padding=PKCS1_PADDING, cet_attributes=target.cet_attributes)
 
 
 def ereport(m: Machine, encl: EnclaveState, targetinfo: int, reportdata: int, output: int
             ) -> None:
     """EREPORT: a REPORT about this enclave, MACed for the target enclave."""
-    raw_target = bytes(_operand(encl, targetinfo, Targetinfo.SIZE, 512, "TARGETINFO"))
-    data = bytes(_operand(encl, reportdata, 64, 128, "REPORTDATA"))
-    out = _operand(encl, output, Report.SIZE, 512, "REPORT output", write=True)
+    raw_target = bytes(_operand(encl, targetinfo, Targetinfo.SIZE, TARGETINFO_ALIGN,
+                                "targetinfo"))
+    data = bytes(_operand(encl, reportdata, REPORTDATA_SIZE, REPORTDATA_ALIGN, "reportdata"))
+    out = _operand(encl, output, Report.SIZE, REPORT_ALIGN, "report", write=True)
     try:
         target = Targetinfo.unpack(raw_target)
     except StructureError as exc:
-        raise gp(f"TARGETINFO: {exc}") from None
+        raise gp(f"TARGETINFO: {exc}", "targetinfo_reserved") from None
     report = Report(cpusvn=m.config.cpusvn, miscselect=encl.miscselect,
                     cet_attributes=encl.cet_attributes, isvextprodid=encl.isvextprodid,
                     attributes=encl.attributes, xfrm=encl.xfrm, mrenclave=encl.mrenclave,
@@ -79,113 +80,49 @@ def ereport(m: Machine, encl: EnclaveState, targetinfo: int, reportdata: int, ou
                     isvfamilyid=encl.isvfamilyid, reportdata=data,
                     keyid=m.secrets.report_keyid)
     body = report.pack()[:REPORT_BODY_SIZE]
-    key = derive_key(m.secrets.derivation_key, report_key_dependencies(m, target, report.keyid))
-    out[:] = body + report.keyid + aes_cmac(key, body)
+    out[:] = body + report.keyid + report_mac(report_key(m, target, report.keyid), body)
 
 
 def egetkey(m: Machine, encl: EnclaveState, keyrequest: int, output: int) -> SgxError:
-    """EGETKEY: derive the key KEYREQUEST names, bound as the SDM's table says."""
-    raw = bytes(_operand(encl, keyrequest, Keyrequest.SIZE, 512, "KEYREQUEST"))
-    out = _operand(encl, output, 16, 16, "key output", write=True)
+    """EGETKEY: derive the key KEYREQUEST names, as the SDM's key-derivation
+    table says (vsgx.evm.key_derivation)."""
+    raw = bytes(_operand(encl, keyrequest, Keyrequest.SIZE, KEYREQUEST_ALIGN, "keyrequest"))
+    out = _operand(encl, output, KEY_SIZE, KEY_ALIGN, "outputdata", write=True)
     try:
-        kr = Keyrequest.unpack(raw)
+        request = Keyrequest.unpack(raw)
     except StructureError as exc:
-        raise gp(f"KEYREQUEST: {exc}") from None
-    kss = bool(encl.attributes & Attribute.KSS)
-    if not kss and (kr.keypolicy & _KSS_POLICIES or kr.configsvn):
-        raise gp("KEYREQUEST uses KSS policies in an enclave without KSS")
-    attributes = (kr.attributemask | 0x3) & encl.attributes
-    xfrm = kr.xfrmmask & encl.xfrm
-    misc = kr.miscmask & encl.miscselect
-    name = kr.keyname
-    secrets = m.secrets
-    policy = kr.keypolicy
-
-    def svn_error(check_config: bool) -> SgxError | None:
-        if not _cpusvn_le(kr.cpusvn, m.config.cpusvn):
-            return SgxError.INVALID_CPUSVN
-        if kr.isvsvn > encl.isvsvn or (check_config and kr.configsvn > encl.configsvn):
-            return SgxError.INVALID_ISVSVN
-        return None
-
-    common = {"ownerepoch": secrets.owner_epoch, "seal_key_fuses": secrets.seal_key_fuses,
-              "padding": encl.padding, "cpusvn": kr.cpusvn, "isvsvn": kr.isvsvn,
-              "attributes": attributes, "xfrm": xfrm, "miscselect": misc}
-    if name == KeyName.SEAL_KEY:
-        error = svn_error(check_config=True)
-        if error:
-            return error
-        deps = KeyDependencies(
-            keyname=name, **common, attributemask=kr.attributemask, xfrmmask=kr.xfrmmask,
-            miscmask=~kr.miscmask & 0xFFFFFFFF, keyid=kr.keyid, keypolicy=policy,
-            isvprodid=0 if policy & KeyPolicy.NOISVPRODID else encl.isvprodid,
-            isvextprodid=encl.isvextprodid if policy & KeyPolicy.ISVEXTPRODID else bytes(16),
-            isvfamilyid=encl.isvfamilyid if policy & KeyPolicy.ISVFAMILYID else bytes(16),
-            mrenclave=encl.mrenclave if policy & KeyPolicy.MRENCLAVE else bytes(32),
-            mrsigner=encl.mrsigner if policy & KeyPolicy.MRSIGNER else bytes(32),
-            configid=encl.configid if policy & KeyPolicy.CONFIGID else bytes(64),
-            configsvn=kr.configsvn if policy & KeyPolicy.CONFIGID else 0,
-            cet_attributes_mask=kr.cet_attributes_mask)
-    elif name == KeyName.REPORT_KEY:
-        deps = KeyDependencies(
-            keyname=name, attributes=encl.attributes, xfrm=encl.xfrm,
-            miscselect=encl.miscselect, ownerepoch=secrets.owner_epoch,
-            seal_key_fuses=secrets.seal_key_fuses, cpusvn=m.config.cpusvn,
-            mrenclave=encl.mrenclave, configid=encl.configid, configsvn=encl.configsvn,
-            keyid=kr.keyid, padding=PKCS1_PADDING, cet_attributes=encl.cet_attributes)
-    elif name == KeyName.EINITTOKEN_KEY:
-        if not encl.attributes & Attribute.EINITTOKEN_KEY:
-            return SgxError.INVALID_ATTRIBUTE
-        error = svn_error(check_config=False)
-        if error:
-            return error
-        deps = KeyDependencies(keyname=name, **common, isvprodid=encl.isvprodid,
-                               mrsigner=encl.mrsigner, keyid=kr.keyid)
-    elif name in (KeyName.PROVISION_KEY, KeyName.PROVISION_SEAL_KEY):
-        if not encl.attributes & Attribute.PROVISIONKEY:
-            return SgxError.INVALID_ATTRIBUTE
-        error = svn_error(check_config=False)
-        if error:
-            return error
-        seal = name == KeyName.PROVISION_SEAL_KEY
-        deps = KeyDependencies(
-            keyname=name, **{**common, "ownerepoch": bytes(16),
-                             "seal_key_fuses": secrets.seal_key_fuses if seal else bytes(16)},
-            attributemask=kr.attributemask, xfrmmask=kr.xfrmmask,
-            miscmask=~kr.miscmask & 0xFFFFFFFF, mrsigner=encl.mrsigner,
-            isvprodid=0 if seal and policy & KeyPolicy.NOISVPRODID else encl.isvprodid,
-            isvextprodid=encl.isvextprodid if seal and policy & KeyPolicy.ISVEXTPRODID
-            else bytes(16),
-            isvfamilyid=encl.isvfamilyid if seal and policy & KeyPolicy.ISVFAMILYID
-            else bytes(16),
-            configid=encl.configid if seal and policy & KeyPolicy.CONFIGID else bytes(64),
-            configsvn=kr.configsvn if seal and policy & KeyPolicy.CONFIGID else 0,
-            keypolicy=policy if seal else 0)
-    else:
-        return SgxError.INVALID_KEYNAME
-    out[:] = derive_key(secrets.derivation_key, deps)
+        raise gp(f"KEYREQUEST: {exc}", "keyrequest_reserved") from None
+    if not encl.attributes & Attribute.KSS and (request.keypolicy & _KSS_POLICIES
+                                                 or request.configsvn):
+        raise gp("KEYREQUEST uses KSS policies in an enclave without KSS", "kss_policy")
+    key = derive(m, encl, request)
+    if isinstance(key, SgxError):
+        return key
+    out[:] = key
     return SgxError.SUCCESS
 
 
 def _secinfo_operand(encl: EnclaveState, address: int) -> Secinfo:
-    raw = bytes(_operand(encl, address, Secinfo.SIZE, 64, "SECINFO"))
+    raw = bytes(_operand(encl, address, Secinfo.SIZE, SECINFO_ALIGN, "secinfo"))
     try:
         return Secinfo.unpack(raw)
     except StructureError as exc:
-        raise gp(f"SECINFO: {exc}") from None
+        raise gp(f"SECINFO: {exc}", "secinfo_reserved") from None
 
 
-def _target_page(encl: EnclaveState, address: int) -> EpcmEntry:
-    if address % PAGE_SIZE or not encl.in_elrange(address, PAGE_SIZE):
-        raise gp(f"page {address:#x} is misaligned or outside ELRANGE")
+def _target_page(encl: EnclaveState, address: int, what: str = "page") -> EpcmEntry:
+    if address % PAGE_SIZE:
+        raise gp(f"{what} {address:#x} is not page aligned", f"{what}_alignment")
+    if not encl.in_elrange(address, PAGE_SIZE):
+        raise gp(f"{what} {address:#x} is outside ELRANGE", f"{what}_outside_elrange")
     entry = encl.pages.get(address)
     if entry is None:
-        raise pf(address, int(PfErrorCode.U), f"no EPC page at {address:#x}")
+        raise pf(address, _NOT_PRESENT, f"no EPC page at {address:#x}", f"{what}_not_present")
     return entry
 
 
-def _sgx_pf(address: int, reason: str) -> Fault:
-    return pf(address, int(PfErrorCode.P | PfErrorCode.U | PfErrorCode.SGX), reason)
+def _sgx_pf(address: int, reason: str, check: str) -> Fault:
+    return pf(address, _EPCM_FAULT, reason, check)
 
 
 def eaccept(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> SgxError:
@@ -193,7 +130,7 @@ def eaccept(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> 
     info = _secinfo_operand(encl, secinfo_address)
     entry = _target_page(encl, page)
     flags = info.flags
-    pending, modified, pr = bool(flags & 0x8), bool(flags & 0x10), bool(flags & 0x20)
+    pending, modified, pr = bool(flags & _PENDING), bool(flags & _MODIFIED), bool(flags & _PR)
     if info.page_type == PageType.REG:
         legal = (pr or pending) and not modified
     elif info.page_type in (PageType.TCS, PageType.TRIM):
@@ -201,23 +138,23 @@ def eaccept(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> 
     else:
         legal = False
     if not legal:
-        raise gp("EACCEPT: SECINFO requests an impossible combination")
+        raise gp("EACCEPT: SECINFO requests an impossible combination", "secinfo_combination")
     if (not entry.valid or entry.blocked or entry.enclave is not encl
             or entry.pt not in (PageType.REG, PageType.TCS, PageType.TRIM)):
-        raise _sgx_pf(page, "EACCEPT of a page that is not acceptable")
+        raise _sgx_pf(page, "EACCEPT of a page that is not acceptable", "page_epcm")
     if (entry.linaddr != page or entry.pending != pending or entry.modified != modified
-            or entry.r != bool(flags & 1) or entry.w != bool(flags & 2)
-            or entry.x != bool(flags & 4) or entry.pt != info.page_type):
-        return SgxError.PAGE_ATTRIBUTES_MISMATCH
+            or entry.r != bool(flags & _R) or entry.w != bool(flags & _W)
+            or entry.x != bool(flags & _X) or entry.pt != info.page_type):
+        return m.refuse(SgxError.PAGE_ATTRIBUTES_MISMATCH, "attributes_mismatch")
     if (entry.pr or entry.modified) and not encl.is_tracked(entry.mod_epoch):
-        return SgxError.NOT_TRACKED
+        return m.refuse(SgxError.NOT_TRACKED, "not_tracked")
     if info.page_type == PageType.TCS:
         try:
             tcs = Tcs.unpack(encl.page_view(page))
         except StructureError as exc:
-            raise gp(f"TCS: {exc}") from None
-        if tcs.flags & 1 or tcs.cssa >= tcs.nssa or tcs.aep or tcs.state:
-            raise gp("EACCEPT: the new TCS is not in its initial state")
+            raise gp(f"TCS: {exc}", "tcs_reserved") from None
+        if tcs.flags & TCS_FLAGS_DBGOPTIN or tcs.cssa >= tcs.nssa or tcs.aep or tcs.state:
+            raise gp("EACCEPT: the new TCS is not in its initial state", "tcs_state")
     entry.pending = entry.modified = entry.pr = False
     encl.note_change(page)
     return SgxError.SUCCESS
@@ -229,12 +166,13 @@ def emodpe(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> N
     entry = _target_page(encl, page)
     if (not entry.valid or entry.pending or entry.modified or entry.blocked
             or entry.pt != PageType.REG or entry.enclave is not encl or entry.linaddr != page):
-        raise _sgx_pf(page, "EMODPE of a page that is not a plain REG page")
-    if not entry.r and not info.flags & 1 and info.flags & 2:
-        raise gp("EMODPE would make a writable page that is not readable")
-    entry.r |= bool(info.flags & 1)
-    entry.w |= bool(info.flags & 2)
-    entry.x |= bool(info.flags & 4)
+        raise _sgx_pf(page, "EMODPE of a page that is not a plain REG page", "page_epcm")
+    if not entry.r and not info.flags & _R and info.flags & _W:
+        raise gp("EMODPE would make a writable page that is not readable",
+                 "write_without_read")
+    entry.r |= bool(info.flags & _R)
+    entry.w |= bool(info.flags & _W)
+    entry.x |= bool(info.flags & _X)
     encl.note_change(page)
 
 
@@ -244,18 +182,21 @@ def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int,
     SECINFO's permissions."""
     info = _secinfo_operand(encl, secinfo_address)
     target = _target_page(encl, dest)
-    src = _target_page(encl, source)
-    if (info.flags & 2 and not info.flags & 1) or info.page_type != PageType.REG:
-        raise gp("EACCEPTCOPY: bad SECINFO")
+    src = _target_page(encl, source, "source")
+    if (info.flags & _W and not info.flags & _R) or info.page_type != PageType.REG:
+        raise gp("EACCEPTCOPY: bad SECINFO", "secinfo_invalid")
     if (not src.valid or not src.r or src.pending or src.modified or src.blocked
             or src.pt != PageType.REG or src.enclave is not encl or src.linaddr != source):
-        raise _sgx_pf(source, "EACCEPTCOPY: the source page is not readable")
+        raise _sgx_pf(source, "EACCEPTCOPY: the source page is not readable", "source_epcm")
     if (not target.valid or not target.pending or target.modified or target.blocked
             or target.pt != PageType.REG or target.enclave is not encl
             or not (target.r and target.w and not target.x) or target.linaddr != dest):
-        return SgxError.PAGE_ATTRIBUTES_MISMATCH
+        return m.refuse(SgxError.PAGE_ATTRIBUTES_MISMATCH, "page_not_pending_rw")
     encl.page_view(dest)[:] = bytes(encl.page_view(source))
     target.set_permissions(info.flags)
     target.pending = False
     encl.note_change(dest)
     return SgxError.SUCCESS
+
+
+__all__ = ["eaccept", "eacceptcopy", "egetkey", "emodpe", "ereport", "report_key_dependencies"]

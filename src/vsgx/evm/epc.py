@@ -1,4 +1,5 @@
-"""The EPC and the EPCM (SDM 34.5, 34.12).
+"""The EPC and the EPCM (SDM "Enclave Page Cache (EPC)" and "Enclave Page
+Cache Map (EPCM)").
 
 EPC pages are named by their address in a configurable EPC bank. Each page
 has an EPCM entry. Contents: SECS pages hold the enclave's state object, VA
@@ -12,7 +13,13 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
-from vsgx.arch.constants import PAGE_SIZE, PageType, PfErrorCode
+from vsgx.arch.constants import (
+    PAGE_SIZE,
+    SECINFO_PAGE_TYPE_SHIFT,
+    PageType,
+    PfErrorCode,
+    SecinfoFlags,
+)
 from vsgx.arch.errors import Fault, gp, pf
 
 if TYPE_CHECKING:
@@ -55,16 +62,23 @@ class EpcmEntry:
 
     def secinfo_flags(self) -> int:
         """SECINFO.FLAGS describing this entry (as EWB records it)."""
-        return (int(self.pt) << 8 | self.r | self.w << 1 | self.x << 2 | self.pending << 3
-                | self.modified << 4 | self.pr << 5)
+        return (int(self.pt) << SECINFO_PAGE_TYPE_SHIFT | self.r * _R | self.w * _W
+                | self.x * _X | self.pending * _PENDING | self.modified * _MODIFIED
+                | self.pr * _PR)
 
     def set_permissions(self, flags: int) -> None:
-        self.r, self.w, self.x = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+        self.r, self.w, self.x = bool(flags & _R), bool(flags & _W), bool(flags & _X)
 
 
-def epc_pf(address: int, reason: str) -> Fault:
+_R, _W, _X = int(SecinfoFlags.R), int(SecinfoFlags.W), int(SecinfoFlags.X)
+_PENDING, _MODIFIED, _PR = (int(SecinfoFlags.PENDING), int(SecinfoFlags.MODIFIED),
+                            int(SecinfoFlags.PR))
+_EPC_PF_CODE = int(PfErrorCode.P | PfErrorCode.SGX)
+
+
+def epc_pf(address: int, reason: str, check: str = "") -> Fault:
     """#PF on an EPC operand (the leaf's "not EPC / EPCM invalid" cases)."""
-    return pf(address, int(PfErrorCode.P | PfErrorCode.SGX), reason)
+    return pf(address, _EPC_PF_CODE, reason, check)
 
 
 class Epc:
@@ -82,12 +96,15 @@ class Epc:
         return self.base <= address < self.end
 
     def entry(self, address: int, what: str = "page") -> EpcmEntry:
-        """The EPCM entry of a page-aligned EPC address (#GP / #PF otherwise)."""
+        """The EPCM entry of a page-aligned EPC address: #GP (check
+        "WHAT_alignment") or #PF ("WHAT_not_epc") otherwise."""
         if address % PAGE_SIZE:
-            raise gp(f"{what} {address:#x} is not page aligned")
+            raise gp(f"{what} {address:#x} is not page aligned", f"{_check(what)}_alignment")
         if not self.contains(address):
-            raise epc_pf(address, f"{what} {address:#x} is not in the EPC")
+            raise epc_pf(address, f"{what} {address:#x} is not in the EPC",
+                         f"{_check(what)}_not_epc")
         return self.entries[(address - self.base) // PAGE_SIZE]
 
-    def free_pages(self) -> int:
-        return sum(1 for e in self.entries if not e.valid)
+
+def _check(operand: str) -> str:
+    return operand.lower().replace(" ", "_")

@@ -7,23 +7,9 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from vsgx.arch.constants import PAGE_SIZE, Encls
 from vsgx.arch.errors import SgxError
 from vsgx.evm.epc import Epc
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets
-
-# Leaves whose informational codes set CF instead of ZF (SDM EBLOCK, EWB).
-_CF_CODES = {Encls.EBLOCK: {SgxError.BLKSTATE, SgxError.NOTBLOCKABLE, SgxError.PG_IS_SECS},
-             Encls.EWB: {SgxError.VA_SLOT_OCCUPIED}}
-
-
-def status_flags(leaf: int, code: SgxError) -> tuple[bool, bool]:
-    """(ZF, CF) after a leaf that reports ``code`` in RAX."""
-    if code is SgxError.SUCCESS:
-        return False, False
-    if code in _CF_CODES.get(leaf, ()):  # type: ignore[call-overload]
-        return False, True
-    return True, False
 
 
 @dataclass
@@ -38,6 +24,9 @@ class Machine:
     # One lock serialises leaf functions (they mutate EPCM and SECS state);
     # enclave code runs outside it.
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # The check behind the last error code a leaf returned (Fault.check is
+    # its twin for faults): what tests read to tell equal codes apart.
+    refusal: str = ""
 
     def __post_init__(self) -> None:
         self.epc = Epc(self.config.epc_base, self.config.epc_pages)
@@ -47,11 +36,7 @@ class Machine:
         self.next_eid += 1
         return eid
 
-    def new_version(self) -> int:
-        version = self.next_version
-        self.next_version += 1
-        return version
-
-    @property
-    def epc_size(self) -> int:
-        return self.config.epc_pages * PAGE_SIZE
+    def refuse(self, error: SgxError, check: str) -> SgxError:
+        """Return ``error`` from a leaf, recording which check refused."""
+        self.refusal = check
+        return error

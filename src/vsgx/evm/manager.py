@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from vsgx.arch.constants import PAGE_SIZE
 from vsgx.arch.cpuid import EpcSection
 from vsgx.arch.errors import Fault, SgxError
+from vsgx.arch.quote import QuoteStatus
 from vsgx.channel import (
     ChannelClosed,
     ChannelError,
@@ -50,14 +51,21 @@ from vsgx.channel import (
 )
 from vsgx.channel.messages import (
     HEADER_SIZE,
-    VERSION,
+    QE_REPORT_INFO_INPUT_SIZE,
+    QUOTE_FLAGS,
+    QUOTE_WANT_QE_REPORT,
+    QUOTE_WANT_SNP,
     Kind,
+    LaunchStatus,
+    LaunchTokenError,
     ProtocolError,
     body_length,
     decode,
     decode_pages,
     encode,
     encode_runs,
+    introduced_in,
+    negotiate,
 )
 from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
@@ -184,6 +192,7 @@ class Session:
         self.idle = threading.Condition()
         self.closed = False  # closing: no new entries; the slice is not free yet
         self._cleanup_started = False
+        self.version = 1  # the protocol version HELLO agreed on
         self.handlers: dict[Type, Callable[[Message], Message | None]] = {
             Type.HELLO: self._hello, Type.GET_CPUID: self._cpuid, Type.BYE: self._bye,
             Type.ECREATE: self._ecreate, Type.EADD: self._eadd, Type.EEXTEND: self._eextend,
@@ -194,6 +203,8 @@ class Session:
             Type.EDBGWR: self._edbgwr, Type.EENTER: self._eenter, Type.ERESUME: self._eresume,
             Type.KICK: self._kick, Type.SET_PAGE_PROTECTION: self._protect,
             Type.DESTROY: self._destroy,
+            Type.QE_TARGET_INFO: self._qe_target_info, Type.QE_QUOTE_SIZE: self._qe_quote_size,
+            Type.QUOTE: self._quote, Type.LAUNCH_TOKEN: self._launch_token,
         }
 
     # -- ownership -----------------------------------------------------------
@@ -233,6 +244,10 @@ class Session:
         handler = self.handlers.get(message.type)
         if handler is None:
             return error_reply(message, f"{message.type.name} is not a request to an EVM")
+        if introduced_in(message.type) > self.version:
+            return error_reply(message, f"{message.type.name} needs protocol version "
+                               f"{introduced_in(message.type)}; this session speaks "
+                               f"{self.version}")
         try:
             return handler(message)
         except Fault as fault:
@@ -250,10 +265,11 @@ class Session:
         return reply_to(message, Type.STATUS, (int(status), value))
 
     def _hello(self, message: Message) -> Message:
-        if message.fields[0] != VERSION:
-            return error_reply(message, f"protocol version {message.fields[0]} is not "
-                                        f"{VERSION}")
-        return reply_to(message, Type.HELLO, (VERSION,))
+        try:
+            self.version = negotiate(message.fields[0])
+        except ProtocolError as exc:
+            return error_reply(message, str(exc))
+        return reply_to(message, Type.HELLO, (self.version,))
 
     def _cpuid(self, message: Message) -> Message:
         cpuid = replace(self.vm.cpuid(), epc_sections=(self.epc,))
@@ -394,6 +410,74 @@ class Session:
         self.enclaves.discard(secs)
         return self._ok(m)
 
+    # -- the quoting and launch enclaves (sgx_qe_*, aesmd's GetLaunchToken) -------
+    def _qe_target_info(self, m: Message) -> Message:
+        from vsgx.crypto.quote import attestation_key_id
+        from vsgx.evm.quoting import QuotingError
+
+        qe = self.manager.quoting()
+        try:
+            key_id = attestation_key_id(qe.attestation_public_key)  # sets the QE up
+        except QuotingError as exc:
+            return reply_to(m, Type.TARGET_INFO, (int(exc.status),), str(exc).encode()[:2000])
+        except VsgxError as exc:
+            return reply_to(m, Type.TARGET_INFO, (int(QuoteStatus.ATT_KEY_NOT_INITIALIZED),),
+                            str(exc).encode()[:2000])
+        return reply_to(m, Type.TARGET_INFO, (int(QuoteStatus.SUCCESS),),
+                        qe.target_info() + key_id)
+
+    def _qe_quote_size(self, m: Message) -> Message:
+        from vsgx.evm.quoting import QuotingError
+
+        try:
+            size = self.manager.quoting().quote_size()
+        except QuotingError as exc:
+            return reply_to(m, Type.QUOTE_SIZE, (int(exc.status), 0), str(exc).encode()[:2000])
+        except VsgxError as exc:  # the QE's files (its directory, a key)
+            return reply_to(m, Type.QUOTE_SIZE, (int(QuoteStatus.UNEXPECTED), 0),
+                            str(exc).encode()[:2000])
+        return reply_to(m, Type.QUOTE_SIZE, (int(QuoteStatus.SUCCESS), size))
+
+    def _quote(self, m: Message) -> Message:
+        from vsgx.evm.quoting import QuotingError
+
+        flags, report = m.fields
+        if flags & ~QUOTE_FLAGS:
+            return self._quote_failed(m, QuoteStatus.INVALID_PARAMETER,
+                                      f"unknown QUOTE flags {flags & ~QUOTE_FLAGS:#x}")
+        want_qe_report = bool(flags & QUOTE_WANT_QE_REPORT)
+        expected = QE_REPORT_INFO_INPUT_SIZE if want_qe_report else 0
+        if len(m.blob) != expected:
+            return self._quote_failed(m, QuoteStatus.INVALID_PARAMETER,
+                                      f"QUOTE carries {len(m.blob)} bytes of QE report info, "
+                                      f"expected {expected}")
+        qe = self.manager.quoting()
+        try:
+            quote, qe_report = qe.quote_with_report(
+                report, m.blob[:16] if want_qe_report else None,
+                m.blob[16:] if want_qe_report else None)
+        except QuotingError as exc:
+            return self._quote_failed(m, exc.status, str(exc))
+        except VsgxError as exc:
+            return self._quote_failed(m, QuoteStatus.UNEXPECTED, str(exc))
+        snp_report = snp_certificates = b""
+        if flags & QUOTE_WANT_SNP:
+            snp_report, snp_certificates = self.manager.qe_snp_evidence()
+        parts = (quote, qe_report or b"", snp_report, snp_certificates)
+        return reply_to(m, Type.QUOTE_RESULT, (int(QuoteStatus.SUCCESS),
+                                               *(len(p) for p in parts)), b"".join(parts))
+
+    def _quote_failed(self, m: Message, status: QuoteStatus, text: str) -> Message:
+        return reply_to(m, Type.QUOTE_RESULT, (int(status), 0, 0, 0, 0), text.encode()[:2000])
+
+    def _launch_token(self, m: Message) -> Message:
+        mrenclave, modulus, attributes, xfrm = m.fields
+        try:
+            token = self.manager.launching().token(mrenclave, modulus, attributes, xfrm)
+        except LaunchTokenError as exc:
+            return reply_to(m, Type.TOKEN, (int(exc.status),), str(exc).encode()[:2000])
+        return reply_to(m, Type.TOKEN, (int(LaunchStatus.SUCCESS),), token)
+
     # -- the end of a session --------------------------------------------------
     def mark_closing(self) -> None:
         with self.idle:
@@ -492,6 +576,34 @@ class EnclaveManager:
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.stopped = threading.Event()
         self.sessions_served = 0
+        self.evidence_kind = evidence
+        self._snp_evidence: tuple[bytes, bytes] | None = None
+        self._snp_lock = threading.Lock()
+
+    # -- this EVM's quoting and launch enclaves -------------------------------
+    def quoting(self):  # type: ignore[no-untyped-def]
+        """The EVM's QE, keyed to its data directory (made on first use)."""
+        from vsgx.evm.quoting import quoting_enclave
+
+        return quoting_enclave(self.vm)
+
+    def launching(self):  # type: ignore[no-untyped-def]
+        """The EVM's launch enclave."""
+        from vsgx.evm.launch import launch_enclave
+
+        return launch_enclave(self.vm)
+
+    def qe_snp_evidence(self) -> tuple[bytes, bytes]:
+        """The SEV-SNP report binding the QE's attestation key and its
+        certificate table; empty where the EVM has no SNP evidence. Made
+        once: the key does not change while the EVM runs."""
+        if self.evidence_kind != "sev-snp":
+            return b"", b""
+        with self._snp_lock:
+            if self._snp_evidence is None:
+                evidence = self.quoting().snp_evidence()
+                self._snp_evidence = (evidence.report, evidence.certificates)
+            return self._snp_evidence
 
     def client_cap(self, family: str | None = None) -> int:
         """The most sessions one client identity may hold."""

@@ -49,12 +49,21 @@ nothing about the hardware; so the EVM's SNP report binds the attestation
 key too (REPORT_DATA = SHA-512("vsgx QE attestation key\\0" || x || y),
 ``snp_evidence``) and travels beside the quote: a verifier checks it with
 ``vsgx.crypto.quote.verify_quote_snp_binding`` up to AMD's ARK.
+
+The QE's own REPORT for the application (``sgx_ql_qe_report_info_t``, so
+that the application can check early that its quote came from this QE, as
+QE3 offers): the QE EREPORTs to the application's TARGETINFO with
+REPORTDATA = SHA-256(nonce || quote) || 32 zero bytes.
+
+Where the QE's files live: ``quoting_enclave(vm)`` uses the VM's data
+directory (``EnclaveVM.data_dir``), so an EVM started with ``--data-dir``
+keeps its attestation key and PCK chain there, beside its root secret.
 """
 
 from __future__ import annotations
 
 import datetime
-import hmac
+import hashlib
 import os
 import threading
 import weakref
@@ -69,6 +78,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vsgx.arch.constants import Attribute, KeyName, KeyPolicy
+from vsgx.arch.errors import SgxError
 from vsgx.arch.keyrequest import Keyrequest
 from vsgx.arch.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -92,10 +102,11 @@ from vsgx.arch.quote import (
     QuoteStatus,
     ReportBody,
 )
-from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, Report, Targetinfo
-from vsgx.crypto.cmac import aes_cmac
+from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, TARGETINFO_SIZE, Report, Targetinfo
+from vsgx.channel.evidence import Evidence, snp_evidence
+from vsgx.crypto.cmac import aes_cmac, report_mac, verify_report_mac
 from vsgx.crypto.collateral import Collateral, make_collateral
-from vsgx.crypto.keys import PKCS1_PADDING, KeyDependencies, derive_key
+from vsgx.crypto.keys import PKCS1_PADDING, derive_key
 from vsgx.crypto.pck import (
     PLATFORM_CA_NAME,
     TCB_SIGNING_NAME,
@@ -113,12 +124,15 @@ from vsgx.crypto.pck import (
 )
 from vsgx.crypto.quote import (
     P256_ORDER,
+    QuoteGenerationError,
     ecdsa_sign_raw,
     make_quote,
     qe_report_data,
     snp_report_data_for,
 )
 from vsgx.errors import StructureError, VsgxError
+from vsgx.evm import key_derivation
+from vsgx.evm.enclu import report_key_dependencies
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import data_dir
 
@@ -130,16 +144,13 @@ TCB_SIGNING_FILE, TCB_SIGNING_KEY_FILE = "tcb-signing.pem", "tcb-signing-key.pem
 PCK_FILE = "pck.pem"
 # The authentication data QE3 certifies with its key by default.
 QE_AUTH_DATA = bytes(range(QE_AUTH_DATA_SIZE))
+QE_REPORT_NONCE_SIZE = 16  # sgx_quote_nonce_t
 # Re-issue a stored certificate this long before it expires.
 _RENEW_BEFORE = datetime.timedelta(days=30)
 
 
-class QuotingError(VsgxError):
+class QuotingError(QuoteGenerationError):
     """The QE refuses a request; ``status`` is the quote3_error_t."""
-
-    def __init__(self, status: QuoteStatus, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ class EnclaveIdentity:
     cet_attributes: int = 0
     isvextprodid: bytes = bytes(16)
     isvfamilyid: bytes = bytes(16)
+    padding: bytes = PKCS1_PADDING  # what EINIT leaves in SECS.PADDING
 
     @classmethod
     def of_report(cls, report: Report | ReportBody) -> EnclaveIdentity:
@@ -182,41 +194,26 @@ PCE_IDENTITY = EnclaveIdentity(
     xfrm=VSGX_QE_XFRM, miscselect=0, isvprodid=VSGX_QE_ISVPRODID + 1, isvsvn=VSGX_PCE_ISVSVN)
 
 
-# -- EGETKEY as an enclave of a given identity executes it (enclu.egetkey) ------------
+# -- EGETKEY as an enclave of a given identity executes it ------------------------
+# The same key-derivation table as the leaf (vsgx.evm.key_derivation), read
+# for an identity instead of a live SECS: no second copy of the rules.
+def _egetkey(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
+    key = key_derivation.derive(machine, identity, request)  # type: ignore[arg-type]
+    if isinstance(key, SgxError):
+        raise VsgxError(f"EGETKEY for the {request.keyname} key refused it: {key.name}")
+    return key
+
+
 def report_key(machine: Machine, identity: EnclaveIdentity, keyid: bytes) -> bytes:
     """EGETKEY(REPORT_KEY) with KEYREQUEST.KEYID = ``keyid``."""
-    secrets = machine.secrets
-    deps = KeyDependencies(
-        keyname=KeyName.REPORT_KEY, attributes=identity.attributes, xfrm=identity.xfrm,
-        miscselect=identity.miscselect, ownerepoch=secrets.owner_epoch,
-        seal_key_fuses=secrets.seal_key_fuses, cpusvn=machine.config.cpusvn,
-        mrenclave=identity.mrenclave, configid=identity.configid,
-        configsvn=identity.configsvn, keyid=keyid, padding=PKCS1_PADDING,
-        cet_attributes=identity.cet_attributes)
-    return derive_key(secrets.derivation_key, deps)
+    return _egetkey(machine, identity, Keyrequest(keyname=KeyName.REPORT_KEY, keyid=keyid))
 
 
 def seal_key(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
     """EGETKEY(SEAL_KEY) without KSS policies (what QE3 asks for its QE_ID)."""
     if request.keypolicy & ~int(KeyPolicy.MRENCLAVE | KeyPolicy.MRSIGNER) or request.configsvn:
         raise VsgxError("this QE derives seal keys without KSS policies only")
-    if request.isvsvn > identity.isvsvn or any(
-            a > b for a, b in zip(request.cpusvn, machine.config.cpusvn, strict=True)):
-        raise VsgxError("the seal key request names a higher SVN than the platform's")
-    secrets, policy = machine.secrets, request.keypolicy
-    deps = KeyDependencies(
-        keyname=KeyName.SEAL_KEY, ownerepoch=secrets.owner_epoch,
-        seal_key_fuses=secrets.seal_key_fuses, padding=PKCS1_PADDING, cpusvn=request.cpusvn,
-        isvsvn=request.isvsvn, attributes=(request.attributemask | 0x3) & identity.attributes,
-        xfrm=request.xfrmmask & identity.xfrm,
-        miscselect=request.miscmask & identity.miscselect,
-        attributemask=request.attributemask, xfrmmask=request.xfrmmask,
-        miscmask=~request.miscmask & 0xFFFFFFFF, keyid=request.keyid, keypolicy=policy,
-        isvprodid=identity.isvprodid,
-        mrenclave=identity.mrenclave if policy & KeyPolicy.MRENCLAVE else bytes(32),
-        mrsigner=identity.mrsigner if policy & KeyPolicy.MRSIGNER else bytes(32),
-        cet_attributes_mask=request.cet_attributes_mask)
-    return derive_key(secrets.derivation_key, deps)
+    return _egetkey(machine, identity, request)
 
 
 def provision_key(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
@@ -224,15 +221,7 @@ def provision_key(machine: Machine, identity: EnclaveIdentity, request: Keyreque
     signer, the product and the SVNs, but not to the owner epoch."""
     if not identity.attributes & Attribute.PROVISIONKEY:
         raise VsgxError("only an enclave with PROVISIONKEY may derive the provisioning key")
-    deps = KeyDependencies(
-        keyname=KeyName.PROVISION_KEY, cpusvn=request.cpusvn, isvsvn=request.isvsvn,
-        attributes=(request.attributemask | 0x3) & identity.attributes,
-        xfrm=request.xfrmmask & identity.xfrm,
-        miscselect=request.miscmask & identity.miscselect,
-        attributemask=request.attributemask, xfrmmask=request.xfrmmask,
-        miscmask=~request.miscmask & 0xFFFFFFFF, mrsigner=identity.mrsigner,
-        isvprodid=identity.isvprodid, padding=PKCS1_PADDING, keyid=request.keyid)
-    return derive_key(machine.secrets.derivation_key, deps)
+    return _egetkey(machine, identity, request)
 
 
 def qe_id(machine: Machine) -> bytes:
@@ -374,6 +363,49 @@ class QuotingEnclave:
     def quote(self, report: bytes) -> bytes:
         """sgx_qe_get_quote: a v3 quote of ``report`` (a REPORT targeted at
         this QE); QuotingError(INVALID_REPORT) if its MAC does not verify."""
+        return self.quote_with_report(report)[0]
+
+    def quote_with_report(self, report: bytes, nonce: bytes | None = None,
+                          app_target_info: bytes | None = None) -> tuple[bytes, bytes | None]:
+        """sgx_qe_get_quote with an sgx_ql_qe_report_info_t: the quote, and,
+        when ``nonce`` and ``app_target_info`` are given, the QE's REPORT for
+        that target with REPORTDATA = SHA-256(nonce || quote) || 0*32."""
+        if (nonce is None) != (app_target_info is None):
+            raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                               "the QE report info needs both a nonce and a TARGETINFO")
+        target = None
+        if app_target_info is not None:
+            assert nonce is not None
+            if len(nonce) != QE_REPORT_NONCE_SIZE or len(app_target_info) != TARGETINFO_SIZE:
+                raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                                   f"the QE report info is a {QE_REPORT_NONCE_SIZE}-byte nonce "
+                                   f"and a {TARGETINFO_SIZE}-byte TARGETINFO")
+            try:
+                target = Targetinfo.unpack(app_target_info)
+            except StructureError as exc:
+                raise QuotingError(QuoteStatus.INVALID_PARAMETER,
+                                   f"the application's TARGETINFO is malformed: {exc}") from None
+        quote = self._quote(report)
+        if target is None:
+            return quote, None
+        assert nonce is not None
+        return quote, self._report_for(target, hashlib.sha256(nonce + quote).digest()
+                                       + bytes(32))
+
+    def _report_for(self, target: Targetinfo, reportdata: bytes) -> bytes:
+        """EREPORT by the QE (its identity, this platform) for ``target``."""
+        machine = self.machine
+        keyid = machine.secrets.report_keyid
+        body = Report(cpusvn=machine.config.cpusvn, miscselect=QE_IDENTITY.miscselect,
+                      attributes=QE_IDENTITY.attributes, xfrm=QE_IDENTITY.xfrm,
+                      mrenclave=QE_IDENTITY.mrenclave, mrsigner=QE_IDENTITY.mrsigner,
+                      isvprodid=QE_IDENTITY.isvprodid, isvsvn=QE_IDENTITY.isvsvn,
+                      reportdata=reportdata, keyid=keyid).pack()[:REPORT_BODY_SIZE]
+        key = derive_key(machine.secrets.derivation_key,
+                         report_key_dependencies(machine, target, keyid))
+        return body + keyid + report_mac(key, body)
+
+    def _quote(self, report: bytes) -> bytes:
         body = self.verify_report(report)
         self._setup()
         header = QuoteHeader(version=QUOTE_VERSION, att_key_type=ATT_KEY_TYPE_ECDSA_P256,
@@ -396,7 +428,7 @@ class QuotingEnclave:
                                ) from None
         key = report_key(self.machine, QE_IDENTITY, parsed.keyid)
         body = bytes(report[:REPORT_BODY_SIZE])
-        if not hmac.compare_digest(aes_cmac(key, body), parsed.mac):
+        if not verify_report_mac(key, body, parsed.mac):
             raise QuotingError(QuoteStatus.INVALID_REPORT,
                                "the report's MAC does not verify: it was not made for this QE "
                                "on this platform, or it was altered")
@@ -428,12 +460,12 @@ class QuotingEnclave:
         """What the EVM's SEV-SNP report must hold to bind the attestation key."""
         return snp_report_data_for(self.attestation_public_key)
 
-    def snp_evidence(self) -> bytes:
-        """The EVM's SEV-SNP report binding the attestation key (SNP_GET_REPORT
-        on /dev/sev-guest); an error where this is not an SEV-SNP guest."""
-        from vsgx.channel.evidence import snp_report
-
-        return snp_report(self.snp_report_data)
+    def snp_evidence(self) -> Evidence:
+        """The EVM's SEV-SNP evidence binding the attestation key: the report
+        and, where the guest's kernel and host provide it, the certificate
+        table of the extended report (``vsgx.channel.evidence.snp_evidence``);
+        an error where this is not an SEV-SNP guest."""
+        return snp_evidence(self.snp_report_data)
 
     def collateral(self, now: datetime.datetime | None = None, days: int = 30) -> Collateral:
         """TCB info, QE identity and CRLs for this platform, signed under its root."""
@@ -578,10 +610,13 @@ _REGISTRY_LOCK = threading.Lock()
 def quoting_enclave(vm: Any, directory: str | Path | None = None, *,
                     root_ca: Issuer | None = None) -> QuotingEnclave:
     """The QE of an EnclaveVM: one per VM, made on the first call (which
-    decides its directory and root CA; later calls may repeat them)."""
+    decides its directory and root CA; later calls may repeat them). The
+    directory defaults to the VM's data directory's ``attestation``."""
     with _REGISTRY_LOCK:
         qe = _QUOTING_ENCLAVES.get(vm)
         if qe is None:
+            if directory is None and getattr(vm, "data_dir", None) is not None:
+                directory = Path(vm.data_dir) / ATTESTATION_DIR
             qe = QuotingEnclave(vm.machine, directory, root_ca=root_ca)
             _QUOTING_ENCLAVES[vm] = qe
         elif (directory is not None and Path(directory) != qe.directory) or (

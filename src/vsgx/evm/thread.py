@@ -38,7 +38,9 @@ from vsgx.arch.constants import (
     Vector,
 )
 from vsgx.arch.errors import Fault, SgxError, gp
-from vsgx.arch.ssa import exitinfo, xsave_size
+from vsgx.arch.layout import fields_of
+from vsgx.arch.ssa import Exinfo, Gprsgx, exitinfo, xsave_size
+from vsgx.arch.tcs import Tcs
 from vsgx.errors import VsgxError
 from vsgx.evm import enclu
 from vsgx.evm.enclave import EnclaveState
@@ -69,16 +71,19 @@ from vsgx.evm.runner.layout import (
     REQ_EENTER,
 )
 
-_TCS = struct.Struct("<QQQIIQQQQ")  # STATE, FLAGS, OSSA, CSSA, NSSA, OENTRY, AEP, OFS, OGS
-_TCS_STATE, _TCS_CSSA, _TCS_AEP = 0, 24, 40
-_STATE = struct.Struct("<Q")
-_CSSA = struct.Struct("<I")
-_URSP_URBP = struct.Struct("<QQ")
+# Precompiled views of the arch tables (vsgx.arch.layout.fields_of).
+_TCS = fields_of(Tcs, "state", "flags", "ossa", "cssa", "nssa", "oentry", "aep", "ofsbase",
+                 "ogsbase")
+_CSSA = fields_of(Tcs, "cssa")
+_TCS_CSSA = _CSSA.offset
+_URSP_URBP = fields_of(Gprsgx, "ursp", "urbp")
 _INIT = int(Attribute.INIT)
 _AEXNOTIFY = int(Attribute.AEXNOTIFY)
-_GPRS = struct.Struct("<20Q")  # RAX..R15, RFLAGS, RIP, URSP, URBP
-_FSGS = struct.Struct("<QQ")
-_EXINFO = struct.Struct("<QI4x")
+_EXIT_FSGS = fields_of(Gprsgx, "exitinfo", "aexnotify", "fsbase", "gsbase")
+# RAX..R15, RFLAGS, RIP, URSP, URBP: the GPRSGX fields before EXITINFO
+_GPRS = fields_of(Gprsgx, *(f.name for f in Gprsgx.FIELDS if f.offset < _EXIT_FSGS.offset))
+_FSGS = fields_of(Gprsgx, "fsbase", "gsbase")
+_EXINFO = fields_of(Exinfo, "maddr", "errcd", whole=True)
 _U64 = (1 << 64) - 1
 _CANONICAL = 1 << 47
 _NONCANONICAL_END = (1 << 64) - _CANONICAL
@@ -237,7 +242,8 @@ class EnclaveThread:
             if self._busy():
                 raise gp("the TCS is busy")
             _URSP_URBP.pack_into(view, frame - encl.base + encl.ssaframesize * PAGE_SIZE
-                                 - SSA_GPRSGX_SIZE + 144, registers[RSP], registers[RBP])
+                                 - SSA_GPRSGX_SIZE + _URSP_URBP.offset, registers[RSP],
+                                 registers[RBP])
             self.active = True
             encl.inside[self.tcs] = encl.epoch
             self.entry_fsgs = (registers[FSBASE], registers[GSBASE])
@@ -291,7 +297,7 @@ class EnclaveThread:
             if xstate_bv & ~encl.xfrm or any(area[520:536]):
                 raise gp("the SSA's XSAVE header is invalid")
             saved = list(_GPRS.unpack_from(view, size - SSA_GPRSGX_SIZE))
-            fsbase, gsbase = _FSGS.unpack_from(view, size - SSA_GPRSGX_SIZE + 168)
+            fsbase, gsbase = _FSGS.unpack_from(view, size - SSA_GPRSGX_SIZE + _FSGS.offset)
             if not _canonical(saved[RIP]) or not _canonical(fsbase) or not _canonical(gsbase):
                 raise gp("the SSA holds a non-canonical RIP or FS/GS base")
             aep = registers[RCX]
@@ -503,12 +509,12 @@ class EnclaveThread:
         interrupt = stop.kind is StopKind.INTERRUPTED
         with m.lock:
             view = encl.page_view(self.tcs)
-            cssa = struct.unpack_from("<I", view, _TCS_CSSA)[0]
+            cssa = _CSSA.unpack_from(view, _TCS_CSSA)[0]
             size = encl.ssaframesize * PAGE_SIZE
             base = frame - encl.base
             memory = encl.memory.view  # type: ignore[union-attr]
             gpr_at = base + size - SSA_GPRSGX_SIZE
-            ursp, urbp = struct.unpack_from("<QQ", memory, gpr_at + 144)
+            ursp, urbp = _URSP_URBP.unpack_from(memory, gpr_at + _URSP_URBP.offset)
             saved = regs[:18]
             vector = Vector(stop.vector)
             if not interrupt and stop.exit_type is ExitType.HARDWARE and vector != Vector.BP:
@@ -517,7 +523,7 @@ class EnclaveThread:
                 vector in EXITINFO_WITH_EXINFO and bool(encl.miscselect & MiscSelect.EXINFO)))
             info = exitinfo(vector, stop.exit_type) if report else 0
             _GPRS.pack_into(memory, gpr_at, *saved, ursp, urbp)
-            struct.pack_into("<I4xQQ", memory, gpr_at + 160, info, regs[FSBASE],
+            _EXIT_FSGS.pack_into(memory, gpr_at + _EXIT_FSGS.offset, info, 0, regs[FSBASE],
                              regs[GSBASE])
             if report and vector in EXITINFO_WITH_EXINFO:
                 _EXINFO.pack_into(memory, gpr_at - SSA_EXINFO_SIZE,

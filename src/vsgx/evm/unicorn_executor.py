@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from typing import Any
 
 from unicorn import (
@@ -58,6 +59,8 @@ _REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
 _ACCESS = {19: READ, 20: WRITE, 21: FETCH, 22: WRITE, 23: READ, 24: FETCH}
 _FAULT_VECTORS = {0, 1, 4, 5, 7, 13, 16, 17, 19}
 _CPU_MODEL = x86.UC_CPU_X86_SKYLAKE_SERVER
+INTERRUPT_RETRY_SECONDS = 0.01
+INTERRUPT_RETRIES = 500  # five seconds of asking
 # ELRANGE is mapped in chunks of this size, or as one chunk when smaller
 # (ELRANGE is aligned to its size, a power of two)
 _CHUNK = 512 * PAGE_SIZE
@@ -379,12 +382,16 @@ class UnicornExecutor:
             self.shared_source = (untrusted, getattr(untrusted, "generation", -1))
         self.untrusted = untrusted
         self.event = None
-        self.stop_requested = False
         start, self._start = self._start, -1
         if start < 0:
             start = self._read_rip()
         last_retry = None
         while True:
+            if self.stop_requested or self.interrupt_requested:
+                # Asked before the engine (re)started: uc_emu_stop is lost on
+                # an engine that is not running, so never start it.
+                status = 0
+                break
             status = uclib.uc_emu_start(self.handle, start, 0, 0, 0)
             retry, self.retry = self.retry, None
             if retry is None:
@@ -415,9 +422,10 @@ class UnicornExecutor:
                 return Stop(StopKind.ENCLU, registers)
             return Stop(StopKind.EXCEPTION, registers, Vector.UD)
         if status == 0 and self.interrupt_requested:
-            self.interrupt_requested = False
+            self.interrupt_requested = self.stop_requested = False
             return Stop(StopKind.INTERRUPTED, registers)
         if status == 0 and self.stop_requested:
+            self.stop_requested = False
             return Stop(StopKind.PREEMPTED, registers)
         # HLT (or another privileged stop) in user mode is #GP(0).
         if status == 0:
@@ -429,6 +437,18 @@ class UnicornExecutor:
             self.interrupt_requested = True
         self.stop_requested = True
         uclib.uc_emu_stop(self.handle)
+        if interrupt:
+            # An IPI always causes an AEX; a request that lands just before
+            # the engine starts would be lost, so ask again until it is taken.
+            self._reassert_interrupt(INTERRUPT_RETRIES)
+
+    def _reassert_interrupt(self, tries: int) -> None:
+        if not self.interrupt_requested or self.closed or tries <= 0:
+            return
+        uclib.uc_emu_stop(self.handle)
+        timer = threading.Timer(INTERRUPT_RETRY_SECONDS, self._reassert_interrupt, (tries - 1,))
+        timer.daemon = True
+        timer.start()
 
     # extended state ------------------------------------------------------
     def xsave(self) -> bytes:

@@ -57,9 +57,14 @@ class EnclaveVM:
 
     def __init__(self, config: PlatformConfig | None = None, *, root_secret: bytes | None = None,
                  secret_path: Path | None = None,
-                 executor: ExecutorFactory | str | None = None):
+                 executor: ExecutorFactory | str | None = None,
+                 data_dir: Path | None = None):
         config = config or PlatformConfig()
         secret = root_secret if root_secret is not None else load_root_secret(secret_path)
+        # Where this platform's files live (its QE's keys and certificates):
+        # given, or beside the root secret, or the user's data directory.
+        self.data_dir = Path(data_dir) if data_dir is not None else (
+            Path(secret_path).parent if secret_path is not None else None)
         self.machine = Machine(config, PlatformSecrets(secret))
         if executor is None or isinstance(executor, str):
             executor = executor_factory(self.machine, executor)

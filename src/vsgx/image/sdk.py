@@ -268,9 +268,9 @@ def sdk_plan(elf: ElfImage, meta: MetadataCopy | None = None) -> BuildPlan:
     ecreate = Ecreate(size=size, ssaframesize=h.ssa_frame_size,
                       miscselect=meta.sigstruct.miscselect, attributes=h.attributes,
                       xfrm=h.xfrm)
-    symbols = {name: elf.symbols[name] for name in ("enclave_entry", "g_global_data",
-                                                      "g_vsgx_global_data")
-               if name in elf.symbols}
+    wanted = ("enclave_entry", "g_global_data", "g_vsgx_global_data")
+    symbols: dict[str, int] = {name: elf.symbols[name] for name in wanted
+                               if name in elf.symbols}
     details: dict[str, object] = {
         "metadata_version": meta.version_text,
         "metadata_versions": [c.version_text for c in copies],

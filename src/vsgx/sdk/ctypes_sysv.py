@@ -276,9 +276,9 @@ def ms_layout(function: Function, types: TypeSystem) -> MsLayout:
     fields = []
     offset = 0
     struct_align = 1
-    for name, size, align, fmt, param in members:
+    for name, size, align, fmt, member in members:
         offset = _round(offset, align)
-        fields.append(Field(name, offset, size, fmt, param))
+        fields.append(Field(name, offset, size, fmt, member))
         offset += size
         struct_align = max(struct_align, align)
     return MsLayout(tuple(fields), _round(offset, struct_align))

@@ -40,8 +40,9 @@ def _bits(*positions: int) -> int:
     return sum(1 << p for p in positions)
 
 
-def _text_registers(text: bytes) -> tuple[int, ...]:
-    return struct.unpack("<4I", text.ljust(16, b"\0")[:16])
+def _text_registers(text: bytes) -> tuple[int, int, int, int]:
+    eax, ebx, ecx, edx = struct.unpack("<4I", text.ljust(16, b"\0")[:16])
+    return eax, ebx, ecx, edx
 
 
 # leaf 0: highest leaf 0x14, "GenuineIntel" in EBX, EDX, ECX (the SDK's

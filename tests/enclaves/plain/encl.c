@@ -21,22 +21,6 @@ static volatile uint64_t encl_flag;
 /* A secret that exists only inside the enclave (the canary of the tests). */
 static uint8_t encl_secret[4096] __attribute__((aligned(4096)));
 
-struct gprsgx {
-    uint64_t rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi;
-    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
-    uint64_t rflags, rip, ursp, urbp;
-    uint32_t exitinfo;
-    uint8_t reserved[3];
-    uint8_t aexnotify;
-    uint64_t fsbase, gsbase;
-};
-
-struct exinfo {
-    uint64_t maddr;
-    uint32_t errcd;
-    uint32_t reserved;
-};
-
 static struct gprsgx *ssa_gprs(uint64_t tcs, uint64_t frame)
 {
     uint64_t index = (tcs - (uint64_t)__encl_base) / 4096;
@@ -140,13 +124,14 @@ void encl_body(uint64_t *op, uint64_t cssa, uint64_t tcs)
         break;
     }
     case OP_INIT_TCS_PAGE: {
-        uint64_t *tcs_page = (uint64_t *)op[1];
-        for (int i = 0; i < 512; i++)
-            tcs_page[i] = 0;
-        tcs_page[2] = op[2];           /* OSSA */
-        tcs_page[3] = 1ull << 32;      /* CSSA 0, NSSA 1 */
-        tcs_page[4] = op[3];           /* OENTRY */
-        tcs_page[8] = 0xFFFFFFFFFFFFFFFFull; /* FSLIMIT, GSLIMIT */
+        volatile struct encl_tcs *tcs_page = (struct encl_tcs *)op[1];
+        volatile uint64_t *words = (volatile uint64_t *)op[1];
+        for (size_t i = 0; i < sizeof(struct encl_tcs) / 8; i++)
+            words[i] = 0;
+        tcs_page->ossa = op[2];
+        tcs_page->nssa = 1;
+        tcs_page->oentry = op[3];
+        tcs_page->fslimit = tcs_page->gslimit = 0xFFFFFFFF;
         break;
     }
     case OP_DIVIDE:

@@ -46,6 +46,40 @@ enum encl_op {
     OP_MAX
 };
 
+/* SGX structures this enclave reads and writes (SDM "Thread Control
+   Structure (TCS)", "State Save Area (SSA) Frame"); tests/test_c_layouts.py
+   checks them against vsgx.arch's tables. */
+struct encl_tcs {
+    uint64_t state;
+    uint64_t flags;
+    uint64_t ossa;
+    uint32_t cssa;
+    uint32_t nssa;
+    uint64_t oentry;
+    uint64_t aep;
+    uint64_t ofsbase;
+    uint64_t ogsbase;
+    uint32_t fslimit;
+    uint32_t gslimit;
+    uint8_t reserved[4024];
+};
+
+struct gprsgx {
+    uint64_t rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rflags, rip, ursp, urbp;
+    uint32_t exitinfo;
+    uint8_t reserved[3];
+    uint8_t aexnotify;
+    uint64_t fsbase, gsbase;
+};
+
+struct exinfo {
+    uint64_t maddr;
+    uint32_t errcd;
+    uint32_t reserved;
+};
+
 enum exception_action {
     FIX_NONE = 0,
     FIX_SET_RAX = 1,        /* SSA.RAX = value */

@@ -36,6 +36,25 @@ typedef struct { int ms_retval; const uint8_t *ms_report; } ms_ecall_verify_repo
 typedef struct { int ms_retval; int ms_kind; } ms_ecall_fault_t, ms_ecall_call_back_t,
     ms_ecall_private_t;
 typedef struct { int ms_retval; uint32_t ms_leaf; uint32_t *ms_regs; } ms_ecall_cpuid_t;
+typedef struct {
+    sgx_status_t ms_retval;
+    const sgx_target_info_t *ms_qe_target_info;
+    sgx_report_t *ms_report;
+    uint8_t *ms_public_key;
+} ms_ecall_ra_begin_t;
+typedef struct {
+    sgx_status_t ms_retval;
+    const uint8_t *ms_peer_public_key;
+    const uint8_t *ms_nonce;
+    const uint8_t *ms_ciphertext;
+    size_t ms_length;
+    const uint8_t *ms_tag;
+} ms_ecall_ra_provision_t;
+typedef struct {
+    sgx_status_t ms_retval;
+    const uint8_t *ms_challenge;
+    uint8_t *ms_mac;
+} ms_ecall_ra_use_t;
 
 typedef struct { const char *ms_text; } ms_ocall_print_t;
 typedef struct { int ms_retval; int ms_x; } ms_ocall_call_back_t;
@@ -262,7 +281,81 @@ static sgx_status_t sgx_ecall_spawn(void *pms)
     return SGX_SUCCESS;
 }
 
-#define NR_ECALL 16
+static sgx_status_t sgx_ecall_ra_begin(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_ecall_ra_begin_t));
+    ms_ecall_ra_begin_t ms = *(ms_ecall_ra_begin_t *)pms;
+    void *target = 0, *report = 0, *public_key = 0;
+    CHECK_UNIQUE_POINTER(ms.ms_qe_target_info, sizeof(sgx_target_info_t));
+    CHECK_UNIQUE_POINTER(ms.ms_report, sizeof(sgx_report_t));
+    CHECK_UNIQUE_POINTER(ms.ms_public_key, 32);
+    sgx_status_t status = copy_in(ms.ms_qe_target_info, sizeof(sgx_target_info_t), &target);
+    if (!status)
+        status = out_buffer(ms.ms_report, sizeof(sgx_report_t), &report);
+    if (!status)
+        status = out_buffer(ms.ms_public_key, 32, &public_key);
+    if (!status) {
+        ((ms_ecall_ra_begin_t *)pms)->ms_retval = ecall_ra_begin(target, report, public_key);
+        if (report)
+            memcpy(ms.ms_report, report, sizeof(sgx_report_t));
+        if (public_key)
+            memcpy(ms.ms_public_key, public_key, 32);
+    }
+    free(target);
+    free(report);
+    free(public_key);
+    return status;
+}
+
+static sgx_status_t sgx_ecall_ra_provision(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_ecall_ra_provision_t));
+    ms_ecall_ra_provision_t ms = *(ms_ecall_ra_provision_t *)pms;
+    void *peer = 0, *nonce = 0, *ciphertext = 0, *tag = 0;
+    if (ms.ms_length > (1 << 20))
+        return SGX_ERROR_INVALID_PARAMETER;
+    CHECK_UNIQUE_POINTER(ms.ms_peer_public_key, 32);
+    CHECK_UNIQUE_POINTER(ms.ms_nonce, 16);
+    CHECK_UNIQUE_POINTER(ms.ms_ciphertext, ms.ms_length);
+    CHECK_UNIQUE_POINTER(ms.ms_tag, 16);
+    sgx_status_t status = copy_in(ms.ms_peer_public_key, 32, &peer);
+    if (!status)
+        status = copy_in(ms.ms_nonce, 16, &nonce);
+    if (!status)
+        status = copy_in(ms.ms_ciphertext, ms.ms_length, &ciphertext);
+    if (!status)
+        status = copy_in(ms.ms_tag, 16, &tag);
+    if (!status)
+        ((ms_ecall_ra_provision_t *)pms)->ms_retval =
+            ecall_ra_provision(peer, nonce, ciphertext, ms.ms_length, tag);
+    free(peer);
+    free(nonce);
+    free(ciphertext);
+    free(tag);
+    return status;
+}
+
+static sgx_status_t sgx_ecall_ra_use(void *pms)
+{
+    CHECK_REF_POINTER(pms, sizeof(ms_ecall_ra_use_t));
+    ms_ecall_ra_use_t ms = *(ms_ecall_ra_use_t *)pms;
+    void *challenge = 0, *mac = 0;
+    CHECK_UNIQUE_POINTER(ms.ms_challenge, 32);
+    CHECK_UNIQUE_POINTER(ms.ms_mac, 32);
+    sgx_status_t status = copy_in(ms.ms_challenge, 32, &challenge);
+    if (!status)
+        status = out_buffer(ms.ms_mac, 32, &mac);
+    if (!status) {
+        ((ms_ecall_ra_use_t *)pms)->ms_retval = ecall_ra_use(challenge, mac);
+        if (mac)
+            memcpy(ms.ms_mac, mac, 32);
+    }
+    free(challenge);
+    free(mac);
+    return status;
+}
+
+#define NR_ECALL 19
 #define NR_OCALL 11
 
 const struct {
@@ -287,6 +380,9 @@ const struct {
         {(const void *)sgx_ecall_wait_event, 0, 0},
         {(const void *)sgx_ecall_wake_event, 0, 0},
         {(const void *)sgx_ecall_spawn, 0, 0},
+        {(const void *)sgx_ecall_ra_begin, 0, 0},
+        {(const void *)sgx_ecall_ra_provision, 0, 0},
+        {(const void *)sgx_ecall_ra_use, 0, 0},
     },
 };
 

@@ -9,6 +9,15 @@
 void *malloc(size_t size);
 void free(void *p);
 
+/* The SDK types the EDL passes (sgx_report.h), by size: the runtime's own
+   struct sgx_report and sgx_targetinfo carry EREPORT's 512-byte alignment. */
+typedef struct {
+    uint8_t bytes[512];
+} sgx_target_info_t;
+typedef struct {
+    uint8_t bytes[432];
+} sgx_report_t;
+
 int ecall_hello(const char *name);
 int ecall_add(int a, int b);
 void ecall_nop(void);
@@ -25,6 +34,11 @@ int ecall_private(int x);
 int ecall_wait_event(void);
 int ecall_wake_event(int how);
 int ecall_spawn(int jobs);
+sgx_status_t ecall_ra_begin(const sgx_target_info_t *qe_target_info, sgx_report_t *report,
+                            uint8_t *public_key);
+sgx_status_t ecall_ra_provision(const uint8_t *peer_public_key, const uint8_t *nonce,
+                                const uint8_t *ciphertext, size_t length, const uint8_t *tag);
+sgx_status_t ecall_ra_use(const uint8_t *challenge, uint8_t *mac);
 
 sgx_status_t ocall_print(const char *text);
 sgx_status_t ocall_nop(void);

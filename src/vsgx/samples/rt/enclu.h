@@ -69,5 +69,8 @@ struct sgx_targetinfo {
 #define SGX_REPORT_BODY_MRSIGNER 128
 #define SGX_REPORT_BODY_ATTRIBUTES 48
 #define SGX_REPORT_BODY_REPORTDATA 320
+/* REPORT is 432 bytes; aligned(512) pads the C struct to 512, so copies
+   to and from callers' buffers use this size, not sizeof. */
+#define SGX_REPORT_SIZE 432
 
 #endif

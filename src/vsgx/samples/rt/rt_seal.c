@@ -34,7 +34,7 @@ sgx_status_t vsgx_create_report(const struct sgx_targetinfo *target, const uint8
     else
         memset(d, 0, 64);
     enclu(ENCLU_EREPORT, (uint64_t)&t, (uint64_t)d, (uint64_t)&r);
-    memcpy(report, &r, sizeof(r));
+    memcpy(report, &r, SGX_REPORT_SIZE);
     return SGX_SUCCESS;
 }
 
@@ -55,7 +55,7 @@ sgx_status_t vsgx_verify_report(const struct sgx_report *report)
     struct sgx_report r;
     uint8_t key[16] __attribute__((aligned(16)));
     uint8_t mac[16];
-    memcpy(&r, report, sizeof(r));
+    memcpy(&r, report, SGX_REPORT_SIZE);
     memset(&request, 0, sizeof(request));
     request.keyname = SGX_KEYNAME_REPORT;
     memcpy(request.keyid, r.keyid, 32);

@@ -48,29 +48,63 @@ static void compress(uint32_t h[8], const uint8_t block[64])
     h[7] += k;
 }
 
+void sha256_init(struct sha256_ctx *ctx)
+{
+    static const uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    for (int i = 0; i < 8; i++)
+        ctx->h[i] = initial[i];
+    ctx->length = 0;
+}
+
+void sha256_update(struct sha256_ctx *ctx, const void *data, size_t length)
+{
+    const uint8_t *p = data;
+    size_t fill = (size_t)(ctx->length % 64);
+    ctx->length += length;
+    if (fill) {
+        while (fill < 64 && length) {
+            ctx->block[fill++] = *p++;
+            length--;
+        }
+        if (fill < 64)
+            return;
+        compress(ctx->h, ctx->block);
+    }
+    for (; length >= 64; p += 64, length -= 64)
+        compress(ctx->h, p);
+    for (size_t i = 0; i < length; i++)
+        ctx->block[i] = p[i];
+}
+
+void sha256_final(struct sha256_ctx *ctx, uint8_t digest[32])
+{
+    uint64_t bits = ctx->length * 8;
+    size_t fill = (size_t)(ctx->length % 64);
+    ctx->block[fill++] = 0x80;
+    if (fill > 56) {
+        while (fill < 64)
+            ctx->block[fill++] = 0;
+        compress(ctx->h, ctx->block);
+        fill = 0;
+    }
+    while (fill < 56)
+        ctx->block[fill++] = 0;
+    for (int i = 0; i < 8; i++)
+        ctx->block[63 - i] = (uint8_t)(bits >> (8 * i));
+    compress(ctx->h, ctx->block);
+    for (int i = 0; i < 8; i++) {
+        digest[4 * i] = (uint8_t)(ctx->h[i] >> 24);
+        digest[4 * i + 1] = (uint8_t)(ctx->h[i] >> 16);
+        digest[4 * i + 2] = (uint8_t)(ctx->h[i] >> 8);
+        digest[4 * i + 3] = (uint8_t)ctx->h[i];
+    }
+}
+
 void sha256(const void *data, size_t length, uint8_t digest[32])
 {
-    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    const uint8_t *p = data;
-    size_t full = length / 64;
-    for (size_t i = 0; i < full; i++)
-        compress(h, p + 64 * i);
-    uint8_t tail[128] = {0};
-    size_t rest = length - 64 * full;
-    for (size_t i = 0; i < rest; i++)
-        tail[i] = p[64 * full + i];
-    tail[rest] = 0x80;
-    size_t blocks = rest + 9 > 64 ? 2 : 1;
-    uint64_t bits = (uint64_t)length * 8;
-    for (int i = 0; i < 8; i++)
-        tail[64 * blocks - 1 - i] = (uint8_t)(bits >> (8 * i));
-    for (size_t i = 0; i < blocks; i++)
-        compress(h, tail + 64 * i);
-    for (int i = 0; i < 8; i++) {
-        digest[4 * i] = (uint8_t)(h[i] >> 24);
-        digest[4 * i + 1] = (uint8_t)(h[i] >> 16);
-        digest[4 * i + 2] = (uint8_t)(h[i] >> 8);
-        digest[4 * i + 3] = (uint8_t)h[i];
-    }
+    struct sha256_ctx ctx;
+    sha256_init(&ctx);
+    sha256_update(&ctx, data, length);
+    sha256_final(&ctx, digest);
 }

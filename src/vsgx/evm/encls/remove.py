@@ -1,0 +1,54 @@
+"""Removing pages (SDM EREMOVE, "Remove a page from the EPC"): a child page
+leaves its enclave, a VA page is freed, and the SECS goes last, taking the
+enclave's memory and executors with it."""
+
+from __future__ import annotations
+
+from vsgx.arch.constants import PageType
+from vsgx.arch.errors import SgxError
+from vsgx.evm.enclave import EnclaveState
+from vsgx.evm.encls.operands import detach
+from vsgx.evm.machine import Machine
+
+
+def eremove(m: Machine, epc_page: int) -> SgxError:
+    entry = m.epc.entry(epc_page)
+    if not entry.valid:
+        return SgxError.SUCCESS
+    if entry.pt == PageType.VA:
+        m.epc.va_slots.pop(epc_page, None)
+        entry.clear()
+        return SgxError.SUCCESS
+    if entry.pt == PageType.SECS:
+        encl = m.epc.secs[epc_page]
+        if encl.child_count:
+            return m.refuse(SgxError.CHILD_PRESENT, "child_present")
+        destroy_enclave(encl)
+        del m.epc.secs[epc_page]
+        entry.clear()
+        return SgxError.SUCCESS
+    owner = entry.enclave
+    assert owner is not None
+    if entry.pt == PageType.TRIM and not entry.modified:
+        detach(owner, entry)
+        return SgxError.SUCCESS
+    if owner.inside:
+        return m.refuse(SgxError.ENCLAVE_ACT, "enclave_active")
+    thread = owner.threads.pop(entry.linaddr, None)
+    if thread is not None:
+        thread.close()  # type: ignore[attr-defined]
+    detach(owner, entry)
+    return SgxError.SUCCESS
+
+
+def destroy_enclave(encl: EnclaveState) -> None:
+    """Release an enclave's executors and memory (when its SECS goes)."""
+    encl.deferred.clear()
+    for thread in list(encl.threads.values()):
+        close = getattr(thread, "close", None)
+        if close is not None:
+            close()
+    encl.threads.clear()
+    if encl.memory is not None:
+        encl.memory.close()
+        encl.memory = None
