@@ -714,13 +714,16 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
             return;
         vsgx_enter();
     }
+    /* Before anything resumes: a stop outside ELRANGE is enclave code
+       running runner code (a jump there), which the EVM makes #GP(0); an
+       alarm that resumed it would leave it there for good. */
+    uint64_t rip = MC(uc, MC_RIP);
+    if (!in_elrange(rip))
+        return;
     if (sig == SIGALRM || (sig == SIGUSR1 && !interrupt))
         resume_from_frame(uc);
     if (sig == SIGUSR1)
         return;
-    uint64_t rip = MC(uc, MC_RIP);
-    if (!in_elrange(rip))
-        return; /* enclave code ran runner code: the EVM makes it #GP(0) */
     if (sig == SIGILL) {
         const uint8_t *code = (const uint8_t *)rip;
         if (f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
