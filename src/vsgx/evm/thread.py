@@ -214,7 +214,19 @@ class EnclaveThread:
                 self._lost()
                 raise
             if outcome == _FAST_EEXIT:
-                return EnclaveExit("eexit", fast.exit_registers())
+                # The CLIENT area is writable by enclave code: what EEXIT
+                # sets from the entry (RCX = AEP, the caller's FS/GS) is
+                # taken from the caller, RIP is RBX (SDM EEXIT).
+                regs = fast.exit_registers()
+                regs[RIP] = regs[RBX]
+                regs[RCX] = registers[RCX]
+                regs[FSBASE], regs[GSBASE] = registers[FSBASE], registers[GSBASE]
+                regs[RFLAGS] &= ~_RF
+                if not _canonical(regs[RIP]):
+                    self._lost()
+                    raise VsgxError(f"the runner of TCS {self.tcs:#x} reported an EEXIT to "
+                                    f"a non-canonical address {regs[RIP]:#x}")
+                return EnclaveExit("eexit", regs)
             if outcome == _FAST_HANDED_OVER:
                 return self.continue_entry(registers[RCX],
                                            (registers[FSBASE], registers[GSBASE]), untrusted)
