@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from vsgx.arch import Vector
+from vsgx.arch import Fault, Vector
+from vsgx.arch.constants import Enclu
 from vsgx.errors import VsgxError
 from vsgx.evm import native_executor
 from vsgx.evm.native_executor import NativeExecutor, native_isolation, native_support
@@ -53,6 +54,7 @@ from plain_ops import (
     OP_RDTSC,
     OP_RECURSE,
     OP_SECRET_HASH,
+    OP_SET_FLAG,
     OP_SHA256,
     OP_SYSCALL,
     OP_SYSCALL_ABI,
@@ -209,6 +211,79 @@ def test_an_interrupt_that_comes_before_the_first_instruction_loses_nothing(nati
     assert kinds[layout.STOP_BEFORE_ENTRY] >= (0 if fast else 5)
     assert runner_of(plain, 0).process.pid == runner.process.pid
     assert (fast_entries(runner) >= 5) == fast
+
+
+# -- the fast path: entries the runner makes alone, under EENTER's checks -------------
+@native_only
+def test_entries_after_the_first_go_through_the_runner_alone(native_plain):
+    plain = native_plain()
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"  # through the EVM, which grants the TCS
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    for _ in range(20):
+        assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    assert fast_entries(runner) - before == 20
+
+
+@native_only
+def test_the_runner_refuses_a_non_canonical_aep_and_the_evm_makes_it_gp(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    enclave = plain.enclave
+    registers = enclave._registers(plain.tcs[0], {"rdi": 0, "rsi": 1})
+    registers[1] = 1 << 63  # RCX: the AEP
+    memory = enclave.avm.memory
+    with pytest.raises(Fault) as raised:
+        enclave.avm.driver.enter(enclave.handle, Enclu.EENTER, registers, memory.return_rip,
+                                 memory)
+    assert raised.value.vector == Vector.GP
+    assert fast_entries(runner) == before
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
+
+
+@native_only
+def test_the_runner_refuses_an_entry_at_cssa_equal_to_nssa(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    # Two faults fill both SSA frames (NSSA = 2); both entries were the
+    # runner's, handed over to the EVM at the fault.
+    assert plain.call(0, OP_DIVIDE, 1, 0)[0].aex
+    assert plain.call(0, OP_DIVIDE, 1, 0)[0].aex
+    assert fast_entries(runner) == before + 2
+    with pytest.raises(Fault) as raised:
+        plain.call(0, OP_NOP)
+    assert raised.value.vector == Vector.GP
+    assert fast_entries(runner) == before + 2
+
+
+@native_only
+def test_a_tcs_inside_by_the_fast_path_is_busy(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    results: dict[str, object] = {}
+
+    def waiter() -> None:
+        results["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
+
+    inside = threading.Thread(target=waiter, daemon=True)
+    inside.start()
+    deadline = time.monotonic() + 60
+    while runner.fast_entry_epoch() is None:
+        assert inside.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(Fault) as raised:
+        plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=1)
+    assert raised.value.vector == Vector.GP
+    assert plain.call(1, OP_SET_FLAG, 42)[0].kind == "eexit"
+    inside.join(60)
+    assert results["a"][0].kind == "eexit"  # type: ignore[index]
+    assert fast_entries(runner) == before + 1
 
 
 @native_only

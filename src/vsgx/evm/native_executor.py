@@ -1129,16 +1129,20 @@ class FastClient:
         entry of the TCS is in flight (the EVM then says the TCS is busy)."""
         if self.closed:
             return False
-        share = getattr(untrusted, "share", None)
+        # Taken first: the slots are this entry's alone from here (another
+        # thread's entry of the TCS may be using them right now).
+        if self._lib.vsgx_fast_begin(self._c) != 0:
+            return False
         source = (untrusted, getattr(untrusted, "generation", -1))
         if self._source is None or self._source[0] is not untrusted \
                 or self._source[1] != source[1]:
             self._lib.vsgx_fast_forget(self._c)
             self._pinned.clear()
             self._source = source
-        if share is None:
+        if getattr(untrusted, "share", None) is None:
+            self._lib.vsgx_fast_end(self._c)
             return False
-        return self._lib.vsgx_fast_begin(self._c) == 0
+        return True
 
     def end(self) -> None:
         """After the entry: write back, keep a few pages for the next one
