@@ -203,3 +203,34 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return total / ticks
+
+
+@contextlib.contextmanager
+def cpu_hog() -> Iterator[int]:
+    """One busy process beside the measurement (``while 1: pass``), killed
+    by its PID afterwards; yields the PID."""
+    hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        time.sleep(0.2)  # let it take its core
+        yield hog.pid
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
+    """The floors of one entry, measured now (kernels/floors.c): ENCLU ->
+    SIGILL -> return, and a bare futex ping-pong between two processes."""
+    binary = workdir / "floors"
+    if not binary.exists():
+        subprocess.run(["gcc", "-O2", "-o", str(binary),
+                        str(Path(__file__).resolve().parent / "kernels" / "floors.c")],
+                       check=True)
+    found = {}
+    for what, label in (("sigill", "raw SIGILL round trip"),
+                        ("futex", "futex ping-pong, 2 processes")):
+        out = subprocess.run([str(binary), what, str(count)], capture_output=True, text=True,
+                             check=True).stdout
+        found[label] = summary_us([int(line.split()[1]) / 1000 for line in out.splitlines()
+                                   if line.startswith(what + " ")])
+    return found

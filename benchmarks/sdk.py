@@ -9,12 +9,20 @@ ping-pong (Python's ssl) as the floor of any round trip through the
 channel; and the enclave's initialisation (load, EINIT and
 ECMD_INIT_ENCLAVE) on each executor.
 
-    python benchmarks/sdk.py [--count 3000]
+On the native executor, entries take the fast path (the runner enters and
+completes EEXIT itself, runner/client.c and runner.c) and, as its baseline,
+go through the EVM (``fast_path_allowed`` off); both quiet and with a CPU
+hog this benchmark starts beside them, against the floors measured in the
+same run: ENCLU -> SIGILL -> return and a bare futex ping-pong between two
+processes (kernels/floors.c).
+
+    python benchmarks/sdk.py [--count 3000] [--skip-slow]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -23,7 +31,9 @@ from pathlib import Path
 
 from common import (
     bar_plot,
+    cpu_hog,
     evm_process,
+    floors,
     latencies_us,
     print_table,
     save,
@@ -37,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.native_executor import native_support  # noqa: E402
+from vsgx.evm.native_executor import NativeExecutor, native_support  # noqa: E402
 from vsgx.evm.vm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm  # noqa: E402
 from vsgx.host import Enclave as RawEnclave  # noqa: E402
@@ -73,6 +83,8 @@ def measure_sdk(path: Path, avm: Avm, count: int) -> dict[str, dict[str, float]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--skip-slow", action="store_true",
+                        help="only the native executor (no Unicorn, no Unix socket)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -89,47 +101,79 @@ def main() -> None:
             raw = measure_raw(PlainEnclave(RawEnclave.load(elf, evm=avm)), args.count)
             return {"raw EENTER->EEXIT": raw["null"], **measure_sdk(hello, avm, args.count)}
 
-        results = {}
+        def in_process(executor: str, fast: bool = True) -> dict[str, dict[str, float]]:
+            NativeExecutor.fast_path_allowed = fast
+            try:
+                local = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
+                try:
+                    return run(local)
+                finally:
+                    local.close()
+            finally:
+                NativeExecutor.fast_path_allowed = True
+
+        results: dict[str, dict[str, dict[str, float]]] = {}
         inits = {}
-        executors = ["unicorn"] + (["native"] if native_support()[0] else [])
-        for executor in executors:
-            local = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
-            measured = run(local)
-            inits[executor] = round(measured.pop("init_ms"), 1)  # type: ignore[arg-type]
-            results[f"in-process, {executor}"] = measured
-            local.close()
-        remote_executor = executors[-1]
+        runs: list[tuple[str, str, bool]] = []
+        if not args.skip_slow:
+            runs.append(("in-process, unicorn", "unicorn", True))
+        if native_support()[0]:
+            runs += [("in-process, native, fast path", "native", True),
+                     ("in-process, native, through the EVM", "native", False)]
+        for load in ("quiet", "CPU hog"):
+            with contextlib.ExitStack() as stack:
+                if load != "quiet":
+                    stack.enter_context(cpu_hog())
+                results[f"floors ({load})"] = floors(workdir, args.count)
+                for where, executor, fast in runs:
+                    if load != "quiet" and executor != "native":
+                        continue
+                    measured = in_process(executor, fast)
+                    init = measured.pop("init_ms")
+                    if load == "quiet":
+                        inits[where] = round(init, 1)  # type: ignore[arg-type]
+                    results[f"{where} ({load})"] = measured
+        remote_executor = "native" if native_support()[0] else "unicorn"
         ping_pong = tls_ping_pong_us(args.count, FRAME_BYTES, workdir)
+        remote_name = f"Unix socket, {remote_executor} (quiet)"
         with evm_process(workdir, remote_executor) as remote:
             measured = run(remote)
             measured.pop("init_ms")
-            results[f"Unix socket, {remote_executor}"] = measured
+            results[remote_name] = measured
     rows = []
     ratios: dict[str, dict[str, float]] = {}
     for where, measures in results.items():
-        base = measures["raw EENTER->EEXIT"]["p50_us"]
+        base = measures.get("raw EENTER->EEXIT", {}).get("p50_us")
         ratios[where] = {}
         for what, stats in measures.items():
-            ratio = round(stats["p50_us"] / base, 2)
-            if what != "raw EENTER->EEXIT":
-                ratios[where][what] = ratio
+            ratio = round(stats["p50_us"] / base, 2) if base else ""
+            if base and what != "raw EENTER->EEXIT":
+                ratios[where][what] = ratio  # type: ignore[assignment]
             rows.append([where, what, stats["p50_us"], stats["p99_us"], ratio, stats["count"]])
-    print_table("SDK protocol vs raw EENTER -> EEXIT (same run)",
+    print_table("SDK protocol vs raw EENTER -> EEXIT and the floors (same run, provisional)",
                 ["EVM", "call", "p50 us", "p99 us", "x raw p50", "count"], rows)
-    print(f"\ngoal: null ECALL and null OCALL within 2x of the raw round trip: {ratios}")
-    remote = results[f"Unix socket, {remote_executor}"]
-    ecall = remote["null ECALL"]["p50_us"]
+    under_load = {}
+    for where in results:
+        if where.endswith("(CPU hog)") and where.replace("CPU hog", "quiet") in results:
+            quiet = results[where.replace("CPU hog", "quiet")]
+            under_load[where[:-len(" (CPU hog)")]] = {
+                what: round(stats["p50_us"] / quiet[what]["p50_us"], 2)
+                for what, stats in results[where].items() if what in quiet}
+    print(f"\np50 with a CPU hog / p50 quiet (goal <= 3): {under_load}")
+    print("goal: in-process native null ECALL <= 12 us p50: "
+          f"{results.get('in-process, native, fast path (quiet)', {}).get('null ECALL')}")
+    remote_run = results[remote_name]
+    ecall = remote_run["null ECALL"]["p50_us"]
     print(f"raw TLS ping-pong (Python ssl, the floor of a round trip): p50 "
           f"{ping_pong['p50_us']} us, p99 {ping_pong['p99_us']} us; Unix-socket null ECALL "
           f"{ecall} us ({ecall / ping_pong['p50_us']:.1f}x), null OCALL "
-          f"{remote['null OCALL']['p50_us']} us; goal <= 60 us p50 (provisional numbers)")
+          f"{remote_run['null OCALL']['p50_us']} us; goal <= 60 us p50")
     print(f"enclave load + EINIT + ECMD_INIT_ENCLAVE (ms): {inits}")
-    save("sdk", {"results": results, "ratio_to_raw_p50": ratios, "init_ms": inits,
-                 "raw_tls_ping_pong": ping_pong})
+    save("sdk", {"results": results, "ratio_to_raw_p50": ratios, "hog_over_quiet": under_load,
+                 "init_ms": inits, "raw_tls_ping_pong": ping_pong})
     labels = [f"{w}\n{c}" for w, m in results.items() for c in m]
-    bar_plot("sdk", "SDK ECALL / OCALL vs raw round trip (p50)", labels,
+    bar_plot("sdk", "SDK ECALL / OCALL vs raw round trip and floors (p50)", labels,
              [s["p50_us"] for m in results.values() for s in m.values()], "microseconds")
-
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from vsgx.arch import Vector
+from vsgx.arch import Fault, Vector
+from vsgx.arch.constants import Enclu
 from vsgx.errors import VsgxError
 from vsgx.evm import native_executor
 from vsgx.evm.native_executor import NativeExecutor, native_isolation, native_support
@@ -53,6 +54,7 @@ from plain_ops import (
     OP_RDTSC,
     OP_RECURSE,
     OP_SECRET_HASH,
+    OP_SET_FLAG,
     OP_SHA256,
     OP_SYSCALL,
     OP_SYSCALL_ABI,
@@ -85,6 +87,11 @@ def plain_on(plain_enclave):
 @pytest.fixture
 def native_plain(plain_on):
     return lambda **config: plain_on("native", **config)
+
+
+def fast_entries(runner: NativeExecutor) -> int:
+    """How many entries went through the runner alone (its own count)."""
+    return struct.unpack_from("<I", runner.report_area, layout.REPORT.offset("fast_entries"))[0]
 
 
 def runner_of(plain: PlainEnclave, tcs_index: int = 0) -> NativeExecutor:
@@ -183,11 +190,15 @@ def _counting_reports(monkeypatch) -> Counter:
 
 
 @native_only
+@pytest.mark.parametrize("fast", [False, True], ids=["through the EVM", "fast path"])
 def test_an_interrupt_that_comes_before_the_first_instruction_loses_nothing(native_plain,
-                                                                           monkeypatch):
+                                                                           monkeypatch, fast):
     # A signal sent while the runner serves commands is blocked; it fires the
     # moment the runner unmasks, before IRETQ: "stopped before entry", with
-    # the registers the EVM commanded — the entry then goes on unharmed.
+    # the registers the EVM commanded — the entry then goes on unharmed. On
+    # the fast path the runner enters again by itself (it is no interrupt:
+    # the EVM did not ask for one).
+    monkeypatch.setattr(NativeExecutor, "fast_path_allowed", fast)
     kinds = _counting_reports(monkeypatch)
     plain = native_plain()
     text = plain.symbol("encl_body") - plain.base
@@ -197,8 +208,82 @@ def test_an_interrupt_that_comes_before_the_first_instruction_loses_nothing(nati
         os.kill(runner.process.pid, signal.SIGUSR1)
         result, words = plain.call(0, OP_SHA256, text, 4096, 50)
         assert result.kind == "eexit" and words[4:8] == reference
-    assert kinds[layout.STOP_BEFORE_ENTRY] >= 5
+    assert kinds[layout.STOP_BEFORE_ENTRY] >= (0 if fast else 5)
     assert runner_of(plain, 0).process.pid == runner.process.pid
+    assert (fast_entries(runner) >= 5) == fast
+
+
+# -- the fast path: entries the runner makes alone, under EENTER's checks -------------
+@native_only
+def test_entries_after_the_first_go_through_the_runner_alone(native_plain):
+    plain = native_plain()
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"  # through the EVM, which grants the TCS
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    for _ in range(20):
+        assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    assert fast_entries(runner) - before == 20
+
+
+@native_only
+def test_the_runner_refuses_a_non_canonical_aep_and_the_evm_makes_it_gp(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    enclave = plain.enclave
+    registers = enclave._registers(plain.tcs[0], {"rdi": 0, "rsi": 1})
+    registers[1] = 1 << 63  # RCX: the AEP
+    memory = enclave.avm.memory
+    with pytest.raises(Fault) as raised:
+        enclave.avm.driver.enter(enclave.handle, Enclu.EENTER, registers, memory.return_rip,
+                                 memory)
+    assert raised.value.vector == Vector.GP
+    assert fast_entries(runner) == before
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
+
+
+@native_only
+def test_the_runner_refuses_an_entry_at_cssa_equal_to_nssa(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    # Two faults fill both SSA frames (NSSA = 2); both entries were the
+    # runner's, handed over to the EVM at the fault.
+    assert plain.call(0, OP_DIVIDE, 1, 0)[0].aex
+    assert plain.call(0, OP_DIVIDE, 1, 0)[0].aex
+    assert fast_entries(runner) == before + 2
+    with pytest.raises(Fault) as raised:
+        plain.call(0, OP_NOP)
+    assert raised.value.vector == Vector.GP
+    assert fast_entries(runner) == before + 2
+
+
+@native_only
+def test_a_tcs_inside_by_the_fast_path_is_busy(native_plain):
+    plain = native_plain()
+    plain.call(0, OP_NOP)
+    runner = runner_of(plain, 0)
+    before = fast_entries(runner)
+    results: dict[str, object] = {}
+
+    def waiter() -> None:
+        results["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
+
+    inside = threading.Thread(target=waiter, daemon=True)
+    inside.start()
+    deadline = time.monotonic() + 60
+    while runner.fast_entry_epoch() is None:
+        assert inside.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(Fault) as raised:
+        plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=1)
+    assert raised.value.vector == Vector.GP
+    assert plain.call(1, OP_SET_FLAG, 42)[0].kind == "eexit"
+    inside.join(60)
+    assert results["a"][0].kind == "eexit"  # type: ignore[index]
+    assert fast_entries(runner) == before + 1
 
 
 @native_only
@@ -644,17 +729,17 @@ __asm__(".text\n.globl stub, stub80, stub_begin, stub_end\nstub_begin:\nstub:\n"
 int main(int argc, char **argv)
 {
     struct filter_params p = {0};
-    uint64_t v[13];
-    if (argc != 14)
+    uint64_t v[14];
+    if (argc != 15)
         return 2;
-    for (int i = 0; i < 13; i++)
+    for (int i = 0; i < 14; i++)
         v[i] = strtoull(argv[i + 1], 0, 0);
     p.ip_begin = (uint64_t)stub_begin;
     p.ip_end = (uint64_t)stub_end;
     p.enclave_begin = v[0], p.enclave_end = v[1], p.image_begin = v[2], p.image_end = v[3];
-    p.command_word = v[4], p.report_word = v[5], p.futex_timeout = v[6], p.mask_slot = v[7];
-    p.empty_mask = v[8], p.base_slot = v[9], p.pool_fd = v[10], p.pool_size = v[11];
-    p.fsgsbase = (int)v[12];
+    p.wait_word = v[4], p.report_word = v[5], p.reply_word = v[6], p.futex_timeout = v[7];
+    p.mask_slot = v[8], p.empty_mask = v[9], p.base_slot = v[10], p.pool_fd = v[11];
+    p.pool_size = v[12], p.fsgsbase = (int)v[13];
     static struct sock_filter code[FILTER_MAX];
     int n = build_filter(&p, code);
     if (n < 0)
@@ -698,10 +783,11 @@ int main(int argc, char **argv)
 # near 2^32 so that sums carry, and it spans 4 GiB boundaries.
 _P = {"enclave_begin": 0x7E12FFF00000, "enclave_end": 0x7E15FFF00000 + 0x100000,
       "image_begin": 0x7D0000100000, "image_end": 0x7D0000143000,
-      "command_word": 0x7D0000139000, "report_word": 0x7D0000142000,
+      "wait_word": 0x7D0000139000, "report_word": 0x7D0000142000,
+      "reply_word": 0x7D0000140010,
       "futex_timeout": 0x7D0000138008, "mask_slot": 0x7D0000137088,
       "empty_mask": 0x7D0000138000, "base_slot": 0x7D0000137090, "pool_fd": 0,
-      "pool_size": 512 * 4096}
+      "pool_size": layout.POOL_SLOTS * 4096}
 _U64 = (1 << 64) - 1
 
 
@@ -712,8 +798,8 @@ def _policy(nr: int, a: list[int], fsgsbase: bool) -> bool:
     low = 0xFFFFFFFF
     if nr == 202:  # futex: the op is an int
         if a[1] & low == 0:
-            return a[0] == p["command_word"] and a[3] == p["futex_timeout"]
-        return a[1] & low == 1 and a[0] == p["report_word"]
+            return a[0] == p["wait_word"] and a[3] == p["futex_timeout"]
+        return a[1] & low == 1 and a[0] in (p["report_word"], p["reply_word"])
     if nr == 10:
         return (a[2] & ~7 == 0 and begin <= a[0] < end and a[1] <= end - begin
                 and a[0] + a[1] <= end)
@@ -756,7 +842,7 @@ def _filter_cases() -> list[tuple[str, int, list[int]]]:
         cases.append(("s", 10, [address, end - address, 3, 0, 0, 0]))
         cases.append(("s", 10, [address, end - address + 1, 3, 0, 0, 0]))
     image = [p["image_begin"] - 4096, p["image_begin"] - 1, p["image_begin"],
-             p["image_end"] - 4096, p["image_end"], p["command_word"], 0x10000]
+             p["image_end"] - 4096, p["image_end"], p["wait_word"], 0x10000]
     for address in [*addresses, *image]:
         for length in (4096, 8192, 0, 4096 | 1 << 32):
             cases.append(("s", 11, [address, length, 0, 0, 0, 0]))
@@ -767,8 +853,9 @@ def _filter_cases() -> list[tuple[str, int, list[int]]]:
     for fd in (0, 3, 1 << 32):
         for offset in (0, 4096, 4095, p["pool_size"] - 4096, p["pool_size"], 1 << 32):
             cases.append(("s", 9, [0x200000000, 4096, 3, 0x100001, fd, offset]))
-    for uaddr in (p["command_word"], p["command_word"] + 4, p["report_word"],
-                  p["report_word"] | 1 << 32, p["command_word"] | 1 << 40):
+    for uaddr in (p["wait_word"], p["wait_word"] + 4, p["report_word"],
+                  p["report_word"] | 1 << 32, p["wait_word"] | 1 << 40, p["reply_word"],
+                  p["reply_word"] - 4, p["reply_word"] | 1 << 32):
         for op in (0, 1, 128, 129, 9, 1 << 32, 1 << 32 | 1):
             for timeout in (p["futex_timeout"], 0, p["futex_timeout"] + 8):
                 cases.append(("s", 202, [uaddr, op, 12345, timeout, 0, 0]))

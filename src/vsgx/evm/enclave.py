@@ -11,6 +11,7 @@ import ctypes
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -188,6 +189,9 @@ class EnclaveState:
     # their TLB); an executor that tracks access reports the first touch
     # after it (touch), as the page walk on a TLB miss sets the bit.
     old: set[int] = field(default_factory=set)
+    # called after every change of ``generation`` (native runners that
+    # enter on their own hold grants that such a change revokes)
+    on_change: list[Callable[[], None]] = field(default_factory=list)
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, Closable] = field(default_factory=dict)  # TCS -> EnclaveThread
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -244,6 +248,14 @@ class EnclaveState:
             drop = len(journal) // 2
             del journal[:drop]
             self.journal_start += drop
+        for hook in self.on_change:
+            hook()
+
+    def note_unnamed_change(self) -> None:
+        """A change too wide to name page by page: executors re-read all."""
+        self.generation += 1
+        for hook in self.on_change:
+            hook()
 
     def change_mark(self) -> tuple[int, int]:
         """Where an executor that is in sync now stands."""

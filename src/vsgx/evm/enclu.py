@@ -156,7 +156,7 @@ def eaccept(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> 
         if tcs.flags & TCS_FLAGS_DBGOPTIN or tcs.cssa >= tcs.nssa or tcs.aep or tcs.state:
             raise gp("EACCEPT: the new TCS is not in its initial state", "tcs_state")
     entry.pending = entry.modified = entry.pr = False
-    encl.generation += 1
+    encl.note_change(page)
     return SgxError.SUCCESS
 
 
@@ -173,7 +173,7 @@ def emodpe(m: Machine, encl: EnclaveState, secinfo_address: int, page: int) -> N
     entry.r |= bool(info.flags & _R)
     entry.w |= bool(info.flags & _W)
     entry.x |= bool(info.flags & _X)
-    encl.generation += 1
+    encl.note_change(page)
 
 
 def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int, source: int
@@ -195,7 +195,7 @@ def eacceptcopy(m: Machine, encl: EnclaveState, secinfo_address: int, dest: int,
     encl.page_view(dest)[:] = bytes(encl.page_view(source))
     target.set_permissions(info.flags)
     target.pending = False
-    encl.generation += 1
+    encl.note_change(dest)
     return SgxError.SUCCESS
 
 

@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,7 +59,7 @@ from vsgx.evm.executor import (
 )
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner import layout
-from vsgx.evm.runner.layout import COMMAND, REPORT
+from vsgx.evm.runner.layout import CLIENT, COMMAND, REPORT, STATE
 
 RUNNER_DIR = Path(__file__).resolve().parent / "runner"
 RUNNER_SOURCES = ("runner.c", "filter.c")
@@ -113,8 +114,9 @@ FEATURE_CPUID_FAULTING = layout.FEATURE_CPUID_FAULTING
 FEATURE_RDTSC_FAULTS = layout.FEATURE_RDTSC_FAULTS
 MAX_OPS = layout.MAX_OPS
 
-POOL_SLOTS = 512  # untrusted pages one thread may have mapped at once
-KEEP_SHARED = 32  # in-process pages kept mapped across entries
+POOL_SLOTS = layout.PYTHON_SLOTS  # untrusted pages this executor may have mapped at once
+KEEP_SHARED = 32  # in-process pages kept mapped across entries (without a fast client)
+CLIENT_KEEP = 16  # pages the in-process fast client keeps mapped across entries
 SPIN_ROUNDS = 200  # sched_yield rounds before sleeping on the futex
 
 # RFLAGS bits with an architectural meaning (no reserved bits); RF is
@@ -142,6 +144,38 @@ class _Timespec(ctypes.Structure):
 
 
 _WAIT = _Timespec(0, 200_000_000)
+
+# The grant (COMMAND.grant_valid onwards) and the fast path's words.
+_GRANT = struct.Struct(f"<IQQQQQQIIQQII{layout.GRANT_FRAMES}Q")
+_GRANT_AT = COMMAND.offset("grant_valid")
+_GRANT_SEQ_AT = COMMAND.offset("grant_seq")
+_INTERRUPT_SEQ_AT = COMMAND.offset("interrupt_seq")
+_FAST_INSIDE = struct.Struct("<II Q")  # fast_inside, fast_handed_over, fast_entry_epoch
+_FAST_INSIDE_AT = REPORT.offset("fast_inside")
+_FAULT_CLIENT_SLOT_AT = REPORT.offset("fault_client_slot")
+_EXIT = struct.Struct(f"<{layout.REG_COUNT}QIIQII")  # struct vsgx_fast_exit
+# vsgx_fast_client.h's results
+FAST_EEXIT, FAST_AEX, FAST_REFUSED, FAST_HANDED_OVER, FAST_NEED_PAGE = 1, 2, 3, 4, 5
+FAST_CLOSED, FAST_LOST, FAST_BUSY = 6, 7, 8
+# VSGX_FAST_PATH=0: every entry through the EVM (the slow path: benchmarks' baseline).
+FAST_PATH = os.environ.get("VSGX_FAST_PATH", "1") != "0"
+
+
+_pku: bool | None = None
+
+
+def _execute_only_mappings() -> bool:
+    """Whether PROT_EXEC alone makes a mapping unreadable here (Linux does
+    that with a protection key on CPUs that have them)."""
+    global _pku
+    if _pku is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line for line in f if line.startswith("flags")), "")
+            _pku = " ospke" in flags or " pku" in flags
+        except OSError:
+            _pku = True
+    return _pku
 
 
 class NativeUnavailable(VsgxError):
@@ -263,6 +297,68 @@ def runner_binary() -> Path:
     return target
 
 
+CLIENT_SOURCES = ("client.c", "vsgx_fast_client.h")
+CLIENT_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
+                 "-fvisibility=hidden")
+_client_built: ctypes.CDLL | None = None
+
+
+def client_library() -> ctypes.CDLL:
+    """libvsgx-client.so (runner/client.c): the fast path's client for the
+    Python host, and the atomics the EVM needs (built on first use, cached
+    like the runner)."""
+    global _client_built
+    if _client_built is not None:
+        return _client_built
+    compiler = runner_compiler()
+    header = layout.c_header()
+    key = hashlib.sha256()
+    for name in CLIENT_SOURCES:
+        key.update((RUNNER_DIR / name).read_bytes())
+    for part in (header, " ".join(CLIENT_CFLAGS), os.path.realpath(compiler)):
+        key.update(part.encode())
+    target = _cache_dir() / f"libvsgx-client-{key.hexdigest()[:16]}.so"
+    with _build_lock:
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                build = Path(tmp)
+                (build / "vsgx_layout.h").write_text(header)
+                output = build / "client.so"
+                result = subprocess.run(
+                    [compiler, *CLIENT_CFLAGS, "-I", str(build), "-I", str(RUNNER_DIR),
+                     str(RUNNER_DIR / "client.c"), "-o", str(output)],
+                    capture_output=True, text=True, check=False)
+                if result.returncode != 0:
+                    raise NativeUnavailable(f"building the fast-path client failed:\n"
+                                            f"{result.stderr.strip()}")
+                os.replace(output, target)
+        library = ctypes.CDLL(str(target))
+    pointer, u32, u64, c_int = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+    for name, restype, argtypes in (
+            ("vsgx_atomic_add64", u64, [pointer, u64]),
+            ("vsgx_atomic_add32", u32, [pointer, u32]),
+            ("vsgx_store32", None, [pointer, u32]),
+            ("vsgx_load32", u32, [pointer]),
+            ("vsgx_ring", None, [pointer]),
+            ("vsgx_wake_client", None, [pointer]),
+            ("vsgx_fast_client_size", ctypes.c_size_t, []),
+            ("vsgx_fast_init", c_int, [pointer, pointer, pointer, pointer, u64, u64, u32]),
+            ("vsgx_fast_begin", c_int, [pointer]),
+            ("vsgx_fast_end", None, [pointer]),
+            ("vsgx_fast_forget", None, [pointer]),
+            ("vsgx_fast_enter", c_int, [pointer, u32, ctypes.c_char_p, u64, pointer]),
+            ("vsgx_fast_page", c_int, [pointer, u64, u32, pointer]),
+            ("vsgx_fast_slot_page", u64, [pointer, u32]),
+            ("vsgx_fast_wanted", u64, [pointer]),
+            ("vsgx_fast_stats", None, [pointer, pointer])):
+        function = getattr(library, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    _client_built = library
+    return library
+
+
 def runner_root() -> Path:
     """The empty directory runners chroot into: made 0500 under the cache
     directory; refused if anyone else owns it or it is not empty."""
@@ -340,6 +436,119 @@ class EnclaveStateProbe:
         self.memory.close()
 
 
+class InsideMap(dict):
+    """``EnclaveState.inside`` once native runners may enter on their own:
+    the threads that entered through the EVM (the dict itself) and those a
+    runner says entered by the fast path. Every read looks at the runners
+    anew, after revoking every grant of the enclave (``SharedEnclave.
+    inside``): under the machine lock, nobody can enter between the look
+    and what the caller does with it (EREMOVE's ENCLAVE_ACT check, ETRACK,
+    the kick)."""
+
+    def __init__(self, shared: SharedEnclave, initial: dict[int, int]):
+        super().__init__(initial)
+        self.shared = shared
+
+    def _all(self) -> dict[int, int]:
+        own = dict(dict.items(self))
+        fast = self.shared.inside()
+        if fast:
+            fast.update(own)
+            return fast
+        return own
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._all())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._all()
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        return self._all().keys()
+
+    def values(self):  # type: ignore[no-untyped-def]
+        return self._all().values()
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return self._all().items()
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        return self._all().get(key, default)
+
+    def copy(self) -> dict[int, int]:
+        return self._all()
+
+    def clear(self) -> None:
+        """Everyone counts as gone (the enclave is being destroyed): the
+        runners' word is not taken again until the next grant."""
+        dict.clear(self)
+        self.shared.ignoring = True
+
+
+class SharedEnclave:
+    """What the native runners of one enclave share in the EVM: the STATE
+    page, whose version moves at every change of EPCM or page-table state
+    (so no grant made before holds), and the view of who is inside."""
+
+    def __init__(self, encl: EnclaveState):
+        self.encl = encl
+        self.executors: list[NativeExecutor] = []
+        self.granted = False  # a grant went out since the version last moved
+        self.ignoring = False
+        self._lib = client_library()
+        self.fd = os.memfd_create("vsgx-enclave-state", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, STATE.size)
+            self.area = mmap.mmap(self.fd, STATE.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        weakref.finalize(self, os.close, self.fd)  # it goes with its enclave
+        self._version = ctypes.c_uint64.from_buffer(self.area, STATE.offset("version"))
+        self._version_address = ctypes.addressof(self._version)
+        hooks = getattr(encl, "on_change", None)
+        if hooks is not None:
+            hooks.append(self.changed)
+        if hasattr(encl, "inside") and not isinstance(encl.inside, InsideMap):
+            encl.inside = InsideMap(self, encl.inside)
+
+    @property
+    def version(self) -> int:
+        return self._version.value
+
+    def changed(self) -> None:
+        """No grant holds any longer (a locked add: also the fence before
+        the EVM looks at who is inside)."""
+        if self.granted:
+            self.granted = False
+            self._lib.vsgx_atomic_add64(self._version_address, 1)
+
+    def inside(self) -> dict[int, int]:
+        """TCS -> entry epoch of the threads inside by the fast path."""
+        self.changed()
+        found: dict[int, int] = {}
+        if self.ignoring:
+            return found
+        for executor in self.executors:
+            epoch = executor.fast_entry_epoch()
+            if epoch is not None:
+                found[executor.tcs] = min(epoch, self.encl.epoch)
+        return found
+
+    def close(self) -> None:
+        hooks = getattr(self.encl, "on_change", None)
+        if hooks is not None and self.changed in hooks:
+            hooks.remove(self.changed)
+        del self._version
+        try:
+            self.area.close()
+        except BufferError:
+            pass
+
+
 class NativeExecutor:
     """The executor of one TCS in a runner process."""
 
@@ -354,9 +563,10 @@ class NativeExecutor:
     launcher: tuple[str, ...] = ()
     root_dir: Path | None = None
     runner_flags = 0  # layout.RUNNER_FLAG_*, beyond what the platform asks
+    fast_path_allowed = True  # entries without the EVM (tests turn it off)
 
     def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
-                 rdtsc_faults: bool = False):
+                 rdtsc_faults: bool = False, shared: SharedEnclave | None = None):
         assert encl.memory is not None
         self.machine = machine
         self.encl = encl
@@ -378,33 +588,50 @@ class NativeExecutor:
         self._mapped: dict[int, list] = {}
         self._free_slots = list(range(POOL_SLOTS - 1, -1, -1))
         self._source: tuple[object, int] | None = None
+        self.fast_path = FAST_PATH and self.fast_path_allowed
+        self._fast_client: FastClient | None = None
+        self._lib = client_library()
+        self._own_shared = shared is None
+        self.shared = shared if shared is not None else SharedEnclave(encl)
         self._report_fd = os.memfd_create("vsgx-runner-report", os.MFD_CLOEXEC)
         self._command_fd = os.memfd_create("vsgx-runner-command", os.MFD_CLOEXEC)
+        self._client_fd = os.memfd_create("vsgx-runner-client", os.MFD_CLOEXEC)
         self._pool_fd = os.memfd_create("vsgx-runner-pool", os.MFD_CLOEXEC)
+        pool_size = layout.POOL_SLOTS * PAGE_SIZE
         try:
             os.ftruncate(self._report_fd, REPORT.size)
             os.ftruncate(self._command_fd, COMMAND.size)
-            os.ftruncate(self._pool_fd, POOL_SLOTS * PAGE_SIZE)
+            os.ftruncate(self._client_fd, CLIENT.size)
+            os.ftruncate(self._pool_fd, pool_size)
             self.report_area = mmap.mmap(self._report_fd, REPORT.size)
             self.command_area = mmap.mmap(self._command_fd, COMMAND.size)
-            self.pool = mmap.mmap(self._pool_fd, POOL_SLOTS * PAGE_SIZE)
+            self.client_area = mmap.mmap(self._client_fd, CLIENT.size)
+            self.pool = mmap.mmap(self._pool_fd, pool_size)
             self._report_seq = ctypes.c_uint32.from_buffer(self.report_area, 0)
             self._command_seq = ctypes.c_uint32.from_buffer(self.command_area, 0)
+            self._grant_seq = ctypes.c_uint32.from_buffer(self.command_area, _GRANT_SEQ_AT)
+            self._client_base = ctypes.c_char.from_buffer(self.client_area)
+            self._pool_base = ctypes.c_char.from_buffer(self.pool)
+            self.client_address = ctypes.addressof(self._client_base)
+            self.pool_address = ctypes.addressof(self._pool_base)
+            struct.pack_into("<I", self.client_area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
             memory_fd = encl.memory.fd
             flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
             root = self.root_dir if self.root_dir is not None else runner_root()
+            fds = (self._report_fd, self._command_fd, self._client_fd, self.shared.fd, memory_fd,
+                   self._pool_fd)
             self.process = subprocess.Popen(
-                [*self.launcher, str(runner_binary()), str(self._report_fd),
-                 str(self._command_fd), str(memory_fd), str(self._pool_fd), hex(encl.base),
-                 hex(encl.size), hex(POOL_SLOTS * PAGE_SIZE), str(flags), str(root)],
-                pass_fds=(self._report_fd, self._command_fd, memory_fd, self._pool_fd),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [*self.launcher, str(runner_binary()), *map(str, fds), hex(encl.base),
+                 hex(encl.size), hex(pool_size), str(flags), str(root)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
             report = self._wait(0, self.start_limit)
             if report[_KIND] != layout.STOP_READY:
                 raise RunnerLost(f"the runner did not start: {self._reason(report[_KIND])}")
             self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
                 "<III", self.report_area, REPORT.offset("features"))
             self.mxcsr_mask &= 0xFFFF
+            self.shared.executors.append(self)
         except BaseException:
             self.close()
             raise
@@ -487,8 +714,7 @@ class NativeExecutor:
         _CMD_HEAD.pack_into(area, 4, command, len(ops), int(fpu is not None))
         seen = self._report_seq.value
         self._command_seq.value = (self._command_seq.value + 1) & 0xFFFFFFFF
-        _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._command_seq)), _FUTEX_WAKE,
-                 1, None, None, 0)
+        self._lib.vsgx_ring(self.client_address)
         report = self._wait(seen, self.silence_limit)
         if report[_KIND] == layout.STOP_OP_FAILED:
             index, errno = struct.unpack_from("<II", self.report_area, REPORT.offset("op_index"))
@@ -588,8 +814,10 @@ class NativeExecutor:
                 entry[1] = bytes(shared[0])
 
     def flush_untrusted(self, untrusted: UntrustedMemory) -> None:
-        """Write back what the enclave changed in untrusted memory."""
-        keep = untrusted.shares_pages
+        """Write back what the enclave changed in untrusted memory. With a
+        fast path, nothing of ours stays mapped: fast entries would not
+        refresh it."""
+        keep = untrusted.shares_pages and not self.fast_path
         for page, entry in list(self._mapped.items()):
             self._write_back(untrusted, page, entry)
         if not keep:
@@ -684,10 +912,19 @@ class NativeExecutor:
         self._refresh(untrusted)
         self.stop_requested = False
         fpu, self._pending_fpu = self._pending_fpu, None
+        return self._until_stop(untrusted, self._command(layout.CMD_RUN, self._registers, fpu))
+
+    def resume_handed_over(self, untrusted: UntrustedMemory) -> Stop:
+        """The stop a fast entry handed over (its report), as ``run`` would
+        have returned it; the EVM goes on with the entry from there."""
+        self._refresh(untrusted)
+        self.stop_requested = False
+        self._pending_fpu = None
+        return self._until_stop(untrusted, self._read_report())
+
+    def _until_stop(self, untrusted: UntrustedMemory, report: tuple[int, ...]) -> Stop:
         encl = self.encl
         while True:
-            report = self._command(layout.CMD_RUN, self._registers, fpu)
-            fpu = None
             stop = self._stop(report)
             if stop.kind is not StopKind.EXCEPTION or stop.vector != Vector.PF:
                 return stop
@@ -703,22 +940,116 @@ class NativeExecutor:
                         # Stale protections: the EPCM changed since our sync.
                         self.generation = -1
                         self.sync()
+                        report = self._command(layout.CMD_RUN, self._registers)
                         continue
                     code = fault_code(encl, page, access)
                 return Stop(StopKind.EXCEPTION, registers, Vector.PF, code, address)
             if access is FETCH:
                 # Code fetches outside ELRANGE are #GP(0) in enclave mode.
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP, 0, 0)
-            if page not in self._mapped and self._map_untrusted(untrusted, page):
+            # A page one of the fast path's client slots maps is mapped.
+            client_mapped = struct.unpack_from("<I", self.report_area,
+                                               _FAULT_CLIENT_SLOT_AT)[0] != 0
+            if page not in self._mapped and not client_mapped and \
+                    self._map_untrusted(untrusted, page):
+                report = self._command(layout.CMD_RUN, self._registers)
                 continue
             code = PfErrorCode.U | (PfErrorCode.W if access is WRITE else 0)
-            if page in self._mapped:
+            if page in self._mapped or client_mapped:
                 code |= PfErrorCode.P
             return Stop(StopKind.EXCEPTION, registers, Vector.PF, int(code), address)
+
+    # -- the fast path: grants ---------------------------------------------------------
+    def grant(self, *, epoch: int, tcs: int, oentry: int, ofsbase: int, ogsbase: int,
+              cssa: int, nssa: int, frame_size: int, flags: int, frames: list[int]) -> None:
+        """Let a client enter this TCS without the EVM (runner.c fast_eenter):
+        the TCS as EENTER's checks found it just now, in linear addresses;
+        ``frames`` are the SSA frames the runner may use (0: not). Call with
+        the machine lock held, the protections in sync."""
+        if not self.fast_path or self.closed:
+            return
+        if self._ops:
+            self._command(layout.CMD_OPS)  # the runner's mappings must be current
+        shared = self.shared
+        shared.ignoring = False
+        shared.granted = True  # before the version is read: any change from now on moves it
+        frames = (list(frames) + [0] * layout.GRANT_FRAMES)[:layout.GRANT_FRAMES]
+        sequence = self._grant_seq
+        sequence.value = (sequence.value | 1) & 0xFFFFFFFF  # odd: being written
+        _GRANT.pack_into(self.command_area, _GRANT_AT, 1, shared.version, epoch, tcs, oentry,
+                         ofsbase, ogsbase, cssa, nssa, frame_size, self.encl.xfrm, flags,
+                         self.mxcsr_mask, *frames)
+        self._lib.vsgx_atomic_add32(ctypes.addressof(sequence), 1)
+
+    def revoke(self) -> None:
+        """No fast entry from now on, until the next grant (the sequence's
+        last step is a locked add: a fence before whatever the EVM looks at
+        next)."""
+        sequence = self._grant_seq
+        sequence.value = (sequence.value | 1) & 0xFFFFFFFF
+        struct.pack_into("<I", self.command_area, _GRANT_AT, 0)
+        self._lib.vsgx_atomic_add32(ctypes.addressof(sequence), 1)
+
+    def claim(self) -> bool:
+        """Before an entry through the EVM: revoke, then say whether a fast
+        entry is running (the TCS is busy)."""
+        self.revoke()
+        return self.fast_entry_epoch() is not None
+
+    def fast_entry_epoch(self) -> int | None:
+        """The epoch a fast entry that is inside entered at, or None (the
+        runner's word: enclave code may lie about its own thread)."""
+        if self.closed:
+            return None
+        inside, _, epoch = _FAST_INSIDE.unpack_from(self.report_area, _FAST_INSIDE_AT)
+        return epoch if inside == 1 else None
+
+    def handed_over(self) -> bool:
+        return not self.closed and _FAST_INSIDE.unpack_from(
+            self.report_area, _FAST_INSIDE_AT)[1] == 1
+
+    def end_fast_entry(self) -> None:
+        """The EVM finished an entry: the runner's word about it is reset."""
+        if not self.closed:
+            struct.pack_into("<II", self.report_area, _FAST_INSIDE_AT, 0, 0)
+
+    def maps_writable(self, address: int, length: int) -> bool:
+        """Whether the runner maps [address, address + length) read-write."""
+        prot = self.prot
+        return all(prot.get(page, 0) & 3 == 3
+                   for page in range(address, address + length, PAGE_SIZE))
+
+    def code_readable(self) -> bool:
+        """Whether the runner may read every page it may execute (where the
+        CPU has protection keys, an execute-only mapping is not readable)."""
+        if not _execute_only_mappings():
+            return True
+        return all(prot & 1 for prot in self.prot.values() if prot & 4)
+
+    @property
+    def fast_client(self) -> FastClient | None:
+        """The fast path's client for a host in this process, made on first
+        use (None where there is no fast path)."""
+        if not self.fast_path or self.closed:
+            return None
+        if self._fast_client is None:
+            self._fast_client = FastClient(self)
+        return self._fast_client
+
+    def client_files(self) -> tuple[int, int]:
+        """The CLIENT area and the page pool, for a client in another process
+        (the program's library, through the launcher)."""
+        if not self.fast_path or self.closed:
+            raise NativeUnavailable("this runner has no fast path")
+        return self._client_fd, self._pool_fd
 
     def request_stop(self, interrupt: bool = False) -> None:
         if interrupt:
             self.interrupt_requested = True
+            if not self.closed:
+                # A runner on a fast entry takes only this as an interrupt.
+                self._lib.vsgx_atomic_add32(
+                    ctypes.addressof(self._command_seq) + _INTERRUPT_SEQ_AT, 1)
         self.stop_requested = True
         if not self.closed and self.process.poll() is None:
             try:
@@ -730,32 +1061,143 @@ class NativeExecutor:
         if self.closed:
             return
         self.closed = True
+        shared = getattr(self, "shared", None)
+        if shared is not None:
+            if self in shared.executors:
+                shared.executors.remove(self)
+            if self._own_shared:
+                shared.close()
+        if hasattr(self, "_client_base"):
+            # A client waiting on this runner goes to the EVM instead.
+            self._lib.vsgx_store32(self.client_address + CLIENT.offset("closed"), 1)
+            self._lib.vsgx_wake_client(self.client_address)
         process = getattr(self, "process", None)
         if process is not None and process.poll() is None:
             try:
                 _CMD_HEAD.pack_into(self.command_area, 4, layout.CMD_QUIT, 0, 0)
                 self._command_seq.value = (self._command_seq.value + 1) & 0xFFFFFFFF
-                _syscall(_SYS_FUTEX, ctypes.c_void_p(ctypes.addressof(self._command_seq)),
-                         _FUTEX_WAKE, 1, None, None, 0)
+                self._lib.vsgx_ring(self.client_address)
                 process.wait(timeout=2)
             except (subprocess.TimeoutExpired, ValueError):
                 process.kill()
                 process.wait()
-        for name in ("_command_seq", "_report_seq"):
+        if self._fast_client is not None:
+            self._fast_client.close()
+        for name in ("_command_seq", "_report_seq", "_grant_seq", "_client_base", "_pool_base"):
             if hasattr(self, name):
                 delattr(self, name)
-        for name in ("report_area", "command_area", "pool"):
+        for name in ("report_area", "command_area", "client_area", "pool"):
             mapping = getattr(self, name, None)
             if mapping is not None:
                 try:
                     mapping.close()
                 except BufferError:
                     pass
-        for fd in (self._report_fd, self._command_fd, self._pool_fd):
+        for fd in (self._report_fd, self._command_fd, self._client_fd, self._pool_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class FastClient:
+    """The fast path's client for a host in the EVM's own process (the
+    Python API): runner/client.c through ctypes, which lets go of the GIL
+    while it waits. The host's untrusted memory must offer ``share`` (its
+    pages as buffers): the client copies them into its pool slots before
+    each entry and writes back what the enclave changed after it."""
+
+    def __init__(self, executor: NativeExecutor):
+        lib = self._lib = client_library()
+        self._state = ctypes.create_string_buffer(lib.vsgx_fast_client_size())
+        self._c = ctypes.addressof(self._state)
+        self._snapshots = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
+        self._snapshots_base = ctypes.c_char.from_buffer(self._snapshots)
+        self._out = ctypes.create_string_buffer(_EXIT.size)
+        self._out_address = ctypes.addressof(self._out)
+        encl = executor.encl
+        self._executor = executor
+        # Our own hold on the runner's areas: they stay mapped while C may
+        # touch them, even if the executor is closed meanwhile.
+        self._area_hold = ctypes.c_char.from_buffer(executor.client_area)
+        self._pool_hold = ctypes.c_char.from_buffer(executor.pool)
+        status = lib.vsgx_fast_init(
+            self._c, ctypes.addressof(self._area_hold),
+            ctypes.addressof(self._pool_hold) + layout.PYTHON_SLOTS * PAGE_SIZE,
+            ctypes.addressof(self._snapshots_base), encl.base, encl.size, CLIENT_KEEP)
+        if status != 0:
+            raise NativeUnavailable("the runner's client area is not set up")
+        self._pinned: dict[int, object] = {}  # page -> the buffer a slot copies from
+        self._source: tuple[object, int] | None = None
+        self.closed = False
+
+    def begin(self, untrusted: UntrustedMemory) -> bool:
+        """Before any entry of the TCS (through the runner or the EVM): the
+        kept pages refreshed. False when this memory has no fast path or an
+        entry of the TCS is in flight (the EVM then says the TCS is busy)."""
+        if self.closed:
+            return False
+        # Taken first: the slots are this entry's alone from here (another
+        # thread's entry of the TCS may be using them right now).
+        if self._lib.vsgx_fast_begin(self._c) != 0:
+            return False
+        source = (untrusted, untrusted.generation)
+        if self._source is None or self._source[0] is not untrusted \
+                or self._source[1] != source[1]:
+            self._lib.vsgx_fast_forget(self._c)
+            self._pinned.clear()
+            self._source = source
+        if not untrusted.shares_pages:
+            self._lib.vsgx_fast_end(self._c)
+            return False
+        return True
+
+    def end(self) -> None:
+        """After the entry: write back, keep a few pages for the next one
+        (the areas are ours to touch until this client is dropped)."""
+        self._lib.vsgx_fast_end(self._c)
+        if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
+            held = {self._lib.vsgx_fast_slot_page(self._c, slot)
+                    for slot in range(layout.CLIENT_SLOTS)}
+            self._pinned = {page: buffer for page, buffer in self._pinned.items()
+                            if page in held}
+
+    def enter(self, request: int, registers: list[int], return_rip: int,
+              untrusted: UntrustedMemory) -> int:
+        """One EENTER through the runner: FAST_EEXIT (``exit_registers``),
+        FAST_REFUSED, FAST_HANDED_OVER, FAST_CLOSED or FAST_LOST."""
+        lib, c, out = self._lib, self._c, self._out_address
+        code = lib.vsgx_fast_enter(c, request, layout.REGISTERS.pack(*registers), return_rip,
+                                   out)
+        share = untrusted.share  # type: ignore[attr-defined]
+        while code == FAST_NEED_PAGE:
+            page = lib.vsgx_fast_wanted(c)
+            shared = share(page)
+            if shared is None:
+                code = lib.vsgx_fast_page(c, 0, 0, out)
+                continue
+            data, writable = shared
+            buffer = (ctypes.c_char * PAGE_SIZE).from_buffer(data)
+            self._pinned[page] = buffer
+            code = lib.vsgx_fast_page(c, ctypes.addressof(buffer), int(writable), out)
+        if code == FAST_LOST:
+            self._executor._kill()
+            raise RunnerLost(f"the runner of TCS {self._executor.tcs:#x} stopped answering "
+                             "and was killed")
+        return code
+
+    def exit_registers(self) -> list[int]:
+        return list(layout.REGISTERS.unpack_from(self._out, 0))
+
+    def stats(self) -> dict[str, int]:
+        values = (ctypes.c_uint64 * 5)()
+        self._lib.vsgx_fast_stats(self._c, values)
+        return dict(zip(("refreshed", "written_back", "pages_served", "slept", "descheduled"),
+                        values, strict=True))
+
+    def close(self) -> None:
+        self.closed = True
+        self._pinned.clear()
 
 
 class NativeExecutorFactory:
@@ -770,4 +1212,13 @@ class NativeExecutorFactory:
 
     def __call__(self, encl: EnclaveState, tcs: int) -> NativeExecutor:
         return NativeExecutor(self.machine, encl, tcs,
-                              rdtsc_faults=not self.machine.config.sgx2)
+                              rdtsc_faults=not self.machine.config.sgx2,
+                              shared=self._shared_of(encl))
+
+    def _shared_of(self, encl: EnclaveState) -> SharedEnclave:
+        """One SharedEnclave per enclave, kept with its InsideMap (it goes
+        with the enclave)."""
+        inside = encl.inside
+        if isinstance(inside, InsideMap) and inside.shared.encl is encl:
+            return inside.shared
+        return SharedEnclave(encl)

@@ -5,6 +5,16 @@ The application side sends its registers at the ENCLU (RAX = leaf, RBX =
 TCS, RCX = AEP, the rest as they are) and the address after its ENCLU; it
 gets back an ``EnclaveExit``: the registers after EEXIT, or the synthetic
 state and exception information after an AEX.
+
+On the native executor most entries do not come here: the EVM *grants* the
+TCS (``_grant``: the fields EENTER's checks found, for the enclave's
+current state) and the client enters through the runner, which checks the
+grant, runs the enclave and completes EEXIT itself. Whatever it cannot do
+alone it refuses (the entry then comes here, whole, and the checks below
+run in the SDM's order) or hands over mid-entry (``continue_entry``). Any
+change of EPCM or page-table state, any look at who is inside, and every
+entry through here revoke the grant; the end of every entry through here
+renews it. The Unicorn executor has no such path: every entry comes here.
 """
 
 from __future__ import annotations
@@ -56,6 +66,12 @@ from vsgx.evm.executor import (
     UntrustedMemory,
 )
 from vsgx.evm.machine import Machine
+from vsgx.evm.runner.layout import (
+    GRANT_CODE_READABLE,
+    GRANT_EXINFO,
+    GRANT_FRAMES,
+    REQ_EENTER,
+)
 
 # Precompiled views of the arch tables (vsgx.arch.layout.fields_of).
 _TCS = fields_of(Tcs, "state", "flags", "ossa", "cssa", "nssa", "oentry", "aep", "ofsbase",
@@ -81,6 +97,8 @@ _SYNTHETIC_CLEARED = 0x8D5 | (1 << 16)  # arithmetic flags and RF
 _PREEMPT_AFTER = 0.002  # seconds a thread waits before asking the runner to yield
 _RF = 1 << 16
 _VECTORS = frozenset(int(v) for v in Vector)
+# Fast-path outcomes (vsgx.evm.native_executor, vsgx_fast_client.h).
+_FAST_EEXIT, _FAST_HANDED_OVER = 1, 4
 
 
 def _canonical(address: int) -> bool:
@@ -181,9 +199,45 @@ class EnclaveThread:
         self._tcs_cache = (self.encl.generation, fields)
         return fields
 
+    def _fast(self):  # type: ignore[no-untyped-def]
+        return getattr(self.executor, "fast_client", None)
+
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
                ) -> EnclaveExit:
-        """EENTER with the application's registers (RBX = TCS, RCX = AEP)."""
+        """EENTER with the application's registers (RBX = TCS, RCX = AEP):
+        through the runner where a grant allows it, else through the EVM."""
+        fast = self._fast()
+        if fast is None or not fast.begin(untrusted):
+            return self._eenter(registers, return_rip, untrusted)
+        try:
+            try:
+                outcome = fast.enter(REQ_EENTER, registers, return_rip, untrusted)
+            except VsgxError:
+                self._lost()
+                raise
+            if outcome == _FAST_EEXIT:
+                # The CLIENT area is writable by enclave code: what EEXIT
+                # sets from the entry (RCX = AEP, the caller's FS/GS) is
+                # taken from the caller, RIP is RBX (SDM EEXIT).
+                regs = fast.exit_registers()
+                regs[RIP] = regs[RBX]
+                regs[RCX] = registers[RCX]
+                regs[FSBASE], regs[GSBASE] = registers[FSBASE], registers[GSBASE]
+                regs[RFLAGS] &= ~_RF
+                if not _canonical(regs[RIP]):
+                    self._lost()
+                    raise VsgxError(f"the runner of TCS {self.tcs:#x} reported an EEXIT to "
+                                    f"a non-canonical address {regs[RIP]:#x}")
+                return EnclaveExit("eexit", regs)
+            if outcome == _FAST_HANDED_OVER:
+                return self.continue_entry(registers[RCX],
+                                           (registers[FSBASE], registers[GSBASE]), untrusted)
+            return self._eenter(registers, return_rip, untrusted)
+        finally:
+            fast.end()
+
+    def _eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
+                ) -> EnclaveExit:
         m, encl = self.machine, self.encl
         with m.lock:
             aep = registers[RCX]
@@ -199,7 +253,7 @@ class EnclaveThread:
                 self._ssa_frame(ossa, cssa)
                 self._ssa_checked = ssa_key
             frame = encl.base + ossa + cssa * encl.ssaframesize * PAGE_SIZE
-            if self.active:
+            if self._busy():
                 raise gp("the TCS is busy")
             _URSP_URBP.pack_into(view, frame - encl.base + encl.ssaframesize * PAGE_SIZE
                                  - SSA_GPRSGX_SIZE + _URSP_URBP.offset, registers[RSP],
@@ -220,8 +274,25 @@ class EnclaveThread:
                 executor.sync()
         return self._run(untrusted, aep, frame)
 
+    def _busy(self) -> bool:
+        """The busy check of EENTER and ERESUME (machine lock held): an entry
+        through here, or one through the runner (whose grant is revoked
+        first, so none can start after the look)."""
+        claim = getattr(self.executor, "claim", None)
+        return self.active or (claim is not None and claim())
+
     def eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
-        """ERESUME: continue from SSA[CSSA - 1]."""
+        """ERESUME: continue from SSA[CSSA - 1] (through the EVM; the
+        client's kept pages are refreshed and written back around it)."""
+        fast = self._fast()
+        if fast is None or not fast.begin(untrusted):
+            return self._eresume(registers, untrusted)
+        try:
+            return self._eresume(registers, untrusted)
+        finally:
+            fast.end()
+
+    def _eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
         m, encl = self.machine, self.encl
         with m.lock:
             if not _canonical(registers[RCX]):
@@ -230,7 +301,7 @@ class EnclaveThread:
             if cssa == 0:
                 raise gp("TCS.CSSA is 0: nothing to resume")
             frame = self._ssa_frame(ossa, cssa - 1)
-            if self.active:
+            if self._busy():
                 raise gp("the TCS is busy")
             size = encl.ssaframesize * PAGE_SIZE
             view = encl.page_view(frame)
@@ -254,11 +325,73 @@ class EnclaveThread:
             self.executor.sync()
         return self._run(untrusted, aep, self._ssa_frame_unchecked(ossa, cssa - 1))
 
+    def continue_entry(self, aep: int, entry_fsgs: tuple[int, int], untrusted: UntrustedMemory
+                       ) -> EnclaveExit:
+        """Go on with an entry the runner handed over (a stop it could not
+        complete alone: an ENCLU leaf, a fault in ELRANGE, an interrupt...),
+        as if it had been made here; ``aep`` and ``entry_fsgs`` are the
+        client's, from its EENTER."""
+        m, encl, executor = self.machine, self.encl, self.executor
+        with m.lock:
+            handed_over = getattr(executor, "handed_over", None)
+            epoch = executor.fast_entry_epoch() if handed_over is not None else None
+            if self.active or handed_over is None or not handed_over() or epoch is None:
+                raise VsgxError(f"TCS {self.tcs:#x} has no entry to go on with")
+            if not _canonical(aep):
+                raise gp("the AEP is not canonical")
+            view = encl.memory.view  # type: ignore[union-attr]
+            fields = _TCS.unpack_from(view, self.tcs - encl.base)
+            frame = self._ssa_frame_unchecked(fields[2], fields[3])
+            executor.revoke()
+            self.active = True
+            encl.inside[self.tcs] = min(epoch, encl.epoch)
+            self.entry_fsgs = entry_fsgs
+        return self._run(untrusted, aep, frame, first=executor.resume_handed_over)
+
+    def _grant(self) -> None:
+        """An entry through here is over (machine lock held): let the next
+        ones go through the runner if the TCS passes EENTER's checks now.
+        The runner checks busy, CSSA < NSSA and the SSA frame against what
+        is granted; the rest (TCS page, fields, INIT, AEXNOTIFY) holds until
+        the enclave's state changes, which revokes the grant."""
+        executor = self.executor
+        grant = getattr(executor, "grant", None)
+        if grant is None:
+            return
+        executor.end_fast_entry()
+        if not executor.fast_path:
+            return
+        encl = self.encl
+        try:
+            _, _, ossa, _, nssa, oentry, _, ofs, ogs = self._checked_tcs()
+        except Fault:
+            executor.revoke()
+            return
+        if executor.generation != encl.generation:
+            executor.sync()
+        base, size = encl.base, encl.ssaframesize * PAGE_SIZE
+        frames = []
+        for index in range(min(nssa, GRANT_FRAMES)):
+            try:
+                frame = self._ssa_frame(ossa, index)
+            except Fault:
+                frame = 0
+            # The runner writes the frame through its own mapping.
+            frames.append(frame if frame and executor.maps_writable(frame, size) else 0)
+        view = encl.memory.view  # type: ignore[union-attr]
+        cssa = _CSSA.unpack_from(view, self.tcs - base + _TCS_CSSA)[0]
+        flags = (GRANT_EXINFO if encl.miscselect & MiscSelect.EXINFO else 0) | (
+            GRANT_CODE_READABLE if executor.code_readable() else 0)
+        grant(epoch=encl.epoch, tcs=self.tcs, oentry=(base + oentry) & _U64,
+              ofsbase=(base + ofs) & _U64, ogsbase=(base + ogs) & _U64, cssa=cssa, nssa=nssa,
+              frame_size=size, flags=flags, frames=frames)
+
     def _ssa_frame_unchecked(self, ossa: int, index: int) -> int:
         return self.encl.base + ossa + index * self.encl.ssaframesize * PAGE_SIZE
 
     # -- running ------------------------------------------------------------
-    def _run(self, untrusted: UntrustedMemory, aep: int, frame: int) -> EnclaveExit:
+    def _run(self, untrusted: UntrustedMemory, aep: int, frame: int, first=None  # type: ignore[no-untyped-def]
+             ) -> EnclaveExit:
         encl, executor = self.encl, self.executor
         # Unicorn engines take turns on an enclave's memory; native runners
         # share it with real atomics and run at once.
@@ -269,15 +402,17 @@ class EnclaveThread:
         encl.running = executor
         try:
             while True:
-                if executor.interrupt_requested:
+                if first is None and executor.interrupt_requested:
                     executor.interrupt_requested = False
                     return self._aex(Stop(StopKind.INTERRUPTED, executor.save()),
                                      untrusted, aep, frame)
                 try:
-                    stop = self._validated(executor.run(untrusted))
+                    stop = self._validated(first(untrusted) if first is not None
+                                           else executor.run(untrusted))
                 except VsgxError:
                     self._lost()
                     raise
+                first = None
                 if stop.kind is StopKind.PREEMPTED:
                     lock.release()
                     time.sleep(0)
@@ -347,6 +482,7 @@ class EnclaveThread:
             with m.lock:
                 self.active = False
                 encl.inside.pop(self.tcs, None)
+                self._grant()
             regs[RIP] = target
             regs[RCX] = aep
             regs[RFLAGS] &= ~_RF  # ENCLU completed: RF is clear after it
@@ -410,6 +546,7 @@ class EnclaveThread:
             area = executor.xsave()
             memory[base:base + len(area)] = area
             self._deactivate(cssa + 1)
+            self._grant()
         synthetic = [0] * REG_COUNT
         synthetic[RAX] = Enclu.ERESUME
         synthetic[RBX] = self.tcs

@@ -271,7 +271,7 @@ class EnclaveVM:
                 for page in range(linaddr, end, PAGE_SIZE):
                     encl.note_change(page)
             else:
-                encl.generation += 1  # too many to name: executors re-read everything
+                encl.note_unnamed_change()  # too many to name: executors re-read all
 
     # -- ENCLU from outside --------------------------------------------------
     def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:

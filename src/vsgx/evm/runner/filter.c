@@ -25,7 +25,8 @@ struct filter_params {
     uint64_t ip_begin, ip_end;         /* system calls only from (ip_begin, ip_end] */
     uint64_t enclave_begin, enclave_end;
     uint64_t image_begin, image_end;   /* the runner's own memory: never unmapped */
-    uint64_t command_word, report_word;
+    uint64_t wait_word;                /* the one word FUTEX_WAIT may wait on */
+    uint64_t report_word, reply_word;  /* the words FUTEX_WAKE may wake */
     uint64_t futex_timeout;            /* the one timeout FUTEX_WAIT may use */
     uint64_t mask_slot;                /* where a signal-mask query may write */
     uint64_t empty_mask;               /* the one mask that may be set */
@@ -217,16 +218,18 @@ static int build_filter(const struct filter_params *p, struct sock_filter *out)
         emit(&b, JEQ_K, L_ARCH, L_NEXT, 158);
     jump(&b, L_TRAP);
 
-    /* futex: WAIT on the command word (with the one timeout), WAKE on the
-       report word. The op is an int: its low word is what the kernel uses. */
+    /* futex: WAIT on the doorbell (with the one timeout), WAKE on the
+       report word (the EVM) or the client's reply word. The op is an int:
+       its low word is what the kernel uses. */
     place(&b, L_FUTEX);
     emit(&b, LD_ABS, L_NEXT, L_NEXT, LO(D_ARG(1)));
     emit(&b, JEQ_K, L_FUTEX_WAKE, L_NEXT, 1);
     emit(&b, JEQ_K, L_NEXT, L_TRAP, 0);
-    cmp64(&b, EQ, D_ARG(0), p->command_word, L_NEXT, L_TRAP);
+    cmp64(&b, EQ, D_ARG(0), p->wait_word, L_NEXT, L_TRAP);
     cmp64(&b, EQ, D_ARG(3), p->futex_timeout, L_ALLOW, L_TRAP);
     place(&b, L_FUTEX_WAKE);
-    cmp64(&b, EQ, D_ARG(0), p->report_word, L_ALLOW, L_TRAP);
+    cmp64(&b, EQ, D_ARG(0), p->report_word, L_ALLOW, L_NEXT);
+    cmp64(&b, EQ, D_ARG(0), p->reply_word, L_ALLOW, L_TRAP);
 
     /* mprotect(addr, len, prot): [addr, addr + len) inside ELRANGE, prot
        within RWX. addr < end and len <= size keep the sum below 2^48. */

@@ -1,12 +1,22 @@
-"""The pages the EVM and a runner share, declared once.
+"""The pages the EVM, a runner and its client share, declared once.
 
-Two areas, each a memfd of the EVM mapped into the runner:
+Four areas, each a memfd of the EVM mapped into the runner:
 
 * REPORT — written by the runner, read by the EVM. Mapped read-write in the
   runner, so enclave code can write it too: everything in it is untrusted.
 * COMMAND — written by the EVM, mapped read-only in the runner: the
-  commands, the page operations and the registers to enter with come only
-  from here, and enclave code cannot forge them.
+  commands, the page operations, the registers to enter with and the
+  *grant* (the TCS fields the EVM validated, for entries that do not pass
+  through it) come only from here, and enclave code cannot forge them.
+* CLIENT — the fast path's meeting point: the client (the program's
+  injected library, or the Python host) asks the runner for EENTER and
+  ERESUME here and gets EEXIT, AEX and page requests back, without the
+  EVM. Writable by the client, the runner and enclave code: each side
+  validates everything it reads from it.
+* STATE — one page per enclave, written by the EVM, read-only in its
+  runners: the version every grant is checked against at entry (bumped at
+  every change of EPCM or page-table state and whenever the EVM looks at
+  who is inside).
 
 The C declarations (``vsgx_layout.h``) are generated from these tables when
 the runner is built; the header asserts every offset, and a test compiles a
@@ -89,6 +99,11 @@ class Area:
 
 MAX_OPS = 1000
 OP_WORDS = 4  # kind, address, length, argument
+GRANT_FRAMES = 16  # SSA frames a grant can describe (a TCS with more NSSA: no grant)
+PYTHON_SLOTS = 512  # page-pool slots the EVM's executor maps untrusted pages from
+CLIENT_SLOTS = 256  # slots after those that the fast path's client fills
+POOL_SLOTS = PYTHON_SLOTS + CLIENT_SLOTS
+MAX_UNMAP = 64  # client slots one request may ask the runner to unmap
 
 REPORT = Area("vsgx_report", 4096, (
     Field("seq", 0, "u32"),  # futex word: bumped by the runner at each report
@@ -109,6 +124,13 @@ REPORT = Area("vsgx_report", 4096, (
     Field("regs", 80, "u64", REG_COUNT),
     Field("fpu", 256, "u8", 512),  # FXSAVE image (16-byte aligned)
     Field("message", 768, "u8", 128),  # STOP_DIED: why, NUL-terminated
+    # The fast path, as the runner says it stands (untrusted: what enclave
+    # code writes here can only mislead about its own thread).
+    Field("fast_inside", 1024, "u32"),  # 1 from a fast EENTER/ERESUME to its exit
+    Field("fast_handed_over", 1028, "u32"),  # the entry goes on in the EVM
+    Field("fast_entry_epoch", 1032, "u64"),  # the grant's epoch when it entered
+    Field("fault_client_slot", 1040, "u32"),  # a #PF on a page a client slot maps: slot + 1
+    Field("fast_entries", 1044, "u32"),  # fast entries so far (statistics, tests)
 ))
 
 COMMAND = Area("vsgx_command", 9 * 4096, (
@@ -119,9 +141,66 @@ COMMAND = Area("vsgx_command", 9 * 4096, (
     Field("regs", 16, "u64", REG_COUNT),
     Field("fpu", 192, "u8", 512),
     Field("ops", 704, "u64", OP_WORDS * MAX_OPS),
+    # The grant: a seqlock (odd while the EVM writes it), then the TCS as
+    # EENTER's checks found it, in linear addresses.
+    Field("grant_seq", 32768, "u32"),
+    Field("grant_valid", 32772, "u32"),
+    Field("grant_version", 32776, "u64"),  # the STATE version it holds for
+    Field("grant_epoch", 32784, "u64"),  # the enclave's epoch (ETRACK) at the grant
+    Field("grant_tcs", 32792, "u64"),
+    Field("grant_oentry", 32800, "u64"),
+    Field("grant_ofsbase", 32808, "u64"),
+    Field("grant_ogsbase", 32816, "u64"),
+    Field("grant_cssa", 32824, "u32"),
+    Field("grant_nssa", 32828, "u32"),
+    Field("grant_frame_size", 32832, "u64"),  # SECS.SSAFRAMESIZE in bytes
+    Field("grant_xfrm", 32840, "u64"),
+    Field("grant_flags", 32848, "u32"),  # GRANT_*
+    Field("grant_mxcsr_mask", 32852, "u32"),
+    Field("grant_frames", 32856, "u64", GRANT_FRAMES),  # SSA frame i, 0: not accessible
+    Field("interrupt_seq", 32984, "u32"),  # bumped by the EVM for an interrupt (a kick)
+))
+
+CLIENT = Area("vsgx_client", 4096, (
+    Field("doorbell", 0, "u32"),  # the runner's futex word: client and EVM bump it
+    Field("runner_sleeping", 4, "u32"),  # 1: the runner waits in FUTEX_WAIT (wake it)
+    Field("request_seq", 8, "u32"),  # bumped by the client for each request
+    Field("request", 12, "u32"),  # REQ_*
+    Field("reply_seq", 16, "u32"),  # the client's futex word: bumped by the runner
+    Field("reply", 20, "u32"),  # REPLY_*
+    Field("client_sleeping", 24, "u32"),  # 1: the client waits in FUTEX_WAIT (wake it)
+    Field("heartbeat", 28, "u32"),  # bumped by the runner about once a second
+    Field("closed", 32, "u32"),  # set by the EVM: the runner is gone, use the EVM
+    Field("magic", 36, "u32"),  # CLIENT_MAGIC, written by the EVM
+    Field("return_rip", 40, "u64"),  # EENTER: the address after the ENCLU
+    Field("regs", 48, "u64", REG_COUNT),  # in: at the ENCLU; out: after EEXIT or AEX
+    Field("vector", 208, "u32"),  # REPLY_AEX: the exception
+    Field("error_code", 212, "u32"),
+    Field("address", 216, "u64"),  # #PF: the page (CR2 with bits 11:0 cleared)
+    Field("exitinfo_valid", 224, "u32"),
+    Field("interrupt", 228, "u32"),
+    Field("page_address", 232, "u64"),  # REPLY_PAGE: the untrusted page wanted
+    Field("page_write", 240, "u32"),  # ... for a write
+    Field("page_slot", 244, "u32"),  # REQ_PAGE: the client slot that holds it
+    Field("page_state", 248, "u32"),  # REQ_PAGE: PAGE_*
+    Field("unmap_count", 252, "u32"),  # with an entry: client slots to unmap first
+    Field("unmap_slots", 256, "u32", MAX_UNMAP),
+    Field("entries", 512, "u32"),  # statistics the runner keeps (tests, benchmarks)
+    Field("page_requests", 516, "u32"),
+))
+
+STATE = Area("vsgx_state", 4096, (
+    Field("version", 0, "u64"),
 ))
 
 CMD_RUN, CMD_OPS, CMD_QUIT = 1, 2, 3
+# The fast path's requests (client -> runner) and replies (runner -> client).
+REQ_EENTER, REQ_ERESUME, REQ_PAGE = 1, 2, 3
+REPLY_EEXIT, REPLY_AEX, REPLY_REFUSED, REPLY_HANDED_OVER, REPLY_PAGE, REPLY_BAD = 1, 2, 3, 4, 5, 6
+PAGE_MISSING, PAGE_READ_ONLY, PAGE_WRITABLE = 0, 1, 2
+GRANT_EXINFO = 1  # MISCSELECT.EXINFO: #PF and #GP AEXs write EXINFO
+GRANT_CODE_READABLE = 2  # every executable page is readable (the runner may check ENCLU)
+CLIENT_MAGIC = 0x56534758  # "VSGX"
 OP_PROTECT, OP_MAP, OP_UNMAP = 1, 2, 3
 # What a report says happened.
 STOP_READY = 1  # set up and sandboxed; features and isolation are valid
@@ -174,6 +253,16 @@ def _defines() -> list[str]:
         "VSGX_RUNNER_FLAG_RDTSC_FAULTS": RUNNER_FLAG_RDTSC_FAULTS,
         "VSGX_RUNNER_FLAG_NO_FSGSBASE": RUNNER_FLAG_NO_FSGSBASE,
         "VSGX_REG_COUNT": REG_COUNT,
+        "VSGX_GRANT_FRAMES": GRANT_FRAMES, "VSGX_PYTHON_SLOTS": PYTHON_SLOTS,
+        "VSGX_CLIENT_SLOTS": CLIENT_SLOTS, "VSGX_POOL_SLOTS": POOL_SLOTS,
+        "VSGX_MAX_UNMAP": MAX_UNMAP,
+        "VSGX_REQ_EENTER": REQ_EENTER, "VSGX_REQ_ERESUME": REQ_ERESUME,
+        "VSGX_REQ_PAGE": REQ_PAGE, "VSGX_REPLY_EEXIT": REPLY_EEXIT, "VSGX_REPLY_AEX": REPLY_AEX,
+        "VSGX_REPLY_REFUSED": REPLY_REFUSED, "VSGX_REPLY_HANDED_OVER": REPLY_HANDED_OVER,
+        "VSGX_REPLY_PAGE": REPLY_PAGE, "VSGX_REPLY_BAD": REPLY_BAD,
+        "VSGX_PAGE_MISSING": PAGE_MISSING, "VSGX_PAGE_READ_ONLY": PAGE_READ_ONLY,
+        "VSGX_PAGE_WRITABLE": PAGE_WRITABLE, "VSGX_GRANT_EXINFO": GRANT_EXINFO,
+        "VSGX_GRANT_CODE_READABLE": GRANT_CODE_READABLE, "VSGX_CLIENT_MAGIC": CLIENT_MAGIC,
     }
     for name, bit in ISOLATION_BITS.items():
         key = "".join(c if c.isalnum() else "_" for c in name.upper())
@@ -188,7 +277,7 @@ def c_header() -> str:
     parts = ["/* Generated from vsgx.evm.runner.layout when the runner is built. */",
              "#ifndef VSGX_LAYOUT_H", "#define VSGX_LAYOUT_H", "#include <stddef.h>",
              "#include <stdint.h>", *_defines(), REPORT.c_struct(), COMMAND.c_struct(),
-             "#endif", ""]
+             CLIENT.c_struct(), STATE.c_struct(), "#endif", ""]
     return "\n".join(parts)
 
 

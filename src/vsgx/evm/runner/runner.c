@@ -7,7 +7,11 @@
    from a second memfd, the page pool. Two more memfds are the REPORT area
    (runner-written, EVM-read) and the COMMAND area (EVM-written, mapped
    read-only here) — see vsgx/evm/runner/layout.py, which generates
-   vsgx_layout.h.
+   vsgx_layout.h. Two more make the fast path: the CLIENT area, where the
+   program's library (or the Python host) asks for EENTER and gets EEXIT
+   and page requests back without the EVM, checked against the grant the
+   EVM wrote into COMMAND; and the enclave's STATE page (read-only), whose
+   version every grant must still match.
 
    Enclave code runs in this address space and can write everything the
    runner can write and jump anywhere the runner can execute. So, after
@@ -19,7 +23,7 @@
      section, and only by number and arguments that are harmless whoever
      makes them; everything else, another ABI included, is SIGSYS;
    - what the runner must trust (the commands, the page operations, the
-     registers to enter with) is in the read-only COMMAND area; its own
+     registers to enter with, the grant) is in the read-only COMMAND area; its own
      constants are on a page sealed read-only; the REPORT area is written by
      the runner but also writable by enclave code, so the EVM treats every
      report as untrusted;
@@ -34,7 +38,7 @@
    SIGBUS/SIGFPE/SIGTRAP for faults, SIGSYS for a refused system call,
    SIGUSR1 for the EVM's interrupts, SIGALRM once a second); the handler
    reports the raw signal and waits for a command. Entering is IRETQ with a
-   user-mode frame built from the COMMAND area, after restoring the FPU
+   user-mode frame built from the entry block, after restoring the FPU
    state and unmasking signals: no sigreturn, so nothing enclave code wrote
    into the signal frame is ever loaded.
 
@@ -95,6 +99,7 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #define FUTEX_WAIT 0
 #define FUTEX_WAKE 1
+#define ETIMEDOUT 110
 #define ARCH_SET_GS 0x1001
 #define ARCH_SET_FS 0x1002
 #define ARCH_GET_FS 0x1003
@@ -175,6 +180,10 @@ INLINE void copy(void *to, const void *from, size_t n)
 /* -- what the entry section uses (all inside the image: RIP-relative) --- */
 struct vsgx_report vsgx_report __attribute__((section(".bss.vsgx_report")));
 struct vsgx_command vsgx_command __attribute__((section(".bss.vsgx_command")));
+/* The fast path's area (shared with the client, writable by everyone
+   here) and the enclave's state page (read-only: the EVM's version). */
+struct vsgx_client vsgx_client __attribute__((section(".bss.vsgx_client")));
+struct vsgx_state vsgx_state __attribute__((section(".bss.vsgx_state")));
 
 /* Written during set-up, then mprotected read-only. */
 struct sealed_constants {
@@ -216,6 +225,35 @@ struct scratch vsgx_scratch __attribute__((section(".bss.vsgx_scratch"), aligned
 _Static_assert(offsetof(struct scratch, captured_flags) == 128, "scratch");
 _Static_assert(offsetof(struct scratch, mask) == 136, "scratch");
 _Static_assert(offsetof(struct scratch, fpstate) == 152, "scratch");
+
+/* What vsgx_enter loads: the registers (vsgx.evm.executor order) and,
+   when vsgx_entry_load_fpu is set, an FXSAVE image. Filled from the
+   COMMAND area (an entry of the EVM), from the grant and the client's
+   request (a fast entry) or from a signal frame (a resume); no enclave
+   code runs in this process between the filling and the IRETQ. */
+uint64_t vsgx_entry_regs[VSGX_REG_COUNT] __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+uint8_t vsgx_entry_fpu[512] __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+uint32_t vsgx_entry_load_fpu __attribute__((section(".bss.vsgx_scratch")));
+
+/* The fast path's own state. Enclave code can write it; what it gains by
+   that is confusion about its own thread: the grant and the filter bound
+   what the runner does whatever this holds. */
+struct fast {
+    uint32_t last_req;         /* CLIENT.request_seq last taken */
+    uint32_t active;           /* a fast entry runs enclave code */
+    uint32_t handed_over;      /* ... which now goes on in the EVM, until the next grant */
+    uint32_t grant_seq;        /* the grant whose CSSA is below */
+    uint32_t cssa;
+    uint32_t interrupt_seen;   /* COMMAND.interrupt_seq at the entry */
+    uint32_t in_request;       /* the runner works on a request (a fault here refuses it) */
+    uint32_t code_readable;
+    uint32_t spin_limit;       /* adaptive: pause rounds before the futex */
+    uint32_t reserved;
+    uint64_t aep, entry_fs, entry_gs;
+    uint64_t request_regs[VSGX_REG_COUNT];
+    uint64_t slot_page[VSGX_CLIENT_SLOTS];  /* where each client slot is mapped, or 0 */
+};
+struct fast vsgx_fast __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
 
 /* vsgx_enter's stack: off the alternate stack, so that a signal in the
    return window starts a fresh frame at the alternate stack's top instead
@@ -260,23 +298,70 @@ INLINE void get_bases(uint64_t *fs, uint64_t *gs)
     }
 }
 
-INLINE uint32_t next_command(void)
+#define SPIN_MIN 64
+#define SPIN_MAX 40000
+
+INLINE int work_pending(void)
 {
-    uint32_t last = vsgx_scratch.last_cmd;
-    for (int spin = 0; spin < 4000; spin++) {
-        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != last)
-            goto got;
-        __asm__ volatile("pause");
+    return __atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != vsgx_scratch.last_cmd ||
+           __atomic_load_n(&vsgx_client.request_seq, __ATOMIC_ACQUIRE) != vsgx_fast.last_req;
+}
+
+INLINE void pause_once(void)
+{
+    __asm__ volatile("pause" ::: "memory");
+}
+
+/* Wait for a command of the EVM or a request of the client (both ring the
+   doorbell). Spin first, for as long as work has recently taken to come
+   (twice that, bounded), since a futex wake-up costs an IPI; then sleep,
+   saying so, so that whoever rings wakes us. The budget halves each time
+   the work did not come within it, so a runner whose client is busy
+   elsewhere (or descheduled) soon stops taking the CPU from it. */
+INLINE void wait_for_work(void)
+{
+    struct fast *f = &vsgx_fast;
+    uint32_t limit = f->spin_limit;
+    if (limit < SPIN_MIN || limit > SPIN_MAX)
+        limit = SPIN_MIN;
+    for (uint32_t i = 0; i < limit; i++) {
+        if (work_pending()) {
+            uint32_t want = 2 * i + SPIN_MIN;
+            f->spin_limit = want > limit ? (want < SPIN_MAX ? want : SPIN_MAX) : limit;
+            return;
+        }
+        pause_once();
     }
-    while (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) == last) {
-        SYSCALL(SYS_futex, &vsgx_command.seq, FUTEX_WAIT, last, sealed.second, 0, 0);
-        /* The EVM went away (we were re-parented): so do we. */
-        if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
-            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+    f->spin_limit = limit / 2 > SPIN_MIN ? limit / 2 : SPIN_MIN;
+    struct vsgx_client *c = &vsgx_client;
+    for (;;) {
+        uint32_t bell = __atomic_load_n(&c->doorbell, __ATOMIC_ACQUIRE);
+        if (work_pending())
+            return;
+        __atomic_store_n(&c->runner_sleeping, 1, __ATOMIC_SEQ_CST);
+        if (work_pending()) {
+            __atomic_store_n(&c->runner_sleeping, 0, __ATOMIC_RELAXED);
+            return;
+        }
+        long r = SYSCALL(SYS_futex, &c->doorbell, FUTEX_WAIT, bell, sealed.second, 0, 0);
+        __atomic_store_n(&c->runner_sleeping, 0, __ATOMIC_RELAXED);
+        if (r == -ETIMEDOUT) {
+            __atomic_add_fetch(&c->heartbeat, 1, __ATOMIC_RELAXED);
+            /* The EVM went away (we were re-parented): so do we. */
+            if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
+                SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+        }
     }
-got:
-    vsgx_scratch.last_cmd = __atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE);
-    return vsgx_command.command;
+}
+
+/* Tell the client: the reply is in the area. */
+INLINE void reply(uint32_t kind)
+{
+    struct vsgx_client *c = &vsgx_client;
+    c->reply = kind;
+    __atomic_add_fetch(&c->reply_seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->client_sleeping, __ATOMIC_SEQ_CST))
+        SYSCALL(SYS_futex, &c->reply_seq, FUTEX_WAKE, 1, 0, 0, 0);
 }
 
 /* The page operations of the current command (the filter checks each). */
@@ -311,69 +396,407 @@ INLINE int apply_ops(void)
     return 0;
 }
 
-/* Serve commands until one sends us into the enclave. */
-ENTRY_FN __attribute__((noreturn)) void vsgx_serve(void)
+INLINE int canonical(uint64_t address)
 {
-    for (;;) {
-        uint32_t cmd = next_command();
-        if (cmd == VSGX_CMD_QUIT)
-            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
-        if (cmd != VSGX_CMD_RUN && cmd != VSGX_CMD_OPS) {
-            vsgx_report.op_index = ~0u;
-            vsgx_report.op_errno = 22;
-            report(VSGX_STOP_OP_FAILED);
+    return address < (1ull << 47) || address >= 0xFFFF800000000000ull;
+}
+
+INLINE int in_elrange(uint64_t address)
+{
+    return address >= sealed.enclave_begin && address < sealed.enclave_end;
+}
+
+/* One command of the EVM. RUN goes into the enclave and does not return. */
+INLINE void run_command(void)
+{
+    vsgx_scratch.last_cmd = __atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE);
+    uint32_t cmd = vsgx_command.command;
+    if (cmd == VSGX_CMD_QUIT)
+        SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+    if (cmd != VSGX_CMD_RUN && cmd != VSGX_CMD_OPS) {
+        vsgx_report.op_index = ~0u;
+        vsgx_report.op_errno = 22;
+        report(VSGX_STOP_OP_FAILED);
+        return;
+    }
+    if (apply_ops() < 0) {
+        report(VSGX_STOP_OP_FAILED);
+        return;
+    }
+    if (cmd == VSGX_CMD_RUN) {
+        copy(vsgx_entry_regs, vsgx_command.regs, sizeof(vsgx_entry_regs));
+        vsgx_entry_load_fpu = vsgx_command.load_fpu != 0;
+        if (vsgx_entry_load_fpu)
+            copy(vsgx_entry_fpu, vsgx_command.fpu, sizeof(vsgx_entry_fpu));
+        vsgx_enter();
+    }
+    report(VSGX_STOP_OPS_DONE);
+}
+
+/* The grant as the EVM last wrote it, read under its seqlock. 0 if there
+   is none (or it is being written). A new grant ends a handed-over entry
+   and brings the TCS's CSSA. */
+struct grant {
+    uint32_t seq, flags;
+    uint64_t version, epoch, oentry, ofsbase, ogsbase;
+    uint32_t cssa, nssa;
+    uint64_t frame_size;
+    uint64_t frames[VSGX_GRANT_FRAMES];
+};
+
+INLINE int read_grant(struct grant *g)
+{
+    const struct vsgx_command *c = &vsgx_command;
+    uint32_t seq = __atomic_load_n(&c->grant_seq, __ATOMIC_ACQUIRE);
+    if (seq & 1)
+        return 0;
+    uint32_t valid = c->grant_valid;
+    g->seq = seq;
+    g->flags = c->grant_flags;
+    g->version = c->grant_version;
+    g->epoch = c->grant_epoch;
+    g->oentry = c->grant_oentry;
+    g->ofsbase = c->grant_ofsbase;
+    g->ogsbase = c->grant_ogsbase;
+    g->cssa = c->grant_cssa;
+    g->nssa = c->grant_nssa;
+    g->frame_size = c->grant_frame_size;
+    copy(g->frames, c->grant_frames, sizeof(g->frames));
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&c->grant_seq, __ATOMIC_ACQUIRE) != seq)
+        return 0;
+    struct fast *f = &vsgx_fast;
+    if (seq != f->grant_seq) {
+        f->grant_seq = seq;
+        f->cssa = g->cssa;
+        f->handed_over = 0;
+    }
+    return valid == 1 && !f->handed_over;
+}
+
+/* Slots the client no longer uses for the pages they hold. */
+INLINE void unmap_requested(void)
+{
+    struct vsgx_client *c = &vsgx_client;
+    uint32_t count = c->unmap_count;
+    if (count > VSGX_MAX_UNMAP)
+        count = VSGX_MAX_UNMAP;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t slot = c->unmap_slots[i];
+        if (slot >= VSGX_CLIENT_SLOTS || !vsgx_fast.slot_page[slot])
             continue;
-        }
-        if (apply_ops() < 0) {
-            report(VSGX_STOP_OP_FAILED);
-            continue;
-        }
-        if (cmd == VSGX_CMD_RUN)
-            vsgx_enter();
-        report(VSGX_STOP_OPS_DONE);
+        SYSCALL(SYS_munmap, vsgx_fast.slot_page[slot], 4096, 0, 0, 0, 0);
+        vsgx_fast.slot_page[slot] = 0;
     }
 }
 
-/* A kernel-delivered signal (the marker was blocked): report it raw; the
-   EVM decides what it means. */
+INLINE void refuse(void)
+{
+    __atomic_store_n(&vsgx_report.fast_inside, 0, __ATOMIC_SEQ_CST);
+    vsgx_fast.in_request = 0;
+    reply(VSGX_REPLY_REFUSED);
+}
+
+/* GPRSGX is the last 184 bytes of an SSA frame; URSP and URBP at 144. */
+#define GPRSGX_SIZE 184
+
+/* EENTER from the client, checked against the grant. Anything the runner
+   cannot decide alone (no grant, a stale one, CSSA == NSSA, an SSA frame
+   the grant does not describe, a non-canonical AEP) is refused: the client
+   then makes the entry through the EVM, whose checks come in the SDM's
+   order and give the exact fault. */
+ENTRY_FN void fast_eenter(void)
+{
+    struct fast *f = &vsgx_fast;
+    struct vsgx_client *c = &vsgx_client;
+    f->in_request = 1;
+    copy(f->request_regs, c->regs, sizeof(f->request_regs));
+    uint64_t return_rip = c->return_rip;
+    unmap_requested();
+    struct grant g;
+    if (!read_grant(&g)) {
+        refuse();
+        return;
+    }
+    uint64_t aep = f->request_regs[VSGX_REG_RCX];
+    uint32_t cssa = f->cssa;
+    if (!canonical(aep) || cssa >= g.nssa || cssa >= VSGX_GRANT_FRAMES || !g.frames[cssa]) {
+        refuse();
+        return;
+    }
+    uint64_t frame = g.frames[cssa];
+    /* Inside before the last look at the version: the EVM bumps the
+       version before it looks at who is inside (Dekker), so one of the two
+       sees the other. */
+    vsgx_report.fast_entry_epoch = g.epoch;
+    __atomic_store_n(&vsgx_report.fast_inside, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&vsgx_state.version, __ATOMIC_SEQ_CST) != g.version ||
+        __atomic_load_n(&vsgx_command.grant_seq, __ATOMIC_SEQ_CST) != g.seq) {
+        refuse();
+        return;
+    }
+    uint64_t *gprsgx = (uint64_t *)(frame + g.frame_size - GPRSGX_SIZE);
+    gprsgx[18] = f->request_regs[VSGX_REG_RSP];
+    gprsgx[19] = f->request_regs[VSGX_REG_RBP];
+    f->aep = aep;
+    f->entry_fs = f->request_regs[VSGX_REG_FSBASE];
+    f->entry_gs = f->request_regs[VSGX_REG_GSBASE];
+    f->code_readable = (g.flags & VSGX_GRANT_CODE_READABLE) != 0;
+    f->interrupt_seen = __atomic_load_n(&vsgx_command.interrupt_seq, __ATOMIC_ACQUIRE);
+    copy(vsgx_entry_regs, f->request_regs, sizeof(vsgx_entry_regs));
+    vsgx_entry_regs[VSGX_REG_RAX] = cssa;
+    vsgx_entry_regs[VSGX_REG_RCX] = return_rip;
+    vsgx_entry_regs[VSGX_REG_RIP] = g.oentry;
+    vsgx_entry_regs[VSGX_REG_FSBASE] = g.ofsbase;
+    vsgx_entry_regs[VSGX_REG_GSBASE] = g.ogsbase;
+    vsgx_entry_load_fpu = 0;
+    vsgx_report.fast_handed_over = 0;
+    vsgx_report.fast_entries++;
+    c->entries++;
+    f->active = 1;
+    f->in_request = 0;
+    vsgx_enter();
+}
+
+/* A request of the client (enters, or answers at once). */
+INLINE void fast_request(void)
+{
+    struct vsgx_client *c = &vsgx_client;
+    uint32_t seq = __atomic_load_n(&c->request_seq, __ATOMIC_ACQUIRE);
+    if (seq == vsgx_fast.last_req)
+        return;
+    vsgx_fast.last_req = seq;
+    uint32_t kind = c->request;
+    if (kind == VSGX_REQ_EENTER)
+        fast_eenter();
+    else if (kind == VSGX_REQ_ERESUME)
+        reply(VSGX_REPLY_REFUSED);
+    else
+        reply(VSGX_REPLY_BAD);
+}
+
+/* Serve the EVM and the client until one of them sends us into the
+   enclave. */
+ENTRY_FN __attribute__((noreturn)) void vsgx_serve(void)
+{
+    for (;;) {
+        wait_for_work();
+        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != vsgx_scratch.last_cmd)
+            run_command();
+        else
+            fast_request();
+    }
+}
+
+/* The registers of a signal frame, in vsgx.evm.executor order (RFLAGS
+   and RIP included; FS and GS bases left as they are in ``regs``). */
+INLINE void regs_from_frame(uint64_t *regs, const uint8_t *uc)
+{
+    regs[VSGX_REG_RAX] = MC(uc, MC_RAX);
+    regs[VSGX_REG_RCX] = MC(uc, MC_RCX);
+    regs[VSGX_REG_RDX] = MC(uc, MC_RDX);
+    regs[VSGX_REG_RBX] = MC(uc, MC_RBX);
+    regs[VSGX_REG_RSP] = MC(uc, MC_RSP);
+    regs[VSGX_REG_RBP] = MC(uc, MC_RBP);
+    regs[VSGX_REG_RSI] = MC(uc, MC_RSI);
+    regs[VSGX_REG_RDI] = MC(uc, MC_RDI);
+    regs[VSGX_REG_R8] = MC(uc, MC_R8);
+    regs[VSGX_REG_R9] = MC(uc, MC_R9);
+    regs[VSGX_REG_R10] = MC(uc, MC_R10);
+    regs[VSGX_REG_R11] = MC(uc, MC_R11);
+    regs[VSGX_REG_R12] = MC(uc, MC_R12);
+    regs[VSGX_REG_R13] = MC(uc, MC_R13);
+    regs[VSGX_REG_R14] = MC(uc, MC_R14);
+    regs[VSGX_REG_R15] = MC(uc, MC_R15);
+    regs[VSGX_REG_RFLAGS] = MC(uc, MC_EFL);
+    regs[VSGX_REG_RIP] = MC(uc, MC_RIP);
+}
+
+/* Back into the enclave where the signal stopped it (its FPU state is
+   the frame's: vsgx_scratch.fpstate). */
+INLINE __attribute__((noreturn)) void resume_from_frame(const uint8_t *uc)
+{
+    regs_from_frame(vsgx_entry_regs, uc);
+    get_bases(&vsgx_entry_regs[VSGX_REG_FSBASE], &vsgx_entry_regs[VSGX_REG_GSBASE]);
+    vsgx_entry_load_fpu = 0;
+    vsgx_enter();
+}
+
+/* RFLAGS bits with an architectural meaning, less RF (as the EVM keeps). */
+#define KEPT_FLAGS (0x3F7FD5 & ~(1u << 16))
+
+/* EEXIT (SDM EEXIT): RIP = RBX, RCX = the AEP, the rest as enclave code
+   left them; the thread is no longer inside. */
+INLINE void fast_eexit(const uint8_t *uc)
+{
+    struct fast *f = &vsgx_fast;
+    struct vsgx_client *c = &vsgx_client;
+    uint64_t regs[VSGX_REG_COUNT];
+    regs_from_frame(regs, uc);
+    regs[VSGX_REG_RIP] = regs[VSGX_REG_RBX];
+    regs[VSGX_REG_RCX] = f->aep;
+    regs[VSGX_REG_RFLAGS] = (regs[VSGX_REG_RFLAGS] & KEPT_FLAGS) | 0x2;
+    regs[VSGX_REG_FSBASE] = f->entry_fs;
+    regs[VSGX_REG_GSBASE] = f->entry_gs;
+    copy(c->regs, regs, sizeof(regs));
+    f->active = 0;
+    __atomic_store_n(&vsgx_report.fast_inside, 0, __ATOMIC_SEQ_CST);
+    reply(VSGX_REPLY_EEXIT);
+}
+
+/* Which client slot maps ``page``, or -1. */
+INLINE int client_slot_of(uint64_t page)
+{
+    for (int i = 0; i < VSGX_CLIENT_SLOTS; i++)
+        if (vsgx_fast.slot_page[i] == page)
+            return i;
+    return -1;
+}
+
+/* Ask the client for an untrusted page the enclave touched; 1 once it is
+   mapped from the slot the client filled, 0 if the client has none. */
+INLINE int fast_page(uint64_t page, int write)
+{
+    struct vsgx_client *c = &vsgx_client;
+    c->page_address = page;
+    c->page_write = (uint32_t)write;
+    c->page_requests++;
+    reply(VSGX_REPLY_PAGE);
+    for (;;) {
+        wait_for_work();
+        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != vsgx_scratch.last_cmd) {
+            /* Only QUIT makes sense while a fast entry runs. */
+            vsgx_scratch.last_cmd = __atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE);
+            if (vsgx_command.command == VSGX_CMD_QUIT)
+                SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+            vsgx_report.op_index = ~0u;
+            vsgx_report.op_errno = 16; /* EBUSY */
+            report(VSGX_STOP_OP_FAILED);
+            continue;
+        }
+        uint32_t seq = __atomic_load_n(&c->request_seq, __ATOMIC_ACQUIRE);
+        if (seq == vsgx_fast.last_req)
+            continue;
+        vsgx_fast.last_req = seq;
+        break;
+    }
+    uint32_t kind = c->request, slot = c->page_slot, state = c->page_state;
+    if (kind != VSGX_REQ_PAGE || slot >= VSGX_CLIENT_SLOTS ||
+        (state != VSGX_PAGE_READ_ONLY && state != VSGX_PAGE_WRITABLE))
+        return 0;
+    if (vsgx_fast.slot_page[slot]) {
+        SYSCALL(SYS_munmap, vsgx_fast.slot_page[slot], 4096, 0, 0, 0, 0);
+        vsgx_fast.slot_page[slot] = 0;
+    }
+    long r = SYSCALL(SYS_mmap, page, 4096, state == VSGX_PAGE_WRITABLE ? PROT_RW : PROT_READ,
+                     MAP_SHARED | MAP_FIXED_NOREPLACE, sealed.pool_fd,
+                     (uint64_t)(VSGX_PYTHON_SLOTS + slot) * 4096);
+    if (r != (long)page) {
+        if (r >= 0)
+            SYSCALL(SYS_munmap, r, 4096, 0, 0, 0, 0);
+        return 0;
+    }
+    vsgx_fast.slot_page[slot] = page;
+    return 1;
+}
+
+/* A stop of a fast entry: what the runner completes alone (EEXIT, the
+   alarm, an untrusted page the client has) does not return; anything else
+   returns, and the caller hands the entry over to the EVM. */
+INLINE void fast_stop(long sig, const uint8_t *uc, int window)
+{
+    struct fast *f = &vsgx_fast;
+    int interrupt = __atomic_load_n(&vsgx_command.interrupt_seq, __ATOMIC_ACQUIRE) !=
+                    f->interrupt_seen;
+    if (window) {
+        /* The enclave has not started: enter again, unless interrupted. */
+        if (sig == SIGUSR1 && interrupt)
+            return;
+        vsgx_enter();
+    }
+    /* Before anything resumes: a stop outside ELRANGE is enclave code
+       running runner code (a jump there), which the EVM makes #GP(0); an
+       alarm that resumed it would leave it there for good. */
+    uint64_t rip = MC(uc, MC_RIP);
+    if (!in_elrange(rip))
+        return;
+    if (sig == SIGALRM || (sig == SIGUSR1 && !interrupt))
+        resume_from_frame(uc);
+    if (sig == SIGUSR1)
+        return;
+    if (sig == SIGILL) {
+        const uint8_t *code = (const uint8_t *)rip;
+        if (f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
+            code[1] == 0x01 && code[2] == 0xd7 && (uint32_t)MC(uc, MC_RAX) == 4 &&
+            canonical(MC(uc, MC_RBX))) {
+            fast_eexit(uc);
+            vsgx_serve();
+        }
+        return;
+    }
+    if ((sig == SIGSEGV || sig == SIGBUS) && MC(uc, MC_TRAPNO) == 14) {
+        uint64_t cr2 = MC(uc, MC_CR2), error = MC(uc, MC_ERR);
+        if (in_elrange(cr2) || cr2 >= (1ull << 47) || (error & 0x10))
+            return; /* ELRANGE (the EPCM decides), or a fetch: the EVM's */
+        uint64_t page = cr2 & ~4095ull;
+        int slot = client_slot_of(page);
+        if (slot >= 0) {
+            vsgx_report.fault_client_slot = (uint32_t)slot + 1;
+            return;
+        }
+        if (!(error & 1) && fast_page(page, (error & 2) != 0))
+            resume_from_frame(uc);
+    }
+}
+
+/* A fault in the runner's own work on a client request (enclave code
+   took a page the runner writes): the request is refused, the client goes
+   to the EVM. */
+INLINE __attribute__((noreturn)) void request_failed(void)
+{
+    refuse();
+    vsgx_serve();
+}
+
+/* A kernel-delivered signal (the marker was blocked): a fast entry's stop
+   the runner completes alone, or a report of the raw signal (the EVM
+   decides what it means). */
 ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *info,
                                                       const uint8_t *uc)
 {
     struct vsgx_report *r = &vsgx_report;
     uint64_t rip = MC(uc, MC_RIP);
     uint32_t kind = VSGX_STOP_SIGNAL;
-    if (sig == SIGALRM && SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
-        SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
-    if ((sig == SIGUSR1 || sig == SIGALRM) && rip >= (uint64_t)vsgx_window_begin &&
-        rip <= (uint64_t)vsgx_window_end) {
+    const uint8_t *fp = (const uint8_t *)MC(uc, MC_FPSTATE);
+    if (sig == SIGALRM) {
+        __atomic_add_fetch(&vsgx_client.heartbeat, 1, __ATOMIC_RELAXED);
+        if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
+            SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+    }
+    int window = (sig == SIGUSR1 || sig == SIGALRM) && rip >= (uint64_t)vsgx_window_begin &&
+                 rip <= (uint64_t)vsgx_window_end;
+    if (vsgx_fast.in_request)
+        request_failed();
+    vsgx_scratch.fpstate = (uint64_t)fp;
+    r->fault_client_slot = 0;
+    if (vsgx_fast.active)
+        fast_stop(sig, uc, window);
+    if (window) {
         /* Between unmasking and IRETQ: the enclave has not started. */
         kind = VSGX_STOP_BEFORE_ENTRY;
-        copy(r->regs, vsgx_command.regs, 18 * 8);
+        copy(r->regs, vsgx_entry_regs, 18 * 8);
     } else {
-        r->regs[VSGX_REG_RAX] = MC(uc, MC_RAX);
-        r->regs[VSGX_REG_RCX] = MC(uc, MC_RCX);
-        r->regs[VSGX_REG_RDX] = MC(uc, MC_RDX);
-        r->regs[VSGX_REG_RBX] = MC(uc, MC_RBX);
-        r->regs[VSGX_REG_RSP] = MC(uc, MC_RSP);
-        r->regs[VSGX_REG_RBP] = MC(uc, MC_RBP);
-        r->regs[VSGX_REG_RSI] = MC(uc, MC_RSI);
-        r->regs[VSGX_REG_RDI] = MC(uc, MC_RDI);
-        r->regs[VSGX_REG_R8] = MC(uc, MC_R8);
-        r->regs[VSGX_REG_R9] = MC(uc, MC_R9);
-        r->regs[VSGX_REG_R10] = MC(uc, MC_R10);
-        r->regs[VSGX_REG_R11] = MC(uc, MC_R11);
-        r->regs[VSGX_REG_R12] = MC(uc, MC_R12);
-        r->regs[VSGX_REG_R13] = MC(uc, MC_R13);
-        r->regs[VSGX_REG_R14] = MC(uc, MC_R14);
-        r->regs[VSGX_REG_R15] = MC(uc, MC_R15);
-        r->regs[VSGX_REG_RFLAGS] = MC(uc, MC_EFL);
-        r->regs[VSGX_REG_RIP] = rip;
+        regs_from_frame(r->regs, uc);
     }
     get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
-    const uint8_t *fp = (const uint8_t *)MC(uc, MC_FPSTATE);
     if (fp)
         copy(r->fpu, fp, 512);
-    vsgx_scratch.fpstate = (uint64_t)fp;
+    if ((sig == SIGSEGV || sig == SIGBUS) && MC(uc, MC_TRAPNO) == 14 &&
+        !in_elrange(MC(uc, MC_CR2))) {
+        /* The EVM's executor does not know the client's slots. */
+        int slot = client_slot_of(MC(uc, MC_CR2) & ~4095ull);
+        r->fault_client_slot = slot >= 0 ? (uint32_t)slot + 1 : 0;
+    }
     r->signo = (uint32_t)sig;
     r->code = *(const uint32_t *)(info + 8);
     r->trapno = MC(uc, MC_TRAPNO);
@@ -382,6 +805,15 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *
     r->si_addr = *(const uint64_t *)(info + 16);
     r->sys_nr = *(const uint32_t *)(info + 24);
     r->sys_arch = *(const uint32_t *)(info + 28);
+    if (vsgx_fast.active) {
+        /* The EVM goes on with this entry when the client asks it to. */
+        vsgx_fast.active = 0;
+        vsgx_fast.handed_over = 1;
+        r->fast_handed_over = 1;
+        report(kind);
+        reply(VSGX_REPLY_HANDED_OVER);
+        vsgx_serve();
+    }
     report(kind);
     vsgx_serve();
 }
@@ -431,7 +863,7 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_finish(const struct sock_fprog *pro
 }
 
 #define SCRATCH(off) "vsgx_scratch+" #off "(%rip)"
-#define COMMAND_REG(i) "vsgx_command+" XSTR(VSGX_COMMAND_OFF_REGS) "+8*" #i "(%rip)"
+#define ENTRY_REG(i) "vsgx_entry_regs+8*" #i "(%rip)"
 
 /* The handler of every signal. It may also be reached by a jump from
    enclave code, with any registers: so it first stores the registers
@@ -499,8 +931,8 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".previous\n");
 
 /* Into the enclave: FS/GS, FPU state, unmask, then IRETQ with a user-mode
-   frame (CS 0x33, SS 0x2b, sanitized RFLAGS) and GPRs from the COMMAND
-   area. A signal whose RIP lies in [vsgx_window_begin, vsgx_window_end]
+   frame (CS 0x33, SS 0x2b, sanitized RFLAGS) and GPRs from the entry
+   block (vsgx_entry_regs). A signal whose RIP lies in [vsgx_window_begin, vsgx_window_end]
    came before the enclave's first instruction. */
 __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".globl vsgx_enter\n"
@@ -509,22 +941,22 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         "    lea vsgx_iret_stack+64(%rip), %rsp\n"
         "    cmpl $0, vsgx_sealed+" XSTR(SEALED_OFF_FSGSBASE) "(%rip)\n"
         "    je 1f\n"
-        "    mov " COMMAND_REG(18) ", %rax\n"
+        "    mov " ENTRY_REG(18) ", %rax\n"
         "    wrfsbase %rax\n"
-        "    mov " COMMAND_REG(19) ", %rax\n"
+        "    mov " ENTRY_REG(19) ", %rax\n"
         "    wrgsbase %rax\n"
         "    jmp 2f\n"
         "1:  mov $" XSTR(SYS_arch_prctl) ", %eax\n"
         "    mov $" XSTR(ARCH_SET_FS) ", %edi\n"
-        "    mov " COMMAND_REG(18) ", %rsi\n"
+        "    mov " ENTRY_REG(18) ", %rsi\n"
         "    syscall\n"
         "    mov $" XSTR(SYS_arch_prctl) ", %eax\n"
         "    mov $" XSTR(ARCH_SET_GS) ", %edi\n"
-        "    mov " COMMAND_REG(19) ", %rsi\n"
+        "    mov " ENTRY_REG(19) ", %rsi\n"
         "    syscall\n"
-        "2:  cmpl $0, vsgx_command+" XSTR(VSGX_COMMAND_OFF_LOAD_FPU) "(%rip)\n"
+        "2:  cmpl $0, vsgx_entry_load_fpu(%rip)\n"
         "    je 3f\n"
-        "    fxrstor64 vsgx_command+" XSTR(VSGX_COMMAND_OFF_FPU) "(%rip)\n"
+        "    fxrstor64 vsgx_entry_fpu(%rip)\n"
         "    jmp 5f\n"
         "3:  mov " SCRATCH(152) ", %rcx\n"
         "    test %rcx, %rcx\n"
@@ -545,28 +977,28 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".globl vsgx_window_begin\n"
         "vsgx_window_begin:\n"
         "    pushq $0x2b\n"
-        "    pushq " COMMAND_REG(4) "\n"
-        "    mov " COMMAND_REG(16) ", %rax\n"
+        "    pushq " ENTRY_REG(4) "\n"
+        "    mov " ENTRY_REG(16) ", %rax\n"
         "    and $" XSTR(ENTRY_FLAGS) ", %rax\n"
         "    or $0x202, %rax\n"
         "    push %rax\n"
         "    pushq $0x33\n"
-        "    pushq " COMMAND_REG(17) "\n"
-        "    mov " COMMAND_REG(0) ", %rax\n"
-        "    mov " COMMAND_REG(1) ", %rcx\n"
-        "    mov " COMMAND_REG(2) ", %rdx\n"
-        "    mov " COMMAND_REG(3) ", %rbx\n"
-        "    mov " COMMAND_REG(5) ", %rbp\n"
-        "    mov " COMMAND_REG(6) ", %rsi\n"
-        "    mov " COMMAND_REG(7) ", %rdi\n"
-        "    mov " COMMAND_REG(8) ", %r8\n"
-        "    mov " COMMAND_REG(9) ", %r9\n"
-        "    mov " COMMAND_REG(10) ", %r10\n"
-        "    mov " COMMAND_REG(11) ", %r11\n"
-        "    mov " COMMAND_REG(12) ", %r12\n"
-        "    mov " COMMAND_REG(13) ", %r13\n"
-        "    mov " COMMAND_REG(14) ", %r14\n"
-        "    mov " COMMAND_REG(15) ", %r15\n"
+        "    pushq " ENTRY_REG(17) "\n"
+        "    mov " ENTRY_REG(0) ", %rax\n"
+        "    mov " ENTRY_REG(1) ", %rcx\n"
+        "    mov " ENTRY_REG(2) ", %rdx\n"
+        "    mov " ENTRY_REG(3) ", %rbx\n"
+        "    mov " ENTRY_REG(5) ", %rbp\n"
+        "    mov " ENTRY_REG(6) ", %rsi\n"
+        "    mov " ENTRY_REG(7) ", %rdi\n"
+        "    mov " ENTRY_REG(8) ", %r8\n"
+        "    mov " ENTRY_REG(9) ", %r9\n"
+        "    mov " ENTRY_REG(10) ", %r10\n"
+        "    mov " ENTRY_REG(11) ", %r11\n"
+        "    mov " ENTRY_REG(12) ", %r12\n"
+        "    mov " ENTRY_REG(13) ", %r13\n"
+        "    mov " ENTRY_REG(14) ", %r14\n"
+        "    mov " ENTRY_REG(15) ", %r15\n"
         ".globl vsgx_window_end\n"
         "vsgx_window_end:\n"
         "    iretq\n"
@@ -787,26 +1219,34 @@ __asm__(".text\n"
         "    call runner_main\n"
         "    hlt\n");
 
-/* argv: REPORT_FD COMMAND_FD ENCLAVE_FD POOL_FD BASE SIZE POOL_SIZE FLAGS ROOT */
+/* argv: REPORT_FD COMMAND_FD CLIENT_FD STATE_FD ENCLAVE_FD POOL_FD BASE SIZE POOL_SIZE FLAGS
+   ROOT */
 void runner_main(uint64_t *sp)
 {
     long argc = (long)sp[0];
     char **argv = (char **)(sp + 1);
-    uint64_t arg[8];
-    if (argc != 10)
+    uint64_t arg[10];
+    if (argc != 12)
         SYSCALL(SYS_exit_group, 98, 0, 0, 0, 0, 0);
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 10; i++)
         if (parse(argv[i + 1], &arg[i]) != 0)
             SYSCALL(SYS_exit_group, 98, 0, 0, 0, 0, 0);
-    uint64_t report_fd = arg[0], command_fd = arg[1], enclave_fd = arg[2], pool_fd = arg[3];
-    uint64_t base = arg[4], size = arg[5], pool_size = arg[6], flags = arg[7];
-    const char *root = argv[9];
+    uint64_t report_fd = arg[0], command_fd = arg[1], client_fd = arg[2], state_fd = arg[3];
+    uint64_t enclave_fd = arg[4], pool_fd = arg[5];
+    uint64_t base = arg[6], size = arg[7], pool_size = arg[8], flags = arg[9];
+    const char *root = argv[11];
     if (SYSCALL(SYS_mmap, &vsgx_report, sizeof(vsgx_report), PROT_RW, MAP_SHARED | MAP_FIXED,
                 report_fd, 0) != (long)&vsgx_report)
         SYSCALL(SYS_exit_group, 97, 0, 0, 0, 0, 0);
     if (SYSCALL(SYS_mmap, &vsgx_command, sizeof(vsgx_command), PROT_READ,
                 MAP_SHARED | MAP_FIXED, command_fd, 0) != (long)&vsgx_command)
         die("cannot map the command area");
+    if (SYSCALL(SYS_mmap, &vsgx_client, sizeof(vsgx_client), PROT_RW, MAP_SHARED | MAP_FIXED,
+                client_fd, 0) != (long)&vsgx_client)
+        die("cannot map the client area");
+    if (SYSCALL(SYS_mmap, &vsgx_state, sizeof(vsgx_state), PROT_READ, MAP_SHARED | MAP_FIXED,
+                state_fd, 0) != (long)&vsgx_state)
+        die("cannot map the enclave's state page");
     /* Set-up and the first wait for a command run as a handler does: with
        the interrupts and the marker blocked, until vsgx_enter unmasks. */
     uint64_t blocked = HANDLER_MASK;
@@ -899,8 +1339,9 @@ void runner_main(uint64_t *sp)
         .enclave_end = sealed.enclave_end,
         .image_begin = (uint64_t)vsgx_image_begin,
         .image_end = (uint64_t)vsgx_image_end,
-        .command_word = (uint64_t)&vsgx_command.seq,
+        .wait_word = (uint64_t)&vsgx_client.doorbell,
         .report_word = (uint64_t)&vsgx_report.seq,
+        .reply_word = (uint64_t)&vsgx_client.reply_seq,
         .futex_timeout = (uint64_t)sealed.second,
         .mask_slot = (uint64_t)&vsgx_scratch.mask,
         .empty_mask = (uint64_t)&sealed.empty_mask,
@@ -916,6 +1357,9 @@ void runner_main(uint64_t *sp)
     filter_prog.filter = filter_code;
     vsgx_report.isolation = isolation;
     vsgx_scratch.last_cmd = vsgx_command.seq;
+    vsgx_fast.last_req = vsgx_client.request_seq;
+    vsgx_fast.grant_seq = ~0u;
+    vsgx_fast.spin_limit = SPIN_MIN;
     const char *failed = "cannot seal the runner or install the seccomp filter";
     for (size_t n = 0; (vsgx_report.message[n] = (uint8_t)failed[n]) != 0; n++)
         ;
