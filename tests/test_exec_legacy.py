@@ -1,0 +1,66 @@
+"""`vsgx exec` and the legacy drivers of Intel's PSW before 2.16: a loader
+written here in C (tests/native_programs/isgx_loader.c) loads the plain
+test enclave through /dev/isgx as that urts does — mmap of the device
+before CREATE, ADD_PAGE with mrmask, a launch token from aesmd over the
+socket path Intel compiles in, INIT with it, EENTER by raw ENCLU — and
+through the DCAP driver's /dev/sgx (SET_ATTRIBUTE, INIT without a token),
+with the drivers' answers to bad input (a wrong or absent token, bad ioctl
+structs), on both executors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_exec import PROGRAMS, checks, compile_program, vsgx_exec
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or shutil.which("gcc") is None,
+                                reason="vsgx exec needs Linux and gcc")
+
+WANTED = {
+    "isgx probe", "edmm probe", "mmap private", "mmap not a power of two", "mmap",
+    "add before create", "create outside the mapping", "create without mode64bit",
+    "create reserved set", "create from an unreadable secs", "create bad arg", "create",
+    "add misaligned", "add unreadable secinfo", "add unreadable source", "add bad secinfo",
+    "add bad tcs", "add pages", "add twice", "launch token", "init wrong token",
+    "init without a token", "init wrong measurement", "init outside the enclave", "init",
+    "init twice", "add after init", "dcap init on isgx", "enter", "after close",
+    "dcap open", "dcap mmap", "dcap create", "dcap add pages",
+    "dcap set attribute without provision fd", "dcap set attribute", "isgx init on dcap",
+    "dcap init", "dcap enter",
+}
+
+
+@pytest.fixture(scope="module")
+def isgx_loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("legacy")
+    return compile_program(PROGRAMS / "isgx_loader.c", out / "isgx_loader")
+
+
+def test_isgx_and_dcap_loader_runs_the_plain_enclave(isgx_loader, plain_enclave,
+                                                     executor) -> None:
+    assert plain_enclave.sigstruct is not None
+    result = vsgx_exec("--", str(isgx_loader), str(plain_enclave.signed),
+                       str(plain_enclave.sigstruct), executor=executor)
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert set(found) >= WANTED, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_without_vsgx_exec_the_legacy_devices_are_absent(isgx_loader, plain_enclave) -> None:
+    """The loader itself is honest: outside vsgx exec there is no /dev/isgx
+    here, and its first checks fail."""
+    if Path("/dev/isgx").exists():
+        pytest.skip("this machine has the out-of-tree driver")
+    assert plain_enclave.sigstruct is not None
+    result = subprocess.run([str(isgx_loader), str(plain_enclave.signed),
+                             str(plain_enclave.sigstruct)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert checks(result.stdout)["isgx probe"] != "ok"
+    assert result.returncode != 0
