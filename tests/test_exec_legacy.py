@@ -31,7 +31,7 @@ WANTED = {
     "init twice", "add after init", "dcap init on isgx", "enter", "after close",
     "dcap open", "dcap mmap", "dcap create", "dcap add pages",
     "dcap set attribute without provision fd", "dcap set attribute", "isgx init on dcap",
-    "dcap init", "dcap enter",
+    "dcap init", "launch token valid bit",
 }
 
 
@@ -49,8 +49,36 @@ def test_isgx_and_dcap_loader_runs_the_plain_enclave(isgx_loader, plain_enclave,
     found = checks(result.stdout)
     failed = [line for line in found.values() if line != "ok"]
     assert not failed, result.stdout + result.stderr
-    assert set(found) >= WANTED, result.stdout + result.stderr
+    assert set(found) >= WANTED | {"dcap enter"}, result.stdout + result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_locked_launch_control_takes_the_launch_enclaves_macd_token(isgx_loader,
+                                                                    plain_enclave) -> None:
+    """Without flexible launch control (--launch-control locked), aesmd's
+    token is the launch enclave's, MACed under EINITTOKEN_KEY: INIT with it
+    passes EINIT's checks; a token without VALID fails with
+    SGX_INVALID_EINITTOKEN, and so does the DCAP driver's INIT."""
+    assert plain_enclave.sigstruct is not None
+    result = subprocess.run(
+        [sys.executable, "-m", "vsgx", "exec", "--executor", "unicorn", "--launch-control",
+         "locked", "--", str(isgx_loader), str(plain_enclave.signed),
+         str(plain_enclave.sigstruct), "locked"],
+        capture_output=True, text=True, timeout=600, check=False)
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert set(found) >= WANTED, result.stdout + result.stderr
+    assert "dcap enter" not in found
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_launch_control_belongs_to_the_private_evm() -> None:
+    result = vsgx_exec("--evm", "unix:/nonexistent", "--launch-control", "locked", "--",
+                       "/bin/true")
+    assert result.returncode != 0
+    assert "--launch-control" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_without_vsgx_exec_the_legacy_devices_are_absent(isgx_loader, plain_enclave) -> None:

@@ -8,7 +8,10 @@
    drivers answer, bad input included. Prints "ok NAME" or "FAIL NAME: why";
    the exit status is the number of failures.
 
-   usage: isgx_loader ENCLAVE.elf ENCLAVE.elf.sig */
+   usage: isgx_loader ENCLAVE.elf ENCLAVE.elf.sig [locked]
+   "locked": the EVM's launch control is locked to its launch enclave's
+   signer (no FLC): the token is a MACed one, and the DCAP driver's INIT,
+   which brings none, fails as EINIT does there. */
 #define _GNU_SOURCE
 #include <elf.h>
 #include <errno.h>
@@ -43,7 +46,7 @@ struct set_attribute { uint64_t addr, attribute_fd; };
 struct modification_param { struct { unsigned long start_addr; unsigned int nr_pages; } range;
                             unsigned long flags; };
 
-static int failures;
+static int failures, locked;
 #define CHECK(name, cond, ...)                                                  \
     do {                                                                        \
         if (cond) {                                                             \
@@ -400,6 +403,9 @@ static void isgx(void)
     static uint8_t token[304];
     int status = get_launch_token(sigstruct, attributes, xfrm, token);
     CHECK("launch token", status == 0, "aesmd answered %d", status);
+    /* Under flexible launch control the launch enclave answers with an
+       invalid (all-zero) token, which EINIT accepts there; locked, a valid one. */
+    CHECK("launch token valid bit", (token[0] & 1) == locked, "VALID %d", token[0] & 1);
     static uint8_t wrong[304];
     memcpy(wrong, token, 304);
     wrong[0] ^= 1;  /* VALID without the launch enclave's MAC */
@@ -470,16 +476,21 @@ static void dcap(void)
           "errno %d", errno);
     struct init_dcap init = {base, (uint64_t)sigstruct};
     int ret = ioctl(device, DCAP_INIT, &init);
-    CHECK("dcap init", ret == 0, "ret %d errno %d", ret, errno);
-    CHECK("dcap enter", round_trip(base + PAGE, 0xdca9), "the value did not come back");
+    if (locked) {
+        CHECK("dcap init", ret == SGX_INVALID_EINITTOKEN, "ret %d errno %d", ret, errno);
+    } else {
+        CHECK("dcap init", ret == 0, "ret %d errno %d", ret, errno);
+        CHECK("dcap enter", round_trip(base + PAGE, 0xdca9), "the value did not come back");
+    }
     munmap(area, enclave_size);
     close(device);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s ENCLAVE.elf ENCLAVE.elf.sig\n", argv[0]);
+    locked = argc == 4 && !strcmp(argv[3], "locked");
+    if (argc != 3 && !locked) {
+        fprintf(stderr, "usage: %s ENCLAVE.elf ENCLAVE.elf.sig [locked]\n", argv[0]);
         return 100;
     }
     size_t elf_length, sig_length;

@@ -38,14 +38,14 @@ _OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EX
 class LocalEvm:
     """A private `vsgx evm serve` for one program."""
 
-    def __init__(self, executor: str):
+    def __init__(self, executor: str, launch_control: str = "flexible"):
         self.directory = Path(tempfile.mkdtemp(prefix="vsgx-exec-"))
         os.chmod(self.directory, 0o700)
         self.address = f"unix:{self.directory / 'evm.sock'}"
         env = _clean_environment(os.environ)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", self.address,
-             "--executor", executor],
+             "--executor", executor, "--launch-control", launch_control],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env)
         assert self.process.stdout is not None
@@ -175,7 +175,7 @@ def _serve_attached(args: argparse.Namespace) -> int:
     if not fd_text.isdigit():
         raise VsgxError("--attach needs VSGX_EXEC_ATTACH_FD (it is started by the library)")
     fd = int(fd_text)
-    local = None if args.evm else LocalEvm(args.executor or "auto")
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
     try:
         connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
         model = bytes.fromhex(_cpuid_text(connect))
@@ -202,6 +202,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.evm and args.executor:
         raise VsgxError("--executor chooses the executor of the EVM vsgx exec starts; with "
                         "--evm the EVM's own setting applies")
+    if args.evm and args.launch_control != "flexible":
+        raise VsgxError("--launch-control sets the EVM vsgx exec starts; with --evm the EVM's "
+                        "own setting applies")
     if args.print_env:
         return _print_env(args)
     if args.attach:
@@ -213,7 +216,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise VsgxError("no program to run (vsgx exec [--evm ADDR] -- PROGRAM [ARGS...])")
     program = _program(words[0])
     library = library_path()
-    local = None if args.evm else LocalEvm(args.executor or "auto")
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
     launcher = None
     aesmd = None
     child = None
@@ -262,6 +265,10 @@ def add_parser(sub: Any) -> None:
                    "default: a private one that ends with the program")
     p.add_argument("--executor", choices=["auto", "native", "unicorn"],
                    help="what runs enclave code in the private EVM (default auto)")
+    p.add_argument("--launch-control", choices=["flexible", "locked"], default="flexible",
+                   help="launch control of the private EVM: flexible (default) or locked, "
+                   "where only enclaves with an EINITTOKEN from its launch enclave (what "
+                   "/dev/isgx programs get from aesmd) initialise")
     p.add_argument("--print-env", action="store_true",
                    help="print the environment that injects vsgx into programs started "
                    "elsewhere (service units, containers): LD_PRELOAD and VSGX_EXEC_SPAWN")
