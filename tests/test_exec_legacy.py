@@ -31,7 +31,8 @@ WANTED = {
     "init twice", "add after init", "dcap init on isgx", "enter", "after close",
     "dcap open", "dcap mmap", "dcap create", "dcap add pages",
     "dcap set attribute without provision fd", "dcap set attribute", "isgx init on dcap",
-    "dcap init", "launch token valid bit",
+    "dcap init", "launch token valid bit", "launch library", "launch library bad argument",
+    "launch library token",
 }
 
 
@@ -71,6 +72,18 @@ def test_locked_launch_control_takes_the_launch_enclaves_macd_token(isgx_loader,
     assert set(found) >= WANTED, result.stdout + result.stderr
     assert "dcap enter" not in found
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_driver_chooses_the_nodes_the_program_finds(isgx_loader, plain_enclave) -> None:
+    """--driver in-kernel hides /dev/isgx and /dev/sgx (a runtime that
+    probes them falls through to the in-kernel nodes, as on such a host)."""
+    assert plain_enclave.sigstruct is not None
+    result = vsgx_exec("--driver", "in-kernel", "--", str(isgx_loader),
+                       str(plain_enclave.signed), str(plain_enclave.sigstruct),
+                       executor="unicorn")
+    found = checks(result.stdout)
+    assert found["isgx probe"] != "ok" and found["dcap open"] != "ok", result.stdout
+    assert result.returncode != 0
 
 
 def test_launch_control_belongs_to_the_private_evm() -> None:

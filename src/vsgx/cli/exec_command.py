@@ -32,7 +32,8 @@ from vsgx.errors import VsgxError
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
 EVM_START_SECONDS = 60.0
-_OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EXEC_ATTACH_FD")
+_OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EXEC_ATTACH_FD",
+                  "VSGX_EXEC_DRIVERS")
 
 
 class LocalEvm:
@@ -230,6 +231,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         env.update(aesmd.environment(os.environ))
         env.update(LD_PRELOAD=_preload(library, os.environ), VSGX_EXEC_FD=str(control_fd),
                    VSGX_EXEC_CPUID=model)
+        if args.driver != "all":
+            env["VSGX_EXEC_DRIVERS"] = args.driver
         try:
             child = subprocess.Popen([words[0], *words[1:]], executable=program, env=env,
                                      pass_fds=(control_fd,))
@@ -265,6 +268,11 @@ def add_parser(sub: Any) -> None:
                    "default: a private one that ends with the program")
     p.add_argument("--executor", choices=["auto", "native", "unicorn"],
                    help="what runs enclave code in the private EVM (default auto)")
+    p.add_argument("--driver", choices=["all", "in-kernel", "isgx", "dcap"], default="all",
+                   help="which SGX driver the program finds: the in-kernel one "
+                   "(/dev/sgx_enclave, /dev/sgx/enclave), Intel's out-of-tree /dev/isgx, the "
+                   "DCAP driver's /dev/sgx, or all (default; a runtime takes the first it "
+                   "probes)")
     p.add_argument("--launch-control", choices=["flexible", "locked"], default="flexible",
                    help="launch control of the private EVM: flexible (default) or locked, "
                    "where only enclaves with an EINITTOKEN from its launch enclave (what "

@@ -139,7 +139,43 @@ static int (*real_faccessat)(int, const char *, int, int);
                      real_##name; })
 
 /* -- device names ------------------------------------------------------ */
+/* Which driver's nodes the program sees ($VSGX_EXEC_DRIVERS, from `vsgx
+   exec --driver`): "in-kernel", "isgx", "dcap", or all of them (unset). A
+   runtime probes them in its own order and takes the first that opens. */
+enum { SHOW_IN_KERNEL = 1, SHOW_ISGX = 2, SHOW_DCAP = 4, SHOW_ALL = 7 };
+static int shown_drivers;
+
+static int drivers_shown(void)
+{
+    if (shown_drivers == 0) {
+        const char *names = getenv("VSGX_EXEC_DRIVERS");
+        int shown = 0;
+        if (names != NULL) {
+            shown |= strstr(names, "in-kernel") ? SHOW_IN_KERNEL : 0;
+            shown |= strstr(names, "isgx") ? SHOW_ISGX : 0;
+            shown |= strstr(names, "dcap") ? SHOW_DCAP : 0;
+        }
+        shown_drivers = shown ? shown : SHOW_ALL;
+    }
+    return shown_drivers;
+}
+
+static int device_kind_of(const char *path);
+
 static int device_kind(const char *path)
+{
+    int kind = device_kind_of(path);
+    int shown = kind ? drivers_shown() : 0;
+    if (kind == FILE_ENCLAVE || (kind == FILE_PROVISION && strcmp(path, "/dev/sgx_prv")))
+        return shown & SHOW_IN_KERNEL ? kind : 0;
+    if (kind == FILE_ISGX)
+        return shown & SHOW_ISGX ? kind : 0;
+    if (kind == FILE_DCAP || kind == FILE_PROVISION)
+        return shown & SHOW_DCAP ? kind : 0;
+    return 0;
+}
+
+static int device_kind_of(const char *path)
 {
     if (path == NULL)
         return 0;
@@ -271,6 +307,8 @@ VSGX_EXPORT int open(const char *path, int flags, ...)
         va_end(ap);
     }
     int kind = device_kind(path);
+    if (kind == FILE_DCAP && (flags & O_DIRECTORY))
+        kind = 0;  /* /dev/sgx is the in-kernel nodes' folder on a real system */
     if (kind) {
         vsgx_init();
         return open_device(kind, flags);
@@ -297,6 +335,8 @@ VSGX_EXPORT int openat(int dirfd, const char *path, int flags, ...)
         va_end(ap);
     }
     int kind = path != NULL && path[0] == '/' ? device_kind(path) : 0;
+    if (kind == FILE_DCAP && (flags & O_DIRECTORY))
+        kind = 0;
     if (kind) {
         vsgx_init();
         return open_device(kind, flags);
