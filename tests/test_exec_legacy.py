@@ -12,11 +12,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from test_exec import PROGRAMS, checks, compile_program, vsgx_exec
+from vsgx.arch.sigstruct import Sigstruct
+from vsgx.crypto import load_private_key
+from vsgx.crypto.measurement import MrEnclave
+from vsgx.crypto.sigstruct import private_key_signer, sign
+from vsgx.image import plan_from_bytes
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or shutil.which("gcc") is None,
                                 reason="vsgx exec needs Linux and gcc")
@@ -72,6 +78,53 @@ def test_locked_launch_control_takes_the_launch_enclaves_macd_token(isgx_loader,
     assert set(found) >= WANTED, result.stdout + result.stderr
     assert "dcap enter" not in found
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _loader_measurement(plan, heap_mask: int) -> bytes:
+    """MRENCLAVE of the loader's sequence (ECREATE with one SSA frame, then
+    each run's pages, measured whole or not), the first unmeasured page
+    with the 256-byte chunks ``heap_mask`` names EEXTENDed."""
+    m = MrEnclave()
+    m.ecreate(1, plan.ecreate.size)
+    first_unmeasured = True
+    for run in plan.runs:
+        for index in range(run.count):
+            offset = run.offset + index * 4096
+            page = (run.data[index * 4096:(index + 1) * 4096] if run.data is not None
+                    else run.fill.to_bytes(4, "little") * 1024)
+            m.eadd(offset, run.secinfo_flags)
+            if run.measured:
+                mask = 0xFFFF
+            else:
+                mask, first_unmeasured = (heap_mask if first_unmeasured else 0), False
+            for chunk in range(16):
+                if mask >> chunk & 1:
+                    m.eextend(offset + chunk * 256, page[chunk * 256:(chunk + 1) * 256])
+    return m.digest()
+
+
+def test_add_page_with_a_partial_mrmask_measures_exactly_those_chunks(
+        isgx_loader, plain_enclave, tmp_path) -> None:
+    """sgx_measure: an ADD_PAGE with mrmask 0x0101 EEXTENDs chunks 0 and 8
+    only. A SIGSTRUCT signed over that measurement initialises the enclave
+    (the original, signed over an unmeasured page, would not)."""
+    assert plain_enclave.sigstruct is not None
+    original = plain_enclave.sigstruct.read_bytes()
+    plan = plan_from_bytes(plain_enclave.signed.read_bytes(), original)
+    assert _loader_measurement(plan, 0) == Sigstruct.unpack(original).enclavehash
+    wanted = _loader_measurement(plan, 0x0101)
+    assert wanted != Sigstruct.unpack(original).enclavehash
+    key = load_private_key(plain_enclave.key)
+    resigned = sign(replace(Sigstruct.unpack(original), enclavehash=wanted), key.public_key(),
+                    private_key_signer(key))
+    sigstruct = tmp_path / "partial.sig"
+    sigstruct.write_bytes(resigned.pack())
+    result = vsgx_exec("--", str(isgx_loader), str(plain_enclave.signed), str(sigstruct),
+                       "partial", executor="unicorn")
+    found = checks(result.stdout)
+    assert found.get("init") == "ok" and found.get("dcap init") == "ok", \
+        result.stdout + result.stderr
+    assert found.get("enter") == "ok", result.stdout
 
 
 def test_driver_chooses_the_nodes_the_program_finds(isgx_loader, plain_enclave) -> None:

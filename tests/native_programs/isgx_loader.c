@@ -8,10 +8,12 @@
    drivers answer, bad input included. Prints "ok NAME" or "FAIL NAME: why";
    the exit status is the number of failures.
 
-   usage: isgx_loader ENCLAVE.elf ENCLAVE.elf.sig [locked]
+   usage: isgx_loader ENCLAVE.elf ENCLAVE.elf.sig [locked | partial]
    "locked": the EVM's launch control is locked to its launch enclave's
    signer (no FLC): the token is a MACed one, and the DCAP driver's INIT,
-   which brings none, fails as EINIT does there. */
+   which brings none, fails as EINIT does there. "partial": the first heap
+   page is added with mrmask 0x0101 (chunks 0 and 8 measured), which the
+   SIGSTRUCT given must have been signed for. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
@@ -48,6 +50,7 @@ struct modification_param { struct { unsigned long start_addr; unsigned int nr_p
                             unsigned long flags; };
 
 static int failures, locked;
+static uint16_t first_heap_mask;  /* "partial": 0x0101 */
 #define CHECK(name, cond, ...)                                                  \
     do {                                                                        \
         if (cond) {                                                             \
@@ -280,7 +283,8 @@ static int add_all(int device, uint64_t base)
     secinfo[0] = 0x203;
     for (uint32_t n = 0; n < heap_pages; n++) {
         struct add_page add = {base + segments[segment_count - 1].end + n * PAGE,
-                               (uint64_t)zero_page, (uint64_t)secinfo, 0};
+                               (uint64_t)zero_page, (uint64_t)secinfo,
+                               n == 0 ? first_heap_mask : 0};
         if (ioctl(device, ISGX_ADD_PAGE, &add) != 0)
             return errno;
     }
@@ -511,7 +515,8 @@ static void dcap(void)
 int main(int argc, char **argv)
 {
     locked = argc == 4 && !strcmp(argv[3], "locked");
-    if (argc != 3 && !locked) {
+    first_heap_mask = argc == 4 && !strcmp(argv[3], "partial") ? 0x0101 : 0;
+    if (argc != 3 && !locked && !first_heap_mask) {
         fprintf(stderr, "usage: %s ENCLAVE.elf ENCLAVE.elf.sig [locked]\n", argv[0]);
         return 100;
     }

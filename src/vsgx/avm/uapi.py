@@ -45,6 +45,10 @@ SGX_IOC_ENCLAVE_REMOVE_PAGES = _ioc(_RW, 0x07, 24)
 # to its enclave file.
 SGX_IOC_LEGACY_INIT = _ioc(_W, 0x02, 24)
 SGX_IOC_DCAP_INIT = _ioc(_W, 0x02, 16)
+# The library's second half of a legacy ADD_PAGE whose mrmask measures some
+# chunks only: the page went in unmeasured, these are its EEXTENDs. (The
+# number is the legacy ADD_PAGE's; the argument the library's {offset, mrmask}.)
+SGX_IOC_LEGACY_ADD_PAGE = _ioc(_W, 0x01, 26)
 # What the DCAP driver answers an INIT whose enclave asks for an attribute
 # it was not given (SET_ATTRIBUTE): an ioctl return value of urts' header.
 SGX_INVALID_PRIVILEGE = 0x40000002
@@ -60,6 +64,7 @@ STRUCTS: dict[int, tuple[str, ...]] = {
     SGX_IOC_ENCLAVE_REMOVE_PAGES: ("offset", "length", "count"),
     SGX_IOC_LEGACY_INIT: ("addr", "sigstruct", "einittoken"),
     SGX_IOC_DCAP_INIT: ("addr", "sigstruct"),
+    SGX_IOC_LEGACY_ADD_PAGE: ("offset", "mrmask"),
 }
 SGX_PAGE_MEASURE = 0x01
 SECINFO_SIZE = 64
@@ -160,6 +165,8 @@ class EnclaveFile:
             return self.create(arg, buffer)
         if cmd in (SGX_IOC_LEGACY_INIT, SGX_IOC_DCAP_INIT) and self.legacy:
             return self.init_legacy(arg, buffer, token=cmd == SGX_IOC_LEGACY_INIT)
+        if cmd == SGX_IOC_LEGACY_ADD_PAGE and self.legacy:
+            return self.extend_legacy(arg)
         if cmd == SGX_IOC_ENCLAVE_INIT:
             return self.init(arg, buffer)
         if cmd == SGX_IOC_ENCLAVE_PROVISION:
@@ -309,6 +316,23 @@ class EnclaveFile:
         except DriverError as exc:
             if exc.sgx_error is not None:
                 return IoctlResult(int(exc.sgx_error))
+            return _fail(exc.errno)
+        return IoctlResult(0)
+
+    def extend_legacy(self, arg: list[int] | None) -> IoctlResult:
+        """The EEXTENDs of a legacy ADD_PAGE with a partial mrmask, for the
+        page the library added (unmeasured) just before."""
+        encl = self.encl
+        if encl is None:
+            return _fail(errno.EINVAL)
+        if arg is None:
+            return _fail(errno.EFAULT)
+        offset, mrmask = arg[0], arg[1] & 0xFFFF
+        if encl.base + offset not in encl.pages and encl.deferred.get(encl.base + offset) is None:
+            return _fail(errno.EINVAL)  # not added
+        try:
+            self.driver.eextend_chunks(encl, offset, mrmask)
+        except DriverError as exc:
             return _fail(exc.errno)
         return IoctlResult(0)
 

@@ -954,6 +954,7 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
         break;
     case VSGX_LEGACY_INIT:
     case VSGX_DCAP_INIT:
+    case VSGX_LEGACY_EXTEND:
         if (file->legacy)
             break;
         return -ENOTTY;

@@ -20,10 +20,10 @@
    the ioctl's positive value. Not provided: the EDMM ioctls of the sgx2
    branch (EMODPR, MKTCS, TRIM, NOTIFY_ACCEPT, PAGE_REMOVE answer ENOTTY,
    as a driver without them does, which is what urts' all-zero EMODPR probe
-   asks), ADD_PAGE with a partial mrmask (only 0 and 0xFFFF, the two urts
-   sends, are measured exactly; others are refused with EINVAL and a log
-   line), SGX_LE_ROLLBACK, and the death of an enclave whose mapping is
-   split by a partial munmap. */
+   asks), SGX_LE_ROLLBACK, and the death of an enclave whose mapping is
+   split by a partial munmap. An mrmask other than 0 and 0xFFFF (the two
+   urts sends) costs a round trip: the page is added unmeasured, then the
+   chunks it names are EEXTENDed. */
 #include "vsgx_exec.h"
 
 #include <cpuid.h>
@@ -231,21 +231,21 @@ static long legacy_add_page(int kind, uint64_t arg_address)
         return -EINVAL;
     if (initialized)
         return -EINVAL;
-    if (add.mrmask != 0 && add.mrmask != 0xffff) {
-        vsgx_log("ADD_PAGE at %#lx: a partial mrmask %#x is not supported",
-                 (unsigned long)add.addr, add.mrmask);
-        return -EINVAL;
-    }
     /* A TCS takes no permissions in the in-kernel ABI; the legacy drivers
        pass its SECINFO's to EADD, which ignores them for a TCS. */
     if ((secinfo[0] & SECINFO_PAGE_TYPE_MASK) == SECINFO_TCS)
         secinfo[0] &= ~(SECINFO_R | SECINFO_W | SECINFO_X);
     uint64_t pages_arg[6] = {(uint64_t)page, add.addr - base, PAGE, (uint64_t)secinfo,
-                             add.mrmask ? 1 : 0, 0};
+                             add.mrmask == 0xffff ? 1 : 0, 0};
     long ret = vsgx_enclave_ioctl(file, INKERNEL_ADD_PAGES, (uint64_t)pages_arg);
     if (ret == -EBUSY)
         return -EEXIST;  /* radix_tree_lookup: the page is there */
-    return ret;
+    if (ret < 0 || add.mrmask == 0 || add.mrmask == 0xffff)
+        return ret;
+    /* Some chunks only: their EEXTENDs right after that EADD (the queued
+       page goes first), as sgx_measure issues them. */
+    uint64_t extend_arg[4] = {add.addr - base, add.mrmask, 0, 0};
+    return vsgx_enclave_ioctl(file, VSGX_LEGACY_EXTEND, (uint64_t)extend_arg);
 }
 
 static long legacy_init(int kind, int dcap, uint64_t arg_address)

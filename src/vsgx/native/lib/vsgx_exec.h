@@ -84,6 +84,7 @@ VSGX_HIDDEN void vsgx_device_after_fork(void);
 #define VSGX_FILE_DCAP 4
 #define VSGX_LEGACY_INIT 0x4018a402u  /* isgx INIT {addr, sigstruct, einittoken} */
 #define VSGX_DCAP_INIT 0x4010a402u    /* DCAP INIT {addr, sigstruct} */
+#define VSGX_LEGACY_EXTEND 0x401aa401u  /* to the launcher: {offset, mrmask} EEXTENDs */
 #define VSGX_EINITTOKEN_SIZE 304
 struct sgx_file;
 VSGX_HIDDEN struct sgx_file *vsgx_legacy_enclave_at(int kind, uint64_t address, uint64_t size,
