@@ -158,3 +158,15 @@ def test_without_vsgx_exec_the_legacy_devices_are_absent(isgx_loader, plain_encl
                             timeout=60, check=False)
     assert checks(result.stdout)["isgx probe"] != "ok"
     assert result.returncode != 0
+
+
+def test_print_env_carries_the_driver_and_launch_control() -> None:
+    """The LD_PRELOAD form: the nodes to show and the launcher's EVM setting."""
+    result = vsgx_exec("--print-env", "--driver", "isgx", "--launch-control", "locked")
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert lines["VSGX_EXEC_DRIVERS"] == "isgx"
+    assert "--launch-control locked" in lines["VSGX_EXEC_SPAWN"]
+    default = vsgx_exec("--print-env")
+    assert "VSGX_EXEC_DRIVERS" not in default.stdout
+    assert "--launch-control" not in default.stdout

@@ -147,6 +147,8 @@ def _spawn_command(args: argparse.Namespace) -> str:
         words += ["--evm", args.evm]
     if args.executor:
         words += ["--executor", args.executor]
+    if args.launch_control != "flexible":
+        words += ["--launch-control", args.launch_control]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -155,6 +157,8 @@ def _print_env(args: argparse.Namespace) -> int:
 
     library = library_path()
     lines = {"LD_PRELOAD": str(library), "VSGX_EXEC_SPAWN": _spawn_command(args)}
+    if args.driver != "all":
+        lines["VSGX_EXEC_DRIVERS"] = args.driver
     package_root = Path(__file__).resolve().parents[2]
     if os.environ.get("PYTHONPATH"):
         lines["PYTHONPATH"] = os.environ["PYTHONPATH"]
