@@ -1,6 +1,8 @@
 /* The SGX device files of the in-kernel driver (/dev/sgx_enclave,
    /dev/sgx/enclave, /dev/sgx_provision, /dev/sgx/provision) as the program
-   sees them (arch/x86/kernel/cpu/sgx/driver.c, ioctl.c, encl.c).
+   sees them (arch/x86/kernel/cpu/sgx/driver.c, ioctl.c, encl.c); and the
+   device files of the legacy drivers (/dev/isgx, /dev/sgx, /dev/sgx_prv),
+   whose mmap makes an enclave here and whose ioctls legacy.c answers.
 
    An open is local and cheap (Intel's urts probes ~98 times per
    sgx_create_enclave): a memfd gives the program a real descriptor whose

@@ -3,7 +3,9 @@
    device.c (the enclave fd: open/ioctl/mmap), entry.c (the vDSO function and
    raw ENCLU traps), cpuid.c (CPUID answered from the EVM's model), memory.c
    (the program's pages served to the EVM), with channel.c (the launcher)
-   and signals.c (our traps beside the program's own handlers). */
+   and signals.c (our traps beside the program's own handlers); legacy.c
+   (the older drivers' ioctls, /dev/isgx and the DCAP driver's /dev/sgx,
+   over device.c) and aesm.c (aesmd's compiled-in socket, redirected). */
 #ifndef VSGX_EXEC_H
 #define VSGX_EXEC_H
 
