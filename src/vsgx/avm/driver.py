@@ -914,6 +914,26 @@ class SgxDriver:
             error = DriverError(errnos.EIO, "the EVM stopped before the last run")
         return done, error
 
+    def eextend_chunks(self, encl: DriverEnclave, offset: int, mrmask: int) -> None:
+        """EEXTEND of the 256-byte chunks of an added page that ``mrmask``
+        names (bit i: bytes 256*i to 256*i + 255), lowest first: how the
+        out-of-tree driver measures a page (sgx_measure)."""
+        if encl.initialized or encl.destroyed:
+            raise DriverError(errnos.EINVAL, "the enclave is initialized or gone")
+        self._check_range(encl, offset, PAGE_SIZE)
+        if not 0 <= mrmask <= 0xFFFF:
+            raise DriverError(errnos.EINVAL, "mrmask is 16 bits")
+        with encl.lock:
+            page = self._page_at(encl, encl.base + offset)
+            epc = self._resident(encl, page)
+            for chunk in range(16):
+                if not mrmask >> chunk & 1:
+                    continue
+                try:
+                    self.evm.eextend(encl.secs_page, epc + chunk * 256)  # type: ignore[attr-defined]
+                except Fault as fault:
+                    raise DriverError(errnos.EFAULT, f"EEXTEND faulted: {fault}") from None
+
     # -- ENCLAVE_INIT ------------------------------------------------------------
     def provision(self, encl: DriverEnclave) -> None:
         """SGX_IOC_ENCLAVE_PROVISION: allow the PROVISIONKEY attribute."""

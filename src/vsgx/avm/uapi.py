@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 
 from vsgx.arch.constants import PAGE_SIZE, Attribute, PageType
+from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.secs import SECS_SIZE, Secs
 from vsgx.arch.sigstruct import SIGSTRUCT_SIZE, Sigstruct
@@ -38,6 +39,19 @@ SGX_IOC_VEPC_REMOVE_ALL = 0xA404  # _IO(SGX_MAGIC, 0x04)
 SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS = _ioc(_RW, 0x05, 40)
 SGX_IOC_ENCLAVE_MODIFY_TYPES = _ioc(_RW, 0x06, 40)
 SGX_IOC_ENCLAVE_REMOVE_PAGES = _ioc(_RW, 0x07, 24)
+# The legacy drivers' INITs (intel/linux-sgx-driver sgx_user.h; the DCAP
+# driver 1.x as psw/urts/linux/isgx_user.h declares it): by address, the
+# out-of-tree driver's with an EINITTOKEN. The library resolves the address
+# to its enclave file.
+SGX_IOC_LEGACY_INIT = _ioc(_W, 0x02, 24)
+SGX_IOC_DCAP_INIT = _ioc(_W, 0x02, 16)
+# The library's second half of a legacy ADD_PAGE whose mrmask measures some
+# chunks only: the page went in unmeasured, these are its EEXTENDs. (The
+# number is the legacy ADD_PAGE's; the argument the library's {offset, mrmask}.)
+SGX_IOC_LEGACY_ADD_PAGE = _ioc(_W, 0x01, 26)
+# What the DCAP driver answers an INIT whose enclave asks for an attribute
+# it was not given (SET_ATTRIBUTE): an ioctl return value of urts' header.
+SGX_INVALID_PRIVILEGE = 0x40000002
 
 # The argument structs, field by field (all __u64).
 STRUCTS: dict[int, tuple[str, ...]] = {
@@ -48,6 +62,9 @@ STRUCTS: dict[int, tuple[str, ...]] = {
     SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS: ("offset", "length", "permissions", "result", "count"),
     SGX_IOC_ENCLAVE_MODIFY_TYPES: ("offset", "length", "page_type", "result", "count"),
     SGX_IOC_ENCLAVE_REMOVE_PAGES: ("offset", "length", "count"),
+    SGX_IOC_LEGACY_INIT: ("addr", "sigstruct", "einittoken"),
+    SGX_IOC_DCAP_INIT: ("addr", "sigstruct"),
+    SGX_IOC_LEGACY_ADD_PAGE: ("offset", "mrmask"),
 }
 SGX_PAGE_MEASURE = 0x01
 SECINFO_SIZE = 64
@@ -131,15 +148,25 @@ class EnclaveFile:
     attributes_mask: int = ATTR_UNPRIV_MASK
     vmas: list[Vma] = field(default_factory=list)
     released: bool = False
+    # An enclave of /dev/isgx or the DCAP driver's /dev/sgx: those drivers
+    # have no mprotect hook, so its mappings are not held to the EPCM's rights.
+    legacy: bool = False
 
     # -- ioctls ------------------------------------------------------------
     def ioctl(self, cmd: int, arg: list[int] | None, buffer: bytes | None = None, *,
-              provision_fd: bool = False) -> IoctlResult:
+              provision_fd: bool = False, legacy: bool = False) -> IoctlResult:
         """Everything but ADD_PAGES (see ``add_pages``). ``arg`` is None when
         the library could not read the argument; ``buffer`` is what it
-        points to (SECS page, SIGSTRUCT), None when unreadable."""
+        points to (SECS page, SIGSTRUCT), None when unreadable. ``legacy``:
+        the CREATE of a legacy driver's enclave."""
         if cmd == SGX_IOC_ENCLAVE_CREATE:
+            if legacy and self.encl is None:
+                self.legacy = True
             return self.create(arg, buffer)
+        if cmd in (SGX_IOC_LEGACY_INIT, SGX_IOC_DCAP_INIT) and self.legacy:
+            return self.init_legacy(arg, buffer, token=cmd == SGX_IOC_LEGACY_INIT)
+        if cmd == SGX_IOC_LEGACY_ADD_PAGE and self.legacy:
+            return self.extend_legacy(arg)
         if cmd == SGX_IOC_ENCLAVE_INIT:
             return self.init(arg, buffer)
         if cmd == SGX_IOC_ENCLAVE_PROVISION:
@@ -259,6 +286,52 @@ class EnclaveFile:
                 return _fail(errno.EINVAL)
         try:
             self.driver.init(encl, sigstruct)
+        except DriverError as exc:
+            return _fail(exc.errno)
+        return IoctlResult(0)
+
+    def init_legacy(self, arg: list[int] | None, buffer: bytes | None, *, token: bool
+                    ) -> IoctlResult:
+        """sgx_ioc_enclave_init of the out-of-tree driver (``token``: the
+        buffer is SIGSTRUCT then the EINITTOKEN) or of the DCAP driver
+        (SIGSTRUCT only; a zero token, as under flexible launch control).
+        EINIT's own error comes back as the ioctl's positive value."""
+        encl = self.encl
+        if encl is None:
+            return _fail(errno.EINVAL)  # sgx_find_encl: a VMA without an enclave
+        wanted = SIGSTRUCT_SIZE + (EINITTOKEN_SIZE if token else 0)
+        if arg is None or buffer is None or len(buffer) != wanted:
+            return _fail(errno.EFAULT)
+        if encl.initialized:
+            return _fail(errno.EINVAL)
+        sigstruct = buffer[:SIGSTRUCT_SIZE]
+        einittoken = buffer[SIGSTRUCT_SIZE:] if token else bytes(EINITTOKEN_SIZE)
+        if token:
+            # No driver gate on PROVISIONKEY: the launch enclave's token decides.
+            self.driver.provision(encl)
+        elif encl.attributes & Attribute.PROVISIONKEY and not encl.provision_allowed:
+            return IoctlResult(SGX_INVALID_PRIVILEGE)
+        try:
+            self.driver.init(encl, sigstruct, einittoken)
+        except DriverError as exc:
+            if exc.sgx_error is not None:
+                return IoctlResult(int(exc.sgx_error))
+            return _fail(exc.errno)
+        return IoctlResult(0)
+
+    def extend_legacy(self, arg: list[int] | None) -> IoctlResult:
+        """The EEXTENDs of a legacy ADD_PAGE with a partial mrmask, for the
+        page the library added (unmeasured) just before."""
+        encl = self.encl
+        if encl is None:
+            return _fail(errno.EINVAL)
+        if arg is None:
+            return _fail(errno.EFAULT)
+        offset, mrmask = arg[0], arg[1] & 0xFFFF
+        if encl.base + offset not in encl.pages and encl.deferred.get(encl.base + offset) is None:
+            return _fail(errno.EINVAL)  # not added
+        try:
+            self.driver.eextend_chunks(encl, offset, mrmask)
         except DriverError as exc:
             return _fail(exc.errno)
         return IoctlResult(0)
@@ -413,7 +486,7 @@ class EnclaveFile:
 
     def map(self, start: int, length: int, prot: int) -> int:
         end = start + length
-        code = self.may_map(start, end, prot)
+        code = 0 if self.legacy else self.may_map(start, end, prot)
         if code:
             return code
         self._cut(start, end)
@@ -423,7 +496,7 @@ class EnclaveFile:
 
     def mprotect(self, start: int, length: int, prot: int) -> int:
         end = start + length
-        code = self.may_map(start, end, prot)
+        code = 0 if self.legacy else self.may_map(start, end, prot)
         if code:
             return code
         self._cut(start, end)

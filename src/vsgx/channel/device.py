@@ -86,6 +86,9 @@ class PageState(IntEnum):
 # IOCTL flags: which user buffers the library could read (copy_from_user).
 ARG_READABLE = 1 << 0
 BUFFER_READABLE = 1 << 1  # SECS, SIGSTRUCT, SECINFO
+# CREATE of an enclave of a legacy driver (/dev/isgx, the DCAP driver's
+# /dev/sgx): its mappings are not checked against the EPCM's rights.
+LEGACY_DRIVER = 1 << 2
 IOCTL_COPY_BACK = 1 << 0  # IOCTL_DONE.flags: copy arg back to the caller (copy_to_user)
 
 _CTYPES = {"u64": ("uint64_t", "Q", 8), "u32": ("uint32_t", "I", 4), "i32": ("int32_t", "i", 4),
@@ -295,6 +298,7 @@ def render_c_header() -> str:
              f"#define VSGX_IOCTL_ARG_WORDS {IOCTL_ARG_WORDS}",
              f"#define VSGX_ARG_READABLE {ARG_READABLE}",
              f"#define VSGX_BUFFER_READABLE {BUFFER_READABLE}",
+             f"#define VSGX_LEGACY_DRIVER {LEGACY_DRIVER}",
              f"#define VSGX_IOCTL_COPY_BACK {IOCTL_COPY_BACK}",
              f"#define VSGX_ADD_RUN_MEASURE {ADD_RUN_MEASURE}",
              f"#define VSGX_ADD_RUN_UNIFORM {ADD_RUN_UNIFORM}",

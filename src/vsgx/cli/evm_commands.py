@@ -40,7 +40,7 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
     from vsgx.channel import parse_address
     from vsgx.channel.identity import SERVER_KEY_FILE
     from vsgx.evm.manager import Admission, EnclaveManager
-    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, data_dir
+    from vsgx.evm.platform import SECRET_FILE, LaunchPolicy, PlatformConfig, data_dir
     from vsgx.evm.vm import EnclaveVM
 
     if args.epc_mib <= 0 or args.session_epc_mib <= 0:
@@ -57,7 +57,13 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
                           clients=clients, any_client=args.allow_any_client,
                           max_client_sessions=args.max_client_sessions)
     folder = Path(args.data_dir) if args.data_dir else data_dir()
-    config = PlatformConfig(epc_pages=args.epc_mib * 256)
+    # Launch control: flexible (the OS writes each signer into
+    # IA32_SGXLEPUBKEYHASH, Linux's way) or locked to the launch enclave's
+    # signer (every other enclave needs its EINITTOKEN, as before FLC).
+    locked = getattr(args, "launch_control", "flexible") == "locked"
+    config = PlatformConfig(epc_pages=args.epc_mib * 256,
+                            launch_policy=LaunchPolicy(allowed_signers=frozenset())
+                            if locked else LaunchPolicy())
     vm = EnclaveVM(config, secret_path=folder / SECRET_FILE, executor=args.executor)
     manager = EnclaveManager(vm, session_epc_pages=args.session_epc_mib * 256,
                              evidence=args.evidence, admission=admission,

@@ -32,20 +32,21 @@ from vsgx.errors import VsgxError
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
 EVM_START_SECONDS = 60.0
-_OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EXEC_ATTACH_FD")
+_OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EXEC_ATTACH_FD",
+                  "VSGX_EXEC_DRIVERS")
 
 
 class LocalEvm:
     """A private `vsgx evm serve` for one program."""
 
-    def __init__(self, executor: str):
+    def __init__(self, executor: str, launch_control: str = "flexible"):
         self.directory = Path(tempfile.mkdtemp(prefix="vsgx-exec-"))
         os.chmod(self.directory, 0o700)
         self.address = f"unix:{self.directory / 'evm.sock'}"
         env = _clean_environment(os.environ)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", self.address,
-             "--executor", executor],
+             "--executor", executor, "--launch-control", launch_control],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env)
         assert self.process.stdout is not None
@@ -146,6 +147,8 @@ def _spawn_command(args: argparse.Namespace) -> str:
         words += ["--evm", args.evm]
     if args.executor:
         words += ["--executor", args.executor]
+    if args.launch_control != "flexible":
+        words += ["--launch-control", args.launch_control]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -154,6 +157,8 @@ def _print_env(args: argparse.Namespace) -> int:
 
     library = library_path()
     lines = {"LD_PRELOAD": str(library), "VSGX_EXEC_SPAWN": _spawn_command(args)}
+    if args.driver != "all":
+        lines["VSGX_EXEC_DRIVERS"] = args.driver
     package_root = Path(__file__).resolve().parents[2]
     if os.environ.get("PYTHONPATH"):
         lines["PYTHONPATH"] = os.environ["PYTHONPATH"]
@@ -175,7 +180,7 @@ def _serve_attached(args: argparse.Namespace) -> int:
     if not fd_text.isdigit():
         raise VsgxError("--attach needs VSGX_EXEC_ATTACH_FD (it is started by the library)")
     fd = int(fd_text)
-    local = None if args.evm else LocalEvm(args.executor or "auto")
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
     try:
         connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
         model = bytes.fromhex(_cpuid_text(connect))
@@ -202,6 +207,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.evm and args.executor:
         raise VsgxError("--executor chooses the executor of the EVM vsgx exec starts; with "
                         "--evm the EVM's own setting applies")
+    if args.evm and args.launch_control != "flexible":
+        raise VsgxError("--launch-control sets the EVM vsgx exec starts; with --evm the EVM's "
+                        "own setting applies")
     if args.print_env:
         return _print_env(args)
     if args.attach:
@@ -213,7 +221,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise VsgxError("no program to run (vsgx exec [--evm ADDR] -- PROGRAM [ARGS...])")
     program = _program(words[0])
     library = library_path()
-    local = None if args.evm else LocalEvm(args.executor or "auto")
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
     launcher = None
     aesmd = None
     child = None
@@ -227,6 +235,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         env.update(aesmd.environment(os.environ))
         env.update(LD_PRELOAD=_preload(library, os.environ), VSGX_EXEC_FD=str(control_fd),
                    VSGX_EXEC_CPUID=model)
+        if args.driver != "all":
+            env["VSGX_EXEC_DRIVERS"] = args.driver
         try:
             child = subprocess.Popen([words[0], *words[1:]], executable=program, env=env,
                                      pass_fds=(control_fd,))
@@ -262,6 +272,15 @@ def add_parser(sub: Any) -> None:
                    "default: a private one that ends with the program")
     p.add_argument("--executor", choices=["auto", "native", "unicorn"],
                    help="what runs enclave code in the private EVM (default auto)")
+    p.add_argument("--driver", choices=["all", "in-kernel", "isgx", "dcap"], default="all",
+                   help="which SGX driver the program finds: the in-kernel one "
+                   "(/dev/sgx_enclave, /dev/sgx/enclave), Intel's out-of-tree /dev/isgx, the "
+                   "DCAP driver's /dev/sgx, or all (default; a runtime takes the first it "
+                   "probes)")
+    p.add_argument("--launch-control", choices=["flexible", "locked"], default="flexible",
+                   help="launch control of the private EVM: flexible (default) or locked, "
+                   "where only enclaves with an EINITTOKEN from its launch enclave (what "
+                   "/dev/isgx programs get from aesmd) initialise")
     p.add_argument("--print-env", action="store_true",
                    help="print the environment that injects vsgx into programs started "
                    "elsewhere (service units, containers): LD_PRELOAD and VSGX_EXEC_SPAWN")

@@ -275,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unix:PATH, tcp:HOST:PORT, tcp:[IPV6]:PORT or vsock:CID:PORT (port 0: "
                    "any free one, printed at start)")
     p.add_argument("--epc-mib", type=int, default=336, help="EPC size (default 336 MiB)")
+    p.add_argument("--launch-control", choices=["flexible", "locked"], default="flexible",
+                   help="EINIT's launch control: flexible (every signer launches; default) or "
+                   "locked to the launch enclave's signer (other enclaves need an EINITTOKEN "
+                   "from it, as /dev/isgx programs get from aesmd)")
     p.add_argument("--session-epc-mib", type=int, default=64,
                    help="EPC slice of each AVM session (default 64 MiB)")
     p.add_argument("--evidence", choices=["none", "sev-snp"], default="none",

@@ -21,8 +21,8 @@ from vsgx.channel.device import render_c_header
 from vsgx.errors import VsgxError
 
 LIB_DIR = Path(__file__).resolve().parent / "lib"
-SOURCES = ("main.c", "channel.c", "memory.c", "device.c", "entry.c", "entry_asm.S", "cpuid.c",
-           "signals.c")
+SOURCES = ("main.c", "channel.c", "memory.c", "device.c", "legacy.c", "aesm.c", "entry.c",
+           "entry_asm.S", "cpuid.c", "signals.c")
 HEADERS = ("vsgx_exec.h",)
 PROTOCOL_HEADER = "vsgx_device_protocol.h"
 CFLAGS = ("-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter",

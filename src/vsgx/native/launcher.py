@@ -25,10 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 from vsgx.arch.constants import ExitKind as EnclaveExitKind
+from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault
+from vsgx.arch.sigstruct import SIGSTRUCT_SIZE
 from vsgx.avm.driver import DriverError, EnclaveLost
 from vsgx.avm.uapi import (
+    SGX_IOC_DCAP_INIT,
     SGX_IOC_ENCLAVE_ADD_PAGES,
+    SGX_IOC_LEGACY_INIT,
     STRUCTS,
     AddRun,
     EnclaveFile,
@@ -44,6 +48,7 @@ from vsgx.channel.device import (
     BUFFER_READABLE,
     IOCTL_ARG_WORDS,
     IOCTL_COPY_BACK,
+    LEGACY_DRIVER,
     MAX_DATAGRAM,
     PAGE_SIZE,
     REGISTER_COUNT,
@@ -61,7 +66,9 @@ from vsgx.native.cpuid_sites import CpuidSitesError, FileIdentity, cpuid_sites
 
 RECV_SIZE = MAX_DATAGRAM + 8192
 _PUSHED = struct.Struct("<QII")
-_BUFFER_SIZES = {0x4008A400: 4096, 0x4008A402: 1808, SGX_IOC_ENCLAVE_ADD_PAGES: 64}
+_BUFFER_SIZES = {0x4008A400: 4096, 0x4008A402: SIGSTRUCT_SIZE, SGX_IOC_ENCLAVE_ADD_PAGES: 64,
+                 SGX_IOC_LEGACY_INIT: SIGSTRUCT_SIZE + EINITTOKEN_SIZE,
+                 SGX_IOC_DCAP_INIT: SIGSTRUCT_SIZE}
 
 EvmFactory = Callable[[], Any]
 
@@ -340,7 +347,8 @@ class Session:
                                             self._source_pages(message, payload[size:]))
                 else:
                     result = file.ioctl(cmd, arg, buffer,
-                                        provision_fd=bool(message["provision_fd"]))
+                                        provision_fd=bool(message["provision_fd"]),
+                                        legacy=bool(flags & LEGACY_DRIVER))
         except (Fault, EnclaveLost, DriverError) as exc:
             self.log(f"pid {self.pid}: ioctl {cmd:#x} failed: {exc}")
             return pack(Msg.IOCTL_DONE, status=-errno.EIO)

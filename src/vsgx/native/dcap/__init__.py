@@ -8,6 +8,10 @@ digest of its source and flags. ``library_dir()`` is the folder to put on
 LD_LIBRARY_PATH (for running) or -L (for linking with -lsgx_dcap_ql); it
 holds ``libsgx_dcap_ql.so.1`` (the SONAME programs record) and the
 ``libsgx_dcap_ql.so`` link a linker looks for.
+
+Beside it, ``libsgx_launch.so.1``: vsgx's drop-in for Intel's launch library
+(``get_launch_token``), which libsgx_enclave_common dlopens by that name to
+INIT an enclave on /dev/isgx; it asks the same aesmd for the token.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("sgx_dcap_ql.c",)
 SONAME = "libsgx_dcap_ql.so.1"
 LINK_NAME = "libsgx_dcap_ql.so"
+LAUNCH_SOURCES = ("sgx_launch.c",)
+LAUNCH_SONAME = "libsgx_launch.so.1"
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden",
-          "-pthread", f"-Wl,-soname,{SONAME}", "-Wl,-z,now", "-Wl,-z,noexecstack")
+          "-pthread", "-Wl,-z,now", "-Wl,-z,noexecstack")
+# (SONAME, sources) of each library the folder holds
+LIBRARIES = ((SONAME, SOURCES), (LAUNCH_SONAME, LAUNCH_SOURCES))
 SOCKET_ENV = "VSGX_AESM_SOCKET"  # where the library finds aesmd (else Intel's path)
 
 _lock = threading.Lock()
@@ -46,7 +54,7 @@ def _cache_dir() -> Path:
 
 def _digest() -> str:
     h = hashlib.sha256(" ".join(CFLAGS).encode())
-    for name in SOURCES:
+    for name in SOURCES + LAUNCH_SOURCES:
         h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -57,7 +65,8 @@ def library_dir() -> Path:
         raise DcapLibraryError("the drop-in libsgx_dcap_ql is built for Linux")
     target = _cache_dir() / f"dcap-{_digest()}"
     with _lock:
-        if (target / SONAME).is_file() and (target / LINK_NAME).is_symlink():
+        if (all((target / soname).is_file() for soname, _ in LIBRARIES)
+                and (target / LINK_NAME).is_symlink()):
             return target
         compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
         if compiler is None:
@@ -67,13 +76,14 @@ def library_dir() -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             staging = Path(tmp) / "lib"
             staging.mkdir()
-            result = subprocess.run(
-                [compiler, *CFLAGS, "-o", str(staging / SONAME),
-                 *(str(SOURCE_DIR / name) for name in SOURCES)],
-                capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise DcapLibraryError(f"building libsgx_dcap_ql failed:\n"
-                                       f"{result.stderr.strip()}")
+            for soname, sources in LIBRARIES:
+                result = subprocess.run(
+                    [compiler, *CFLAGS, f"-Wl,-soname,{soname}", "-o", str(staging / soname),
+                     *(str(SOURCE_DIR / name) for name in sources)],
+                    capture_output=True, text=True, check=False)
+                if result.returncode != 0:
+                    raise DcapLibraryError(f"building {soname} failed:\n"
+                                           f"{result.stderr.strip()}")
             os.symlink(SONAME, staging / LINK_NAME)
             try:
                 os.rename(staging, target)

@@ -1,6 +1,8 @@
 /* The SGX device files of the in-kernel driver (/dev/sgx_enclave,
    /dev/sgx/enclave, /dev/sgx_provision, /dev/sgx/provision) as the program
-   sees them (arch/x86/kernel/cpu/sgx/driver.c, ioctl.c, encl.c).
+   sees them (arch/x86/kernel/cpu/sgx/driver.c, ioctl.c, encl.c); and the
+   device files of the legacy drivers (/dev/isgx, /dev/sgx, /dev/sgx_prv),
+   whose mmap makes an enclave here and whose ioctls legacy.c answers.
 
    An open is local and cheap (Intel's urts probes ~98 times per
    sgx_create_enclave): a memfd gives the program a real descriptor whose
@@ -64,7 +66,10 @@
 #define FD_TABLE 65536
 #define MAX_MAPPINGS 4096
 
-enum file_kind { FILE_ENCLAVE = 1, FILE_PROVISION = 2 };
+/* FILE_ISGX and FILE_DCAP are the legacy drivers' device files
+   (legacy.c): their enclaves are FILE_ENCLAVE objects made by mmap of
+   the device, referred to by address, that live as long as that mapping. */
+enum file_kind { FILE_ENCLAVE = 1, FILE_PROVISION = 2, FILE_ISGX = 3, FILE_DCAP = 4 };
 
 /* Offsets of added pages: sorted, disjoint, merged [start, end) spans. */
 struct span {
@@ -82,6 +87,7 @@ struct add_queue {
 struct sgx_file {
     uint64_t id;
     int kind;
+    int legacy;       /* FILE_ISGX or FILE_DCAP: an enclave of that driver's mmap */
     int fds;          /* descriptors that refer to this open file */
     int mapped;       /* tracked ranges that map it */
     dev_t dev;
@@ -135,14 +141,55 @@ static int (*real_faccessat)(int, const char *, int, int);
                      real_##name; })
 
 /* -- device names ------------------------------------------------------ */
+/* Which driver's nodes the program sees ($VSGX_EXEC_DRIVERS, from `vsgx
+   exec --driver`): "in-kernel", "isgx", "dcap", or all of them (unset). A
+   runtime probes them in its own order and takes the first that opens. */
+enum { SHOW_IN_KERNEL = 1, SHOW_ISGX = 2, SHOW_DCAP = 4, SHOW_ALL = 7 };
+static int shown_drivers;
+
+static int drivers_shown(void)
+{
+    if (shown_drivers == 0) {
+        const char *names = getenv("VSGX_EXEC_DRIVERS");
+        int shown = 0;
+        if (names != NULL) {
+            shown |= strstr(names, "in-kernel") ? SHOW_IN_KERNEL : 0;
+            shown |= strstr(names, "isgx") ? SHOW_ISGX : 0;
+            shown |= strstr(names, "dcap") ? SHOW_DCAP : 0;
+        }
+        shown_drivers = shown ? shown : SHOW_ALL;
+    }
+    return shown_drivers;
+}
+
+static int device_kind_of(const char *path);
+
 static int device_kind(const char *path)
+{
+    int kind = device_kind_of(path);
+    int shown = kind ? drivers_shown() : 0;
+    if (kind == FILE_ENCLAVE || (kind == FILE_PROVISION && strcmp(path, "/dev/sgx_prv")))
+        return shown & SHOW_IN_KERNEL ? kind : 0;
+    if (kind == FILE_ISGX)
+        return shown & SHOW_ISGX ? kind : 0;
+    if (kind == FILE_DCAP || kind == FILE_PROVISION)
+        return shown & SHOW_DCAP ? kind : 0;
+    return 0;
+}
+
+static int device_kind_of(const char *path)
 {
     if (path == NULL)
         return 0;
     if (!strcmp(path, "/dev/sgx_enclave") || !strcmp(path, "/dev/sgx/enclave"))
         return FILE_ENCLAVE;
-    if (!strcmp(path, "/dev/sgx_provision") || !strcmp(path, "/dev/sgx/provision"))
+    if (!strcmp(path, "/dev/sgx_provision") || !strcmp(path, "/dev/sgx/provision") ||
+        !strcmp(path, "/dev/sgx_prv"))  /* the DCAP driver's provisioning node */
         return FILE_PROVISION;
+    if (!strcmp(path, "/dev/isgx"))
+        return FILE_ISGX;
+    if (!strcmp(path, "/dev/sgx"))  /* the DCAP driver before 1.36 */
+        return FILE_DCAP;
     return 0;
 }
 
@@ -150,11 +197,11 @@ static void device_stat(int kind, struct stat *st)
 {
     memset(st, 0, sizeof(*st));
     st->st_mode = S_IFCHR | 0666;
-    st->st_rdev = makedev(10, kind == FILE_ENCLAVE ? 125 : 126);
+    st->st_rdev = makedev(10, 124 + kind);
     st->st_dev = makedev(0, 5);
     st->st_nlink = 1;
     st->st_blksize = 4096;
-    st->st_ino = kind == FILE_ENCLAVE ? 1125 : 1126;
+    st->st_ino = 1124 + (ino_t)kind;
 }
 
 /* -- open files -------------------------------------------------------- */
@@ -184,7 +231,8 @@ static int open_device(int kind, int flags)
 {
     int memfd_flags = (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0;
     long fd = vsgx_syscall(SYS_memfd_create,
-                           (long)(kind == FILE_ENCLAVE ? "sgx_enclave" : "sgx_provision"),
+                           (long)(kind == FILE_ENCLAVE ? "sgx_enclave"
+                                  : kind == FILE_PROVISION ? "sgx_provision" : "isgx"),
                            memfd_flags, 0, 0, 0, 0);
     if (fd < 0) {
         errno = (int)-fd;
@@ -261,6 +309,8 @@ VSGX_EXPORT int open(const char *path, int flags, ...)
         va_end(ap);
     }
     int kind = device_kind(path);
+    if (kind == FILE_DCAP && (flags & O_DIRECTORY))
+        kind = 0;  /* /dev/sgx is the in-kernel nodes' folder on a real system */
     if (kind) {
         vsgx_init();
         return open_device(kind, flags);
@@ -287,6 +337,8 @@ VSGX_EXPORT int openat(int dirfd, const char *path, int flags, ...)
         va_end(ap);
     }
     int kind = path != NULL && path[0] == '/' ? device_kind(path) : 0;
+    if (kind == FILE_DCAP && (flags & O_DIRECTORY))
+        kind = 0;
     if (kind) {
         vsgx_init();
         return open_device(kind, flags);
@@ -902,9 +954,16 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     case SGX_IOC_ENCLAVE_MODIFY_TYPES:
     case SGX_IOC_ENCLAVE_REMOVE_PAGES:
         break;
+    case VSGX_LEGACY_INIT:
+    case VSGX_DCAP_INIT:
+    case VSGX_LEGACY_EXTEND:
+        if (file->legacy)
+            break;
+        return -ENOTTY;
     default:
         return -ENOTTY;  /* -ENOIOCTLCMD, also SGX_IOC_VEPC_REMOVE_ALL on an enclave fd */
     }
+    int init_cmd = cmd == SGX_IOC_ENCLAVE_INIT || cmd == VSGX_LEGACY_INIT || cmd == VSGX_DCAP_INIT;
     if (!vsgx_channel_available())
         return -ENODEV;
     int expected = 0;
@@ -918,9 +977,9 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     /* Every other ioctl is a synchronous point: the queued pages go first.
        INIT answers for them (the kernel's INIT flushed its queued EADDs
        too, in the driver's first versions). */
-    if (!(cmd == SGX_IOC_ENCLAVE_INIT && file->initialized)) {
+    if (!(init_cmd && file->initialized)) {
         int flushed = flush_file(file);
-        if (flushed < 0 && cmd == SGX_IOC_ENCLAVE_INIT && file->size) {
+        if (flushed < 0 && init_cmd && file->size) {
             atomic_store(&file->ioctl_busy, 0);
             return flushed;
         }
@@ -931,6 +990,8 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     call.request.type = VSGX_MSG_IOCTL;
     call.request.file = file->id;
     call.request.cmd = (uint32_t)cmd;
+    if (file->legacy)
+        call.request.flags |= VSGX_LEGACY_DRIVER;
     size_t arg_size = IOC_SIZE(cmd);
     if (vsgx_read_own(arg_address, call.request.arg, arg_size) == 0)
         call.request.flags |= VSGX_ARG_READABLE;
@@ -943,6 +1004,8 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
             want = SECS_SIZE, where = arg[0];
         else if (cmd == SGX_IOC_ENCLAVE_INIT)
             want = SIGSTRUCT_SIZE, where = arg[0];
+        else if (cmd == VSGX_LEGACY_INIT || cmd == VSGX_DCAP_INIT)
+            want = SIGSTRUCT_SIZE, where = arg[1];  /* {addr, sigstruct[, einittoken]} */
         else if (cmd == SGX_IOC_ENCLAVE_PROVISION) {
             struct sgx_file *other = arg[0] <= 0x7fffffff ? file_of((int)arg[0]) : NULL;
             call.request.provision_fd = other != NULL && other->kind == FILE_PROVISION;
@@ -954,12 +1017,19 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
             call.request.flags |= VSGX_BUFFER_READABLE;
         else
             memset(call.buffer, 0, want);
+        if (cmd == VSGX_LEGACY_INIT) {  /* the EINITTOKEN after the SIGSTRUCT */
+            call.buffer_size += VSGX_EINITTOKEN_SIZE;
+            if (vsgx_read_own(arg[2], call.buffer + want, VSGX_EINITTOKEN_SIZE) < 0) {
+                memset(call.buffer + want, 0, VSGX_EINITTOKEN_SIZE);
+                call.request.flags &= ~(uint32_t)VSGX_BUFFER_READABLE;
+            }
+        }
     }
     struct vsgx_msg_ioctl_done done;
     ret = send_ioctl(&call, &done);
     if (ret == 0)
         ret = finish_ioctl(&call, &done, arg_address, arg_size);
-    if (cmd == SGX_IOC_ENCLAVE_INIT && ret == 0)
+    if (init_cmd && ret == 0)
         file->initialized = 1;
     if (cmd == SGX_IOC_ENCLAVE_CREATE && ret == 0 && want) {
         uint64_t size, base;
@@ -996,7 +1066,10 @@ VSGX_EXPORT int ioctl(int fd, unsigned long cmd, ...)
     struct sgx_file *file = file_of(fd);
     if (file == NULL)
         return REAL(ioctl)(fd, cmd, arg);
-    long ret = file->kind == FILE_ENCLAVE ? enclave_ioctl(file, cmd, (uint64_t)arg) : -ENOTTY;
+    long ret = file->kind == FILE_ENCLAVE ? enclave_ioctl(file, cmd, (uint64_t)arg)
+               : file->kind == FILE_ISGX || file->kind == FILE_DCAP
+                   ? vsgx_legacy_ioctl(file->kind == FILE_DCAP, cmd, (uint64_t)arg)
+                   : -ENOTTY;
     if (ret < 0) {
         errno = (int)-ret;
         return -1;
@@ -1141,10 +1214,111 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
     return where;
 }
 
+/* mmap of a legacy driver's device (sgx_get_unmapped_area, sgx_mmap of
+   intel/linux-sgx-driver): the whole ELRANGE, a power of two of at least
+   two pages, shared, placed at an address aligned to its size; the
+   mapping is a new enclave, which CREATE then fills. */
+static void *map_legacy(struct sgx_file *device, void *addr, size_t length, int prot,
+                        int flags)
+{
+    uint32_t leaf[4];
+    vsgx_cpuid_answer(0x12, 0, leaf);
+    unsigned max_bits = (leaf[3] >> 8) & 0xff;
+    if (length < 2 * PAGE || (length & (length - 1)) || (flags & MAP_TYPE) != MAP_SHARED ||
+        (max_bits < 64 && length > (1ULL << max_bits))) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    void *where = addr;
+    if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
+        if ((uint64_t)addr & (length - 1)) {
+            errno = EINVAL;  /* the driver would move it to the next aligned address */
+            return MAP_FAILED;
+        }
+    } else {
+        /* get_unmapped_area of twice the size, aligned up, the rest given back */
+        uint8_t *area = vsgx_mmap_raw(addr, 2 * length, PROT_NONE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (area == (void *)-1)
+            return MAP_FAILED;
+        uint64_t aligned = ((uint64_t)area + length - 1) & ~((uint64_t)length - 1);
+        if (aligned > (uint64_t)area)
+            vsgx_munmap_raw(area, aligned - (uint64_t)area);
+        if ((uint64_t)area + 2 * length > aligned + length)
+            vsgx_munmap_raw((void *)(aligned + length),
+                            (uint64_t)area + 2 * length - aligned - length);
+        where = (void *)aligned;
+        flags |= MAP_FIXED;
+    }
+    struct sgx_file *encl = calloc(1, sizeof(*encl));
+    if (encl == NULL) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    encl->kind = FILE_ENCLAVE;
+    encl->legacy = device->kind;
+    encl->dev = (dev_t)-1;  /* no descriptor: never found by file_of */
+    encl->ino = (ino_t)-1;
+    pthread_mutex_init(&encl->queue_lock, NULL);
+    pthread_mutex_lock(&device_lock);
+    encl->id = ((uint64_t)vsgx_pid << 32) | next_file_id++;
+    encl->next = files;
+    files = encl;
+    pthread_mutex_unlock(&device_lock);
+    void *ret = map_enclave(encl, where, length, prot, flags);
+    if (ret == MAP_FAILED) {
+        pthread_mutex_lock(&device_lock);
+        maybe_release(encl);  /* nothing maps it: it goes */
+        pthread_mutex_unlock(&device_lock);
+    }
+    return ret;
+}
+
+/* The enclave of a legacy driver's mapping at `address` (sgx_find_encl),
+   or with `exact`, the one mapping of [address, address + size) that
+   CREATE needs. NULL if there is none. */
+struct sgx_file *vsgx_legacy_enclave_at(int kind, uint64_t address, uint64_t size, int exact)
+{
+    struct sgx_file *found = NULL;
+    pthread_mutex_lock(&device_lock);
+    for (int i = 0; i < mapping_count && found == NULL; i++) {
+        struct mapping *m = &mappings[i];
+        if (m->file->legacy != kind)
+            continue;
+        if (exact ? m->start == address && m->end - m->start == size
+                  : m->start <= address && address < m->end)
+            found = m->file;
+    }
+    pthread_mutex_unlock(&device_lock);
+    return found;
+}
+
+int vsgx_legacy_created(const struct sgx_file *file, uint64_t *base, uint64_t *size,
+                        int *initialized)
+{
+    *base = file->base;
+    *size = file->size;
+    *initialized = file->initialized;
+    return file->size != 0;
+}
+
+long vsgx_enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg_address)
+{
+    return enclave_ioctl(file, cmd, arg_address);
+}
+
+int vsgx_is_provision_fd(int fd)
+{
+    struct sgx_file *file = file_of(fd);
+    return file != NULL && file->kind == FILE_PROVISION;
+}
+
 VSGX_EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
     struct sgx_file *file = (flags & MAP_ANONYMOUS) ? NULL : file_of(fd);
     if (file != NULL) {
+        if (file->kind == FILE_ISGX || file->kind == FILE_DCAP)
+            return map_legacy(file, addr, length, prot, flags);
         if (file->kind != FILE_ENCLAVE) {
             errno = ENODEV;
             return MAP_FAILED;

@@ -3,7 +3,9 @@
    device.c (the enclave fd: open/ioctl/mmap), entry.c (the vDSO function and
    raw ENCLU traps), cpuid.c (CPUID answered from the EVM's model), memory.c
    (the program's pages served to the EVM), with channel.c (the launcher)
-   and signals.c (our traps beside the program's own handlers). */
+   and signals.c (our traps beside the program's own handlers); legacy.c
+   (the older drivers' ioctls, /dev/isgx and the DCAP driver's /dev/sgx,
+   over device.c) and aesm.c (aesmd's compiled-in socket, redirected). */
 #ifndef VSGX_EXEC_H
 #define VSGX_EXEC_H
 
@@ -77,6 +79,26 @@ VSGX_HIDDEN int vsgx_serve_page_request(int fd, const uint8_t *message, size_t l
 /* device.c */
 VSGX_HIDDEN uint64_t vsgx_enclave_file_for_tcs(uint64_t tcs);
 VSGX_HIDDEN void vsgx_device_after_fork(void);
+
+/* device.c for legacy.c: the legacy drivers' enclaves (device.c's
+   FILE_ISGX = 3, FILE_DCAP = 4) and the in-kernel ioctl path they reuse. */
+#define VSGX_FILE_ISGX 3
+#define VSGX_FILE_DCAP 4
+#define VSGX_LEGACY_INIT 0x4018a402u  /* isgx INIT {addr, sigstruct, einittoken} */
+#define VSGX_DCAP_INIT 0x4010a402u    /* DCAP INIT {addr, sigstruct} */
+#define VSGX_LEGACY_EXTEND 0x401aa401u  /* to the launcher: {offset, mrmask} EEXTENDs */
+#define VSGX_EINITTOKEN_SIZE 304
+struct sgx_file;
+VSGX_HIDDEN struct sgx_file *vsgx_legacy_enclave_at(int kind, uint64_t address, uint64_t size,
+                                                    int exact);
+VSGX_HIDDEN int vsgx_legacy_created(const struct sgx_file *file, uint64_t *base, uint64_t *size,
+                                    int *initialized);
+VSGX_HIDDEN long vsgx_enclave_ioctl(struct sgx_file *file, unsigned long cmd,
+                                    uint64_t arg_address);
+VSGX_HIDDEN int vsgx_is_provision_fd(int fd);
+
+/* legacy.c: /dev/isgx and the DCAP driver's /dev/sgx */
+VSGX_HIDDEN long vsgx_legacy_ioctl(int dcap, unsigned long cmd, uint64_t arg_address);
 
 /* entry.c */
 struct vsgx_entry_result {
