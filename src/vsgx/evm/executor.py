@@ -70,6 +70,9 @@ class ExecutorCapability(Flag):
     # Untrusted pages of an address space that shares them
     # (``UntrustedMemory.shares_pages``) are mapped in place: zero-copy.
     SHARES_UNTRUSTED = auto()
+    # Entries and exits can complete in the executor without the EVM, under
+    # a grant the EVM gives and revokes (the executor is a FastEntryExecutor).
+    FAST_ENTRIES = auto()
 
 
 class UntrustedMemory(Protocol):
@@ -123,6 +126,49 @@ class ThreadExecutor(Protocol):
     def request_stop(self, interrupt: bool = False) -> None: ...
 
     def close(self) -> None: ...
+
+
+class FastEntryClient(Protocol):
+    """The fast path's client for a host in the EVM's process."""
+
+    def begin(self, untrusted: UntrustedMemory) -> bool: ...
+
+    def end(self) -> None: ...
+
+    def enter(self, request: int, registers: list[int], return_rip: int,
+              untrusted: UntrustedMemory) -> int: ...
+
+    def exit_registers(self) -> list[int]: ...
+
+
+class FastEntryExecutor(ThreadExecutor, Protocol):
+    """An executor with ``ExecutorCapability.FAST_ENTRIES``: the EVM grants
+    it the TCS as EENTER's checks found it, revokes the grant before any
+    entry or change of its own, and takes over what it hands back."""
+
+    fast_path: bool  # this one's fast path is on (it may be off per executor)
+
+    @property
+    def fast_client(self) -> FastEntryClient | None: ...
+
+    def grant(self, *, epoch: int, tcs: int, oentry: int, ofsbase: int, ogsbase: int,
+              cssa: int, nssa: int, frame_size: int, flags: int, frames: list[int]) -> None: ...
+
+    def revoke(self) -> None: ...
+
+    def claim(self) -> bool: ...
+
+    def fast_entry_epoch(self) -> int | None: ...
+
+    def handed_over(self) -> bool: ...
+
+    def end_fast_entry(self) -> None: ...
+
+    def resume_handed_over(self, untrusted: UntrustedMemory) -> Stop: ...
+
+    def maps_writable(self, address: int, length: int) -> bool: ...
+
+    def code_readable(self) -> bool: ...
 
 
 class ExecutorFactory(Protocol):

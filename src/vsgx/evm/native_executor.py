@@ -553,7 +553,7 @@ class NativeExecutor:
     """The executor of one TCS in a runner process."""
 
     name = "native"
-    capabilities = ExecutorCapability.PARALLEL
+    capabilities = ExecutorCapability.PARALLEL | ExecutorCapability.FAST_ENTRIES
     # A running runner reports at least once a second (its alarm); one that
     # is silent this long is stuck and gets SIGKILL.
     silence_limit = 10.0
@@ -1202,7 +1202,7 @@ class FastClient:
 
 class NativeExecutorFactory:
     name = "native"
-    capabilities = ExecutorCapability.PARALLEL
+    capabilities = ExecutorCapability.PARALLEL | ExecutorCapability.FAST_ENTRIES
 
     def __init__(self, machine: Machine):
         usable, why = native_support()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from vsgx.arch.constants import (
     ENCLU_OPCODE,
@@ -60,6 +61,8 @@ from vsgx.evm.executor import (
     RSP,
     ExecutorCapability,
     ExecutorFactory,
+    FastEntryClient,
+    FastEntryExecutor,
     Stop,
     StopKind,
     ThreadExecutor,
@@ -131,7 +134,7 @@ class EnclaveThread:
         self.encl = encl
         self.tcs = tcs
         self.factory = factory
-        self.executor: ThreadExecutor = factory(encl, tcs)
+        self._use(factory(encl, tcs))
         self.entry_fsgs = (0, 0)
         self.active = False
         self._tcs_cache: tuple[int, tuple[int, ...]] | None = None
@@ -199,8 +202,8 @@ class EnclaveThread:
         self._tcs_cache = (self.encl.generation, fields)
         return fields
 
-    def _fast(self):  # type: ignore[no-untyped-def]
-        return getattr(self.executor, "fast_client", None)
+    def _fast(self) -> FastEntryClient | None:
+        return self.fast.fast_client if self.fast is not None else None
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
                ) -> EnclaveExit:
@@ -228,7 +231,7 @@ class EnclaveThread:
                     self._lost()
                     raise VsgxError(f"the runner of TCS {self.tcs:#x} reported an EEXIT to "
                                     f"a non-canonical address {regs[RIP]:#x}")
-                return EnclaveExit("eexit", regs)
+                return EnclaveExit(ExitKind.EEXIT, regs)
             if outcome == _FAST_HANDED_OVER:
                 return self.continue_entry(registers[RCX],
                                            (registers[FSBASE], registers[GSBASE]), untrusted)
@@ -278,8 +281,7 @@ class EnclaveThread:
         """The busy check of EENTER and ERESUME (machine lock held): an entry
         through here, or one through the runner (whose grant is revoked
         first, so none can start after the look)."""
-        claim = getattr(self.executor, "claim", None)
-        return self.active or (claim is not None and claim())
+        return self.active or (self.fast is not None and self.fast.claim())
 
     def eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
         """ERESUME: continue from SSA[CSSA - 1] (through the EVM; the
@@ -331,11 +333,10 @@ class EnclaveThread:
         complete alone: an ENCLU leaf, a fault in ELRANGE, an interrupt...),
         as if it had been made here; ``aep`` and ``entry_fsgs`` are the
         client's, from its EENTER."""
-        m, encl, executor = self.machine, self.encl, self.executor
+        m, encl, executor = self.machine, self.encl, self.fast
         with m.lock:
-            handed_over = getattr(executor, "handed_over", None)
-            epoch = executor.fast_entry_epoch() if handed_over is not None else None
-            if self.active or handed_over is None or not handed_over() or epoch is None:
+            epoch = executor.fast_entry_epoch() if executor is not None else None
+            if self.active or executor is None or not executor.handed_over() or epoch is None:
                 raise VsgxError(f"TCS {self.tcs:#x} has no entry to go on with")
             if not _canonical(aep):
                 raise gp("the AEP is not canonical")
@@ -354,9 +355,8 @@ class EnclaveThread:
         The runner checks busy, CSSA < NSSA and the SSA frame against what
         is granted; the rest (TCS page, fields, INIT, AEXNOTIFY) holds until
         the enclave's state changes, which revokes the grant."""
-        executor = self.executor
-        grant = getattr(executor, "grant", None)
-        if grant is None:
+        executor = self.fast
+        if executor is None:
             return
         executor.end_fast_entry()
         if not executor.fast_path:
@@ -382,9 +382,9 @@ class EnclaveThread:
         cssa = _CSSA.unpack_from(view, self.tcs - base + _TCS_CSSA)[0]
         flags = (GRANT_EXINFO if encl.miscselect & MiscSelect.EXINFO else 0) | (
             GRANT_CODE_READABLE if executor.code_readable() else 0)
-        grant(epoch=encl.epoch, tcs=self.tcs, oentry=(base + oentry) & _U64,
-              ofsbase=(base + ofs) & _U64, ogsbase=(base + ogs) & _U64, cssa=cssa, nssa=nssa,
-              frame_size=size, flags=flags, frames=frames)
+        executor.grant(epoch=encl.epoch, tcs=self.tcs, oentry=(base + oentry) & _U64,
+                       ofsbase=(base + ofs) & _U64, ogsbase=(base + ogs) & _U64, cssa=cssa,
+                       nssa=nssa, frame_size=size, flags=flags, frames=frames)
 
     def _ssa_frame_unchecked(self, ossa: int, index: int) -> int:
         return self.encl.base + ossa + index * self.encl.ssaframesize * PAGE_SIZE
@@ -455,7 +455,7 @@ class EnclaveThread:
         — again and again, since a request can land just before that thread
         starts its engine and be lost."""
         while not lock.acquire(timeout=_PREEMPT_AFTER):  # type: ignore[attr-defined]
-            runner = self.encl.running
+            runner = cast("ThreadExecutor | None", self.encl.running)
             if runner is not None and runner is not self.executor:
                 runner.request_stop()
 
@@ -466,7 +466,14 @@ class EnclaveThread:
             self.active = False
             self.encl.inside.pop(self.tcs, None)
         self.executor.close()
-        self.executor = self.factory(self.encl, self.tcs)
+        self._use(self.factory(self.encl, self.tcs))
+
+    def _use(self, executor: ThreadExecutor) -> None:
+        self.executor = executor
+        # the same executor where it declares a fast path (runner/client.c)
+        self.fast: FastEntryExecutor | None = (
+            cast(FastEntryExecutor, executor)
+            if ExecutorCapability.FAST_ENTRIES in executor.capabilities else None)
 
     def _enclu(self, stop: Stop, untrusted: UntrustedMemory, aep: int, frame: int
                ) -> EnclaveExit | None:
