@@ -42,6 +42,7 @@ from vsgx.arch.constants import (
     PfErrorCode,
     Vector,
 )
+from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.pageinfo import Secinfo
@@ -92,7 +93,7 @@ class Evm(Protocol):
     vsgx.evm.vm.EnclaveVM): eadd_pages, eadd_uniform, eldu_deferred,
     eblock_pages, ewb_pages, eldu_pages."""
 
-    def cpuid(self) -> Any: ...
+    def cpuid(self) -> SgxCpuid: ...
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None: ...
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None: ...
@@ -170,7 +171,7 @@ class DriverEnclave:
     destroyed: bool = False
     pages: dict[int, EnclavePage] = field(default_factory=dict)
     # pages added but not resident anywhere yet: linaddr -> (type, vm_max_prot)
-    deferred: PageRunSet = field(default_factory=PageRunSet)
+    deferred: PageRunSet[tuple[int, int]] = field(default_factory=PageRunSet)
     lock: threading.RLock = field(default_factory=threading.RLock)
     provision_allowed: bool = False
     # False when the loader maps the pages it did not add PROT_NONE (Intel's
@@ -512,7 +513,7 @@ class SgxDriver:
         self.stats["eblock"] += len(epcs)
         self.stats["eblock_calls"] += 1
         if self._batch:
-            return self.evm.eblock_pages(epcs)  # type: ignore[attr-defined]
+            return self.evm.eblock_pages(epcs)  # type: ignore[attr-defined, no-any-return]
         results: list[Any] = []
         for epc in epcs:
             try:
@@ -526,7 +527,7 @@ class SgxDriver:
         self.stats["ewb"] += len(pairs)
         self.stats["ewb_calls"] += 1
         if self._batch:
-            return self.evm.ewb_pages(pairs)  # type: ignore[attr-defined]
+            return self.evm.ewb_pages(pairs)  # type: ignore[attr-defined, no-any-return]
         results: list[Any] = []
         for epc, slot in pairs:
             try:
@@ -595,7 +596,7 @@ class SgxDriver:
         """Give a deferred page its EPC page (its first touch)."""
         info = encl.deferred.get(linaddr)
         assert info is not None
-        page_type, max_prot = info  # type: ignore[misc]
+        page_type, max_prot = info
         with self._lock:
             self._reserve_va()
             try:
@@ -1062,7 +1063,7 @@ class SgxDriver:
             if record is not None and prot & ~record.vm_max_prot:
                 raise DriverError(errnos.EACCES, f"page {record.linaddr:#x} may not become "
                                                  f"{prot:#x}")
-        for _page_type, max_prot in encl.deferred.values_in(address, count):  # type: ignore[misc]
+        for _page_type, max_prot in encl.deferred.values_in(address, count):
             if prot & ~max_prot:
                 raise DriverError(errnos.EACCES, f"pages in {address:#x}+{length:#x} may not "
                                                  f"become {prot:#x}")

@@ -130,7 +130,7 @@ class AddressSpace:
             position += chunk
 
     def read_u64(self, address: int) -> int:
-        return struct.unpack("<Q", self.read(address, 8))[0]
+        return int.from_bytes(self.read(address, 8), "little")
 
     def write_u64(self, address: int, value: int) -> None:
         self.write(address, struct.pack("<Q", value & ((1 << 64) - 1)))

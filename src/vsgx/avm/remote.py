@@ -178,7 +178,7 @@ class RemoteEvm:
         return reply_to(message, Type.ERROR, (1,), b"the AVM serves page requests only")
 
     # -- requests -----------------------------------------------------------------
-    def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+    def _call(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"") -> Message:
         if self.conn.error is not None and message_type in _TEARDOWN:
             return _TEARDOWN[message_type]
         try:
@@ -190,7 +190,8 @@ class RemoteEvm:
             raise Fault(Vector(vector), error_code, address, reply.blob.decode(errors="replace"))
         return reply
 
-    def _status(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> SgxError:
+    def _status(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b""
+                ) -> SgxError:
         return SgxError(self._call(message_type, fields, blob).fields[0])
 
     def cpuid(self) -> SgxCpuid:
@@ -531,7 +532,7 @@ class RemoteEvm:
         if status:
             raise QuoteGenerationError(status, "the EVM's QE: "
                                        + one_line(reply.blob.decode(errors="replace"), 300))
-        return size
+        return int(size)
 
     def quote(self, report: bytes) -> bytes:
         """sgx_qe_get_quote: a DCAP v3 quote of ``report``."""

@@ -21,12 +21,12 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})"
 @dataclass(frozen=True)
 class Address:
     family: str  # unix, tcp, vsock
-    target: str | tuple[str, int] | tuple[int, int]
+    target: str | tuple[str | int, int]  # a path, (host, port) or (CID, port)
 
     def __str__(self) -> str:
         if self.family == "unix":
             return f"unix:{self.target}"
-        host, port = self.target  # type: ignore[misc]
+        host, port = self.endpoint
         if self.family == "tcp" and ":" in str(host):
             return f"tcp:[{host}]:{port}"
         return f"{self.family}:{host}:{port}"
@@ -35,6 +35,12 @@ class Address:
     def path(self) -> str:
         assert self.family == "unix"
         return str(self.target)
+
+    @property
+    def endpoint(self) -> tuple[str | int, int]:
+        """(host, port) of a TCP address, (CID, port) of a vsock one."""
+        assert not isinstance(self.target, str), "a Unix address has a path"
+        return self.target
 
 
 def _bad(text: str, why: str) -> VsgxError:

@@ -59,10 +59,10 @@ def vsock_loopback_available() -> tuple[bool, str]:
     """Whether this machine can reach its own vsock port (CID 1), with why not."""
     if not vsock_available():
         return False, "AF_VSOCK is not available on this machine"
-    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-    client = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    client = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     try:
-        server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))  # type: ignore[attr-defined]
+        server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
         server.listen(1)
         port = server.getsockname()[1]
         client.settimeout(2)
@@ -79,27 +79,27 @@ def _socket(address: Address) -> socket.socket:
     if address.family == "unix":
         return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if address.family == "tcp":
-        host = address.target[0]  # type: ignore[index]
+        host = address.endpoint[0]
         family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     if not vsock_available():
         raise ChannelError("AF_VSOCK is not available on this machine")
-    return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+    return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
 
 
 def _resolve(address: Address) -> Address:
     """A TCP host name turned into the address family it resolves to."""
     if address.family != "tcp":
         return address
-    host, port = address.target  # type: ignore[misc]
+    host, port = address.endpoint
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(str(host), port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ChannelError(f"cannot resolve {host!r} of {address}: {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
-    return Address("tcp", (sockaddr[0], sockaddr[1])) if family in (
+    return Address("tcp", (str(sockaddr[0]), port)) if family in (
         socket.AF_INET, socket.AF_INET6) else address
 
 
@@ -197,7 +197,7 @@ def listen(address: Address, backlog: int = 64, mode: int = 0o600) -> Listener:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     bound = address
     try:
-        sock.bind(resolved.target)  # type: ignore[arg-type]
+        sock.bind(resolved.target)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -206,7 +206,7 @@ def listen(address: Address, backlog: int = 64, mode: int = 0o600) -> Listener:
         os.chmod(address.path, mode)
     else:
         name = sock.getsockname()
-        bound = Address(address.family, (address.target[0], name[1]))  # type: ignore[index]
+        bound = Address(address.family, (address.endpoint[0], name[1]))
     return Listener(sock, bound)
 
 
@@ -218,7 +218,7 @@ def connect(address: Address, timeout: float = DEFAULT_TIMEOUT) -> socket.socket
     sock = _socket(resolved)
     sock.settimeout(timeout)
     try:
-        sock.connect(resolved.target)  # type: ignore[arg-type]
+        sock.connect(resolved.target)
     except TimeoutError:
         sock.close()
         raise ChannelError(f"cannot connect to the EVM at {address}: no answer within "
@@ -238,7 +238,7 @@ def peer_uid(sock: socket.socket) -> int | None:
         return None
     credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", credentials)
-    return uid
+    return int(uid)
 
 
 # -- TLS ---------------------------------------------------------------------

@@ -322,7 +322,9 @@ def _extension(certificate: x509.Certificate, oid: str) -> bytes | None:
         ext = certificate.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     except x509.ExtensionNotFound:
         return None
-    return ext.value.value  # type: ignore[attr-defined]
+    value = ext.value
+    # cryptography parses none of AMD's extensions: each is an UnrecognizedExtension
+    return value.value if isinstance(value, x509.UnrecognizedExtension) else None
 
 
 def _der_small_uint(value: bytes, what: str) -> int:

@@ -12,12 +12,16 @@ import mmap
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vsgx.arch.constants import PAGE_SIZE, Attribute
 from vsgx.crypto.keys import PKCS1_PADDING
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.evm.epc import EpcmEntry
 from vsgx.image.plan import PageRunSet
+
+if TYPE_CHECKING:  # vsgx.evm.executor imports this module
+    from vsgx.evm.executor import ThreadExecutor
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_ALL = PROT_R | PROT_W | PROT_X
@@ -177,7 +181,7 @@ class EnclaveState:
     # pages EADDed as uniform runs that have no EPC page yet (linear page ->
     # (SECINFO.FLAGS, fill page)); EADD hashed them in order, and the first
     # touch loads them as ELDU would (see encls.eadd_uniform)
-    deferred: PageRunSet = field(default_factory=PageRunSet)
+    deferred: PageRunSet[tuple[int, int]] = field(default_factory=PageRunSet)
     # The accessed bits of the application's page-table entries for ELRANGE,
     # kept inverted: pages whose bit the driver cleared (age) and no access
     # has set since. Clearing one is a change executors hear of (they drop
@@ -187,7 +191,7 @@ class EnclaveState:
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, object] = field(default_factory=dict)
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
-    running: object | None = None  # the executor holding exec_lock
+    running: ThreadExecutor | None = None  # the executor holding exec_lock
 
     @property
     def initialized(self) -> bool:

@@ -96,7 +96,7 @@ class ThreadExecutor(Protocol):
 class ExecutorFactory(Protocol):
     name: str
 
-    def __call__(self, enclave: EnclaveState, tcs: int) -> ThreadExecutor: ...
+    def __call__(self, enclave: EnclaveState, tcs: int, /) -> ThreadExecutor: ...
 
 
 def page_changes(old: bytes, new: bytes, granule: int = 64) -> list[tuple[int, bytes]]:

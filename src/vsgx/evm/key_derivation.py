@@ -80,7 +80,7 @@ class Masked:
     always: int = 0
 
     def value(self, c: _Context) -> int:
-        return (getattr(c.request, self.mask) | self.always) & getattr(c.secs, self.name)
+        return int((getattr(c.request, self.mask) | self.always) & getattr(c.secs, self.name))
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Inverted:
     name: str
 
     def value(self, c: _Context) -> int:
-        return ~getattr(c.request, self.name) & 0xFFFFFFFF
+        return int(~getattr(c.request, self.name) & 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)

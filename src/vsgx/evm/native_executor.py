@@ -40,14 +40,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
 from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import EnclaveState
-from vsgx.evm.executor import RFLAGS, RIP, Stop, StopKind, UntrustedMemory, page_changes
+from vsgx.evm.executor import REG_COUNT, RFLAGS, RIP, Stop, StopKind, UntrustedMemory, page_changes
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner import layout
 from vsgx.evm.runner.layout import COMMAND, REPORT
@@ -176,13 +176,15 @@ def _check_entry_object(path: Path) -> None:
     address the linker script defines."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.relocation import RelocationSection
+    from elftools.elf.sections import SymbolTableSection
 
     with path.open("rb") as f:
         elf = ELFFile(f)
         names = [s.name for s in elf.iter_sections()]
         symbols = elf.get_section_by_name(".symtab")
         relocations = elf.get_section_by_name(".rela.text.vsgx_entry")
-        if not isinstance(relocations, RelocationSection) or symbols is None:
+        if (not isinstance(relocations, RelocationSection)
+                or not isinstance(symbols, SymbolTableSection)):
             raise NativeUnavailable("the runner's entry section is missing")
         for relocation in relocations.iter_relocations():
             symbol = symbols.get_symbol(relocation["r_info_sym"])
@@ -364,10 +366,10 @@ class NativeExecutor:
         self._raw = bytes(_REPORT_COPY)  # the last report, as copied
         self._base, self._size, self._view = encl.base, encl.size, encl.memory.view
         self._ops: list[tuple[int, int, int, int]] = []
-        self._registers: list[int] = [0] * layout.REG_COUNT
+        self._registers: list[int] = [0] * REG_COUNT
         self._pending_fpu: bytes | None = None
         # page -> [slot, snapshot, writable]
-        self._mapped: dict[int, list] = {}
+        self._mapped: dict[int, list[Any]] = {}
         self._free_slots = list(range(POOL_SLOTS - 1, -1, -1))
         self._source: tuple[object, int] | None = None
         self._report_fd = os.memfd_create("vsgx-runner-report", os.MFD_CLOEXEC)
@@ -417,7 +419,7 @@ class NativeExecutor:
     def last_report(self) -> Report:
         """The last report as the runner wrote it (for tests and errors)."""
         values = layout.REPORT_STOP.unpack_from(self._raw, 0)
-        return Report(*values[1:10], list(values[10:]), self._raw[_FPU_AT:])
+        return Report._make((*values[1:10], list(values[10:]), self._raw[_FPU_AT:]))
 
     def _kill(self) -> None:
         if self.process.poll() is None:
@@ -536,7 +538,7 @@ class NativeExecutor:
         self._free_slots.append(slot)
         self._ops.append((layout.OP_UNMAP, page, PAGE_SIZE, 0))
 
-    def _write_back(self, untrusted: UntrustedMemory, page: int, entry: list) -> None:
+    def _write_back(self, untrusted: UntrustedMemory, page: int, entry: list[Any]) -> None:
         slot, snapshot, writable = entry
         current = bytes(self._slot_view(slot))
         if writable and current != snapshot:

@@ -10,6 +10,7 @@ state and exception information after an AEX.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -312,11 +313,11 @@ class EnclaveThread:
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
         return stop
 
-    def _take_turn(self, lock: object) -> None:
+    def _take_turn(self, lock: threading.Lock | _NoLock) -> None:
         """Wait for the enclave's engine lock, asking whoever runs to yield
         — again and again, since a request can land just before that thread
         starts its engine and be lost."""
-        while not lock.acquire(timeout=_PREEMPT_AFTER):  # type: ignore[attr-defined]
+        while not lock.acquire(timeout=_PREEMPT_AFTER):
             runner = self.encl.running
             if runner is not None and runner is not self.executor:
                 runner.request_stop()

@@ -97,8 +97,8 @@ class EnclaveVM:
             if measure:
                 encls.measure_pages(self.machine, secs_page, epc_page)
 
-    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int, source: bytes,
-                   secinfo: bytes, measure: bool = False) -> None:
+    def eadd_pages(self, epc_pages: list[int], secs_page: int, linaddr: int,
+                   source: bytes | memoryview, secinfo: bytes, measure: bool = False) -> None:
         """EADD (and EEXTEND when ``measure``) of consecutive REG pages, one
         EPC page each, in one call (encls.eadd_pages)."""
         with self.machine.lock:

@@ -21,22 +21,35 @@ is in this process).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from vsgx.crypto.quote import QuoteResult
 from vsgx.errors import VsgxError
 
-_CALLS = ("qe_init", "qe_target_info", "qe_quote_size", "quote", "quote_ex", "launch_token")
+
+@runtime_checkable
+class AttestationBackend(Protocol):
+    """The calls ``attestation_backend`` returns an object for; an EVM over
+    the channel has them itself (isinstance checks that each is there)."""
+
+    def qe_init(self) -> tuple[bytes, bytes]: ...
+    def qe_target_info(self) -> bytes: ...
+    def qe_quote_size(self) -> int: ...
+    def quote(self, report: bytes) -> bytes: ...
+    def quote_ex(self, report: bytes, qe_report_info: bytes | None = None, snp: bool = False
+                 ) -> QuoteResult: ...
+    def launch_token(self, mrenclave: bytes, modulus: bytes, attributes: int, xfrm: int
+                     ) -> bytes: ...
 
 
-def attestation_backend(evm: Any = None) -> Any:
+def attestation_backend(evm: Any = None) -> AttestationBackend:
     """What quotes for ``evm``: the EVM itself when it answers quoting
     requests (an EVM over the channel), else a wrapper around the quoting
     and launch enclaves of an EVM in this process."""
     from vsgx.evm.vm import EnclaveVM
     from vsgx.host.enclave import Avm, Enclave, connect
 
-    if all(hasattr(evm, name) for name in _CALLS):
+    if isinstance(evm, AttestationBackend):
         return evm
     if isinstance(evm, EnclaveVM):
         return LocalBackend(evm)
@@ -45,7 +58,7 @@ def attestation_backend(evm: Any = None) -> Any:
     if not isinstance(evm, Avm):
         evm = connect(evm)
     target = evm.evm
-    if all(hasattr(target, name) for name in _CALLS):
+    if isinstance(target, AttestationBackend):
         return target  # an EVM that answers quoting requests itself (over the channel)
     if isinstance(target, EnclaveVM):
         return LocalBackend(target)

@@ -54,7 +54,7 @@ class Exit:
         return self.kind == "aex"
 
     def __getattr__(self, name: str) -> int:
-        registers = self.__dict__.get("registers", {})
+        registers: dict[str, int] = self.__dict__.get("registers", {})
         if name in registers:
             return registers[name]
         raise AttributeError(name)

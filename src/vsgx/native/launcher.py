@@ -86,7 +86,7 @@ class ProgramMemory:
         self._local.pages = pages
 
     def _pick(self) -> Channel | None:
-        mine = getattr(self._local, "channel", None)
+        mine: Channel | None = getattr(self._local, "channel", None)
         with self._lock:
             if mine is not None and mine in self._waiting:
                 return mine
@@ -96,7 +96,7 @@ class ProgramMemory:
         self._local.channel = channel
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
-        pages = getattr(self._local, "pages", None)
+        pages: dict[int, tuple[bytes, bool] | None] | None = getattr(self._local, "pages", None)
         if pages and page in pages:
             return pages.pop(page)
         for _ in range(3):

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vsgx.avm.memory import AddressSpace
 from vsgx.sdk import status as st
 from vsgx.sdk.ctypes_sysv import (
     Field,
@@ -44,7 +45,7 @@ class UntrustedView:
     """What an OCALL's sizefunc sees: the untrusted memory the pointer
     designates, read on demand (``view[0:4]``, ``view[8]``, ``view.read(o, n)``)."""
 
-    def __init__(self, memory: Any, address: int):
+    def __init__(self, memory: AddressSpace, address: int):
         self.memory = memory
         self.address = address
 
@@ -510,7 +511,7 @@ class OcallBridge:
     ``propagate_errno``, an ``OSError`` becomes the enclave's errno and the
     return value -1."""
 
-    def __init__(self, memory: Any, function: Function, types: TypeSystem,
+    def __init__(self, memory: AddressSpace, function: Function, types: TypeSystem,
                  handler: Callable[..., Any], sizefuncs: dict[str, SizeFunc] | None = None):
         self.memory = memory
         self.function = function

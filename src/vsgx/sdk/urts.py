@@ -199,7 +199,7 @@ class Urts:
             if result.kind == "aex":
                 if exception_depth >= MAX_EXCEPTION_DEPTH:
                     return st.SGX_ERROR_ENCLAVE_CRASHED
-                registers = result.registers
+                registers: list[int] = result.registers
                 status = self._run(tcs, ECMD_EXCEPT, 0, registers[RSP], context,
                                    exception_depth + 1)
                 if status != st.SGX_SUCCESS:
