@@ -51,10 +51,13 @@ def sign(unsigned: bytes, heap: int, key: object, directory: Path) -> Path:
 def load_once(path: Path, executor: str, eager: bool = False) -> tuple[float, dict]:
     from vsgx.sdk import Enclave
 
-    avm = Avm(EnclaveVM(PlatformConfig(epc_pages=EPC_PAGES), root_secret=bytes(32),
-                        executor=executor))
+    vm = EnclaveVM(PlatformConfig(epc_pages=EPC_PAGES), root_secret=bytes(32),
+                   executor=executor)
     if eager:
-        avm.driver._batch = False  # an EVM that cannot defer: every page through the EPC
+        # an EVM that says it has no batch leaves cannot defer: every page through the EPC
+        vm.batch_leaves = False  # type: ignore[attr-defined]
+    avm = Avm(vm)
+    assert avm.driver.defers is not eager
     gc.collect()
     start = time.perf_counter()
     enclave = Enclave.load(path, HELLO_DIR / "hello.edl", evm=avm,

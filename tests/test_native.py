@@ -273,8 +273,8 @@ def test_epc_plaintext_never_reaches_application_memory(native_plain):
                       for i in range(4))
     assert len(set(secret)) > 4
     memory = plain.enclave.avm.memory
-    for page in list(memory._pages):
-        assert secret[:16] not in bytes(memory._pages[page]), f"the secret is in {page:#x}"
+    for page in memory.mapped_pages():
+        assert secret[:16] not in memory.read(page, 4096), f"the secret is in {page:#x}"
 
 
 # -- the runner holds nothing worth stealing ---------------------------------------

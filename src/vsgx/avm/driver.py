@@ -295,9 +295,6 @@ class SgxDriver:
             self._va_with_free.pop()
         raise DriverError(errnos.ENOMEM, "no free VA slot")
 
-    # The name the tests and benchmarks have used for it.
-    _va_slot = _take_va_slot
-
     def _give_va_slot(self, page: int, index: int) -> None:
         slots = self._va_free[page]
         if not slots:
@@ -554,13 +551,40 @@ class SgxDriver:
                 return False
             time.sleep(0.0005)
 
-    def _evict(self, encl: DriverEnclave, page: EnclavePage) -> bool:
-        """Evict one page now (off the clock's order)."""
+    # -- paging on request: for callers that drive it themselves (tests, benchmarks) --
+    def evict(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
+        """Evict these pages now, off the clock's order, as one reclaimer batch
+        (EBLOCK each, one ETRACK, EWB each): the number evicted."""
         with self._lock, encl.lock:
-            if page.epc is None:
-                return False
-            self._off_the_clock(page)
-            return self._evict_batch(encl, [page]) == 1
+            resident = [page for page in pages if page.epc is not None]
+            for page in resident:
+                self._off_the_clock(page)
+            return self._evict_batch(encl, resident) if resident else 0
+
+    def make_resident(self, encl: DriverEnclave, page: EnclavePage) -> int:
+        """The page's EPC page, ELDU-ing it back first if it is evicted (what
+        the enclave's next touch of it would do)."""
+        with self._lock, encl.lock:
+            return self._resident(encl, page)
+
+    def take_epc_page(self) -> int:
+        """A free EPC page, no longer the driver's to hand out (ENOMEM when
+        none is free; nothing is reclaimed for it)."""
+        return self._alloc_epc(reclaim=False)
+
+    def give_epc_page(self, address: int) -> None:
+        """Give back a page from take_epc_page, free (EREMOVEd or never used)."""
+        self._free_epc(address)
+
+    def take_va_slot(self) -> tuple[int, int]:
+        """A free VA slot (VA page, index): for EWBs of the caller's own."""
+        with self._lock:
+            return self._take_va_slot()
+
+    def give_va_slot(self, page: int, index: int) -> None:
+        """Give back a slot from take_va_slot, empty (its page ELDUed back)."""
+        with self._lock:
+            self._give_va_slot(page, index)
 
     def _load(self, encl: DriverEnclave, page: EnclavePage) -> None:
         """ELDU an evicted page back (encl.c __sgx_encl_eldu)."""

@@ -147,6 +147,10 @@ class AddressSpace:
             address = page + PAGE_SIZE
         raise UnmappedMemory("unterminated string")
 
+    def mapped_pages(self) -> list[int]:
+        """The addresses of the mapped pages, in order."""
+        return sorted(self._pages)
+
     def is_mapped(self, address: int) -> bool:
         return (address & ~(PAGE_SIZE - 1)) in self._pages
 

@@ -287,6 +287,12 @@ class RemoteEvm:
         return RemoteExit("aex" if fields[0] else "eexit", list(fields[6:_EXIT_FIELDS]),
                           fields[3], fields[4], fields[5], bool(fields[1]), bool(fields[2]))
 
+    def used_pages(self, tcs: int) -> tuple[int, ...] | None:
+        """The untrusted pages the last entry on ``tcs`` used, which the next
+        entry sends along; None before the EVM has said (protocol 3)."""
+        used = self._used.get(tcs)
+        return None if used is None else tuple(used)
+
     def _pushed(self, registers: list[int], untrusted: Any) -> bytes:
         """The pages an entry will almost surely touch, sent with it: those
         the TCS's last entry used (version 3 says which), or, the first
@@ -353,7 +359,7 @@ class RemoteEvm:
                                          bytes(secinfo), len(chunk)),
                        pack_u64s(chunk) + bytes(data))
 
-    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+    def eadd_runs(self, secs_page: int, runs: list[tuple[Any, ...]]
                   ) -> list[SgxError | Fault]:
         """The in-process eadd_runs over the channel: as many runs per
         EADD_RUNS as fit one message, in order."""

@@ -177,7 +177,7 @@ def _serve_attached(args: argparse.Namespace) -> int:
     fd = int(fd_text)
     local = None if args.evm else LocalEvm(args.executor or "auto")
     try:
-        connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
+        connect = _connect(args.evm if local is None else local.address)
         model = bytes.fromhex(_cpuid_text(connect))
         import socket
 
@@ -218,7 +218,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     aesmd = None
     child = None
     try:
-        connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
+        connect = _connect(args.evm if local is None else local.address)
         model = _cpuid_text(connect)
         launcher = Launcher(lambda: connect())
         aesmd = ProgramAesmd(lambda: connect(), local.directory if local else None)

@@ -21,16 +21,17 @@ is in this process).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard
 
 from vsgx.crypto.quote import QuoteResult
 from vsgx.errors import VsgxError
 
+_CALLS = ("qe_init", "qe_target_info", "qe_quote_size", "quote", "quote_ex", "launch_token")
 
-@runtime_checkable
+
 class AttestationBackend(Protocol):
-    """The calls ``attestation_backend`` returns an object for; an EVM over
-    the channel has them itself (isinstance checks that each is there)."""
+    """The calls (``_CALLS``) of what ``attestation_backend`` returns; an EVM
+    over the channel has them itself."""
 
     def qe_init(self) -> tuple[bytes, bytes]: ...
     def qe_target_info(self) -> bytes: ...
@@ -42,6 +43,10 @@ class AttestationBackend(Protocol):
                      ) -> bytes: ...
 
 
+def _answers_quoting(evm: object) -> TypeGuard[AttestationBackend]:
+    return all(hasattr(evm, name) for name in _CALLS)
+
+
 def attestation_backend(evm: Any = None) -> AttestationBackend:
     """What quotes for ``evm``: the EVM itself when it answers quoting
     requests (an EVM over the channel), else a wrapper around the quoting
@@ -49,7 +54,7 @@ def attestation_backend(evm: Any = None) -> AttestationBackend:
     from vsgx.evm.vm import EnclaveVM
     from vsgx.host.enclave import Avm, Enclave, connect
 
-    if isinstance(evm, AttestationBackend):
+    if _answers_quoting(evm):
         return evm
     if isinstance(evm, EnclaveVM):
         return LocalBackend(evm)
@@ -58,7 +63,7 @@ def attestation_backend(evm: Any = None) -> AttestationBackend:
     if not isinstance(evm, Avm):
         evm = connect(evm)
     target = evm.evm
-    if isinstance(target, AttestationBackend):
+    if _answers_quoting(target):
         return target  # an EVM that answers quoting requests itself (over the channel)
     if isinstance(target, EnclaveVM):
         return LocalBackend(target)

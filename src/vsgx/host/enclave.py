@@ -267,7 +267,9 @@ class Enclave:
             self._free_tcs.append(tcs)
             self._tcs_lock.notify()
 
-    def _registers(self, tcs: int, values: dict[str, int]) -> list[int]:
+    def entry_registers(self, tcs: int, values: dict[str, int]) -> list[int]:
+        """The registers an entry on ``tcs`` starts with: ``values`` (by
+        name), RBX = the TCS, RCX = the AEP, the AVM's stack, RFLAGS.IF."""
         registers = [0] * len(REGISTERS)
         registers[_INDEX["rsp"]] = registers[_INDEX["rbp"]] = self.avm.stack_top()
         registers[_INDEX["rflags"]] = 0x202
@@ -299,16 +301,16 @@ class Enclave:
         given registers (rdi, rsi, rdx, r8, r9, ...). Faults of the ENCLU
         itself (a busy TCS, CSSA == NSSA) raise ``Fault``."""
         if tcs is not None:
-            return self._enter(Enclu.EENTER, tcs, self._registers(tcs, registers))
+            return self._enter(Enclu.EENTER, tcs, self.entry_registers(tcs, registers))
         chosen = self.acquire_tcs()
         try:
-            return self._enter(Enclu.EENTER, chosen, self._registers(chosen, registers))
+            return self._enter(Enclu.EENTER, chosen, self.entry_registers(chosen, registers))
         finally:
             self.release_tcs(chosen)
 
     def eresume(self, tcs: int, **registers: int) -> Exit:
         """ERESUME a TCS after an AEX."""
-        return self._enter(Enclu.ERESUME, tcs, self._registers(tcs, registers))
+        return self._enter(Enclu.ERESUME, tcs, self.entry_registers(tcs, registers))
 
     # -- SGX2 and page management, as the driver's ioctls ----------------------
     def restrict_permissions(self, address: int, length: int, permissions: int) -> int:

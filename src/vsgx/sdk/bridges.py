@@ -77,7 +77,7 @@ def _struct_format(layout: MsLayout, fields: list[Field] | None = None) -> str:
     return "".join(parts)
 
 
-class _BufferSpec:
+class BufferSpec:
     """How many bytes a checked pointer designates (edger8r gen_ptr_size):
     a foreign array's sizeof; an array's dimensions; a string's length;
     otherwise size= (or, SDK 1.x, the sizefunc's result) or sizeof(*p),
@@ -172,7 +172,7 @@ def check_function(function: Function, types: TypeSystem) -> None:
         ms_layout(function, types)
         for param in function.params:
             if param.checked_pointer:
-                _BufferSpec(function, param, types)
+                BufferSpec(function, param, types)
     except UnknownTypeError as exc:
         raise UnknownTypeError(exc.type_name, exc.hint, what) from None
     except EdlError as exc:
@@ -206,7 +206,7 @@ class EcallProxy:
         self.sizefuncs = sizefuncs if sizefuncs is not None else {}
         self.params = function.params
         self.index = {p.name: i for i, p in enumerate(self.params)}
-        self.specs = {p.name: _BufferSpec(function, p, types) for p in self.params
+        self.specs = {p.name: BufferSpec(function, p, types) for p in self.params
                       if p.checked_pointer}
         self.retval = self.layout.field("retval") if any(
             f.name == "retval" for f in self.layout.fields) else None
@@ -377,7 +377,7 @@ class EcallProxy:
             return None
         return results[0] if len(results) == 1 else tuple(results)
 
-    def _measure(self, spec: _BufferSpec, data: bytes | None,
+    def _measure(self, spec: BufferSpec, data: bytes | None,
                  value_of: Callable[[str], int]) -> Callable[[], int] | None:
         """SDK 1.x [sizefunc=f]: the trusted bridge runs f on the buffer; here
         the untrusted side's f (``sizefuncs``) measures the caller's bytes,
@@ -403,7 +403,7 @@ class EcallProxy:
                                 f"{size!r} × {count} bytes, {len(data)} given")
         return lambda: size
 
-    def _infer(self, spec: _BufferSpec, length: int, values: list[Any]) -> None:
+    def _infer(self, spec: BufferSpec, length: int, values: list[Any]) -> None:
         def known(reference: str | None, default: int) -> int | None:
             if reference is None:
                 return default
@@ -424,7 +424,7 @@ class EcallProxy:
             if size:
                 values[self.index[count_ref]] = length // size
 
-    def _input_bytes(self, spec: _BufferSpec, value: Any) -> bytes | None:
+    def _input_bytes(self, spec: BufferSpec, value: Any) -> bytes | None:
         param = spec.param
         if value is None or not param.direction_in:
             return None
@@ -484,7 +484,7 @@ class EcallProxy:
         self.memory.write(ms, bytes(buffer))
         return ms
 
-    def _decode_output(self, spec: _BufferSpec, address: int, length: int) -> Any:
+    def _decode_output(self, spec: BufferSpec, address: int, length: int) -> Any:
         data = self.memory.read(address, length)
         if spec.string:
             end = data.find(b"\0" * spec.char_size)
@@ -530,7 +530,7 @@ class OcallBridge:
         except EdlError as exc:
             raise st.OcallError(str(exc)) from None
         self.layout = ms_layout(function, types)
-        self.specs = {p.name: _BufferSpec(function, p, types) for p in function.params
+        self.specs = {p.name: BufferSpec(function, p, types) for p in function.params
                       if p.checked_pointer}
         self.format = _struct_format(self.layout) if self.layout.size else ""
         self.names = [f.name for f in self.layout.fields]

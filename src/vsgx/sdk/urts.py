@@ -93,6 +93,11 @@ class Urts:
             context = self._local.context = _ThreadContext()
         return context
 
+    @property
+    def bound_tcs(self) -> int | None:
+        """The TCS this thread keeps between ECALLs (the bind policy), or None."""
+        return self._context().tcs
+
     def take_tcs(self) -> int | None:
         """A free TCS, or None (after collecting those of exited threads)."""
         with self._lock:
