@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.arch import SgxError  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402
 

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from vsgx.crypto import generate_signing_key
-from vsgx.evm.platform import PlatformConfig
-from vsgx.evm.vm import EnclaveVM
+from vsgx.evm import EnclaveVM, PlatformConfig
 from vsgx.host import Avm
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave
 from vsgx.samples import HELLO_DIR, build_sample

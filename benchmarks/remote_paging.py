@@ -35,8 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.arch import SgxError  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.platform import PlatformConfig  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, PlatformConfig  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave  # noqa: E402
 from vsgx.samples import HELLO_DIR, build_sample  # noqa: E402

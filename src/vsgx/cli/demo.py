@@ -136,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, workdir: Path) -> int:
     from vsgx.arch.report import Report
-    from vsgx.avm.remote import connect_evm
+    from vsgx.avm import connect_evm
     from vsgx.host import Avm
     from vsgx.samples import HELLO_DIR
     from vsgx.sdk import Enclave
@@ -249,8 +249,7 @@ def root_ca_for(args: argparse.Namespace, evm_data: Path | None) -> tuple[Any, s
     (the EVM this demo started), else --root-ca or this user's default data
     directory's, as `vsgx quote verify` finds it."""
     from vsgx.crypto.pck import PckError, load_certificate
-    from vsgx.evm.platform import data_dir
-    from vsgx.evm.quoting import ATTESTATION_DIR, ROOT_CA_FILE
+    from vsgx.evm import ATTESTATION_DIR, ROOT_CA_FILE, data_dir
 
     given = getattr(args, "root_ca", None)
     path = Path(given) if given else (evm_data or data_dir()) / ATTESTATION_DIR / ROOT_CA_FILE
@@ -354,9 +353,15 @@ def _third_party(checks: Checks, quote: bytes, root: Any, evm_data: Path | None)
         return
     from cryptography.hazmat.primitives import serialization
 
-    from vsgx.evm.machine import Machine
-    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, PlatformSecrets, load_root_secret
-    from vsgx.evm.quoting import ATTESTATION_DIR, QuotingEnclave
+    from vsgx.evm import (
+        ATTESTATION_DIR,
+        SECRET_FILE,
+        Machine,
+        PlatformConfig,
+        PlatformSecrets,
+        QuotingEnclave,
+        load_root_secret,
+    )
 
     machine = Machine(PlatformConfig(), PlatformSecrets(load_root_secret(evm_data /
                                                                          SECRET_FILE)))

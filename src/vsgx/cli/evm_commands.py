@@ -39,9 +39,7 @@ def _fingerprints(args: argparse.Namespace) -> frozenset[str]:
 def cmd_evm_serve(args: argparse.Namespace) -> int:
     from vsgx.channel import parse_address
     from vsgx.channel.identity import SERVER_KEY_FILE
-    from vsgx.evm.manager import Admission, EnclaveManager
-    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, data_dir
-    from vsgx.evm.vm import EnclaveVM
+    from vsgx.evm import SECRET_FILE, Admission, EnclaveManager, EnclaveVM, PlatformConfig, data_dir
 
     if args.epc_mib <= 0 or args.session_epc_mib <= 0:
         raise VsgxError("EPC sizes must be positive")

@@ -107,7 +107,7 @@ def _program(name: str) -> str:
 
 
 def _connect(address: str) -> Any:
-    from vsgx.avm.remote import connect_evm
+    from vsgx.avm import connect_evm
     from vsgx.channel import ChannelError, EvidencePolicy, parse_address
 
     try:

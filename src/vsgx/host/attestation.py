@@ -51,7 +51,7 @@ def attestation_backend(evm: Any = None) -> AttestationBackend:
     """What quotes for ``evm``: the EVM itself when it answers quoting
     requests (an EVM over the channel), else a wrapper around the quoting
     and launch enclaves of an EVM in this process."""
-    from vsgx.evm.vm import EnclaveVM
+    from vsgx.evm import EnclaveVM
     from vsgx.host.enclave import Avm, Enclave, connect
 
     if _answers_quoting(evm):
@@ -74,8 +74,7 @@ class LocalBackend:
     """The quoting and launch enclaves of an EVM in this process."""
 
     def __init__(self, vm: Any):
-        from vsgx.evm.launch import launch_enclave
-        from vsgx.evm.quoting import quoting_enclave
+        from vsgx.evm import launch_enclave, quoting_enclave
 
         self.vm = vm
         self.qe = quoting_enclave(vm)

@@ -25,9 +25,7 @@ from typing import Any
 
 from vsgx.arch.constants import PAGE_SIZE, Enclu
 from vsgx.arch.errors import Fault
-from vsgx.avm.driver import DriverEnclave, EnclaveLost, SgxDriver
-from vsgx.avm.loader import load_plan
-from vsgx.avm.memory import AddressSpace
+from vsgx.avm import AddressSpace, DriverEnclave, EnclaveLost, SgxDriver, load_plan
 from vsgx.errors import VsgxError
 from vsgx.image import BuildPlan, plan_from_bytes
 
@@ -177,7 +175,7 @@ def default_avm() -> Avm:
     global _default_avm
     with _default_lock:
         if _default_avm is None:
-            from vsgx.evm.vm import EnclaveVM
+            from vsgx.evm import EnclaveVM
 
             _default_avm = Avm(EnclaveVM())
         return _default_avm

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vsgx.arch.errors import Fault
-from vsgx.avm.driver import DriverError, EnclaveLost
+from vsgx.avm import DriverError, EnclaveLost
 from vsgx.avm.uapi import (
     SGX_IOC_ENCLAVE_ADD_PAGES,
     STRUCTS,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vsgx.avm.memory import AddressSpace
+from vsgx.avm import AddressSpace
 from vsgx.sdk import status as st
 from vsgx.sdk.ctypes_sysv import (
     Field,

@@ -28,7 +28,7 @@ from typing import Any
 
 from vsgx.arch.constants import Enclu
 from vsgx.arch.errors import Fault
-from vsgx.avm.driver import EnclaveLost
+from vsgx.avm import EnclaveLost
 from vsgx.errors import VsgxError
 from vsgx.host.enclave import REGISTERS
 from vsgx.host.enclave import Enclave as RawEnclave
