@@ -21,21 +21,47 @@ from vsgx.evm.machine import Machine
 
 
 class KeyIdentity(Protocol):
-    """What the table reads of an enclave: its SECS fields."""
+    """What the table reads of an enclave: its SECS fields (read only, so a
+    frozen identity such as the QE's serves as well as a live SECS)."""
 
-    attributes: int
-    xfrm: int
-    miscselect: int
-    mrenclave: bytes
-    mrsigner: bytes
-    isvprodid: int
-    isvsvn: int
-    isvfamilyid: bytes
-    isvextprodid: bytes
-    configid: bytes
-    configsvn: int
-    cet_attributes: int
-    padding: bytes
+    @property
+    def attributes(self) -> int: ...
+
+    @property
+    def xfrm(self) -> int: ...
+
+    @property
+    def miscselect(self) -> int: ...
+
+    @property
+    def mrenclave(self) -> bytes: ...
+
+    @property
+    def mrsigner(self) -> bytes: ...
+
+    @property
+    def isvprodid(self) -> int: ...
+
+    @property
+    def isvsvn(self) -> int: ...
+
+    @property
+    def isvfamilyid(self) -> bytes: ...
+
+    @property
+    def isvextprodid(self) -> bytes: ...
+
+    @property
+    def configid(self) -> bytes: ...
+
+    @property
+    def configsvn(self) -> int: ...
+
+    @property
+    def cet_attributes(self) -> int: ...
+
+    @property
+    def padding(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
