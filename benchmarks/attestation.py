@@ -34,8 +34,7 @@ from vsgx.crypto.collateral import split_signed_document  # noqa: E402
 from vsgx.crypto.pck import generate_key  # noqa: E402
 from vsgx.crypto.quote import ecdsa_sign_raw, verify_quote  # noqa: E402
 from vsgx.crypto.snp import verify_snp_evidence  # noqa: E402
-from vsgx.evm.quoting import quoting_enclave  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, quoting_enclave  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.host.attestation import qe_target_info  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402

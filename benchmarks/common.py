@@ -107,7 +107,7 @@ def evm_process(workdir: Path, executor: str = "unicorn", *extra: str,
     """`vsgx evm serve` on a Unix socket in ``workdir`` (root secret zero, as
     the in-process runs use; ``extra`` options added), and an AVM connected
     to it (offering ``protocol_version``: an older AVM's)."""
-    from vsgx.avm.remote import connect_evm
+    from vsgx.avm import connect_evm
     from vsgx.channel import EvidencePolicy
     from vsgx.host import Avm
 

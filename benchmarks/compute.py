@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.native_executor import native_support  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, native_support  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, read_elf, sign_enclave  # noqa: E402
 from vsgx.samples import RUNTIME_DIR  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.arch import SgxError  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402
 
@@ -42,7 +42,7 @@ def load(workdir: Path, heap_pages: int, executor: str) -> tuple[Avm, Enclave]:
 
 def round_trip(avm: Avm, enclave: Enclave, count: int) -> dict[str, float]:
     vm, memory = avm.evm, avm.memory
-    registers = enclave._registers(enclave.tcs[0], {"rdi": 0, "rsi": 1})
+    registers = enclave.entry_registers(enclave.tcs[0], {"rdi": 0, "rsi": 1})
     secs = enclave.handle.secs_page
 
     def once() -> None:
@@ -54,7 +54,8 @@ def round_trip(avm: Avm, enclave: Enclave, count: int) -> dict[str, float]:
 BATCH = 16  # pages per EBLOCK/ETRACK/EWB batch, as the driver's reclaimer takes them
 
 
-def _heap(enclave: Enclave, pages: int) -> list:
+def heap_records(enclave: Enclave, pages: int) -> list:
+    """The driver's records of the first ``pages`` pages of the heap."""
     heap = next(r for r in enclave.plan.runs if r.label == "heap")
     records = [enclave.handle.pages[enclave.base + heap.offset + 4096 * i]
                for i in range(min(pages, heap.count))]
@@ -86,7 +87,7 @@ def batch_leaves(avm: Avm, enclave: Enclave, records: list) -> tuple[float, floa
     EVM's batch entry points: (evict s, load s)."""
     vm, driver = avm.evm, avm.driver
     secs = enclave.handle.secs_page
-    slots = [driver._take_va_slot() for _ in records]
+    slots = [driver.take_va_slot() for _ in records]
     pairs = [(r.epc, va + 8 * i) for r, (va, i) in zip(records, slots, strict=True)]
     start = time.perf_counter()
     blobs = []
@@ -105,7 +106,7 @@ def batch_leaves(avm: Avm, enclave: Enclave, records: list) -> tuple[float, floa
     assert all(s is SgxError.SUCCESS for s in statuses) and all(
         b[0] is SgxError.SUCCESS for b in blobs)
     for va, i in slots:
-        driver._give_va_slot(va, i)
+        driver.give_va_slot(va, i)
     return middle - start, end - middle
 
 
@@ -113,7 +114,7 @@ def single_leaves(avm: Avm, enclave: Enclave, records: list) -> tuple[float, flo
     """The same one leaf per call (the path of an EVM without batches)."""
     vm, driver = avm.evm, avm.driver
     secs = enclave.handle.secs_page
-    slots = [driver._take_va_slot() for _ in records]
+    slots = [driver.take_va_slot() for _ in records]
     start = time.perf_counter()
     blobs = []
     for first in range(0, len(records), BATCH):
@@ -133,7 +134,7 @@ def single_leaves(avm: Avm, enclave: Enclave, records: list) -> tuple[float, flo
         assert status is SgxError.SUCCESS
     end = time.perf_counter()
     for va, i in slots:
-        driver._give_va_slot(va, i)
+        driver.give_va_slot(va, i)
     return middle - start, end - middle
 
 
@@ -157,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         avm, enclave = load(Path(tmp), args.pages, args.executor)
         trip = round_trip(avm, enclave, args.entries)
-        records = _heap(enclave, args.pages)
+        records = heap_records(enclave, args.pages)
         rates = {}
         for name, measure in (("raw AES-GCM (baseline)", raw_aes_gcm),
                               ("EVM batch leaves", batch_leaves),

@@ -38,7 +38,7 @@ def child(entries: int, pages: int, executor: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         avm, enclave = evm.load(Path(tmp), pages, executor)
         trip = evm.round_trip(avm, enclave, entries)
-        records = evm._heap(enclave, pages)
+        records = evm.heap_records(enclave, pages)
         batch = evm.best(evm.batch_leaves, avm, enclave, records, 1)
         single = evm.best(evm.single_leaves, avm, enclave, records, 1)
         avm.close()

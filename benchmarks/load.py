@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from vsgx.crypto import generate_signing_key
-from vsgx.evm.platform import PlatformConfig
-from vsgx.evm.vm import EnclaveVM
+from vsgx.evm import EnclaveVM, PlatformConfig
 from vsgx.host import Avm
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave
 from vsgx.samples import HELLO_DIR, build_sample
@@ -51,10 +50,13 @@ def sign(unsigned: bytes, heap: int, key: object, directory: Path) -> Path:
 def load_once(path: Path, executor: str, eager: bool = False) -> tuple[float, dict]:
     from vsgx.sdk import Enclave
 
-    avm = Avm(EnclaveVM(PlatformConfig(epc_pages=EPC_PAGES), root_secret=bytes(32),
-                        executor=executor))
+    vm = EnclaveVM(PlatformConfig(epc_pages=EPC_PAGES), root_secret=bytes(32),
+                   executor=executor)
     if eager:
-        avm.driver._batch = False  # an EVM that cannot defer: every page through the EPC
+        # an EVM that says it has no batch leaves cannot defer: every page through the EPC
+        vm.batch_leaves = False  # type: ignore[attr-defined]
+    avm = Avm(vm)
+    assert avm.driver.defers is not eager
     gc.collect()
     start = time.perf_counter()
     enclave = Enclave.load(path, HELLO_DIR / "hello.edl", evm=avm,

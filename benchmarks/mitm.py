@@ -28,7 +28,7 @@ from common import bar_plot, print_table, save
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from vsgx.avm.remote import connect_evm  # noqa: E402
+from vsgx.avm import connect_evm  # noqa: E402
 from vsgx.channel import EvidencePolicy  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.errors import VsgxError  # noqa: E402

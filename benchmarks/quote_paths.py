@@ -28,6 +28,7 @@ from common import bar_plot, latencies_us, print_table, save, summary_us
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from vsgx.avm import connect_evm  # noqa: E402
 from vsgx.avm.aesmd import (  # noqa: E402
     VSGX_ATT_KEY_ID,
     AesmdService,
@@ -36,11 +37,9 @@ from vsgx.avm.aesmd import (  # noqa: E402
     encode_request,
     request,
 )
-from vsgx.avm.remote import connect_evm  # noqa: E402
 from vsgx.channel import EvidencePolicy  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.quoting import quoting_enclave  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, quoting_enclave  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.host.attestation import qe_target_info  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402

@@ -35,8 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.arch import SgxError  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.platform import PlatformConfig  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, PlatformConfig  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave  # noqa: E402
 from vsgx.samples import HELLO_DIR, build_sample  # noqa: E402
@@ -62,7 +61,7 @@ def _sealed(blob) -> bytes:  # type: ignore[no-untyped-def]
 def batch_paging(avm: Avm, enclave: Enclave, records: list) -> tuple[float, float]:
     """(evict s, load s) through eblock_pages / ewb_pages / eldu_pages."""
     evm, driver, secs = avm.evm, avm.driver, enclave.handle.secs_page
-    slots = [driver._take_va_slot() for _ in records]
+    slots = [driver.take_va_slot() for _ in records]
     pairs = [(r.epc, va + 8 * i) for r, (va, i) in zip(records, slots, strict=True)]
     start = time.perf_counter()
     blobs = []
@@ -81,14 +80,14 @@ def batch_paging(avm: Avm, enclave: Enclave, records: list) -> tuple[float, floa
     assert all(s is SgxError.SUCCESS for s in statuses), statuses[:3]
     assert all(b[0] is SgxError.SUCCESS for b in blobs)
     for va, i in slots:
-        driver._give_va_slot(va, i)
+        driver.give_va_slot(va, i)
     return middle - start, end - middle
 
 
 def single_paging(avm: Avm, enclave: Enclave, records: list) -> tuple[float, float]:
     """The same, one leaf per call."""
     evm, driver, secs = avm.evm, avm.driver, enclave.handle.secs_page
-    slots = [driver._take_va_slot() for _ in records]
+    slots = [driver.take_va_slot() for _ in records]
     start = time.perf_counter()
     blobs = []
     for first in range(0, len(records), BATCH):
@@ -107,7 +106,7 @@ def single_paging(avm: Avm, enclave: Enclave, records: list) -> tuple[float, flo
                         blob.pcmd) is SgxError.SUCCESS
     end = time.perf_counter()
     for va, i in slots:
-        driver._give_va_slot(va, i)
+        driver.give_va_slot(va, i)
     return middle - start, end - middle
 
 
@@ -117,16 +116,12 @@ def driver_paging(avm: Avm, enclave: Enclave, records: list) -> tuple[float, flo
     a fault brings it back (ELDU_PAGES of one page)."""
     driver, encl = avm.driver, enclave.handle
     start = time.perf_counter()
-    with driver._lock, encl.lock:
-        for first in range(0, len(records), BATCH):
-            batch = records[first:first + BATCH]
-            for record in batch:
-                driver._off_the_clock(record)
-            assert driver._evict_batch(encl, batch) == len(batch)
+    for first in range(0, len(records), BATCH):
+        batch = records[first:first + BATCH]
+        assert driver.evict(encl, batch) == len(batch)
     middle = time.perf_counter()
-    with driver._lock, encl.lock:
-        for record in records:
-            driver._load(encl, record)
+    for record in records:
+        driver.make_resident(encl, record)
     return middle - start, time.perf_counter() - middle
 
 

@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.native_executor import NativeExecutor, native_support  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, native_support  # noqa: E402
+from vsgx.evm.native_executor import NativeExecutor  # noqa: E402
 from vsgx.host import Avm  # noqa: E402
 from vsgx.host import Enclave as RawEnclave  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402

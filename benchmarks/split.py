@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vsgx.channel import Type  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
-from vsgx.evm.native_executor import native_support  # noqa: E402
-from vsgx.evm.vm import EnclaveVM  # noqa: E402
+from vsgx.evm import EnclaveVM, native_support  # noqa: E402
 from vsgx.host import Avm, Enclave  # noqa: E402
 from vsgx.image import parse_config, sign_enclave  # noqa: E402
 

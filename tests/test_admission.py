@@ -291,44 +291,44 @@ def test_a_slice_is_handed_out_only_after_its_cleanup(inprocess_manager, plain_e
     clear_epc = vm.clear_epc
 
     def slow_clear(base, size):  # a cleanup that lags behind the next client
-        events.append("cleanup starts")
+        events.append(f"cleanup starts, {manager.sessions_served} slices handed out")
         time.sleep(1.0)
         clear_epc(base, size)
-        events.append("cleanup done")
-
-    open_session = manager._open_session
-
-    def recording_open(*args):
-        session = open_session(*args)
-        events.append("slice handed out" if not isinstance(session, str) else session)
-        return session
+        events.append(f"cleanup done, {manager.sessions_served} slices handed out")
 
     vm.clear_epc = slow_clear
-    manager._open_session = recording_open
     first = Avm(connect_evm(manager.address, DEV, warn=False))
     Enclave.load(plain_enclave.signed, evm=first).eenter(rdi=0, rsi=1)
     first.close()
     second = Avm(connect_evm(manager.address, DEV, warn=False))
-    assert events == ["slice handed out", "cleanup starts", "cleanup done", "slice handed out"]
+    assert events == ["cleanup starts, 1 slices handed out",
+                      "cleanup done, 1 slices handed out"]
+    assert manager.sessions_served == 2
     with Enclave.load(plain_enclave.signed, evm=second) as enclave:
         assert enclave.eenter(rdi=0, rsi=4).rsi == 8
     second.close()
 
 
-def test_a_slice_that_cannot_be_cleared_is_never_handed_out(inprocess_manager):
+def test_a_slice_that_cannot_be_cleared_is_never_handed_out(inprocess_manager,
+                                                            plain_enclave):
+    """An AVM leaves without removing its enclave, and the session's cleanup
+    cannot remove it (destroying and sweeping the slice do nothing here): the
+    slice still holds valid EPC pages."""
     manager = inprocess_manager
-    import vsgx.evm.manager as manager_module
-
-    original = manager_module.Session._slice_is_free
-    manager_module.Session._slice_is_free = lambda self: False
+    vm = manager.vm
+    destroy, clear_epc = vm.destroy, vm.clear_epc
+    vm.destroy = lambda secs: None
+    vm.clear_epc = lambda base, size: None
     try:
-        connect_evm(manager.address, DEV, warn=False).close()
+        remote = connect_evm(manager.address, DEV, warn=False)
+        Enclave.load(plain_enclave.signed, evm=Avm(remote))
+        remote.close()  # the channel only: no EREMOVE
         _wait_for(lambda: any("could not be cleared" in line for line in manager.logs),
                   "the EVM logs the lost slice")
         with pytest.raises(EvmRefused, match=r"EVM full \(0 sessions"):
             connect_evm(manager.address, DEV, warn=False)
     finally:
-        manager_module.Session._slice_is_free = original
+        vm.destroy, vm.clear_epc = destroy, clear_epc
 
 
 # -- the AVM's trust options -------------------------------------------------------------

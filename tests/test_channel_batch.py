@@ -270,7 +270,7 @@ def test_an_exit_carries_the_write_backs_and_the_next_entry_pushes_the_used_page
     tcs = enclave.tcs[0]
     op = plain.ops[tcs]
     fetched: list[int] = []
-    serve = remote._serve
+    serve = remote.conn.handler
 
     def counting(conn, message):
         if message.type == Type.PAGE_FETCH:
@@ -290,9 +290,9 @@ def test_an_exit_carries_the_write_backs_and_the_next_entry_pushes_the_used_page
             assert fetched == [buffer, buffer + 4096]
         else:  # what the last entry used went with the entry
             assert fetched == []
-    assert set(remote._used[tcs]) == {op, buffer, buffer + 4096}
+    assert set(remote.used_pages(tcs)) == {op, buffer, buffer + 4096}
     enclave.eenter(tcs=tcs, rdi=0, rsi=1)  # a null entry uses none of them
-    assert remote._used[tcs] == ()
+    assert remote.used_pages(tcs) == ()
 
 
 class _Notices:

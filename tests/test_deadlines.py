@@ -119,7 +119,7 @@ def test_an_avm_that_stops_serving_page_fetches_is_dropped_by_the_evm(tmp_path,
         plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=Avm(remote)))
         buffer = plain.enclave.alloc(2 * 4096)
         hang = threading.Event()
-        serve = remote._serve
+        serve = remote.conn.handler
 
         def hung(conn, message):
             if message.type == Type.PAGE_FETCH:

@@ -87,7 +87,7 @@ def test_a_missing_root_ca_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("VSGX_DATA_DIR", str(tmp_path))
     with pytest.raises(VsgxError, match=r"no root CA to verify the quote against at .*"
                        r"root-ca\.pem"):
-        demo._root_ca(argparse.Namespace(), None)
+        demo.root_ca_for(argparse.Namespace(), None)
 
 
 class _SnpBackend:
@@ -147,8 +147,8 @@ def test_the_snp_step_verifies_the_binding_to_the_root(plain_enclave, tmp_path, 
                            "REPORT_DATA"),
             (good, b"", "FAIL SEV-SNP evidence binding the QE's key came without "
                         "certificates: give --snp-certs DIR")):
-        checks = demo._Checks()
-        demo._snp_binding(checks, args, _SnpBackend(QuoteResult(quote, None, snp_report,
+        checks = demo.Checks()
+        demo.check_snp_binding(checks, args, _SnpBackend(QuoteResult(quote, None, snp_report,
                                                                 certificates)), report)
         assert verdict in capsys.readouterr().out
         assert bool(checks.failed) == verdict.startswith("FAIL")

@@ -290,15 +290,15 @@ def test_foreign_pointers_arrays_and_sizefunc_are_marshalled_as_edger8r_does():
         ("a", 0, 8), ("b", 8, 8), ("n", 16, 8), ("c", 24, 8), ("d", 32, 8), ("h", 40, 8),
         ("e", 48, 8), ("k", 56, 4)]
     assert f.params[3].sizefunc is None and f.params[4].sizefunc == "get_len"
-    from vsgx.sdk.bridges import _BufferSpec
+    from vsgx.sdk.bridges import BufferSpec
     from vsgx.sdk.ctypes_sysv import UnknownTypeError
 
-    assert _BufferSpec(f, f.params[3], types).fixed == 40  # sizeof(array_t)
+    assert BufferSpec(f, f.params[3], types).fixed == 40  # sizeof(array_t)
     with pytest.raises(UnknownTypeError, match=r"'\*handle_t'.*what handle_t points to"):
-        _BufferSpec(f, f.params[5], types)  # [isptr] without size=: sizeof(*h)
+        BufferSpec(f, f.params[5], types)  # [isptr] without size=: sizeof(*h)
     pointee = TypeSystem(extra={"*handle_t": 24})
-    assert _BufferSpec(f, f.params[5], pointee).length(lambda name: 0) == 24
-    spec = _BufferSpec(f, f.params[6], types)
+    assert BufferSpec(f, f.params[5], pointee).length(lambda name: 0) == 24
+    spec = BufferSpec(f, f.params[6], types)
     assert spec.length({"k": 3}.__getitem__, lambda: 5) == 15  # count × sizefunc
 
 

@@ -189,11 +189,13 @@ def test_eadd_after_einit_and_second_einit_fault(leaf_plain):
 
     vm = plain.enclave.avm.evm
     secs_page = plain.enclave.handle.secs_page
-    free = plain.enclave.avm.driver._free[-1]
+    driver = plain.enclave.avm.driver
+    free = driver.take_epc_page()
     with pytest.raises(Fault) as raised:
         vm.eadd(free, secs_page, plain.base + plain.enclave.size - 4096, bytes(4096),
                 Secinfo.of(PageType.REG, 3).pack())
     assert raised.value.vector == Vector.GP
+    driver.give_epc_page(free)
     with pytest.raises(Fault):
         vm.einit(secs_page, plain.enclave.plan.sigstruct_bytes)
 

@@ -83,7 +83,7 @@ def test_ewb_needs_a_blocked_and_tracked_page(leaf_plain):
     vm = plain.enclave.avm.evm
     driver = plain.enclave.avm.driver
     page = plain.enclave.handle.pages[plain.symbol("encl_buffer")]
-    va_page, va_index = driver._va_slot()
+    va_page, va_index = driver.take_va_slot()
     slot = va_page + 8 * va_index
     assert vm.ewb(page.epc, slot)[0] is SgxError.PAGE_NOT_BLOCKED
     assert vm.eblock(page.epc) is SgxError.SUCCESS
@@ -105,7 +105,7 @@ def evict(plain, linaddr):
     driver = plain.enclave.avm.driver
     page = plain.enclave.handle.pages[linaddr]
     epc = page.epc
-    va_page, va_index = driver._va_slot()
+    va_page, va_index = driver.take_va_slot()
     slot = va_page + 8 * va_index
     vm.eblock(epc)
     vm.etrack(plain.enclave.handle.secs_page)
@@ -185,7 +185,7 @@ def test_va_pages_themselves_can_be_evicted(leaf_plain):
     linaddr = plain.symbol("encl_buffer")
     epc, slot, blob = evict(plain, linaddr)
     va_page = slot & ~4095
-    other_va = driver._free.pop()
+    other_va = driver.take_epc_page()
     vm.epa(other_va)
     status, va_blob = vm.ewb(va_page, other_va)
     assert status is SgxError.SUCCESS
@@ -201,8 +201,10 @@ def test_eremove_rules(leaf_plain):
     assert vm.eremove(secs) is SgxError.CHILD_PRESENT
     with pytest.raises(Fault):
         vm.epa(secs)
-    free = plain.enclave.avm.driver._free[0]
+    driver = plain.enclave.avm.driver
+    free = driver.take_epc_page()
     assert vm.eremove(free) is SgxError.SUCCESS  # a free page: nothing to do
+    driver.give_epc_page(free)
 
 
 # -- the batch leaves and deferred pages, on an EVM alone ----------------------

@@ -232,7 +232,7 @@ def test_the_runner_refuses_a_non_canonical_aep_and_the_evm_makes_it_gp(native_p
     runner = runner_of(plain, 0)
     before = fast_entries(runner)
     enclave = plain.enclave
-    registers = enclave._registers(plain.tcs[0], {"rdi": 0, "rsi": 1})
+    registers = enclave.entry_registers(plain.tcs[0], {"rdi": 0, "rsi": 1})
     registers[1] = 1 << 63  # RCX: the AEP
     memory = enclave.avm.memory
     with pytest.raises(Fault) as raised:
@@ -358,8 +358,8 @@ def test_epc_plaintext_never_reaches_application_memory(native_plain):
                       for i in range(4))
     assert len(set(secret)) > 4
     memory = plain.enclave.avm.memory
-    for page in list(memory._pages):
-        assert secret[:16] not in bytes(memory._pages[page]), f"the secret is in {page:#x}"
+    for page in memory.mapped_pages():
+        assert secret[:16] not in memory.read(page, 4096), f"the secret is in {page:#x}"
 
 
 # -- the runner holds nothing worth stealing ---------------------------------------

@@ -441,9 +441,11 @@ def test_an_operator_root_ca_issues_the_chain(platform, tmp_path):
     # Placed in the directory as files, it is picked up the same way.
     placed = tmp_path / "placed"
     placed.mkdir()
-    from vsgx.evm.quoting import _private_pem
+    from cryptography.hazmat.primitives import serialization
 
-    (placed / ROOT_CA_KEY_FILE).write_bytes(_private_pem(key))
+    (placed / ROOT_CA_KEY_FILE).write_bytes(key.private_bytes(  # PEM PKCS#8, as openssl writes
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     (placed / ROOT_CA_KEY_FILE).chmod(0o600)
     (placed / ROOT_CA_FILE).write_bytes(chain_pem([operator.certificate]))
     assert QuotingEnclave(platform.vm.machine, placed).root_certificate == \
@@ -518,11 +520,15 @@ def _with_chain(quote: bytes, chain_pem_bytes: bytes) -> bytes:
 def test_pck_leaf_must_be_a_p256_signing_certificate_with_sgx_extensions(platform, quote,
                                                                          root):
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hashes, serialization
 
-    from vsgx.crypto.pck import name
+    from vsgx.crypto.pck import Issuer, name
+    from vsgx.evm.quoting import PLATFORM_CA_KEY_FILE
 
-    ca = platform.qe._platform_ca  # the platform CA's key signs these test leaves
+    # The platform CA's key (kept in the QE's directory) signs these test leaves.
+    ca_key = serialization.load_pem_private_key(
+        (platform.qe.directory / PLATFORM_CA_KEY_FILE).read_bytes(), None)
+    ca = Issuer(platform.qe.pck_chain[1], ca_key)
     now = datetime.datetime.now(datetime.UTC)
 
     def leaf(key, ca_flag: bool, sgx: bool):

@@ -317,10 +317,10 @@ def test_bind_policy_keeps_a_thread_on_its_tcs_until_it_exits(bind_variant, sdk_
     bound = Hello(bind_variant, evm=make_avm())
     assert bound.urts.bind
     bound.ecall_add(1, 1)
-    tcs = bound.urts._context().tcs
+    tcs = bound.urts.bound_tcs
     assert tcs is not None
     bound.ecall_add(1, 1)
-    assert bound.urts._context().tcs == tcs
+    assert bound.urts.bound_tcs == tcs
     for _ in range(6):  # more threads than TCSs: exited threads give theirs back
         thread, result = run_in_thread(bound.ecall_add, 2, 2)
         thread.join(30)
@@ -328,7 +328,7 @@ def test_bind_policy_keeps_a_thread_on_its_tcs_until_it_exits(bind_variant, sdk_
     bound.destroy()
     unbound = Hello(sdk_enclave.signed, evm=make_avm())
     unbound.ecall_add(1, 1)
-    assert unbound.urts._context().tcs is None
+    assert unbound.urts.bound_tcs is None
     unbound.destroy()
 
 

@@ -31,10 +31,10 @@ from vsgx.crypto.snp import (
     SnpReport,
     SnpVerificationError,
     TcbVersion,
-    _verify_pss,
     amd_arks,
     make_certificate_table,
     parse_certificate_table,
+    verify_pss_signature,
     verify_snp_evidence,
 )
 
@@ -252,13 +252,13 @@ def test_amd_pinned_roots_are_self_signed_and_sign_their_ask():
     for product, (ark_pem, ask_pem) in amd_roots.PRODUCTS.items():
         ark = x509.load_pem_x509_certificate(ark_pem.encode())
         ask = x509.load_pem_x509_certificate(ask_pem.encode())
-        _verify_pss(ark, ark, f"{product} ARK")
-        _verify_pss(ask, ark, f"{product} ASK")
+        verify_pss_signature(ark, ark, f"{product} ARK")
+        verify_pss_signature(ask, ark, f"{product} ASK")
         assert ark.public_key().key_size == 4096
     milan_ark = x509.load_pem_x509_certificate(amd_roots.MILAN_ARK.encode())
     genoa_ask = x509.load_pem_x509_certificate(amd_roots.GENOA_ASK.encode())
     with pytest.raises(SnpVerificationError):
-        _verify_pss(genoa_ask, milan_ark, "ASK")
+        verify_pss_signature(genoa_ask, milan_ark, "ASK")
 
 
 def test_missing_ask_and_ark_come_from_the_pinned_product_only(chain):

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 import test_snp
 from vsgx.avm.remote import connect_evm
 from vsgx.channel import AttestationError, EvidencePolicy
-from vsgx.channel import evidence as evidence_module
 from vsgx.channel import identity as identity_module
 from vsgx.channel.evidence import (
     KIND_SEV_SNP,
@@ -310,6 +309,18 @@ SNP_GET_REPORT = 0xC0205300  # _IOWR('S', 0, struct snp_guest_request_ioctl)
 SNP_GET_EXT_REPORT = 0xC0205302
 
 
+# The requests as the kernel reads them (include/uapi/linux/sev-guest.h),
+# declared here rather than taken from vsgx: the fake checks vsgx's layout.
+class SnpReportReq(ctypes.Structure):
+    _fields_ = [("user_data", ctypes.c_uint8 * 64), ("vmpl", ctypes.c_uint32),
+                ("rsvd", ctypes.c_uint8 * 28)]
+
+
+class SnpExtReportReq(ctypes.Structure):
+    _fields_ = [("data", SnpReportReq), ("certs_address", ctypes.c_uint64),
+                ("certs_len", ctypes.c_uint32)]
+
+
 class FakeSevGuest:
     """The sev-guest driver's SNP_GET_REPORT and SNP_GET_EXT_REPORT."""
 
@@ -326,7 +337,7 @@ class FakeSevGuest:
         if code == SNP_GET_EXT_REPORT:
             if not self.extended:
                 raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
-            request = evidence_module._ExtReportRequest.from_address(guest.req_data)
+            request = SnpExtReportReq.from_address(guest.req_data)
             if request.certs_len < self.needed:
                 request.certs_len = self.needed  # the kernel says how much it needs
                 guest.exitinfo2 = 1 << 32  # SNP_GUEST_VMM_ERR_INVALID_LEN
@@ -336,7 +347,7 @@ class FakeSevGuest:
             data = bytes(request.data.user_data)
             vmpl = request.data.vmpl
         elif code == SNP_GET_REPORT:
-            request = evidence_module._ReportRequest.from_address(guest.req_data)
+            request = SnpReportReq.from_address(guest.req_data)
             data, vmpl = bytes(request.user_data), request.vmpl
         else:
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")

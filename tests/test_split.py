@@ -72,7 +72,7 @@ def test_a_canary_in_an_enclave_page_never_leaves_the_evm(tcp_evm, plain_enclave
     secret_page = plain.symbol("encl_secret")
     driver = avm.driver
     with plain.enclave.handle.lock:
-        assert driver._evict(plain.enclave.handle, plain.enclave.handle.pages[secret_page])
+        assert driver.evict(plain.enclave.handle, [plain.enclave.handle.pages[secret_page]]) == 1
     plain.call(0, OP_SECRET_HASH)
     assert plain.read_op(0, 8, 32) == digest
     assert driver.reloads >= 1
@@ -86,7 +86,7 @@ def test_a_canary_in_an_enclave_page_never_leaves_the_evm(tcp_evm, plain_enclave
     for piece in (secret, secret[:16], secret[16:]):
         assert piece not in relay.captured["c2s"] and piece not in relay.captured["s2c"]
         assert not any(piece in frame for frame in recorded)
-        assert not any(piece in bytes(page) for page in avm.memory._pages.values())
+        assert not any(piece in avm.memory.read(page, 4096) for page in avm.memory.mapped_pages())
     avm.close()
 
 

@@ -37,11 +37,11 @@ class FieldSpec:
     size: int
     is_int: bool  # an unsigned little-endian integer of 1/2/4/8/16 bytes
     reserved_bits: int = 0
-    of: type | None = None  # the structure a raw field holds
+    of: type[Structure] | None = None  # the structure a raw field holds
 
 
 def _spec(offset: int, size: int, is_int: bool, reserved_bits: int, default: Any,
-          of: type | None = None) -> Any:
+          of: type[Structure] | None = None) -> Any:
     meta = {"vsgx": (offset, size, is_int, reserved_bits, of)}
     return dataclasses.field(default=default, metadata=meta)
 
@@ -66,7 +66,8 @@ def u128(offset: int, *, default: int = 0) -> Any:
     return _spec(offset, 16, True, 0, default)
 
 
-def raw(offset: int, size: int, default: bytes | None = None, *, of: type | None = None) -> Any:
+def raw(offset: int, size: int, default: bytes | None = None, *, of: type[Structure] | None = None
+        ) -> Any:
     held = getattr(of, "SIZE", size)
     if held != size:
         raise AssertionError(f"a {getattr(of, '__name__', of)} is {held} bytes, not {size}")
@@ -179,11 +180,11 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
     return wrap
 
 
-def _resolve(cls: type, name: str) -> tuple[int, FieldSpec]:
+def _resolve(cls: type[Structure], name: str) -> tuple[int, FieldSpec]:
     """(offset in ``cls``, spec) of a field, dotted through ``of`` fields."""
     base = 0
     head, _, rest = name.partition(".")
-    for spec in cls.FIELDS:  # type: ignore[attr-defined]
+    for spec in cls.FIELDS:
         if spec.name == head:
             if not rest:
                 return base + spec.offset, spec
@@ -194,11 +195,11 @@ def _resolve(cls: type, name: str) -> tuple[int, FieldSpec]:
     raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
-def _named_spans(cls: type, base: int = 0) -> list[tuple[int, int]]:
+def _named_spans(cls: type[Structure], base: int = 0) -> list[tuple[int, int]]:
     """(start, end) of every innermost named field: the bytes that are not
     reserved."""
     spans = []
-    for spec in cls.FIELDS:  # type: ignore[attr-defined]
+    for spec in cls.FIELDS:
         if spec.of is not None:
             spans += _named_spans(spec.of, base + spec.offset)
         else:
@@ -206,7 +207,7 @@ def _named_spans(cls: type, base: int = 0) -> list[tuple[int, int]]:
     return spans
 
 
-def field_offset(cls: type, name: str) -> int:
+def field_offset(cls: type[Structure], name: str) -> int:
     """The SDM offset of a field (dotted through nested structures), for
     code that patches raw pages."""
     return _resolve(cls, name)[0]
@@ -232,7 +233,7 @@ class Fields(struct.Struct):
 
 
 @functools.cache
-def fields_of(cls: type, *names: str, whole: bool = False) -> Fields:
+def fields_of(cls: type[Structure], *names: str, whole: bool = False) -> Fields:
     """A precompiled codec for ``names`` of ``cls``, given in offset order.
     ``whole``: the codec spans the whole structure (offset 0 to SIZE), so
     that writing it zeroes every reserved byte too."""
@@ -260,8 +261,8 @@ def fields_of(cls: type, *names: str, whole: bool = False) -> Fields:
         else:
             fmt.append(f"{spec.size}s")
         position = offset + spec.size
-    if whole and position < cls.SIZE:  # type: ignore[attr-defined]
-        fmt.append(gap(position, cls.SIZE, "at the end"))  # type: ignore[attr-defined]
+    if whole and position < cls.SIZE:
+        fmt.append(gap(position, cls.SIZE, "at the end"))
     codec = Fields("".join(fmt))
     codec.offset = first
     codec.names = names

@@ -43,6 +43,7 @@ from vsgx.arch.constants import (
     PfErrorCode,
     Vector,
 )
+from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.pageinfo import Secinfo
@@ -93,7 +94,7 @@ class Evm(Protocol):
     vsgx.evm.vm.EnclaveVM): eadd_pages, eadd_uniform, eldu_deferred,
     eblock_pages, ewb_pages, eldu_pages."""
 
-    def cpuid(self) -> Any: ...
+    def cpuid(self) -> SgxCpuid: ...
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None: ...
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None: ...
@@ -171,7 +172,7 @@ class DriverEnclave:
     destroyed: bool = False
     pages: dict[int, EnclavePage] = field(default_factory=dict)
     # pages added but not resident anywhere yet: linaddr -> (type, vm_max_prot)
-    deferred: PageRunSet = field(default_factory=PageRunSet)
+    deferred: PageRunSet[tuple[int, int]] = field(default_factory=PageRunSet)
     lock: threading.RLock = field(default_factory=threading.RLock)
     provision_allowed: bool = False
     # False when the loader maps the pages it did not add PROT_NONE (Intel's
@@ -294,9 +295,6 @@ class SgxDriver:
                 return page, index
             self._va_with_free.pop()
         raise DriverError(errnos.ENOMEM, "no free VA slot")
-
-    # The name the tests and benchmarks have used for it.
-    _va_slot = _take_va_slot
 
     def _give_va_slot(self, page: int, index: int) -> None:
         slots = self._va_free[page]
@@ -513,7 +511,7 @@ class SgxDriver:
         self.stats["eblock"] += len(epcs)
         self.stats["eblock_calls"] += 1
         if self._batch:
-            return self.evm.eblock_pages(epcs)  # type: ignore[attr-defined]
+            return self.evm.eblock_pages(epcs)  # type: ignore[attr-defined, no-any-return]
         results: list[Any] = []
         for epc in epcs:
             try:
@@ -527,7 +525,7 @@ class SgxDriver:
         self.stats["ewb"] += len(pairs)
         self.stats["ewb_calls"] += 1
         if self._batch:
-            return self.evm.ewb_pages(pairs)  # type: ignore[attr-defined]
+            return self.evm.ewb_pages(pairs)  # type: ignore[attr-defined, no-any-return]
         results: list[Any] = []
         for epc, slot in pairs:
             try:
@@ -554,13 +552,40 @@ class SgxDriver:
                 return False
             time.sleep(0.0005)
 
-    def _evict(self, encl: DriverEnclave, page: EnclavePage) -> bool:
-        """Evict one page now (off the clock's order)."""
+    # -- paging on request: for callers that drive it themselves (tests, benchmarks) --
+    def evict(self, encl: DriverEnclave, pages: list[EnclavePage]) -> int:
+        """Evict these pages now, off the clock's order, as one reclaimer batch
+        (EBLOCK each, one ETRACK, EWB each): the number evicted."""
         with self._lock, encl.lock:
-            if page.epc is None:
-                return False
-            self._off_the_clock(page)
-            return self._evict_batch(encl, [page]) == 1
+            resident = [page for page in pages if page.epc is not None]
+            for page in resident:
+                self._off_the_clock(page)
+            return self._evict_batch(encl, resident) if resident else 0
+
+    def make_resident(self, encl: DriverEnclave, page: EnclavePage) -> int:
+        """The page's EPC page, ELDU-ing it back first if it is evicted (what
+        the enclave's next touch of it would do)."""
+        with self._lock, encl.lock:
+            return self._resident(encl, page)
+
+    def take_epc_page(self) -> int:
+        """A free EPC page, no longer the driver's to hand out (ENOMEM when
+        none is free; nothing is reclaimed for it)."""
+        return self._alloc_epc(reclaim=False)
+
+    def give_epc_page(self, address: int) -> None:
+        """Give back a page from take_epc_page, free (EREMOVEd or never used)."""
+        self._free_epc(address)
+
+    def take_va_slot(self) -> tuple[int, int]:
+        """A free VA slot (VA page, index): for EWBs of the caller's own."""
+        with self._lock:
+            return self._take_va_slot()
+
+    def give_va_slot(self, page: int, index: int) -> None:
+        """Give back a slot from take_va_slot, empty (its page ELDUed back)."""
+        with self._lock:
+            self._give_va_slot(page, index)
 
     def _load(self, encl: DriverEnclave, page: EnclavePage) -> None:
         """ELDU an evicted page back (encl.c __sgx_encl_eldu)."""
@@ -596,7 +621,7 @@ class SgxDriver:
         """Give a deferred page its EPC page (its first touch)."""
         info = encl.deferred.get(linaddr)
         assert info is not None
-        page_type, max_prot = info  # type: ignore[misc]
+        page_type, max_prot = info
         with self._lock:
             self._reserve_va()
             try:
@@ -1083,7 +1108,7 @@ class SgxDriver:
             if record is not None and prot & ~record.vm_max_prot:
                 raise DriverError(errnos.EACCES, f"page {record.linaddr:#x} may not become "
                                                  f"{prot:#x}")
-        for _page_type, max_prot in encl.deferred.values_in(address, count):  # type: ignore[misc]
+        for _page_type, max_prot in encl.deferred.values_in(address, count):
             if prot & ~max_prot:
                 raise DriverError(errnos.EACCES, f"pages in {address:#x}+{length:#x} may not "
                                                  f"become {prot:#x}")

@@ -83,7 +83,8 @@ def secs_for(plan: BuildPlan, base: int, platform_xfrm: int, platform_misc: int,
     # platform can run among the bits it leaves free.
     free = ~sig.xfrmmask & ((1 << 64) - 1)
     xfrm = (sig.xfrm & sig.xfrmmask) | (plan.ecreate.xfrm & platform_xfrm & free) | 0x3
-    desired = int(plan.details.get("desired_misc_select", 0))  # type: ignore[call-overload]
+    desired = plan.details.get("desired_misc_select", 0)
+    assert isinstance(desired, int)  # the SDK metadata's MiscSelect, as read
     miscselect = platform_misc & (sig.miscselect | desired)
     if miscselect & sig.miscmask != sig.miscselect & sig.miscmask:
         miscselect = sig.miscselect

@@ -130,7 +130,7 @@ class AddressSpace:
             position += chunk
 
     def read_u64(self, address: int) -> int:
-        return struct.unpack("<Q", self.read(address, 8))[0]
+        return int.from_bytes(self.read(address, 8), "little")
 
     def write_u64(self, address: int, value: int) -> None:
         self.write(address, struct.pack("<Q", value & ((1 << 64) - 1)))
@@ -146,6 +146,10 @@ class AddressSpace:
             out += data
             address = page + PAGE_SIZE
         raise UnmappedMemory("unterminated string")
+
+    def mapped_pages(self) -> list[int]:
+        """The addresses of the mapped pages, in order."""
+        return sorted(self._pages)
 
     def is_mapped(self, address: int) -> bool:
         return (address & ~(PAGE_SIZE - 1)) in self._pages

@@ -131,7 +131,7 @@ class RemoteEvm:
         # The untrusted pages each TCS's last entry used: what its next one
         # pushes (protocol version 3, whose exits say which pages were used).
         self._used: dict[int, tuple[int, ...]] = {}
-        conn.handler = self._serve  # type: ignore[assignment]
+        conn.handler = self._serve
         try:
             reply = self.conn.call(Type.HELLO, (offer,))
         except RemoteError as exc:
@@ -182,7 +182,7 @@ class RemoteEvm:
         return reply_to(message, Type.ERROR, (1,), b"the AVM serves page requests only")
 
     # -- requests -----------------------------------------------------------------
-    def _call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+    def _call(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"") -> Message:
         if self.conn.error is not None and message_type in _TEARDOWN:
             return _TEARDOWN[message_type]
         try:
@@ -194,7 +194,8 @@ class RemoteEvm:
             raise Fault(Vector(vector), error_code, address, reply.blob.decode(errors="replace"))
         return reply
 
-    def _status(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> SgxError:
+    def _status(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b""
+                ) -> SgxError:
         return SgxError(self._call(message_type, fields, blob).fields[0])
 
     def cpuid(self) -> SgxCpuid:
@@ -291,7 +292,7 @@ class RemoteEvm:
                           list(fields[6:_EXIT_FIELDS]),
                           fields[3], fields[4], fields[5], bool(fields[1]), bool(fields[2]))
 
-    def _entry_in_memory(self, message_type: Type, fields: tuple, untrusted: Any, tcs: int
+    def _entry_in_memory(self, message_type: Type, fields: tuple[Any, ...], untrusted: Any, tcs: int
                          ) -> Any:
         """An entry over the in-memory transport: the address space goes
         with it, and the EVM's exit comes back as it is (the hot path of
@@ -308,6 +309,12 @@ class RemoteEvm:
             vector, error_code, address = reply.fields
             raise Fault(Vector(vector), error_code, address, reply.blob.decode(errors="replace"))
         return self._exit(reply, untrusted, tcs)
+
+    def used_pages(self, tcs: int) -> tuple[int, ...] | None:
+        """The untrusted pages the last entry on ``tcs`` used, which the next
+        entry sends along; None before the EVM has said (protocol 3)."""
+        used = self._used.get(tcs)
+        return None if used is None else tuple(used)
 
     def _pushed(self, registers: list[int], untrusted: Any) -> bytes:
         """The pages an entry will almost surely touch, sent with it: those
@@ -381,7 +388,7 @@ class RemoteEvm:
                                          bytes(secinfo), len(chunk)),
                        pack_u64s(chunk) + bytes(data))
 
-    def eadd_runs(self, secs_page: int, runs: list[tuple]  # type: ignore[type-arg]
+    def eadd_runs(self, secs_page: int, runs: list[tuple[Any, ...]]
                   ) -> list[SgxError | Fault]:
         """The in-process eadd_runs over the channel: as many runs per
         EADD_RUNS as fit one message, in order."""
@@ -560,7 +567,7 @@ class RemoteEvm:
         if status:
             raise QuoteGenerationError(status, "the EVM's QE: "
                                        + one_line(reply.blob.decode(errors="replace"), 300))
-        return size
+        return int(size)
 
     def quote(self, report: bytes) -> bytes:
         """sgx_qe_get_quote: a DCAP v3 quote of ``report``."""

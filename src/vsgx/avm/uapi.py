@@ -20,7 +20,7 @@ from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.secs import SECS_SIZE, Secs
 from vsgx.arch.sigstruct import SIGSTRUCT_SIZE, Sigstruct
-from vsgx.avm.driver import AddRun, DriverEnclave, DriverError, SgxDriver
+from vsgx.avm.driver import AddRun, DriverEnclave, DriverError, Evm, SgxDriver
 from vsgx.errors import StructureError
 
 SGX_MAGIC = 0xA4
@@ -527,7 +527,7 @@ class ProgramDriver(SgxDriver):
     only where the program maps the enclave, as sgx_vma_fault runs only in
     an enclave VMA; elsewhere the program sees the fault."""
 
-    def __init__(self, evm, *, augment_on_fault: bool = True):  # type: ignore[no-untyped-def]
+    def __init__(self, evm: Evm, *, augment_on_fault: bool = True):
         super().__init__(evm, augment_on_fault=augment_on_fault)
         self.files: dict[int, EnclaveFile] = {}
 

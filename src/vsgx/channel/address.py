@@ -39,7 +39,7 @@ class Address:
     @property
     def endpoint(self) -> tuple[str | int, int]:
         """(host, port) of a TCP address, (CID, port) of a vsock one."""
-        assert not isinstance(self.target, str)
+        assert not isinstance(self.target, str), "a Unix address has a path"
         return self.target
 
     @property

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from vsgx.channel.evidence import one_line
 from vsgx.channel.messages import (
@@ -97,7 +97,7 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-def reply_to(request: Message, message_type: Type, fields: tuple = (), blob: bytes = b""
+def reply_to(request: Message, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b""
              ) -> Message:
     return Message(message_type, fields, blob, Kind.REPLY, request.request_id)
 
@@ -152,10 +152,10 @@ class Connection:
     def send(self, message: Message, sole: bool = False) -> None:
         self.stream.send(encode(message, sole))
 
-    def notify(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> None:
+    def notify(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"") -> None:
         self.send(Message(message_type, fields, blob, Kind.NOTICE))
 
-    def call(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> Message:
+    def call(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"") -> Message:
         """Send a request and return its reply (ERROR replies raise). An
         interrupt (Ctrl-C) while waiting closes the connection: the reply
         could never be matched to anything again."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from vsgx.channel.connection import RemoteError, error_reply
 from vsgx.channel.messages import Kind, Message, Type
@@ -47,7 +48,7 @@ class MemoryConnection:
         self._lock = threading.Lock()
 
     # -- sending ------------------------------------------------------------
-    def call(self, message_type: Type, fields: tuple = (), blob: bytes = b"",
+    def call(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"",
              attachment: object = None) -> Message:
         """Run a request in the peer's handler and return its reply (ERROR
         replies raise ``RemoteError``, as on a socket)."""
@@ -64,7 +65,7 @@ class MemoryConnection:
             raise RemoteError(reply.fields[0], reply.blob.decode(errors="replace"))
         return reply
 
-    def notify(self, message_type: Type, fields: tuple = (), blob: bytes = b"") -> None:
+    def notify(self, message_type: Type, fields: tuple[Any, ...] = (), blob: bytes = b"") -> None:
         self.send(Message(message_type, fields, blob, Kind.NOTICE))
 
     def send(self, message: Message, sole: bool = False) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vsgx.arch.report import REPORT_SIZE, TARGETINFO_SIZE
 from vsgx.errors import VsgxError
@@ -291,7 +291,7 @@ class LaunchTokenError(VsgxError):
 
 class Message(NamedTuple):
     type: Type
-    fields: tuple
+    fields: tuple[Any, ...]  # per the layout of the message type: ints and bytes
     blob: bytes = b""
     kind: Kind = Kind.REQUEST
     request_id: int = 0
@@ -469,7 +469,8 @@ def decode_writebacks(blob: bytes | memoryview, count: int
     return records
 
 
-def encode_outcome(count: int, fault: tuple[int, int, int, str] | None) -> tuple[tuple, bytes]:
+def encode_outcome(count: int, fault: tuple[int, int, int, str] | None
+                   ) -> tuple[tuple[int, ...], bytes]:
     """STATUSES / EVICTED_PAGES fields for ``count`` results and the fault
     (vector, error code, address, reason) that ended the batch, if one did;
     and the reason to append to the blob."""

@@ -59,10 +59,10 @@ def vsock_loopback_available() -> tuple[bool, str]:
     """Whether this machine can reach its own vsock port (CID 1), with why not."""
     if not vsock_available():
         return False, "AF_VSOCK is not available on this machine"
-    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-    client = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    client = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     try:
-        server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))  # type: ignore[attr-defined]
+        server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
         server.listen(1)
         port = server.getsockname()[1]
         client.settimeout(2)
@@ -86,7 +86,7 @@ def _socket(address: Address) -> socket.socket:
         return sock
     if not vsock_available():
         raise ChannelError("AF_VSOCK is not available on this machine")
-    return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+    return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
 
 
 def _resolve(address: Address) -> Address:
@@ -238,7 +238,7 @@ def peer_uid(sock: socket.socket) -> int | None:
         return None
     credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", credentials)
-    return uid
+    return int(uid)
 
 
 # -- TLS ---------------------------------------------------------------------
@@ -349,8 +349,13 @@ class TlsStream:
                     continue
                 except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                     pass
+                except ssl.SSLEOFError:
+                    # the peer's side ended without close_notify (as recv says it)
+                    raise ChannelError("the channel was truncated (EOF without TLS close)"
+                                       ) from None
                 except ssl.SSLError as exc:
-                    raise ChannelError(f"TLS error: {exc.reason or exc}") from None
+                    raise ChannelError(f"the channel was tampered with: TLS "
+                                       f"{exc.reason or exc}") from None
                 except OSError as exc:
                     raise ChannelClosed(f"the channel is closed ({exc.strerror or exc})"
                                         ) from None

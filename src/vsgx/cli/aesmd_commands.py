@@ -30,14 +30,14 @@ def default_socket() -> str:
 @command("aesmd serve")
 def cmd_aesmd_serve(args: argparse.Namespace) -> int:
     from vsgx.avm.aesmd import AesmdService, EvmBackend
+    from vsgx.host.attestation import AttestationBackend, attestation_backend
 
     path = args.socket or default_socket()
+    backend: AttestationBackend
     if args.evm:
         backend = EvmBackend(args.evm)
         where = f"the EVM at {args.evm}"
     else:
-        from vsgx.host.attestation import attestation_backend
-
         backend = attestation_backend(None)
         where = "an EVM in this process (this user's data directory)"
     service = AesmdService(backend)

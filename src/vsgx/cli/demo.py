@@ -27,7 +27,9 @@ from vsgx.cli.main import command, write_file, write_new_file
 from vsgx.errors import VsgxError
 
 
-class _Checks:
+class Checks:
+    """The demo's verdicts: each step prints ok, FAIL or skip."""
+
     def __init__(self) -> None:
         self.failed: list[str] = []
         self.skipped: list[str] = []
@@ -134,12 +136,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, workdir: Path) -> int:
     from vsgx.arch.report import Report
-    from vsgx.avm.remote import connect_evm
+    from vsgx.avm import connect_evm
     from vsgx.host import Avm
     from vsgx.samples import HELLO_DIR
     from vsgx.sdk import Enclave
 
-    checks = _Checks()
+    checks = Checks()
     edl = HELLO_DIR / "hello.edl"
 
     checks.title(f"build the sample enclave with gcc and sign it (in {workdir})")
@@ -242,13 +244,12 @@ def _demo(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
-def _root_ca(args: argparse.Namespace, evm_data: Path | None) -> tuple[Any, str]:
+def root_ca_for(args: argparse.Namespace, evm_data: Path | None) -> tuple[Any, str]:
     """The root CA a verifier trusts for this EVM: its data directory's
     (the EVM this demo started), else --root-ca or this user's default data
     directory's, as `vsgx quote verify` finds it."""
     from vsgx.crypto.pck import PckError, load_certificate
-    from vsgx.evm.platform import data_dir
-    from vsgx.evm.quoting import ATTESTATION_DIR, ROOT_CA_FILE
+    from vsgx.evm import ATTESTATION_DIR, ROOT_CA_FILE, data_dir
 
     given = getattr(args, "root_ca", None)
     path = Path(given) if given else (evm_data or data_dir()) / ATTESTATION_DIR / ROOT_CA_FILE
@@ -262,7 +263,7 @@ def _root_ca(args: argparse.Namespace, evm_data: Path | None) -> tuple[Any, str]
         raise VsgxError(str(exc)) from None
 
 
-def _remote_attestation(checks: _Checks, args: argparse.Namespace, avm: Any, enclave: Any,
+def _remote_attestation(checks: Checks, args: argparse.Namespace, avm: Any, enclave: Any,
                         identity: tuple[bytes, bytes], other_mrenclave: bytes,
                         evm_data: Path | None) -> None:
     from dataclasses import replace
@@ -298,7 +299,7 @@ def _remote_attestation(checks: _Checks, args: argparse.Namespace, avm: Any, enc
     checks.check(parsed.header.version == 3 and parsed.report_body.pack() == report[:384],
                  f"a DCAP v3 quote of that report (sgx_qe_get_quote): {len(quote)} bytes")
     try:
-        root, root_path = _root_ca(args, evm_data)
+        root, root_path = root_ca_for(args, evm_data)
     except VsgxError as exc:
         checks.check(False, f"the quote cannot be verified: {exc}")
         return
@@ -334,10 +335,10 @@ def _remote_attestation(checks: _Checks, args: argparse.Namespace, avm: Any, enc
     status, mac = enclave.ecall_ra_use(challenge, None)
     checks.check(status == 0 and ra.check_proof(secret, challenge, mac),
                  "the enclave proves it holds it: HMAC-SHA256 of a random challenge matches")
-    _snp_binding(checks, args, avm, report)
+    check_snp_binding(checks, args, avm, report)
 
 
-def _third_party(checks: _Checks, quote: bytes, root: Any, evm_data: Path | None) -> None:
+def _third_party(checks: Checks, quote: bytes, root: Any, evm_data: Path | None) -> None:
     """dcap-qvl (the `test` extra), with collateral made from the EVM's data
     directory as `vsgx quote collateral` makes it."""
     what = "dcap-qvl (a third-party DCAP verifier)"
@@ -352,9 +353,15 @@ def _third_party(checks: _Checks, quote: bytes, root: Any, evm_data: Path | None
         return
     from cryptography.hazmat.primitives import serialization
 
-    from vsgx.evm.machine import Machine
-    from vsgx.evm.platform import SECRET_FILE, PlatformConfig, PlatformSecrets, load_root_secret
-    from vsgx.evm.quoting import ATTESTATION_DIR, QuotingEnclave
+    from vsgx.evm import (
+        ATTESTATION_DIR,
+        SECRET_FILE,
+        Machine,
+        PlatformConfig,
+        PlatformSecrets,
+        QuotingEnclave,
+        load_root_secret,
+    )
 
     machine = Machine(PlatformConfig(), PlatformSecrets(load_root_secret(evm_data /
                                                                          SECRET_FILE)))
@@ -370,7 +377,7 @@ def _third_party(checks: _Checks, quote: bytes, root: Any, evm_data: Path | None
                  f"{result.status}")
 
 
-def _snp_binding(checks: _Checks, args: argparse.Namespace, avm: Any, report: bytes) -> None:
+def check_snp_binding(checks: Checks, args: argparse.Namespace, avm: Any, report: bytes) -> None:
     """On an SEV-SNP EVM: its SNP report binds the QE's attestation key,
     verified to AMD's root."""
     from vsgx.cli.snp_options import measurements, parse_tcb

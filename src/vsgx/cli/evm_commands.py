@@ -39,9 +39,15 @@ def _fingerprints(args: argparse.Namespace) -> frozenset[str]:
 def cmd_evm_serve(args: argparse.Namespace) -> int:
     from vsgx.channel import parse_address
     from vsgx.channel.identity import SERVER_KEY_FILE
-    from vsgx.evm.manager import Admission, EnclaveManager
-    from vsgx.evm.platform import SECRET_FILE, LaunchPolicy, PlatformConfig, data_dir
-    from vsgx.evm.vm import EnclaveVM
+    from vsgx.evm import (
+        SECRET_FILE,
+        Admission,
+        EnclaveManager,
+        EnclaveVM,
+        LaunchPolicy,
+        PlatformConfig,
+        data_dir,
+    )
 
     if args.epc_mib <= 0 or args.session_epc_mib <= 0:
         raise VsgxError("EPC sizes must be positive")
@@ -101,7 +107,7 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
         print(f"vsgx evm: at most {manager.client_cap()} sessions per client; idle sessions "
               f"close after {args.idle_timeout:g} s", flush=True)
         if vm.executor_factory.name == "native":
-            from vsgx.evm.native_executor import native_isolation
+            from vsgx.evm import native_isolation
 
             # which of the sandbox's layers this host gave (README: sandbox)
             print(f"vsgx evm: runners: {native_isolation()}", flush=True)

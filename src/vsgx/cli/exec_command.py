@@ -108,7 +108,7 @@ def _program(name: str) -> str:
 
 
 def _connect(address: str) -> Any:
-    from vsgx.avm.remote import connect_evm
+    from vsgx.avm import connect_evm
     from vsgx.channel import ChannelError, EvidencePolicy, parse_address
 
     try:
@@ -182,7 +182,7 @@ def _serve_attached(args: argparse.Namespace) -> int:
     fd = int(fd_text)
     local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
     try:
-        connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
+        connect = _connect(args.evm if local is None else local.address)
         model = bytes.fromhex(_cpuid_text(connect))
         import socket
 
@@ -226,7 +226,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     aesmd = None
     child = None
     try:
-        connect = _connect(args.evm or local.address)  # type: ignore[union-attr]
+        connect = _connect(args.evm if local is None else local.address)
         model = _cpuid_text(connect)
         launcher = Launcher(lambda: connect())
         aesmd = ProgramAesmd(lambda: connect(), local.directory if local else None)

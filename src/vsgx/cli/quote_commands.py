@@ -40,8 +40,7 @@ def cmd_quote_verify(args: argparse.Namespace) -> int:
                          allow_debug=args.allow_debug)
     root_path = args.root_ca
     if root_path is None:
-        from vsgx.evm.platform import data_dir
-        from vsgx.evm.quoting import ATTESTATION_DIR, ROOT_CA_FILE
+        from vsgx.evm import ATTESTATION_DIR, ROOT_CA_FILE, data_dir
 
         base = Path(args.data_dir) if args.data_dir else data_dir()
         root_path = str(base / ATTESTATION_DIR / ROOT_CA_FILE)
@@ -74,15 +73,16 @@ def cmd_quote_verify(args: argparse.Namespace) -> int:
 def cmd_quote_collateral(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from vsgx.evm.machine import Machine
-    from vsgx.evm.platform import (
+    from vsgx.evm import (
+        ATTESTATION_DIR,
         SECRET_FILE,
+        Machine,
         PlatformConfig,
         PlatformSecrets,
+        QuotingEnclave,
         data_dir,
         load_root_secret,
     )
-    from vsgx.evm.quoting import ATTESTATION_DIR, QuotingEnclave
 
     if not 1 <= args.days <= 3650:
         raise VsgxError("--days must be between 1 and 3650")

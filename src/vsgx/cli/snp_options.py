@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vsgx.errors import VsgxError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without them
+    from vsgx.channel.evidence import AmdSnpVerifier
+    from vsgx.crypto.snp import TcbVersion
 
 _TCB_NAMES = {"bootloader": "bootloader", "bl": "bootloader", "tee": "tee", "snp": "snp",
               "microcode": "microcode", "ucode": "microcode", "fmc": "fmc"}
 
 
-def parse_tcb(text: str):  # type: ignore[no-untyped-def]
+def parse_tcb(text: str) -> TcbVersion:
     """``bootloader=3,tee=0,snp=14,microcode=209`` (``fmc=`` on Turin)."""
     from vsgx.crypto.snp import TcbVersion
 
@@ -48,7 +53,7 @@ def measurements(args: argparse.Namespace) -> frozenset[bytes]:
     return frozenset(found)
 
 
-def snp_verifier(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def snp_verifier(args: argparse.Namespace) -> AmdSnpVerifier | None:
     """The verifier of an EVM's SEV-SNP evidence to AMD's root, with the
     policy the options give; None with --allow-unverified-snp."""
     from vsgx.channel.evidence import AmdSnpVerifier

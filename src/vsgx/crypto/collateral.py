@@ -14,6 +14,7 @@ import datetime
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -54,7 +55,8 @@ def _time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def signed_document(key_name: str, body: dict, signing_key: ec.EllipticCurvePrivateKey) -> str:
+def signed_document(key_name: str, body: dict[str, Any],
+                    signing_key: ec.EllipticCurvePrivateKey) -> str:
     text = json.dumps(body, separators=(",", ":"))
     signature = ecdsa_sign_raw(signing_key, text.encode())
     return f'{{"{key_name}":{text},"signature":"{signature.hex()}"}}'
@@ -74,7 +76,7 @@ def split_signed_document(document: str) -> tuple[str, str, bytes]:
 
 
 def tcb_info_body(platform: SgxExtensions, *, issue: datetime.datetime,
-                  next_update: datetime.datetime, evaluation_number: int = 1) -> dict:
+                  next_update: datetime.datetime, evaluation_number: int = 1) -> dict[str, Any]:
     """TCB info v3 for one platform type: one TCB level, the platform's own."""
     return {"id": "SGX", "version": 3, "issueDate": _time(issue),
             "nextUpdate": _time(next_update), "fmspc": platform.fmspc.hex().upper(),
@@ -88,7 +90,7 @@ def tcb_info_body(platform: SgxExtensions, *, issue: datetime.datetime,
 
 def qe_identity_body(*, mrsigner: bytes, isvprodid: int, isvsvn: int, attributes: int,
                      miscselect: int, issue: datetime.datetime, next_update: datetime.datetime,
-                     evaluation_number: int = 1) -> dict:
+                     evaluation_number: int = 1) -> dict[str, Any]:
     """QE identity v2: the QE's MRSIGNER, ISVPRODID, masked MISCSELECT and
     ATTRIBUTES, and one TCB level at its ISVSVN."""
     flags = (attributes.to_bytes(8, "little") + bytes(8))

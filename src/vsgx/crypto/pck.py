@@ -280,7 +280,9 @@ class SgxExtensions:
                 x509.ObjectIdentifier(SGX_EXTENSIONS_OID))
         except x509.ExtensionNotFound:
             raise PckError("the PCK certificate has no SGX Extensions") from None
-        return cls.from_der(ext.value.value)  # type: ignore[attr-defined]
+        if not isinstance(ext.value, x509.UnrecognizedExtension):
+            raise PckError("the PCK certificate's SGX Extensions are not an opaque extension")
+        return cls.from_der(ext.value.value)
 
 
 # -- certificates ---------------------------------------------------------------------

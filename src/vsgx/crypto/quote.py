@@ -191,7 +191,7 @@ class VerifiedQuote:
     def report_body(self) -> ReportBody:
         return self.quote.report_body
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         body, header, ext = self.quote.report_body, self.quote.header, self.sgx_extensions
         return {
             "verified": True,

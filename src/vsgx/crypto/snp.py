@@ -289,7 +289,11 @@ class SnpPolicy:
     trusted_arks: tuple[x509.Certificate, ...] = field(default_factory=amd_arks)
 
 
-def _verify_pss(certificate: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+def verify_pss_signature(certificate: x509.Certificate, issuer: x509.Certificate, what: str
+                         ) -> None:
+    """Check that ``issuer`` signed ``certificate`` with RSASSA-PSS (as AMD
+    signs its ARK, ASK and VCEK certificates); SnpVerificationError, naming
+    ``what``, if not."""
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise SnpVerificationError(f"the {what}'s issuer key is not RSA")
@@ -322,7 +326,9 @@ def _extension(certificate: x509.Certificate, oid: str) -> bytes | None:
         ext = certificate.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     except x509.ExtensionNotFound:
         return None
-    return ext.value.value  # type: ignore[attr-defined]
+    value = ext.value
+    # cryptography parses none of AMD's extensions: each is an UnrecognizedExtension
+    return value.value if isinstance(value, x509.UnrecognizedExtension) else None
 
 
 def _der_small_uint(value: bytes, what: str) -> int:
@@ -369,9 +375,9 @@ def verify_chain(certificates: SnpCertificates, trusted_arks: Sequence[x509.Cert
     if not any(ark.public_key() == trusted.public_key() for trusted in trusted_arks):
         raise SnpVerificationError(f"the ARK ({ark.subject.rfc4514_string()}) is not a "
                                    "trusted AMD root key")
-    _verify_pss(ark, ark, "ARK")
-    _verify_pss(ask, ark, "ASK")
-    _verify_pss(vcek, ask, "VCEK")
+    verify_pss_signature(ark, ark, "ARK")
+    verify_pss_signature(ask, ark, "ASK")
+    verify_pss_signature(vcek, ask, "VCEK")
     if not _is_ca(ark) or not _is_ca(ask):
         raise SnpVerificationError("the ARK and the ASK must be CA certificates")
     for certificate, what in ((ark, "ARK"), (ask, "ASK"), (vcek, "VCEK")):

@@ -21,8 +21,8 @@ from vsgx.crypto.measurement import MrEnclave
 from vsgx.evm.epc import EpcmEntry
 from vsgx.image.plan import PageRunSet
 
-if TYPE_CHECKING:
-    from vsgx.evm.executor import Closable
+if TYPE_CHECKING:  # vsgx.evm.executor imports this module
+    from vsgx.evm.executor import Closable, ThreadExecutor
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PROT_ALL = PROT_R | PROT_W | PROT_X
@@ -182,7 +182,7 @@ class EnclaveState:
     # pages EADDed as uniform runs that have no EPC page yet (linear page ->
     # (SECINFO.FLAGS, fill page)); EADD hashed them in order, and the first
     # touch loads them as ELDU would (see encls.eadd_uniform)
-    deferred: PageRunSet = field(default_factory=PageRunSet)
+    deferred: PageRunSet[tuple[int, int]] = field(default_factory=PageRunSet)
     # The accessed bits of the application's page-table entries for ELRANGE,
     # kept inverted: pages whose bit the driver cleared (age) and no access
     # has set since. Clearing one is a change executors hear of (they drop
@@ -195,7 +195,7 @@ class EnclaveState:
     # executors keep per-TCS state here (see vsgx.evm.thread)
     threads: dict[int, Closable] = field(default_factory=dict)  # TCS -> EnclaveThread
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
-    running: object | None = None  # the executor holding exec_lock
+    running: ThreadExecutor | None = None  # the executor holding exec_lock
 
     @property
     def initialized(self) -> bool:

@@ -89,7 +89,7 @@ class Epc:
         self.pages = pages
         self.end = base + pages * PAGE_SIZE
         self.entries = [EpcmEntry(base + i * PAGE_SIZE) for i in range(pages)]
-        self.va_slots: dict[int, array] = {}
+        self.va_slots: dict[int, array[int]] = {}
         self.secs: dict[int, EnclaveState] = {}
 
     def contains(self, address: int) -> bool:

@@ -21,21 +21,47 @@ from vsgx.evm.machine import Machine
 
 
 class KeyIdentity(Protocol):
-    """What the table reads of an enclave: its SECS fields."""
+    """What the table reads of an enclave: its SECS fields (read only, so a
+    frozen identity such as the QE's serves as well as a live SECS)."""
 
-    attributes: int
-    xfrm: int
-    miscselect: int
-    mrenclave: bytes
-    mrsigner: bytes
-    isvprodid: int
-    isvsvn: int
-    isvfamilyid: bytes
-    isvextprodid: bytes
-    configid: bytes
-    configsvn: int
-    cet_attributes: int
-    padding: bytes
+    @property
+    def attributes(self) -> int: ...
+
+    @property
+    def xfrm(self) -> int: ...
+
+    @property
+    def miscselect(self) -> int: ...
+
+    @property
+    def mrenclave(self) -> bytes: ...
+
+    @property
+    def mrsigner(self) -> bytes: ...
+
+    @property
+    def isvprodid(self) -> int: ...
+
+    @property
+    def isvsvn(self) -> int: ...
+
+    @property
+    def isvfamilyid(self) -> bytes: ...
+
+    @property
+    def isvextprodid(self) -> bytes: ...
+
+    @property
+    def configid(self) -> bytes: ...
+
+    @property
+    def configsvn(self) -> int: ...
+
+    @property
+    def cet_attributes(self) -> int: ...
+
+    @property
+    def padding(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +106,7 @@ class Masked:
     always: int = 0
 
     def value(self, c: _Context) -> int:
-        return (getattr(c.request, self.mask) | self.always) & getattr(c.secs, self.name)
+        return int((getattr(c.request, self.mask) | self.always) & getattr(c.secs, self.name))
 
 
 @dataclass(frozen=True)
@@ -90,7 +116,7 @@ class Inverted:
     name: str
 
     def value(self, c: _Context) -> int:
-        return ~getattr(c.request, self.name) & 0xFFFFFFFF
+        return int(~getattr(c.request, self.name) & 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from vsgx.arch.constants import PAGE_SIZE, ExitKind
 from vsgx.arch.cpuid import EpcSection
@@ -93,8 +94,16 @@ from vsgx.channel.messages import (
 )
 from vsgx.channel.transport import ChannelIdle
 from vsgx.errors import VsgxError
+from vsgx.evm.encls import EvictedPage
 from vsgx.evm.executor import REG_COUNT, UntrustedMemory
-from vsgx.evm.vm import EnclaveExit, EnclaveVM
+from vsgx.evm.thread import EnclaveExit
+from vsgx.evm.vm import EnclaveVM
+
+if TYPE_CHECKING:  # made on first use: importing them here would cost every EVM
+    from vsgx.evm.launch import LaunchEnclave
+    from vsgx.evm.quoting import QuotingEnclave
+
+T = TypeVar("T")
 
 DEFAULT_SESSION_EPC_PAGES = 16384
 SERVE_THREADS = 12  # concurrent enclave entries of one session
@@ -164,7 +173,7 @@ class Admission:
                      f"--allow-client {fingerprint}")
 
 
-def _source(sock) -> object:  # type: ignore[no-untyped-def]
+def _source(sock: socket.socket) -> tuple[object, ...]:
     """Where a connection comes from: a uid, or an address without the port."""
     uid = peer_uid(sock)
     if uid is not None:
@@ -467,8 +476,7 @@ class Session:
         address, value = m.fields
         return self._status(m, self.vm.edbgwr(self._own(address), value))
 
-    def _exit(self, m: Message, result, untrusted: RemoteUntrusted  # type: ignore[no-untyped-def]
-              ) -> Message:
+    def _exit(self, m: Message, result: EnclaveExit, untrusted: RemoteUntrusted) -> Message:
         fields = (result.kind is ExitKind.AEX, result.exitinfo_valid, result.interrupt,
                   result.vector, result.error_code, result.address, *result.registers)
         if not untrusted.batched:
@@ -526,14 +534,17 @@ class Session:
                                        "slice")
 
     @staticmethod
-    def _fault_of(results: list[Any]) -> tuple[list[Any], tuple[int, int, int, str] | None]:
+    def _fault_of(results: Sequence[T | Fault]
+                  ) -> tuple[list[T], tuple[int, int, int, str] | None]:
+        """A batch's results without the Fault that may end it (only the last
+        item can be one), and that fault."""
         if results and isinstance(results[-1], Fault):
             fault = results[-1]
-            return results[:-1], (int(fault.vector), fault.error_code, fault.address,
-                                  fault.reason)
-        return results, None
+            return cast(list[T], list(results[:-1])), (int(fault.vector), fault.error_code,
+                                                       fault.address, fault.reason)
+        return cast(list[T], list(results)), None
 
-    def _statuses(self, m: Message, results: list[Any]) -> Message:
+    def _statuses(self, m: Message, results: Sequence[SgxError | Fault]) -> Message:
         codes, fault = self._fault_of(results)
         fields, reason = encode_outcome(len(codes), fault)
         return reply_to(m, Type.STATUSES, fields,
@@ -624,7 +635,7 @@ class Session:
         fields, reason = encode_outcome(len(results), fault)
         return reply_to(m, Type.EVICTED_PAGES, fields, self._evicted_records(results) + reason)
 
-    def _evicted_records(self, results: list) -> bytes:  # type: ignore[type-arg]
+    def _evicted_records(self, results: list[tuple[SgxError, EvictedPage | None]]) -> bytes:
         parts = []
         for status, evicted in results:
             if evicted is None:
@@ -643,12 +654,14 @@ class Session:
         flat = unpack_u64s(m.blob, 2 * count, "EVICT_PAGES")
         self._own_all(flat[0::2])
         self._own_all(flat[1::2], "VA slot")
-        results, track, evictions = self.vm.evict_pages(
+        block_results, track, ewb_results = self.vm.evict_pages(
             self._secs(secs), list(zip(flat[0::2], flat[1::2], strict=True)))
-        blocks, fault = self._fault_of(results)
+        blocks, fault = self._fault_of(block_results)
+        # no EWB ran after an EBLOCK fault: the EWB results are then empty
+        evictions, ewb_fault = self._fault_of(ewb_results)
         where = FAULT_IN_EBLOCK if fault is not None else 0
         if fault is None:
-            evictions, fault = self._fault_of(evictions)
+            fault = ewb_fault
             where = FAULT_IN_EWB if fault is not None else 0
         vector, error_code, address, reason = fault or (0, 0, 0, "")
         return reply_to(m, Type.EVICT_RESULT,
@@ -888,13 +901,13 @@ class EnclaveManager:
             return self._identity
 
     # -- this EVM's quoting and launch enclaves -------------------------------
-    def quoting(self):  # type: ignore[no-untyped-def]
+    def quoting(self) -> QuotingEnclave:
         """The EVM's QE, keyed to its data directory (made on first use)."""
         from vsgx.evm.quoting import quoting_enclave
 
         return quoting_enclave(self.vm)
 
-    def launching(self):  # type: ignore[no-untyped-def]
+    def launching(self) -> LaunchEnclave:
         """The EVM's launch enclave."""
         from vsgx.evm.launch import launch_enclave
 
@@ -929,7 +942,7 @@ class EnclaveManager:
             self._slots.notify_all()
 
     # -- admission -------------------------------------------------------------
-    def accept(self, sock, family: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def accept(self, sock: socket.socket, family: str | None = None) -> None:
         """Handshake, admit or refuse, and serve one connection (in its own
         thread; ``serve`` counted it as pending)."""
         source = _source(sock)
@@ -950,7 +963,7 @@ class EnclaveManager:
         finally:
             no_longer_pending()
 
-    def _too_many_pending(self, sock) -> bool:  # type: ignore[no-untyped-def]
+    def _too_many_pending(self, sock: socket.socket) -> bool:
         """Whether to drop a new connection before its handshake: no more
         than MAX_PENDING in all, PENDING_PER_SOURCE from one uid or host."""
         source = _source(sock)
@@ -962,7 +975,7 @@ class EnclaveManager:
             self._pending_from[source] = self._pending_from.get(source, 0) + 1
             return False
 
-    def _accept(self, sock, family: str,  # type: ignore[no-untyped-def]
+    def _accept(self, sock: socket.socket, family: str,
                 decided: Callable[[], None]) -> None:
         uid = peer_uid(sock) if family == "unix" else None
         stream = TlsStream(sock, self.identity.context, server_side=True,

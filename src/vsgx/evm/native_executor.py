@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
@@ -49,6 +49,7 @@ from vsgx.errors import VsgxError
 from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.executor import (
+    REG_COUNT,
     RFLAGS,
     RIP,
     ExecutorCapability,
@@ -153,7 +154,7 @@ _INTERRUPT_SEQ_AT = COMMAND.offset("interrupt_seq")
 _FAST_INSIDE = struct.Struct("<II Q")  # fast_inside, fast_handed_over, fast_entry_epoch
 _FAST_INSIDE_AT = REPORT.offset("fast_inside")
 _FAULT_CLIENT_SLOT_AT = REPORT.offset("fault_client_slot")
-_EXIT = struct.Struct(f"<{layout.REG_COUNT}QIIQII")  # struct vsgx_fast_exit
+_EXIT = struct.Struct(f"<{REG_COUNT}QIIQII")  # struct vsgx_fast_exit
 # vsgx_fast_client.h's results
 FAST_EEXIT, FAST_AEX, FAST_REFUSED, FAST_HANDED_OVER, FAST_NEED_PAGE = 1, 2, 3, 4, 5
 FAST_CLOSED, FAST_LOST, FAST_BUSY = 6, 7, 8
@@ -218,13 +219,15 @@ def _check_entry_object(path: Path) -> None:
     address the linker script defines."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.relocation import RelocationSection
+    from elftools.elf.sections import SymbolTableSection
 
     with path.open("rb") as f:
         elf = ELFFile(f)
         names = [s.name for s in elf.iter_sections()]
         symbols = elf.get_section_by_name(".symtab")
         relocations = elf.get_section_by_name(".rela.text.vsgx_entry")
-        if not isinstance(relocations, RelocationSection) or symbols is None:
+        if (not isinstance(relocations, RelocationSection)
+                or not isinstance(symbols, SymbolTableSection)):
             raise NativeUnavailable("the runner's entry section is missing")
         for relocation in relocations.iter_relocations():
             symbol = symbols.get_symbol(relocation["r_info_sym"])
@@ -436,7 +439,7 @@ class EnclaveStateProbe:
         self.memory.close()
 
 
-class InsideMap(dict):
+class InsideMap(dict[int, int]):
     """``EnclaveState.inside`` once native runners may enter on their own:
     the threads that entered through the EVM (the dict itself) and those a
     runner says entered by the fast path. Every read looks at the runners
@@ -582,10 +585,10 @@ class NativeExecutor:
         self._raw = bytes(_REPORT_COPY)  # the last report, as copied
         self._base, self._size, self._view = encl.base, encl.size, encl.memory.view
         self._ops: list[tuple[int, int, int, int]] = []
-        self._registers: list[int] = [0] * layout.REG_COUNT
+        self._registers: list[int] = [0] * REG_COUNT
         self._pending_fpu: bytes | None = None
         # page -> [slot, snapshot, writable]
-        self._mapped: dict[int, list] = {}
+        self._mapped: dict[int, list[Any]] = {}
         self._free_slots = list(range(POOL_SLOTS - 1, -1, -1))
         self._source: tuple[object, int] | None = None
         self.fast_path = FAST_PATH and self.fast_path_allowed
@@ -652,7 +655,7 @@ class NativeExecutor:
     def last_report(self) -> Report:
         """The last report as the runner wrote it (for tests and errors)."""
         values = layout.REPORT_STOP.unpack_from(self._raw, 0)
-        return Report(*values[1:10], list(values[10:]), self._raw[_FPU_AT:])
+        return Report._make((*values[1:10], list(values[10:]), self._raw[_FPU_AT:]))
 
     def _kill(self) -> None:
         if self.process.poll() is None:
@@ -770,7 +773,7 @@ class NativeExecutor:
         self._free_slots.append(slot)
         self._ops.append((layout.OP_UNMAP, page, PAGE_SIZE, 0))
 
-    def _write_back(self, untrusted: UntrustedMemory, page: int, entry: list) -> None:
+    def _write_back(self, untrusted: UntrustedMemory, page: int, entry: list[Any]) -> None:
         slot, snapshot, writable = entry
         current = bytes(self._slot_view(slot))
         if writable and current != snapshot:
@@ -1169,7 +1172,7 @@ class FastClient:
         lib, c, out = self._lib, self._c, self._out_address
         code = lib.vsgx_fast_enter(c, request, layout.REGISTERS.pack(*registers), return_rip,
                                    out)
-        share = untrusted.share  # type: ignore[attr-defined]
+        share = untrusted.share
         while code == FAST_NEED_PAGE:
             page = lib.vsgx_fast_wanted(c)
             shared = share(page)
@@ -1184,7 +1187,7 @@ class FastClient:
             self._executor._kill()
             raise RunnerLost(f"the runner of TCS {self._executor.tcs:#x} stopped answering "
                              "and was killed")
-        return code
+        return int(code)
 
     def exit_registers(self) -> list[int]:
         return list(layout.REGISTERS.unpack_from(self._out, 0))

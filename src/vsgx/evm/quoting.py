@@ -198,7 +198,7 @@ PCE_IDENTITY = EnclaveIdentity(
 # The same key-derivation table as the leaf (vsgx.evm.key_derivation), read
 # for an identity instead of a live SECS: no second copy of the rules.
 def _egetkey(machine: Machine, identity: EnclaveIdentity, request: Keyrequest) -> bytes:
-    key = key_derivation.derive(machine, identity, request)  # type: ignore[arg-type]
+    key = key_derivation.derive(machine, identity, request)
     if isinstance(key, SgxError):
         raise VsgxError(f"EGETKEY for the {request.keyname} key refused it: {key.name}")
     return key

@@ -20,6 +20,7 @@ renews it. The Unicorn executor has no such path: every entry comes here.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -450,12 +451,12 @@ class EnclaveThread:
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
         return stop
 
-    def _take_turn(self, lock: object) -> None:
+    def _take_turn(self, lock: threading.Lock | _NoLock) -> None:
         """Wait for the enclave's engine lock, asking whoever runs to yield
         — again and again, since a request can land just before that thread
         starts its engine and be lost."""
-        while not lock.acquire(timeout=_PREEMPT_AFTER):  # type: ignore[attr-defined]
-            runner = cast("ThreadExecutor | None", self.encl.running)
+        while not lock.acquire(timeout=_PREEMPT_AFTER):
+            runner = self.encl.running
             if runner is not None and runner is not self.executor:
                 runner.request_stop()
 

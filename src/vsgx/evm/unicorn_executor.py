@@ -98,7 +98,7 @@ class UnicornExecutor:
         # ELRANGE is mapped from the enclave's memory a chunk at a time, on
         # first touch (one region for a whole 32 GiB ELRANGE would cost a
         # second to unmap), with all rights: the TLB hook gives the rights.
-        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]  # unicorn >= 2.1, its stubs lag
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)  # type: ignore[attr-defined]  # see pyproject
         self.chunks: set[int] = set()
         self.chunk_size = min(_CHUNK, encl.size)
         # pages whose code the engine may have translated (granted X)
@@ -114,10 +114,10 @@ class UnicornExecutor:
         self.interrupt_requested = False
         self.untrusted: UntrustedMemory | None = None
         # page -> (snapshot, buffer, ctypes array keeping the buffer pinned)
-        self.untrusted_pages: dict[int, tuple[bytes, bytearray, ctypes.Array]] = {}
+        self.untrusted_pages: dict[int, tuple[bytes, bytearray, ctypes.Array[ctypes.c_char]]] = {}
         # pages of an in-process address space mapped in place, kept across
         # entries while (source, generation) is unchanged
-        self.shared_pages: dict[int, ctypes.Array] = {}
+        self.shared_pages: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self.shared_source: tuple[object, int] | None = None
         self.closed = False
         self._regs = (ctypes.c_int * REG_COUNT)(*_UC_REGS)
@@ -501,11 +501,11 @@ def _abridged_tag(full: int) -> int:
     return sum(1 << i for i in range(8) if (full >> (2 * i)) & 3 != 3)
 
 
-def _st_bytes(value: object) -> bytes:
+def _st_bytes(value: int | tuple[int, int]) -> bytes:
     if isinstance(value, tuple):
         mantissa, exponent = value
         return int(mantissa).to_bytes(8, "little") + int(exponent).to_bytes(2, "little")
-    return int(value).to_bytes(10, "little")  # type: ignore[call-overload]
+    return int(value).to_bytes(10, "little")
 
 
 class UnicornExecutorFactory:

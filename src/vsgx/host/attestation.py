@@ -21,7 +21,7 @@ is in this process).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 from vsgx.crypto.quote import QuoteResult
 from vsgx.errors import VsgxError
@@ -29,14 +29,32 @@ from vsgx.errors import VsgxError
 _CALLS = ("qe_init", "qe_target_info", "qe_quote_size", "quote", "quote_ex", "launch_token")
 
 
-def attestation_backend(evm: Any = None) -> Any:
+class AttestationBackend(Protocol):
+    """The calls (``_CALLS``) of what ``attestation_backend`` returns; an EVM
+    over the channel has them itself."""
+
+    def qe_init(self) -> tuple[bytes, bytes]: ...
+    def qe_target_info(self) -> bytes: ...
+    def qe_quote_size(self) -> int: ...
+    def quote(self, report: bytes) -> bytes: ...
+    def quote_ex(self, report: bytes, qe_report_info: bytes | None = None, snp: bool = False
+                 ) -> QuoteResult: ...
+    def launch_token(self, mrenclave: bytes, modulus: bytes, attributes: int, xfrm: int
+                     ) -> bytes: ...
+
+
+def _answers_quoting(evm: object) -> TypeGuard[AttestationBackend]:
+    return all(hasattr(evm, name) for name in _CALLS)
+
+
+def attestation_backend(evm: Any = None) -> AttestationBackend:
     """What quotes for ``evm``: the EVM itself when it answers quoting
     requests (an EVM over the channel), else a wrapper around the quoting
     and launch enclaves of an EVM in this process."""
-    from vsgx.evm.vm import EnclaveVM
+    from vsgx.evm import EnclaveVM
     from vsgx.host.enclave import Avm, Enclave, connect
 
-    if all(hasattr(evm, name) for name in _CALLS):
+    if _answers_quoting(evm):
         return evm
     if isinstance(evm, EnclaveVM):
         return LocalBackend(evm)
@@ -45,7 +63,7 @@ def attestation_backend(evm: Any = None) -> Any:
     if not isinstance(evm, Avm):
         evm = connect(evm)
     target = evm.link  # the session: in this process too, quotes go through it
-    if all(hasattr(target, name) for name in _CALLS):
+    if _answers_quoting(target):
         return target  # an EVM that answers quoting requests itself (over the channel)
     target = evm.evm
     if isinstance(target, EnclaveVM):
@@ -57,8 +75,7 @@ class LocalBackend:
     """The quoting and launch enclaves of an EVM in this process."""
 
     def __init__(self, vm: Any):
-        from vsgx.evm.launch import launch_enclave
-        from vsgx.evm.quoting import quoting_enclave
+        from vsgx.evm import launch_enclave, quoting_enclave
 
         self.vm = vm
         self.qe = quoting_enclave(vm)

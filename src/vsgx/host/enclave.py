@@ -31,9 +31,7 @@ from typing import Any
 
 from vsgx.arch.constants import PAGE_SIZE, Enclu, ExitKind
 from vsgx.arch.errors import Fault
-from vsgx.avm.driver import DriverEnclave, EnclaveLost, SgxDriver
-from vsgx.avm.loader import load_plan
-from vsgx.avm.memory import AddressSpace
+from vsgx.avm import AddressSpace, DriverEnclave, EnclaveLost, SgxDriver, load_plan
 from vsgx.errors import VsgxError
 from vsgx.image import BuildPlan, plan_from_bytes
 
@@ -61,7 +59,7 @@ class Exit:
         return self.kind is ExitKind.AEX
 
     def __getattr__(self, name: str) -> int:
-        registers = self.__dict__.get("registers", {})
+        registers: dict[str, int] = self.__dict__.get("registers", {})
         if name in registers:
             return registers[name]
         raise AttributeError(name)
@@ -82,7 +80,7 @@ def local_manager(vm: Any, *, session_epc_pages: int | None = None) -> Any:
     EnclaveVM), made on first use. Its sessions get ``session_epc_pages``
     of EPC each; by default one session gets all of it (an in-process EVM
     serves one application unless told otherwise)."""
-    from vsgx.evm.manager import EnclaveManager
+    from vsgx.evm import EnclaveManager
 
     with _managers_lock:
         manager = _managers.get(vm)
@@ -97,7 +95,7 @@ def local_manager(vm: Any, *, session_epc_pages: int | None = None) -> Any:
 
 
 def _is_vm(evm: Any) -> bool:
-    from vsgx.evm.vm import EnclaveVM
+    from vsgx.evm import EnclaveVM
 
     return isinstance(evm, EnclaveVM)
 
@@ -108,7 +106,7 @@ class _SharedDriver:
 
     def __init__(self, evm: Any):
         if _is_vm(evm):
-            from vsgx.avm.remote import RemoteEvm
+            from vsgx.avm import RemoteEvm
 
             self.link: Any = RemoteEvm(local_manager(evm).open_local())
         else:
@@ -228,7 +226,7 @@ def default_avm() -> Avm:
     global _default_avm
     with _default_lock:
         if _default_avm is None:
-            from vsgx.evm.vm import EnclaveVM
+            from vsgx.evm import EnclaveVM
 
             _default_avm = Avm(EnclaveVM())
         return _default_avm
@@ -318,7 +316,9 @@ class Enclave:
             self._free_tcs.append(tcs)
             self._tcs_lock.notify()
 
-    def _registers(self, tcs: int, values: dict[str, int]) -> list[int]:
+    def entry_registers(self, tcs: int, values: dict[str, int]) -> list[int]:
+        """The registers an entry on ``tcs`` starts with: ``values`` (by
+        name), RBX = the TCS, RCX = the AEP, the AVM's stack, RFLAGS.IF."""
         registers = [0] * len(REGISTERS)
         registers[_INDEX["rsp"]] = registers[_INDEX["rbp"]] = self.avm.stack_top()
         registers[_INDEX["rflags"]] = 0x202
@@ -350,16 +350,16 @@ class Enclave:
         given registers (rdi, rsi, rdx, r8, r9, ...). Faults of the ENCLU
         itself (a busy TCS, CSSA == NSSA) raise ``Fault``."""
         if tcs is not None:
-            return self._enter(Enclu.EENTER, tcs, self._registers(tcs, registers))
+            return self._enter(Enclu.EENTER, tcs, self.entry_registers(tcs, registers))
         chosen = self.acquire_tcs()
         try:
-            return self._enter(Enclu.EENTER, chosen, self._registers(chosen, registers))
+            return self._enter(Enclu.EENTER, chosen, self.entry_registers(chosen, registers))
         finally:
             self.release_tcs(chosen)
 
     def eresume(self, tcs: int, **registers: int) -> Exit:
         """ERESUME a TCS after an AEX."""
-        return self._enter(Enclu.ERESUME, tcs, self._registers(tcs, registers))
+        return self._enter(Enclu.ERESUME, tcs, self.entry_registers(tcs, registers))
 
     # -- SGX2 and page management, as the driver's ioctls ----------------------
     def restrict_permissions(self, address: int, length: int, permissions: int) -> int:

@@ -94,7 +94,7 @@ def _parsing(what: str) -> Iterator[None]:
         raise
     except (ELFError, ValueError, IndexError, KeyError, OverflowError, TypeError,
             AttributeError, UnicodeDecodeError, EOFError, AssertionError) as exc:
-        raise ImageError(f"malformed ELF ({what}): {exc or type(exc).__name__}") from None
+        raise ImageError(f"malformed ELF ({what}): {str(exc) or type(exc).__name__}") from None
     except Exception as exc:  # pyelftools' construct layer raises its own types
         raise ImageError(f"malformed ELF ({what}): {type(exc).__name__}: {exc}") from None
 

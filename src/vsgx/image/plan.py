@@ -11,6 +11,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, TypeVar
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
 from vsgx.arch.cpuid import SgxCpuid
@@ -18,6 +19,8 @@ from vsgx.arch.pageinfo import Secinfo
 from vsgx.arch.sigstruct import Sigstruct
 from vsgx.crypto.measurement import MrEnclave
 from vsgx.errors import ImageError
+
+V = TypeVar("V")
 
 # Work a plan may ask for, checked before anything is hashed or loaded: real
 # signed enclaves add up to 2^23 pages (32 GiB, mostly unmeasured heap) and
@@ -160,7 +163,30 @@ class BuildPlan:
         return mr.digest()
 
 
-class PageRunSet:
+class _Run(Generic[V]):
+    """One run of a PageRunSet: its pages, its value, which pages are live."""
+
+    __slots__ = ("count", "live", "remaining", "start", "value")
+
+    def __init__(self, start: int, count: int, value: V) -> None:
+        self.start = start
+        self.count = count
+        self.value = value
+        self.live: bytearray | None = None      # None: all pages are still deferred
+        self.remaining = count
+
+    def end(self) -> int:
+        return self.start + self.count * PAGE_SIZE
+
+    def live_between(self, start: int, end: int) -> bool:
+        first = max(0, (start - self.start) // PAGE_SIZE)
+        last = min(self.count, (end - self.start + PAGE_SIZE - 1) // PAGE_SIZE)
+        if first >= last:
+            return False
+        return self.live is None or self.live.find(1, first, last) >= 0
+
+
+class PageRunSet(Generic[V]):
     """Pages of runs that are added but not yet given memory of their own:
     the uniform runs whose EPC residency the EVM and the driver defer.
 
@@ -175,98 +201,89 @@ class PageRunSet:
 
     def __init__(self) -> None:
         self._starts: list[int] = []
-        # [start, count, value, live pages (None: all of them), live count]
-        self._runs: list[list] = []
+        self._runs: list[_Run[V]] = []
         self._live = 0
 
     def __len__(self) -> int:
         """The number of pages still deferred."""
         return self._live
 
-    def _run_at(self, page: int) -> list | None:
+    def _run_at(self, page: int) -> _Run[V] | None:
         index = bisect.bisect_right(self._starts, page) - 1
         if index < 0:
             return None
         run = self._runs[index]
-        return run if page < run[0] + run[1] * PAGE_SIZE else None
+        return run if page < run.end() else None
 
-    def _overlapping(self, start: int, end: int) -> list[list]:
+    def _overlapping(self, start: int, end: int) -> list[_Run[V]]:
         index = max(0, bisect.bisect_right(self._starts, start) - 1)
         found = []
-        while index < len(self._runs) and self._runs[index][0] < end:
+        while index < len(self._runs) and self._runs[index].start < end:
             run = self._runs[index]
-            if run[0] + run[1] * PAGE_SIZE > start:
+            if run.end() > start:
                 found.append(run)
             index += 1
         return found
 
-    @staticmethod
-    def _live_between(run: list, start: int, end: int) -> bool:
-        first = max(0, (start - run[0]) // PAGE_SIZE)
-        last = min(run[1], (end - run[0] + PAGE_SIZE - 1) // PAGE_SIZE)
-        if first >= last:
-            return False
-        return run[3] is None or run[3].find(1, first, last) >= 0
-
     def overlaps(self, start: int, count: int) -> bool:
         """True when a page of [start, start + count pages) is still deferred."""
         end = start + count * PAGE_SIZE
-        return any(self._live_between(run, start, end) for run in self._overlapping(start, end))
+        return any(run.live_between(start, end) for run in self._overlapping(start, end))
 
-    def add(self, start: int, count: int, value: object) -> None:
+    def add(self, start: int, count: int, value: V) -> None:
         if start % PAGE_SIZE or count <= 0:
             raise ValueError("a deferred run must be page aligned and non-empty")
         if self.overlaps(start, count):
             raise ValueError(f"pages at {start:#x} are already deferred")
         index = bisect.bisect_right(self._starts, start)
         self._starts.insert(index, start)
-        self._runs.insert(index, [start, count, value, None, count])
+        self._runs.insert(index, _Run(start, count, value))
         self._live += count
 
-    def get(self, page: int) -> object | None:
+    def get(self, page: int) -> V | None:
         """The value of a deferred page, or None."""
         run = self._run_at(page)
         if run is None:
             return None
-        if run[3] is not None and not run[3][(page - run[0]) // PAGE_SIZE]:
+        if run.live is not None and not run.live[(page - run.start) // PAGE_SIZE]:
             return None
-        return run[2]
+        return run.value
 
-    def take(self, page: int) -> object | None:
+    def take(self, page: int) -> V | None:
         """Stop deferring ``page``: its value, or None if it was not deferred."""
         run = self._run_at(page)
         if run is None:
             return None
-        index = (page - run[0]) // PAGE_SIZE
-        if run[3] is None:
-            run[3] = bytearray(b"\x01") * run[1]
-        elif not run[3][index]:
+        index = (page - run.start) // PAGE_SIZE
+        if run.live is None:
+            run.live = bytearray(b"\x01") * run.count
+        elif not run.live[index]:
             return None
-        run[3][index] = 0
-        run[4] -= 1
+        run.live[index] = 0
+        run.remaining -= 1
         self._live -= 1
-        if run[4] == 0:
+        if run.remaining == 0:
             position = self._runs.index(run)
             del self._runs[position]
             del self._starts[position]
-        return run[2]
+        return run.value
 
-    def values_in(self, start: int, count: int) -> list[object]:
+    def values_in(self, start: int, count: int) -> list[V]:
         """The values of the runs with deferred pages in the range."""
         end = start + count * PAGE_SIZE
-        return [run[2] for run in self._overlapping(start, end)
-                if self._live_between(run, start, end)]
+        return [run.value for run in self._overlapping(start, end)
+                if run.live_between(start, end)]
 
     def pages_in(self, start: int, count: int) -> Iterator[int]:
         """The deferred pages of the range, in address order."""
         end = start + count * PAGE_SIZE
         for run in self._overlapping(start, end):
-            first = max(0, (start - run[0]) // PAGE_SIZE)
-            last = min(run[1], (end - run[0] + PAGE_SIZE - 1) // PAGE_SIZE)
-            live = run[3]
+            first = max(0, (start - run.start) // PAGE_SIZE)
+            last = min(run.count, (end - run.start + PAGE_SIZE - 1) // PAGE_SIZE)
+            live = run.live
             for index in range(first, last):
                 if live is None or live[index]:
-                    yield run[0] + index * PAGE_SIZE
+                    yield run.start + index * PAGE_SIZE
 
     def clear(self) -> None:
         self._starts.clear()

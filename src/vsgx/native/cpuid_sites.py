@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from vsgx.errors import VsgxError
 
@@ -37,7 +38,7 @@ class FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _disassembler():  # type: ignore[no-untyped-def]
+def _disassembler() -> Any:  # a capstone.Cs (capstone has no type information)
     try:
         import capstone
     except ImportError:

@@ -28,7 +28,7 @@ from vsgx.arch.constants import ExitKind as EnclaveExitKind
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault
 from vsgx.arch.sigstruct import SIGSTRUCT_SIZE
-from vsgx.avm.driver import DriverError, EnclaveLost
+from vsgx.avm import DriverError, EnclaveLost
 from vsgx.avm.uapi import (
     SGX_IOC_DCAP_INIT,
     SGX_IOC_ENCLAVE_ADD_PAGES,
@@ -94,7 +94,7 @@ class ProgramMemory:
         self._local.pages = pages
 
     def _pick(self) -> Channel | None:
-        mine = getattr(self._local, "channel", None)
+        mine: Channel | None = getattr(self._local, "channel", None)
         with self._lock:
             if mine is not None and mine in self._waiting:
                 return mine
@@ -104,7 +104,7 @@ class ProgramMemory:
         self._local.channel = channel
 
     def fetch(self, page: int) -> tuple[bytes, bool] | None:
-        pages = getattr(self._local, "pages", None)
+        pages: dict[int, tuple[bytes, bool] | None] | None = getattr(self._local, "pages", None)
         if pages and page in pages:
             return pages.pop(page)
         for _ in range(3):

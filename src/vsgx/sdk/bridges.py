@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vsgx.avm import AddressSpace
 from vsgx.sdk import status as st
 from vsgx.sdk.ctypes_sysv import (
     Field,
@@ -44,7 +45,7 @@ class UntrustedView:
     """What an OCALL's sizefunc sees: the untrusted memory the pointer
     designates, read on demand (``view[0:4]``, ``view[8]``, ``view.read(o, n)``)."""
 
-    def __init__(self, memory: Any, address: int):
+    def __init__(self, memory: AddressSpace, address: int):
         self.memory = memory
         self.address = address
 
@@ -76,7 +77,7 @@ def _struct_format(layout: MsLayout, fields: list[Field] | None = None) -> str:
     return "".join(parts)
 
 
-class _BufferSpec:
+class BufferSpec:
     """How many bytes a checked pointer designates (edger8r gen_ptr_size):
     a foreign array's sizeof; an array's dimensions; a string's length;
     otherwise size= (or, SDK 1.x, the sizefunc's result) or sizeof(*p),
@@ -171,7 +172,7 @@ def check_function(function: Function, types: TypeSystem) -> None:
         ms_layout(function, types)
         for param in function.params:
             if param.checked_pointer:
-                _BufferSpec(function, param, types)
+                BufferSpec(function, param, types)
     except UnknownTypeError as exc:
         raise UnknownTypeError(exc.type_name, exc.hint, what) from None
     except EdlError as exc:
@@ -205,7 +206,7 @@ class EcallProxy:
         self.sizefuncs = sizefuncs if sizefuncs is not None else {}
         self.params = function.params
         self.index = {p.name: i for i, p in enumerate(self.params)}
-        self.specs = {p.name: _BufferSpec(function, p, types) for p in self.params
+        self.specs = {p.name: BufferSpec(function, p, types) for p in self.params
                       if p.checked_pointer}
         self.retval = self.layout.field("retval") if any(
             f.name == "retval" for f in self.layout.fields) else None
@@ -376,7 +377,7 @@ class EcallProxy:
             return None
         return results[0] if len(results) == 1 else tuple(results)
 
-    def _measure(self, spec: _BufferSpec, data: bytes | None,
+    def _measure(self, spec: BufferSpec, data: bytes | None,
                  value_of: Callable[[str], int]) -> Callable[[], int] | None:
         """SDK 1.x [sizefunc=f]: the trusted bridge runs f on the buffer; here
         the untrusted side's f (``sizefuncs``) measures the caller's bytes,
@@ -402,7 +403,7 @@ class EcallProxy:
                                 f"{size!r} × {count} bytes, {len(data)} given")
         return lambda: size
 
-    def _infer(self, spec: _BufferSpec, length: int, values: list[Any]) -> None:
+    def _infer(self, spec: BufferSpec, length: int, values: list[Any]) -> None:
         def known(reference: str | None, default: int) -> int | None:
             if reference is None:
                 return default
@@ -423,7 +424,7 @@ class EcallProxy:
             if size:
                 values[self.index[count_ref]] = length // size
 
-    def _input_bytes(self, spec: _BufferSpec, value: Any) -> bytes | None:
+    def _input_bytes(self, spec: BufferSpec, value: Any) -> bytes | None:
         param = spec.param
         if value is None or not param.direction_in:
             return None
@@ -483,7 +484,7 @@ class EcallProxy:
         self.memory.write(ms, bytes(buffer))
         return ms
 
-    def _decode_output(self, spec: _BufferSpec, address: int, length: int) -> Any:
+    def _decode_output(self, spec: BufferSpec, address: int, length: int) -> Any:
         data = self.memory.read(address, length)
         if spec.string:
             end = data.find(b"\0" * spec.char_size)
@@ -510,7 +511,7 @@ class OcallBridge:
     ``propagate_errno``, an ``OSError`` becomes the enclave's errno and the
     return value -1."""
 
-    def __init__(self, memory: Any, function: Function, types: TypeSystem,
+    def __init__(self, memory: AddressSpace, function: Function, types: TypeSystem,
                  handler: Callable[..., Any], sizefuncs: dict[str, SizeFunc] | None = None):
         self.memory = memory
         self.function = function
@@ -529,7 +530,7 @@ class OcallBridge:
         except EdlError as exc:
             raise st.OcallError(str(exc)) from None
         self.layout = ms_layout(function, types)
-        self.specs = {p.name: _BufferSpec(function, p, types) for p in function.params
+        self.specs = {p.name: BufferSpec(function, p, types) for p in function.params
                       if p.checked_pointer}
         self.format = _struct_format(self.layout) if self.layout.size else ""
         self.names = [f.name for f in self.layout.fields]

@@ -28,7 +28,7 @@ from typing import Any
 
 from vsgx.arch.constants import Enclu, ExitKind
 from vsgx.arch.errors import Fault
-from vsgx.avm.driver import EnclaveLost
+from vsgx.avm import EnclaveLost
 from vsgx.errors import VsgxError
 from vsgx.host.enclave import REGISTERS
 from vsgx.host.enclave import Enclave as RawEnclave
@@ -92,6 +92,11 @@ class Urts:
         if context is None:
             context = self._local.context = _ThreadContext()
         return context
+
+    @property
+    def bound_tcs(self) -> int | None:
+        """The TCS this thread keeps between ECALLs (the bind policy), or None."""
+        return self._context().tcs
 
     def take_tcs(self) -> int | None:
         """A free TCS, or None (after collecting those of exited threads)."""
@@ -199,7 +204,7 @@ class Urts:
             if result.kind is ExitKind.AEX:
                 if exception_depth >= MAX_EXCEPTION_DEPTH:
                     return st.SGX_ERROR_ENCLAVE_CRASHED
-                registers = result.registers
+                registers: list[int] = result.registers
                 status = self._run(tcs, ECMD_EXCEPT, 0, registers[RSP], context,
                                    exception_depth + 1)
                 if status != st.SGX_SUCCESS:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from typing import cast
 
 from vsgx.arch.constants import (
     PAGE_SHIFT,
@@ -136,7 +135,7 @@ def etrack(m: Machine, secs_page: int) -> SgxError:
                                                            "tracking_incomplete")
 
 
-def _va_slot(m: Machine, slot: int) -> tuple[array, int]:
+def _va_slot(m: Machine, slot: int) -> tuple[array[int], int]:
     if slot & _SLOT_MASK:
         raise gp("the VA slot is not 8-byte aligned", "va_slot_alignment")
     page = slot & ~PAGE_OFFSET_MASK
@@ -409,7 +408,7 @@ def eldu_deferred(m: Machine, epc_page: int, secs_page: int, linaddr: int) -> No
     taken = encl.deferred.take(linaddr)
     if taken is None:
         raise gp(f"no deferred page at {linaddr:#x}", "not_deferred")
-    flags, fill = cast(tuple[int, int], taken)
+    flags, fill = taken
     assert encl.memory is not None
     encl.memory.fill(linaddr - encl.base, 1, fill.to_bytes(4, "little") * (PAGE_SIZE // 4))
     give_pages(encl, [entry], linaddr, flags)

@@ -36,7 +36,7 @@ def eremove(m: Machine, epc_page: int) -> SgxError:
         return m.refuse(SgxError.ENCLAVE_ACT, "enclave_active")
     thread = owner.threads.pop(entry.linaddr, None)
     if thread is not None:
-        thread.close()  # type: ignore[attr-defined]
+        thread.close()
     detach(owner, entry)
     return SgxError.SUCCESS
 
