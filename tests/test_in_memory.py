@@ -207,3 +207,24 @@ def test_executors_declare_what_they_can_do(make_vm):
             answer(0x1000, [0x1000])
     else:
         assert answer(0x1000, [0x1000]) is None
+
+
+def test_an_in_process_evm_goes_when_its_last_avm_closes(make_vm, plain_enclave):
+    """Its manager and sessions hang off the VM itself: nothing keyed by the
+    VM keeps it alive once the application side is gone."""
+    import gc
+    import weakref
+
+    vm = make_vm()
+    avm = Avm(vm)
+    enclave = Enclave.load(plain_enclave.signed, evm=avm)
+    assert enclave.eenter(rdi=0, rsi=4).rsi == 8  # the plain enclave's double op
+    assert vm.local_sessions is local_manager(vm)
+    gone = weakref.ref(vm)
+    avm.close()
+    del vm, avm, enclave
+    for thread in threading.enumerate():  # the session's slice is cleared aside
+        if thread.name == "session cleanup":
+            thread.join(timeout=10)
+    gc.collect()
+    assert gone() is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vsgx.arch.constants import PAGE_SIZE, PageType
 from vsgx.arch.cpuid import SgxCpuid
@@ -26,6 +27,9 @@ from vsgx.evm.machine import Machine
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
 from vsgx.evm.thread import EnclaveExit, EnclaveThread
 from vsgx.evm.unicorn_executor import UnicornExecutorFactory
+
+if TYPE_CHECKING:  # the manager imports this module
+    from vsgx.evm.manager import EnclaveManager
 
 EXECUTORS = ("native", "unicorn")
 # mprotect() ranges up to this many pages are named page by page to the
@@ -72,6 +76,9 @@ class EnclaveVM:
         self._tracks_access = ExecutorCapability.TRACKS_ACCESS in executor.capabilities
         # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
         self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+        # The manager of this process's sessions of it (vsgx.host.local_manager):
+        # held here, not in a map keyed by this VM, so the two go together.
+        self.local_sessions: EnclaveManager | None = None
 
     @property
     def config(self) -> PlatformConfig:

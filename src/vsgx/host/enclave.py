@@ -71,7 +71,6 @@ class Exit:
                 f"address {self.address:#x}")
 
 
-_managers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _managers_lock = threading.Lock()
 
 
@@ -83,11 +82,11 @@ def local_manager(vm: Any, *, session_epc_pages: int | None = None) -> Any:
     from vsgx.evm import EnclaveManager
 
     with _managers_lock:
-        manager = _managers.get(vm)
+        manager = vm.local_sessions
         if manager is None:
             manager = EnclaveManager(vm, session_epc_pages=session_epc_pages
                                      or vm.config.epc_pages)
-            _managers[vm] = manager
+            vm.local_sessions = manager
         elif session_epc_pages is not None and session_epc_pages != manager.session_pages:
             raise VsgxError(f"this EVM already serves sessions of {manager.session_pages} EPC "
                             f"pages, not {session_epc_pages}")
