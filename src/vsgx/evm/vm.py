@@ -315,8 +315,8 @@ class EnclaveVM:
         thread = self._thread(secs_page, tcs)
         executor = thread.fast
         if executor is None:
-            raise VsgxError(f"TCS {tcs:#x} has no fast path (its executor is "
-                            f"{thread.executor.name})")
+            raise VsgxError(f"TCS {tcs:#x} has no fast path (its executor is not the "
+                            "native one)")
         return executor.client_files()
 
     def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
