@@ -24,6 +24,7 @@ import math
 import os
 import secrets
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -278,6 +279,9 @@ class ClientFileOffers:
         self._offers: dict[bytes, tuple[tuple[int, ...], int, float]] = {}
         self._lock = threading.Lock()
         if os.path.lexists(path):
+            # A stale socket of an earlier EVM goes; anything else stays.
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
             os.unlink(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)
