@@ -180,7 +180,7 @@ def test_urts_style_host_runs_the_sdk_sample(programs, sdk_enclave, executor, tm
 
 
 FAST_STATS = re.compile(r"fast path: (\d+) entries, (\d+) handed over, (\d+) refused, "
-                        r"(\d+) TCS attached")
+                        r"(\d+) TCS attached[^\n]*")
 
 
 def run_urts_host(programs, sdk_enclave, tmp_path, env_extra: dict[str, str]

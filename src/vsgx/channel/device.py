@@ -18,6 +18,8 @@ the launcher registers a *thread* socket with THREAD on the session socket;
 requests and their replies go over it, strictly one at a time. While a
 thread waits for a reply, the launcher may ask it for pages of the program's
 memory (PAGE_FETCH, PAGE_WRITEBACK): the EVM's untrusted-memory requests.
+FAST_FILES, the reply to FAST_ATTACH, carries the TCS runner's CLIENT area
+and page pool (SCM_RIGHTS) for the library's fast path.
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ them waits for a reply (an entry, an ioctl), the launcher relays the EVM's
 PAGE_FETCH and PAGE_WRITEBACK to it and it copies from or into its own
 address space. Any waiting thread of the process can answer for any entry:
 they share the address space.
+
+With an EVM on this host, most entries do not come here: the library asks
+once per TCS for the runner's files (FAST_ATTACH; the EVM hands them out on
+its side socket, the launcher passes them on with SCM_RIGHTS) and enters
+the runner itself; an entry the runner hands over to the EVM comes back
+here as CONTINUE.
 """
 
 from __future__ import annotations
