@@ -179,7 +179,7 @@ MESSAGES: dict[Msg, Message] = {m.msg: m for m in (
     _m(Msg.SITES, "count:u32", "reserved:u32",
        payload="count u64 link-time addresses of CPUID instructions"),
     _m(Msg.FAST_ATTACH, "file:u64", "tcs:u64"),
-    _m(Msg.FAST_FILES, "client_size:u64", "pool_offset:u64", "pool_size:u64"),
+    _m(Msg.FAST_FILES),  # status; the two files go with it
     _m(Msg.CONTINUE, "file:u64", "tcs:u64", "aep:u64", "fsbase:u64", "gsbase:u64"),
     _m(Msg.PAGE_FETCH, "address:u64"),
     _m(Msg.PAGE, "address:u64", "state:u32", "reserved:u32",
