@@ -13,10 +13,10 @@ executor. Measured in the program, in the same run:
 * creating a 16 MiB, 10-TCS SDK enclave (probe, CREATE, one ADD_PAGES per
   page, INIT, the mappings, ECMD_INIT_ENCLAVE), first and second time.
 
-Entries under ``vsgx exec`` still go through the launcher and the EVM
-process (the injected library does not use the runner's fast path yet:
-runner/client.c is only built for the in-process host); sdk.py measures the
-fast path.
+Each twice: through the fast path (the injected library enters the TCS's
+runner itself over shared memory) and through the launcher and the EVM
+process (``VSGX_EXEC_FAST=0``, the baseline); the library's count of fast
+entries is printed with them.
 
     python benchmarks/exec.py [--count 2000] [--executor native]
 """
@@ -36,7 +36,7 @@ from common import bar_plot, cpu_hog, floors, print_table, save, summary_us
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_exec import PROGRAMS, compile_program, write_plan  # noqa: E402
+from test_exec import FAST_STATS, PROGRAMS, compile_program, write_plan  # noqa: E402
 from vsgx.crypto import generate_signing_key  # noqa: E402
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave  # noqa: E402
 from vsgx.samples import HELLO_DIR, build_sample  # noqa: E402
@@ -91,21 +91,29 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         creates: list[float] = []
         steps: list[dict[str, float]] = []
+        fast_counts: dict[str, str] = {}
         for load in ("quiet", "CPU hog"):
             with contextlib.ExitStack() as stack:
                 if load != "quiet":
                     stack.enter_context(cpu_hog())
                 for name, stats in floors(work, args.count).items():
                     results[f"{name} ({load})"] = stats
-                run = subprocess.run([sys.executable, "-m", "vsgx", "exec", "--executor",
-                                      args.executor, "--", str(host), "--bench", str(args.count),
-                                      nop, str(plan_file), *ordinals], capture_output=True,
-                                     text=True, env=env, check=False, timeout=3600)
-                if run.returncode != 0:
-                    raise SystemExit(f"the benchmark program failed ({run.returncode}):\n"
-                                     f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
-                results[f"null ECALL ({load})"] = summary_us(samples(run.stdout, "ecall"))
-                results[f"null OCALL ({load})"] = summary_us(samples(run.stdout, "ocall"))
+                for path, fast in (("fast path", "1"), ("launcher", "0")):
+                    run = subprocess.run(
+                        [sys.executable, "-m", "vsgx", "exec", "--executor", args.executor,
+                         "--", str(host), "--bench", str(args.count), nop, str(plan_file),
+                         *ordinals], capture_output=True, text=True,
+                        env={**env, "VSGX_EXEC_FAST": fast, "VSGX_EXEC_FAST_STATS": "1"},
+                        check=False, timeout=3600)
+                    if run.returncode != 0:
+                        raise SystemExit(f"the benchmark program failed ({run.returncode}):\n"
+                                         f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+                    results[f"null ECALL, {path} ({load})"] = summary_us(samples(run.stdout,
+                                                                                 "ecall"))
+                    results[f"null OCALL, {path} ({load})"] = summary_us(samples(run.stdout,
+                                                                                 "ocall"))
+                    counted = FAST_STATS.search(run.stderr)
+                    fast_counts[f"{path} ({load})"] = counted.group(0) if counted else "none"
                 if load == "quiet":
                     creates = [round(value / 1000, 1) for value in samples(run.stdout, "create")]
                     steps = [dict(zip(STEP_NAMES, (round(int(v) / 1e6, 2)
@@ -120,6 +128,8 @@ def main() -> None:
                      round(stats["p50_us"] / quiet, 1), stats["count"]])
     print_table(f"vsgx exec, {args.executor} executor, private EVM (provisional numbers)",
                 ["path", "p50 us", "p99 us", "x SIGILL p50", "x quiet p50", "count"], rows)
+    for name, text in fast_counts.items():
+        print(f"{name}: {text}")
     print(f"\ncreating a {size_mib:.0f} MiB, {len(plan.tcs_offsets)}-TCS SDK enclave: "
           f"{creates} ms (first, second); Intel's simulation mode: 6-16 ms on this machine")
     for n, step in enumerate(steps):
@@ -127,7 +137,7 @@ def main() -> None:
             f"{name} {ms} ms" for name, ms in step.items()))
     save("exec", {"executor": args.executor, "results": results,
                   "create_ms": creates, "create_steps_ms": steps, "enclave_mib": size_mib,
-                  "tcs": len(plan.tcs_offsets),
+                  "tcs": len(plan.tcs_offsets), "fast_path_counts": fast_counts,
                   "ratio_to_sigill_p50": {row[0]: row[3] for row in rows},
                   "ratio_to_quiet_p50": {row[0]: row[4] for row in rows}})
     bar_plot("exec", "vsgx exec: null ECALL / OCALL vs the floors, quiet and with a hog (p50)",

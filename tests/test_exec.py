@@ -30,6 +30,16 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or shutil.which("gcc") i
                                 reason="vsgx exec needs Linux and gcc")
 
 
+def _native_usable() -> tuple[bool, str]:
+    from vsgx.evm.native_executor import native_support
+
+    return native_support()
+
+
+native_only = pytest.mark.skipif(not _native_usable()[0],
+                                 reason=f"the native executor: {_native_usable()[1]}")
+
+
 def compile_program(source: Path, output: Path) -> Path:
     result = subprocess.run(["gcc", "-O1", "-Wall", "-pthread", "-o", str(output), str(source)],
                             capture_output=True, text=True, check=False)
@@ -167,6 +177,57 @@ def test_urts_style_host_runs_the_sdk_sample(programs, sdk_enclave, executor, tm
     assert {"vdso symbol", "load", "ecall", "ocalls", "ocall with a string", "exception 1",
             "exception 2", "exception 3", "two threads", "fork", "parent after fork",
             "destroyed", "exit without destroy"} <= set(found), result.stdout
+
+
+FAST_STATS = re.compile(r"fast path: (\d+) entries, (\d+) handed over, (\d+) refused, "
+                        r"(\d+) TCS attached[^\n]*")
+
+
+def run_urts_host(programs, sdk_enclave, tmp_path, env_extra: dict[str, str]
+                  ) -> tuple[subprocess.CompletedProcess[str], list[tuple[int, ...]]]:
+    plan_file = write_plan(sdk_enclave.signed, tmp_path / "hello.plan")
+    edl = load_edl(HELLO_DIR / "hello.edl")
+    ordinals = [str(edl.ecall(name)[0]) for name in ("ecall_hello", "ecall_add",
+                                                     "ecall_ocall_nop", "ecall_fault")]
+    ordinals += [str(edl.ocall(name)[0]) for name in ("ocall_print", "ocall_nop")]
+    env = {**os.environ, "VSGX_EXEC_FAST_STATS": "1", **env_extra}
+    result = vsgx_exec("--", str(programs["urts_host"]), str(plan_file), *ordinals,
+                       executor="native", env=env)
+    found = checks(result.stdout)
+    failed = [line for line in found.values() if line != "ok"]
+    assert not failed, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"ecall", "ocalls", "ocall with a string", "exception 1", "exception 2",
+            "exception 3", "two threads", "fork", "destroyed"} <= set(found), result.stdout
+    stats = [tuple(map(int, m.groups())) for m in FAST_STATS.finditer(result.stderr)]
+    return result, stats
+
+
+@native_only
+def test_urts_host_entries_go_through_the_fast_path(programs, sdk_enclave, tmp_path) -> None:
+    """ECALLs, OCALLs (EEXIT, then EENTER back with the return) and
+    exceptions of an unmodified program, its entries straight to the
+    runner: the same results, most entries fast, the rest handed over to
+    the EVM (the exceptions) or refused (before the EVM's first grant)."""
+    result, stats = run_urts_host(programs, sdk_enclave, tmp_path, {})
+    assert stats, result.stderr
+    entries, handed_over, _, attached = stats[0]  # the parent's (the child leaves by _exit)
+    assert attached >= 1, result.stderr
+    assert entries >= 10, result.stderr
+    assert handed_over >= 1, result.stderr  # the exceptions went on in the EVM
+
+
+@native_only
+@pytest.mark.parametrize("off", ["library", "evm"])
+def test_urts_host_without_the_fast_path_enters_through_the_launcher(
+        programs, sdk_enclave, tmp_path, off) -> None:
+    """The fast path off in the library (VSGX_EXEC_FAST=0), or refused by
+    the EVM (VSGX_FAST_PATH=0: no files to hand out): every entry goes
+    through the launcher, with the same results."""
+    env = {"VSGX_EXEC_FAST": "0"} if off == "library" else {"VSGX_FAST_PATH": "0"}
+    result, stats = run_urts_host(programs, sdk_enclave, tmp_path, env)
+    assert stats, result.stderr
+    assert all(s[0] == 0 and s[3] == 0 for s in stats), result.stderr
 
 
 # -- CPUID sites ----------------------------------------------------------------

@@ -14,6 +14,7 @@ Python layouts agree, and a silent runner is killed, not waited for.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -223,6 +224,20 @@ def test_entries_after_the_first_go_through_the_runner_alone(native_plain):
     for _ in range(20):
         assert plain.call(0, OP_NOP)[0].kind == "eexit"
     assert fast_entries(runner) - before == 20
+
+
+@native_only
+def test_the_files_for_a_client_in_another_process_are_sealed(native_plain):
+    """vsgx exec's program gets the CLIENT area and the pool: it must not
+    shrink them under the EVM's and the runner's mappings (SIGBUS)."""
+    plain = native_plain()
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    for fd in runner_of(plain, 0).client_files():
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+        assert seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(OSError):
+            os.ftruncate(fd, 0)
 
 
 @native_only

@@ -114,6 +114,8 @@ class Evm(Protocol):
     def eenter(self, secs_page: int, registers: list[int], return_rip: int,
                untrusted: Any) -> Any: ...
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any: ...
+    def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
+                       untrusted: Any) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -1195,6 +1197,20 @@ class SgxDriver:
                 leaf = Enclu.ERESUME
                 continue
             return result
+
+    def continue_entry(self, encl: DriverEnclave, tcs: int, aep: int,
+                       entry_fsgs: tuple[int, int], memory: Any) -> Any:
+        """Go on with an EENTER the TCS's runner handed over to the EVM (a
+        fast-path entry of the program's library); its AEXs are resolved as
+        ``enter`` resolves them."""
+        if encl.destroyed:
+            raise EnclaveLost("the enclave was destroyed")
+        result = self.evm.continue_entry(encl.secs_page, tcs, aep, entry_fsgs, memory)
+        if result.kind is ExitKind.AEX and (result.interrupt or (
+                result.vector == Vector.PF and self.handle_fault(encl, result.address,
+                                                                  result.error_code))):
+            return self.enter(encl, Enclu.ERESUME, list(result.registers), 0, memory)
+        return result
 
     # -- teardown -----------------------------------------------------------------
     def destroy(self, encl: DriverEnclave) -> None:

@@ -4,6 +4,8 @@ the EVM's PAGE_FETCH and applies its PAGE_WRITEBACKs while an enclave runs."""
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 import sys
 import threading
@@ -32,6 +34,7 @@ from vsgx.channel import (
     parse_address,
     reply_to,
 )
+from vsgx.channel.address import client_socket_path
 from vsgx.channel.evidence import KIND_NONE, one_line
 from vsgx.channel.memory import MemoryConnection
 from vsgx.channel.messages import (
@@ -354,6 +357,40 @@ class RemoteEvm:
         reply = self._call(Type.ERESUME, (secs_page, *registers),
                            self._pushed(registers, untrusted))
         return self._exit(reply, untrusted, registers[3])
+
+    # -- the fast path of a client on the EVM's host ----------------------------------
+    client_socket: str | None = None  # the EVM's side socket (a Unix-socket EVM)
+
+    def client_files(self, secs_page: int, tcs: int) -> tuple[int, int]:
+        """The CLIENT area and page pool of a TCS's runner (file
+        descriptors the caller owns), from an EVM on this host; VsgxError
+        where there are none."""
+        if self.client_socket is None or self.in_memory or self.version < BATCH_VERSION:
+            raise VsgxError("the fast path's files come only from an EVM on a Unix socket")
+        reply = self._call(Type.CLIENT_FILES, (secs_page, tcs))
+        if reply.type != Type.CLIENT_OFFER:
+            raise VsgxError("the EVM has no fast path for this TCS: "
+                            + one_line(reply.blob.decode(errors="replace"), 300))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as side:
+            side.settimeout(5.0)
+            try:
+                side.connect(self.client_socket)
+                side.sendall(reply.fields[0])
+                data, fds, _, _ = socket.recv_fds(side, 1, 2)
+            except OSError as exc:
+                raise VsgxError(f"the EVM's side socket: {exc}") from None
+        if data != b"\1" or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise VsgxError("the EVM refused the fast path's files")
+        return fds[0], fds[1]
+
+    def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
+                       untrusted: Any) -> Any:
+        """Go on with an entry the TCS's runner handed over to the EVM."""
+        self.memory = untrusted
+        reply = self._call(Type.CONTINUE, (secs_page, tcs, aep, *entry_fsgs))
+        return self._exit(reply, untrusted, tcs)
 
     # -- batch paging (protocol version 3; the driver asks batch_leaves first) -----
     # A batch request is all the EVM does for it: the pages of one call go in
@@ -689,5 +726,7 @@ def connect_evm(address: str, policy: EvidencePolicy | None = None, *, warn: boo
         print(NO_SEV_BANNER, file=sys.stderr, flush=True)
     conn = Connection(stream, None, name="channel to the EVM", peer="the EVM", deadline=timeout)
     evm = RemoteEvm(conn, protocol_version)
+    if parsed.family == "unix":
+        evm.client_socket = client_socket_path(parsed.path)
     evm.evidence = evidence  # type: ignore[attr-defined]
     return evm

@@ -117,3 +117,10 @@ def is_local_peer(sock: socket.socket) -> bool:
         mapped = getattr(ip, "ipv4_mapped", None)
         return ip.is_loopback or bool(mapped and mapped.is_loopback)
     return getattr(socket, "AF_VSOCK", None) == sock.family and peer[0] == VMADDR_CID_LOCAL
+
+
+def client_socket_path(evm_path: str) -> str:
+    """Where an EVM listening on the Unix socket ``evm_path`` hands out the
+    fast path's files (beside it, in the same directory)."""
+    return evm_path + ".client"
+

@@ -18,6 +18,8 @@ the launcher registers a *thread* socket with THREAD on the session socket;
 requests and their replies go over it, strictly one at a time. While a
 thread waits for a reply, the launcher may ask it for pages of the program's
 memory (PAGE_FETCH, PAGE_WRITEBACK): the EVM's untrusted-memory requests.
+FAST_FILES, the reply to FAST_ATTACH, carries the TCS runner's CLIENT area
+and page pool (SCM_RIGHTS) for the library's fast path.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class Msg(IntEnum):
     EXIT = 18
     CPUID_SITES = 19
     SITES = 20
+    # the fast path (entries straight to the TCS's runner): its files, and
+    # an entry the runner handed over to the EVM
+    FAST_ATTACH = 21
+    FAST_FILES = 22  # status; with the CLIENT area and the pool's (SCM_RIGHTS)
+    CONTINUE = 23  # replied with EXIT
     # the queued ADD_PAGES of an enclave file, sent at its next synchronous
     # point (INIT, another ioctl, a mapping, a full queue); IOCTL_DONE's
     # count is the pages added
@@ -171,6 +178,9 @@ MESSAGES: dict[Msg, Message] = {m.msg: m for m in (
        payload="segments x (u64 vaddr, u64 memsz) of executable PT_LOADs, then the path"),
     _m(Msg.SITES, "count:u32", "reserved:u32",
        payload="count u64 link-time addresses of CPUID instructions"),
+    _m(Msg.FAST_ATTACH, "file:u64", "tcs:u64"),
+    _m(Msg.FAST_FILES),  # status; the two files go with it
+    _m(Msg.CONTINUE, "file:u64", "tcs:u64", "aep:u64", "fsbase:u64", "gsbase:u64"),
     _m(Msg.PAGE_FETCH, "address:u64"),
     _m(Msg.PAGE, "address:u64", "state:u32", "reserved:u32",
        payload="4096 bytes unless MISSING"),

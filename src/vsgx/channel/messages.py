@@ -128,6 +128,10 @@ class Type(IntEnum):
     EADD_RUNS = 82  # several runs of EADDs (uniform or with their pages) in one request
     EVICT_PAGES = 83  # EBLOCK each, one ETRACK, EWB of the blocked: a reclaimer's batch
     EVICT_RESULT = 84  # its reply
+    # the fast path for a client on the EVM's host (vsgx exec's library)
+    CLIENT_FILES = 85  # a TCS's CLIENT area and page pool, offered on the side socket
+    CLIENT_OFFER = 86  # its reply: the token to claim them with
+    CONTINUE = 87  # go on with an entry the runner handed over
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,10 @@ LAYOUTS: dict[Type, Layout] = {
     # EBLOCK statuses (u32), the EVICTED records (with their ciphertexts),
     # then the fault's reason
     Type.EVICT_RESULT: _layout("IIIIIIQ", None),
+    Type.CLIENT_FILES: _layout("QQ"),  # secs, TCS
+    Type.CLIENT_OFFER: _layout("32s"),  # the one-time token for the side socket
+    # secs, TCS, the client's AEP, FS and GS bases at its EENTER
+    Type.CONTINUE: _layout("QQQQQ"),
 }
 
 # Which requests each protocol version has (replies follow their requests).
@@ -242,7 +250,8 @@ V3_TYPES = frozenset({Type.EXIT_PAGES, Type.PAGE_WRITEBACKS, Type.EADD_PAGES,
                       Type.EADD_UNIFORM, Type.ELDU_DEFERRED, Type.EBLOCK_PAGES, Type.STATUSES,
                       Type.EWB_PAGES, Type.EVICTED_PAGES, Type.ELDU_PAGES,
                       Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS,
-                      Type.EVICT_PAGES, Type.EVICT_RESULT})
+                      Type.EVICT_PAGES, Type.EVICT_RESULT, Type.CLIENT_FILES,
+                      Type.CLIENT_OFFER, Type.CONTINUE})
 
 
 _INTRODUCED = {t: BATCH_VERSION if t in V3_TYPES else QUOTING_VERSION if t in V2_TYPES else 1

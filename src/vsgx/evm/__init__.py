@@ -37,6 +37,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "UntrustedMemory": ("vsgx.evm.executor", "UntrustedMemory"),
     "native_support": ("vsgx.evm.native_executor", "native_support"),
     "native_isolation": ("vsgx.evm.native_executor", "native_isolation"),
+    # the runner's shared areas as C declares them (the fast path's clients)
+    "runner_c_header": ("vsgx.evm.runner.layout", "c_header"),
     "ExecutorCapability": ("vsgx.evm.executor", "ExecutorCapability"),
     # serving AVMs
     "EnclaveManager": ("vsgx.evm.manager", "EnclaveManager"),
@@ -80,7 +82,8 @@ __all__ = [
     "load_root_secret",
     "native_isolation",
     "native_support",
-    "quoting_enclave"
+    "quoting_enclave",
+    "runner_c_header",
 ]
 
 if TYPE_CHECKING:
@@ -111,6 +114,7 @@ if TYPE_CHECKING:
         QuotingError,
         quoting_enclave,
     )
+    from vsgx.evm.runner.layout import c_header as runner_c_header
     from vsgx.evm.thread import EnclaveExit
     from vsgx.evm.vm import EXECUTORS, EnclaveVM, executor_factory
 else:

@@ -170,6 +170,11 @@ class FastEntryExecutor(ThreadExecutor, Protocol):
 
     def code_readable(self) -> bool: ...
 
+    def client_files(self) -> tuple[int, int]:
+        """The CLIENT area's and the page pool's descriptors, for a client
+        in another process on this host (sealed against resizing)."""
+        ...
+
 
 class ExecutorFactory(Protocol):
     name: str

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -51,6 +53,7 @@ from vsgx.channel import (
     peer_uid,
     reply_to,
 )
+from vsgx.channel.address import client_socket_path
 from vsgx.channel.memory import MemoryConnection, memory_pair
 from vsgx.channel.messages import (
     ADD_RUN,
@@ -123,7 +126,7 @@ CLOSING_IDLE, CLOSING_SHUTDOWN = 1, 2
 # Write-backs an entry holds for its exit reply at most (then they go ahead).
 PENDING_WRITEBACK_BYTES = 256 * 1024
 _WRITEBACKS_PER_NOTICE = 48  # records of up to 4240 bytes each fit MAX_BODY
-_ENTRIES = frozenset({Type.EENTER, Type.ERESUME})
+_ENTRIES = frozenset({Type.EENTER, Type.ERESUME, Type.CONTINUE})
 _new_message = tuple.__new__  # a Message without NamedTuple's keyword-handling __new__
 
 
@@ -267,6 +270,111 @@ class RemoteUntrusted:
                 pack_u64s(self.used) + encode_writebacks(pending))
 
 
+CLIENT_OFFER_SECONDS = 10.0  # how long an offer of a runner's files waits to be claimed
+CLIENT_TOKEN_SIZE = 32
+
+
+class ClientFileOffers:
+    """The side socket that hands a runner's CLIENT area and page pool to a
+    program on this host (SCM_RIGHTS: the TLS stream cannot carry
+    descriptors). A session offers them (CLIENT_FILES) and sends the token
+    over its channel; the claim must come from the session's peer uid with
+    that token, once, within CLIENT_OFFER_SECONDS."""
+
+    def __init__(self, path: str, log: Callable[[str], None], mode: int = 0o600):
+        self.path = path
+        self.log = log
+        self._offers: dict[bytes, tuple[tuple[int, ...], int, float]] = {}
+        self._lock = threading.Lock()
+        if os.path.lexists(path):
+            # A stale socket of an earlier EVM goes; anything else stays.
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            os.unlink(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            self._sock.bind(path)
+        finally:
+            os.umask(old)
+        # As the EVM's socket: other uids reach it where the EVM admits
+        # them, and SO_PEERCRED then has to match the offer's.
+        os.chmod(path, mode)
+        self._sock.listen(16)
+        self.closed = False
+        threading.Thread(target=self._serve, daemon=True, name="client files").start()
+
+    def offer(self, fds: tuple[int, int], uid: int) -> bytes:
+        token = secrets.token_bytes(CLIENT_TOKEN_SIZE)
+        copies = tuple(os.dup(fd) for fd in fds)
+        with self._lock:
+            self._expire(time.monotonic())
+            self._offers[token] = (copies, uid, time.monotonic() + CLIENT_OFFER_SECONDS)
+        return token
+
+    def _expire(self, now: float) -> None:
+        for token, (fds, _, deadline) in list(self._offers.items()):
+            if deadline < now:
+                del self._offers[token]
+                for fd in fds:
+                    os.close(fd)
+
+    def _serve(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(2.0)
+                self._claim(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def _claim(self, conn: socket.socket) -> None:
+        token = b""
+        while len(token) < CLIENT_TOKEN_SIZE:
+            chunk = conn.recv(CLIENT_TOKEN_SIZE - len(token))
+            if not chunk:
+                return
+            token += chunk
+        uid = peer_uid(conn)
+        with self._lock:
+            self._expire(time.monotonic())
+            offer = self._offers.get(token)
+            if offer is None or offer[1] != uid:
+                conn.sendall(b"\0")
+                if offer is not None:
+                    self.log(f"vsgx evm: uid {uid} claimed the fast path files of uid "
+                             f"{offer[1]}: refused")
+                return
+            del self._offers[token]
+        fds = offer[0]
+        try:
+            socket.send_fds(conn, [b"\1"], list(fds))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        with self._lock:
+            self._expire(float("inf"))
+
+
 class Session:
     def __init__(self, manager: EnclaveManager, conn: Connection | MemoryConnection,
                  epc: EpcSection, client: str = "a client"):
@@ -278,6 +386,7 @@ class Session:
         self.in_memory = isinstance(conn, MemoryConnection)
         self.epc = epc
         self.client = client
+        self.peer_uid: int | None = None  # a Unix peer's (SO_PEERCRED)
         self.enclaves: set[int] = set()
         self.inflight = 0  # enclave entries running
         self.busy = 0  # requests being handled
@@ -304,6 +413,7 @@ class Session:
             Type.EWB_PAGES: self._ewb_pages, Type.ELDU_PAGES: self._eldu_pages,
             Type.TEST_AND_CLEAR_YOUNG: self._test_and_clear_young,
             Type.EADD_RUNS: self._eadd_runs, Type.EVICT_PAGES: self._evict_pages,
+            Type.CLIENT_FILES: self._client_files, Type.CONTINUE: self._continue,
         }
         # What dispatch needs per type, found with one lookup (an enum's hash
         # is computed in Python: on the entry path each lookup counts).
@@ -518,6 +628,32 @@ class Session:
         untrusted = self._untrusted(m)
         try:
             result = self.vm.eresume(self._secs(secs), registers, untrusted)
+        except BaseException:
+            untrusted.flush()
+            raise
+        return self._exit(m, result, untrusted)
+
+    # -- the fast path of a client on this host ----------------------------------
+    def _client_files(self, m: Message) -> Message:
+        """A TCS's CLIENT area and page pool for the AVM's program, on the
+        side socket: only to a Unix peer, claimed by the same uid with the
+        token that goes back over this channel. The two files hold what the
+        program may see anyway (its registers at ENCLU and EEXIT, its own
+        untrusted pages), never EPC memory."""
+        secs, tcs = m.fields
+        offers = self.manager.client_offers
+        if offers is None or self.peer_uid is None:
+            raise VsgxError("the fast path's files go only to a client on this host, "
+                            "over a Unix socket")
+        fds = self.vm.client_files(self._secs(secs), tcs)
+        return reply_to(m, Type.CLIENT_OFFER, (offers.offer(fds, self.peer_uid),))
+
+    def _continue(self, m: Message) -> Message:
+        secs, tcs, aep, fsbase, gsbase = m.fields
+        untrusted = self._untrusted(m)
+        try:
+            result = self.vm.continue_entry(self._secs(secs), tcs, aep, (fsbase, gsbase),
+                                            untrusted)
         except BaseException:
             untrusted.flush()
             raise
@@ -882,6 +1018,7 @@ class EnclaveManager:
         self._pending_from: dict[object, int] = {}
         self.sessions: list[Session] = []
         self.listener: Listener | None = None
+        self.client_offers: ClientFileOffers | None = None
         self.address = ""
         self.family = "unix"
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -992,12 +1129,13 @@ class EnclaveManager:
             self._refuse(stream, who, refusal, ErrorCode.REFUSED)
             return
         session = self._open_session(
-            lambda: Connection(stream, None, blocking={Type.EENTER, Type.ERESUME},
+            lambda: Connection(stream, None, blocking=_ENTRIES,
                                name="AVM session", peer="the AVM", deadline=self.peer_timeout),
             who, family)
         if isinstance(session, str):
             self._refuse(stream, who, session, ErrorCode.FULL)
             return
+        session.peer_uid = uid
         decided()
         conn = session.conn
         assert isinstance(conn, Connection)
@@ -1107,6 +1245,12 @@ class EnclaveManager:
         # (and then SO_PEERCRED decides).
         self.listener = listen(parsed, mode=0o666 if others else 0o600)
         self.address = str(self.listener.address)
+        if parsed.family == "unix":
+            try:
+                self.client_offers = ClientFileOffers(client_socket_path(parsed.path), self.log,
+                                                      0o666 if others else 0o600)
+            except OSError as exc:
+                self.log(f"vsgx evm: no fast path for clients on this host: {exc}")
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
         if ready is not None:
             ready()
@@ -1127,11 +1271,15 @@ class EnclaveManager:
                                  name="AVM session").start()
         finally:
             self.listener.close()
+            if self.client_offers is not None:
+                self.client_offers.close()
 
     def stop(self) -> None:
         self.stopped.set()
         if self.listener is not None:
             self.listener.close()
+        if self.client_offers is not None:
+            self.client_offers.close()
         for session in list(self.sessions):
             session.end("the EVM is shutting down", CLOSING_SHUTDOWN)
 

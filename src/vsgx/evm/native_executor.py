@@ -27,6 +27,7 @@ elsewhere enclave code that runs CPUID gets the host's answer.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import mmap
 import os
@@ -598,14 +599,20 @@ class NativeExecutor:
         self.shared = shared if shared is not None else SharedEnclave(encl)
         self._report_fd = os.memfd_create("vsgx-runner-report", os.MFD_CLOEXEC)
         self._command_fd = os.memfd_create("vsgx-runner-command", os.MFD_CLOEXEC)
-        self._client_fd = os.memfd_create("vsgx-runner-client", os.MFD_CLOEXEC)
-        self._pool_fd = os.memfd_create("vsgx-runner-pool", os.MFD_CLOEXEC)
+        # Sealable: client_files hands these two to another process, which
+        # must not resize them under the EVM's and the runner's mappings.
+        sealable = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        self._client_fd = os.memfd_create("vsgx-runner-client", sealable)
+        self._pool_fd = os.memfd_create("vsgx-runner-pool", sealable)
         pool_size = layout.POOL_SLOTS * PAGE_SIZE
         try:
             os.ftruncate(self._report_fd, REPORT.size)
             os.ftruncate(self._command_fd, COMMAND.size)
             os.ftruncate(self._client_fd, CLIENT.size)
             os.ftruncate(self._pool_fd, pool_size)
+            for fd in (self._client_fd, self._pool_fd):
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self.report_area = mmap.mmap(self._report_fd, REPORT.size)
             self.command_area = mmap.mmap(self._command_fd, COMMAND.size)
             self.client_area = mmap.mmap(self._client_fd, CLIENT.size)

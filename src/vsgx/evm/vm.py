@@ -315,6 +315,26 @@ class EnclaveVM:
             self._touch_thread_pages(thread.encl, registers[RBX])
         return thread.eresume(registers, untrusted)
 
+    def client_files(self, secs_page: int, tcs: int) -> tuple[int, int]:
+        """The CLIENT area and page pool of a TCS's runner, for a fast-path
+        client in another process on this host (``vsgx exec``'s library):
+        VsgxError where the TCS's executor has no fast path."""
+        thread = self._thread(secs_page, tcs)
+        executor = thread.fast
+        if executor is None:
+            raise VsgxError(f"TCS {tcs:#x} has no fast path (its executor is not the "
+                            "native one)")
+        return executor.client_files()
+
+    def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
+                       untrusted: UntrustedMemory) -> EnclaveExit:
+        """Go on with an entry the TCS's runner handed over to the EVM (a
+        client in another process entered through the fast path)."""
+        thread = self._thread(secs_page, tcs)
+        if self._tracks_access:
+            self._touch_thread_pages(thread.encl, tcs)
+        return thread.continue_entry(aep, entry_fsgs, untrusted)
+
     def _touch_thread_pages(self, encl: EnclaveState, tcs: int) -> None:
         """EENTER and ERESUME access the TCS and the SSA frames themselves
         (not through the executor): their pages' accessed bits are set."""

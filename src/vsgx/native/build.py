@@ -19,11 +19,18 @@ from pathlib import Path
 
 from vsgx.channel.device import render_c_header
 from vsgx.errors import VsgxError
+from vsgx.evm import runner_c_header
 
 LIB_DIR = Path(__file__).resolve().parent / "lib"
 SOURCES = ("main.c", "channel.c", "memory.c", "device.c", "legacy.c", "aesm.c", "entry.c",
-           "entry_asm.S", "cpuid.c", "signals.c")
+           "entry_asm.S", "cpuid.c", "signals.c", "fast.c")
 HEADERS = ("vsgx_exec.h",)
+# The fast path's client (vsgx.evm.runner), built in with the program's own
+# memory as the untrusted memory.
+RUNNER_DIR = Path(__file__).resolve().parents[1] / "evm" / "runner"
+RUNNER_SOURCES = ("client.c",)
+RUNNER_HEADERS = ("vsgx_fast_client.h",)
+LAYOUT_HEADER = "vsgx_layout.h"
 PROTOCOL_HEADER = "vsgx_device_protocol.h"
 CFLAGS = ("-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter",
           "-Wno-missing-attributes",
@@ -58,7 +65,10 @@ def _digest() -> str:
     h = hashlib.sha256()
     for name in SOURCES + HEADERS:
         h.update(name.encode() + b"\0" + (LIB_DIR / name).read_bytes())
+    for name in RUNNER_SOURCES + RUNNER_HEADERS:
+        h.update(name.encode() + b"\0" + (RUNNER_DIR / name).read_bytes())
     h.update(render_c_header().encode())
+    h.update(runner_c_header().encode())
     h.update(" ".join(CFLAGS + LIBS).encode())
     return h.hexdigest()[:16]
 
@@ -75,9 +85,12 @@ def library_path() -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             work = Path(tmp)
             (work / PROTOCOL_HEADER).write_text(render_c_header())
+            (work / LAYOUT_HEADER).write_text(runner_c_header())
             output = work / "lib.so"
-            command = [compiler(), *CFLAGS, f"-I{work}", f"-I{LIB_DIR}", "-o", str(output),
-                       *(str(LIB_DIR / name) for name in SOURCES), *LIBS]
+            command = [compiler(), *CFLAGS, "-DVSGX_CLIENT_OWN_MEMORY", f"-I{work}",
+                       f"-I{LIB_DIR}", f"-I{RUNNER_DIR}", "-o", str(output),
+                       *(str(LIB_DIR / name) for name in SOURCES),
+                       *(str(RUNNER_DIR / name) for name in RUNNER_SOURCES), *LIBS]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise NativeBuildError(f"building the vsgx exec library failed:\n"

@@ -11,6 +11,12 @@ them waits for a reply (an entry, an ioctl), the launcher relays the EVM's
 PAGE_FETCH and PAGE_WRITEBACK to it and it copies from or into its own
 address space. Any waiting thread of the process can answer for any entry:
 they share the address space.
+
+With an EVM on this host, most entries do not come here: the library asks
+once per TCS for the runner's files (FAST_ATTACH; the EVM hands them out on
+its side socket, the launcher passes them on with SCM_RIGHTS) and enters
+the runner itself; an entry the runner hands over to the EVM comes back
+here as CONTINUE.
 """
 
 from __future__ import annotations
@@ -172,12 +178,15 @@ class Channel:
             pass
 
     # -- the thread's requests -------------------------------------------------
-    def _reply(self, datagram: bytes) -> None:
+    def _reply(self, datagram: bytes, fds: tuple[int, ...] = ()) -> None:
         memory = self.session.memory
         with self.lock:
             self.waiting = False
             memory.waiting(self, False)
-            self.sock.send(datagram)
+            if fds:
+                socket.send_fds(self.sock, [datagram], list(fds))
+            else:
+                self.sock.send(datagram)
 
     def serve(self) -> None:
         memory = self.session.memory
@@ -193,17 +202,25 @@ class Channel:
                     self.waiting = True
                     memory.waiting(self, True)
                 memory.serving(self)
+                fds: tuple[int, ...] = ()
                 try:
-                    reply = self.session.handle(unpack(data))
+                    message = unpack(data)
+                    if message.msg == Msg.FAST_ATTACH:
+                        reply, fds = self.session.fast_attach(message)
+                    else:
+                        reply = self.session.handle(message)
                 except DeviceProtocolError as exc:
                     self.session.log(f"a malformed request from pid {self.session.pid}: {exc}")
                     reply = pack(Msg.DONE, status=-errno.EPROTO)
                 finally:
                     memory.serving(None)
                 try:
-                    self._reply(reply)
+                    self._reply(reply, fds)
                 except OSError:
                     break
+                finally:
+                    for fd in fds:
+                        os.close(fd)
         finally:
             memory.waiting(self, False)
             self.sock.close()
@@ -302,6 +319,8 @@ class Session:
             return self._add_runs(message)
         if kind == Msg.CPUID_SITES:
             return self._cpuid_sites(message)
+        if kind == Msg.CONTINUE:
+            return self._continue(message)
         if kind in (Msg.MAP, Msg.MPROTECT, Msg.UNMAP, Msg.RELEASE):
             return pack(Msg.DONE, status=self._mapping(message))
         raise DeviceProtocolError(f"{kind.name} is not a request")
@@ -436,6 +455,9 @@ class Session:
             return pack(Msg.EXIT, kind=ExitKind.LOST, status=-errno.EIO, regs=regs)
         finally:
             self.memory.prefetched({})
+        return self._exit_message(result)
+
+    def _exit_message(self, result: Any) -> bytes:
         out = [value & ((1 << 64) - 1) for value in result.registers][:REGISTER_COUNT]
         if result.kind is not EnclaveExitKind.AEX:
             return pack(Msg.EXIT, kind=ExitKind.EEXIT, regs=out)
@@ -446,6 +468,47 @@ class Session:
                     error_code=result.error_code & 0xFFFFFFFF,
                     exitinfo_valid=int(result.exitinfo_valid),
                     address=result.address & ((1 << 64) - 1), regs=out)
+
+    def fast_attach(self, message: Decoded) -> tuple[bytes, tuple[int, ...]]:
+        """The fast path's files of one of this process's TCSs (its CLIENT
+        area and page pool, from an EVM on this host), passed on to the
+        library; a negative status where there are none."""
+        file = self.files.get(message["file"])
+        encl = file.encl if file is not None else None
+        if encl is None:
+            return pack(Msg.FAST_FILES, status=-errno.EINVAL), ()
+        evm = self.driver.evm
+        client_files = getattr(evm, "client_files", None)
+        if client_files is None:
+            return pack(Msg.FAST_FILES, status=-errno.EOPNOTSUPP), ()
+        try:
+            fds = client_files(encl.secs_page, message["tcs"])
+        except (Fault, VsgxError) as exc:
+            if os.environ.get("VSGX_EXEC_DEBUG"):
+                self.log(f"pid {self.pid}: no fast path for TCS {message['tcs']:#x}: {exc}")
+            return pack(Msg.FAST_FILES, status=-errno.EOPNOTSUPP), ()
+        return pack(Msg.FAST_FILES), tuple(fds)
+
+    def _continue(self, message: Decoded) -> bytes:
+        """An entry the TCS's runner handed over to the EVM: the EVM goes on
+        with it, this process's threads serve its pages."""
+        file = self.files.get(message["file"])
+        encl = file.encl if file is not None else None
+        regs = [0] * REGISTER_COUNT
+        if encl is None:
+            return pack(Msg.EXIT, kind=ExitKind.LOST, status=-errno.EINVAL, regs=regs)
+        try:
+            result = self.driver.continue_entry(encl, message["tcs"], message["aep"],
+                                                (message["fsbase"], message["gsbase"]),
+                                                self.memory)
+        except Fault as fault:
+            return pack(Msg.EXIT, kind=ExitKind.FAULT, vector=int(fault.vector),
+                        error_code=fault.error_code & 0xFFFFFFFF,
+                        address=fault.address & ((1 << 64) - 1), regs=regs)
+        except (EnclaveLost, DriverError, VsgxError) as exc:
+            self.log(f"pid {self.pid}: the entry failed: {exc}")
+            return pack(Msg.EXIT, kind=ExitKind.LOST, status=-errno.EIO, regs=regs)
+        return self._exit_message(result)
 
     @staticmethod
     def _pushed(message: Decoded) -> dict[int, tuple[bytes, bool] | None]:

@@ -294,8 +294,32 @@ static int ensure_thread(void)
     return 0;
 }
 
-int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply)
+/* Descriptors that came with a datagram: up to ``max`` into ``fds``, the
+   rest closed. */
+static int take_fds(struct msghdr *msg, int *fds, int max)
 {
+    int taken = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (taken < max)
+                fds[taken++] = fd;
+            else
+                vsgx_close_raw(fd);
+        }
+    }
+    return taken;
+}
+
+static int call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply, int *fds,
+                    int max_fds, int *fd_count)
+{
+    if (fd_count != NULL)
+        *fd_count = 0;
     int ret = ensure_thread();
     if (ret < 0)
         return ret;
@@ -309,28 +333,56 @@ int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply)
     if (sent < 0)
         return sent == -EFAULT ? -EFAULT : -EIO;
     for (;;) {
+        union {
+            struct cmsghdr header;
+            char space[CMSG_SPACE(4 * sizeof(int))];
+        } control;
+        struct iovec into = {channel.buffer, RECV_BUFFER};
+        struct msghdr in = {0};
+        in.msg_iov = &into;
+        in.msg_iovlen = 1;
+        in.msg_control = control.space;
+        in.msg_controllen = sizeof(control.space);
         long n;
         do
-            n = vsgx_syscall(SYS_recvfrom, channel.fd, (long)channel.buffer, RECV_BUFFER, 0,
-                             0, 0);
+            n = vsgx_syscall(SYS_recvmsg, channel.fd, (long)&in, MSG_CMSG_CLOEXEC, 0, 0, 0);
         while (n == -EINTR);
+        int taken = n > 0 && in.msg_controllen ? take_fds(&in, fds, fds != NULL ? max_fds : 0)
+                                                : 0;
         if (n <= 0) {
             vsgx_log("the launcher went away (%ld)", n);
             return -EIO;
         }
-        if ((size_t)n < 8)
-            return -EIO;
-        uint32_t type;
-        memcpy(&type, channel.buffer, 4);
-        if (type == VSGX_MSG_PAGE_FETCH || type == VSGX_MSG_PAGE_WRITEBACK) {
+        uint32_t type = 0;
+        if ((size_t)n >= 8)
+            memcpy(&type, channel.buffer, 4);
+        if ((size_t)n < 8 || type == VSGX_MSG_PAGE_FETCH || type == VSGX_MSG_PAGE_WRITEBACK) {
+            for (int i = 0; i < taken; i++)  /* not ours to keep */
+                vsgx_close_raw(fds[i]);
+            if ((size_t)n < 8)
+                return -EIO;
             if (vsgx_serve_page_request(channel.fd, channel.buffer, (size_t)n) < 0)
                 return -EIO;
             continue;
         }
+        if (fd_count != NULL)
+            *fd_count = taken;
         reply->data = channel.buffer;
         reply->length = (size_t)n;
         return 0;
     }
+}
+
+int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply)
+{
+    return call_iov(iov, count, reply, NULL, 0, NULL);
+}
+
+int vsgx_call_fds(const void *request, size_t request_size, struct vsgx_reply *reply, int *fds,
+                  int max_fds, int *count)
+{
+    struct iovec iov = {(void *)request, request_size};
+    return call_iov(&iov, 1, reply, fds, max_fds, count);
 }
 
 int vsgx_call(const void *request, size_t request_size, const void *payload,

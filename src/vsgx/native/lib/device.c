@@ -287,6 +287,8 @@ static void maybe_release(struct sgx_file *file)
     if (file->fds > 0 || file->mapped > 0)
         return;
     unlink_file(file);
+    if (file->kind == FILE_ENCLAVE)
+        vsgx_fast_release_file(file->id);
     if (file->kind == FILE_ENCLAVE && vsgx_channel_available()) {
         struct vsgx_msg_release request = {0};
         request.type = VSGX_MSG_RELEASE;
@@ -1089,6 +1091,22 @@ uint64_t vsgx_enclave_file_for_tcs(uint64_t tcs)
         }
     pthread_mutex_unlock(&device_lock);
     return id;
+}
+
+/* ELRANGE of an enclave file (0), or -ENOENT. */
+int vsgx_enclave_range(uint64_t file, uint64_t *base, uint64_t *size)
+{
+    int ret = -ENOENT;
+    pthread_mutex_lock(&device_lock);
+    for (struct sgx_file *f = files; f; f = f->next)
+        if (f->id == file && f->size) {
+            *base = f->base;
+            *size = f->size;
+            ret = 0;
+            break;
+        }
+    pthread_mutex_unlock(&device_lock);
+    return ret;
 }
 
 static void add_mapping(uint64_t start, uint64_t end, int prot, struct sgx_file *file)

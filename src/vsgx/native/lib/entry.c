@@ -3,8 +3,8 @@
    program itself (#UD -> SIGILL, made to look as after EEXIT or AEX).
 
    Every entry goes through vsgx_enter(): it is the one seam between the
-   program and whatever runs the enclave (today the launcher, later a runner
-   reached through shared memory). */
+   program and whatever runs the enclave (the TCS's runner through the fast
+   path, fast.c, or the launcher). */
 #include "vsgx_exec.h"
 
 #include <elf.h>
@@ -110,20 +110,33 @@ static int push_candidate(uint64_t *pages, int count, uint64_t page)
     return count + 1;
 }
 
-int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
-               struct vsgx_entry_result *result)
+/* An EXIT from the launcher (or the failure to get one) into ``result``;
+   the registers are the exit's after EEXIT or AEX. */
+int vsgx_entry_from_reply(int ret, const struct vsgx_reply *reply, uint64_t *regs,
+                          struct vsgx_entry_result *result)
 {
     memset(result, 0, sizeof(*result));
-    uint64_t file = vsgx_enclave_file_for_tcs(regs[R_RBX]);
-    if (file == 0) {
-        vsgx_log("EENTER on %#lx: no enclave there", (unsigned long)regs[R_RBX]);
-        /* DS:RBX does not resolve within an EPC page: #PF on the TCS. */
-        result->kind = VSGX_EXIT_FAULT;
-        result->vector = 14;
-        result->error_code = PF_USER;
-        result->address = regs[R_RBX];
+    const struct vsgx_msg_exit *exit_message = (const void *)reply->data;
+    if (ret < 0 || reply->length < sizeof(*exit_message) ||
+        exit_message->type != VSGX_MSG_EXIT) {
+        result->kind = VSGX_EXIT_LOST;
+        result->status = ret < 0 ? ret : -EIO;
         return 0;
     }
+    result->kind = exit_message->kind;
+    result->vector = exit_message->vector;
+    result->error_code = exit_message->error_code;
+    result->address = exit_message->address;
+    result->status = exit_message->status;
+    if (result->kind == VSGX_EXIT_EEXIT || result->kind == VSGX_EXIT_AEX)
+        memcpy(regs, exit_message->regs, sizeof(exit_message->regs));
+    return 0;
+}
+
+/* Through the launcher: the EVM makes the entry. */
+static void enter_through_launcher(uint64_t file, uint32_t leaf, uint64_t *regs,
+                                   uint64_t return_rip, struct vsgx_entry_result *result)
+{
     static __thread struct vsgx_msg_enter request;
     static __thread struct {
         uint64_t address;
@@ -163,19 +176,29 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
     request.pushed = (uint32_t)count;
     struct vsgx_reply reply;
     int ret = vsgx_call_iov(iov, n, &reply);
-    const struct vsgx_msg_exit *exit_message = (const void *)reply.data;
-    if (ret < 0 || reply.length < sizeof(*exit_message) || exit_message->type != VSGX_MSG_EXIT) {
-        result->kind = VSGX_EXIT_LOST;
-        result->status = ret < 0 ? ret : -EIO;
-    } else {
-        result->kind = exit_message->kind;
-        result->vector = exit_message->vector;
-        result->error_code = exit_message->error_code;
-        result->address = exit_message->address;
-        result->status = exit_message->status;
-        if (result->kind == VSGX_EXIT_EEXIT || result->kind == VSGX_EXIT_AEX)
-            memcpy(regs, exit_message->regs, sizeof(exit_message->regs));
+    vsgx_entry_from_reply(ret, &reply, regs, result);
+}
+
+int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
+               struct vsgx_entry_result *result)
+{
+    memset(result, 0, sizeof(*result));
+    uint64_t file = vsgx_enclave_file_for_tcs(regs[R_RBX]);
+    if (file == 0) {
+        vsgx_log("EENTER on %#lx: no enclave there", (unsigned long)regs[R_RBX]);
+        /* DS:RBX does not resolve within an EPC page: #PF on the TCS. */
+        result->kind = VSGX_EXIT_FAULT;
+        result->vector = 14;
+        result->error_code = PF_USER;
+        result->address = regs[R_RBX];
+        return 0;
     }
+    /* The fast path first (fast.c); what it leaves goes through the
+       launcher, between its begin and end. */
+    void *begun;
+    if (!vsgx_fast_enter_or_begin(leaf, file, regs, return_rip, result, &begun))
+        enter_through_launcher(file, leaf, regs, return_rip, result);
+    vsgx_fast_done(begun);
     if (result->kind == VSGX_EXIT_LOST) {
         vsgx_log("the entry on %#lx is lost (%d)", (unsigned long)regs[R_RBX], result->status);
         /* The enclave is gone: its TCS no longer resolves to EPC. */

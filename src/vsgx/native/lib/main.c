@@ -113,6 +113,7 @@ static void after_fork_child(void)
        parent's file): forget ours, and our sockets, in this process. */
     vsgx_device_after_fork();
     vsgx_channel_after_fork();
+    vsgx_fast_after_fork();
 }
 
 static void initialise(void)

@@ -2,7 +2,8 @@
    the program's SGX driver, vDSO entry and CPUID. Its parts follow the data:
    device.c (the enclave fd: open/ioctl/mmap), entry.c (the vDSO function and
    raw ENCLU traps), cpuid.c (CPUID answered from the EVM's model), memory.c
-   (the program's pages served to the EVM), with channel.c (the launcher)
+   (the program's pages served to the EVM), fast.c (entries straight to the
+   TCS's runner, with runner/client.c), with channel.c (the launcher)
    and signals.c (our traps beside the program's own handlers); legacy.c
    (the older drivers' ioctls, /dev/isgx and the DCAP driver's /dev/sgx,
    over device.c) and aesm.c (aesmd's compiled-in socket, redirected). */
@@ -65,6 +66,10 @@ VSGX_HIDDEN int vsgx_channel_available(void);
 VSGX_HIDDEN int vsgx_call(const void *request, size_t request_size, const void *payload,
                           size_t payload_size, struct vsgx_reply *reply);
 VSGX_HIDDEN int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply);
+/* vsgx_call, taking up to ``max_fds`` descriptors the reply carries
+   (SCM_RIGHTS; the caller closes them). */
+VSGX_HIDDEN int vsgx_call_fds(const void *request, size_t request_size,
+                              struct vsgx_reply *reply, int *fds, int max_fds, int *count);
 VSGX_HIDDEN void vsgx_channel_after_fork(void);
 VSGX_HIDDEN int vsgx_channel_is_internal_fd(int fd);
 VSGX_HIDDEN int vsgx_cpuid_model_from_launcher(void);
@@ -78,6 +83,7 @@ VSGX_HIDDEN int vsgx_serve_page_request(int fd, const uint8_t *message, size_t l
 
 /* device.c */
 VSGX_HIDDEN uint64_t vsgx_enclave_file_for_tcs(uint64_t tcs);
+VSGX_HIDDEN int vsgx_enclave_range(uint64_t file, uint64_t *base, uint64_t *size);
 VSGX_HIDDEN void vsgx_device_after_fork(void);
 
 /* device.c for legacy.c: the legacy drivers' enclaves (device.c's
@@ -112,6 +118,17 @@ VSGX_HIDDEN int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
                            struct vsgx_entry_result *result);
 VSGX_HIDDEN uint64_t vsgx_vdso_base(void);
 VSGX_HIDDEN int vsgx_handle_raw_enclu(ucontext_t *uc);
+VSGX_HIDDEN int vsgx_entry_from_reply(int ret, const struct vsgx_reply *reply, uint64_t *regs,
+                                      struct vsgx_entry_result *result);
+
+/* fast.c: entries straight to the TCS's runner. 1: the entry is done
+   (``result``); 0: make it through the launcher, then vsgx_fast_done. */
+VSGX_HIDDEN int vsgx_fast_enter_or_begin(uint32_t leaf, uint64_t file, uint64_t *regs,
+                                         uint64_t return_rip, struct vsgx_entry_result *result,
+                                         void **begun);
+VSGX_HIDDEN void vsgx_fast_done(void *begun);
+VSGX_HIDDEN void vsgx_fast_release_file(uint64_t file);
+VSGX_HIDDEN void vsgx_fast_after_fork(void);
 VSGX_HIDDEN void vsgx_thread_stack_release(void);
 
 /* cpuid.c */
