@@ -834,7 +834,7 @@ def _policy(nr: int, a: list[int], fsgsbase: bool) -> bool:
     if nr == 158 and not fsgsbase:
         code = a[0] & low
         return code in (0x1001, 0x1002) or (code in (0x1003, 0x1004) and a[1] == p["base_slot"])
-    return nr in (110, 231)
+    return nr in (24, 110, 231)
 
 
 def _filter_cases() -> list[tuple[str, int, list[int]]]:

@@ -49,7 +49,8 @@
    follows what answers took lately; it drops to the minimum when this
    thread was descheduled while it spun (another task wanted the CPU, the
    peer may be waiting for it) and stays there for a while. */
-#define SPIN_MIN_NS 2000ull
+#define SPIN_MIN_NS 20000ull
+#define SPIN_YIELD_AFTER_NS 12000ull
 #define SPIN_START_NS 30000ull
 #define SPIN_MAX_NS 200000ull
 #define DESCHEDULED_NS 40000ull  /* a gap this long between two looks */
@@ -298,6 +299,10 @@ static int wait_reply(struct vsgx_fast_client *c)
             last = t;
             if (t - start > budget || descheduled)
                 break;
+            /* past the floor of a reply, let a runner that shares this
+               CPU run rather than spin it out */
+            if (t - start > SPIN_YIELD_AFTER_NS)
+                raw_syscall(SYS_sched_yield, 0, 0, 0, 0, 0, 0);
         }
     }
     {

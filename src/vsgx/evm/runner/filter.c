@@ -212,6 +212,7 @@ static int build_filter(const struct filter_params *p, struct sock_filter *out)
     emit(&b, JEQ_K, L_MMAP, L_NEXT, 9);
     emit(&b, JEQ_K, L_MUNMAP, L_NEXT, 11);
     emit(&b, JEQ_K, L_SIGMASK, L_NEXT, 14);
+    emit(&b, JEQ_K, L_ALLOW, L_NEXT, 24);  /* sched_yield: a spinning wait lets a peer on this CPU run */
     emit(&b, JEQ_K, L_ALLOW, L_NEXT, 110); /* getppid */
     emit(&b, JEQ_K, L_ALLOW, L_NEXT, 231); /* exit_group */
     if (!p->fsgsbase)

@@ -69,6 +69,7 @@
 #define SYS_getpid 39
 #define SYS_exit_group 231
 #define SYS_getppid 110
+#define SYS_sched_yield 24
 #define SYS_geteuid 107
 #define SYS_setgroups 116
 #define SYS_setresuid 117
@@ -298,7 +299,8 @@ INLINE void get_bases(uint64_t *fs, uint64_t *gs)
     }
 }
 
-#define SPIN_MIN 64
+#define SPIN_MIN 1024
+#define SPIN_YIELD_FROM 256 /* pause rounds before a spin also yields */
 #define SPIN_MAX 40000
 
 INLINE int work_pending(void)
@@ -331,6 +333,9 @@ INLINE void wait_for_work(void)
             return;
         }
         pause_once();
+        /* a client that shares this CPU gets to send its request */
+        if (i >= SPIN_YIELD_FROM && (i & 63) == 63)
+            SYSCALL(SYS_sched_yield, 0, 0, 0, 0, 0, 0);
     }
     f->spin_limit = limit / 2 > SPIN_MIN ? limit / 2 : SPIN_MIN;
     struct vsgx_client *c = &vsgx_client;
