@@ -791,13 +791,15 @@ class EvmBackend:
     request (one try), so that an EVM restart does not end the service."""
 
     def __init__(self, address: str, policy: Any = None, *, connect: Callable[..., Any] | None
-                 = None):
+                 = None, lazy: bool = False):
         from vsgx.avm.remote import connect_evm
 
         self.address = address
         self.policy = policy
         self._connect = connect or (lambda: connect_evm(address, policy, warn=False))
-        self._evm: Any = self._connect()
+        # lazy: the channel is made at the first request (a program that
+        # never quotes never connects)
+        self._evm: Any = None if lazy else self._connect()
         self._lock = threading.Lock()
 
     def _call(self, name: str, *args: Any) -> Any:

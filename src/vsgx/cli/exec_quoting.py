@@ -34,64 +34,18 @@ from vsgx.errors import VsgxError
 SOCKET_NAME = "aesm.socket"
 
 
-class _OnDemandBackend:
-    """The EVM's quoting and launch enclaves over a channel made at the
-    first request (``vsgx.avm.aesmd.EvmBackend``, which also reconnects)."""
-
-    def __init__(self, connect: Callable[[], Any]):
-        self._connect = connect
-        self._backend: Any = None
-        self._lock = threading.Lock()
-
-    def _call(self, name: str, *args: Any) -> Any:
-        from vsgx.avm.aesmd import EvmBackend
-
-        with self._lock:
-            if self._backend is None:
-                self._backend = EvmBackend("the program's EVM", connect=self._connect)
-            backend = self._backend
-        return getattr(backend, name)(*args)
-
-    def qe_init(self) -> tuple[bytes, bytes]:
-        result: tuple[bytes, bytes] = self._call("qe_init")
-        return result
-
-    def qe_target_info(self) -> bytes:
-        return bytes(self._call("qe_target_info"))
-
-    def qe_quote_size(self) -> int:
-        return int(self._call("qe_quote_size"))
-
-    def quote(self, report: bytes) -> bytes:
-        return bytes(self._call("quote", report))
-
-    def quote_ex(self, report: bytes, qe_report_info: bytes | None = None, snp: bool = False
-                 ) -> Any:
-        return self._call("quote_ex", report, qe_report_info, snp)
-
-    def launch_token(self, mrenclave: bytes, modulus: bytes, attributes: int, xfrm: int
-                     ) -> bytes:
-        return bytes(self._call("launch_token", mrenclave, modulus, attributes, xfrm))
-
-    def close(self) -> None:
-        with self._lock:
-            backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close()
-
-
 class ProgramAesmd:
     """aesmd for one program, on ``directory``/aesm.socket (a private
     directory of its own when ``directory`` is None)."""
 
     def __init__(self, connect: Callable[[], Any], directory: Path | None = None):
-        from vsgx.avm.aesmd import AesmdService
+        from vsgx.avm.aesmd import AesmdService, EvmBackend
 
         self._own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="vsgx-aesm-"))
         os.chmod(self.directory, 0o700)
         self.socket = self.directory / SOCKET_NAME
-        self._backend = _OnDemandBackend(connect)
+        self._backend = EvmBackend("the program's EVM", connect=connect, lazy=True)
         self._service = AesmdService(self._backend)
         self._thread: threading.Thread | None = None
         try:
