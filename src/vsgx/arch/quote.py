@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
 
-from vsgx.arch.layout import Structure, raw, structure, u8, u16, u32, u64
+from vsgx.arch.layout import Structure, raw, structure, u16, u32
+from vsgx.arch.report import REPORT_BODY_SIZE, ReportBody
 from vsgx.errors import StructureError
 
 QUOTE_VERSION = 3
@@ -39,7 +40,6 @@ TEE_TYPE_SGX = 0
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 
 HEADER_SIZE = 48
-REPORT_BODY_SIZE = 384
 SIGNED_SIZE = HEADER_SIZE + REPORT_BODY_SIZE  # what the attestation key signs
 SIGNATURE_DATA_OFFSET = SIGNED_SIZE + 4
 ECDSA_SIGNATURE_SIZE = 64
@@ -111,30 +111,6 @@ class QuoteHeader(Structure):
     pce_svn: int = u16(10)
     qe_vendor_id: bytes = raw(12, 16)
     user_data: bytes = raw(28, 20)
-
-
-@structure(REPORT_BODY_SIZE)
-class ReportBody(Structure):
-    """sgx_report_body_t: REPORT (SDM "REPORT") without KEYID and MAC."""
-
-    cpusvn: bytes = raw(0, 16)
-    miscselect: int = u32(16)
-    cet_attributes: int = u8(20)
-    # 21..31 reserved
-    isvextprodid: bytes = raw(32, 16)
-    attributes: int = u64(48)
-    xfrm: int = u64(56)
-    mrenclave: bytes = raw(64, 32)
-    # 96..127 reserved
-    mrsigner: bytes = raw(128, 32)
-    # 160..191 reserved
-    configid: bytes = raw(192, 64)
-    isvprodid: int = u16(256)
-    isvsvn: int = u16(258)
-    configsvn: int = u16(260)
-    # 262..303 reserved
-    isvfamilyid: bytes = raw(304, 16)
-    reportdata: bytes = raw(320, 64)
 
 
 _CERTIFICATION_TYPES = frozenset(int(t) for t in CertificationDataType)

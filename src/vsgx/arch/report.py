@@ -11,8 +11,11 @@ REPORT_BODY_SIZE = 384
 TARGETINFO_SIZE = 512
 
 
-@structure(REPORT_SIZE)
-class Report(Structure):
+@structure(REPORT_BODY_SIZE)
+class ReportBody(Structure):
+    """sgx_report_body_t: the REPORT fields the MAC covers (the first 384 bytes);
+    quotes carry it alone."""
+
     cpusvn: bytes = raw(0, 16)
     miscselect: int = u32(16)
     cet_attributes: int = u8(20)
@@ -31,6 +34,12 @@ class Report(Structure):
     # 262..303 reserved
     isvfamilyid: bytes = raw(304, 16)
     reportdata: bytes = raw(320, 64)
+
+
+@structure(REPORT_SIZE)
+class Report(ReportBody):
+    """REPORT: the body, then KEYID and MAC."""
+
     keyid: bytes = raw(384, 32)
     mac: bytes = raw(416, 16)
 

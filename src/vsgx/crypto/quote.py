@@ -52,11 +52,11 @@ from vsgx.arch.quote import (
     Quote,
     QuoteFormatError,
     QuoteHeader,
-    ReportBody,
     assemble_quote,
     parse_quote,
     signature_data,
 )
+from vsgx.arch.report import ReportBody
 from vsgx.crypto.pck import (
     PckError,
     SgxExtensions,

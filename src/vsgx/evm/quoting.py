@@ -100,9 +100,15 @@ from vsgx.arch.quote import (
     VSGX_QE_XFRM,
     QuoteHeader,
     QuoteStatus,
-    ReportBody,
 )
-from vsgx.arch.report import REPORT_BODY_SIZE, REPORT_SIZE, TARGETINFO_SIZE, Report, Targetinfo
+from vsgx.arch.report import (
+    REPORT_BODY_SIZE,
+    REPORT_SIZE,
+    TARGETINFO_SIZE,
+    Report,
+    ReportBody,
+    Targetinfo,
+)
 from vsgx.channel.evidence import Evidence, snp_evidence
 from vsgx.crypto.cmac import aes_cmac, report_mac, verify_report_mac
 from vsgx.crypto.collateral import Collateral, make_collateral
