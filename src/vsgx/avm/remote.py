@@ -10,7 +10,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vsgx.arch.constants import PAGE_SIZE, ExitKind, Vector
 from vsgx.arch.cpuid import SgxCpuid
@@ -109,6 +109,35 @@ class RemoteExit:
     interrupt: bool
 
 
+class FastEntryClient(Protocol):
+    """A TCS's fast path for this process (the runner's CLIENT area and
+    pool, mapped from the files an EVM on this host hands out): what the
+    host layer makes (``RemoteEvm.fast_clients``) where it can."""
+
+    closed: bool
+
+    def begin(self, untrusted: Any) -> bool: ...
+
+    def end(self) -> None: ...
+
+    def eenter(self, registers: list[int], return_rip: int, untrusted: Any
+               ) -> tuple[str, list[int] | None]: ...
+
+
+class FastClientFactory(Protocol):
+    def __call__(self, client_fd: int, pool_fd: int, base: int, size: int, name: str, /
+                 ) -> FastEntryClient: ...
+
+
+FAST_ATTACH_TRIES = 3  # a TCS whose runner keeps going away stays on the channel
+_RF = 1 << 16
+_CANONICAL_HALF = 1 << 47
+
+
+def _canonical(address: int) -> bool:
+    return address < _CANONICAL_HALF or address >= (1 << 64) - _CANONICAL_HALF
+
+
 @dataclass
 class RemoteEvicted:
     ciphertext: bytes
@@ -134,6 +163,14 @@ class RemoteEvm:
         # The untrusted pages each TCS's last entry used: what its next one
         # pushes (protocol version 3, whose exits say which pages were used).
         self._used: dict[int, tuple[int, ...]] = {}
+        # The fast path (an EVM on this host): each enclave's range from its
+        # SECS, each TCS's client once an entry through the channel made its
+        # runner, and how often a TCS was attached.
+        self._ranges: dict[int, tuple[int, int]] = {}
+        self._fast: dict[tuple[int, int], FastEntryClient] = {}
+        self._fast_tries: dict[tuple[int, int], int] = {}
+        self._fast_lock = threading.Lock()
+        self.fast_counts = {"entries": 0, "handed over": 0, "refused": 0, "attached": 0}
         conn.handler = self._serve
         try:
             reply = self.conn.call(Type.HELLO, (offer,))
@@ -210,6 +247,8 @@ class RemoteEvm:
 
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
         self._call(Type.ECREATE, (epc_page, secinfo), secs)
+        size, base = struct.unpack_from("<QQ", secs)  # SECS.SIZE, SECS.BASEADDR
+        self._ranges[epc_page] = (base, size)
 
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None:
@@ -273,6 +312,12 @@ class RemoteEvm:
 
     def destroy(self, secs_page: int) -> None:
         self._call(Type.DESTROY, (secs_page,))
+        with self._fast_lock:
+            self._ranges.pop(secs_page, None)
+            for key in [key for key in self._fast if key[0] == secs_page]:
+                del self._fast[key]
+            for key in [key for key in self._fast_tries if key[0] == secs_page]:
+                del self._fast_tries[key]
 
     def _exit(self, reply: Message, untrusted: Any, tcs: int) -> RemoteExit:
         fields = reply.fields
@@ -344,22 +389,115 @@ class RemoteEvm:
         if self.in_memory:  # the EVM maps the application's pages in place
             return self._entry_in_memory(Type.EENTER, (secs_page, return_rip, *registers),
                                          untrusted, registers[3])
+        tcs = registers[3]  # RBX
+        client = self._fast.get((secs_page, tcs)) if self.fast_clients is not None else None
+        if client is None or client.closed:
+            result = self._eenter(secs_page, registers, return_rip, untrusted)
+            if self.fast_clients is not None and self.fast_path:
+                self._attach(secs_page, tcs)
+            return result
+        # Any entry of the TCS, even one through the channel, runs between
+        # begin and end: the pages the runner keeps are this client's.
+        # False: another thread's entry of the TCS is in flight (the EVM
+        # then says it is busy).
+        if not client.begin(untrusted):
+            return self._eenter(secs_page, registers, return_rip, untrusted)
+        try:
+            outcome, exit_registers = client.eenter(registers, return_rip, untrusted)
+            counts = self.fast_counts
+            if outcome == "eexit" and exit_registers is not None:
+                counts["entries"] += 1
+                return self._fast_eexit(registers, exit_registers, tcs)
+            if outcome == "handed over":
+                counts["handed over"] += 1
+                return self.continue_entry(secs_page, tcs, registers[1],
+                                           (registers[18], registers[19]), untrusted)
+            # refused (no grant: the EVM checks the entry) or gone (the
+            # runner closed: a new one's files are asked for after this)
+            counts["refused"] += 1
+            return self._eenter(secs_page, registers, return_rip, untrusted)
+        finally:
+            client.end()
+
+    def _eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
+                ) -> RemoteExit:
         self.memory = untrusted
         reply = self._call(Type.EENTER, (secs_page, return_rip, *registers),
                            self._pushed(registers, untrusted))
         return self._exit(reply, untrusted, registers[3])
 
+    def _fast_eexit(self, at_enclu: list[int], reported: list[int], tcs: int) -> RemoteExit:
+        """EEXIT as the SDM defines it, whatever the CLIENT area says
+        (enclave code can write it): RIP = RBX, RCX = the AEP, FS and GS
+        as at the EENTER, RFLAGS.RF clear."""
+        regs = list(reported)
+        regs[17] = regs[3]  # RIP = RBX
+        regs[1] = at_enclu[1]
+        regs[18], regs[19] = at_enclu[18], at_enclu[19]
+        regs[16] = (regs[16] & ~_RF) | 0x2
+        if not _canonical(regs[17]):
+            raise EnclaveLost(f"the runner of TCS {tcs:#x} reported an EEXIT to a "
+                              f"non-canonical address {regs[17]:#x}")
+        return RemoteExit(ExitKind.EEXIT, regs, 0, 0, 0, False, False)
+
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any:
         if self.in_memory:
             return self._entry_in_memory(Type.ERESUME, (secs_page, *registers), untrusted,
                                          registers[3])
-        self.memory = untrusted
-        reply = self._call(Type.ERESUME, (secs_page, *registers),
-                           self._pushed(registers, untrusted))
-        return self._exit(reply, untrusted, registers[3])
+        client = self._fast.get((secs_page, registers[3])) if self.fast_clients is not None \
+            else None
+        begun = client is not None and not client.closed and client.begin(untrusted)
+        try:
+            self.memory = untrusted
+            reply = self._call(Type.ERESUME, (secs_page, *registers),
+                               self._pushed(registers, untrusted))
+            return self._exit(reply, untrusted, registers[3])
+        finally:
+            if begun and client is not None:
+                client.end()
 
     # -- the fast path of a client on the EVM's host ----------------------------------
     client_socket: str | None = None  # the EVM's side socket (a Unix-socket EVM)
+    # What makes a TCS's fast client from its files (the host layer sets it
+    # where this process can build one), and a switch for measuring without.
+    fast_clients: FastClientFactory | None = None
+    fast_path = True
+
+    def _attach(self, secs_page: int, tcs: int) -> None:
+        """After an entry through the channel made the TCS's runner: ask for
+        its files, for the next entries (a failure leaves the TCS on the
+        channel; each TCS is attached at most FAST_ATTACH_TRIES times)."""
+        factory, key = self.fast_clients, (secs_page, tcs)
+        if factory is None or self.client_socket is None or self.version < BATCH_VERSION:
+            return
+        with self._fast_lock:
+            current = self._fast.get(key)
+            tries = self._fast_tries.get(key, 0)
+            if (current is not None and not current.closed) or tries >= FAST_ATTACH_TRIES \
+                    or secs_page not in self._ranges:
+                return
+            self._fast_tries[key] = tries + 1
+            base, size = self._ranges[secs_page]
+            try:
+                fds = self.client_files(secs_page, tcs)
+            except (VsgxError, Fault):
+                # No fast path here (another executor, an older EVM): a
+                # refusal is not asked again.
+                self._fast_tries[key] = FAST_ATTACH_TRIES
+                self._fast.pop(key, None)
+                return
+            try:
+                self._fast[key] = factory(fds[0], fds[1], base, size, f"TCS {tcs:#x}")
+                self.fast_counts["attached"] += 1
+            except VsgxError:
+                self._fast.pop(key, None)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def fast_clients_of(self, secs_page: int) -> list[FastEntryClient]:
+        """The fast clients attached for an enclave's TCSs (for statistics)."""
+        return [client for (secs, _), client in self._fast.items() if secs == secs_page]
 
     def client_files(self, secs_page: int, tcs: int) -> tuple[int, int]:
         """The CLIENT area and page pool of a TCS's runner (file

@@ -37,6 +37,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "UntrustedMemory": ("vsgx.evm.executor", "UntrustedMemory"),
     "native_support": ("vsgx.evm.native_executor", "native_support"),
     "native_isolation": ("vsgx.evm.native_executor", "native_isolation"),
+    "fast_client_from_files": ("vsgx.evm.native_executor", "fast_client_from_files"),
     # the runner's shared areas as C declares them (the fast path's clients)
     "runner_c_header": ("vsgx.evm.runner.layout", "c_header"),
     "ExecutorCapability": ("vsgx.evm.executor", "ExecutorCapability"),
@@ -78,6 +79,7 @@ __all__ = [
     "UntrustedMemory",
     "data_dir",
     "executor_factory",
+    "fast_client_from_files",
     "launch_enclave",
     "load_root_secret",
     "native_isolation",
@@ -97,7 +99,11 @@ if TYPE_CHECKING:
     from vsgx.evm.launch import LaunchPolicy as LaunchEnclavePolicy
     from vsgx.evm.machine import Machine
     from vsgx.evm.manager import Admission, EnclaveManager
-    from vsgx.evm.native_executor import native_isolation, native_support
+    from vsgx.evm.native_executor import (
+        fast_client_from_files,
+        native_isolation,
+        native_support,
+    )
     from vsgx.evm.platform import (
         INTEL_LE_PUBKEY_HASH,
         SECRET_FILE,

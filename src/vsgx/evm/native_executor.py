@@ -1043,7 +1043,7 @@ class NativeExecutor:
         if not self.fast_path or self.closed:
             return None
         if self._fast_client is None:
-            self._fast_client = FastClient(self)
+            self._fast_client = FastClient.of(self)
         return self._fast_client
 
     def client_files(self) -> tuple[int, int]:
@@ -1111,13 +1111,18 @@ class NativeExecutor:
 
 
 class FastClient:
-    """The fast path's client for a host in the EVM's own process (the
-    Python API): runner/client.c through ctypes, which lets go of the GIL
-    while it waits. The host's untrusted memory must offer ``share`` (its
-    pages as buffers): the client copies them into its pool slots before
-    each entry and writes back what the enclave changed after it."""
+    """The fast path's client for a Python host: runner/client.c through
+    ctypes, which lets go of the GIL while it waits. The host's untrusted
+    memory must offer ``share`` (its pages as buffers): the client copies
+    them into its pool slots before each entry and writes back what the
+    enclave changed after it.
 
-    def __init__(self, executor: NativeExecutor):
+    Made on the runner's own areas (a host in the EVM's process, ``of``) or
+    on the two files an EVM on this host hands out (``from_files``: an AVM
+    behind a Unix socket)."""
+
+    def __init__(self, area: mmap.mmap, pool: mmap.mmap, pool_offset: int, base: int,
+                 size: int, on_lost: Any, name: str):
         lib = self._lib = client_library()
         self._state = ctypes.create_string_buffer(lib.vsgx_fast_client_size())
         self._c = ctypes.addressof(self._state)
@@ -1125,21 +1130,45 @@ class FastClient:
         self._snapshots_base = ctypes.c_char.from_buffer(self._snapshots)
         self._out = ctypes.create_string_buffer(_EXIT.size)
         self._out_address = ctypes.addressof(self._out)
-        encl = executor.encl
-        self._executor = executor
+        self._on_lost = on_lost
+        self.name = name
         # Our own hold on the runner's areas: they stay mapped while C may
         # touch them, even if the executor is closed meanwhile.
-        self._area_hold = ctypes.c_char.from_buffer(executor.client_area)
-        self._pool_hold = ctypes.c_char.from_buffer(executor.pool)
+        self._areas = (area, pool)
+        self._area_hold = ctypes.c_char.from_buffer(area)
+        self._pool_hold = ctypes.c_char.from_buffer(pool)
         status = lib.vsgx_fast_init(
             self._c, ctypes.addressof(self._area_hold),
-            ctypes.addressof(self._pool_hold) + layout.PYTHON_SLOTS * PAGE_SIZE,
-            ctypes.addressof(self._snapshots_base), encl.base, encl.size, CLIENT_KEEP)
+            ctypes.addressof(self._pool_hold) + pool_offset,
+            ctypes.addressof(self._snapshots_base), base, size, CLIENT_KEEP)
         if status != 0:
             raise NativeUnavailable("the runner's client area is not set up")
         self._pinned: dict[int, object] = {}  # page -> the buffer a slot copies from
         self._source: tuple[object, int] | None = None
         self.closed = False
+
+    @classmethod
+    def of(cls, executor: NativeExecutor) -> FastClient:
+        encl = executor.encl
+        return cls(executor.client_area, executor.pool, layout.PYTHON_SLOTS * PAGE_SIZE,
+                   encl.base, encl.size, executor._kill, f"TCS {executor.tcs:#x}")
+
+    @classmethod
+    def from_files(cls, client_fd: int, pool_fd: int, base: int, size: int, name: str
+                   ) -> FastClient:
+        """A client on a runner's CLIENT area and page pool as an EVM on this
+        host handed them out (the descriptors stay the caller's). Both are
+        checked: sizes, and the area's magic."""
+        try:
+            if os.fstat(client_fd).st_size < CLIENT.size \
+                    or os.fstat(pool_fd).st_size < layout.POOL_SLOTS * PAGE_SIZE:
+                raise NativeUnavailable("the fast path's files are too small")
+            area = mmap.mmap(client_fd, CLIENT.size)
+            pool = mmap.mmap(pool_fd, layout.CLIENT_SLOTS * PAGE_SIZE,
+                             offset=layout.PYTHON_SLOTS * PAGE_SIZE)
+        except OSError as exc:
+            raise NativeUnavailable(f"the fast path's files: {exc}") from None
+        return cls(area, pool, 0, base, size, None, name)
 
     def begin(self, untrusted: UntrustedMemory) -> bool:
         """Before any entry of the TCS (through the runner or the EVM): the
@@ -1191,13 +1220,32 @@ class FastClient:
             self._pinned[page] = buffer
             code = lib.vsgx_fast_page(c, ctypes.addressof(buffer), int(writable), out)
         if code == FAST_LOST:
-            self._executor._kill()
-            raise RunnerLost(f"the runner of TCS {self._executor.tcs:#x} stopped answering "
-                             "and was killed")
+            if self._on_lost is not None:
+                self._on_lost()
+                raise RunnerLost(f"the runner of {self.name} stopped answering and was "
+                                 "killed")
+            self.closed = True  # a runner of another process: its EVM decides
         return int(code)
 
     def exit_registers(self) -> list[int]:
         return list(layout.REGISTERS.unpack_from(self._out, 0))
+
+    def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
+               ) -> tuple[str, list[int] | None]:
+        """One EENTER for a host in another process than the EVM (between
+        ``begin`` and ``end``): ("eexit", the registers as the runner
+        reported them), or "handed over" (the EVM goes on: CONTINUE),
+        "refused" (the entry goes through the EVM) or "gone" (the runner
+        closed or stopped answering: this client is done)."""
+        code = self.enter(layout.REQ_EENTER, registers, return_rip, untrusted)
+        if code == FAST_EEXIT:
+            return "eexit", self.exit_registers()
+        if code == FAST_HANDED_OVER:
+            return "handed over", None
+        if code in (FAST_CLOSED, FAST_LOST):
+            self.closed = True
+            return "gone", None
+        return "refused", None
 
     def stats(self) -> dict[str, int]:
         values = (ctypes.c_uint64 * 5)()
@@ -1208,6 +1256,13 @@ class FastClient:
     def close(self) -> None:
         self.closed = True
         self._pinned.clear()
+
+
+def fast_client_from_files(client_fd: int, pool_fd: int, base: int, size: int, name: str
+                           ) -> FastClient:
+    """A fast client for a host in another process than the EVM (an AVM
+    behind a Unix socket): ``FastClient.from_files``."""
+    return FastClient.from_files(client_fd, pool_fd, base, size, name)
 
 
 class NativeExecutorFactory:

@@ -118,6 +118,22 @@ _drivers: weakref.WeakKeyDictionary[Any, _SharedDriver] = weakref.WeakKeyDiction
 _drivers_lock = threading.RLock()
 
 
+def _offer_fast_path(link: Any) -> None:
+    """An EVM on this host (a Unix socket) hands out its runners' files:
+    entries then go straight to the TCS's runner, as in-process ones do,
+    where this process can build the client (the native executor's
+    runner/client.c)."""
+    from vsgx.avm import RemoteEvm
+
+    if not isinstance(link, RemoteEvm) or link.client_socket is None \
+            or link.fast_clients is not None:
+        return
+    from vsgx.evm import fast_client_from_files, native_support
+
+    if native_support()[0]:
+        link.fast_clients = fast_client_from_files
+
+
 class Avm:
     """The application VM side of one process: memory, driver, EVM link."""
 
@@ -152,6 +168,7 @@ class Avm:
                 self.link = shared.link
         if attach is not None:
             attach(self.memory)
+        _offer_fast_path(self.link)
 
     @classmethod
     def of(cls, evm: Any) -> Avm:

@@ -1,0 +1,199 @@
+"""The fast path of an AVM whose EVM is another process on this host (a
+Unix socket): after an entry through the channel made a TCS's runner, the
+AVM asks for the runner's CLIENT area and page pool (the side socket's
+one-time token) and enters the runner itself; the EVM still grants and
+revokes, and whatever the runner cannot finish alone goes back over the
+channel (handed over, refused)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from vsgx.arch.constants import Vector
+from vsgx.arch.errors import Fault
+from vsgx.avm.remote import connect_evm
+from vsgx.channel import EvidencePolicy
+from vsgx.errors import VsgxError
+from vsgx.evm import native_support
+from vsgx.host import Avm, Enclave
+
+from plain_ops import (
+    OP_DIVIDE,
+    OP_NOP,
+    OP_SET_FLAG,
+    OP_WAIT_FLAG,
+    PlainEnclave,
+)
+
+USABLE, WHY = native_support()
+pytestmark = pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
+
+
+@pytest.fixture
+def unix_avm(evm_processes):
+    """An AVM of a native EVM process on a Unix socket."""
+    avm = Avm(connect_evm(evm_processes("unix", "native"),
+                          EvidencePolicy(allow_unprotected=True), warn=False))
+    yield avm
+    avm.close()
+
+
+@pytest.fixture
+def remote_native(plain_enclave, unix_avm):
+    enclave = Enclave.load(plain_enclave.signed, evm=unix_avm)
+    yield PlainEnclave(enclave)
+    enclave.destroy()
+
+
+def counts(plain: PlainEnclave) -> dict[str, int]:
+    return dict(plain.enclave.avm.link.fast_counts)
+
+
+def test_entries_after_the_first_go_straight_to_the_runner(remote_native):
+    plain = remote_native
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"  # through the channel: the runner starts
+    before = counts(plain)
+    assert before["attached"] >= 1
+    for _ in range(20):
+        assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    after = counts(plain)
+    assert after["entries"] - before["entries"] == 20
+    assert after["refused"] == before["refused"]
+
+
+def test_the_enclave_sees_and_changes_the_applications_pages(remote_native):
+    plain = remote_native
+    enclave = plain.enclave
+    slot = enclave.alloc(4096)
+    plain.call(0, OP_NOP)
+    before = counts(plain)
+    for value in (0x1111, 0x2222, 0x3333):
+        # the AVM's write between entries reaches the next one
+        enclave.write(slot, value.to_bytes(8, "little"))
+        result, got = plain.get(slot)
+        assert result.kind == "eexit" and got == value
+        # and the enclave's write is the AVM's once the entry returned
+        assert plain.put(slot + 8, value + 1).kind == "eexit"
+        assert int.from_bytes(enclave.read(slot + 8, 8), "little") == value + 1
+    assert counts(plain)["entries"] - before["entries"] == 6
+
+
+def test_a_fault_is_handed_over_and_the_tcs_goes_on(remote_native):
+    plain = remote_native
+    plain.call(0, OP_NOP)
+    before = counts(plain)
+    result, _ = plain.call(0, OP_DIVIDE, 1, 0)
+    assert result.aex and result.vector == Vector.DE
+    assert counts(plain)["handed over"] == before["handed over"] + 1
+    # CSSA is 1 now: one more fault fills NSSA = 2, then EENTER is #GP.
+    assert plain.call(0, OP_DIVIDE, 1, 0)[0].aex
+    with pytest.raises(Fault) as raised:
+        plain.call(0, OP_NOP)
+    assert raised.value.vector == Vector.GP
+
+
+def test_a_tcs_inside_by_the_fast_path_is_busy(remote_native):
+    plain = remote_native
+    plain.call(0, OP_NOP)
+    plain.call(1, OP_NOP)
+    outcome: dict[str, object] = {}
+
+    def waiter() -> None:
+        outcome["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
+
+    inside = threading.Thread(target=waiter, daemon=True)
+    before = counts(plain)["entries"]
+    inside.start()
+    time.sleep(0.5)
+    assert inside.is_alive()
+    with pytest.raises(Fault) as raised:
+        plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=1)
+    assert raised.value.vector == Vector.GP
+    assert plain.call(1, OP_SET_FLAG, 42)[0].kind == "eexit"
+    inside.join(60)
+    assert outcome["a"][0].kind == "eexit"  # type: ignore[index]
+    assert counts(plain)["entries"] >= before + 2
+
+
+def test_without_the_fast_path_entries_take_the_channel(remote_native):
+    plain = remote_native
+    link = plain.enclave.avm.link
+    link.fast_path = False
+    try:
+        first = counts(plain)
+        for _ in range(5):
+            assert plain.call(2, OP_NOP)[0].kind == "eexit"
+        assert counts(plain) == first  # that TCS never attached: nothing through a runner
+    finally:
+        link.fast_path = True
+
+
+def _runner_pids(evm_pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == evm_pid:
+            found.append(int(entry))
+    return found
+
+
+def test_a_runner_that_dies_is_an_error_and_a_new_one_is_attached(remote_native,
+                                                                  evm_processes):
+    plain = remote_native
+    plain.call(3, OP_NOP)
+    plain.call(3, OP_NOP)
+    attached = counts(plain)["attached"]
+    # The EVM process is the Unix socket's peer.
+    sock = plain.enclave.avm.link.conn.stream.tls
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    evm_pid = struct.unpack("3i", creds)[0]
+    before = set(_runner_pids(evm_pid))
+    assert before, "the EVM process has no runner children"
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(VsgxError):
+        plain.call(3, OP_NOP)
+    assert time.monotonic() - started < 30
+    # The TCS gets a new runner; the next entries attach to it.
+    assert plain.call(3, OP_NOP)[0].kind == "eexit"
+    entries = counts(plain)["entries"]
+    assert plain.call(3, OP_NOP)[0].kind == "eexit"
+    assert counts(plain)["attached"] > attached
+    assert counts(plain)["entries"] == entries + 1
+
+
+def test_sdk_ecalls_ocalls_and_exceptions_take_the_fast_path(sdk_enclave, unix_avm):
+    from test_sdk import Hello
+
+    hello = Hello(sdk_enclave.signed, evm=unix_avm)
+    try:
+        link = unix_avm.link
+        assert hello.ecall_hello("world") == 37
+        before = dict(link.fast_counts)
+        assert hello.ecall_hello("again") == 37
+        assert hello.printed[-1] == "Hello from inside the enclave, again!"
+        assert hello.ecall_ocall_nop(25) == 25
+        assert hello.ecall_call_back(21) == 43  # OCALL → nested private ECALL → ORET
+        length, sealed = hello.ecall_seal(b"next to the EVM", None, None, 256)
+        assert hello.ecall_unseal(sealed[:length], None, None, 64)[0] == 15
+        for kind, expected in ((1, 1_000_001), (2, 1_000_222), (3, 1_024_589)):
+            assert hello.ecall_fault(kind) == expected  # handed over at the fault
+        after = link.fast_counts
+        assert after["entries"] - before["entries"] >= 30
+        assert after["handed over"] - before["handed over"] >= 3
+    finally:
+        hello.destroy()
