@@ -437,11 +437,18 @@ class EnclaveThread:
         hardware, fetching there is #GP(0)); only vectors an enclave can take."""
         encl, registers = self.encl, stop.registers
         rip = registers[RIP]
+        if encl.exit_sites and stop.kind is StopKind.EXCEPTION and stop.vector == Vector.BP \
+                and stop.exit_type is ExitType.SOFTWARE and rip - 1 in encl.exit_sites:
+            # Fast-exit mode: the INT3 at a rewritten site is its ENCLU.
+            registers = list(registers)
+            registers[RIP] = rip - 1
+            return Stop(StopKind.ENCLU, registers)
         if stop.kind is StopKind.ENCLU:
             offset = rip - encl.base
             if not 0 <= offset <= encl.size - len(ENCLU_OPCODE):
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP)
-            if encl.memory.view[offset:offset + len(ENCLU_OPCODE)] != ENCLU_OPCODE:  # type: ignore[union-attr]
+            code = encl.memory.view[offset:offset + len(ENCLU_OPCODE)]  # type: ignore[union-attr]
+            if code != ENCLU_OPCODE and rip not in encl.exit_sites:
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return stop
         # A software exception (INT3) reports the RIP after it.
