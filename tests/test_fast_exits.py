@@ -117,7 +117,7 @@ def test_the_runner_completes_the_rewritten_eexit_alone(load_plain):
     before = struct.unpack_from("<I", runner.report_area, fast_entries)[0]
     handed_over = layout.REPORT.offset("fast_handed_over")
     for n in range(20):
-        result, words = plain.call(0, OP_NOP)
+        result, _ = plain.call(0, OP_NOP)
         assert result.kind == "eexit", result.describe()
         assert struct.unpack_from("<I", runner.report_area, handed_over)[0] == 0, n
     assert struct.unpack_from("<I", runner.report_area, fast_entries)[0] - before == 20

@@ -64,6 +64,16 @@ def find_exit_sites(encl: EnclaveState) -> list[int]:
     return sites
 
 
+def is_exit_site(encl: EnclaveState, address: int) -> bool:
+    """Whether ``address`` is a rewritten site that still holds what the EVM
+    wrote there (code the enclave later put at a former site is its own)."""
+    if address not in encl.exit_sites:
+        return False
+    assert encl.memory is not None
+    offset = address - encl.base
+    return encl.memory.view[offset:offset + len(REWRITTEN_ENCLU)] == REWRITTEN_ENCLU
+
+
 def rewrite_exit_sites(encl: EnclaveState) -> frozenset[int]:
     """Rewrite the EEXIT sites of an initialised enclave (machine lock
     held); the executors hear of the changed pages as of EDBGWR's."""
@@ -82,4 +92,5 @@ def rewrite_exit_sites(encl: EnclaveState) -> frozenset[int]:
     return encl.exit_sites
 
 
-__all__ = ["MAX_EXIT_SITES", "REWRITTEN_ENCLU", "find_exit_sites", "rewrite_exit_sites"]
+__all__ = ["MAX_EXIT_SITES", "REWRITTEN_ENCLU", "find_exit_sites", "is_exit_site",
+           "rewrite_exit_sites"]

@@ -69,6 +69,7 @@ from vsgx.evm.executor import (
     ThreadExecutor,
     UntrustedMemory,
 )
+from vsgx.evm.fast_exits import is_exit_site
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner.layout import (
     GRANT_CODE_READABLE,
@@ -438,8 +439,9 @@ class EnclaveThread:
         encl, registers = self.encl, stop.registers
         rip = registers[RIP]
         if encl.exit_sites and stop.kind is StopKind.EXCEPTION and stop.vector == Vector.BP \
-                and stop.exit_type is ExitType.SOFTWARE and rip - 1 in encl.exit_sites:
-            # Fast-exit mode: the INT3 at a rewritten site is its ENCLU.
+                and stop.exit_type is ExitType.SOFTWARE and is_exit_site(encl, rip - 1):
+            # Fast-exit mode: the INT3 at a rewritten site is its ENCLU (while
+            # the site holds what the EVM wrote there).
             registers = list(registers)
             registers[RIP] = rip - 1
             return Stop(StopKind.ENCLU, registers)
@@ -448,7 +450,7 @@ class EnclaveThread:
             if not 0 <= offset <= encl.size - len(ENCLU_OPCODE):
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP)
             code = encl.memory.view[offset:offset + len(ENCLU_OPCODE)]  # type: ignore[union-attr]
-            if code != ENCLU_OPCODE and rip not in encl.exit_sites:
+            if code != ENCLU_OPCODE and not is_exit_site(encl, rip):
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return stop
         # A software exception (INT3) reports the RIP after it.

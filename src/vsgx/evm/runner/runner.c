@@ -754,8 +754,10 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
     if (sig == SIGTRAP && MC(uc, MC_TRAPNO) == 3) {
         /* Fast-exit mode: the INT3 the EVM wrote over an EEXIT site's
            ENCLU (the sites come from the read-only COMMAND area). */
+        const uint8_t *code = (const uint8_t *)(rip - 1);
         if ((uint32_t)MC(uc, MC_RAX) == 4 && canonical(MC(uc, MC_RBX)) &&
-            is_exit_site(rip - 1)) {
+            is_exit_site(rip - 1) && f->code_readable && code[0] == 0xcc && code[1] == 0x66 &&
+            code[2] == 0x90) {
             fast_eexit(uc);
             vsgx_serve();
         }
