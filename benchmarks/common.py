@@ -220,7 +220,8 @@ def cpu_hog() -> Iterator[int]:
 
 def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
     """The floors of one entry, measured now (kernels/floors.c): ENCLU ->
-    SIGILL -> return, and a bare futex ping-pong between two processes."""
+    SIGILL -> return, INT3 -> SIGTRAP -> return (fast exits' trap), and a
+    bare futex ping-pong between two processes."""
     binary = workdir / "floors"
     if not binary.exists():
         subprocess.run(["gcc", "-O2", "-o", str(binary),
@@ -228,6 +229,7 @@ def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
                        check=True)
     found = {}
     for what, label in (("sigill", "raw SIGILL round trip"),
+                        ("sigtrap", "raw SIGTRAP round trip"),
                         ("futex", "futex ping-pong, 2 processes")):
         out = subprocess.run([str(binary), what, str(count)], capture_output=True, text=True,
                              check=True).stdout

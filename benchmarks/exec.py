@@ -13,9 +13,11 @@ executor. Measured in the program, in the same run:
 * creating a 16 MiB, 10-TCS SDK enclave (probe, CREATE, one ADD_PAGES per
   page, INIT, the mappings, ECMD_INIT_ENCLAVE), first and second time.
 
-Each twice: through the fast path (the injected library enters the TCS's
-runner itself over shared memory) and through the launcher and the EVM
-process (``VSGX_EXEC_FAST=0``, the baseline); the library's count of fast
+Each three times: through the fast path (the injected library enters the
+TCS's runner itself over shared memory), through the launcher and the EVM
+process (``VSGX_EXEC_FAST=0``, the baseline), and through the fast path
+with fast exits (``--fast-exits``: EEXIT sites rewritten into INT3 after
+EINIT, against the raw SIGTRAP round trip); the library's count of fast
 entries is printed with them.
 
     python benchmarks/exec.py [--count 2000] [--executor native]
@@ -98,10 +100,11 @@ def main() -> None:
                     stack.enter_context(cpu_hog())
                 for name, stats in floors(work, args.count).items():
                     results[f"{name} ({load})"] = stats
-                for path, fast in (("fast path", "1"), ("launcher", "0")):
+                for path, fast, extra in (("fast path", "1", []), ("launcher", "0", []),
+                                          ("fast path, fast exits", "1", ["--fast-exits"])):
                     run = subprocess.run(
                         [sys.executable, "-m", "vsgx", "exec", "--executor", args.executor,
-                         "--", str(host), "--bench", str(args.count), nop, str(plan_file),
+                         *extra, "--", str(host), "--bench", str(args.count), nop, str(plan_file),
                          *ordinals], capture_output=True, text=True,
                         env={**env, "VSGX_EXEC_FAST": fast, "VSGX_EXEC_FAST_STATS": "1"},
                         check=False, timeout=3600)
@@ -114,7 +117,10 @@ def main() -> None:
                                                                                  "ocall"))
                     counted = FAST_STATS.search(run.stderr)
                     fast_counts[f"{path} ({load})"] = counted.group(0) if counted else "none"
+                    if load == "quiet" and path == "launcher":  # as before: creation
+                        quiet_run = run
                 if load == "quiet":
+                    run = quiet_run
                     creates = [round(value / 1000, 1) for value in samples(run.stdout, "create")]
                     steps = [dict(zip(STEP_NAMES, (round(int(v) / 1e6, 2)
                                                    for v in line.split()[1:]), strict=True))

@@ -1,6 +1,7 @@
 /* The floors an entry through the fast path is compared with, measured in
    the same run as it:
      floors sigill COUNT  -- ENCLU (0f 01 d7, #UD here) -> SIGILL -> return
+     floors sigtrap COUNT -- INT3 -> SIGTRAP -> return (the trap fast exits use)
      floors futex COUNT   -- a bare futex ping-pong between two processes
                              (wake the peer, sleep until it wakes us back)
    One line per round trip: "<what> <nanoseconds>". Built by the benchmarks
@@ -49,6 +50,31 @@ static int sigill(long count)
         uint64_t end = now_ns();
         if (i >= WARMUP)
             printf("sigill %lu\n", (unsigned long)(end - start));
+    }
+    return 0;
+}
+
+static void ignore_trap(int sig, siginfo_t *info, void *context)
+{
+    (void)sig;
+    (void)info;
+    (void)context; /* INT3 is a trap: RIP is already past it */
+}
+
+static int sigtrap(long count)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = ignore_trap;
+    action.sa_flags = SA_SIGINFO;
+    if (sigaction(SIGTRAP, &action, NULL) != 0)
+        return 1;
+    for (long i = 0; i < count + WARMUP; i++) {
+        uint64_t start = now_ns();
+        __asm__ volatile("int3" ::: "memory");
+        uint64_t end = now_ns();
+        if (i >= WARMUP)
+            printf("sigtrap %lu\n", (unsigned long)(end - start));
     }
     return 0;
 }
@@ -102,6 +128,8 @@ int main(int argc, char **argv)
     long count = atol(argv[2]);
     if (!strcmp(argv[1], "sigill"))
         return sigill(count);
+    if (!strcmp(argv[1], "sigtrap"))
+        return sigtrap(count);
     if (!strcmp(argv[1], "futex"))
         return futex(count);
     return 2;

@@ -70,7 +70,8 @@ def cmd_evm_serve(args: argparse.Namespace) -> int:
     config = PlatformConfig(epc_pages=args.epc_mib * 256,
                             launch_policy=LaunchPolicy(allowed_signers=frozenset())
                             if locked else LaunchPolicy())
-    vm = EnclaveVM(config, secret_path=folder / SECRET_FILE, executor=args.executor)
+    vm = EnclaveVM(config, secret_path=folder / SECRET_FILE, executor=args.executor,
+                   fast_exits=args.fast_exits)
     manager = EnclaveManager(vm, session_epc_pages=args.session_epc_mib * 256,
                              evidence=args.evidence, admission=admission,
                              idle_timeout=args.idle_timeout, peer_timeout=args.peer_timeout,

@@ -39,14 +39,15 @@ _OUR_VARIABLES = ("VSGX_EXEC_FD", "VSGX_EXEC_CPUID", "VSGX_EXEC_SPAWN", "VSGX_EX
 class LocalEvm:
     """A private `vsgx evm serve` for one program."""
 
-    def __init__(self, executor: str, launch_control: str = "flexible"):
+    def __init__(self, executor: str, launch_control: str = "flexible", fast_exits: bool = False):
         self.directory = Path(tempfile.mkdtemp(prefix="vsgx-exec-"))
         os.chmod(self.directory, 0o700)
         self.address = f"unix:{self.directory / 'evm.sock'}"
         env = _clean_environment(os.environ)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vsgx", "evm", "serve", "--listen", self.address,
-             "--executor", executor, "--launch-control", launch_control],
+             "--executor", executor, "--launch-control", launch_control,
+             *(["--fast-exits"] if fast_exits else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env)
         assert self.process.stdout is not None
@@ -149,6 +150,8 @@ def _spawn_command(args: argparse.Namespace) -> str:
         words += ["--executor", args.executor]
     if args.launch_control != "flexible":
         words += ["--launch-control", args.launch_control]
+    if args.fast_exits:
+        words += ["--fast-exits"]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -180,7 +183,8 @@ def _serve_attached(args: argparse.Namespace) -> int:
     if not fd_text.isdigit():
         raise VsgxError("--attach needs VSGX_EXEC_ATTACH_FD (it is started by the library)")
     fd = int(fd_text)
-    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control,
+                                           args.fast_exits)
     try:
         connect = _connect(args.evm if local is None else local.address)
         model = bytes.fromhex(_cpuid_text(connect))
@@ -221,7 +225,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise VsgxError("no program to run (vsgx exec [--evm ADDR] -- PROGRAM [ARGS...])")
     program = _program(words[0])
     library = library_path()
-    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control)
+    local = None if args.evm else LocalEvm(args.executor or "auto", args.launch_control,
+                                           args.fast_exits)
     launcher = None
     aesmd = None
     child = None
@@ -281,6 +286,10 @@ def add_parser(sub: Any) -> None:
                    help="launch control of the private EVM: flexible (default) or locked, "
                    "where only enclaves with an EINITTOKEN from its launch enclave (what "
                    "/dev/isgx programs get from aesmd) initialise")
+    p.add_argument("--fast-exits", action="store_true",
+                   help="not exact, opt-in: the private EVM rewrites each enclave's EEXIT "
+                   "sites after EINIT into INT3, a cheaper trap than ENCLU's #UD (README: "
+                   "Fast exits)")
     p.add_argument("--print-env", action="store_true",
                    help="print the environment that injects vsgx into programs started "
                    "elsewhere (service units, containers): LD_PRELOAD and VSGX_EXEC_SPAWN")

@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["auto", "native", "unicorn"], default="auto",
                    help="what runs enclave code: native (runner processes on this CPU), "
                    "unicorn (portable, traceable), auto (native where supported; default)")
+    p.add_argument("--fast-exits", action="store_true",
+                   help="not exact, opt-in: rewrite each enclave's EEXIT sites after EINIT "
+                   "into INT3, a cheaper trap than ENCLU's #UD (README: Fast exits)")
     p.add_argument("--allow-uid", action="append", type=_uid, metavar="UID",
                    help="Unix socket: admit this user id (repeatable; default: this "
                    "process's own uid only)")

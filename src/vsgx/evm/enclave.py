@@ -175,6 +175,8 @@ class EnclaveState:
     # pages whose contents changed without a permission change (EDBGWR):
     # executors drop their translations of them
     rewritten: list[int] = field(default_factory=list)
+    # fast-exit mode (vsgx.evm.fast_exits): the ENCLUs rewritten into INT3
+    exit_sites: frozenset[int] = frozenset()
     # the pages behind generation bumps, in order (see note_change), from
     # change number journal_start on
     journal: list[int] = field(default_factory=list)

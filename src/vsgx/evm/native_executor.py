@@ -434,6 +434,7 @@ class EnclaveStateProbe:
         self.base = 0x400000000000
         self.size = 16 * PAGE_SIZE
         self.memory = EnclaveMemory(self.size)
+        self.exit_sites: frozenset[int] = frozenset()
         self.xfrm = 3
 
     def close(self) -> None:
@@ -625,6 +626,12 @@ class NativeExecutor:
             self.client_address = ctypes.addressof(self._client_base)
             self.pool_address = ctypes.addressof(self._pool_base)
             struct.pack_into("<I", self.client_area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
+            # Fast-exit mode: the rewritten EEXIT sites, before the runner runs.
+            sites = sorted(encl.exit_sites)[:layout.MAX_EXIT_SITES]
+            struct.pack_into("<I", self.command_area, COMMAND.offset("exit_site_count"),
+                             len(sites))
+            struct.pack_into(f"<{len(sites)}Q", self.command_area, COMMAND.offset("exit_sites"),
+                             *sites)
             memory_fd = encl.memory.fd
             flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
             root = self.root_dir if self.root_dir is not None else runner_root()

@@ -69,6 +69,7 @@ from vsgx.evm.executor import (
     ThreadExecutor,
     UntrustedMemory,
 )
+from vsgx.evm.fast_exits import is_exit_site
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner.layout import (
     GRANT_CODE_READABLE,
@@ -437,11 +438,19 @@ class EnclaveThread:
         hardware, fetching there is #GP(0)); only vectors an enclave can take."""
         encl, registers = self.encl, stop.registers
         rip = registers[RIP]
+        if encl.exit_sites and stop.kind is StopKind.EXCEPTION and stop.vector == Vector.BP \
+                and stop.exit_type is ExitType.SOFTWARE and is_exit_site(encl, rip - 1):
+            # Fast-exit mode: the INT3 at a rewritten site is its ENCLU (while
+            # the site holds what the EVM wrote there).
+            registers = list(registers)
+            registers[RIP] = rip - 1
+            return Stop(StopKind.ENCLU, registers)
         if stop.kind is StopKind.ENCLU:
             offset = rip - encl.base
             if not 0 <= offset <= encl.size - len(ENCLU_OPCODE):
                 return Stop(StopKind.EXCEPTION, registers, Vector.GP)
-            if encl.memory.view[offset:offset + len(ENCLU_OPCODE)] != ENCLU_OPCODE:  # type: ignore[union-attr]
+            code = encl.memory.view[offset:offset + len(ENCLU_OPCODE)]  # type: ignore[union-attr]
+            if code != ENCLU_OPCODE and not is_exit_site(encl, rip):
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return stop
         # A software exception (INT3) reports the RIP after it.

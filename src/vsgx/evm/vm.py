@@ -23,6 +23,7 @@ from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.encls import EvictedPage
 from vsgx.evm.executor import RBX, ExecutorCapability, ExecutorFactory, UntrustedMemory
+from vsgx.evm.fast_exits import rewrite_exit_sites
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
 from vsgx.evm.thread import EnclaveExit, EnclaveThread
@@ -62,7 +63,10 @@ class EnclaveVM:
     def __init__(self, config: PlatformConfig | None = None, *, root_secret: bytes | None = None,
                  secret_path: Path | None = None,
                  executor: ExecutorFactory | str | None = None,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, fast_exits: bool = False):
+        """``fast_exits``: rewrite each enclave's EEXIT sites after EINIT
+        (vsgx.evm.fast_exits; opt-in, not exact). Either executor carries
+        them out; the native one's runner completes them alone."""
         config = config or PlatformConfig()
         secret = root_secret if root_secret is not None else load_root_secret(secret_path)
         # Where this platform's files live (its QE's keys and certificates):
@@ -73,6 +77,7 @@ class EnclaveVM:
         if executor is None or isinstance(executor, str):
             executor = executor_factory(self.machine, executor)
         self.executor_factory: ExecutorFactory = executor
+        self.fast_exits = fast_exits
         self._tracks_access = ExecutorCapability.TRACKS_ACCESS in executor.capabilities
         # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
         self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
@@ -159,7 +164,10 @@ class EnclaveVM:
     def einit(self, secs_page: int, sigstruct: bytes, token: bytes = bytes(EINITTOKEN_SIZE)
               ) -> SgxError:
         with self.machine.lock:
-            return encls.einit(self.machine, secs_page, sigstruct, token)
+            status = encls.einit(self.machine, secs_page, sigstruct, token)
+            if status == SgxError.SUCCESS and self.fast_exits:
+                rewrite_exit_sites(encls.secs_of(self.machine, secs_page))
+            return status
 
     def eremove(self, epc_page: int) -> SgxError:
         with self.machine.lock:

@@ -104,6 +104,7 @@ PYTHON_SLOTS = 512  # page-pool slots the EVM's executor maps untrusted pages fr
 CLIENT_SLOTS = 256  # slots after those that the fast path's client fills
 POOL_SLOTS = PYTHON_SLOTS + CLIENT_SLOTS
 MAX_UNMAP = 64  # client slots one request may ask the runner to unmap
+MAX_EXIT_SITES = 32  # rewritten EEXIT sites the COMMAND area names (vsgx.evm.fast_exits)
 
 REPORT = Area("vsgx_report", 4096, (
     Field("seq", 0, "u32"),  # futex word: bumped by the runner at each report
@@ -159,6 +160,10 @@ COMMAND = Area("vsgx_command", 9 * 4096, (
     Field("grant_mxcsr_mask", 32852, "u32"),
     Field("grant_frames", 32856, "u64", GRANT_FRAMES),  # SSA frame i, 0: not accessible
     Field("interrupt_seq", 32984, "u32"),  # bumped by the EVM for an interrupt (a kick)
+    # Fast-exit mode (vsgx.evm.fast_exits): the ENCLUs rewritten into INT3,
+    # written before the runner's first entry and never changed.
+    Field("exit_site_count", 32988, "u32"),
+    Field("exit_sites", 32992, "u64", MAX_EXIT_SITES),
 ))
 
 CLIENT = Area("vsgx_client", 4096, (
@@ -255,7 +260,7 @@ def _defines() -> list[str]:
         "VSGX_REG_COUNT": REG_COUNT,
         "VSGX_GRANT_FRAMES": GRANT_FRAMES, "VSGX_PYTHON_SLOTS": PYTHON_SLOTS,
         "VSGX_CLIENT_SLOTS": CLIENT_SLOTS, "VSGX_POOL_SLOTS": POOL_SLOTS,
-        "VSGX_MAX_UNMAP": MAX_UNMAP,
+        "VSGX_MAX_UNMAP": MAX_UNMAP, "VSGX_MAX_EXIT_SITES": MAX_EXIT_SITES,
         "VSGX_REQ_EENTER": REQ_EENTER, "VSGX_REQ_ERESUME": REQ_ERESUME,
         "VSGX_REQ_PAGE": REQ_PAGE, "VSGX_REPLY_EEXIT": REPLY_EEXIT, "VSGX_REPLY_AEX": REPLY_AEX,
         "VSGX_REPLY_REFUSED": REPLY_REFUSED, "VSGX_REPLY_HANDED_OVER": REPLY_HANDED_OVER,

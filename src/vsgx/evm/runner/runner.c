@@ -649,6 +649,18 @@ INLINE void fast_eexit(const uint8_t *uc)
     reply(VSGX_REPLY_EEXIT);
 }
 
+/* Whether ``address`` is a rewritten EEXIT site (vsgx.evm.fast_exits). */
+INLINE int is_exit_site(uint64_t address)
+{
+    uint32_t count = vsgx_command.exit_site_count;
+    if (count > VSGX_MAX_EXIT_SITES)
+        count = VSGX_MAX_EXIT_SITES;
+    for (uint32_t i = 0; i < count; i++)
+        if (vsgx_command.exit_sites[i] == address)
+            return 1;
+    return 0;
+}
+
 /* Which client slot maps ``page``, or -1. */
 INLINE int client_slot_of(uint64_t page)
 {
@@ -734,6 +746,18 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
         if (f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
             code[1] == 0x01 && code[2] == 0xd7 && (uint32_t)MC(uc, MC_RAX) == 4 &&
             canonical(MC(uc, MC_RBX))) {
+            fast_eexit(uc);
+            vsgx_serve();
+        }
+        return;
+    }
+    if (sig == SIGTRAP && MC(uc, MC_TRAPNO) == 3) {
+        /* Fast-exit mode: the INT3 the EVM wrote over an EEXIT site's
+           ENCLU (the sites come from the read-only COMMAND area). */
+        const uint8_t *code = (const uint8_t *)(rip - 1);
+        if ((uint32_t)MC(uc, MC_RAX) == 4 && canonical(MC(uc, MC_RBX)) &&
+            is_exit_site(rip - 1) && f->code_readable && code[0] == 0xcc && code[1] == 0x66 &&
+            code[2] == 0x90) {
             fast_eexit(uc);
             vsgx_serve();
         }
