@@ -197,3 +197,19 @@ def test_sdk_ecalls_ocalls_and_exceptions_take_the_fast_path(sdk_enclave, unix_a
         assert after["handed over"] - before["handed over"] >= 3
     finally:
         hello.destroy()
+
+
+def test_files_that_are_not_sealed_or_too_small_make_no_client(tmp_path):
+    from vsgx.evm.native_executor import NativeUnavailable, fast_client_from_files
+    from vsgx.evm.runner import layout
+
+    small = os.memfd_create("small")
+    loose = os.memfd_create("loose")
+    try:
+        os.ftruncate(loose, layout.POOL_SLOTS * 4096)
+        for client_fd, pool_fd in ((small, loose), (loose, loose)):
+            with pytest.raises(NativeUnavailable):
+                fast_client_from_files(client_fd, pool_fd, 1 << 32, 1 << 20, "TCS 0x1000")
+    finally:
+        os.close(small)
+        os.close(loose)

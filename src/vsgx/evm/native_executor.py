@@ -1165,11 +1165,16 @@ class FastClient:
                    ) -> FastClient:
         """A client on a runner's CLIENT area and page pool as an EVM on this
         host handed them out (the descriptors stay the caller's). Both are
-        checked: sizes, and the area's magic."""
+        checked: sizes, seals, and the area's magic."""
         try:
             if os.fstat(client_fd).st_size < CLIENT.size \
                     or os.fstat(pool_fd).st_size < layout.POOL_SLOTS * PAGE_SIZE:
                 raise NativeUnavailable("the fast path's files are too small")
+            # Sealed against shrinking: a file cut short under our mapping
+            # would be SIGBUS in this process.
+            for fd in (client_fd, pool_fd):
+                if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+                    raise NativeUnavailable("the fast path's files are not sealed")
             area = mmap.mmap(client_fd, CLIENT.size)
             pool = mmap.mmap(pool_fd, layout.CLIENT_SLOTS * PAGE_SIZE,
                              offset=layout.PYTHON_SLOTS * PAGE_SIZE)
