@@ -28,10 +28,10 @@ from vsgx.arch.pageinfo import Pcmd, Secinfo
 from vsgx.crypto.paging import (
     EWB_HEADER,
     MAC_SIZE,
+    MacMismatch,
     decrypt_page,
-    decrypt_page_into,
+    page_primitives,
     paging_header,
-    seal_page,
 )
 from vsgx.evm.enclave import EnclaveMemory, EnclaveState
 from vsgx.evm.encls.build import give_pages
@@ -57,6 +57,7 @@ from vsgx.evm.machine import Machine
 _PAGE_TYPES = {int(t): t for t in PageType}
 _PT_BITS = {t: int(t) << SECINFO_PAGE_TYPE_SHIFT for t in PageType}
 _SEALED_SIZE = PAGE_SIZE + MAC_SIZE
+_ZERO_PAGE = bytes(PAGE_SIZE)
 _SLOT_MASK = VA_SLOT_SIZE - 1
 _SLOT_SHIFT = VA_SLOT_SIZE.bit_length() - 1
 # What EWB writes into PCMD (SECINFO is FLAGS and zeros; reserved bytes zero).
@@ -151,8 +152,8 @@ def eblock_pages(m: Machine, epc_pages: Sequence[int]) -> list[SgxError | Fault]
 
 def etrack(m: Machine, secs_page: int) -> SgxError:
     encl = secs_of(m, secs_page)
-    return SgxError.SUCCESS if encl.etrack() else m.refuse(SgxError.PREV_TRK_INCMPL,
-                                                           "tracking_incomplete")
+    return _SUCCESS if encl.etrack() else m.refuse(SgxError.PREV_TRK_INCMPL,
+                                                   "tracking_incomplete")
 
 
 def _va_slot(m: Machine, slot: int) -> tuple[array[int], int]:
@@ -195,7 +196,7 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
     before it stay written out."""
     epc = m.epc
     base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
-    cipher = m.secrets.paging_cipher
+    encrypt, _, nonce_of = page_primitives(m.secrets.paging_cipher)
     header_of, pcmd_of = EWB_HEADER.pack, _PCMD_EWB.pack
     results: list[tuple[SgxError, EvictedPage | None] | Fault] = []
     append = results.append
@@ -266,7 +267,7 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
                      | entry.pending * PENDING | entry.modified * MODIFIED | entry.pr * PR)
             version = next_version
             next_version = version + 1  # spent even if sealing fails: a nonce once
-            sealed = seal_page(cipher, version, header_of(flags, linaddr, eid), content)
+            sealed = encrypt(nonce_of(version), content, header_of(flags, linaddr, eid))
             if slots[index]:
                 m.refusal = "va_slot_occupied"
                 status = _OCCUPIED
@@ -324,6 +325,7 @@ def eld_pages(m: Machine, secs_page: int,
     epc = m.epc
     base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
     cipher = m.secrets.paging_cipher
+    _, decrypt_into, nonce_of = page_primitives(cipher)
     header_of = EWB_HEADER.pack
     pcmd_parts = _PCMD_PARTS.unpack
     last_va_page = -1  # the VA page checked last, and its slots
@@ -423,8 +425,10 @@ def eld_pages(m: Machine, secs_page: int,
                 continue
             offset = linaddr - ebase
             written.append(offset)
-            if not decrypt_page_into(cipher, version, header, sealed,
-                                     view[offset:offset + PAGE_SIZE]):
+            try:
+                decrypt_into(nonce_of(version), sealed, header, view[offset:offset + PAGE_SIZE])
+            except MacMismatch:
+                view[offset:offset + PAGE_SIZE] = _ZERO_PAGE  # no unverified plaintext
                 append(m.refuse(SgxError.MAC_COMPARE_FAIL, "mac"))
                 continue
             slots[index] = 0
