@@ -30,7 +30,6 @@ from vsgx.crypto.paging import (
     MAC_SIZE,
     MacMismatch,
     decrypt_page,
-    page_primitives,
     paging_header,
 )
 from vsgx.evm.enclave import EnclaveMemory, EnclaveState
@@ -196,7 +195,7 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
     before it stay written out."""
     epc = m.epc
     base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
-    encrypt, _, nonce_of = page_primitives(m.secrets.paging_cipher)
+    encrypt, _, nonce_of = m.secrets.paging_primitives
     header_of, pcmd_of = EWB_HEADER.pack, _PCMD_EWB.pack
     results: list[tuple[SgxError, EvictedPage | None] | Fault] = []
     append = results.append
@@ -286,22 +285,16 @@ def ewb_pages(m: Machine, pairs: Sequence[tuple[int, int]]
                                         linaddr)))
     finally:
         m.next_version = next_version
+        # what EWB leaves to do in each enclave for the pages written out:
+        # their memory, their accessed bits, the count, the news
         for encl, pages in runs:
             if pages:
-                _evicted(encl, pages)
+                encl.memory.release_pages(map((-encl.base).__add__, pages))  # type: ignore[union-attr]
+                if encl.old:
+                    encl.old.difference_update(pages)
+                encl.child_count -= len(pages)
+                encl.note_changes(pages)
     return results
-
-
-def _evicted(encl: EnclaveState, pages: list[int]) -> None:
-    """What EWB of ``pages`` (linear, no longer resident) leaves to do in
-    their enclave: their memory, their accessed bits, the count, the news."""
-    ebase = encl.base
-    assert encl.memory is not None
-    encl.memory.release_pages([page - ebase for page in pages])
-    if encl.old:
-        encl.old.difference_update(pages)
-    encl.child_count -= len(pages)
-    encl.note_changes(pages)
 
 
 def eld(m: Machine, epc_page: int, va_slot: int, secs_page: int, linaddr: int,
@@ -325,7 +318,7 @@ def eld_pages(m: Machine, secs_page: int,
     epc = m.epc
     base, end, entries, va_pages = epc.base, epc.end, epc.entries, epc.va_slots
     cipher = m.secrets.paging_cipher
-    _, decrypt_into, nonce_of = page_primitives(cipher)
+    _, decrypt_into, nonce_of = m.secrets.paging_primitives
     header_of = EWB_HEADER.pack
     pcmd_parts = _PCMD_PARTS.unpack
     last_va_page = -1  # the VA page checked last, and its slots
