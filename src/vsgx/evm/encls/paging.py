@@ -5,7 +5,11 @@ The batch entry points (``eblock_pages``, ``ewb_pages``, ``eld_pages``) run
 the same checks, page by page, as the single leaves; they exist so that a
 batch costs one call and one lock, not one per page (the lookups are written
 out inline there: at this rate a function call per check is most of the
-cost). ``eldu_deferred`` loads a page that ``build.eadd_uniform`` deferred.
+cost). What no later check of the batch reads — the enclave's journal and
+change hooks, held memory, accessed bits, child count — is updated once
+per enclave at the end of the batch (also when a fault ends it), under the
+same hold of the machine lock. ``eldu_deferred`` loads a page that
+``build.eadd_uniform`` deferred.
 """
 
 from __future__ import annotations
