@@ -424,3 +424,118 @@ def test_eldu_deferred_loads_the_pattern_once():
     assert b.m.epc.entry(page).secinfo_flags() == REG | R | W and encl.child_count == 2
     faults(lambda: encls.eldu_deferred(b.m, b.page(), secs, BASE + 2 * 4096), Vector.GP,
            "linear_page_taken")
+
+
+# -- batches: one call, the same checks page by page ---------------------------------------
+def count_hooks(encl) -> list[int]:
+    calls = [0]
+
+    def hook() -> None:
+        calls[0] += 1
+
+    encl.on_change.append(hook)
+    return calls
+
+
+def blocked_and_tracked(p: Paged, *ns: int) -> None:
+    assert encls.eblock_pages(p.m, [p.pages[n] for n in ns]) == [SgxError.SUCCESS] * len(ns)
+    assert encls.etrack(p.m, p.secs) is SgxError.SUCCESS
+
+
+def test_an_eblock_batch_journals_each_page_and_tells_executors_once():
+    p = Paged()
+    calls, mark = count_hooks(p.encl), p.encl.change_mark()
+    blocked_and_tracked(p, 2, 0)
+    assert p.encl.changes_since(mark) == [BASE + 8192, BASE] and calls == [1]
+
+
+def test_an_ewb_batch_journals_each_page_and_tells_executors_once():
+    p = Paged()
+    blocked_and_tracked(p, 0, 1, 2)
+    p.encl.old.update([BASE, BASE + 4096])
+    calls, mark = count_hooks(p.encl), p.encl.change_mark()
+    results = encls.ewb_pages(p.m, [(p.pages[n], p.va + 8 * n) for n in range(3)])
+    assert [status for status, _ in results] == [SgxError.SUCCESS] * 3
+    assert p.encl.changes_since(mark) == [BASE, BASE + 4096, BASE + 8192] and calls == [1]
+    assert p.encl.child_count == 1 and list(p.encl.pages) == [BASE + 12288]
+    assert not p.encl.old & {BASE, BASE + 4096, BASE + 8192}
+    versions = [p.m.epc.va_slots[p.va][n] for n in range(3)]
+    assert versions == [versions[0], versions[0] + 1, versions[0] + 2]
+
+
+def test_a_fault_ends_an_ewb_batch_and_the_pages_before_it_are_written_out():
+    p = Paged()
+    blocked_and_tracked(p, 0, 1)
+    calls, mark = count_hooks(p.encl), p.encl.change_mark()
+    results = encls.ewb_pages(p.m, [(p.pages[0], p.va), (p.pages[1], p.va + 9),
+                                    (p.pages[2], p.va + 16)])
+    assert results[0][0] is SgxError.SUCCESS and len(results) == 2
+    assert isinstance(results[1], Fault) and results[1].check == "va_slot_alignment"
+    assert p.encl.changes_since(mark) == [BASE] and calls == [1]
+    assert p.encl.child_count == 3 and BASE not in p.encl.pages
+    assert p.m.epc.entry(p.pages[1]).valid and p.m.epc.va_slots[p.va][1] == 0
+    assert p.eldu(results[0][1])() is SgxError.SUCCESS  # it comes back whole
+
+
+def test_an_ewb_batch_that_evicts_a_va_page_cannot_use_its_slots_after():
+    p = Paged()
+    other = p.b.page()
+    encls.epa(p.m, other)
+    blocked_and_tracked(p, 0, 1)
+    results = encls.ewb_pages(p.m, [(p.pages[0], other + 16), (other, p.va),
+                                    (p.pages[1], other + 24)])
+    assert [r[0] for r in results[:2]] == [SgxError.SUCCESS] * 2 and len(results) == 3
+    assert isinstance(results[2], Fault) and results[2].check == "va_slot_not_va"
+    assert p.m.epc.entry(p.pages[1]).valid
+    # the VA page went out with the version its slot got earlier in the batch
+    va_blob = results[1][1]
+    assert encls.eld_pages(p.m, 0, [(p.free, p.va, 0, va_blob.sealed, va_blob.pcmd)]) == \
+        [SgxError.SUCCESS]
+    assert p.m.epc.va_slots[p.free][2] and not p.m.epc.va_slots[p.free][3]
+    item = (p.pages[0], p.free + 16, BASE, results[0][1].sealed, results[0][1].pcmd)
+    assert encls.eld_pages(p.m, p.secs, [item]) == [SgxError.SUCCESS]
+
+
+def test_an_eldu_batch_goes_on_past_a_refused_page_and_tells_executors_once():
+    p = Paged()
+    blocked_and_tracked(p, 0, 1, 2)
+    blobs = [blob for _, blob in encls.ewb_pages(p.m, [(p.pages[n], p.va + 8 * n)
+                                                       for n in range(3)])]
+    broken = bytearray(blobs[1].sealed)
+    broken[5] ^= 1
+    calls, mark = count_hooks(p.encl), p.encl.change_mark()
+    p.m.refusal = ""
+    results = encls.eld_pages(p.m, p.secs, [
+        (p.pages[0], p.va, BASE, blobs[0].sealed, blobs[0].pcmd),
+        (p.pages[1], p.va + 8, BASE + 4096, bytes(broken), blobs[1].pcmd),
+        (p.pages[2], p.va + 16, BASE + 8192, blobs[2].sealed, blobs[2].pcmd)])
+    assert results == [SgxError.SUCCESS, SgxError.MAC_COMPARE_FAIL, SgxError.SUCCESS]
+    assert p.m.refusal == "mac"
+    assert p.encl.changes_since(mark) == [BASE, BASE + 8192] and calls == [1]
+    assert p.encl.child_count == 3 and BASE + 4096 not in p.encl.pages
+    assert {BASE, BASE + 8192} <= p.encl.old
+    assert [p.m.epc.va_slots[p.va][n] != 0 for n in range(3)] == [False, True, False]
+
+
+def test_an_eldu_batch_that_names_one_va_slot_twice_finds_it_empty_the_second_time():
+    p = Paged()
+    blob = p.evict(0)
+    p.m.refusal = ""
+    results = encls.eld_pages(p.m, p.secs, [(p.pages[0], p.va, BASE, blob.sealed, blob.pcmd),
+                                            (p.free, p.va, BASE, blob.sealed, blob.pcmd)])
+    assert results == [SgxError.SUCCESS, SgxError.MAC_COMPARE_FAIL]
+    assert p.m.refusal == "va_slot_empty" and not p.m.epc.entry(p.free).valid
+
+
+def test_changes_past_the_journal_limit_in_one_batch_ask_for_a_full_reread():
+    from vsgx.evm.enclave import JOURNAL_LIMIT
+
+    p = Paged()
+    mark = p.encl.change_mark()
+    p.encl.note_changes([])
+    assert p.encl.change_mark() == mark
+    p.encl.note_changes([BASE] * (JOURNAL_LIMIT + 10))
+    assert p.encl.changes_since(mark) is None and len(p.encl.journal) <= JOURNAL_LIMIT
+    later = p.encl.change_mark()
+    p.encl.note_changes([BASE + 4096, BASE])
+    assert p.encl.changes_since(later) == [BASE + 4096, BASE]

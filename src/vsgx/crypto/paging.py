@@ -16,6 +16,7 @@ MAC, what AES-GCM produces) travels as one object.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -80,6 +81,20 @@ def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes
         out[:] = bytes(len(out))
         return False
     return True
+
+
+# For loops over many pages (the EVM's EWB and ELDU batches): the cipher's
+# own methods and the nonce's packer, so that a page costs no Python call of
+# ours. ``decrypt_into`` raises MacMismatch when the MAC does not verify,
+# and its output may then hold unverified plaintext: clear it.
+MacMismatch = InvalidTag
+
+
+def page_primitives(cipher: AESGCM) -> tuple[Callable[..., bytes], Callable[..., None],
+                                             Callable[[int], bytes]]:
+    """(encrypt, decrypt_into, nonce of a version) as seal_page and
+    decrypt_page_into use them."""
+    return cipher.encrypt, cipher.decrypt_into, _NONCE.pack
 
 
 def sealed_form(ciphertext: bytes | memoryview, mac: bytes) -> bytes:

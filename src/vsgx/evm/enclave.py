@@ -11,7 +11,7 @@ import ctypes
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,9 +70,14 @@ class EnclaveMemory:
         oldest are given back to the host, a batch per madvise. Nobody sees
         a held page: no EPCM entry maps it, and whoever takes it next
         rewrites all of it (ELDU, EADD, EAUG)."""
+        self.release_pages((offset,))
+
+    def release_pages(self, offsets: Iterable[int]) -> None:
+        """release() of each offset in turn (a batch of EWB)."""
         held = self._held
-        held[offset] = None
-        if len(held) > self.hold_limit:
+        for offset in offsets:
+            held[offset] = None
+        while len(held) > self.hold_limit:
             oldest = []
             for key in held:
                 oldest.append(key)
@@ -84,6 +89,13 @@ class EnclaveMemory:
 
     def reuse(self, offset: int) -> None:
         self._held.pop(offset, None)
+
+    def reuse_pages(self, offsets: Iterable[int]) -> None:
+        """reuse() of each offset (a batch of ELDU)."""
+        held = self._held
+        if held:
+            for offset in offsets:
+                held.pop(offset, None)
 
     def _punch_offsets(self, offsets: list[int]) -> None:
         start = previous = None
@@ -247,11 +259,30 @@ class EnclaveState:
         journal = self.journal
         journal.append(page)
         if len(journal) > JOURNAL_LIMIT:
+            self._cut_journal()
+        for hook in self.on_change:
+            hook()
+
+    def note_changes(self, pages: list[int]) -> None:
+        """note_change() of each page, the hooks called once after all (a
+        batch leaf changes its pages under one hold of the machine lock, so
+        nobody sees the steps between)."""
+        if not pages:
+            return
+        self.generation += len(pages)
+        journal = self.journal
+        journal += pages
+        if len(journal) > JOURNAL_LIMIT:
+            self._cut_journal()
+        for hook in self.on_change:
+            hook()
+
+    def _cut_journal(self) -> None:
+        journal = self.journal
+        while len(journal) > JOURNAL_LIMIT:
             drop = len(journal) // 2
             del journal[:drop]
             self.journal_start += drop
-        for hook in self.on_change:
-            hook()
 
     def note_unnamed_change(self) -> None:
         """A change too wide to name page by page: executors re-read all."""

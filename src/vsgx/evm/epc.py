@@ -52,7 +52,7 @@ class EpcmEntry:
 
     def clear(self) -> None:
         self.valid = False
-        self.pt = PageType.SECS
+        self.pt = _PT_SECS
         self.r = self.w = self.x = False
         self.pending = self.modified = self.pr = self.blocked = False
         self.enclave: EnclaveState | None = None
@@ -70,6 +70,8 @@ class EpcmEntry:
         self.r, self.w, self.x = bool(flags & _R), bool(flags & _W), bool(flags & _X)
 
 
+# a member looked up once: PageType.SECS costs an enum descriptor call each time
+_PT_SECS = PageType.SECS
 _R, _W, _X = int(SecinfoFlags.R), int(SecinfoFlags.W), int(SecinfoFlags.X)
 _PENDING, _MODIFIED, _PR = (int(SecinfoFlags.PENDING), int(SecinfoFlags.MODIFIED),
                             int(SecinfoFlags.PR))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vsgx.arch.cpuid import EpcSection, SgxCpuid
 from vsgx.crypto.keys import derivation_key, platform_value
-from vsgx.crypto.paging import paging_cipher
+from vsgx.crypto.paging import page_primitives, paging_cipher
 from vsgx.errors import VsgxError
 
 ROOT_SECRET_SIZE = 32
@@ -167,3 +167,4 @@ class PlatformSecrets:
         self.report_keyid = secrets.token_bytes(32)
         self.paging_key = secrets.token_bytes(16)
         self.paging_cipher = paging_cipher(self.paging_key)
+        self.paging_primitives = page_primitives(self.paging_cipher)  # for the batches

@@ -44,7 +44,7 @@ def secinfo_operand(raw: bytes) -> Secinfo:
 def secs_of(m: Machine, address: int) -> EnclaveState:
     """The enclave whose SECS is the EPC page at ``address`` (#PF otherwise)."""
     entry = m.epc.entry(address, "SECS")
-    if not entry.valid or entry.pt != PageType.SECS:
+    if not entry.valid or entry.pt != PT_SECS:
         raise epc_pf(address, f"{address:#x} is not a SECS page", "secs_not_secs")
     return m.epc.secs[address]
 
