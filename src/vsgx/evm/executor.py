@@ -138,6 +138,9 @@ class FastEntryClient(Protocol):
     def enter(self, request: int, registers: list[int], return_rip: int,
               untrusted: UntrustedMemory) -> int: ...
 
+    def call(self, request: int, registers: list[int], return_rip: int,
+             untrusted: UntrustedMemory) -> tuple[int, bool] | None: ...
+
     def exit_registers(self) -> list[int]: ...
 
 

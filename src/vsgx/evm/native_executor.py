@@ -352,6 +352,7 @@ def client_library() -> ctypes.CDLL:
             ("vsgx_fast_end", None, [pointer]),
             ("vsgx_fast_forget", None, [pointer]),
             ("vsgx_fast_enter", c_int, [pointer, u32, ctypes.c_char_p, u64, pointer]),
+            ("vsgx_fast_call", c_int, [pointer, u32, ctypes.c_char_p, u64, pointer, pointer]),
             ("vsgx_fast_page", c_int, [pointer, u64, u32, pointer]),
             ("vsgx_fast_slot_page", u64, [pointer, u32]),
             ("vsgx_fast_wanted", u64, [pointer]),
@@ -1137,6 +1138,8 @@ class FastClient:
         self._snapshots_base = ctypes.c_char.from_buffer(self._snapshots)
         self._out = ctypes.create_string_buffer(_EXIT.size)
         self._out_address = ctypes.addressof(self._out)
+        self._ended = ctypes.c_uint32(0)
+        self._ended_address = ctypes.addressof(self._ended)
         self._on_lost = on_lost
         self.name = name
         # Our own hold on the runner's areas: they stay mapped while C may
@@ -1208,18 +1211,48 @@ class FastClient:
         (the areas are ours to touch until this client is dropped)."""
         self._lib.vsgx_fast_end(self._c)
         if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
-            held = {self._lib.vsgx_fast_slot_page(self._c, slot)
-                    for slot in range(layout.CLIENT_SLOTS)}
-            self._pinned = {page: buffer for page, buffer in self._pinned.items()
-                            if page in held}
+            self._trim_pinned()
+
+    def _trim_pinned(self) -> None:
+        held = {self._lib.vsgx_fast_slot_page(self._c, slot)
+                for slot in range(layout.CLIENT_SLOTS)}
+        self._pinned = {page: buffer for page, buffer in self._pinned.items() if page in held}
+
+    def call(self, request: int, registers: list[int], return_rip: int,
+             untrusted: UntrustedMemory) -> tuple[int, bool] | None:
+        """``begin`` and ``enter`` in one foreign call where nothing about
+        the memory changed since the last entry: (the result, whether the
+        client is ended already — after an EEXIT); None where ``begin``
+        would be False. Without ``ended``, ``end`` follows as after
+        ``begin``."""
+        source = self._source
+        if self.closed or source is None or source[0] is not untrusted \
+                or source[1] != untrusted.generation or not untrusted.shares_pages:
+            if not self.begin(untrusted):
+                return None
+            return self.enter(request, registers, return_rip, untrusted), False
+        ended = self._ended
+        code = self._lib.vsgx_fast_call(self._c, request, layout.REGISTERS.pack(*registers),
+                                        return_rip, self._out_address, self._ended_address)
+        if code == FAST_BUSY:
+            return None
+        if ended.value:
+            if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
+                self._trim_pinned()
+            return code, True
+        return self._served(code, untrusted), False
 
     def enter(self, request: int, registers: list[int], return_rip: int,
               untrusted: UntrustedMemory) -> int:
         """One EENTER through the runner: FAST_EEXIT (``exit_registers``),
         FAST_REFUSED, FAST_HANDED_OVER, FAST_CLOSED or FAST_LOST."""
+        code = self._lib.vsgx_fast_enter(self._c, request, layout.REGISTERS.pack(*registers),
+                                         return_rip, self._out_address)
+        return self._served(code, untrusted)
+
+    def _served(self, code: int, untrusted: UntrustedMemory) -> int:
+        """The pages the runner asks for (NEED_PAGE), until the entry ends."""
         lib, c, out = self._lib, self._c, self._out_address
-        code = lib.vsgx_fast_enter(c, request, layout.REGISTERS.pack(*registers), return_rip,
-                                   out)
         share = untrusted.share
         while code == FAST_NEED_PAGE:
             page = lib.vsgx_fast_wanted(c)

@@ -212,14 +212,19 @@ class EnclaveThread:
         """EENTER with the application's registers (RBX = TCS, RCX = AEP):
         through the runner where a grant allows it, else through the EVM."""
         fast = self._fast()
-        if fast is None or not fast.begin(untrusted):
+        if fast is None:
             return self._eenter(registers, return_rip, untrusted)
+        ended = False
         try:
             try:
-                outcome = fast.enter(REQ_EENTER, registers, return_rip, untrusted)
+                called = fast.call(REQ_EENTER, registers, return_rip, untrusted)
             except VsgxError:
                 self._lost()
                 raise
+            if called is None:  # not begun: no fast path for this memory, or busy
+                ended = True
+                return self._eenter(registers, return_rip, untrusted)
+            outcome, ended = called
             if outcome == _FAST_EEXIT:
                 # The CLIENT area is writable by enclave code: what EEXIT
                 # sets from the entry (RCX = AEP, the caller's FS/GS) is
@@ -239,7 +244,8 @@ class EnclaveThread:
                                            (registers[FSBASE], registers[GSBASE]), untrusted)
             return self._eenter(registers, return_rip, untrusted)
         finally:
-            fast.end()
+            if not ended:
+                fast.end()
 
     def _eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
                 ) -> EnclaveExit:
