@@ -90,7 +90,7 @@ def decrypt_page_into(cipher: AESGCM, version: int, header: bytes, sealed: bytes
 MacMismatch = InvalidTag
 
 
-def page_primitives(cipher: AESGCM) -> tuple[Callable[..., bytes], Callable[..., None],
+def page_primitives(cipher: AESGCM) -> tuple[Callable[..., bytes], Callable[..., int],
                                              Callable[[int], bytes]]:
     """(encrypt, decrypt_into, nonce of a version) as seal_page and
     decrypt_page_into use them."""
