@@ -280,6 +280,15 @@ class EnclaveVM:
             else:
                 encl.note_unnamed_change()  # too many to name: executors re-read all
 
+    def set_page_protections(self, secs_page: int, ranges: list[tuple[int, int, int]]
+                             ) -> None:
+        """set_page_protection of each (LINADDR, count, prot), in order, under
+        one hold of the lock (a program's mmaps, sent together); a bad
+        range raises as it would alone, after the ranges before it."""
+        with self.machine.lock:
+            for linaddr, count, prot in ranges:
+                self.set_page_protection(secs_page, linaddr, count, prot)
+
     # -- ENCLU from outside --------------------------------------------------
     def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:
         encl = self.machine.epc.secs.get(secs_page)
