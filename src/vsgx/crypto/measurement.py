@@ -36,6 +36,12 @@ _BATCH_PAGES = 256
 # Unmeasured pages hash 64 bytes each: batches this large keep NumPy's
 # per-batch cost below the hash's (millions of heap pages).
 _EADD_ONLY_BATCH = 4096
+# Offsets from a batch's first page, made once: of each page, and of each
+# of its 256-byte chunks.
+_PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
+_EADD_ONLY_STEPS = np.arange(_EADD_ONLY_BATCH, dtype="<u8") * PAGE_SIZE
+_CHUNK_STEPS = (_PAGE_STEPS.reshape(_BATCH_PAGES, 1)
+                + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
 
 
 def ecreate_record(ssaframesize: int, size: int) -> bytes:
@@ -109,20 +115,19 @@ class MrEnclave:
         if n == 1 and chunks is None:
             self.eadd(offset, secinfo_flags)
             return
-        page_offsets = np.arange(n, dtype="<u8") * PAGE_SIZE + np.uint64(offset)
+        base = np.uint64(offset)
+        flags = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
         if chunks is None:
             out = self._eadd_only_buffer()[:n]
-            out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
-            out[:, 16:24] = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
+            out[:, 8:16] = (_EADD_ONLY_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+            out[:, 16:24] = flags
             self._hash.update(out.data)
             return
         out = self._measured_buffer()[:n]
-        out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
-        out[:, 16:24] = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
+        out[:, 8:16] = (_PAGE_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+        out[:, 16:24] = flags
         extends = out[:, RECORD_SIZE:].reshape(n, CHUNKS_PER_PAGE, RECORD_SIZE + EEXTEND_CHUNK)
-        chunk_offsets = (page_offsets.reshape(n, 1)
-                         + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
-        extends[:, :, 8:16] = chunk_offsets.astype("<u8").view(np.uint8).reshape(
+        extends[:, :, 8:16] = (_CHUNK_STEPS[:n] + base).view(np.uint8).reshape(
             n, CHUNKS_PER_PAGE, 8)
         extends[:, :, RECORD_SIZE:] = chunks
         self._hash.update(out.data)

@@ -569,12 +569,13 @@ class NativeExecutor:
     runner_flags = 0  # layout.RUNNER_FLAG_*, beyond what the platform asks
     fast_path_allowed = True  # entries without the EVM (tests turn it off)
 
-    def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
+    def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int | None,
                  rdtsc_faults: bool = False, shared: SharedEnclave | None = None):
+        """``tcs`` None: a spare runner that ``adopt`` gives its TCS later."""
         assert encl.memory is not None
         self.machine = machine
         self.encl = encl
-        self.tcs = tcs
+        self.tcs = tcs if tcs is not None else 0
         self.generation = -1
         self.rewritten_seen = 0
         self.prot: dict[int, int] = {}
@@ -641,10 +642,16 @@ class NativeExecutor:
             self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
                 "<III", self.report_area, REPORT.offset("features"))
             self.mxcsr_mask &= 0xFFFF
-            self.shared.executors.append(self)
+            if tcs is not None:  # a spare joins when a TCS adopts it
+                self.shared.executors.append(self)
         except BaseException:
             self.close()
             raise
+
+    def adopt(self, tcs: int) -> None:
+        """A spare runner (started before any entry) becomes TCS ``tcs``'s."""
+        self.tcs = tcs
+        self.shared.executors.append(self)
 
     # -- the shared areas -------------------------------------------------------
     def _reason(self, kind: int) -> str:
@@ -1210,6 +1217,34 @@ class FastClient:
         self._pinned.clear()
 
 
+class _SpareRunner:
+    """A runner being started on a thread of its own: ``take`` waits for it
+    (None if it could not start: the caller starts one itself and sees
+    why)."""
+
+    def __init__(self, start: Any):
+        self._executor: NativeExecutor | None = None
+        self._thread = threading.Thread(target=self._start, args=(start,), daemon=True,
+                                        name="spare runner")
+        self._thread.start()
+
+    def _start(self, start: Any) -> None:
+        try:
+            self._executor = start()
+        except (VsgxError, OSError):
+            self._executor = None
+
+    def take(self) -> NativeExecutor | None:
+        self._thread.join()
+        executor, self._executor = self._executor, None
+        return executor
+
+    def close(self) -> None:
+        executor = self.take()
+        if executor is not None:
+            executor.close()
+
+
 class NativeExecutorFactory:
     name = "native"
     capabilities = ExecutorCapability.PARALLEL | ExecutorCapability.FAST_ENTRIES
@@ -1221,9 +1256,32 @@ class NativeExecutorFactory:
         self.machine = machine
 
     def __call__(self, encl: EnclaveState, tcs: int) -> NativeExecutor:
+        spare, encl.spare_executor = encl.spare_executor, None
+        executor = spare.take() if isinstance(spare, _SpareRunner) else None
+        if executor is not None and executor.encl is encl and not executor.closed:
+            executor.adopt(tcs)
+            return executor
+        if executor is not None:
+            executor.close()
         return NativeExecutor(self.machine, encl, tcs,
                               rdtsc_faults=not self.machine.config.sgx2,
                               shared=self._shared_of(encl))
+
+    def prepare(self, encl: EnclaveState) -> None:
+        """Start a runner for the enclave now, in the background (machine
+        lock held): starting its process costs milliseconds that the first
+        EENTER would otherwise wait for. The first TCS to need an executor
+        adopts it; it goes with the enclave if none does."""
+        if encl.spare_executor is not None or encl.memory is None:
+            return
+        shared = self._shared_of(encl)  # made here, under the lock
+        rdtsc_faults = not self.machine.config.sgx2
+
+        def start() -> NativeExecutor:
+            return NativeExecutor(self.machine, encl, None, rdtsc_faults=rdtsc_faults,
+                                  shared=shared)
+
+        encl.spare_executor = _SpareRunner(start)
 
     def _shared_of(self, encl: EnclaveState) -> SharedEnclave:
         """One SharedEnclave per enclave, kept with its InsideMap (it goes

@@ -95,6 +95,11 @@ class EnclaveVM:
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
         with self.machine.lock:
             encls.ecreate(self.machine, epc_page, secs, secinfo)
+            # An executor that starts slowly (a runner process) starts now,
+            # while the enclave is built, not at its first EENTER.
+            prepare = getattr(self.executor_factory, "prepare", None)
+            if prepare is not None:
+                prepare(self.machine.epc.secs[epc_page])
 
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None:

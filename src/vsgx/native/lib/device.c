@@ -727,11 +727,17 @@ VSGX_EXPORT int dlclose(void *handle)
     return REAL(dlclose)(handle);
 }
 
+/* Memory that cannot fault: read in place. */
+static int readable_in_place(uint64_t address, size_t length)
+{
+    return on_live_stack(address, length) || in_static_segment(address, length);
+}
+
 /* copy_from_user: plain copies where the memory cannot fault, the kernel's
    checked copy (process_vm_readv) elsewhere. */
 static int copy_in(uint64_t address, void *out, size_t length)
 {
-    if (on_live_stack(address, length) || in_static_segment(address, length)) {
+    if (readable_in_place(address, length)) {
         memcpy(out, (const void *)address, length);
         return 0;
     }
@@ -928,13 +934,21 @@ static long add_pages(struct sgx_file *file, uint64_t arg_address)
             break;
         struct add_queue *queue = file->queue;
         uint8_t *page = queue->pages[queue->page_count];
-        if (copy_in(src + done, page, PAGE) < 0) {
+        /* A uniform REG page (a heap, a stack) needs no copy: only its fill
+           goes; where the source cannot fault it is looked at in place. */
+        const uint8_t *in_place = reg && readable_in_place(src + done, PAGE)
+                                      ? (const uint8_t *)(src + done) : NULL;
+        int uniform = in_place != NULL && memcmp(in_place, in_place + 4, PAGE - 4) == 0;
+        if (uniform) {
+            page = (uint8_t *)in_place;
+        } else if (copy_in(src + done, page, PAGE) < 0) {
             ret = -EFAULT;  /* get_user_pages */
             break;
+        } else if (in_place == NULL) {
+            uniform = reg && memcmp(page, page + 4, PAGE - 4) == 0;
         }
         uint32_t fill;
         memcpy(&fill, page, 4);
-        int uniform = reg && memcmp(page, page + 4, PAGE - 4) == 0;
         queue_page(file, offset + done, secinfo[0], flags | (uniform ? VSGX_ADD_RUN_UNIFORM : 0),
                    uniform ? fill : 0);
     }
