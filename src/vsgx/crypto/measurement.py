@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 
 import numpy as np
 
@@ -42,6 +43,9 @@ _PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
 _EADD_ONLY_STEPS = np.arange(_EADD_ONLY_BATCH, dtype="<u8") * PAGE_SIZE
 _CHUNK_STEPS = (_PAGE_STEPS.reshape(_BATCH_PAGES, 1)
                 + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
+# The batch buffers, one set per thread, shared by its enclaves: a batch
+# writes every byte that is not a tag or a zero of its records.
+_BUFFERS = threading.local()
 
 
 def ecreate_record(ssaframesize: int, size: int) -> bytes:
@@ -60,12 +64,10 @@ def eextend_record(offset: int) -> bytes:
 class MrEnclave:
     """An incremental MRENCLAVE, fed in the order the leaves execute."""
 
-    __slots__ = ("_batch", "_batch_eadd_only", "_hash")
+    __slots__ = ("_hash",)
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._batch: np.ndarray | None = None
-        self._batch_eadd_only: np.ndarray | None = None
 
     def copy(self) -> MrEnclave:
         other = MrEnclave()
@@ -133,21 +135,23 @@ class MrEnclave:
         self._hash.update(out.data)
 
     def _measured_buffer(self) -> np.ndarray:
-        if self._batch is None:
+        buffers = _BUFFERS.__dict__
+        if "measured" not in buffers:
             buf = np.zeros((_BATCH_PAGES, _MEASURED_PAGE), np.uint8)
             buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
             ext = buf[:, RECORD_SIZE:].reshape(_BATCH_PAGES, CHUNKS_PER_PAGE,
                                                RECORD_SIZE + EEXTEND_CHUNK)
             ext[:, :, 0:8] = np.frombuffer(TAG_EEXTEND, np.uint8)
-            self._batch = buf
-        return self._batch
+            buffers["measured"] = buf
+        return buffers["measured"]
 
     def _eadd_only_buffer(self) -> np.ndarray:
-        if self._batch_eadd_only is None:
+        buffers = _BUFFERS.__dict__
+        if "eadd_only" not in buffers:
             buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
             buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
-            self._batch_eadd_only = buf
-        return self._batch_eadd_only
+            buffers["eadd_only"] = buf
+        return buffers["eadd_only"]
 
     def digest(self) -> bytes:
         """The MRENCLAVE value EINIT would finalise now."""

@@ -636,7 +636,8 @@ class NativeExecutor:
                  hex(encl.size), hex(pool_size), str(flags), str(root)],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
-            report = self._wait(0, self.start_limit)
+            # A spare starts beside the EVM's work: it sleeps, not spins.
+            report = self._wait(0, self.start_limit, spin=tcs is not None)
             if report[_KIND] != layout.STOP_READY:
                 raise RunnerLost(f"the runner did not start: {self._reason(report[_KIND])}")
             self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
@@ -676,13 +677,13 @@ class NativeExecutor:
             self.process.kill()
             self.process.wait()
 
-    def _wait(self, seen: int, limit: float) -> tuple[int, ...]:
+    def _wait(self, seen: int, limit: float, spin: bool = True) -> tuple[int, ...]:
         """Wait until the runner reports again; the report."""
         sequence = self._report_seq
         # Spin first: a futex wake-up costs tens of microseconds in a VM (an
         # IPI), and most stops come sooner than that. sched_yield lets the
         # other Python threads run meanwhile.
-        for _ in range(SPIN_ROUNDS):
+        for _ in range(SPIN_ROUNDS if spin else 0):
             if sequence.value != seen:
                 return self._read_report()
             os.sched_yield()
