@@ -43,9 +43,33 @@ _PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
 _EADD_ONLY_STEPS = np.arange(_EADD_ONLY_BATCH, dtype="<u8") * PAGE_SIZE
 _CHUNK_STEPS = (_PAGE_STEPS.reshape(_BATCH_PAGES, 1)
                 + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
-# The batch buffers, one set per thread, shared by its enclaves: a batch
-# writes every byte that is not a tag or a zero of its records.
-_BUFFERS = threading.local()
+# Batch buffers, made once and lent to one batch at a time (any enclave, any
+# thread): a batch writes every byte that is not a tag or a zero of its
+# records. Free ones by kind: measured pages (True), EADD records alone.
+_FREE_BUFFERS: dict[bool, list[np.ndarray]] = {True: [], False: []}
+_buffers_lock = threading.Lock()
+
+
+def _take_buffer(measured: bool) -> np.ndarray:
+    with _buffers_lock:
+        free = _FREE_BUFFERS[measured]
+        if free:
+            return free.pop()
+    if measured:
+        buf = np.zeros((_BATCH_PAGES, _MEASURED_PAGE), np.uint8)
+        buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
+        ext = buf[:, RECORD_SIZE:].reshape(_BATCH_PAGES, CHUNKS_PER_PAGE,
+                                           RECORD_SIZE + EEXTEND_CHUNK)
+        ext[:, :, 0:8] = np.frombuffer(TAG_EEXTEND, np.uint8)
+        return buf
+    buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
+    buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
+    return buf
+
+
+def _give_buffer(measured: bool, buffer: np.ndarray) -> None:
+    with _buffers_lock:
+        _FREE_BUFFERS[measured].append(buffer)
 
 
 def ecreate_record(ssaframesize: int, size: int) -> bytes:
@@ -119,39 +143,24 @@ class MrEnclave:
             return
         base = np.uint64(offset)
         flags = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
-        if chunks is None:
-            out = self._eadd_only_buffer()[:n]
-            out[:, 8:16] = (_EADD_ONLY_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+        buffer = _take_buffer(chunks is not None)
+        try:
+            out = buffer[:n]
+            if chunks is None:
+                out[:, 8:16] = (_EADD_ONLY_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+                out[:, 16:24] = flags
+                self._hash.update(out.data)
+                return
+            out[:, 8:16] = (_PAGE_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
             out[:, 16:24] = flags
+            extends = out[:, RECORD_SIZE:].reshape(n, CHUNKS_PER_PAGE,
+                                                   RECORD_SIZE + EEXTEND_CHUNK)
+            extends[:, :, 8:16] = (_CHUNK_STEPS[:n] + base).view(np.uint8).reshape(
+                n, CHUNKS_PER_PAGE, 8)
+            extends[:, :, RECORD_SIZE:] = chunks
             self._hash.update(out.data)
-            return
-        out = self._measured_buffer()[:n]
-        out[:, 8:16] = (_PAGE_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
-        out[:, 16:24] = flags
-        extends = out[:, RECORD_SIZE:].reshape(n, CHUNKS_PER_PAGE, RECORD_SIZE + EEXTEND_CHUNK)
-        extends[:, :, 8:16] = (_CHUNK_STEPS[:n] + base).view(np.uint8).reshape(
-            n, CHUNKS_PER_PAGE, 8)
-        extends[:, :, RECORD_SIZE:] = chunks
-        self._hash.update(out.data)
-
-    def _measured_buffer(self) -> np.ndarray:
-        buffers = _BUFFERS.__dict__
-        if "measured" not in buffers:
-            buf = np.zeros((_BATCH_PAGES, _MEASURED_PAGE), np.uint8)
-            buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
-            ext = buf[:, RECORD_SIZE:].reshape(_BATCH_PAGES, CHUNKS_PER_PAGE,
-                                               RECORD_SIZE + EEXTEND_CHUNK)
-            ext[:, :, 0:8] = np.frombuffer(TAG_EEXTEND, np.uint8)
-            buffers["measured"] = buf
-        return buffers["measured"]
-
-    def _eadd_only_buffer(self) -> np.ndarray:
-        buffers = _BUFFERS.__dict__
-        if "eadd_only" not in buffers:
-            buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
-            buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
-            buffers["eadd_only"] = buf
-        return buffers["eadd_only"]
+        finally:
+            _give_buffer(chunks is not None, buffer)
 
     def digest(self) -> bytes:
         """The MRENCLAVE value EINIT would finalise now."""

@@ -32,6 +32,7 @@ import hashlib
 import mmap
 import os
 import platform
+import queue
 import shutil
 import signal
 import stat
@@ -1219,24 +1220,24 @@ class FastClient:
 
 
 class _SpareRunner:
-    """A runner being started on a thread of its own: ``take`` waits for it
-    (None if it could not start: the caller starts one itself and sees
-    why)."""
+    """A runner being started by the factory's starter thread: ``take``
+    waits for it (None if it could not start: the caller starts one itself
+    and sees why)."""
 
-    def __init__(self, start: Any):
+    def __init__(self) -> None:
         self._executor: NativeExecutor | None = None
-        self._thread = threading.Thread(target=self._start, args=(start,), daemon=True,
-                                        name="spare runner")
-        self._thread.start()
+        self._done = threading.Event()
 
-    def _start(self, start: Any) -> None:
+    def start(self, start: Any) -> None:
         try:
             self._executor = start()
         except (VsgxError, OSError):
             self._executor = None
+        finally:
+            self._done.set()
 
     def take(self) -> NativeExecutor | None:
-        self._thread.join()
+        self._done.wait()
         executor, self._executor = self._executor, None
         return executor
 
@@ -1244,6 +1245,27 @@ class _SpareRunner:
         executor = self.take()
         if executor is not None:
             executor.close()
+
+
+# Spare runners start on one thread of this process, made with the first
+# factory: a new thread per enclave costs more than it saves.
+_SPARE_JOBS: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_starter_lock = threading.Lock()
+_starter_running = False
+
+
+def _run_starter() -> None:
+    while True:
+        spare, start = _SPARE_JOBS.get()
+        spare.start(start)
+
+
+def _ensure_starter() -> None:
+    global _starter_running
+    with _starter_lock:
+        if not _starter_running:
+            threading.Thread(target=_run_starter, daemon=True, name="runner starter").start()
+            _starter_running = True
 
 
 class NativeExecutorFactory:
@@ -1255,6 +1277,7 @@ class NativeExecutorFactory:
         if not usable:
             raise NativeUnavailable(f"the native executor is not available here: {why}")
         self.machine = machine
+        _ensure_starter()
 
     def __call__(self, encl: EnclaveState, tcs: int) -> NativeExecutor:
         spare, encl.spare_executor = encl.spare_executor, None
@@ -1282,7 +1305,8 @@ class NativeExecutorFactory:
             return NativeExecutor(self.machine, encl, None, rdtsc_faults=rdtsc_faults,
                                   shared=shared)
 
-        encl.spare_executor = _SpareRunner(start)
+        spare = encl.spare_executor = _SpareRunner()
+        _SPARE_JOBS.put((spare, start))
 
     def _shared_of(self, encl: EnclaveState) -> SharedEnclave:
         """One SharedEnclave per enclave, kept with its InsideMap (it goes
