@@ -1254,9 +1254,16 @@ _starter_lock = threading.Lock()
 _starter_running = False
 
 
+_SPARE_DELAY = 0.001  # seconds
+
+
 def _run_starter() -> None:
     while True:
         spare, start = _SPARE_JOBS.get()
+        # Let the thread that asked first answer its request (Popen holds
+        # the GIL for a while before the fork); a spare is needed only at
+        # the enclave's first EENTER, after its pages and EINIT.
+        time.sleep(_SPARE_DELAY)
         spare.start(start)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import struct
 import sys
@@ -290,8 +291,8 @@ class Session:
                         os.close(fd)
                     continue
                 channel = Channel(self, socket.socket(fileno=fds[0]))
-                threading.Thread(target=channel.serve, daemon=True,
-                                 name=f"pid {self.pid} tid {message['tid']}").start()
+                self.launcher.threads.start(channel.serve,
+                                            f"pid {self.pid} tid {message['tid']}")
         finally:
             self.close()
 
@@ -585,6 +586,33 @@ class Session:
         return pack(Msg.SITES, struct.pack(f"<{len(sites)}Q", *sites), count=len(sites))
 
 
+class SpareThreads:
+    """Threads started ahead for the first jobs: starting a thread costs
+    0.3-3 ms on a busy VM, which the program's first device use or first
+    thread would wait for. Later jobs get a thread of their own."""
+
+    def __init__(self, count: int):
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], str]] = queue.SimpleQueue()
+        self._idle = count
+        self._lock = threading.Lock()
+        for _ in range(count):
+            threading.Thread(target=self._wait, daemon=True, name="spare").start()
+
+    def _wait(self) -> None:
+        job, name = self._jobs.get()
+        threading.current_thread().name = name
+        job()
+
+    def start(self, job: Callable[[], None], name: str) -> None:
+        with self._lock:
+            spare = self._idle > 0
+            self._idle -= spare
+        if spare:
+            self._jobs.put((job, name))
+        else:
+            threading.Thread(target=job, daemon=True, name=name).start()
+
+
 class Launcher:
     """Serves the sessions that reach it over a control socket.
 
@@ -604,6 +632,8 @@ class Launcher:
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._spare = (time.monotonic(), spare) if spare is not None else None
+        # the first session's thread and its first channel's
+        self.threads = SpareThreads(2)
 
     def take_connection(self) -> Any:
         """A connection to the EVM for a new session: the spare while it is
@@ -659,8 +689,7 @@ class Launcher:
             session = Session(self, socket.socket(fileno=fds[0]), message["pid"])
             with self._lock:
                 self.sessions.append(session)
-            threading.Thread(target=session.serve, daemon=True,
-                             name=f"session {message['pid']}").start()
+            self.threads.start(session.serve, f"session {message['pid']}")
 
     def forget(self, session: Session) -> None:
         with self._lock:
