@@ -1304,20 +1304,25 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
         return MAP_FAILED;
     }
     pthread_mutex_lock(&device_lock);
-    int status = 0;
+    int status = 0, cut = 0;
+    struct vsgx_msg_map request = {0};
+    request.type = VSGX_MSG_MAP;
+    request.file = file->id;
+    request.address = (uint64_t)where;
+    request.length = size;
+    request.prot = (uint32_t)prot;
+    request.flags = (uint32_t)flags;
     if (file->size && file->maps_checked_here) {
         status = may_map_here(file, (uint64_t)where, (uint64_t)where + size, prot);
+        if (status == 0 && (flags & MAP_FIXED)) {
+            /* Known to succeed: the old mappings' UNMAPs go ahead of it. */
+            cut_mappings((uint64_t)where, (uint64_t)where + size);
+            cut = 1;
+        }
         if (status == 0)
             status = queue_map(file, (uint64_t)where, size, prot, flags);
     } else if (file->size) {  /* before ECREATE nothing limits a mapping */
         flush_file(file);  /* what may be mapped depends on the pages added */
-        struct vsgx_msg_map request = {0};
-        request.type = VSGX_MSG_MAP;
-        request.file = file->id;
-        request.address = (uint64_t)where;
-        request.length = size;
-        request.prot = (uint32_t)prot;
-        request.flags = (uint32_t)flags;
         status = simple_request(&request, sizeof(request));
     }
     if (status < 0) {
@@ -1330,7 +1335,13 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
     if (flags & MAP_FIXED) {
         /* The old mapping goes, as with any MAP_FIXED. */
         static_segments_forget((uint64_t)where, (uint64_t)where + size);
-        cut_mappings((uint64_t)where, (uint64_t)where + size);
+        if (!cut && overlaps_mapping((uint64_t)where, (uint64_t)where + size)) {
+            cut_mappings((uint64_t)where, (uint64_t)where + size);
+            /* The launcher heard the old mappings go after the new one came:
+               it hears the new one again. */
+            if (file->size)
+                simple_request(&request, sizeof(request));
+        }
         if (vsgx_mmap_raw(where, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
                           MAP_NORESERVE, -1, 0) == (void *)-1) {
             pthread_mutex_unlock(&device_lock);
