@@ -248,8 +248,7 @@ def test_a_spare_runner_goes_with_an_enclave_never_entered(native_plain):
     encl = plain.enclave.avm.evm.enclave(plain.enclave.handle.secs_page)
     spare = encl.spare_executor
     assert spare is not None
-    spare._done.wait()
-    executor = spare._executor  # the runner it started, still the enclave's
+    executor = spare.started()  # the runner it started, still the enclave's
     assert executor is not None and executor.process.poll() is None
     plain.enclave.destroy()
     assert executor.closed and executor.process.poll() is not None

@@ -1236,9 +1236,14 @@ class _SpareRunner:
         finally:
             self._done.set()
 
-    def take(self) -> NativeExecutor | None:
+    def started(self) -> NativeExecutor | None:
+        """Wait for the start; the runner, still the spare's (None if it failed)."""
         self._done.wait()
-        executor, self._executor = self._executor, None
+        return self._executor
+
+    def take(self) -> NativeExecutor | None:
+        executor = self.started()
+        self._executor = None
         return executor
 
     def close(self) -> None:
