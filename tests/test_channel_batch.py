@@ -22,6 +22,8 @@ from vsgx.channel.messages import (
     BATCH_VERSION,
     MAX_BLOCK_BATCH,
     MAX_EWB_BATCH,
+    MAX_PROTECTION_RANGES,
+    PROTECTION_RANGE,
     PROTOCOL_VERSION,
     V3_TYPES,
     decode_writebacks,
@@ -370,4 +372,36 @@ def test_a_28_gib_heap_enclave_loads_through_a_remote_evm(serve, tmp_path, sdk_e
         assert any("a remote 32 GiB enclave" in line for line in printed)
         enclave.destroy()
     finally:
+        avm.close()
+
+
+def test_set_page_protections_apply_each_range_in_order_in_one_request(serve, plain_enclave):
+    evm = serve()
+    remote = connect_evm(evm.address, DEV, warn=False)
+    avm = Avm(remote)
+    enclave = Enclave.load(plain_enclave.signed, evm=avm)
+    try:
+        secs, base = enclave.handle.secs_page, enclave.base
+        state = evm.vm.machine.epc.secs[secs]
+        sent = recording(remote)
+        remote.set_page_protections(secs, [(base, 2, 0b001), (base + 4096, 1, 0b011),
+                                           (base + 2 * 4096, 1, 0b111)])
+        assert sent == [Type.SET_PAGE_PROTECTIONS]
+        # As the three single requests would leave them: the later range wins.
+        assert (state.pte.get(base), state.pte.get(base + 4096)) == (0b001, 0b011)
+        assert base + 2 * 4096 not in state.pte
+        # A range outside ELRANGE is #GP, after the ranges before it.
+        with pytest.raises(Fault, match="inside ELRANGE"):
+            remote.set_page_protections(secs, [(base, 2, 0b111), (base + enclave.size, 1, 1)])
+        assert base not in state.pte and base + 4096 not in state.pte
+        protocol = ErrorCode.PROTOCOL
+        _refused(remote, Type.SET_PAGE_PROTECTIONS, (secs, 2), PROTECTION_RANGE.pack(base, 1, 1),
+                 protocol, "2 ranges announced, 24 bytes sent")
+        _refused(remote, Type.SET_PAGE_PROTECTIONS, (secs, MAX_PROTECTION_RANGES + 1),
+                 PROTECTION_RANGE.pack(base, 1, 1) * (MAX_PROTECTION_RANGES + 1), protocol,
+                 f"at most {MAX_PROTECTION_RANGES} go in one")
+        assert base not in state.pte
+        assert enclave.eenter(rdi=0, rsi=3).rsi == 6  # the session goes on
+    finally:
+        enclave.destroy()
         avm.close()

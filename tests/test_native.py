@@ -227,6 +227,34 @@ def test_entries_after_the_first_go_through_the_runner_alone(native_plain):
 
 
 @native_only
+def test_the_runner_started_at_ecreate_serves_the_first_tcs_entered(native_plain):
+    plain = native_plain()
+    assert len(plain.tcs) >= 2
+    encl = plain.enclave.avm.evm.enclave(plain.enclave.handle.secs_page)
+    assert encl.spare_executor is not None  # started with the enclave, before any entry
+    assert plain.call(1, OP_NOP)[0].kind == "eexit"
+    assert encl.spare_executor is None
+    adopted = runner_of(plain, 1)
+    assert adopted.tcs == plain.tcs[1] and adopted in adopted.shared.executors
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"  # the next TCS starts its own
+    other = runner_of(plain, 0)
+    assert other is not adopted and other.tcs == plain.tcs[0]
+    assert other.process.pid != adopted.process.pid
+
+
+@native_only
+def test_a_spare_runner_goes_with_an_enclave_never_entered(native_plain):
+    plain = native_plain()
+    encl = plain.enclave.avm.evm.enclave(plain.enclave.handle.secs_page)
+    spare = encl.spare_executor
+    assert spare is not None
+    executor = spare.started()  # the runner it started, still the enclave's
+    assert executor is not None and executor.process.poll() is None
+    plain.enclave.destroy()
+    assert executor.closed and executor.process.poll() is not None
+
+
+@native_only
 def test_the_files_for_a_client_in_another_process_are_sealed(native_plain):
     """vsgx exec's program gets the CLIENT area and the pool: it must not
     shrink them under the EVM's and the runner's mappings (SIGBUS)."""

@@ -726,6 +726,24 @@ int main(int argc, char **argv)
     int status = add(&e, e.tcs[0], 2, 40, &sum);
     CHECK("ecall", status == 0 && sum == 42, "status %#x sum %d", status, sum);
 
+    /* Mappings after INIT (the library checks them itself): above the
+       rights of the first page (code, R-X) and outside ELRANGE, EACCES;
+       that page mapped again with its own rights, the enclave runs on. */
+    errno = 0;
+    CHECK("map above the pages' rights",
+          mmap((void *)e.base, PAGE, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED | MAP_FIXED,
+               e.fd, 0) == MAP_FAILED && errno == EACCES, "errno %d", errno);
+    errno = 0;
+    CHECK("map outside ELRANGE",
+          mmap(NULL, PAGE, PROT_READ, MAP_SHARED, e.fd, 0) == MAP_FAILED && errno == EACCES,
+          "errno %d", errno);
+    sum = 0;
+    int remapped = mmap((void *)e.base, PAGE, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
+                        e.fd, 0) == (void *)e.base;
+    status = add(&e, e.tcs[0], 3, 4, &sum);
+    CHECK("map again with the pages' rights", remapped && status == 0 && sum == 7,
+          "mapped %d status %#x sum %d", remapped, status, sum);
+
     struct { int retval; int count; } nops = {0, 5};
     ocalls = 0;
     status = run_ecall(&e, e.tcs[1], ecall_ocall_nop, &nops, NULL);

@@ -49,11 +49,13 @@ from vsgx.channel.messages import (
     MAX_BODY,
     MAX_ELDU_BATCH,
     MAX_EWB_BATCH,
+    MAX_PROTECTION_RANGES,
     MAX_PUSHED_PAGES,
     MAX_UNIFORM_RESIDENT,
     MAX_YOUNG_BATCH,
     MIN_PROTOCOL_VERSION,
     NOT_RUN,
+    PROTECTION_RANGE,
     PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_WANT_QE_REPORT,
@@ -309,6 +311,19 @@ class RemoteEvm:
 
     def set_page_protection(self, secs_page: int, linaddr: int, count: int, prot: int) -> None:
         self._call(Type.SET_PAGE_PROTECTION, (secs_page, linaddr, count, prot))
+
+    def set_page_protections(self, secs_page: int, ranges: list[tuple[int, int, int]]
+                             ) -> None:
+        """set_page_protection of each (LINADDR, count, prot), in order: one
+        request per MAX_PROTECTION_RANGES (a version-3 EVM)."""
+        if self.version < BATCH_VERSION:
+            for linaddr, count, prot in ranges:
+                self.set_page_protection(secs_page, linaddr, count, prot)
+            return
+        for first in range(0, len(ranges), MAX_PROTECTION_RANGES):
+            chunk = ranges[first:first + MAX_PROTECTION_RANGES]
+            self._call(Type.SET_PAGE_PROTECTIONS, (secs_page, len(chunk)),
+                       b"".join(PROTECTION_RANGE.pack(*item) for item in chunk))
 
     def destroy(self, secs_page: int) -> None:
         self._call(Type.DESTROY, (secs_page,))

@@ -461,16 +461,22 @@ class EnclaveFile:
             return -errno.EACCES
         return 0
 
-    def _protect(self, start: int, end: int, prot: int) -> None:
-        """Mirror the program's mapping into the EVM's page tables."""
+    def _protection(self, start: int, end: int, prot: int) -> tuple[int, int, int] | None:
+        """The EVM's page-table change for a mapping: (LINADDR, pages, prot)."""
         encl = self.encl
         if encl is None or encl.destroyed:
-            return
+            return None
         start, end = max(start, encl.base), min(end, encl.base + encl.size)
         if start >= end:
-            return
-        self.driver.evm.set_page_protection(encl.secs_page, start, (end - start) // PAGE_SIZE,
-                                            _x86_prot(prot))
+            return None
+        return start, (end - start) // PAGE_SIZE, _x86_prot(prot)
+
+    def _protect(self, start: int, end: int, prot: int) -> None:
+        """Mirror the program's mapping into the EVM's page tables."""
+        change = self._protection(start, end, prot)
+        if change is not None:
+            assert self.encl is not None
+            self.driver.evm.set_page_protection(self.encl.secs_page, *change)
 
     def _cut(self, start: int, end: int) -> None:
         kept = []
@@ -493,6 +499,33 @@ class EnclaveFile:
         self.vmas.append(Vma(start, end, prot))
         self._protect(start, end, prot)
         return 0
+
+    def map_ranges(self, ranges: list[tuple[int, int, int]]) -> int:
+        """map() of each (start, length, prot), in order (mappings the
+        library checked and answered itself): 0, or the first failure's
+        -errno. The EVM's page tables take them in one request."""
+        status = 0
+        changes = []
+        for start, length, prot in ranges:
+            end = start + length
+            code = 0 if self.legacy else self.may_map(start, end, prot)
+            if code:
+                status = status or code
+                continue
+            self._cut(start, end)
+            self.vmas.append(Vma(start, end, prot))
+            change = self._protection(start, end, prot)
+            if change is not None:
+                changes.append(change)
+        if changes:
+            assert self.encl is not None
+            batch = getattr(self.driver.evm, "set_page_protections", None)
+            if batch is not None:
+                batch(self.encl.secs_page, changes)
+            else:
+                for change in changes:
+                    self.driver.evm.set_page_protection(self.encl.secs_page, *change)
+        return status
 
     def mprotect(self, start: int, length: int, prot: int) -> int:
         end = start + length

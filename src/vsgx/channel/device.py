@@ -70,6 +70,11 @@ class Msg(IntEnum):
     # point (INIT, another ioctl, a mapping, a full queue); IOCTL_DONE's
     # count is the pages added
     ADD_RUNS = 40
+    # mappings of initialized enclaves the library checked itself
+    # (sgx_encl_may_map over the pages it added) and answered, sent in
+    # order at the next request of the process or entry; DONE's status is
+    # 0 or the first failure's -errno
+    MAPS = 41
     # the launcher's requests while a thread waits
     PAGE_FETCH = 30
     PAGE = 31
@@ -190,6 +195,7 @@ MESSAGES: dict[Msg, Message] = {m.msg: m for m in (
     _m(Msg.ADD_RUNS, "file:u64", "runs:u32", "pages:u32",
        payload="runs x struct vsgx_add_run, then the pages of the runs that are not "
                "uniform, in order (pages in all)"),
+    _m(Msg.MAPS, "count:u32", "reserved:u32", payload="count x struct vsgx_map_record"),
 )}
 
 
@@ -222,7 +228,12 @@ ADD_RUN_MEASURE = 1 << 0  # SGX_PAGE_MEASURE
 ADD_RUN_UNIFORM = 1 << 1
 ADD_RUNS_MAX = 512  # runs in one ADD_RUNS
 ADD_RUNS_PAGES = 32  # pages sent in one ADD_RUNS (a datagram's worth)
-RECORDS = (ADD_RUN,)
+# MAPS: one mmap of an enclave file, as MAP would have carried it.
+MAP_RECORD = Record("vsgx_map_record", (Field("file", "u64"), Field("address", "u64"),
+                                        Field("length", "u64"), Field("prot", "u32"),
+                                        Field("flags", "u32")))
+MAPS_MAX = 256  # records in one MAPS
+RECORDS = (ADD_RUN, MAP_RECORD)
 
 
 def pack(msg: Msg, payload: bytes = b"", status: int = 0, **values: int | list[int]) -> bytes:
@@ -313,7 +324,8 @@ def render_c_header() -> str:
              f"#define VSGX_ADD_RUN_MEASURE {ADD_RUN_MEASURE}",
              f"#define VSGX_ADD_RUN_UNIFORM {ADD_RUN_UNIFORM}",
              f"#define VSGX_ADD_RUNS_MAX {ADD_RUNS_MAX}",
-             f"#define VSGX_ADD_RUNS_PAGES {ADD_RUNS_PAGES}", ""]
+             f"#define VSGX_ADD_RUNS_PAGES {ADD_RUNS_PAGES}",
+             f"#define VSGX_MAPS_MAX {MAPS_MAX}", ""]
     for msg in Msg:
         lines.append(f"#define VSGX_MSG_{msg.name} {int(msg)}")
     for kind in ExitKind:
@@ -345,6 +357,6 @@ def render_c_header() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ADD_PAGES_BATCH", "ADD_RUN", "MESSAGES", "RECORDS", "VERSION", "Decoded",
-           "DeviceProtocolError", "ExitKind", "Msg", "PageState", "pack", "render_c_header",
-           "unpack"]
+__all__ = ["ADD_PAGES_BATCH", "ADD_RUN", "MAPS_MAX", "MAP_RECORD", "MESSAGES", "RECORDS",
+           "VERSION", "Decoded", "DeviceProtocolError", "ExitKind", "Msg", "PageState", "pack",
+           "render_c_header", "unpack"]

@@ -132,6 +132,9 @@ class Type(IntEnum):
     CLIENT_FILES = 85  # a TCS's CLIENT area and page pool, offered on the side socket
     CLIENT_OFFER = 86  # its reply: the token to claim them with
     CONTINUE = 87  # go on with an entry the runner handed over
+    # several SET_PAGE_PROTECTIONs of one enclave, applied in order (a
+    # program's mmaps of its enclave, sent together)
+    SET_PAGE_PROTECTIONS = 88
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,8 @@ LAYOUTS: dict[Type, Layout] = {
     Type.CLIENT_OFFER: _layout("32s"),  # the one-time token for the side socket
     # secs, TCS, the client's AEP, FS and GS bases at its EENTER
     Type.CONTINUE: _layout("QQQQQ"),
+    # secs, count; blob: count x PROTECTION_RANGE
+    Type.SET_PAGE_PROTECTIONS: _layout("QI", None),
 }
 
 # Which requests each protocol version has (replies follow their requests).
@@ -251,7 +256,7 @@ V3_TYPES = frozenset({Type.EXIT_PAGES, Type.PAGE_WRITEBACKS, Type.EADD_PAGES,
                       Type.EWB_PAGES, Type.EVICTED_PAGES, Type.ELDU_PAGES,
                       Type.TEST_AND_CLEAR_YOUNG, Type.YOUNG, Type.EADD_RUNS,
                       Type.EVICT_PAGES, Type.EVICT_RESULT, Type.CLIENT_FILES,
-                      Type.CLIENT_OFFER, Type.CONTINUE})
+                      Type.CLIENT_OFFER, Type.CONTINUE, Type.SET_PAGE_PROTECTIONS})
 
 
 _INTRODUCED = {t: BATCH_VERSION if t in V3_TYPES else QUOTING_VERSION if t in V2_TYPES else 1
@@ -433,6 +438,8 @@ ELDU_ITEM = struct.Struct("<QQQ128s")  # EPC page, VA slot, LINADDR, PCMD
 # LINADDR, count, resident (EPC pages that follow), fill, uniform, measure, SECINFO
 ADD_RUN = struct.Struct("<QQIIBB6x64s")
 MAX_ADD_RUNS = 4096  # runs in one EADD_RUNS
+PROTECTION_RANGE = struct.Struct("<QQI4x")  # LINADDR, pages, prot (SET_PAGE_PROTECTIONS)
+MAX_PROTECTION_RANGES = 4096  # ranges in one SET_PAGE_PROTECTIONS
 NOT_RUN = 0xFFFFFFFF  # EVICT_RESULT's ETRACK status when nothing was blocked
 FAULT_IN_EBLOCK, FAULT_IN_EWB = 1, 2
 _U64 = struct.Struct("<Q")

@@ -126,14 +126,17 @@ def _connect(address: str) -> Any:
     return connect
 
 
-def _cpuid_text(connect: Any) -> str:
+def _cpuid_text(connect: Any) -> tuple[str, Any]:
+    """The CPUID model for the library, and the connection it came over
+    (the launcher's spare for the first session)."""
     from vsgx.native.launcher import cpuid_model_text
 
     evm = connect(warn=True)
     try:
-        return cpuid_model_text(evm.cpuid())
-    finally:
+        return cpuid_model_text(evm.cpuid()), evm
+    except BaseException:
         evm.close()
+        raise
 
 
 def _preload(library: Path, environ: Any) -> str:
@@ -187,13 +190,14 @@ def _serve_attached(args: argparse.Namespace) -> int:
                                            args.fast_exits)
     try:
         connect = _connect(args.evm if local is None else local.address)
-        model = bytes.fromhex(_cpuid_text(connect))
+        text, spare = _cpuid_text(connect)
+        model = bytes.fromhex(text)
         import socket
 
         control = socket.socket(fileno=os.dup(fd))
         control.send(pack(Msg.CPUID_MODEL, model, count=len(model) // 16))
         control.close()
-        launcher = Launcher(lambda: connect())
+        launcher = Launcher(lambda: connect(), spare=spare)
         launcher.serve_fd(fd)
         launcher.close()
     finally:
@@ -232,8 +236,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     child = None
     try:
         connect = _connect(args.evm if local is None else local.address)
-        model = _cpuid_text(connect)
-        launcher = Launcher(lambda: connect())
+        model, spare = _cpuid_text(connect)
+        launcher = Launcher(lambda: connect(), spare=spare)
         aesmd = ProgramAesmd(lambda: connect(), local.directory if local else None)
         control_fd = launcher.control_socket()
         env = _clean_environment(os.environ)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 
 import numpy as np
 
@@ -36,6 +37,39 @@ _BATCH_PAGES = 256
 # Unmeasured pages hash 64 bytes each: batches this large keep NumPy's
 # per-batch cost below the hash's (millions of heap pages).
 _EADD_ONLY_BATCH = 4096
+# Offsets from a batch's first page, made once: of each page, and of each
+# of its 256-byte chunks.
+_PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
+_EADD_ONLY_STEPS = np.arange(_EADD_ONLY_BATCH, dtype="<u8") * PAGE_SIZE
+_CHUNK_STEPS = (_PAGE_STEPS.reshape(_BATCH_PAGES, 1)
+                + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
+# Batch buffers, made once and lent to one batch at a time (any enclave, any
+# thread): a batch writes every byte that is not a tag or a zero of its
+# records. Free ones by kind: measured pages (True), EADD records alone.
+_FREE_BUFFERS: dict[bool, list[np.ndarray]] = {True: [], False: []}
+_buffers_lock = threading.Lock()
+
+
+def _take_buffer(measured: bool) -> np.ndarray:
+    with _buffers_lock:
+        free = _FREE_BUFFERS[measured]
+        if free:
+            return free.pop()
+    if measured:
+        buf = np.zeros((_BATCH_PAGES, _MEASURED_PAGE), np.uint8)
+        buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
+        ext = buf[:, RECORD_SIZE:].reshape(_BATCH_PAGES, CHUNKS_PER_PAGE,
+                                           RECORD_SIZE + EEXTEND_CHUNK)
+        ext[:, :, 0:8] = np.frombuffer(TAG_EEXTEND, np.uint8)
+        return buf
+    buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
+    buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
+    return buf
+
+
+def _give_buffer(measured: bool, buffer: np.ndarray) -> None:
+    with _buffers_lock:
+        _FREE_BUFFERS[measured].append(buffer)
 
 
 def ecreate_record(ssaframesize: int, size: int) -> bytes:
@@ -54,12 +88,10 @@ def eextend_record(offset: int) -> bytes:
 class MrEnclave:
     """An incremental MRENCLAVE, fed in the order the leaves execute."""
 
-    __slots__ = ("_batch", "_batch_eadd_only", "_hash")
+    __slots__ = ("_hash",)
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._batch: np.ndarray | None = None
-        self._batch_eadd_only: np.ndarray | None = None
 
     def copy(self) -> MrEnclave:
         other = MrEnclave()
@@ -109,40 +141,26 @@ class MrEnclave:
         if n == 1 and chunks is None:
             self.eadd(offset, secinfo_flags)
             return
-        page_offsets = np.arange(n, dtype="<u8") * PAGE_SIZE + np.uint64(offset)
-        if chunks is None:
-            out = self._eadd_only_buffer()[:n]
-            out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
-            out[:, 16:24] = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
+        base = np.uint64(offset)
+        flags = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
+        buffer = _take_buffer(chunks is not None)
+        try:
+            out = buffer[:n]
+            if chunks is None:
+                out[:, 8:16] = (_EADD_ONLY_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+                out[:, 16:24] = flags
+                self._hash.update(out.data)
+                return
+            out[:, 8:16] = (_PAGE_STEPS[:n] + base).view(np.uint8).reshape(n, 8)
+            out[:, 16:24] = flags
+            extends = out[:, RECORD_SIZE:].reshape(n, CHUNKS_PER_PAGE,
+                                                   RECORD_SIZE + EEXTEND_CHUNK)
+            extends[:, :, 8:16] = (_CHUNK_STEPS[:n] + base).view(np.uint8).reshape(
+                n, CHUNKS_PER_PAGE, 8)
+            extends[:, :, RECORD_SIZE:] = chunks
             self._hash.update(out.data)
-            return
-        out = self._measured_buffer()[:n]
-        out[:, 8:16] = page_offsets.view(np.uint8).reshape(n, 8)
-        out[:, 16:24] = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
-        extends = out[:, RECORD_SIZE:].reshape(n, CHUNKS_PER_PAGE, RECORD_SIZE + EEXTEND_CHUNK)
-        chunk_offsets = (page_offsets.reshape(n, 1)
-                         + np.arange(CHUNKS_PER_PAGE, dtype="<u8") * EEXTEND_CHUNK)
-        extends[:, :, 8:16] = chunk_offsets.astype("<u8").view(np.uint8).reshape(
-            n, CHUNKS_PER_PAGE, 8)
-        extends[:, :, RECORD_SIZE:] = chunks
-        self._hash.update(out.data)
-
-    def _measured_buffer(self) -> np.ndarray:
-        if self._batch is None:
-            buf = np.zeros((_BATCH_PAGES, _MEASURED_PAGE), np.uint8)
-            buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
-            ext = buf[:, RECORD_SIZE:].reshape(_BATCH_PAGES, CHUNKS_PER_PAGE,
-                                               RECORD_SIZE + EEXTEND_CHUNK)
-            ext[:, :, 0:8] = np.frombuffer(TAG_EEXTEND, np.uint8)
-            self._batch = buf
-        return self._batch
-
-    def _eadd_only_buffer(self) -> np.ndarray:
-        if self._batch_eadd_only is None:
-            buf = np.zeros((_EADD_ONLY_BATCH, RECORD_SIZE), np.uint8)
-            buf[:, 0:8] = np.frombuffer(TAG_EADD, np.uint8)
-            self._batch_eadd_only = buf
-        return self._batch_eadd_only
+        finally:
+            _give_buffer(chunks is not None, buffer)
 
     def digest(self) -> bytes:
         """The MRENCLAVE value EINIT would finalise now."""

@@ -121,7 +121,7 @@ class EnclaveMemory:
         written only where memory is held: every other page of the memfd
         reads as zero already (never written, or given back)."""
         held = self._held
-        if not any(page):
+        if page.count(0) == len(page):  # all zero (count runs in C; any() per byte)
             if held:
                 for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
                     if held.pop(position, 0) is None:
@@ -210,6 +210,9 @@ class EnclaveState:
     threads: dict[int, Closable] = field(default_factory=dict)  # TCS -> EnclaveThread
     exec_lock: threading.Lock = field(default_factory=threading.Lock)
     running: ThreadExecutor | None = None  # the executor holding exec_lock
+    # an executor started ahead, for the first TCS that needs one (native
+    # runners: NativeExecutorFactory.prepare); it goes with the enclave
+    spare_executor: Closable | None = None
 
     @property
     def initialized(self) -> bool:

@@ -68,10 +68,12 @@ from vsgx.channel.messages import (
     MAX_BLOCK_BATCH,
     MAX_ELDU_BATCH,
     MAX_EWB_BATCH,
+    MAX_PROTECTION_RANGES,
     MAX_UNIFORM_RESIDENT,
     MAX_USED_PAGES,
     MAX_YOUNG_BATCH,
     NOT_RUN,
+    PROTECTION_RANGE,
     PROTOCOL_VERSION,
     QE_REPORT_INFO_INPUT_SIZE,
     QUOTE_FLAGS,
@@ -405,6 +407,7 @@ class Session:
             Type.EMODPR: self._emodpr, Type.EMODT: self._emodt, Type.EDBGRD: self._edbgrd,
             Type.EDBGWR: self._edbgwr, Type.EENTER: self._eenter, Type.ERESUME: self._eresume,
             Type.KICK: self._kick, Type.SET_PAGE_PROTECTION: self._protect,
+            Type.SET_PAGE_PROTECTIONS: self._protect_ranges,
             Type.DESTROY: self._destroy,
             Type.QE_TARGET_INFO: self._qe_target_info, Type.QE_QUOTE_SIZE: self._qe_quote_size,
             Type.QUOTE: self._quote, Type.LAUNCH_TOKEN: self._launch_token,
@@ -843,6 +846,17 @@ class Session:
     def _protect(self, m: Message) -> Message:
         secs, linaddr, count, prot = m.fields
         self.vm.set_page_protection(self._secs(secs), linaddr, count, prot)
+        return self._ok(m)
+
+    def _protect_ranges(self, m: Message) -> Message:
+        secs, count = m.fields
+        check_count("SET_PAGE_PROTECTIONS", count, MAX_PROTECTION_RANGES, "ranges")
+        if len(m.blob) != count * PROTECTION_RANGE.size:
+            raise ProtocolError(f"SET_PAGE_PROTECTIONS: {count} ranges announced, "
+                                f"{len(m.blob)} bytes sent")
+        ranges = [PROTECTION_RANGE.unpack_from(m.blob, n * PROTECTION_RANGE.size)
+                  for n in range(count)]
+        self.vm.set_page_protections(self._secs(secs), ranges)
         return self._ok(m)
 
     def _destroy(self, m: Message) -> Message:

@@ -32,6 +32,7 @@ import hashlib
 import mmap
 import os
 import platform
+import queue
 import shutil
 import signal
 import stat
@@ -571,12 +572,13 @@ class NativeExecutor:
     runner_flags = 0  # layout.RUNNER_FLAG_*, beyond what the platform asks
     fast_path_allowed = True  # entries without the EVM (tests turn it off)
 
-    def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int,
+    def __init__(self, machine: Machine | None, encl: EnclaveState, tcs: int | None,
                  rdtsc_faults: bool = False, shared: SharedEnclave | None = None):
+        """``tcs`` None: a spare runner that ``adopt`` gives its TCS later."""
         assert encl.memory is not None
         self.machine = machine
         self.encl = encl
-        self.tcs = tcs
+        self.tcs = tcs if tcs is not None else 0
         self.generation = -1
         self.rewritten_seen = 0
         self.prot: dict[int, int] = {}
@@ -627,12 +629,7 @@ class NativeExecutor:
             self.client_address = ctypes.addressof(self._client_base)
             self.pool_address = ctypes.addressof(self._pool_base)
             struct.pack_into("<I", self.client_area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
-            # Fast-exit mode: the rewritten EEXIT sites, before the runner runs.
-            sites = sorted(encl.exit_sites)[:layout.MAX_EXIT_SITES]
-            struct.pack_into("<I", self.command_area, COMMAND.offset("exit_site_count"),
-                             len(sites))
-            struct.pack_into(f"<{len(sites)}Q", self.command_area, COMMAND.offset("exit_sites"),
-                             *sites)
+            self._write_exit_sites()
             memory_fd = encl.memory.fd
             flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
             root = self.root_dir if self.root_dir is not None else runner_root()
@@ -643,16 +640,32 @@ class NativeExecutor:
                  hex(encl.size), hex(pool_size), str(flags), str(root)],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
-            report = self._wait(0, self.start_limit)
+            # A spare starts beside the EVM's work: it sleeps, not spins.
+            report = self._wait(0, self.start_limit, spin=tcs is not None)
             if report[_KIND] != layout.STOP_READY:
                 raise RunnerLost(f"the runner did not start: {self._reason(report[_KIND])}")
             self.features, self.isolation, self.mxcsr_mask = struct.unpack_from(
                 "<III", self.report_area, REPORT.offset("features"))
             self.mxcsr_mask &= 0xFFFF
-            self.shared.executors.append(self)
+            if tcs is not None:  # a spare joins when a TCS adopts it
+                self.shared.executors.append(self)
         except BaseException:
             self.close()
             raise
+
+    def adopt(self, tcs: int) -> None:
+        """A spare runner (started before any entry) becomes TCS ``tcs``'s."""
+        self.tcs = tcs
+        self.shared.executors.append(self)
+        self._write_exit_sites()  # a spare starts before EINIT rewrites them
+
+    def _write_exit_sites(self) -> None:
+        """Fast-exit mode: the rewritten EEXIT sites, for the runner's
+        SIGTRAP path (read-only there; written before its first entry)."""
+        sites = sorted(self.encl.exit_sites)[:layout.MAX_EXIT_SITES]
+        struct.pack_into("<I", self.command_area, COMMAND.offset("exit_site_count"), len(sites))
+        struct.pack_into(f"<{len(sites)}Q", self.command_area, COMMAND.offset("exit_sites"),
+                         *sites)
 
     # -- the shared areas -------------------------------------------------------
     def _reason(self, kind: int) -> str:
@@ -677,13 +690,13 @@ class NativeExecutor:
             self.process.kill()
             self.process.wait()
 
-    def _wait(self, seen: int, limit: float) -> tuple[int, ...]:
+    def _wait(self, seen: int, limit: float, spin: bool = True) -> tuple[int, ...]:
         """Wait until the runner reports again; the report."""
         sequence = self._report_seq
         # Spin first: a futex wake-up costs tens of microseconds in a VM (an
         # IPI), and most stops come sooner than that. sched_yield lets the
         # other Python threads run meanwhile.
-        for _ in range(SPIN_ROUNDS):
+        for _ in range(SPIN_ROUNDS if spin else 0):
             if sequence.value != seen:
                 return self._read_report()
             os.sched_yield()
@@ -1310,6 +1323,67 @@ def fast_client_from_files(client_fd: int, pool_fd: int, base: int, size: int, n
     return FastClient.from_files(client_fd, pool_fd, base, size, name)
 
 
+class _SpareRunner:
+    """A runner being started by the factory's starter thread: ``take``
+    waits for it (None if it could not start: the caller starts one itself
+    and sees why)."""
+
+    def __init__(self) -> None:
+        self._executor: NativeExecutor | None = None
+        self._done = threading.Event()
+
+    def start(self, start: Any) -> None:
+        try:
+            self._executor = start()
+        except (VsgxError, OSError):
+            self._executor = None
+        finally:
+            self._done.set()
+
+    def started(self) -> NativeExecutor | None:
+        """Wait for the start; the runner, still the spare's (None if it failed)."""
+        self._done.wait()
+        return self._executor
+
+    def take(self) -> NativeExecutor | None:
+        executor = self.started()
+        self._executor = None
+        return executor
+
+    def close(self) -> None:
+        executor = self.take()
+        if executor is not None:
+            executor.close()
+
+
+# Spare runners start on one thread of this process, made with the first
+# factory: a new thread per enclave costs more than it saves.
+_SPARE_JOBS: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_starter_lock = threading.Lock()
+_starter_running = False
+
+
+_SPARE_DELAY = 0.001  # seconds
+
+
+def _run_starter() -> None:
+    while True:
+        spare, start = _SPARE_JOBS.get()
+        # Let the thread that asked first answer its request (Popen holds
+        # the GIL for a while before the fork); a spare is needed only at
+        # the enclave's first EENTER, after its pages and EINIT.
+        time.sleep(_SPARE_DELAY)
+        spare.start(start)
+
+
+def _ensure_starter() -> None:
+    global _starter_running
+    with _starter_lock:
+        if not _starter_running:
+            threading.Thread(target=_run_starter, daemon=True, name="runner starter").start()
+            _starter_running = True
+
+
 class NativeExecutorFactory:
     name = "native"
     capabilities = ExecutorCapability.PARALLEL | ExecutorCapability.FAST_ENTRIES
@@ -1319,11 +1393,36 @@ class NativeExecutorFactory:
         if not usable:
             raise NativeUnavailable(f"the native executor is not available here: {why}")
         self.machine = machine
+        _ensure_starter()
 
     def __call__(self, encl: EnclaveState, tcs: int) -> NativeExecutor:
+        spare, encl.spare_executor = encl.spare_executor, None
+        executor = spare.take() if isinstance(spare, _SpareRunner) else None
+        if executor is not None and executor.encl is encl and not executor.closed:
+            executor.adopt(tcs)
+            return executor
+        if executor is not None:
+            executor.close()
         return NativeExecutor(self.machine, encl, tcs,
                               rdtsc_faults=not self.machine.config.sgx2,
                               shared=self._shared_of(encl))
+
+    def prepare(self, encl: EnclaveState) -> None:
+        """Start a runner for the enclave now, in the background (machine
+        lock held): starting its process costs milliseconds that the first
+        EENTER would otherwise wait for. The first TCS to need an executor
+        adopts it; it goes with the enclave if none does."""
+        if encl.spare_executor is not None or encl.memory is None:
+            return
+        shared = self._shared_of(encl)  # made here, under the lock
+        rdtsc_faults = not self.machine.config.sgx2
+
+        def start() -> NativeExecutor:
+            return NativeExecutor(self.machine, encl, None, rdtsc_faults=rdtsc_faults,
+                                  shared=shared)
+
+        spare = encl.spare_executor = _SpareRunner()
+        _SPARE_JOBS.put((spare, start))
 
     def _shared_of(self, encl: EnclaveState) -> SharedEnclave:
         """One SharedEnclave per enclave, kept with its InsideMap (it goes

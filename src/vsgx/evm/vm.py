@@ -100,6 +100,11 @@ class EnclaveVM:
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
         with self.machine.lock:
             encls.ecreate(self.machine, epc_page, secs, secinfo)
+            # An executor that starts slowly (a runner process) starts now,
+            # while the enclave is built, not at its first EENTER.
+            prepare = getattr(self.executor_factory, "prepare", None)
+            if prepare is not None:
+                prepare(self.machine.epc.secs[epc_page])
 
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None:
@@ -287,6 +292,15 @@ class EnclaveVM:
                     encl.note_change(page)
             else:
                 encl.note_unnamed_change()  # too many to name: executors re-read all
+
+    def set_page_protections(self, secs_page: int, ranges: list[tuple[int, int, int]]
+                             ) -> None:
+        """set_page_protection of each (LINADDR, count, prot), in order, under
+        one hold of the lock (a program's mmaps, sent together); a bad
+        range raises as it would alone, after the ranges before it."""
+        with self.machine.lock:
+            for linaddr, count, prot in ranges:
+                self.set_page_protection(secs_page, linaddr, count, prot)
 
     # -- ENCLU from outside --------------------------------------------------
     def _thread(self, secs_page: int, tcs: int) -> EnclaveThread:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +57,8 @@ from vsgx.channel.device import (
     IOCTL_ARG_WORDS,
     IOCTL_COPY_BACK,
     LEGACY_DRIVER,
+    MAP_RECORD,
+    MAPS_MAX,
     MAX_DATAGRAM,
     PAGE_SIZE,
     REGISTER_COUNT,
@@ -249,7 +253,7 @@ class Session:
             return self._driver  # entries do not wait for a long ioctl's lock
         with self._lock:
             if self._driver is None:
-                evm = self.launcher.connect_evm()
+                evm = self.launcher.take_connection()
                 evm.attach_memory(self.memory)
                 self._evm = evm
                 self._driver = ProgramDriver(evm)
@@ -287,8 +291,8 @@ class Session:
                         os.close(fd)
                     continue
                 channel = Channel(self, socket.socket(fileno=fds[0]))
-                threading.Thread(target=channel.serve, daemon=True,
-                                 name=f"pid {self.pid} tid {message['tid']}").start()
+                self.launcher.threads.start(channel.serve,
+                                            f"pid {self.pid} tid {message['tid']}")
         finally:
             self.close()
 
@@ -323,6 +327,8 @@ class Session:
             return self._continue(message)
         if kind in (Msg.MAP, Msg.MPROTECT, Msg.UNMAP, Msg.RELEASE):
             return pack(Msg.DONE, status=self._mapping(message))
+        if kind == Msg.MAPS:
+            return pack(Msg.DONE, status=self._maps(message))
         raise DeviceProtocolError(f"{kind.name} is not a request")
 
     def _mapping(self, message: Decoded) -> int:
@@ -347,6 +353,38 @@ class Session:
             except (Fault, VsgxError) as exc:
                 self.log(f"pid {self.pid}: mapping the enclave failed: {exc}")
                 return -errno.EIO
+
+    def _maps(self, message: Decoded) -> int:
+        """MAPs the library answered itself, in order (runs of one file go to
+        the EVM together): 0, or the first failure's -errno."""
+        count = message["count"]
+        record = MAP_RECORD.layout
+        if count > MAPS_MAX or len(message.payload) != count * record.size:
+            raise DeviceProtocolError(f"MAPS: {count} records do not fit its payload")
+        records = [record.unpack_from(message.payload, n * record.size) for n in range(count)]
+        status = 0
+        with self._lock:
+            n = 0
+            while n < count:
+                file_id = records[n][0]
+                ranges = []
+                while n < count and records[n][0] == file_id:
+                    _, start, length, prot, _flags = records[n]
+                    if start % PAGE_SIZE or length % PAGE_SIZE or start + length >= 1 << 64:
+                        status = status or -errno.EINVAL
+                    else:
+                        ranges.append((start, length, prot))
+                    n += 1
+                try:
+                    code = self.file(file_id).map_ranges(ranges)
+                except (Fault, VsgxError) as exc:
+                    self.log(f"pid {self.pid}: mapping the enclave failed: {exc}")
+                    code = -errno.EIO
+                status = status or code
+        if status:
+            self.log(f"pid {self.pid}: a mapping the library had answered failed "
+                     f"({errno.errorcode.get(-status, status)})")
+        return status
 
     def _ioctl(self, message: Decoded) -> bytes:
         cmd = message["cmd"]
@@ -548,15 +586,66 @@ class Session:
         return pack(Msg.SITES, struct.pack(f"<{len(sites)}Q", *sites), count=len(sites))
 
 
-class Launcher:
-    """Serves the sessions that reach it over a control socket."""
+class SpareThreads:
+    """Threads started ahead for the first jobs: starting a thread costs
+    0.3-3 ms on a busy VM, which the program's first device use or first
+    thread would wait for. Later jobs get a thread of their own."""
 
-    def __init__(self, connect_evm: EvmFactory, *, log: Callable[[str], None] | None = None):
+    def __init__(self, count: int):
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], str]] = queue.SimpleQueue()
+        self._idle = count
+        self._lock = threading.Lock()
+        for _ in range(count):
+            threading.Thread(target=self._wait, daemon=True, name="spare").start()
+
+    def _wait(self) -> None:
+        job, name = self._jobs.get()
+        threading.current_thread().name = name
+        job()
+
+    def start(self, job: Callable[[], None], name: str) -> None:
+        with self._lock:
+            spare = self._idle > 0
+            self._idle -= spare
+        if spare:
+            self._jobs.put((job, name))
+        else:
+            threading.Thread(target=job, daemon=True, name=name).start()
+
+
+class Launcher:
+    """Serves the sessions that reach it over a control socket.
+
+    ``spare`` is a connection to the EVM made already (the one vsgx exec
+    asked the CPUID model over): the first session takes it, if it comes
+    within SPARE_SECONDS, instead of making its own (a TLS handshake and
+    the EVM's new session, milliseconds that the first ENCLAVE_CREATE
+    would otherwise wait for)."""
+
+    SPARE_SECONDS = 60.0  # well within an EVM's idle timeout (600 s by default)
+
+    def __init__(self, connect_evm: EvmFactory, *, log: Callable[[str], None] | None = None,
+                 spare: Any = None):
         self.connect_evm = connect_evm
         self.log = log or (lambda text: print(f"vsgx exec: {text}", file=sys.stderr, flush=True))
         self.sessions: list[Session] = []
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
+        self._spare = (time.monotonic(), spare) if spare is not None else None
+        # the first session's thread and its first channel's
+        self.threads = SpareThreads(2)
+
+    def take_connection(self) -> Any:
+        """A connection to the EVM for a new session: the spare while it is
+        fresh, else a new one."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            made, evm = spare
+            if time.monotonic() - made < self.SPARE_SECONDS:
+                return evm
+            evm.close()
+        return self.connect_evm()
 
     def control_socket(self) -> int:
         """A control socket for the program: the inheritable descriptor to
@@ -600,8 +689,7 @@ class Launcher:
             session = Session(self, socket.socket(fileno=fds[0]), message["pid"])
             with self._lock:
                 self.sessions.append(session)
-            threading.Thread(target=session.serve, daemon=True,
-                             name=f"session {message['pid']}").start()
+            self.threads.start(session.serve, f"session {message['pid']}")
 
     def forget(self, session: Session) -> None:
         with self._lock:
@@ -609,6 +697,10 @@ class Launcher:
                 self.sessions.remove(session)
 
     def close(self) -> None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].close()
         if self._control is not None:
             try:
                 self._control.shutdown(socket.SHUT_RDWR)

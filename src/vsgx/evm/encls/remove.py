@@ -47,6 +47,9 @@ def destroy_enclave(encl: EnclaveState) -> None:
     for thread in list(encl.threads.values()):
         thread.close()
     encl.threads.clear()
+    spare, encl.spare_executor = encl.spare_executor, None
+    if spare is not None:
+        spare.close()
     if encl.memory is not None:
         encl.memory.close()
         encl.memory = None

@@ -373,14 +373,23 @@ static int call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply
     }
 }
 
-int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply)
+int vsgx_call_unflushed(const struct iovec *iov, int count, struct vsgx_reply *reply)
 {
     return call_iov(iov, count, reply, NULL, 0, NULL);
+}
+
+int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_reply *reply)
+{
+    int ret = vsgx_maps_flush();  /* the mappings answered before go first */
+    return ret < 0 ? ret : call_iov(iov, count, reply, NULL, 0, NULL);
 }
 
 int vsgx_call_fds(const void *request, size_t request_size, struct vsgx_reply *reply, int *fds,
                   int max_fds, int *count)
 {
+    int ret = vsgx_maps_flush();
+    if (ret < 0)
+        return ret;
     struct iovec iov = {(void *)request, request_size};
     return call_iov(&iov, 1, reply, fds, max_fds, count);
 }

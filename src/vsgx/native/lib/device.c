@@ -71,9 +71,11 @@
    the device, referred to by address, that live as long as that mapping. */
 enum file_kind { FILE_ENCLAVE = 1, FILE_PROVISION = 2, FILE_ISGX = 3, FILE_DCAP = 4 };
 
-/* Offsets of added pages: sorted, disjoint, merged [start, end) spans. */
+/* Offsets of added pages: sorted, disjoint, merged [start, end) spans
+   (of one vm_max_prot: PROT_* bits, sgx_encl_page_alloc's). */
 struct span {
     uint64_t start, end;
+    int prot;
 };
 
 /* ADD_PAGES answered but not yet sent to the launcher. */
@@ -95,6 +97,10 @@ struct sgx_file {
     uint64_t base, size;  /* ELRANGE, once created */
     atomic_int ioctl_busy;
     int initialized;  /* INIT succeeded */
+    /* Initialized, its pages all added here and no SGX2 ioctl since: the
+       spans say every page's vm_max_prot, so a mapping is checked here
+       (sgx_encl_may_map) and sent with the next request (MAPS). */
+    int maps_checked_here;
     int add_error;    /* -errno the driver or the EVM gave a queued add: final */
     struct span *added;
     int added_count, added_capacity;
@@ -673,7 +679,7 @@ static int collect_segments(struct dl_phdr_info *info, size_t size, void *data)
             continue;
         uint64_t start = info->dlpi_addr + ph->p_vaddr;
         static_segments[static_count++] = (struct span){PAGE_DOWN(start),
-                                                        PAGE_UP(start + ph->p_memsz)};
+                                                        PAGE_UP(start + ph->p_memsz), 0};
     }
     return 0;
 }
@@ -721,11 +727,17 @@ VSGX_EXPORT int dlclose(void *handle)
     return REAL(dlclose)(handle);
 }
 
+/* Memory that cannot fault: read in place. */
+static int readable_in_place(uint64_t address, size_t length)
+{
+    return on_live_stack(address, length) || in_static_segment(address, length);
+}
+
 /* copy_from_user: plain copies where the memory cannot fault, the kernel's
    checked copy (process_vm_readv) elsewhere. */
 static int copy_in(uint64_t address, void *out, size_t length)
 {
-    if (on_live_stack(address, length) || in_static_segment(address, length)) {
+    if (readable_in_place(address, length)) {
         memcpy(out, (const void *)address, length);
         return 0;
     }
@@ -781,12 +793,13 @@ static int page_added(const struct sgx_file *file, uint64_t offset)
 }
 
 /* Record a page as added (a new page is usually just after the last). */
-static void mark_added(struct sgx_file *file, uint64_t offset)
+static void mark_added(struct sgx_file *file, uint64_t offset, int prot)
 {
     int i = span_after(file, offset);
-    if (i > 0 && file->added[i - 1].end == offset) {
+    if (i > 0 && file->added[i - 1].end == offset && file->added[i - 1].prot == prot) {
         file->added[i - 1].end = offset + PAGE;
-        if (i < file->added_count && file->added[i].start == offset + PAGE) {
+        if (i < file->added_count && file->added[i].start == offset + PAGE &&
+            file->added[i].prot == prot) {
             file->added[i - 1].end = file->added[i].end;
             memmove(&file->added[i], &file->added[i + 1],
                     (size_t)(file->added_count - i - 1) * sizeof(struct span));
@@ -794,14 +807,15 @@ static void mark_added(struct sgx_file *file, uint64_t offset)
         }
         return;
     }
-    if (i < file->added_count && file->added[i].start == offset + PAGE) {
+    if (i < file->added_count && file->added[i].start == offset + PAGE &&
+        file->added[i].prot == prot) {
         file->added[i].start = offset;
         return;
     }
     /* make_room made room */
     memmove(&file->added[i + 1], &file->added[i],
             (size_t)(file->added_count - i) * sizeof(struct span));
-    file->added[i] = (struct span){offset, offset + PAGE};
+    file->added[i] = (struct span){offset, offset + PAGE, prot};
     file->added_count++;
 }
 
@@ -853,7 +867,10 @@ static void queue_page(struct sgx_file *file, uint64_t offset, uint64_t secinfo,
         queue->runs[queue->run_count++] = (struct vsgx_add_run){offset, 1, secinfo, fill, flags};
     if (!uniform)
         queue->page_count++;  /* the page was read into its slot */
-    mark_added(file, offset);
+    /* vm_max_prot: a TCS page is RW whatever its SECINFO (which has none) */
+    int tcs = (secinfo & SECINFO_PAGE_TYPE_MASK) == SECINFO_TCS;
+    mark_added(file, offset, tcs ? PROT_READ | PROT_WRITE
+                                 : (int)(secinfo & SECINFO_PERMISSION_MASK));  /* R W X = PROT_* */
 }
 
 /* Room for one more page: a run, a page slot, a span (flushing if full). */
@@ -917,13 +934,21 @@ static long add_pages(struct sgx_file *file, uint64_t arg_address)
             break;
         struct add_queue *queue = file->queue;
         uint8_t *page = queue->pages[queue->page_count];
-        if (copy_in(src + done, page, PAGE) < 0) {
+        /* A uniform REG page (a heap, a stack) needs no copy: only its fill
+           goes; where the source cannot fault it is looked at in place. */
+        const uint8_t *in_place = reg && readable_in_place(src + done, PAGE)
+                                      ? (const uint8_t *)(src + done) : NULL;
+        int uniform = in_place != NULL && memcmp(in_place, in_place + 4, PAGE - 4) == 0;
+        if (uniform) {
+            page = (uint8_t *)in_place;
+        } else if (copy_in(src + done, page, PAGE) < 0) {
             ret = -EFAULT;  /* get_user_pages */
             break;
+        } else if (in_place == NULL) {
+            uniform = reg && memcmp(page, page + 4, PAGE - 4) == 0;
         }
         uint32_t fill;
         memcpy(&fill, page, 4);
-        int uniform = reg && memcmp(page, page + 4, PAGE - 4) == 0;
         queue_page(file, offset + done, secinfo[0], flags | (uniform ? VSGX_ADD_RUN_UNIFORM : 0),
                    uniform ? fill : 0);
     }
@@ -968,6 +993,12 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     int init_cmd = cmd == SGX_IOC_ENCLAVE_INIT || cmd == VSGX_LEGACY_INIT || cmd == VSGX_DCAP_INIT;
     if (!vsgx_channel_available())
         return -ENODEV;
+    if (cmd == SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS || cmd == SGX_IOC_ENCLAVE_MODIFY_TYPES ||
+        cmd == SGX_IOC_ENCLAVE_REMOVE_PAGES) {
+        pthread_mutex_lock(&device_lock);
+        file->maps_checked_here = 0;  /* pages change type or go: the launcher decides */
+        pthread_mutex_unlock(&device_lock);
+    }
     int expected = 0;
     if (!atomic_compare_exchange_strong(&file->ioctl_busy, &expected, 1))
         return -EBUSY;
@@ -1031,8 +1062,10 @@ static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg
     ret = send_ioctl(&call, &done);
     if (ret == 0)
         ret = finish_ioctl(&call, &done, arg_address, arg_size);
-    if (init_cmd && ret == 0)
+    if (init_cmd && ret == 0) {
         file->initialized = 1;
+        file->maps_checked_here = !file->legacy && file->add_error == 0;
+    }
     if (cmd == SGX_IOC_ENCLAVE_CREATE && ret == 0 && want) {
         uint64_t size, base;
         memcpy(&size, call.buffer, 8);
@@ -1165,6 +1198,80 @@ static int overlaps_mapping(uint64_t start, uint64_t end)
     return 0;
 }
 
+/* sgx_encl_may_map of an initialized enclave whose pages were all added
+   here (maps_checked_here; device_lock held): 0 or -EACCES. */
+static int may_map_here(const struct sgx_file *file, uint64_t start, uint64_t end, int prot)
+{
+    if (start < file->base || end > file->base + file->size)
+        return -EACCES;
+    int wanted = prot & (PROT_READ | PROT_WRITE | PROT_EXEC);
+    uint64_t first = start - file->base, last = end - file->base;
+    for (int i = span_after(file, first); i < file->added_count && file->added[i].start < last;
+         i++)
+        if (wanted & ~file->added[i].prot)
+            return -EACCES;
+    return 0;
+}
+
+/* Mappings answered here, not yet sent: MAPS goes before the process's next
+   request to the launcher and before an entry (vsgx_maps_flush), so the
+   launcher and the EVM see them in order and before the enclave runs. */
+static struct vsgx_map_record pending_maps[VSGX_MAPS_MAX];
+static atomic_int pending_count;
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int flush_maps_locked(void)
+{
+    int count = atomic_load(&pending_count);
+    if (count == 0)
+        return 0;
+    struct vsgx_msg_maps request = {0};
+    request.type = VSGX_MSG_MAPS;
+    request.count = (uint32_t)count;
+    struct iovec iov[2] = {{&request, sizeof(request)},
+                           {pending_maps, (size_t)count * sizeof(pending_maps[0])}};
+    struct vsgx_reply reply;
+    int ret = vsgx_call_unflushed(iov, 2, &reply);
+    atomic_store(&pending_count, 0);
+    if (ret == 0) {
+        struct vsgx_msg_done done;
+        if (reply.length < sizeof(done))
+            return -EIO;
+        memcpy(&done, reply.data, sizeof(done));
+        ret = done.status;
+    }
+    if (ret < 0)
+        vsgx_log("mappings answered here were refused later (%d)", ret);
+    return ret < 0 ? -EIO : 0;
+}
+
+int vsgx_maps_flush(void)
+{
+    if (atomic_load(&pending_count) == 0)
+        return 0;
+    pthread_mutex_lock(&pending_lock);
+    int ret = flush_maps_locked();
+    pthread_mutex_unlock(&pending_lock);
+    return ret;
+}
+
+static int queue_map(const struct sgx_file *file, uint64_t start, uint64_t length, int prot,
+                     int flags)
+{
+    pthread_mutex_lock(&pending_lock);
+    int ret = 0;
+    if (atomic_load(&pending_count) == VSGX_MAPS_MAX)
+        ret = flush_maps_locked();
+    if (ret == 0) {
+        int n = atomic_load(&pending_count);
+        pending_maps[n] = (struct vsgx_map_record){file->id, start, length, (uint32_t)prot,
+                                                   (uint32_t)flags};
+        atomic_store(&pending_count, n + 1);
+    }
+    pthread_mutex_unlock(&pending_lock);
+    return ret;
+}
+
 static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int prot, int flags)
 {
     if ((flags & MAP_TYPE) == MAP_PRIVATE) {
@@ -1197,16 +1304,25 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
         return MAP_FAILED;
     }
     pthread_mutex_lock(&device_lock);
-    int status = 0;
-    if (file->size) {  /* before ECREATE nothing limits a mapping */
+    int status = 0, cut = 0;
+    struct vsgx_msg_map request = {0};
+    request.type = VSGX_MSG_MAP;
+    request.file = file->id;
+    request.address = (uint64_t)where;
+    request.length = size;
+    request.prot = (uint32_t)prot;
+    request.flags = (uint32_t)flags;
+    if (file->size && file->maps_checked_here) {
+        status = may_map_here(file, (uint64_t)where, (uint64_t)where + size, prot);
+        if (status == 0 && (flags & MAP_FIXED)) {
+            /* Known to succeed: the old mappings' UNMAPs go ahead of it. */
+            cut_mappings((uint64_t)where, (uint64_t)where + size);
+            cut = 1;
+        }
+        if (status == 0)
+            status = queue_map(file, (uint64_t)where, size, prot, flags);
+    } else if (file->size) {  /* before ECREATE nothing limits a mapping */
         flush_file(file);  /* what may be mapped depends on the pages added */
-        struct vsgx_msg_map request = {0};
-        request.type = VSGX_MSG_MAP;
-        request.file = file->id;
-        request.address = (uint64_t)where;
-        request.length = size;
-        request.prot = (uint32_t)prot;
-        request.flags = (uint32_t)flags;
         status = simple_request(&request, sizeof(request));
     }
     if (status < 0) {
@@ -1219,7 +1335,13 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
     if (flags & MAP_FIXED) {
         /* The old mapping goes, as with any MAP_FIXED. */
         static_segments_forget((uint64_t)where, (uint64_t)where + size);
-        cut_mappings((uint64_t)where, (uint64_t)where + size);
+        if (!cut && overlaps_mapping((uint64_t)where, (uint64_t)where + size)) {
+            cut_mappings((uint64_t)where, (uint64_t)where + size);
+            /* The launcher heard the old mappings go after the new one came:
+               it hears the new one again. */
+            if (file->size)
+                simple_request(&request, sizeof(request));
+        }
         if (vsgx_mmap_raw(where, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
                           MAP_NORESERVE, -1, 0) == (void *)-1) {
             pthread_mutex_unlock(&device_lock);
@@ -1446,4 +1568,6 @@ void vsgx_device_after_fork(void)
     files = NULL;
     mapping_count = 0;
     any_device = 0;
+    pthread_mutex_init(&pending_lock, NULL);
+    atomic_store(&pending_count, 0);  /* the parent's, for its session */
 }

@@ -193,11 +193,16 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
         result->address = regs[R_RBX];
         return 0;
     }
-    /* The fast path first (fast.c); what it leaves goes through the
-       launcher, between its begin and end. */
-    void *begun;
-    if (!vsgx_fast_enter_or_begin(leaf, file, regs, return_rip, result, &begun))
+    /* The mappings answered so far reach the EVM first (the fast path does
+       not pass the launcher); then the fast path (fast.c), and what it
+       leaves goes through the launcher, between its begin and end. */
+    void *begun = NULL;
+    if (vsgx_maps_flush() < 0) {
+        result->kind = VSGX_EXIT_LOST;
+        result->status = -EIO;
+    } else if (!vsgx_fast_enter_or_begin(leaf, file, regs, return_rip, result, &begun)) {
         enter_through_launcher(file, leaf, regs, return_rip, result);
+    }
     vsgx_fast_done(begun);
     if (result->kind == VSGX_EXIT_LOST) {
         vsgx_log("the entry on %#lx is lost (%d)", (unsigned long)regs[R_RBX], result->status);

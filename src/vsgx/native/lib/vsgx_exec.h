@@ -70,6 +70,10 @@ VSGX_HIDDEN int vsgx_call_iov(const struct iovec *iov, int count, struct vsgx_re
    (SCM_RIGHTS; the caller closes them). */
 VSGX_HIDDEN int vsgx_call_fds(const void *request, size_t request_size,
                               struct vsgx_reply *reply, int *fds, int max_fds, int *count);
+/* vsgx_call_iov without sending the pending mappings first (device.c's
+   MAPS itself). */
+VSGX_HIDDEN int vsgx_call_unflushed(const struct iovec *iov, int count,
+                                    struct vsgx_reply *reply);
 VSGX_HIDDEN void vsgx_channel_after_fork(void);
 VSGX_HIDDEN int vsgx_channel_is_internal_fd(int fd);
 VSGX_HIDDEN int vsgx_cpuid_model_from_launcher(void);
@@ -85,6 +89,8 @@ VSGX_HIDDEN int vsgx_serve_page_request(int fd, const uint8_t *message, size_t l
 VSGX_HIDDEN uint64_t vsgx_enclave_file_for_tcs(uint64_t tcs);
 VSGX_HIDDEN int vsgx_enclave_range(uint64_t file, uint64_t *base, uint64_t *size);
 VSGX_HIDDEN void vsgx_device_after_fork(void);
+/* Send the mappings answered here (MAPS) if there are any: 0 or -EIO. */
+VSGX_HIDDEN int vsgx_maps_flush(void);
 
 /* device.c for legacy.c: the legacy drivers' enclaves (device.c's
    FILE_ISGX = 3, FILE_DCAP = 4) and the in-kernel ioctl path they reuse. */
