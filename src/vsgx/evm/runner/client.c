@@ -70,6 +70,22 @@ static long raw_syscall(long n, long a, long b, long c, long d, long e, long f)
     return ret;
 }
 
+/* This CPU's number + 1 (0 where there is no RDPID): the same-CPU hint. */
+static uint32_t this_cpu(void)
+{
+    static int rdpid = -1;
+    if (rdpid < 0) {
+        uint32_t eax = 7, ebx, ecx = 0, edx;
+        __asm__ volatile("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+        rdpid = (ecx >> 22) & 1;
+    }
+    if (!rdpid)
+        return 0;
+    uint64_t id;
+    __asm__ volatile("rdpid %0" : "=r"(id));
+    return (uint32_t)(id & 0xfff) + 1;
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec t;
@@ -299,9 +315,12 @@ static int wait_reply(struct vsgx_fast_client *c)
             last = t;
             if (t - start > budget || descheduled)
                 break;
-            /* past the floor of a reply, let a runner that shares this
-               CPU run rather than spin it out */
-            if (t - start > SPIN_YIELD_AFTER_NS)
+            /* let a runner that shares this CPU run rather than spin it
+               out: at once when it last ran here, past the floor of a
+               reply otherwise */
+            uint32_t cpu = this_cpu();
+            if (t - start > SPIN_YIELD_AFTER_NS ||
+                (cpu && __atomic_load_n(&a->runner_cpu, __ATOMIC_RELAXED) == cpu))
                 raw_syscall(SYS_sched_yield, 0, 0, 0, 0, 0, 0);
         }
     }
@@ -355,6 +374,7 @@ replied:;
 static void send_request(struct vsgx_fast_client *c, uint32_t kind)
 {
     struct vsgx_client *a = c->area;
+    a->client_cpu = this_cpu();
     a->request = kind;
     __atomic_add_fetch(&a->request_seq, 1, __ATOMIC_SEQ_CST);
     vsgx_ring(a);

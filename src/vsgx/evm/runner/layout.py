@@ -192,6 +192,11 @@ CLIENT = Area("vsgx_client", 4096, (
     Field("unmap_slots", 256, "u32", MAX_UNMAP),
     Field("entries", 512, "u32"),  # statistics the runner keeps (tests, benchmarks)
     Field("page_requests", 516, "u32"),
+    # Where each side last ran (RDPID + 1; 0: unknown): a waiter whose peer
+    # is on its own CPU yields at once instead of spinning (the peer cannot
+    # run meanwhile). Hints only: written by everyone, trusted by no one.
+    Field("runner_cpu", 520, "u32"),
+    Field("client_cpu", 524, "u32"),
 ))
 
 STATE = Area("vsgx_state", 4096, (
