@@ -9,6 +9,9 @@ ping-pong (Python's ssl) as the floor of any round trip through the
 channel; and the enclave's initialisation (load, EINIT and
 ECMD_INIT_ENCLAVE) on each executor.
 
+With fast exits (``EnclaveVM(fast_exits=True)``: the EEXIT sites rewritten
+into INT3 after EINIT, opt-in and not exact) as a third native run.
+
 On the native executor, entries take the fast path (the runner enters and
 completes EEXIT itself, runner/client.c and runner.c) and, as its baseline,
 go through the EVM (``fast_path_allowed`` off); both quiet and with a CPU
@@ -104,10 +107,12 @@ def main() -> None:
             raw = measure_raw(PlainEnclave(RawEnclave.load(elf, evm=avm)), args.count)
             return {"raw EENTER->EEXIT": raw["null"], **measure_sdk(hello, avm, args.count)}
 
-        def in_process(executor: str, fast: bool = True) -> dict[str, dict[str, float]]:
+        def in_process(executor: str, fast: bool = True, fast_exits: bool = False
+                       ) -> dict[str, dict[str, float]]:
             NativeExecutor.fast_path_allowed = fast
             try:
-                local = Avm(EnclaveVM(root_secret=bytes(32), executor=executor))
+                local = Avm(EnclaveVM(root_secret=bytes(32), executor=executor,
+                                      fast_exits=fast_exits))
                 try:
                     return run(local)
                 finally:
@@ -117,21 +122,22 @@ def main() -> None:
 
         results: dict[str, dict[str, dict[str, float]]] = {}
         inits = {}
-        runs: list[tuple[str, str, bool]] = []
+        runs: list[tuple[str, str, bool, bool]] = []
         if not args.skip_slow:
-            runs.append(("in-process, unicorn", "unicorn", True))
+            runs.append(("in-process, unicorn", "unicorn", True, False))
         if native_support()[0]:
-            runs += [("in-process, native, fast path", "native", True),
-                     ("in-process, native, through the EVM", "native", False)]
+            runs += [("in-process, native, fast path", "native", True, False),
+                     ("in-process, native, through the EVM", "native", False, False),
+                     ("in-process, native, fast path, fast exits", "native", True, True)]
         for load in ("quiet", "CPU hog"):
             with contextlib.ExitStack() as stack:
                 if load != "quiet":
                     stack.enter_context(cpu_hog())
                 results[f"floors ({load})"] = floors(workdir, args.count)
-                for where, executor, fast in runs:
+                for where, executor, fast, fast_exits in runs:
                     if load != "quiet" and executor != "native":
                         continue
-                    measured = in_process(executor, fast)
+                    measured = in_process(executor, fast, fast_exits)
                     init = measured.pop("init_ms")
                     if load == "quiet":
                         inits[where] = round(init, 1)  # type: ignore[arg-type]
