@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from vsgx.avm import RemoteEvm
 from vsgx.crypto import generate_signing_key
 from vsgx.evm import EnclaveVM, PlatformConfig
 from vsgx.host import Avm
+from vsgx.host.enclave import local_manager
 from vsgx.image import parse_config, plan_from_bytes, sign_enclave
 from vsgx.samples import HELLO_DIR, build_sample
 
@@ -52,10 +54,9 @@ def load_once(path: Path, executor: str, eager: bool = False) -> tuple[float, di
 
     vm = EnclaveVM(PlatformConfig(epc_pages=EPC_PAGES), root_secret=bytes(32),
                    executor=executor)
-    if eager:
-        # an EVM that says it has no batch leaves cannot defer: every page through the EPC
-        vm.batch_leaves = False  # type: ignore[attr-defined]
-    avm = Avm(vm)
+    # A session of protocol version 2 has no batch leaves, so the driver
+    # cannot defer: every page goes through the EPC (the eager baseline).
+    avm = Avm(RemoteEvm(local_manager(vm).open_local(), offer=2)) if eager else Avm(vm)
     assert avm.driver.defers is not eager
     gc.collect()
     start = time.perf_counter()
