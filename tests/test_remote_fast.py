@@ -106,16 +106,26 @@ def test_a_tcs_inside_by_the_fast_path_is_busy(remote_native):
     outcome: dict[str, object] = {}
 
     def waiter() -> None:
-        outcome["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
+        while True:
+            try:
+                outcome["a"] = plain.call(0, OP_WAIT_FLAG, 42, 10**11)
+                return
+            except Fault:
+                time.sleep(0.01)  # the probe below held the TCS for a moment
 
     inside = threading.Thread(target=waiter, daemon=True)
     before = counts(plain)["entries"]
     inside.start()
-    time.sleep(0.5)
-    assert inside.is_alive()
-    with pytest.raises(Fault) as raised:
-        plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=1)
-    assert raised.value.vector == Vector.GP
+    # Probe until the waiter is inside: then EENTER on its TCS is #GP.
+    deadline = time.monotonic() + 60
+    while True:
+        assert inside.is_alive() and time.monotonic() < deadline
+        try:
+            plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=1)
+        except Fault as fault:
+            assert fault.vector == Vector.GP
+            break
+        time.sleep(0.02)
     assert plain.call(1, OP_SET_FLAG, 42)[0].kind == "eexit"
     inside.join(60)
     assert outcome["a"][0].kind == "eexit"  # type: ignore[index]
