@@ -17,6 +17,7 @@ from vsgx.arch.cpuid import SgxCpuid
 from vsgx.arch.einittoken import EINITTOKEN_SIZE
 from vsgx.arch.errors import Fault, SgxError
 from vsgx.arch.quote import QuoteStatus
+from vsgx.arch.registers import FSBASE, GSBASE, RBX, RCX, eexit_registers
 from vsgx.avm.driver import EnclaveLost
 from vsgx.channel import (
     DEFAULT_TIMEOUT,
@@ -132,12 +133,6 @@ class FastClientFactory(Protocol):
 
 
 FAST_ATTACH_TRIES = 3  # a TCS whose runner keeps going away stays on the channel
-_RF = 1 << 16
-_CANONICAL_HALF = 1 << 47
-
-
-def _canonical(address: int) -> bool:
-    return address < _CANONICAL_HALF or address >= (1 << 64) - _CANONICAL_HALF
 
 
 @dataclass
@@ -404,7 +399,7 @@ class RemoteEvm:
         if self.in_memory:  # the EVM maps the application's pages in place
             return self._entry_in_memory(Type.EENTER, (secs_page, return_rip, *registers),
                                          untrusted, registers[3])
-        tcs = registers[3]  # RBX
+        tcs = registers[RBX]
         client = self._fast.get((secs_page, tcs)) if self.fast_clients is not None else None
         if client is None or client.closed:
             result = self._eenter(secs_page, registers, return_rip, untrusted)
@@ -425,8 +420,8 @@ class RemoteEvm:
                 return self._fast_eexit(registers, exit_registers, tcs)
             if outcome == "handed over":
                 counts["handed over"] += 1
-                return self.continue_entry(secs_page, tcs, registers[1],
-                                           (registers[18], registers[19]), untrusted)
+                return self.continue_entry(secs_page, tcs, registers[RCX],
+                                           (registers[FSBASE], registers[GSBASE]), untrusted)
             # refused (no grant: the EVM checks the entry) or gone (the
             # runner closed: a new one's files are asked for after this)
             counts["refused"] += 1
@@ -443,23 +438,18 @@ class RemoteEvm:
 
     def _fast_eexit(self, at_enclu: list[int], reported: list[int], tcs: int) -> RemoteExit:
         """EEXIT as the SDM defines it, whatever the CLIENT area says
-        (enclave code can write it): RIP = RBX, RCX = the AEP, FS and GS
-        as at the EENTER, RFLAGS.RF clear."""
-        regs = list(reported)
-        regs[17] = regs[3]  # RIP = RBX
-        regs[1] = at_enclu[1]
-        regs[18], regs[19] = at_enclu[18], at_enclu[19]
-        regs[16] = (regs[16] & ~_RF) | 0x2
-        if not _canonical(regs[17]):
+        (enclave code can write it)."""
+        regs = eexit_registers(reported, at_enclu)
+        if regs is None:
             raise EnclaveLost(f"the runner of TCS {tcs:#x} reported an EEXIT to a "
-                              f"non-canonical address {regs[17]:#x}")
+                              f"non-canonical address {reported[RBX]:#x}")
         return RemoteExit(ExitKind.EEXIT, regs, 0, 0, 0, False, False)
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any:
         if self.in_memory:
             return self._entry_in_memory(Type.ERESUME, (secs_page, *registers), untrusted,
                                          registers[3])
-        client = self._fast.get((secs_page, registers[3])) if self.fast_clients is not None \
+        client = self._fast.get((secs_page, registers[RBX])) if self.fast_clients is not None \
             else None
         begun = client is not None and not client.closed and client.begin(untrusted)
         try:
@@ -509,10 +499,6 @@ class RemoteEvm:
             finally:
                 for fd in fds:
                     os.close(fd)
-
-    def fast_clients_of(self, secs_page: int) -> list[FastEntryClient]:
-        """The fast clients attached for an enclave's TCSs (for statistics)."""
-        return [client for (secs, _), client in self._fast.items() if secs == secs_page]
 
     def client_files(self, secs_page: int, tcs: int) -> tuple[int, int]:
         """The CLIENT area and page pool of a TCS's runner (file

@@ -23,15 +23,35 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from vsgx.arch.constants import ExitType
 
+# The register order is declared once (vsgx.arch.registers); the executors
+# take it from here.
+from vsgx.arch.registers import (
+    FSBASE,
+    GSBASE,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+    RAX,
+    RBP,
+    RBX,
+    RCX,
+    RDI,
+    RDX,
+    REG_COUNT,
+    REG_NAMES,
+    RFLAGS,
+    RIP,
+    RSI,
+    RSP,
+)
+
 if TYPE_CHECKING:
     from vsgx.evm.enclave import EnclaveState
-
-REG_COUNT = 20
-RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
-R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
-RFLAGS, RIP, FSBASE, GSBASE = 16, 17, 18, 19
-REG_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
-             "r12", "r13", "r14", "r15", "rflags", "rip", "fsbase", "gsbase")
 
 
 class StopKind(Enum):
@@ -222,3 +242,39 @@ def page_changes(old: bytes, new: bytes, granule: int = 64) -> list[tuple[int, b
     if start >= 0:
         changes.append((start, new[start:end]))
     return changes
+
+
+__all__ = [
+    "FSBASE",
+    "GSBASE",
+    "R8",
+    "R9",
+    "R10",
+    "R11",
+    "R12",
+    "R13",
+    "R14",
+    "R15",
+    "RAX",
+    "RBP",
+    "RBX",
+    "RCX",
+    "RDI",
+    "RDX",
+    "REG_COUNT",
+    "REG_NAMES",
+    "RFLAGS",
+    "RIP",
+    "RSI",
+    "RSP",
+    "Closable",
+    "ExecutorCapability",
+    "ExecutorFactory",
+    "FastEntryClient",
+    "FastEntryExecutor",
+    "Stop",
+    "StopKind",
+    "ThreadExecutor",
+    "UntrustedMemory",
+    "page_changes",
+]

@@ -42,6 +42,7 @@ from vsgx.arch.constants import (
 )
 from vsgx.arch.errors import Fault, SgxError, gp
 from vsgx.arch.layout import fields_of
+from vsgx.arch.registers import CANONICAL_HALF, RF, canonical, eexit_registers
 from vsgx.arch.ssa import Exinfo, Gprsgx, exitinfo, xsave_size
 from vsgx.arch.tcs import Tcs
 from vsgx.errors import VsgxError
@@ -92,22 +93,16 @@ _GPRS = fields_of(Gprsgx, *(f.name for f in Gprsgx.FIELDS if f.offset < _EXIT_FS
 _FSGS = fields_of(Gprsgx, "fsbase", "gsbase")
 _EXINFO = fields_of(Exinfo, "maddr", "errcd", whole=True)
 _U64 = (1 << 64) - 1
-_CANONICAL = 1 << 47
-_NONCANONICAL_END = (1 << 64) - _CANONICAL
+_NONCANONICAL_END = (1 << 64) - CANONICAL_HALF
 # RFLAGS bits the status leaves define, and those ERESUME restores.
 _ZF, _CF = 1 << 6, 1 << 0
 _STATUS_FLAGS = 0x8D5  # CF PF AF ZF SF OF
 _RESTORED_FLAGS = 0x254D5 | (1 << 10) | (1 << 14) | (1 << 18) | (1 << 21)
 _SYNTHETIC_CLEARED = 0x8D5 | (1 << 16)  # arithmetic flags and RF
 _PREEMPT_AFTER = 0.002  # seconds a thread waits before asking the runner to yield
-_RF = 1 << 16
 _VECTORS = frozenset(int(v) for v in Vector)
 # Fast-path outcomes (vsgx.evm.native_executor, vsgx_fast_client.h).
 _FAST_EEXIT, _FAST_HANDED_OVER = 1, 4
-
-
-def _canonical(address: int) -> bool:
-    return address < _CANONICAL or address >= (1 << 64) - _CANONICAL
 
 
 @dataclass
@@ -229,15 +224,12 @@ class EnclaveThread:
                 # The CLIENT area is writable by enclave code: what EEXIT
                 # sets from the entry (RCX = AEP, the caller's FS/GS) is
                 # taken from the caller, RIP is RBX (SDM EEXIT).
-                regs = fast.exit_registers()
-                regs[RIP] = regs[RBX]
-                regs[RCX] = registers[RCX]
-                regs[FSBASE], regs[GSBASE] = registers[FSBASE], registers[GSBASE]
-                regs[RFLAGS] &= ~_RF
-                if not _canonical(regs[RIP]):
+                reported = fast.exit_registers()
+                regs = eexit_registers(reported, registers)
+                if regs is None:
                     self._lost()
                     raise VsgxError(f"the runner of TCS {self.tcs:#x} reported an EEXIT to "
-                                    f"a non-canonical address {regs[RIP]:#x}")
+                                    f"a non-canonical address {reported[RBX]:#x}")
                 return EnclaveExit(ExitKind.EEXIT, regs)
             if outcome == _FAST_HANDED_OVER:
                 return self.continue_entry(registers[RCX],
@@ -252,7 +244,7 @@ class EnclaveThread:
         m, encl = self.machine, self.encl
         with m.lock:
             aep = registers[RCX]
-            if _CANONICAL <= aep < _NONCANONICAL_END:
+            if CANONICAL_HALF <= aep < _NONCANONICAL_END:
                 raise gp("the AEP is not canonical")
             _, _, ossa, _, nssa, oentry, _, ofs, ogs = self._checked_tcs()
             view = encl.memory.view  # type: ignore[union-attr]
@@ -305,7 +297,7 @@ class EnclaveThread:
     def _eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
         m, encl = self.machine, self.encl
         with m.lock:
-            if not _canonical(registers[RCX]):
+            if not canonical(registers[RCX]):
                 raise gp("the AEP is not canonical")
             _state, _flags, ossa, cssa, _nssa, _oentry, _aep, _ofs, _ogs = self._tcs_fields()
             if cssa == 0:
@@ -322,7 +314,7 @@ class EnclaveThread:
                 raise gp("the SSA's XSAVE header is invalid")
             saved = list(_GPRS.unpack_from(view, size - SSA_GPRSGX_SIZE))
             fsbase, gsbase = _FSGS.unpack_from(view, size - SSA_GPRSGX_SIZE + _FSGS.offset)
-            if not _canonical(saved[RIP]) or not _canonical(fsbase) or not _canonical(gsbase):
+            if not canonical(saved[RIP]) or not canonical(fsbase) or not canonical(gsbase):
                 raise gp("the SSA holds a non-canonical RIP or FS/GS base")
             aep = registers[RCX]
             self._activate(cssa - 1)
@@ -346,7 +338,7 @@ class EnclaveThread:
             epoch = executor.fast_entry_epoch() if executor is not None else None
             if self.active or executor is None or not executor.handed_over() or epoch is None:
                 raise VsgxError(f"TCS {self.tcs:#x} has no entry to go on with")
-            if not _canonical(aep):
+            if not canonical(aep):
                 raise gp("the AEP is not canonical")
             view = encl.memory.view  # type: ignore[union-attr]
             fields = _TCS.unpack_from(view, self.tcs - encl.base)
@@ -498,7 +490,7 @@ class EnclaveThread:
         leaf = regs[RAX] & 0xFFFFFFFF
         if leaf == Enclu.EEXIT:
             target = regs[RBX]
-            if not _canonical(target):
+            if not canonical(target):
                 return self._aex(Stop(StopKind.EXCEPTION, regs, Vector.GP), untrusted,
                                  aep, frame)
             executor.flush_untrusted(untrusted)
@@ -508,7 +500,7 @@ class EnclaveThread:
                 self._grant()
             regs[RIP] = target
             regs[RCX] = aep
-            regs[RFLAGS] &= ~_RF  # ENCLU completed: RF is clear after it
+            regs[RFLAGS] &= ~RF  # ENCLU completed: RF is clear after it
             regs[FSBASE], regs[GSBASE] = self.entry_fsgs
             return EnclaveExit(ExitKind.EEXIT, regs)
         status: SgxError | None = None

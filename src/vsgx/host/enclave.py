@@ -31,12 +31,12 @@ from typing import Any
 
 from vsgx.arch.constants import PAGE_SIZE, Enclu, ExitKind
 from vsgx.arch.errors import Fault
+from vsgx.arch.registers import REG_NAMES
 from vsgx.avm import AddressSpace, DriverEnclave, EnclaveLost, SgxDriver, load_plan
 from vsgx.errors import VsgxError
 from vsgx.image import BuildPlan, plan_from_bytes
 
-REGISTERS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
-             "r12", "r13", "r14", "r15", "rflags", "rip", "fsbase", "gsbase")
+REGISTERS = REG_NAMES
 _INDEX = {name: i for i, name in enumerate(REGISTERS)}
 STACK_SIZE = 256 * 1024
 
