@@ -135,6 +135,19 @@ _UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2")  # rdtsc, rdtscp
 _PASSED_THROUGH = frozenset({(_SIGBUS, Vector.NP), (_SIGBUS, Vector.SS), (_SIGBUS, Vector.AC),
                              (_SIGFPE, Vector.DE), (_SIGFPE, Vector.MF), (_SIGFPE, Vector.XM)})
 
+_USER_CS = 0x33  # Linux's 64-bit user code segment
+_PF_FETCH = 0x10  # #PF error code: instruction fetch
+
+
+def _enclu_trap(signo: int, trapno: int, error: int) -> bool:
+    """Whether a signal is how this CPU refuses ENCLU outside SGX: #UD
+    (SIGILL) on AMD; #GP(0) on Intel without SGX, or for EENTER and ERESUME
+    a #PF on a data access near RBX (SIGSEGV either way). The bytes at RIP
+    then say whether it was an ENCLU; a fetch #PF stays a #PF."""
+    return signo == _SIGILL or (signo == _SIGSEGV and (
+        trapno == Vector.GP or (trapno == Vector.PF and not error & _PF_FETCH)))
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -674,6 +687,9 @@ class NativeExecutor:
             return message.split(b"\0", 1)[0].decode("ascii", "replace") or "no reason given"
         return f"stop {kind}"
 
+    def _raw_u32(self, offset: int) -> int:
+        return int.from_bytes(self._raw[offset:offset + 4], "little")
+
     def _read_report(self) -> tuple[int, ...]:
         """Copy the REPORT area once; everything after uses the copy."""
         raw = self._raw = self.report_area[:_REPORT_COPY]
@@ -879,12 +895,17 @@ class NativeExecutor:
             if self._code(rip, 2) in _SYSCALL_ABIS:
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        if self._raw_u32(REPORT.offset("cs")) != _USER_CS:
+            # Enclave code left 64-bit mode: a far transfer, IRET or (on
+            # Intel, where the kernel takes it) SYSENTER, each #UD in an
+            # enclave. Their own address is gone; RIP is where they went.
+            return Stop(StopKind.EXCEPTION, registers, Vector.UD)
         if not self.encl.in_elrange(rip):
             # A code fetch outside ELRANGE is #GP(0) in enclave mode.
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
+        if _enclu_trap(signo, trapno, report[_ERROR]) and self._code(rip, 3) == ENCLU_OPCODE:
+            return Stop(StopKind.ENCLU, registers)
         if signo == _SIGILL:
-            if self._code(rip, 3) == ENCLU_OPCODE:
-                return Stop(StopKind.ENCLU, registers)
             return Stop(StopKind.EXCEPTION, registers, Vector.UD)
         if signo == _SIGTRAP:
             if trapno == Vector.BP:
@@ -914,7 +935,7 @@ class NativeExecutor:
         registers[RFLAGS] = registers[RFLAGS] & _KEPT_FLAGS | 0x2
         self._registers = registers
         kind, signo = report[_KIND], report[_SIGNO]
-        if kind == _STOP_SIGNAL and signo == _SIGILL:
+        if kind == _STOP_SIGNAL and _enclu_trap(signo, report[_TRAPNO], report[_ERROR]):
             # The common stop: ENCLU inside ELRANGE (the bytes from the EVM's
             # own copy of enclave memory).
             offset = registers[RIP] - self._base

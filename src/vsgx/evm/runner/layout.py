@@ -122,6 +122,7 @@ REPORT = Area("vsgx_report", 4096, (
     Field("mxcsr_mask", 64, "u32"),
     Field("op_index", 68, "u32"),  # STOP_OP_FAILED: which op, and its errno
     Field("op_errno", 72, "u32"),
+    Field("cs", 76, "u32"),  # the signal frame's code segment (0x33: 64-bit user mode)
     Field("regs", 80, "u64", REG_COUNT),
     Field("fpu", 256, "u8", 512),  # FXSAVE image (16-byte aligned)
     Field("message", 768, "u8", 128),  # STOP_DIED: why, NUL-terminated

@@ -34,8 +34,9 @@
      page pool, an empty root, fresh namespaces where the host allows them,
      no capabilities, no_new_privs, tight rlimits.
 
-   Leaving the enclave is a signal (SIGILL for ENCLU and #UD, SIGSEGV/
-   SIGBUS/SIGFPE/SIGTRAP for faults, SIGSYS for a refused system call,
+   Leaving the enclave is a signal (SIGILL for #UD and for ENCLU, or SIGSEGV
+   for ENCLU where the CPU makes it #GP; SIGSEGV/SIGBUS/SIGFPE/SIGTRAP for
+   faults, SIGSYS for a refused system call,
    SIGUSR1 for the EVM's interrupts, SIGALRM once a second); the handler
    reports the raw signal and waits for a command. Entering is IRETQ with a
    user-mode frame built from the entry block, after restoring the FPU
@@ -206,6 +207,7 @@ union sealed_page vsgx_sealed __attribute__((section(".bss.vsgx_sealed"), aligne
 
 /* RFLAGS enclave code may hold: CF PF AF ZF SF DF OF AC ID (no TF, NT, RF). */
 #define ENTRY_FLAGS 0x240CD5
+#define USER_CS 0x33 /* Linux's 64-bit user code segment */
 #define SEALED_OFF_FSGSBASE 64
 #define SEALED_OFF_XSAVE 68
 #define SEALED_OFF_XFEATURES 40
@@ -734,6 +736,17 @@ INLINE int fast_page(uint64_t page, int write)
     return 1;
 }
 
+/* How this CPU refuses ENCLU outside SGX: #UD (SIGILL) on AMD; #GP(0) on
+   Intel parts without SGX enabled, or for EENTER and ERESUME a #PF on a
+   data access near RBX (SIGSEGV either way). The bytes at RIP then tell an
+   ENCLU from another fault; a fetch #PF stays a #PF. */
+INLINE int enclu_trap(long sig, const uint8_t *uc)
+{
+    return sig == SIGILL ||
+           (sig == SIGSEGV && (MC(uc, MC_TRAPNO) == 13 ||
+                               (MC(uc, MC_TRAPNO) == 14 && !(MC(uc, MC_ERR) & 0x10))));
+}
+
 /* A stop of a fast entry: what the runner completes alone (EEXIT, the
    alarm, an untrusted page the client has) does not return; anything else
    returns, and the caller hands the entry over to the EVM. */
@@ -752,21 +765,22 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
        running runner code (a jump there), which the EVM makes #GP(0); an
        alarm that resumed it would leave it there for good. */
     uint64_t rip = MC(uc, MC_RIP);
-    if (!in_elrange(rip))
-        return;
+    if (!in_elrange(rip) || (MC(uc, MC_CSGSFS) & 0xffff) != USER_CS)
+        return; /* ... or it left 64-bit mode (#UD): the EVM's */
     if (sig == SIGALRM || (sig == SIGUSR1 && !interrupt))
         resume_from_frame(uc);
     if (sig == SIGUSR1)
         return;
-    if (sig == SIGILL) {
+    if (enclu_trap(sig, uc)) {
         const uint8_t *code = (const uint8_t *)rip;
-        if (f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
-            code[1] == 0x01 && code[2] == 0xd7 && (uint32_t)MC(uc, MC_RAX) == 4 &&
-            canonical(MC(uc, MC_RBX))) {
+        int enclu = f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
+                    code[1] == 0x01 && code[2] == 0xd7;
+        if (enclu && (uint32_t)MC(uc, MC_RAX) == 4 && canonical(MC(uc, MC_RBX))) {
             fast_eexit(uc);
             vsgx_serve();
         }
-        return;
+        if (enclu || sig == SIGILL)
+            return;
     }
     if (sig == SIGTRAP && MC(uc, MC_TRAPNO) == 3) {
         /* Fast-exit mode: the INT3 the EVM wrote over an EEXIT site's
@@ -844,6 +858,7 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *
         r->fault_client_slot = slot >= 0 ? (uint32_t)slot + 1 : 0;
     }
     r->signo = (uint32_t)sig;
+    r->cs = (uint32_t)(MC(uc, MC_CSGSFS) & 0xffff);
     r->code = *(const uint32_t *)(info + 8);
     r->trapno = MC(uc, MC_TRAPNO);
     r->error = MC(uc, MC_ERR);
@@ -878,6 +893,7 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
     __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
     vsgx_scratch.fpstate = 0;
     r->signo = 0;
+    r->cs = USER_CS;
     r->code = 0;
     r->trapno = 0;
     r->error = 0;

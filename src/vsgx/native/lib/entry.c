@@ -318,7 +318,8 @@ static void raw_entry_on_stack(void *argument)
                                    &entry->info);
 }
 
-/* A SIGILL at 0f 01 d7 with EAX = EENTER or ERESUME: perform the entry and
+/* A SIGILL or SIGSEGV (as the CPU refuses ENCLU) at 0f 01 d7 with
+   EAX = EENTER or ERESUME: perform the entry and
    make the context look as after it; an AEX or a faulting ENCLU reaches the
    program as the signal the kernel would send, at the AEP (RAX = ERESUME)
    or at the ENCLU (RAX = EENTER). Returns 1 if handled. */

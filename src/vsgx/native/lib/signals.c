@@ -1,8 +1,9 @@
-/* Our traps beside the program's own signal handlers. SIGILL (and SIGSEGV
-   where CPUID faulting is on) stays ours: the program's sigaction() and
-   signal() for it are recorded and its handler is called for every fault
-   that is not ours. The program may not block SIGILL (a blocked synchronous
-   SIGILL kills the process, so a patched CPUID would): masks lose it. */
+/* Our traps beside the program's own signal handlers. SIGILL and SIGSEGV
+   stay ours (ENCLU outside SGX is #UD on AMD, #GP(0) or #PF on Intel; a
+   faulting CPUID is #GP): the program's sigaction() and signal() for them
+   are recorded and its handler is called for every fault that is not ours.
+   The program may not block them (a blocked synchronous fault kills the
+   process, so a patched CPUID or an ENCLU would): masks lose them. */
 #include "vsgx_exec.h"
 
 #include <errno.h>
@@ -19,7 +20,7 @@ struct kernel_sigaction {
     uint64_t mask;
 };
 
-#define OURS(sig) ((sig) == SIGILL || ((sig) == SIGSEGV && vsgx_cpuid_faulting))
+#define OURS(sig) ((sig) == SIGILL || (sig) == SIGSEGV)
 
 static struct sigaction program_action[NSIG];  /* what the program asked for */
 static int installed;
@@ -50,8 +51,7 @@ void vsgx_signals_init(void)
         real_sigaction = vsgx_real("sigaction");
     if (!installed) {
         install(SIGILL);
-        if (vsgx_cpuid_faulting)
-            install(SIGSEGV);
+        install(SIGSEGV);
         installed = 1;
     }
     pthread_mutex_unlock(&action_lock);
@@ -60,8 +60,7 @@ void vsgx_signals_init(void)
 void vsgx_block_nothing_of_ours(sigset_t *set)
 {
     sigdelset(set, SIGILL);
-    if (vsgx_cpuid_faulting)
-        sigdelset(set, SIGSEGV);
+    sigdelset(set, SIGSEGV);
 }
 
 /* Run the program's handler for sig as the kernel would have: its mask,
@@ -120,8 +119,13 @@ static void trap(int sig, siginfo_t *info, void *context)
         handled = vsgx_handle_cpuid_trap(uc, 0);
         if (!handled)
             handled = vsgx_handle_raw_enclu(uc);
-    } else if (sig == SIGSEGV && vsgx_cpuid_faulting && info->si_code == SI_KERNEL) {
-        handled = vsgx_handle_cpuid_trap(uc, 1);
+    } else if (sig == SIGSEGV) {
+        /* A faulting CPUID (#GP), or ENCLU on an Intel CPU without SGX: #GP,
+           or for EENTER and ERESUME a #PF near RBX. */
+        if (info->si_code == SI_KERNEL && vsgx_cpuid_faulting)
+            handled = vsgx_handle_cpuid_trap(uc, 1);
+        if (!handled)
+            handled = vsgx_handle_raw_enclu(uc);
     }
     if (!handled)
         vsgx_deliver_to_program(sig, info, uc);
