@@ -21,6 +21,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -722,6 +723,24 @@ def test_jumps_into_runner_code_end_as_a_fault(plain_on, executor, tmp_path):
     assert plain.call(0, OP_NOP)[0].kind == "eexit"
 
 
+SYSENTER_PROBE = """
+import ctypes, mmap
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(bytes([0x0F, 0x34, 0xC3]))  # sysenter; ret
+address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+ctypes.CFUNCTYPE(None)(address)()
+"""
+
+
+def sysenter_faults_in_place() -> bool:
+    """Whether this CPU makes SYSENTER in 64-bit mode #UD (AMD). Intel's
+    takes it into the kernel, whose 32-bit path returns to a landing pad in
+    compatibility mode: the SYSENTER's own address is lost."""
+    probe = subprocess.run([sys.executable, "-c", SYSENTER_PROBE], capture_output=True,
+                           timeout=60)
+    return probe.returncode == -signal.SIGILL
+
+
 @pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("abi, label, rax", [(ABI_SYSCALL, "encl_abi_syscall_insn", 39),
                                              (ABI_INT80, "encl_abi_int80_insn", 20),
@@ -729,6 +748,13 @@ def test_jumps_into_runner_code_end_as_a_fault(plain_on, executor, tmp_path):
 def test_every_system_call_abi_is_ud_inside_an_enclave(plain_on, executor, abi, label, rax):
     plain = plain_on(executor)
     result, _ = plain.call(0, OP_SYSCALL_ABI, abi, rax)
+    if executor == "native" and abi == ABI_SYSENTER and not sysenter_faults_in_place():
+        # Not exact here: enclave code ends up at the kernel's landing pad,
+        # outside ELRANGE, which is #GP(0); the runner and the enclave live.
+        assert result.aex and result.vector == Vector.GP, result.describe()
+        assert runner_of(plain).process.poll() is None
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"
+        return
     assert result.aex and result.vector == Vector.UD, result.describe()
     handled, info = plain.handle_exception(0, FIX_SKIP, 2)
     assert handled.kind == "eexit"
