@@ -220,7 +220,7 @@ def cpu_hog() -> Iterator[int]:
 
 def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
     """The floors of one entry, measured now (kernels/floors.c): ENCLU ->
-    SIGILL -> return, INT3 -> SIGTRAP -> return (fast exits' trap), and a
+    its trap -> return, INT3 -> SIGTRAP -> return (fast exits' trap), and a
     bare futex ping-pong between two processes."""
     binary = workdir / "floors"
     if not binary.exists():
@@ -228,7 +228,7 @@ def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
                         str(Path(__file__).resolve().parent / "kernels" / "floors.c")],
                        check=True)
     found = {}
-    for what, label in (("sigill", "raw SIGILL round trip"),
+    for what, label in (("enclu", "raw ENCLU trap round trip"),
                         ("sigtrap", "raw SIGTRAP round trip"),
                         ("futex", "futex ping-pong, 2 processes")):
         out = subprocess.run([str(binary), what, str(count)], capture_output=True, text=True,

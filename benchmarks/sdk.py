@@ -16,7 +16,7 @@ On the native executor, entries take the fast path (the runner enters and
 completes EEXIT itself, runner/client.c and runner.c) and, as its baseline,
 go through the EVM (``fast_path_allowed`` off); both quiet and with a CPU
 hog this benchmark starts beside them, against the floors measured in the
-same run: ENCLU -> SIGILL -> return and a bare futex ping-pong between two
+same run: ENCLU -> its trap -> return and a bare futex ping-pong between two
 processes (kernels/floors.c). Behind the Unix socket likewise: the AVM
 enters the TCS's runner itself (its files from the EVM's side socket),
 against every entry through the channel as the baseline, quiet and with
