@@ -360,3 +360,31 @@ def test_deferred_pages_load_once_and_hold_their_place():
     vm.eremove(secs + 4096)
     vm.eremove(secs + 8192)
     assert vm.eremove(secs) is SgxError.SUCCESS
+
+
+def test_a_failed_eldu_gives_the_memory_it_wrote_back(leaf_plain):
+    """A blob that fails its MAC at a linear address the enclave never had
+    leaves no memory behind: the unverified plaintext is scrubbed by giving
+    the page back, not by writing zeros into it (an AVM that sent such
+    ELDUs across a large ELRANGE would otherwise fill the EVM's memory)."""
+    import os
+
+    plain = leaf_plain
+    vm = plain.enclave.avm.evm
+    secs = plain.enclave.handle.secs_page
+    state = vm.machine.epc.secs[secs]
+    linaddr = plain.symbol("encl_buffer")
+    epc, slot, blob = evict(plain, linaddr)
+    taken = set(state.pages) | {linaddr}
+    holes = [page for page in range(state.base, state.base + state.size, 4096)
+             if page not in taken and state.deferred.get(page) is None]
+    assert len(holes) >= 4, "the plain enclave's ELRANGE has room to spare"
+    before = os.fstat(state.memory.fd).st_blocks
+    for hole in holes:
+        assert vm.eldu(epc, slot, secs, hole, blob.ciphertext, blob.pcmd) is \
+            SgxError.MAC_COMPARE_FAIL
+        # pread: a read through the mapping would give the hole a page itself
+        assert os.pread(state.memory.fd, 4096, hole - state.base) == bytes(4096)
+    assert os.fstat(state.memory.fd).st_blocks <= before
+    # The slot was not consumed: the right blob at the right address loads.
+    assert vm.eldu(epc, slot, secs, linaddr, blob.ciphertext, blob.pcmd) is SgxError.SUCCESS

@@ -87,6 +87,13 @@ class EnclaveMemory:
                 del held[key]
             self._punch_offsets(oldest)
 
+    def discard(self, offset: int) -> None:
+        """A page whose contents must go at once (what a failed ELDU
+        decrypted before its MAC said no): given back to the host, so it
+        reads as zeros and holds no memory."""
+        self._held.pop(offset, None)
+        self._punch(offset, PAGE_SIZE)
+
     def reuse(self, offset: int) -> None:
         self._held.pop(offset, None)
 

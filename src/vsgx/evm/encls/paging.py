@@ -60,7 +60,6 @@ from vsgx.evm.machine import Machine
 _PAGE_TYPES = {int(t): t for t in PageType}
 _PT_BITS = {t: int(t) << SECINFO_PAGE_TYPE_SHIFT for t in PageType}
 _SEALED_SIZE = PAGE_SIZE + MAC_SIZE
-_ZERO_PAGE = bytes(PAGE_SIZE)
 _SLOT_MASK = VA_SLOT_SIZE - 1
 _SLOT_SHIFT = VA_SLOT_SIZE.bit_length() - 1
 # What EWB writes into PCMD (SECINFO is FLAGS and zeros; reserved bytes zero).
@@ -425,7 +424,9 @@ def eld_pages(m: Machine, secs_page: int,
             try:
                 decrypt_into(nonce_of(version), sealed, header, view[offset:offset + PAGE_SIZE])
             except MacMismatch:
-                view[offset:offset + PAGE_SIZE] = _ZERO_PAGE  # no unverified plaintext
+                written.pop()
+                assert memory is not None
+                memory.discard(offset)  # no unverified plaintext, and no memory
                 append(m.refuse(SgxError.MAC_COMPARE_FAIL, "mac"))
                 continue
             slots[index] = 0
