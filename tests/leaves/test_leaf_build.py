@@ -581,6 +581,25 @@ def test_eadd_uniform_with_more_epc_pages_than_pages_fails_with_gp():
                                       [b.page(), b.page()]), Vector.GP, "too_many_epc_pages")
 
 
+def test_eadd_uniform_past_the_deferred_runs_limit_fails_with_gp_unless_resident():
+    """A session cannot fill the EVM's memory with one-page deferred runs
+    (they need no EPC page): past MAX_DEFERRED_RUNS an enclave's uniform
+    run must come with its EPC pages."""
+    b = Bare()
+    runs = encls.MAX_DEFERRED_RUNS
+    secs = b.secs(size=1 << (runs + 2).bit_length() + 12)
+    info = secinfo(REG | R | W)
+    for n in range(runs):
+        encls.eadd_uniform(b.m, secs, BASE + n * 4096, 1, info, 0, False)
+    assert b.enclave(secs).deferred.run_count == runs
+    faults(lambda: encls.eadd_uniform(b.m, secs, BASE + runs * 4096, 1, info, 0, False),
+           Vector.GP, "deferred_runs_limit")
+    faults(lambda: encls.eadd_uniform(b.m, secs, BASE + runs * 4096, 2, info, 0, False,
+                                      [b.page()]), Vector.GP, "deferred_runs_limit")
+    encls.eadd_uniform(b.m, secs, BASE + runs * 4096, 1, info, 0, False, [b.page()])
+    assert b.enclave(secs).child_count == 1
+
+
 def test_eadd_uniform_measures_as_the_single_eadds_it_stands_for():
     single, run = Bare(), Bare()
     pattern = (0xCCCCCCCC).to_bytes(4, "little") * 1024

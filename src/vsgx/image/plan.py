@@ -208,6 +208,11 @@ class PageRunSet(Generic[V]):
         """The number of pages still deferred."""
         return self._live
 
+    @property
+    def run_count(self) -> int:
+        """The number of runs held (each costs a few objects, whatever its size)."""
+        return len(self._runs)
+
     def _run_at(self, page: int) -> _Run[V] | None:
         index = bisect.bisect_right(self._starts, page) - 1
         if index < 0:

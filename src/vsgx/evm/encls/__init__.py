@@ -16,6 +16,7 @@ executor, process or socket is needed to run one.
 """
 
 from vsgx.evm.encls.build import (
+    MAX_DEFERRED_RUNS,
     eadd,
     eadd_pages,
     eadd_uniform,
@@ -44,7 +45,8 @@ from vsgx.evm.encls.sgx2 import eaug, emodpr, emodt
 from vsgx.evm.epc import epc_pf
 
 __all__ = [
-    "EvictedPage", "destroy_enclave", "eadd", "eadd_pages", "eadd_uniform", "eaug", "eblock",
+    "MAX_DEFERRED_RUNS", "EvictedPage", "destroy_enclave", "eadd", "eadd_pages", "eadd_uniform",
+    "eaug", "eblock",
     "eblock_pages", "ecreate", "edbgrd", "edbgwr", "eextend", "einit", "eld", "eld_pages",
     "eldu_deferred", "emodpr", "emodt", "epa", "epc_pf", "eremove", "etrack", "ewb",
     "ewb_pages", "launch_key", "measure_pages", "secs_of",

@@ -59,6 +59,10 @@ from vsgx.evm.epc import EpcmEntry, epc_pf
 from vsgx.evm.machine import Machine
 
 MIN_ENCLAVE_SIZE = 2 * PAGE_SIZE
+# Runs of deferred pages one enclave may hold: an SDK layout has a few per
+# TCS; the cap keeps a session from filling the EVM's memory with one-page
+# runs that need no EPC page (hardware bounds EADD by the EPC itself).
+MAX_DEFERRED_RUNS = 65536
 _MPX = int(Xfrm.BNDREGS | Xfrm.BNDCSR)
 _AVX512 = int(Xfrm.OPMASK | Xfrm.ZMM_HI256 | Xfrm.HI16_ZMM)
 _AMX = int(Xfrm.AMX_TILECFG | Xfrm.AMX_TILEDATA)
@@ -274,6 +278,9 @@ def eadd_uniform(m: Machine, secs_page: int, linaddr: int, count: int, secinfo: 
     encl, info = _regular_add_checks(m, secs_page, linaddr, count, secinfo)
     if len(epc_pages) > count:
         raise gp("more EPC pages than pages to add", "too_many_epc_pages")
+    if len(epc_pages) < count and encl.deferred.run_count >= MAX_DEFERRED_RUNS:
+        raise gp(f"the enclave defers {MAX_DEFERRED_RUNS} runs of pages already: add these "
+                 "with EPC pages", "deferred_runs_limit")
     entries = _free_epc_entries(m, epc_pages)
     _check_linear_range_free(encl, linaddr, count)
     assert encl.mrenclave_builder is not None and encl.memory is not None
@@ -393,5 +400,5 @@ def einit(m: Machine, secs_page: int, sigstruct: bytes, token: bytes = bytes(EIN
     return SgxError.SUCCESS
 
 
-__all__ = ["eadd", "eadd_pages", "eadd_uniform", "ecreate", "eextend",
+__all__ = ["MAX_DEFERRED_RUNS", "eadd", "eadd_pages", "eadd_uniform", "ecreate", "eextend",
            "einit", "give_pages", "launch_key", "measure_pages"]
