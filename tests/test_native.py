@@ -105,6 +105,39 @@ def runner_of(plain: PlainEnclave, tcs_index: int = 0) -> NativeExecutor:
 
 # -- what only the native executor has to show ------------------------------------
 @native_only
+def test_past_the_bound_on_live_executors_idle_runners_close_and_come_back(plain_enclave):
+    """A session cannot start a runner process per TCS page without bound:
+    past max_live_executors the idle TCS entered longest ago loses its
+    runner, and its next entry gets a new one, with the enclave's state (an
+    AEX pending in its SSA) intact."""
+    vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="native",
+                   max_live_executors=2)
+    avm = Avm(vm)
+    try:
+        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        encl = vm.enclave(plain.enclave.handle.secs_page)
+        result, _ = plain.call(0, OP_DIVIDE, 100, 0)
+        assert result.aex and result.vector == Vector.DE
+        first = runner_of(plain, 0)
+        for index in (1, 2, 3):
+            assert plain.call(index, OP_NOP)[0].kind == "eexit"
+            live = [thread.executor for thread in encl.threads.values()
+                    if not thread.executor.closed]
+            assert len(live) <= 2
+        assert first.closed and first.process.poll() is not None
+        # TCS 0 comes back on a new runner: its handler fixes the divisor in
+        # SSA[0] and ERESUME finishes the division.
+        handled, _ = plain.handle_exception(0, FIX_SET_RCX, 4)
+        assert handled.kind == "eexit" and runner_of(plain, 0) is not first
+        assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
+        assert plain.read_op(0, 24, 8) == (25).to_bytes(8, "little")
+        live = [thread for thread in encl.threads.values() if not thread.executor.closed]
+        assert len(live) <= 2
+    finally:
+        avm.close()
+
+
+@native_only
 def test_a_system_call_is_ud_and_the_runner_survives(native_plain):
     plain = native_plain()
     result, _ = plain.call(0, OP_SYSCALL)

@@ -128,6 +128,7 @@ class ThreadExecutor(Protocol):
     capabilities: ExecutorCapability
     interrupt_requested: bool
     generation: int  # the enclave generation its mappings reflect
+    closed: bool  # after close(): its thread needs a new one to enter
 
     def load(self, registers: list[int]) -> None: ...
 

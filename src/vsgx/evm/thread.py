@@ -134,6 +134,7 @@ class EnclaveThread:
         self._use(factory(encl, tcs))
         self.entry_fsgs = (0, 0)
         self.active = False
+        self.last_used = 0  # when an entry last asked for it (EnclaveVM's count)
         self._tcs_cache: tuple[int, tuple[int, ...]] | None = None
         self._ssa_checked: tuple[int, int] | None = None
 
@@ -243,6 +244,7 @@ class EnclaveThread:
                 ) -> EnclaveExit:
         m, encl = self.machine, self.encl
         with m.lock:
+            self._renew_if_parked()
             aep = registers[RCX]
             if CANONICAL_HALF <= aep < _NONCANONICAL_END:
                 raise gp("the AEP is not canonical")
@@ -297,6 +299,7 @@ class EnclaveThread:
     def _eresume(self, registers: list[int], untrusted: UntrustedMemory) -> EnclaveExit:
         m, encl = self.machine, self.encl
         with m.lock:
+            self._renew_if_parked()
             if not canonical(registers[RCX]):
                 raise gp("the AEP is not canonical")
             _state, _flags, ossa, cssa, _nssa, _oentry, _aep, _ofs, _ogs = self._tcs_fields()
@@ -473,8 +476,28 @@ class EnclaveThread:
         with self.machine.lock:
             self.active = False
             self.encl.inside.pop(self.tcs, None)
+        self.renew()
+
+    def renew(self) -> None:
+        """A fresh executor for the TCS (the old one closed, or it died)."""
         self.executor.close()
         self._use(self.factory(self.encl, self.tcs))
+
+    def _renew_if_parked(self) -> None:
+        # parked between the VM's look and this entry's lock (machine lock held)
+        if self.executor.closed:
+            self.renew()
+
+    def park(self) -> bool:
+        """Close the executor if nobody is inside the TCS, by the EVM or by
+        the runner alone, and no handed-over entry waits (machine lock
+        held): the next entry gets a new one (renew). Whether it closed."""
+        fast = self.fast
+        if self.active or self.encl.running is self.executor or (
+                fast is not None and (fast.claim() or fast.handed_over())):
+            return False
+        self.executor.close()
+        return True
 
     def _use(self, executor: ThreadExecutor) -> None:
         self.executor = executor

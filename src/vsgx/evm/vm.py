@@ -9,6 +9,7 @@ through which the enclave reads and writes the application's memory.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from pathlib import Path
@@ -38,6 +39,11 @@ EXECUTORS = ("native", "unicorn")
 _JOURNALLED_PROTECT = 512
 _TCS_OSSA_NSSA = struct.Struct("<QII")  # TCS.OSSA, CSSA, NSSA (from offset 16)
 _MAX_TOUCHED_SSA = 16
+# Executors kept at once over all enclaves (a native one is a runner
+# process): past it, the idle one entered longest ago is closed, and its
+# TCS gets a new one at its next entry. Without a bound a session could
+# start a process for each TCS page its EPC share allows.
+MAX_LIVE_EXECUTORS = 512
 
 
 def executor_factory(machine: Machine, name: str | None = None) -> ExecutorFactory:
@@ -63,7 +69,8 @@ class EnclaveVM:
     def __init__(self, config: PlatformConfig | None = None, *, root_secret: bytes | None = None,
                  secret_path: Path | None = None,
                  executor: ExecutorFactory | str | None = None,
-                 data_dir: Path | None = None, fast_exits: bool = False):
+                 data_dir: Path | None = None, fast_exits: bool = False,
+                 max_live_executors: int = MAX_LIVE_EXECUTORS):
         """``fast_exits``: rewrite each enclave's EEXIT sites after EINIT
         (vsgx.evm.fast_exits; opt-in, not exact). Either executor carries
         them out; the native one's runner completes them alone."""
@@ -78,6 +85,8 @@ class EnclaveVM:
             executor = executor_factory(self.machine, executor)
         self.executor_factory: ExecutorFactory = executor
         self.fast_exits = fast_exits
+        self.max_live_executors = max(1, max_live_executors)
+        self._uses = itertools.count(1)
         self._tracks_access = ExecutorCapability.TRACKS_ACCESS in executor.capabilities
         # (enclave id, TCS) -> (generation, the TCS and SSA pages it names)
         self._thread_pages: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
@@ -307,8 +316,9 @@ class EnclaveVM:
         encl = self.machine.epc.secs.get(secs_page)
         if encl is not None:
             thread = encl.threads.get(tcs)
-            if thread is not None:  # it checks everything again under the lock
-                return thread  # type: ignore[return-value]
+            if isinstance(thread, EnclaveThread) and not thread.executor.closed:
+                thread.last_used = next(self._uses)
+                return thread  # it checks everything again under the lock
         with self.machine.lock:
             encl = encls.secs_of(self.machine, secs_page)
             thread = encl.threads.get(tcs)
@@ -318,8 +328,28 @@ class EnclaveVM:
                     raise encls.epc_pf(tcs, "RBX is not a TCS of this enclave")
                 thread = EnclaveThread(self.machine, encl, tcs, self.executor_factory)
                 encl.threads[tcs] = thread
+                self._limit_executors(thread)
             assert isinstance(thread, EnclaveThread)
+            if thread.executor.closed:  # parked (see _limit_executors)
+                thread.renew()
+                self._limit_executors(thread)
+            thread.last_used = next(self._uses)
             return thread
+
+    def _limit_executors(self, keep: EnclaveThread) -> None:
+        """Past max_live_executors, close idle executors, those entered
+        longest ago first (machine lock held)."""
+        live = [thread for encl in self.machine.epc.secs.values()
+                for thread in encl.threads.values()
+                if isinstance(thread, EnclaveThread) and not thread.executor.closed]
+        excess = len(live) - self.max_live_executors
+        if excess <= 0:
+            return
+        for thread in sorted(live, key=lambda t: t.last_used):
+            if thread is not keep and thread.park():
+                excess -= 1
+                if not excess:
+                    return
 
     def eenter(self, secs_page: int, registers: list[int], return_rip: int,
                untrusted: UntrustedMemory) -> EnclaveExit:
