@@ -312,3 +312,33 @@ def test_malformed_requests_get_errors_and_the_session_goes_on(tcp_evm, plain_en
     with Enclave.load(plain_enclave.signed, evm=avm) as enclave:
         assert enclave.eenter(rdi=0, rsi=4).rsi == 8
     avm.close()
+
+
+def test_a_session_past_its_elrange_budget_is_refused_and_goes_on(monkeypatch):
+    """The EVM maps every ELRANGE in its own address space: one session's
+    enclaves may span SESSION_ELRANGE_BYTES in all, and an ECREATE past that
+    gets a clear error while the session keeps working."""
+    import vsgx.evm.manager as manager
+    from vsgx.arch import PageType, Secinfo, Secs, SgxError
+    from vsgx.avm import RemoteEvm
+    from vsgx.channel import RemoteError
+    from vsgx.evm import EnclaveVM
+    from vsgx.host.enclave import local_manager
+
+    monkeypatch.setattr(manager, "SESSION_ELRANGE_BYTES", 1 << 30)
+    vm = EnclaveVM(root_secret=bytes(32), executor="unicorn")
+    remote = RemoteEvm(local_manager(vm).open_local())
+    epc = remote.cpuid().epc_sections[0].base
+    secinfo = Secinfo.of(PageType.SECS).pack()
+
+    def secs(n: int) -> bytes:
+        return Secs(size=1 << 29, baseaddr=(n + 1) << 40, ssaframesize=1, miscselect=1,
+                    attributes=6, xfrm=3).pack()
+
+    remote.ecreate(epc, secs(0), secinfo)
+    remote.ecreate(epc + 4096, secs(1), secinfo)
+    with pytest.raises(RemoteError, match="span 0x40000000 bytes of ELRANGE already"):
+        remote.ecreate(epc + 8192, secs(2), secinfo)
+    assert remote.eremove(epc) is SgxError.SUCCESS
+    remote.ecreate(epc + 8192, secs(2), secinfo)
+    remote.close()

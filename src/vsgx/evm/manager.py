@@ -111,6 +111,10 @@ if TYPE_CHECKING:  # made on first use: importing them here would cost every EVM
 T = TypeVar("T")
 
 DEFAULT_SESSION_EPC_PAGES = 16384
+# ELRANGE one session's enclaves may span in all: the EVM maps each one in
+# its own address space (128 TiB for all), which a few SECS pages asking for
+# SIZE = 2^46 could otherwise fill, for every session.
+SESSION_ELRANGE_BYTES = 1 << 43  # 8 TiB
 SERVE_THREADS = 12  # concurrent enclave entries of one session
 WATCHDOG_SECONDS = 0.01
 REAP_SECONDS = 0.25  # how often idle sessions are looked for
@@ -519,6 +523,13 @@ class Session:
 
     def _ecreate(self, m: Message) -> Message:
         epc, secinfo = m.fields
+        size = int.from_bytes(m.blob[:8], "little")  # SECS.SIZE (SDM Table 35-3)
+        present = self.vm.machine.epc.secs
+        spanned = sum(present[secs].size for secs in self.enclaves if secs in present)
+        if spanned + size > SESSION_ELRANGE_BYTES:
+            raise VsgxError(f"ECREATE of {size:#x} bytes: this session's enclaves span "
+                                   f"{spanned:#x} bytes of ELRANGE already, of at most "
+                                   f"{SESSION_ELRANGE_BYTES:#x}")
         self.vm.ecreate(self._own(epc), m.blob, secinfo)
         self.enclaves.add(epc)
         return self._ok(m)
