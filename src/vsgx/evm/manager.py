@@ -528,8 +528,8 @@ class Session:
         spanned = sum(present[secs].size for secs in self.enclaves if secs in present)
         if spanned + size > SESSION_ELRANGE_BYTES:
             raise VsgxError(f"ECREATE of {size:#x} bytes: this session's enclaves span "
-                                   f"{spanned:#x} bytes of ELRANGE already, of at most "
-                                   f"{SESSION_ELRANGE_BYTES:#x}")
+                            f"{spanned:#x} bytes of ELRANGE already, of at most "
+                            f"{SESSION_ELRANGE_BYTES:#x}")
         self.vm.ecreate(self._own(epc), m.blob, secinfo)
         self.enclaves.add(epc)
         return self._ok(m)

@@ -135,8 +135,6 @@ _UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2")  # rdtsc, rdtscp
 _PASSED_THROUGH = frozenset({(_SIGBUS, Vector.NP), (_SIGBUS, Vector.SS), (_SIGBUS, Vector.AC),
                              (_SIGFPE, Vector.DE), (_SIGFPE, Vector.MF), (_SIGFPE, Vector.XM)})
 
-_USER_CS = 0x33  # Linux's 64-bit user code segment
-_PF_FETCH = 0x10  # #PF error code: instruction fetch
 
 
 def _enclu_trap(signo: int, trapno: int, error: int) -> bool:
@@ -145,7 +143,7 @@ def _enclu_trap(signo: int, trapno: int, error: int) -> bool:
     a #PF on a data access near RBX (SIGSEGV either way). The bytes at RIP
     then say whether it was an ENCLU; a fetch #PF stays a #PF."""
     return signo == _SIGILL or (signo == _SIGSEGV and (
-        trapno == Vector.GP or (trapno == Vector.PF and not error & _PF_FETCH)))
+        trapno == Vector.GP or (trapno == Vector.PF and not error & PfErrorCode.I)))
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -895,7 +893,7 @@ class NativeExecutor:
             if self._code(rip, 2) in _SYSCALL_ABIS:
                 return Stop(StopKind.EXCEPTION, registers, Vector.UD)
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
-        if self._raw_u32(REPORT.offset("cs")) != _USER_CS:
+        if self._raw_u32(REPORT.offset("cs")) != layout.USER_CS:
             # Enclave code left 64-bit mode: a far transfer, IRET or (on
             # Intel, where the kernel takes it) SYSENTER, each #UD in an
             # enclave. Their own address is gone; RIP is where they went.

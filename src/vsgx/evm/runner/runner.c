@@ -207,7 +207,6 @@ union sealed_page vsgx_sealed __attribute__((section(".bss.vsgx_sealed"), aligne
 
 /* RFLAGS enclave code may hold: CF PF AF ZF SF DF OF AC ID (no TF, NT, RF). */
 #define ENTRY_FLAGS 0x240CD5
-#define USER_CS 0x33 /* Linux's 64-bit user code segment */
 #define SEALED_OFF_FSGSBASE 64
 #define SEALED_OFF_XSAVE 68
 #define SEALED_OFF_XFEATURES 40
@@ -765,7 +764,7 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
        running runner code (a jump there), which the EVM makes #GP(0); an
        alarm that resumed it would leave it there for good. */
     uint64_t rip = MC(uc, MC_RIP);
-    if (!in_elrange(rip) || (MC(uc, MC_CSGSFS) & 0xffff) != USER_CS)
+    if (!in_elrange(rip) || (MC(uc, MC_CSGSFS) & 0xffff) != VSGX_USER_CS)
         return; /* ... or it left 64-bit mode (#UD): the EVM's */
     if (sig == SIGALRM || (sig == SIGUSR1 && !interrupt))
         resume_from_frame(uc);
@@ -893,7 +892,7 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
     __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
     vsgx_scratch.fpstate = 0;
     r->signo = 0;
-    r->cs = USER_CS;
+    r->cs = VSGX_USER_CS;
     r->code = 0;
     r->trapno = 0;
     r->error = 0;
@@ -1044,7 +1043,7 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         "    and $" XSTR(ENTRY_FLAGS) ", %rax\n"
         "    or $0x202, %rax\n"
         "    push %rax\n"
-        "    pushq $0x33\n"
+        "    pushq $" XSTR(VSGX_USER_CS) "\n"
         "    pushq " ENTRY_REG(17) "\n"
         "    mov " ENTRY_REG(0) ", %rax\n"
         "    mov " ENTRY_REG(1) ", %rcx\n"
