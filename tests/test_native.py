@@ -21,7 +21,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -756,32 +755,58 @@ def test_jumps_into_runner_code_end_as_a_fault(plain_on, executor, tmp_path):
     assert plain.call(0, OP_NOP)[0].kind == "eexit"
 
 
-SYSENTER_PROBE = """
-import ctypes, mmap
-page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-page.write(bytes([0x0F, 0x34, 0xC3]))  # sysenter; ret
-address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-ctypes.CFUNCTYPE(None)(address)()
+SYSENTER_PROBE = r"""
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+extern char probe_sysenter[];
+static void caught(int sig, siginfo_t *info, void *context)
+{
+    (void)sig; (void)info;
+    ucontext_t *uc = context;
+    puts((char *)uc->uc_mcontext.gregs[REG_RIP] == probe_sysenter ? "in place" : "elsewhere");
+    exit(0);
+}
+int main(void)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = caught;
+    action.sa_flags = SA_SIGINFO;
+    sigaction(SIGILL, &action, NULL);
+    sigaction(SIGSEGV, &action, NULL);
+    sigaction(SIGBUS, &action, NULL);
+    __asm__ volatile(".globl probe_sysenter\nprobe_sysenter: sysenter" ::: "memory");
+    puts("returned");
+    return 0;
+}
 """
 
 
-def sysenter_faults_in_place() -> bool:
-    """Whether this CPU makes SYSENTER in 64-bit mode #UD (AMD). Intel's
-    takes it into the kernel, whose 32-bit path returns to a landing pad in
-    compatibility mode: the SYSENTER's own address is lost."""
-    probe = subprocess.run([sys.executable, "-c", SYSENTER_PROBE], capture_output=True,
-                           timeout=60)
-    return probe.returncode == -signal.SIGILL
+def sysenter_faults_in_place(workdir: Path) -> bool:
+    """Whether SYSENTER in 64-bit mode faults at its own address here: #UD
+    on AMD, #GP where the kernel has no 32-bit entry. Intel's CPU with the
+    kernel's 32-bit emulation takes it into the kernel, which returns to a
+    landing pad in compatibility mode: the SYSENTER's address is lost."""
+    source, binary = workdir / "sysenter_probe.c", workdir / "sysenter_probe"
+    source.write_text(SYSENTER_PROBE)
+    subprocess.run(["gcc", "-O0", "-o", str(binary), str(source)], check=True)
+    probe = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    return probe.stdout.strip() == "in place"
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("abi, label, rax", [(ABI_SYSCALL, "encl_abi_syscall_insn", 39),
                                              (ABI_INT80, "encl_abi_int80_insn", 20),
                                              (ABI_SYSENTER, "encl_abi_sysenter_insn", 20)])
-def test_every_system_call_abi_is_ud_inside_an_enclave(plain_on, executor, abi, label, rax):
+def test_every_system_call_abi_is_ud_inside_an_enclave(plain_on, executor, abi, label, rax,
+                                                        tmp_path):
     plain = plain_on(executor)
     result, _ = plain.call(0, OP_SYSCALL_ABI, abi, rax)
-    if executor == "native" and abi == ABI_SYSENTER and not sysenter_faults_in_place():
+    if executor == "native" and abi == ABI_SYSENTER and not sysenter_faults_in_place(tmp_path):
         # Not exact here: enclave code ends up at the kernel's landing pad,
         # outside ELRANGE, which is #GP(0); the runner and the enclave live.
         assert result.aex and result.vector == Vector.GP, result.describe()

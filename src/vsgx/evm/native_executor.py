@@ -130,7 +130,8 @@ _SIGILL, _SIGTRAP, _SIGBUS, _SIGFPE, _SIGUSR1, _SIGSEGV, _SIGALRM, _SIGSYS = (
     4, 5, 7, 8, 10, 11, 14, 31)
 # Opcodes that fault (#GP or SIGSYS) natively and are #UD in an enclave.
 _SYSCALL_ABIS = (b"\x0f\x05", b"\x0f\x34", b"\xcd\x80")  # syscall, sysenter, int $0x80
-_UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2")  # rdtsc, rdtscp, cpuid
+# rdtsc, rdtscp, cpuid; sysenter (#GP in place where the kernel has no 32-bit entry)
+_UD_INSTEAD_OF_GP = (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xa2", b"\x0f\x34")
 # Signals whose trap number is the enclave's vector as it stands.
 _PASSED_THROUGH = frozenset({(_SIGBUS, Vector.NP), (_SIGBUS, Vector.SS), (_SIGBUS, Vector.AC),
                              (_SIGFPE, Vector.DE), (_SIGFPE, Vector.MF), (_SIGFPE, Vector.XM)})
