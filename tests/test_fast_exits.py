@@ -1,17 +1,20 @@
 """Fast-exit mode (vsgx.evm.fast_exits): after EINIT, each EEXIT site's
-ENCLU is rewritten into INT3 + NOP, and that INT3 is carried out as the
-ENCLU it replaced — on both executors through the EVM, and by the native
-runner alone on the fast path. Measured as the original bytes; everything
-but the code bytes at the sites behaves as before."""
+`mov $4, %eax` becomes a jump to the runner's exit gate (or, out of its
+reach, its ENCLU becomes INT3 + NOP), carried out as the EEXIT it replaced
+— on both executors through the EVM, and by the native runner alone, with
+no trap, on the fast path. Measured as the original bytes; everything but
+the code bytes at the sites behaves as before."""
 
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
 from vsgx.arch import Vector
-from vsgx.evm.fast_exits import REWRITTEN_ENCLU, find_exit_sites
+from vsgx.evm import vm as vm_module
+from vsgx.evm.fast_exits import REWRITTEN_ENCLU, ExitSite, find_exit_sites
 from vsgx.evm.native_executor import NativeExecutor, native_support
 from vsgx.evm.platform import PlatformConfig
 from vsgx.evm.runner import layout
@@ -25,15 +28,20 @@ USABLE, WHY = native_support()
 
 
 @pytest.fixture
-def load_plain(plain_enclave):
+def load_plain(plain_enclave, monkeypatch):
     made: list[Avm] = []
 
-    def load(executor: str, fast_exits: bool) -> tuple[EnclaveVM, PlainEnclave]:
+    def load(executor: str, fast_exits: bool, gate: bool = True
+             ) -> tuple[EnclaveVM, PlainEnclave]:
         vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor=executor,
                        fast_exits=fast_exits)
         avm = Avm(vm)
         made.append(avm)
-        return vm, PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        with monkeypatch.context() as patch:
+            if not gate:  # as for an enclave whose page below ELRANGE cannot be mapped
+                patch.setattr(vm_module, "exit_gate_address", lambda base: 0)
+            plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        return vm, plain
 
     yield load
     for avm in made:
@@ -57,19 +65,51 @@ def test_the_eexit_site_is_rewritten_after_einit_and_measured_as_it_was(load_pla
     exact_state, fast_state = state_of(exact_vm, exact), state_of(fast_vm, fast)
     assert fast_state.mrenclave == exact_state.mrenclave  # EINIT saw the original bytes
     assert not exact_state.exit_sites
-    sites = sorted(fast_state.exit_sites)
-    # The plain enclave's one EEXIT: `mov $4, %eax` then ENCLU (bootstrap.S).
-    assert len(sites) == 1
-    site = sites[0]
-    assert code(fast_vm, fast, site - 5, 8) == b"\xb8\x04\x00\x00\x00" + REWRITTEN_ENCLU
+    # The plain enclave's one EEXIT: `mov $4, %eax` then ENCLU (bootstrap.S),
+    # in reach of the gate just below ELRANGE: a jump to its first entry.
+    assert not fast_state.exit_sites  # none left to INT3
+    gate = fast_state.exit_gate
+    assert gate == fast_state.base - 4096
+    assert list(fast_state.exit_gates) == [gate]
+    site = fast_state.exit_gates[gate]
+    displacement = (gate - site).to_bytes(4, "little", signed=True)
+    assert code(fast_vm, fast, site - 5, 8) == b"\xe9" + displacement + b"\x0f\x01\xd7"
     assert code(exact_vm, exact, site - 5, 8) == b"\xb8\x04\x00\x00\x00\x0f\x01\xd7"
-    assert find_exit_sites(exact_state) == sites  # the same site in the exact enclave
+    assert find_exit_sites(exact_state) == [site]  # the same site in the exact enclave
     for plain in (exact, fast):
         for value in (7, 1 << 40):
             result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=value, rdx=1)
             assert result.kind == "eexit" and result.registers["rdi"] == 0x5eed
             assert result.registers["rsi"] == 2 * value + 1
             assert result.registers["rip"] == result.registers["rbx"]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_out_of_the_gates_reach_the_enclu_becomes_int3(load_plain, executor):
+    vm, plain = load_plain(executor, True, gate=False)
+    state = state_of(vm, plain)
+    assert not state.exit_gate and not state.exit_gates
+    (site,) = sorted(state.exit_sites)
+    assert code(vm, plain, site - 5, 8) == b"\xb8\x04\x00\x00\x00" + REWRITTEN_ENCLU
+    for value in (7, 1 << 40):
+        result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=value, rdx=1)
+        assert result.kind == "eexit" and result.registers["rsi"] == 2 * value + 1
+        assert result.registers["rdi"] == 0x5eed
+
+
+def test_a_jump_reaches_two_gibibytes_each_way():
+    entry = 0x7000_0000_0000
+    near = ExitSite(enclu=entry + 4096 + 5, lead=5)
+    jump = near.jump_to(entry)
+    assert jump is not None and jump[0] == 0xE9
+    assert int.from_bytes(jump[1:5], "little", signed=True) == entry - (near.enclu - 5 + 5)
+    seven = ExitSite(enclu=entry + 4096 + 7, lead=7).jump_to(entry)
+    assert seven is not None and len(seven) == 7 and seven[5:] == b"\x66\x90"
+    # rel32 counts from the end of the five-byte jump, which is the ENCLU
+    assert ExitSite(enclu=entry + (1 << 31), lead=5).jump_to(entry) is not None
+    assert ExitSite(enclu=entry + (1 << 31) + 1, lead=5).jump_to(entry) is None
+    assert ExitSite(enclu=entry - (1 << 31) + 1, lead=5).jump_to(entry) is not None
+    assert ExitSite(enclu=entry - (1 << 31), lead=5).jump_to(entry) is None
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -87,7 +127,7 @@ def test_another_leaf_at_a_rewritten_site_faults_as_the_enclu_did(load_plain, ex
     for fast_exits in (False, True):
         vm, plain = load_plain(executor, fast_exits)
         site = find_exit_sites(state_of(vm, plain))[0] if not fast_exits \
-            else min(state_of(vm, plain).exit_sites)
+            else min(state_of(vm, plain).exit_gates.values())
         registers = (99, 0, 0, 0, 0, 0, 0, 0)  # rax rdi rsi rdx r10 r8 r9 rsp(keep)
         result, _ = plain.call(0, OP_JUMP, site, *registers, tail_at=512)
         assert result.aex, result.describe()
@@ -105,22 +145,64 @@ def _runner(vm: EnclaveVM, plain: PlainEnclave, index: int = 0) -> NativeExecuto
     return executor
 
 
+def _counter(runner: NativeExecutor, name: str) -> int:
+    return struct.unpack_from("<I", runner.report_area, layout.REPORT.offset(name))[0]
+
+
 @pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
-def test_the_runner_completes_the_rewritten_eexit_alone(load_plain):
-    vm, plain = load_plain("native", True)
+@pytest.mark.parametrize("gate", [True, False], ids=["gate", "int3"])
+def test_the_runner_completes_the_rewritten_eexit_alone(load_plain, gate):
+    vm, plain = load_plain("native", True, gate=gate)
     assert plain.call(0, OP_NOP)[0].kind == "eexit"  # through the EVM, which grants
     runner = _runner(vm, plain)
+    assert bool(runner.features & layout.FEATURE_EXIT_GATE) == gate
     sites = struct.unpack_from(f"<I{layout.MAX_EXIT_SITES}Q", runner.command_area,
                                layout.COMMAND.offset("exit_site_count"))
-    assert sites[0] == 1 and sites[1] == min(state_of(vm, plain).exit_sites)
-    fast_entries = layout.REPORT.offset("fast_entries")
-    before = struct.unpack_from("<I", runner.report_area, fast_entries)[0]
-    handed_over = layout.REPORT.offset("fast_handed_over")
+    assert sites[0] == (0 if gate else 1)
+    before, gate_before = _counter(runner, "fast_entries"), _counter(runner, "gate_exits")
     for n in range(20):
         result, _ = plain.call(0, OP_NOP)
         assert result.kind == "eexit", result.describe()
-        assert struct.unpack_from("<I", runner.report_area, handed_over)[0] == 0, n
-    assert struct.unpack_from("<I", runner.report_area, fast_entries)[0] - before == 20
+        assert _counter(runner, "fast_handed_over") == 0, n
+    assert _counter(runner, "fast_entries") - before == 20
+    assert _counter(runner, "gate_exits") - gate_before == (20 if gate else 0)
+
+
+@pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
+def test_through_the_evm_the_gate_is_a_stop_carried_out_as_eexit(load_plain, monkeypatch):
+    monkeypatch.setattr(NativeExecutor, "fast_path_allowed", False)
+    vm, plain = load_plain("native", True)
+    for value in range(5):
+        result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=value, rdx=1)
+        assert result.kind == "eexit" and result.registers["rsi"] == 2 * value + 1
+        assert result.registers["rip"] == result.registers["rbx"]
+    runner = _runner(vm, plain)
+    assert _counter(runner, "fast_entries") == _counter(runner, "gate_exits") == 0
+    assert runner.last_report.kind == layout.STOP_GATE
+
+
+@pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
+def test_after_a_gate_exit_the_idle_runner_takes_alarms_kicks_and_commands(load_plain):
+    """Past the gate the runner waits with no signal blocked: its alarm
+    and the EVM's kicks land there and change nothing; a command of the
+    EVM (an entry through it) traps back into handler context first."""
+    vm, plain = load_plain("native", True)
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    runner = _runner(vm, plain)
+    gate_before = _counter(runner, "gate_exits")
+    for round_ in range(3):
+        result, _ = plain.call(0, OP_NOP)
+        assert result.kind == "eexit", (round_, result.describe())
+        time.sleep(1.2)  # the runner's once-a-second alarm, while it waits
+        runner.request_stop(interrupt=True)  # a kick with nobody inside
+        time.sleep(0.05)
+        runner.revoke()  # the next entry goes through the EVM (RUN)
+        through = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=round_, rdx=1)
+        assert through.kind == "eexit" and through.registers["rsi"] == 2 * round_ + 1
+    assert _counter(runner, "gate_exits") - gate_before >= 3
+    assert runner.process.poll() is None
+    result, _ = plain.call(0, OP_NOP)
+    assert result.kind == "eexit"
 
 
 @pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
@@ -132,7 +214,7 @@ def test_sdk_calls_ocalls_and_exceptions_with_fast_exits(sdk_enclave):
     avm = Avm(vm)
     hello = Hello(sdk_enclave.signed, evm=avm)
     try:
-        assert len(vm.enclave(hello.raw.handle.secs_page).exit_sites) >= 1
+        assert len(vm.enclave(hello.raw.handle.secs_page).exit_gates) >= 1
         assert hello.ecall_hello("world") == 37
         assert hello.ecall_add(2, 40) == 42
         assert hello.ecall_ocall_nop(25) == 25

@@ -194,8 +194,12 @@ class EnclaveState:
     # pages whose contents changed without a permission change (EDBGWR):
     # executors drop their translations of them
     rewritten: list[int] = field(default_factory=list)
-    # fast-exit mode (vsgx.evm.fast_exits): the ENCLUs rewritten into INT3
+    # fast-exit mode (vsgx.evm.fast_exits): the ENCLUs rewritten into INT3,
+    # the runner's exit gate page (0: none) and its entries in use (entry
+    # address -> the EEXIT ENCLU that jumps there)
     exit_sites: frozenset[int] = frozenset()
+    exit_gate: int = 0
+    exit_gates: dict[int, int] = field(default_factory=dict)
     # the pages behind generation bumps, in order (see note_change), from
     # change number journal_start on
     journal: list[int] = field(default_factory=list)

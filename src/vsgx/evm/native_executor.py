@@ -89,8 +89,9 @@ SECTIONS
 {
     . = 0x100000;
     vsgx_image_begin = .;
-    .vsgx_entry : { vsgx_entry_begin = .; KEEP(*(.text.vsgx_entry)) . = ALIGN(4096);
-                    vsgx_entry_end = .; } :text
+    .vsgx_entry : { vsgx_entry_begin = .; KEEP(*(.text.vsgx_entry))
+                    vsgx_gate_begin = .; KEEP(*(.text.vsgx_gate)) vsgx_gate_end = .;
+                    . = ALIGN(4096); vsgx_entry_end = .; } :text
     .text : ALIGN(4096) { vsgx_sealable_begin = .; *(.text .text.*) } :text
     .rodata : ALIGN(4096) { *(.rodata .rodata.*) . = ALIGN(4096); vsgx_sealable_end = .; } :rodata
     .data : ALIGN(4096) { *(.data .data.*) } :data
@@ -101,7 +102,11 @@ SECTIONS
 """
 # Symbols the linker script defines: the entry section may use their addresses.
 _LINKER_SYMBOLS = frozenset({"vsgx_image_begin", "vsgx_image_end", "vsgx_entry_begin",
-                             "vsgx_entry_end", "vsgx_sealable_begin", "vsgx_sealable_end"})
+                             "vsgx_entry_end", "vsgx_sealable_begin", "vsgx_sealable_end",
+                             "vsgx_gate_begin", "vsgx_gate_end"})
+# The code left executable after set-up (the exit gate's part of it kept
+# together, so that an interrupt can tell it is there).
+_ENTRY_SECTIONS = (".text.vsgx_entry", ".text.vsgx_gate")
 
 _REPORT_COPY = REPORT.end("fpu")  # what one stop reads (the message only at STOP_DIED)
 _FPU_AT = REPORT.offset("fpu")
@@ -239,21 +244,22 @@ def _check_entry_object(path: Path) -> None:
         elf = ELFFile(f)
         names = [s.name for s in elf.iter_sections()]
         symbols = elf.get_section_by_name(".symtab")
-        relocations = elf.get_section_by_name(".rela.text.vsgx_entry")
-        if (not isinstance(relocations, RelocationSection)
-                or not isinstance(symbols, SymbolTableSection)):
-            raise NativeUnavailable("the runner's entry section is missing")
-        for relocation in relocations.iter_relocations():
-            symbol = symbols.get_symbol(relocation["r_info_sym"])
-            index = symbol["st_shndx"]
-            if index == "SHN_UNDEF":
-                if symbol.name in _LINKER_SYMBOLS:
-                    continue
-                raise NativeUnavailable(f"the runner's entry section uses {symbol.name}")
-            section = names[index] if isinstance(index, int) else str(index)
-            if section != ".text.vsgx_entry" and not section.startswith((".bss", ".data")):
-                raise NativeUnavailable(f"the runner's entry section refers to {section} "
-                                        f"({symbol.name or 'a section'})")
+        for name in _ENTRY_SECTIONS:
+            relocations = elf.get_section_by_name(".rela" + name)
+            if (not isinstance(relocations, RelocationSection)
+                    or not isinstance(symbols, SymbolTableSection)):
+                raise NativeUnavailable(f"the runner's entry section {name} is missing")
+            for relocation in relocations.iter_relocations():
+                symbol = symbols.get_symbol(relocation["r_info_sym"])
+                index = symbol["st_shndx"]
+                if index == "SHN_UNDEF":
+                    if symbol.name in _LINKER_SYMBOLS:
+                        continue
+                    raise NativeUnavailable(f"the runner's entry section uses {symbol.name}")
+                section = names[index] if isinstance(index, int) else str(index)
+                if section not in _ENTRY_SECTIONS and not section.startswith((".bss", ".data")):
+                    raise NativeUnavailable(f"the runner's entry section refers to {section} "
+                                            f"({symbol.name or 'a section'})")
 
 
 def runner_compiler() -> str:
@@ -449,6 +455,7 @@ class EnclaveStateProbe:
         self.size = 16 * PAGE_SIZE
         self.memory = EnclaveMemory(self.size)
         self.exit_sites: frozenset[int] = frozenset()
+        self.exit_gate = 0
         self.xfrm = 3
 
     def close(self) -> None:
@@ -644,6 +651,8 @@ class NativeExecutor:
             self._write_exit_sites()
             memory_fd = encl.memory.fd
             flags = self.runner_flags | (layout.RUNNER_FLAG_RDTSC_FAULTS if rdtsc_faults else 0)
+            if encl.exit_gate:
+                flags |= layout.RUNNER_FLAG_EXIT_GATE
             root = self.root_dir if self.root_dir is not None else runner_root()
             fds = (self._report_fd, self._command_fd, self._client_fd, self.shared.fd, memory_fd,
                    self._pool_fd)
@@ -824,6 +833,8 @@ class NativeExecutor:
             entry[1] = current
 
     def _map_untrusted(self, untrusted: UntrustedMemory, page: int) -> bool:
+        if page == self.encl.exit_gate:
+            return False  # the runner's own there (fast-exit mode)
         fetched = untrusted.fetch(page)
         if fetched is None:
             return False
@@ -950,7 +961,9 @@ class NativeExecutor:
                 self.interrupt_requested = False
                 return Stop(StopKind.INTERRUPTED, registers)
             return Stop(StopKind.PREEMPTED, registers)
-        if kind == layout.STOP_NOT_DELIVERED:
+        if kind in (layout.STOP_NOT_DELIVERED, layout.STOP_GATE):
+            # A jump to the handler or to an exit gate entry: on hardware, a
+            # code fetch outside ELRANGE (the leaf code knows the gate).
             return Stop(StopKind.EXCEPTION, registers, Vector.GP)
         if kind != _STOP_SIGNAL:
             self._kill()

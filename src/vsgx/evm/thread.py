@@ -70,7 +70,7 @@ from vsgx.evm.executor import (
     ThreadExecutor,
     UntrustedMemory,
 )
-from vsgx.evm.fast_exits import is_exit_site
+from vsgx.evm.fast_exits import EEXIT_LEAF, gate_site, is_exit_site
 from vsgx.evm.machine import Machine
 from vsgx.evm.runner.layout import (
     GRANT_CODE_READABLE,
@@ -439,6 +439,15 @@ class EnclaveThread:
         hardware, fetching there is #GP(0)); only vectors an enclave can take."""
         encl, registers = self.encl, stop.registers
         rip = registers[RIP]
+        site = gate_site(encl, rip) if stop.kind is StopKind.EXCEPTION else None
+        if site is not None:
+            # Fast-exit mode: enclave code jumped to an exit gate entry (a
+            # fetch outside ELRANGE, or the runner's gate reported it): the
+            # EEXIT the site's jump stands for, RAX as its `mov` set it.
+            registers = list(registers)
+            registers[RIP] = site
+            registers[RAX] = EEXIT_LEAF
+            return Stop(StopKind.ENCLU, registers)
         if encl.exit_sites and stop.kind is StopKind.EXCEPTION and stop.vector == Vector.BP \
                 and stop.exit_type is ExitType.SOFTWARE and is_exit_site(encl, rip - 1):
             # Fast-exit mode: the INT3 at a rewritten site is its ENCLU (while

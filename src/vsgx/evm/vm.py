@@ -27,6 +27,7 @@ from vsgx.evm.executor import RBX, ExecutorCapability, ExecutorFactory, Untruste
 from vsgx.evm.fast_exits import rewrite_exit_sites
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
+from vsgx.evm.runner.layout import exit_gate_address
 from vsgx.evm.thread import EnclaveExit, EnclaveThread
 from vsgx.evm.unicorn_executor import UnicornExecutorFactory
 
@@ -108,12 +109,14 @@ class EnclaveVM:
     # -- ENCLS ----------------------------------------------------------
     def ecreate(self, epc_page: int, secs: bytes, secinfo: bytes) -> None:
         with self.machine.lock:
-            encls.ecreate(self.machine, epc_page, secs, secinfo)
+            encl = encls.ecreate(self.machine, epc_page, secs, secinfo)
+            if self.fast_exits:
+                encl.exit_gate = exit_gate_address(encl.base)
             # An executor that starts slowly (a runner process) starts now,
             # while the enclave is built, not at its first EENTER.
             prepare = getattr(self.executor_factory, "prepare", None)
             if prepare is not None:
-                prepare(self.machine.epc.secs[epc_page])
+                prepare(encl)
 
     def eadd(self, epc_page: int, secs_page: int, linaddr: int, source: bytes, secinfo: bytes,
              measure: bool = False) -> None:

@@ -105,6 +105,19 @@ CLIENT_SLOTS = 256  # slots after those that the fast path's client fills
 POOL_SLOTS = PYTHON_SLOTS + CLIENT_SLOTS
 MAX_UNMAP = 64  # client slots one request may ask the runner to unmap
 MAX_EXIT_SITES = 32  # rewritten EEXIT sites the COMMAND area names (vsgx.evm.fast_exits)
+# Fast-exit mode's exit gate: one page of the runner just below ELRANGE,
+# entry i at GATE_ENTRY_SIZE * i for the EEXIT site rewritten into a jump
+# there (vsgx.evm.fast_exits); the runner builds it, the EVM aims at it.
+GATE_ENTRY_SIZE = 32
+GATE_LOWEST = 0x10000  # below this (mmap_min_addr) no page can be mapped
+
+
+def exit_gate_address(enclave_base: int) -> int:
+    """The exit gate's page for an enclave at ``enclave_base``, or 0 when
+    the page below ELRANGE cannot be mapped."""
+    gate = enclave_base - 4096
+    return gate if gate >= GATE_LOWEST else 0
+
 
 REPORT = Area("vsgx_report", 4096, (
     Field("seq", 0, "u32"),  # futex word: bumped by the runner at each report
@@ -133,6 +146,7 @@ REPORT = Area("vsgx_report", 4096, (
     Field("fast_entry_epoch", 1032, "u64"),  # the grant's epoch when it entered
     Field("fault_client_slot", 1040, "u32"),  # a #PF on a page a client slot maps: slot + 1
     Field("fast_entries", 1044, "u32"),  # fast entries so far (statistics, tests)
+    Field("gate_exits", 1048, "u32"),  # EEXITs through the exit gate (statistics, tests)
 ))
 
 COMMAND = Area("vsgx_command", 9 * 4096, (
@@ -221,9 +235,11 @@ STOP_BEFORE_ENTRY = 4  # an interrupt came before the enclave's first instructio
 STOP_OPS_DONE = 5
 STOP_OP_FAILED = 6
 STOP_DIED = 7
-STOP_KINDS = frozenset(range(1, 8))
+STOP_GATE = 8  # enclave code jumped to an exit gate entry (regs: RIP = the entry)
+STOP_KINDS = frozenset(range(1, 9))
 
 FEATURE_FSGSBASE, FEATURE_CPUID_FAULTING, FEATURE_RDTSC_FAULTS, FEATURE_XSAVE = 1, 2, 4, 8
+FEATURE_EXIT_GATE = 16  # the runner mapped the exit gate
 USER_CS = 0x33  # Linux's 64-bit user code segment (REPORT.cs of a stop in 64-bit mode)
 ISOLATION_BITS = {
     "user namespace": 1 << 0,
@@ -241,6 +257,7 @@ ISOLATION_BITS = {
 }
 RUNNER_FLAG_RDTSC_FAULTS = 1
 RUNNER_FLAG_NO_FSGSBASE = 2  # use arch_prctl as on CPUs without FSGSBASE (tests)
+RUNNER_FLAG_EXIT_GATE = 4  # map the exit gate (fast-exit mode)
 
 REPORT_HEAD = struct.Struct("<IIIIQQQQII")  # seq .. sys_arch
 REGISTERS = struct.Struct(f"<{REG_COUNT}Q")
@@ -259,6 +276,9 @@ def _defines() -> list[str]:
         "VSGX_STOP_NOT_DELIVERED": STOP_NOT_DELIVERED,
         "VSGX_STOP_BEFORE_ENTRY": STOP_BEFORE_ENTRY, "VSGX_STOP_OPS_DONE": STOP_OPS_DONE,
         "VSGX_STOP_OP_FAILED": STOP_OP_FAILED, "VSGX_STOP_DIED": STOP_DIED,
+        "VSGX_STOP_GATE": STOP_GATE, "VSGX_FEATURE_EXIT_GATE": FEATURE_EXIT_GATE,
+        "VSGX_RUNNER_FLAG_EXIT_GATE": RUNNER_FLAG_EXIT_GATE,
+        "VSGX_GATE_ENTRY_SIZE": GATE_ENTRY_SIZE, "VSGX_GATE_LOWEST": GATE_LOWEST,
         "VSGX_FEATURE_FSGSBASE": FEATURE_FSGSBASE, "VSGX_USER_CS": USER_CS,
         "VSGX_FEATURE_CPUID_FAULTING": FEATURE_CPUID_FAULTING,
         "VSGX_FEATURE_RDTSC_FAULTS": FEATURE_RDTSC_FAULTS, "VSGX_FEATURE_XSAVE": FEATURE_XSAVE,

@@ -96,6 +96,9 @@
 #define PROT_NONE 0
 #define PROT_READ 1
 #define PROT_RW 3
+#define PROT_EXEC 4
+#define MAP_PRIVATE 0x02
+#define MAP_ANONYMOUS 0x20
 #define MAP_SHARED 0x01
 #define MAP_FIXED 0x10
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -251,12 +254,23 @@ struct fast {
     uint32_t in_request;       /* the runner works on a request (a fault here refuses it) */
     uint32_t code_readable;
     uint32_t spin_limit;       /* adaptive: pause rounds before the futex */
-    uint32_t reserved;
+    uint32_t unblocked;        /* runner code runs with no signal blocked (after the gate) */
     uint64_t aep, entry_fs, entry_gs;
     uint64_t request_regs[VSGX_REG_COUNT];
     uint64_t slot_page[VSGX_CLIENT_SLOTS];  /* where each client slot is mapped, or 0 */
 };
 struct fast vsgx_fast __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+#define FAST_OFF_IN_REQUEST 24
+#define FAST_OFF_UNBLOCKED 36
+_Static_assert(offsetof(struct fast, in_request) == FAST_OFF_IN_REQUEST, "fast");
+_Static_assert(offsetof(struct fast, unblocked) == FAST_OFF_UNBLOCKED, "fast");
+
+/* Fast-exit mode's exit gate (vsgx.evm.fast_exits): the registers enclave
+   code had when it jumped through a gate entry (vsgx.evm.executor order),
+   and the stack the gate's exit runs on. */
+uint64_t vsgx_gate_regs[VSGX_REG_COUNT] __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
+#define GATE_STACK_SIZE (16 * 1024)
+uint8_t vsgx_gate_stack[GATE_STACK_SIZE] __attribute__((section(".bss.vsgx_stack"), aligned(4096)));
 
 /* vsgx_enter's stack: off the alternate stack, so that a signal in the
    return window starts a fresh frame at the alternate stack's top instead
@@ -277,7 +291,9 @@ uint32_t vsgx_unmap_count;
 extern char vsgx_image_begin[], vsgx_image_end[], vsgx_entry_begin[], vsgx_entry_end[];
 extern char vsgx_sealable_begin[], vsgx_sealable_end[];
 extern char vsgx_window_begin[], vsgx_window_end[], vsgx_handler[], vsgx_no_return[];
+extern char vsgx_gate_begin[], vsgx_gate_end[], vsgx_gate_entry[], vsgx_rearm[];
 __attribute__((noreturn)) void vsgx_enter(void);
+__attribute__((noreturn)) void vsgx_rearm_trap(void);
 
 /* ===================== the entry section ================================ */
 
@@ -531,7 +547,6 @@ ENTRY_FN void fast_eenter(void)
 {
     struct fast *f = &vsgx_fast;
     struct vsgx_client *c = &vsgx_client;
-    f->in_request = 1;
     copy(f->request_regs, c->regs, sizeof(f->request_regs));
     uint64_t return_rip = c->return_rip;
     unmap_requested();
@@ -575,10 +590,9 @@ ENTRY_FN void fast_eenter(void)
     vsgx_report.fast_handed_over = 0;
     vsgx_report.fast_entries++;
     c->entries++;
-    f->active = 1;
-    f->in_request = 0;
     c->runner_cpu = this_cpu();
-    vsgx_enter();
+    f->active = 1;
+    vsgx_enter(); /* which ends in_request */
 }
 
 /* A request of the client (enters, or answers at once). */
@@ -588,14 +602,17 @@ INLINE void fast_request(void)
     uint32_t seq = __atomic_load_n(&c->request_seq, __ATOMIC_ACQUIRE);
     if (seq == vsgx_fast.last_req)
         return;
+    /* Working on it before it is taken: an interrupt from here on (runner
+       code may run with signals unblocked) refuses it, never loses it. */
+    vsgx_fast.in_request = 1;
     vsgx_fast.last_req = seq;
     uint32_t kind = c->request;
-    if (kind == VSGX_REQ_EENTER)
+    if (kind == VSGX_REQ_EENTER) {
         fast_eenter();
-    else if (kind == VSGX_REQ_ERESUME)
-        reply(VSGX_REPLY_REFUSED);
-    else
-        reply(VSGX_REPLY_BAD);
+        return;
+    }
+    vsgx_fast.in_request = 0;
+    reply(kind == VSGX_REQ_ERESUME ? VSGX_REPLY_REFUSED : VSGX_REPLY_BAD);
 }
 
 /* Serve the EVM and the client until one of them sends us into the
@@ -604,10 +621,15 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_serve(void)
 {
     for (;;) {
         wait_for_work();
-        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != vsgx_scratch.last_cmd)
+        if (__atomic_load_n(&vsgx_command.seq, __ATOMIC_ACQUIRE) != vsgx_scratch.last_cmd) {
+            /* The EVM's commands run as a handler does (interrupts blocked):
+               after the gate, a trap gets there first. */
+            if (vsgx_fast.unblocked)
+                vsgx_rearm_trap();
             run_command();
-        else
+        } else {
             fast_request();
+        }
     }
 }
 
@@ -650,18 +672,16 @@ INLINE __attribute__((noreturn)) void resume_from_frame(const uint8_t *uc)
 
 /* EEXIT (SDM EEXIT): RIP = RBX, RCX = the AEP, the rest as enclave code
    left them; the thread is no longer inside. */
-INLINE void fast_eexit(const uint8_t *uc)
+INLINE void fast_eexit(uint64_t *regs)
 {
     struct fast *f = &vsgx_fast;
     struct vsgx_client *c = &vsgx_client;
-    uint64_t regs[VSGX_REG_COUNT];
-    regs_from_frame(regs, uc);
     regs[VSGX_REG_RIP] = regs[VSGX_REG_RBX];
     regs[VSGX_REG_RCX] = f->aep;
     regs[VSGX_REG_RFLAGS] = (regs[VSGX_REG_RFLAGS] & KEPT_FLAGS) | 0x2;
     regs[VSGX_REG_FSBASE] = f->entry_fs;
     regs[VSGX_REG_GSBASE] = f->entry_gs;
-    copy(c->regs, regs, sizeof(regs));
+    copy(c->regs, regs, VSGX_REG_COUNT * sizeof(uint64_t));
     f->active = 0;
     __atomic_store_n(&vsgx_report.fast_inside, 0, __ATOMIC_SEQ_CST);
     reply(VSGX_REPLY_EEXIT);
@@ -775,7 +795,9 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
         int enclu = f->code_readable && rip + 3 <= sealed.enclave_end && code[0] == 0x0f &&
                     code[1] == 0x01 && code[2] == 0xd7;
         if (enclu && (uint32_t)MC(uc, MC_RAX) == 4 && canonical(MC(uc, MC_RBX))) {
-            fast_eexit(uc);
+            uint64_t regs[VSGX_REG_COUNT];
+            regs_from_frame(regs, uc);
+            fast_eexit(regs);
             vsgx_serve();
         }
         if (enclu || sig == SIGILL)
@@ -788,7 +810,9 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
         if ((uint32_t)MC(uc, MC_RAX) == 4 && canonical(MC(uc, MC_RBX)) &&
             is_exit_site(rip - 1) && f->code_readable && code[0] == 0xcc && code[1] == 0x66 &&
             code[2] == 0x90) {
-            fast_eexit(uc);
+            uint64_t regs[VSGX_REG_COUNT];
+            regs_from_frame(regs, uc);
+            fast_eexit(regs);
             vsgx_serve();
         }
         return;
@@ -813,6 +837,8 @@ INLINE void fast_stop(long sig, const uint8_t *uc, int window)
    to the EVM. */
 INLINE __attribute__((noreturn)) void request_failed(void)
 {
+    vsgx_fast.active = 0;
+    vsgx_fast.last_req = __atomic_load_n(&vsgx_client.request_seq, __ATOMIC_ACQUIRE);
     refuse();
     vsgx_serve();
 }
@@ -832,12 +858,29 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *
         if (SYSCALL(SYS_getppid, 0, 0, 0, 0, 0, 0) != sealed.parent)
             SYSCALL(SYS_exit_group, 0, 0, 0, 0, 0, 0);
     }
-    int window = (sig == SIGUSR1 || sig == SIGALRM) && rip >= (uint64_t)vsgx_window_begin &&
-                 rip <= (uint64_t)vsgx_window_end;
-    if (vsgx_fast.in_request)
-        request_failed();
+    int async = sig == SIGUSR1 || sig == SIGALRM;
+    int was_unblocked = vsgx_fast.unblocked;
+    vsgx_fast.unblocked = 0; /* a handler now: the interrupts are blocked */
     vsgx_scratch.fpstate = (uint64_t)fp;
+    /* The trap of vsgx_serve before a command (after the gate). */
+    if (sig == SIGILL && rip == (uint64_t)vsgx_rearm)
+        vsgx_serve();
+    /* The gate's exit, interrupted: it goes on, and ends in an exit. */
+    if (async && rip >= (uint64_t)vsgx_gate_begin && rip < (uint64_t)vsgx_gate_end)
+        resume_from_frame(uc);
+    /* From vsgx_enter's first instruction to the IRETQ (with signals
+       blocked, only from the unmask on): the enclave has not started. */
+    int window = async && rip >= (uint64_t)vsgx_enter && rip <= (uint64_t)vsgx_window_end;
+    if (vsgx_fast.in_request && !window)
+        request_failed();
+    /* Waiting for work after the gate: nothing to report. */
+    if (async && was_unblocked && !window && !vsgx_fast.active && !in_elrange(rip))
+        vsgx_serve();
     r->fault_client_slot = 0;
+    /* ... where vsgx_enter was taking the gate's exit back to its work. */
+    if (window && vsgx_entry_regs[VSGX_REG_RIP] >= (uint64_t)vsgx_gate_begin &&
+        vsgx_entry_regs[VSGX_REG_RIP] < (uint64_t)vsgx_gate_end)
+        vsgx_enter();
     if (vsgx_fast.active)
         fast_stop(sig, uc, window);
     if (window) {
@@ -901,6 +944,99 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
     report(VSGX_STOP_NOT_DELIVERED);
     vsgx_serve();
 }
+
+/* Fast-exit mode: enclave code came through an exit gate entry (an EEXIT
+   site of its runtime rewritten into a jump there; the entry set RAX = 4
+   and ECX = its index). On the fast path the runner completes the EEXIT as
+   for a trapped one, replies, and waits for work with no signal blocked:
+   no trap and no system call on the way out, none on the way back in. Any
+   other entry is reported as a stop at the gate entry, which the EVM
+   carries out as the EEXIT it stands for. All of this lies in
+   [vsgx_gate_begin, vsgx_gate_end): an interrupt there resumes it. */
+#define GATE_FN __attribute__((section(".text.vsgx_gate"), noinline, used))
+GATE_FN __attribute__((noreturn)) void vsgx_gate_exit(void)
+{
+    struct fast *f = &vsgx_fast;
+    uint64_t *g = vsgx_gate_regs;
+    uint64_t entry = sealed.enclave_begin - 4096 +
+                     VSGX_GATE_ENTRY_SIZE * (g[VSGX_REG_RCX] % VSGX_MAX_EXIT_SITES);
+    g[VSGX_REG_RAX] = 4;
+    vsgx_scratch.fpstate = 0; /* the enclave's FPU state stays live */
+    if (f->active && !f->in_request && canonical(g[VSGX_REG_RBX])) {
+        uint64_t regs[VSGX_REG_COUNT];
+        copy(regs, g, sizeof(regs));
+        vsgx_report.gate_exits++;
+        fast_eexit(regs);
+        vsgx_serve();
+    }
+    struct vsgx_report *r = &vsgx_report;
+    copy(r->regs, g, 18 * 8);
+    r->regs[VSGX_REG_RIP] = entry;
+    get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
+    __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
+    r->signo = 0;
+    r->cs = VSGX_USER_CS;
+    r->code = 0;
+    r->trapno = 0;
+    r->error = 0;
+    r->cr2 = 0;
+    r->si_addr = 0;
+    r->fault_client_slot = 0;
+    if (f->active) {
+        f->active = 0;
+        f->handed_over = 1;
+        r->fast_handed_over = 1;
+        report(VSGX_STOP_GATE);
+        reply(VSGX_REPLY_HANDED_OVER);
+        vsgx_serve();
+    }
+    report(VSGX_STOP_GATE);
+    vsgx_serve();
+}
+
+#define GATE_REG(i) "vsgx_gate_regs+8*" #i "(%rip)"
+
+/* Where every gate entry jumps: say that runner code now runs unblocked,
+   keep the registers, and leave the enclave's stack before touching one. */
+__asm__(".section .text.vsgx_gate,\"ax\",@progbits\n"
+        ".globl vsgx_gate_entry\n"
+        ".type vsgx_gate_entry,@function\n"
+        "vsgx_gate_entry:\n"
+        "    movl $1, vsgx_fast+" XSTR(FAST_OFF_UNBLOCKED) "(%rip)\n"
+        "    mov %rsp, " GATE_REG(4) "\n"
+        "    lea vsgx_gate_stack+" XSTR(GATE_STACK_SIZE) "(%rip), %rsp\n"
+        "    pushfq\n"
+        "    popq " GATE_REG(16) "\n"
+        "    pushq $2\n"
+        "    popfq\n" /* DF, AC and TF clear */
+        "    mov %rax, " GATE_REG(0) "\n"
+        "    mov %rcx, " GATE_REG(1) "\n"
+        "    mov %rdx, " GATE_REG(2) "\n"
+        "    mov %rbx, " GATE_REG(3) "\n"
+        "    mov %rbp, " GATE_REG(5) "\n"
+        "    mov %rsi, " GATE_REG(6) "\n"
+        "    mov %rdi, " GATE_REG(7) "\n"
+        "    mov %r8, " GATE_REG(8) "\n"
+        "    mov %r9, " GATE_REG(9) "\n"
+        "    mov %r10, " GATE_REG(10) "\n"
+        "    mov %r11, " GATE_REG(11) "\n"
+        "    mov %r12, " GATE_REG(12) "\n"
+        "    mov %r13, " GATE_REG(13) "\n"
+        "    mov %r14, " GATE_REG(14) "\n"
+        "    mov %r15, " GATE_REG(15) "\n"
+        "    call vsgx_gate_exit\n"
+        "    ud2\n"
+        ".previous\n");
+
+/* vsgx_serve's way back into handler context before an EVM command. */
+__asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
+        ".globl vsgx_rearm_trap\n"
+        ".type vsgx_rearm_trap,@function\n"
+        "vsgx_rearm_trap:\n"
+        ".globl vsgx_rearm\n"
+        "vsgx_rearm:\n"
+        "    ud2\n"
+        ".previous\n");
 
 /* The last of set-up, from here because it makes the rest of the runner's
    code inaccessible: seal, unmap what the kernel mapped for us, install the
@@ -999,6 +1135,7 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".globl vsgx_enter\n"
         ".type vsgx_enter,@function\n"
         "vsgx_enter:\n"
+        "    movl $0, vsgx_fast+" XSTR(FAST_OFF_IN_REQUEST) "(%rip)\n"
         "    lea vsgx_iret_stack+64(%rip), %rsp\n"
         "    cmpl $0, vsgx_sealed+" XSTR(SEALED_OFF_FSGSBASE) "(%rip)\n"
         "    je 1f\n"
@@ -1029,7 +1166,9 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         "    xrstor64 (%rcx)\n"
         "    jmp 5f\n"
         "4:  fxrstor64 (%rcx)\n"
-        "5:  mov $" XSTR(SYS_rt_sigprocmask) ", %eax\n"
+        "5:  cmpl $0, vsgx_fast+" XSTR(FAST_OFF_UNBLOCKED) "(%rip)\n"
+        "    jne vsgx_window_begin\n" /* nothing is blocked: no system call */
+        "    mov $" XSTR(SYS_rt_sigprocmask) ", %eax\n"
         "    mov $2, %edi\n" /* SIG_SETMASK */
         "    lea vsgx_sealed(%rip), %rsi\n" /* the empty mask */
         "    xor %edx, %edx\n"
@@ -1066,6 +1205,35 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
         ".previous\n");
 
 /* ===================== set-up (sealed away before the filter) ============ */
+
+/* Fast-exit mode's exit gate, the page below ELRANGE: entry i is
+   `mov $4, %eax; mov $i, %ecx; jmp *vsgx_gate_entry`, the rest INT3.
+   0 if the page is taken (the entries then fault, and the EVM carries out
+   each such fault as its EEXIT). */
+static int map_exit_gate(uint64_t base)
+{
+    uint64_t gate = base - 4096;
+    if (base < VSGX_GATE_LOWEST + 4096 ||
+        (gate < (uint64_t)vsgx_image_end && gate + 4096 > (uint64_t)vsgx_image_begin))
+        return 0;
+    if (SYSCALL(SYS_mmap, gate, 4096, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                -1, 0) != (long)gate)
+        return 0;
+    uint8_t *page = (uint8_t *)gate;
+    for (int i = 0; i < 4096; i++)
+        page[i] = 0xcc;
+    uint64_t target = (uint64_t)vsgx_gate_entry;
+    for (uint32_t i = 0; i < VSGX_MAX_EXIT_SITES; i++) {
+        uint8_t *e = page + VSGX_GATE_ENTRY_SIZE * i;
+        const uint8_t code[16] = {0xb8, 4, 0, 0, 0, 0xb9, (uint8_t)i, (uint8_t)(i >> 8), 0, 0,
+                                  0xff, 0x25, 0, 0, 0, 0};
+        for (int k = 0; k < 16; k++)
+            e[k] = code[k];
+        for (int k = 0; k < 8; k++)
+            e[16 + k] = (uint8_t)(target >> (8 * k));
+    }
+    return SYSCALL(SYS_mprotect, gate, 4096, PROT_READ | PROT_EXEC, 0, 0, 0) == 0;
+}
 
 static void die(const char *why)
 {
@@ -1358,9 +1526,11 @@ void runner_main(uint64_t *sp)
     if ((flags & VSGX_RUNNER_FLAG_RDTSC_FAULTS) &&
         SYSCALL(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0, 0) == 0)
         features |= VSGX_FEATURE_RDTSC_FAULTS;
-    vsgx_report.features = features;
 
     find_foreign_mappings();
+    if ((flags & VSGX_RUNNER_FLAG_EXIT_GATE) && map_exit_gate(base))
+        features |= VSGX_FEATURE_EXIT_GATE;
+    vsgx_report.features = features;
     uint32_t isolation = isolate(root);
     close_descriptors(pool_fd);
     sealed.pool_fd = 0;
