@@ -220,8 +220,9 @@ def cpu_hog() -> Iterator[int]:
 
 def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
     """The floors of one entry, measured now (kernels/floors.c): ENCLU ->
-    its trap -> return, INT3 -> SIGTRAP -> return (fast exits' trap), and a
-    bare futex ping-pong between two processes."""
+    its trap -> return, INT3 -> SIGTRAP -> return (the trap of fast exits
+    out of the gate's reach), a bare futex ping-pong between two processes,
+    and a spinning shared-memory ping-pong (the floor of a gate exit)."""
     binary = workdir / "floors"
     if not binary.exists():
         subprocess.run(["gcc", "-O2", "-o", str(binary),
@@ -230,7 +231,8 @@ def floors(workdir: Path, count: int) -> dict[str, dict[str, float]]:
     found = {}
     for what, label in (("enclu", "raw ENCLU trap round trip"),
                         ("sigtrap", "raw SIGTRAP round trip"),
-                        ("futex", "futex ping-pong, 2 processes")):
+                        ("futex", "futex ping-pong, 2 processes"),
+                        ("spin", "spinning ping-pong, 2 processes")):
         out = subprocess.run([str(binary), what, str(count)], capture_output=True, text=True,
                              check=True).stdout
         found[label] = summary_us([int(line.split()[1]) / 1000 for line in out.splitlines()

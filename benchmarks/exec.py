@@ -16,9 +16,10 @@ executor. Measured in the program, in the same run:
 Each three times: through the fast path (the injected library enters the
 TCS's runner itself over shared memory), through the launcher and the EVM
 process (``VSGX_EXEC_FAST=0``, the baseline), and through the fast path
-with fast exits (``--fast-exits``: EEXIT sites rewritten into INT3 after
-EINIT, against the raw SIGTRAP round trip); the library's count of fast
-entries is printed with them.
+with fast exits (``--fast-exits``: EEXIT sites rewritten after EINIT into
+jumps to the runner's exit gate, no trap per exit, against a spinning
+ping-pong between two processes); the library's count of fast entries is
+printed with them.
 
     python benchmarks/exec.py [--count 2000] [--executor native]
 """

@@ -10,7 +10,8 @@ channel; and the enclave's initialisation (load, EINIT and
 ECMD_INIT_ENCLAVE) on each executor.
 
 With fast exits (``EnclaveVM(fast_exits=True)``: the EEXIT sites rewritten
-into INT3 after EINIT, opt-in and not exact) as a third native run.
+after EINIT into jumps to the runner's exit gate, opt-in and not exact) as
+a third native run.
 
 On the native executor, entries take the fast path (the runner enters and
 completes EEXIT itself, runner/client.c and runner.c) and, as its baseline,

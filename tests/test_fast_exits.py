@@ -65,17 +65,22 @@ def test_the_eexit_site_is_rewritten_after_einit_and_measured_as_it_was(load_pla
     exact_state, fast_state = state_of(exact_vm, exact), state_of(fast_vm, fast)
     assert fast_state.mrenclave == exact_state.mrenclave  # EINIT saw the original bytes
     assert not exact_state.exit_sites
-    # The plain enclave's one EEXIT: `mov $4, %eax` then ENCLU (bootstrap.S),
-    # in reach of the gate just below ELRANGE: a jump to its first entry.
+    # The plain enclave's two EEXITs (bootstrap.S): `mov $4, %eax` then
+    # ENCLU (the ops), and `mov $4, %rax` then ENCLU (the register ABI), in
+    # reach of the gate just below ELRANGE: jumps to its first two entries.
     assert not fast_state.exit_sites  # none left to INT3
     gate = fast_state.exit_gate
     assert gate == fast_state.base - 4096
-    assert list(fast_state.exit_gates) == [gate]
-    site = fast_state.exit_gates[gate]
-    displacement = (gate - site).to_bytes(4, "little", signed=True)
-    assert code(fast_vm, fast, site - 5, 8) == b"\xe9" + displacement + b"\x0f\x01\xd7"
-    assert code(exact_vm, exact, site - 5, 8) == b"\xb8\x04\x00\x00\x00\x0f\x01\xd7"
-    assert find_exit_sites(exact_state) == [site]  # the same site in the exact enclave
+    assert sorted(fast_state.exit_gates) == [gate, gate + layout.GATE_ENTRY_SIZE]
+    sites = [fast_state.exit_gates[gate], fast_state.exit_gates[gate + layout.GATE_ENTRY_SIZE]]
+    for entry, site, lead, filler in ((gate, sites[0], b"\xb8\x04\x00\x00\x00", b""),
+                                      (gate + layout.GATE_ENTRY_SIZE, sites[1],
+                                       b"\x48\xc7\xc0\x04\x00\x00\x00", b"\x66\x90")):
+        start = site - len(lead)
+        jump = b"\xe9" + (entry - (start + 5)).to_bytes(4, "little", signed=True) + filler
+        assert code(fast_vm, fast, start, len(lead) + 3) == jump + b"\x0f\x01\xd7"
+        assert code(exact_vm, exact, start, len(lead) + 3) == lead + b"\x0f\x01\xd7"
+    assert find_exit_sites(exact_state) == sites  # the same sites in the exact enclave
     for plain in (exact, fast):
         for value in (7, 1 << 40):
             result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=value, rdx=1)
@@ -89,8 +94,10 @@ def test_out_of_the_gates_reach_the_enclu_becomes_int3(load_plain, executor):
     vm, plain = load_plain(executor, True, gate=False)
     state = state_of(vm, plain)
     assert not state.exit_gate and not state.exit_gates
-    (site,) = sorted(state.exit_sites)
-    assert code(vm, plain, site - 5, 8) == b"\xb8\x04\x00\x00\x00" + REWRITTEN_ENCLU
+    ops_site, register_site = sorted(state.exit_sites)
+    assert code(vm, plain, ops_site - 5, 8) == b"\xb8\x04\x00\x00\x00" + REWRITTEN_ENCLU
+    assert code(vm, plain, register_site - 7, 10) == b"\x48\xc7\xc0\x04\0\0\0" + REWRITTEN_ENCLU
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
     for value in (7, 1 << 40):
         result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=value, rdx=1)
         assert result.kind == "eexit" and result.registers["rsi"] == 2 * value + 1
@@ -158,11 +165,14 @@ def test_the_runner_completes_the_rewritten_eexit_alone(load_plain, gate):
     assert bool(runner.features & layout.FEATURE_EXIT_GATE) == gate
     sites = struct.unpack_from(f"<I{layout.MAX_EXIT_SITES}Q", runner.command_area,
                                layout.COMMAND.offset("exit_site_count"))
-    assert sites[0] == (0 if gate else 1)
+    assert sites[0] == (0 if gate else 2)
     before, gate_before = _counter(runner, "fast_entries"), _counter(runner, "gate_exits")
-    for n in range(20):
+    for n in range(10):  # through both sites: the ops' and the register ABI's
         result, _ = plain.call(0, OP_NOP)
         assert result.kind == "eexit", result.describe()
+        result = plain.enclave.eenter(tcs=plain.tcs[0], rdi=0, rsi=n, rdx=1, r8=2, r9=3)
+        assert result.kind == "eexit" and result.registers["rsi"] == 2 * n + 6
+        assert result.registers["rdx"] == result.registers["r8"] == 0  # cleared at the exit
         assert _counter(runner, "fast_handed_over") == 0, n
     assert _counter(runner, "fast_entries") - before == 20
     assert _counter(runner, "gate_exits") - gate_before == (20 if gate else 0)

@@ -6,6 +6,11 @@
      floors sigtrap COUNT -- INT3 -> SIGTRAP -> return (the trap fast exits use)
      floors futex COUNT   -- a bare futex ping-pong between two processes
                              (wake the peer, sleep until it wakes us back)
+     floors spin COUNT    -- a ping-pong between two processes over shared
+                             memory, each spinning for the other's word
+                             (yielding now and then, so that a peer on the
+                             same CPU gets to run): the floor of an entry
+                             with fast exits, which makes no system call
    One line per round trip: "<what> <nanoseconds>". Built by the benchmarks
    with gcc; no dependency beyond libc. */
 #define _GNU_SOURCE
@@ -19,6 +24,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sched.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -123,6 +129,45 @@ static int futex(long count)
     return 0;
 }
 
+static void spin_wait(uint32_t *word, uint32_t seen)
+{
+    for (unsigned i = 1; __atomic_load_n(word, __ATOMIC_ACQUIRE) == seen; i++) {
+        __asm__ volatile("pause" ::: "memory");
+        if ((i & 255) == 0)
+            sched_yield();
+    }
+}
+
+static int spin(long count)
+{
+    uint32_t *words = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (words == MAP_FAILED)
+        return 1;
+    uint32_t *ping = &words[0], *pong = &words[16];
+    long total = count + WARMUP;
+    pid_t child = fork();
+    if (child < 0)
+        return 1;
+    if (child == 0) {
+        for (long i = 0; i < total; i++) {
+            spin_wait(ping, (uint32_t)i);
+            __atomic_add_fetch(pong, 1, __ATOMIC_SEQ_CST);
+        }
+        _exit(0);
+    }
+    for (long i = 0; i < total; i++) {
+        uint64_t start = now_ns();
+        __atomic_add_fetch(ping, 1, __ATOMIC_SEQ_CST);
+        spin_wait(pong, (uint32_t)i);
+        uint64_t end = now_ns();
+        if (i >= WARMUP)
+            printf("spin %lu\n", (unsigned long)(end - start));
+    }
+    int status;
+    waitpid(child, &status, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3)
@@ -134,5 +179,7 @@ int main(int argc, char **argv)
         return sigtrap(count);
     if (!strcmp(argv[1], "futex"))
         return futex(count);
+    if (!strcmp(argv[1], "spin"))
+        return spin(count);
     return 2;
 }

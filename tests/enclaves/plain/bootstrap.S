@@ -21,6 +21,26 @@
     .fill 4024, 1, 0
     .endm
 
+/* Back to the EEXIT target with the untrusted stack, the scratch
+   registers cleared; \leaf is where the leaf number goes. */
+    .macro leave_enclave leaf
+    pop %rax
+    pop %rbx
+    pop %rbp
+    pop %r13
+    mov %r13, %rsp
+    xor %ecx, %ecx
+    xor %edx, %edx
+    xor %r8d, %r8d
+    xor %r9d, %r9d
+    xor %r10d, %r10d
+    xor %r11d, %r11d
+    xor %r12d, %r12d
+    xor %r13d, %r13d
+    mov $4, \leaf                   /* EEXIT */
+    .byte 0x0f, 0x01, 0xd7
+    .endm
+
     .section .tcs, "aw"
     .set index, 0
     .rept ENCL_TCS_COUNT
@@ -69,27 +89,16 @@ encl_entry_core:
     add %r8, %rsi
     add %r9, %rsi
     mov $0x5eed, %edi
-    jmp 4f
+    jmp 5f
 3:  mov %rax, %rsi                  /* encl_body(op, cssa, tcs) */
     mov %rbx, %rdx
     call encl_body
     xor %edi, %edi
     xor %esi, %esi
-4:  pop %rax
-    pop %rbx
-    pop %rbp
-    pop %r13
-    mov %r13, %rsp
-    xor %ecx, %ecx
-    xor %edx, %edx
-    xor %r8d, %r8d
-    xor %r9d, %r9d
-    xor %r10d, %r10d
-    xor %r11d, %r11d
-    xor %r12d, %r12d
-    xor %r13d, %r13d
-    mov $4, %eax                    /* EEXIT */
-    .byte 0x0f, 0x01, 0xd7
+4:  leave_enclave %eax
+/* The register ABI leaves through an EEXIT of the form Intel's trts has
+   (`mov $4, %rax`, seven bytes); the ops through the five-byte form. */
+5:  leave_enclave %rax
 
 /* u64 encl_read_via_rax(u64 *addr): the load the exception tests fault on. */
     .global encl_read_via_rax
