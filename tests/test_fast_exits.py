@@ -236,3 +236,22 @@ def test_sdk_calls_ocalls_and_exceptions_with_fast_exits(sdk_enclave):
     finally:
         hello.destroy()
         avm.close()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_enclave_code_that_jumps_to_the_gate_itself_exits_or_faults(load_plain, executor):
+    """Hostile or odd enclave code aiming at the gate: an entry in use is
+    the EEXIT it stands for (whatever RAX held); an entry no site uses is
+    a code fetch outside ELRANGE, #GP(0), and the enclave goes on."""
+    vm, plain = load_plain(executor, True)
+    gate = state_of(vm, plain).exit_gate
+    registers = (99, 0, 0, 0, 0, 0, 0, 0)  # rax rdi rsi rdx r10 r8 r9 rsp(keep)
+    result, _ = plain.call(0, OP_JUMP, gate, *registers, tail_at=512)
+    assert result.kind == "eexit" and result.registers["rax"] == 4, result.describe()
+    unused = gate + 5 * layout.GATE_ENTRY_SIZE
+    result, _ = plain.call(0, OP_JUMP, unused, *registers, tail_at=512)
+    assert result.aex and result.vector == Vector.GP, result.describe()
+    handled, info = plain.handle_exception(0, FIX_SET_RIP, plain.symbol("encl_jump_landing"))
+    assert handled.kind == "eexit" and info["rip"] == unused
+    assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"

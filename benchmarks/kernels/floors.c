@@ -99,36 +99,6 @@ static void futex_post(uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-static int futex(long count)
-{
-    uint32_t *words = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (words == MAP_FAILED)
-        return 1;
-    uint32_t *ping = &words[0], *pong = &words[16];
-    long total = count + WARMUP;
-    pid_t child = fork();
-    if (child < 0)
-        return 1;
-    if (child == 0) {
-        for (long i = 0; i < total; i++) {
-            futex_wait(ping, (uint32_t)i);
-            futex_post(pong);
-        }
-        _exit(0);
-    }
-    for (long i = 0; i < total; i++) {
-        uint64_t start = now_ns();
-        futex_post(ping);
-        futex_wait(pong, (uint32_t)i);
-        uint64_t end = now_ns();
-        if (i >= WARMUP)
-            printf("futex %lu\n", (unsigned long)(end - start));
-    }
-    int status;
-    waitpid(child, &status, 0);
-    return 0;
-}
-
 static void spin_wait(uint32_t *word, uint32_t seen)
 {
     for (unsigned i = 1; __atomic_load_n(word, __ATOMIC_ACQUIRE) == seen; i++) {
@@ -138,7 +108,14 @@ static void spin_wait(uint32_t *word, uint32_t seen)
     }
 }
 
-static int spin(long count)
+static void spin_post(uint32_t *word)
+{
+    __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Round trips between this process and a child over two shared words. */
+static int ping_pong(long count, const char *what, void (*wait)(uint32_t *, uint32_t),
+                     void (*post)(uint32_t *))
 {
     uint32_t *words = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (words == MAP_FAILED)
@@ -150,18 +127,18 @@ static int spin(long count)
         return 1;
     if (child == 0) {
         for (long i = 0; i < total; i++) {
-            spin_wait(ping, (uint32_t)i);
-            __atomic_add_fetch(pong, 1, __ATOMIC_SEQ_CST);
+            wait(ping, (uint32_t)i);
+            post(pong);
         }
         _exit(0);
     }
     for (long i = 0; i < total; i++) {
         uint64_t start = now_ns();
-        __atomic_add_fetch(ping, 1, __ATOMIC_SEQ_CST);
-        spin_wait(pong, (uint32_t)i);
+        post(ping);
+        wait(pong, (uint32_t)i);
         uint64_t end = now_ns();
         if (i >= WARMUP)
-            printf("spin %lu\n", (unsigned long)(end - start));
+            printf("%s %lu\n", what, (unsigned long)(end - start));
     }
     int status;
     waitpid(child, &status, 0);
@@ -178,8 +155,8 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "sigtrap"))
         return sigtrap(count);
     if (!strcmp(argv[1], "futex"))
-        return futex(count);
+        return ping_pong(count, "futex", futex_wait, futex_post);
     if (!strcmp(argv[1], "spin"))
-        return spin(count);
+        return ping_pong(count, "spin", spin_wait, spin_post);
     return 2;
 }

@@ -456,6 +456,7 @@ class EnclaveStateProbe:
         self.memory = EnclaveMemory(self.size)
         self.exit_sites: frozenset[int] = frozenset()
         self.exit_gate = 0
+        self.exit_gates: dict[int, int] = {}
         self.xfrm = 3
 
     def close(self) -> None:
@@ -687,6 +688,9 @@ class NativeExecutor:
         struct.pack_into("<I", self.command_area, COMMAND.offset("exit_site_count"), len(sites))
         struct.pack_into(f"<{len(sites)}Q", self.command_area, COMMAND.offset("exit_sites"),
                          *sites)
+        entries = sum(1 << (entry - self.encl.exit_gate) // layout.GATE_ENTRY_SIZE
+                      for entry in self.encl.exit_gates)
+        struct.pack_into("<I", self.command_area, COMMAND.offset("gate_entries"), entries)
 
     # -- the shared areas -------------------------------------------------------
     def _reason(self, kind: int) -> str:

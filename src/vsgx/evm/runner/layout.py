@@ -179,6 +179,7 @@ COMMAND = Area("vsgx_command", 9 * 4096, (
     # written before the runner's first entry and never changed.
     Field("exit_site_count", 32988, "u32"),
     Field("exit_sites", 32992, "u64", MAX_EXIT_SITES),
+    Field("gate_entries", 33248, "u32"),  # bit i: exit gate entry i has a site (the rest #GP)
 ))
 
 CLIENT = Area("vsgx_client", 4096, (

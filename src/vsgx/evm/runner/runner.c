@@ -925,15 +925,14 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_delivered(long sig, const uint8_t *
    hardware that jump was a code fetch outside ELRANGE, #GP(0) with RIP at
    the handler. Report the registers captured at its first instruction and
    the live FPU state; there is no signal frame to resume from. */
-ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
+/* The rest of a report of a stop no signal frame describes (a jump):
+   its GPRs and RFLAGS are in the report already. */
+INLINE void describe_jump(struct vsgx_report *r, uint64_t rip)
 {
-    struct vsgx_report *r = &vsgx_report;
-    copy(r->regs, vsgx_scratch.captured, 16 * 8);
-    r->regs[VSGX_REG_RFLAGS] = vsgx_scratch.captured_flags;
-    r->regs[VSGX_REG_RIP] = (uint64_t)vsgx_handler;
+    r->regs[VSGX_REG_RIP] = rip;
     get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
     __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
-    vsgx_scratch.fpstate = 0;
+    vsgx_scratch.fpstate = 0; /* the FPU state stays live */
     r->signo = 0;
     r->cs = VSGX_USER_CS;
     r->code = 0;
@@ -941,9 +940,21 @@ ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
     r->error = 0;
     r->cr2 = 0;
     r->si_addr = 0;
+    r->fault_client_slot = 0;
+}
+
+ENTRY_FN __attribute__((noreturn)) void vsgx_not_delivered(void)
+{
+    struct vsgx_report *r = &vsgx_report;
+    copy(r->regs, vsgx_scratch.captured, 16 * 8);
+    r->regs[VSGX_REG_RFLAGS] = vsgx_scratch.captured_flags;
+    describe_jump(r, (uint64_t)vsgx_handler);
     report(VSGX_STOP_NOT_DELIVERED);
     vsgx_serve();
 }
+
+/* The exit gate's page (vsgx.evm.runner.layout.exit_gate_address). */
+#define EXIT_GATE(base) ((base) - 4096)
 
 /* Fast-exit mode: enclave code came through an exit gate entry (an EEXIT
    site of its runtime rewritten into a jump there; the entry set RAX = 4
@@ -958,11 +969,13 @@ GATE_FN __attribute__((noreturn)) void vsgx_gate_exit(void)
 {
     struct fast *f = &vsgx_fast;
     uint64_t *g = vsgx_gate_regs;
-    uint64_t entry = sealed.enclave_begin - 4096 +
-                     VSGX_GATE_ENTRY_SIZE * (g[VSGX_REG_RCX] % VSGX_MAX_EXIT_SITES);
+    uint32_t index = (uint32_t)(g[VSGX_REG_RCX] % VSGX_MAX_EXIT_SITES);
+    uint64_t entry = EXIT_GATE(sealed.enclave_begin) + VSGX_GATE_ENTRY_SIZE * index;
     g[VSGX_REG_RAX] = 4;
     vsgx_scratch.fpstate = 0; /* the enclave's FPU state stays live */
-    if (f->active && !f->in_request && canonical(g[VSGX_REG_RBX])) {
+    /* Only an entry a site jumps to is an EEXIT; the EVM makes the rest #GP. */
+    if (f->active && !f->in_request && canonical(g[VSGX_REG_RBX]) &&
+        ((vsgx_command.gate_entries >> index) & 1)) {
         uint64_t regs[VSGX_REG_COUNT];
         copy(regs, g, sizeof(regs));
         vsgx_report.gate_exits++;
@@ -971,17 +984,7 @@ GATE_FN __attribute__((noreturn)) void vsgx_gate_exit(void)
     }
     struct vsgx_report *r = &vsgx_report;
     copy(r->regs, g, 18 * 8);
-    r->regs[VSGX_REG_RIP] = entry;
-    get_bases(&r->regs[VSGX_REG_FSBASE], &r->regs[VSGX_REG_GSBASE]);
-    __asm__ volatile("fxsave64 %0" : "=m"(r->fpu));
-    r->signo = 0;
-    r->cs = VSGX_USER_CS;
-    r->code = 0;
-    r->trapno = 0;
-    r->error = 0;
-    r->cr2 = 0;
-    r->si_addr = 0;
-    r->fault_client_slot = 0;
+    describe_jump(r, entry);
     if (f->active) {
         f->active = 0;
         f->handed_over = 1;
@@ -1212,7 +1215,7 @@ __asm__(".section .text.vsgx_entry,\"ax\",@progbits\n"
    each such fault as its EEXIT). */
 static int map_exit_gate(uint64_t base)
 {
-    uint64_t gate = base - 4096;
+    uint64_t gate = EXIT_GATE(base);
     if (base < VSGX_GATE_LOWEST + 4096 ||
         (gate < (uint64_t)vsgx_image_end && gate + 4096 > (uint64_t)vsgx_image_begin))
         return 0;
