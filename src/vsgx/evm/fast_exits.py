@@ -25,9 +25,10 @@ SIGTRAP costs a third to a half of ENCLU's own trap on AMD.
 What the enclave can then observe (README, "Fast exits"): its code bytes
 at those sites read the jump (or CC 66 90); a jump into the middle of a
 rewritten instruction runs different bytes; a jump to a gate entry a
-site uses is an EEXIT from anywhere (to another entry, #GP), reading the gate page shows the gate, and the
-application's page just below ELRANGE is out of the enclave's reach. An
-INT3 exception it takes is never one of these sites. Nothing else changes:
+site uses is an EEXIT from anywhere (to another entry, #GP); reading the
+gate page shows the gate, and the application's page just below ELRANGE
+is out of the enclave's reach. An INT3 exception it takes is never one of
+these sites. Nothing else changes:
 MRENCLAVE, the SIGSTRUCT check, keys and reports are those of the original
 bytes. Sites beyond MAX_EXIT_SITES, and ENCLUs in any other form, keep
 trapping as ENCLU.
