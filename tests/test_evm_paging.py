@@ -388,3 +388,67 @@ def test_a_failed_eldu_gives_the_memory_it_wrote_back(leaf_plain):
     assert os.fstat(state.memory.fd).st_blocks <= before
     # The slot was not consumed: the right blob at the right address loads.
     assert vm.eldu(epc, slot, secs, linaddr, blob.ciphertext, blob.pcmd) is SgxError.SUCCESS
+
+
+def test_protections_kept_through_the_journal_equal_a_full_read():
+    """What the native executor keeps: its page -> rights map, brought up
+    to date from the journal's pages after each change (EWB, ELDU,
+    EREMOVE, mprotect), is the map a full read of the EPCM gives, and the
+    runs it sends turn the old map into the new one."""
+    import random
+
+    from vsgx.evm.access import changed_protection_runs, protection_runs
+
+    vm, secs = bare_enclave()
+    encl = vm.enclave(secs)
+    pages = [secs + 4096 * (1 + i) for i in range(24)]
+    va = secs + 4096 * 40
+    vm.epa(va)
+    vm.eadd_pages(pages, secs, BASE, bytes(24 * 4096), RW_REG)
+    kept, _ = protection_runs(encl, {})
+    mark = encl.change_mark()
+    rng = random.Random(13)
+    resident = {BASE + 4096 * i: epc for i, epc in enumerate(pages)}
+    evicted: dict[int, tuple[int, int, object]] = {}
+    free_slots = list(range(512))
+    for step in range(60):
+        choice = rng.randrange(3)
+        if choice == 0 and resident:
+            batch = rng.sample(sorted(resident), min(len(resident), rng.randint(1, 5)))
+            vm.eblock_pages([resident[p] for p in batch])
+            vm.etrack(secs)
+            slots = [free_slots.pop() for _ in batch]
+            results = vm.ewb_pages([(resident[p], va + 8 * s) for p, s in
+                                    zip(batch, slots, strict=True)])
+            for page, slot, (status, blob) in zip(batch, slots, results, strict=True):
+                assert status is SgxError.SUCCESS
+                evicted[page] = (resident.pop(page), slot, blob)
+        elif choice == 1 and evicted:
+            for page in rng.sample(sorted(evicted), min(len(evicted), rng.randint(1, 5))):
+                epc, slot, blob = evicted.pop(page)
+                assert vm.eldu_pages(secs, [(epc, va + 8 * slot, page, blob.sealed,
+                                             blob.pcmd)]) == [SgxError.SUCCESS]
+                free_slots.append(slot)
+                resident[page] = epc
+        else:
+            start = BASE + 4096 * rng.randrange(24)
+            vm.set_page_protection(secs, start, 1, rng.choice([0b001, 0b011, 0b111, 0]))
+        before = dict(kept)
+        changed = encl.changes_since(mark)
+        assert changed is not None, step
+        runs = changed_protection_runs(encl, kept, changed)
+        mark = encl.change_mark()
+        assert kept == protection_runs(encl, {})[0], step
+        for start, end, prot in runs:
+            for page in range(start, end, 4096):
+                if prot:
+                    before[page] = prot
+                else:
+                    before.pop(page, None)
+        assert before == kept, step
+    gone = sorted(resident)[0]
+    assert vm.eremove(resident.pop(gone)) is SgxError.SUCCESS
+    changed = encl.changes_since(mark)
+    assert changed is not None and gone in changed
+    changed_protection_runs(encl, kept, changed)
+    assert gone not in kept and kept == protection_runs(encl, {})[0]

@@ -77,6 +77,29 @@ def protection_runs(encl: EnclaveState, current: dict[int, int],
             changes[page] = prot
     for page in also:
         changes.setdefault(page, desired.get(page, 0))
+    return desired, _runs(changes)
+
+
+def changed_protection_runs(encl: EnclaveState, current: dict[int, int],
+                            pages: list[int]) -> list[tuple[int, int, int]]:
+    """protection_runs for an executor whose ``current`` map was exact
+    before ``pages`` changed (EnclaveState.changes_since): only those pages
+    are looked at, and ``current`` is brought up to date in place. A batch
+    of EWBs costs its own pages, not the enclave's."""
+    changes = {}
+    for page in set(pages):
+        prot = page_prot(encl, page)
+        if current.get(page, 0) != prot:
+            changes[page] = prot
+            if prot:
+                current[page] = prot
+            else:
+                current.pop(page, None)
+    return _runs(changes)
+
+
+def _runs(changes: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(start, end, rights) runs of consecutive pages with the same rights."""
     runs: list[tuple[int, int, int]] = []
     for page in sorted(changes):
         prot = changes[page]
@@ -84,4 +107,4 @@ def protection_runs(encl: EnclaveState, current: dict[int, int],
             runs[-1] = (runs[-1][0], page + PAGE_SIZE, prot)
         else:
             runs.append((page, page + PAGE_SIZE, prot))
-    return desired, runs
+    return runs

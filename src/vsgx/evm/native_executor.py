@@ -48,7 +48,15 @@ from typing import Any, NamedTuple
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
 from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
-from vsgx.evm.access import FETCH, READ, WRITE, allowed, fault_code, protection_runs
+from vsgx.evm.access import (
+    FETCH,
+    READ,
+    WRITE,
+    allowed,
+    changed_protection_runs,
+    fault_code,
+    protection_runs,
+)
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.executor import (
     REG_COUNT,
@@ -600,6 +608,7 @@ class NativeExecutor:
         self.encl = encl
         self.tcs = tcs if tcs is not None else 0
         self.generation = -1
+        self.mark = (-1, 0)  # EnclaveState.change_mark() at the last sync
         self.rewritten_seen = 0
         self.prot: dict[int, int] = {}
         self.interrupt_requested = False
@@ -813,12 +822,18 @@ class NativeExecutor:
         encl = self.encl
         if self.generation == encl.generation:
             return
-        desired, runs = protection_runs(encl, self.prot)
+        # the journal names the pages changed since the last sync (EWB and
+        # ELDU batches, EACCEPT, mprotect): only those are looked at
+        changed = encl.changes_since(self.mark) if self.generation >= 0 else None
+        if changed is None:
+            self.prot, runs = protection_runs(encl, self.prot)
+        else:
+            runs = changed_protection_runs(encl, self.prot, changed)
         self.rewritten_seen = len(encl.rewritten)
         self._ops.extend((layout.OP_PROTECT, start, end - start, prot)
                          for start, end, prot in runs)
-        self.prot = desired
         self.generation = encl.generation
+        self.mark = encl.change_mark()
 
     # -- untrusted pages ------------------------------------------------------------
     def _slot_view(self, slot: int) -> memoryview:
