@@ -397,7 +397,11 @@ def test_protections_kept_through_the_journal_equal_a_full_read():
     runs it sends turn the old map into the new one."""
     import random
 
-    from vsgx.evm.access import changed_protection_runs, protection_runs
+    from vsgx.evm.access import changed_protection_runs, page_prot, protection_runs
+
+    def read_all(encl):
+        rights = {page: page_prot(encl, page) for page in encl.pages}
+        return {page: prot for page, prot in rights.items() if prot}
 
     vm, secs = bare_enclave()
     encl = vm.enclave(secs)
@@ -438,7 +442,7 @@ def test_protections_kept_through_the_journal_equal_a_full_read():
         assert changed is not None, step
         runs = changed_protection_runs(encl, kept, changed)
         mark = encl.change_mark()
-        assert kept == protection_runs(encl, {})[0], step
+        assert kept == protection_runs(encl, {})[0] == read_all(encl), step
         for start, end, prot in runs:
             for page in range(start, end, 4096):
                 if prot:
@@ -451,4 +455,4 @@ def test_protections_kept_through_the_journal_equal_a_full_read():
     changed = encl.changes_since(mark)
     assert changed is not None and gone in changed
     changed_protection_runs(encl, kept, changed)
-    assert gone not in kept and kept == protection_runs(encl, {})[0]
+    assert gone not in kept and kept == protection_runs(encl, {})[0] == read_all(encl)

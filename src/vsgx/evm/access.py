@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 
 from vsgx.arch.constants import PAGE_SIZE, PageType, PfErrorCode
-from vsgx.evm.enclave import PROT_R, PROT_W, PROT_X, EnclaveState
+from vsgx.evm.enclave import PROT_ALL, PROT_R, PROT_W, PROT_X, EnclaveState
 from vsgx.evm.epc import EpcmEntry
 
 
@@ -66,11 +66,21 @@ def protection_runs(encl: EnclaveState, current: dict[int, int],
     EPCM and the page tables: the new page -> rights map, and (start, end,
     rights) runs of consecutive pages whose rights changed (or that are in
     ``also``, pages rewritten behind the executor's back)."""
+    # page_prot of every page, inline: this runs over the whole enclave
     desired = {}
-    for page in encl.pages:
-        prot = page_prot(encl, page)
+    pte, reg = encl.pte, PageType.REG
+    for page, entry in encl.pages.items():
+        if (not entry.valid or entry.blocked or entry.pending or entry.modified
+                or entry.pt is not reg):
+            continue
+        prot = (PROT_R if entry.r else 0) | (PROT_W if entry.w else 0) | (
+            PROT_X if entry.x else 0)
+        if pte:
+            prot &= pte.get(page, PROT_ALL)
         if prot:
             desired[page] = prot
+    if not current and not also:
+        return desired, _runs(desired)
     changes = {page: 0 for page in current if page not in desired}
     for page, prot in desired.items():
         if current.get(page) != prot:
