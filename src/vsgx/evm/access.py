@@ -66,16 +66,12 @@ def protection_runs(encl: EnclaveState, current: dict[int, int],
     EPCM and the page tables: the new page -> rights map, and (start, end,
     rights) runs of consecutive pages whose rights changed (or that are in
     ``also``, pages rewritten behind the executor's back)."""
-    # page_prot of every page, inline: this runs over the whole enclave
+    # page_prot of every page, its lookups hoisted: this runs over the whole enclave
     desired = {}
-    pte, reg = encl.pte, PageType.REG
+    pte = encl.pte
     for page, entry in encl.pages.items():
-        if (not entry.valid or entry.blocked or entry.pending or entry.modified
-                or entry.pt is not reg):
-            continue
-        prot = (PROT_R if entry.r else 0) | (PROT_W if entry.w else 0) | (
-            PROT_X if entry.x else 0)
-        if pte:
+        prot = epcm_prot(entry)
+        if prot and pte:
             prot &= pte.get(page, PROT_ALL)
         if prot:
             desired[page] = prot
