@@ -175,7 +175,8 @@ def test_urts_style_host_runs_the_sdk_sample(programs, sdk_enclave, executor, tm
     assert not failed, result.stdout + result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     assert {"vdso symbol", "load", "ecall", "map above the pages' rights", "map outside ELRANGE",
-            "map again with the pages' rights", "ocalls", "ocall with a string", "exception 1",
+            "map again with the pages' rights", "ocalls", "ocall with a string",
+            "kept page unmapped", "kept page truncated", "exception 1",
             "exception 2", "exception 3", "two threads", "fork", "parent after fork",
             "destroyed", "exit without destroy"} <= set(found), result.stdout
 

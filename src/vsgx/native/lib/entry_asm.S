@@ -19,6 +19,7 @@
 #define ERESUME 3
 #define EEXIT 4
 #define EINVAL 22
+#define EFAULT 14
 
     .text
     .globl vsgx_vdso_sgx_enter_enclave
@@ -174,6 +175,30 @@ vsgx_enclu_trampoline:
     popfq
     ret
     .size vsgx_enclu_trampoline, .-vsgx_enclu_trampoline
+
+/* int vsgx_guarded_copy(void *to, const void *from, size_t length): 0, or
+   -EFAULT when either side faults (signals.c moves a SIGSEGV or SIGBUS at
+   the copy to the fixup, as the kernel's exception table does for
+   copy_from_user). A copy the program's memory may not allow, without the
+   1.4 us of a process_vm_readv per page. */
+    .globl vsgx_guarded_copy
+    .hidden vsgx_guarded_copy
+    .type vsgx_guarded_copy, @function
+    .globl vsgx_guarded_copy_at
+    .hidden vsgx_guarded_copy_at
+    .globl vsgx_guarded_copy_fixup
+    .hidden vsgx_guarded_copy_fixup
+    .align 16
+vsgx_guarded_copy:
+    mov %rdx, %rcx
+vsgx_guarded_copy_at:
+    rep movsb
+    xor %eax, %eax
+    ret
+vsgx_guarded_copy_fixup:
+    mov $(-EFAULT), %eax
+    ret
+    .size vsgx_guarded_copy, .-vsgx_guarded_copy
 
 /* void vsgx_call_on_stack(void (*fn)(void *), void *arg, void *top) */
     .globl vsgx_call_on_stack

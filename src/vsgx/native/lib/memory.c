@@ -1,7 +1,8 @@
 /* The program's untrusted memory, served to the EVM (the README's per-entry
    model): the thread that waits for an entry's exit copies pages out of its
    own address space on request and applies the enclave's write-backs, so no
-   ptrace rights are needed. Unmapped or unreadable pages are MISSING (the
+   ptrace rights are needed: a guarded copy (a fault comes back as -EFAULT),
+   or before the signal handlers are in, process_vm_readv/writev. Unmapped or unreadable pages are MISSING (the
    enclave then takes a #PF, as on hardware); writability comes from
    /proc/self/maps, re-read when a page is not in the cached copy. */
 #include "vsgx_exec.h"
@@ -70,6 +71,8 @@ int vsgx_read_own(uint64_t address, void *out, size_t length)
 {
     if (length == 0)
         return 0;
+    if (vsgx_guarded_copy_ready())
+        return vsgx_guarded_copy(out, (const void *)address, length);
     if (vm_syscalls_work) {
         long n = self_vm(0, address, out, length);
         if (n == (long)length)
@@ -85,6 +88,8 @@ int vsgx_write_own(uint64_t address, const void *data, size_t length)
 {
     if (length == 0)
         return 0;
+    if (vsgx_guarded_copy_ready())
+        return vsgx_guarded_copy((void *)address, data, length);
     if (vm_syscalls_work) {
         long n = self_vm(1, address, (void *)data, length);
         if (n == (long)length)

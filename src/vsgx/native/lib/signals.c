@@ -1,6 +1,7 @@
-/* Our traps beside the program's own signal handlers. SIGILL and SIGSEGV
-   stay ours (ENCLU outside SGX is #UD on AMD, #GP(0) or #PF on Intel; a
-   faulting CPUID is #GP): the program's sigaction() and signal() for them
+/* Our traps beside the program's own signal handlers. SIGILL, SIGSEGV and
+   SIGBUS stay ours (ENCLU outside SGX is #UD on AMD, #GP(0) or #PF on
+   Intel; a faulting CPUID is #GP; a guarded copy of the program's memory
+   may meet an unmapped page or a file's end): the program's sigaction() and signal() for them
    are recorded and its handler is called for every fault that is not ours.
    The program may not block them (a blocked synchronous fault kills the
    process, so a patched CPUID or an ENCLU would): masks lose them. */
@@ -20,7 +21,7 @@ struct kernel_sigaction {
     uint64_t mask;
 };
 
-#define OURS(sig) ((sig) == SIGILL || (sig) == SIGSEGV)
+#define OURS(sig) ((sig) == SIGILL || (sig) == SIGSEGV || (sig) == SIGBUS)
 
 static struct sigaction program_action[NSIG];  /* what the program asked for */
 static int installed;
@@ -52,7 +53,8 @@ void vsgx_signals_init(void)
     if (!installed) {
         install(SIGILL);
         install(SIGSEGV);
-        installed = 1;
+        install(SIGBUS);
+        __atomic_store_n(&installed, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&action_lock);
 }
@@ -61,6 +63,12 @@ void vsgx_block_nothing_of_ours(sigset_t *set)
 {
     sigdelset(set, SIGILL);
     sigdelset(set, SIGSEGV);
+    sigdelset(set, SIGBUS);
+}
+
+int vsgx_guarded_copy_ready(void)
+{
+    return __atomic_load_n(&installed, __ATOMIC_ACQUIRE);
 }
 
 /* Run the program's handler for sig as the kernel would have: its mask,
@@ -115,6 +123,11 @@ static void trap(int sig, siginfo_t *info, void *context)
     int saved_errno = errno;
     ucontext_t *uc = context;
     int handled = 0;
+    if ((sig == SIGSEGV || sig == SIGBUS) &&
+        uc->uc_mcontext.gregs[REG_RIP] == (greg_t)(uintptr_t)vsgx_guarded_copy_at) {
+        uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)vsgx_guarded_copy_fixup;
+        return;
+    }
     if (sig == SIGILL) {
         handled = vsgx_handle_cpuid_trap(uc, 0);
         if (!handled)

@@ -150,6 +150,11 @@ extern VSGX_HIDDEN int vsgx_cpuid_faulting;
 VSGX_HIDDEN void vsgx_signals_init(void);
 VSGX_HIDDEN int vsgx_deliver_to_program(int sig, siginfo_t *info, ucontext_t *uc);
 VSGX_HIDDEN void vsgx_block_nothing_of_ours(sigset_t *set);
+/* 1 once the fixup of vsgx_guarded_copy is in place (signals.c) */
+VSGX_HIDDEN int vsgx_guarded_copy_ready(void);
+/* entry_asm.S: a copy that returns -EFAULT instead of faulting */
+VSGX_HIDDEN int vsgx_guarded_copy(void *to, const void *from, size_t length);
+extern VSGX_HIDDEN const char vsgx_guarded_copy_at[], vsgx_guarded_copy_fixup[];
 
 /* Registers <-> ucontext */
 VSGX_HIDDEN void vsgx_regs_from_ucontext(const ucontext_t *uc, uint64_t *regs);
