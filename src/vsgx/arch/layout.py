@@ -136,6 +136,9 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
         wide = tuple(i for i, s in enumerate(order) if s.is_int and s.size == 16)
         names = tuple(s.name for s in order)
         checked_bits = tuple((s.name, s.reserved_bits) for s in order if s.reserved_bits)
+        # compared against zero constants in C (any() over a 4 KiB span of a
+        # TCS or SECS cost 40-75 us a structure)
+        zero_spans = tuple((off, length, bytes(length)) for off, length in reserved)
 
         def pack(self: Any) -> bytes:
             values = [getattr(self, n) for n in names]
@@ -155,8 +158,8 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
             obj = klass(**dict(zip(names, values, strict=True)))
             if strict:
                 view = memoryview(data)
-                for off, length in reserved:
-                    if any(view[off : off + length]):
+                for off, length, zeros in zero_spans:
+                    if view[off : off + length].tobytes() != zeros:
                         raise StructureError(
                             f"{klass.__name__}: reserved bytes {off}..{off + length - 1} "
                             "are not zero"
