@@ -63,3 +63,4 @@ def test_a_32_gib_elrange_loads_without_materialising_its_heap(huge_heap_enclave
     assert enclave.ecall_unseal(sealed[:length], None, None, 64)[1][:6] == b"secret"
     enclave.destroy()
     assert driver.free_epc_pages == EPC_PAGES
+    assert not state.pages and not state.deferred  # the EVM removed them too
