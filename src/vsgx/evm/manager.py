@@ -351,10 +351,10 @@ class ClientFileOffers:
             self._expire(time.monotonic())
             offer = self._offers.get(token)
             if offer is None or offer[1] != uid:
-                conn.sendall(b"\0")
-                if offer is not None:
+                if offer is not None:  # logged before the answer, which may end the claimant
                     self.log(f"vsgx evm: uid {uid} claimed the fast path files of uid "
                              f"{offer[1]}: refused")
+                conn.sendall(b"\0")
                 return
             del self._offers[token]
         fds = offer[0]
