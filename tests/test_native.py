@@ -185,9 +185,9 @@ def test_a_dead_runner_is_an_error_not_a_hang(native_plain):
     assert not thread.is_alive(), "the entry hung after its runner died"
     assert outcome and isinstance(outcome[0], VsgxError)
     assert "runner" in str(outcome[0])
-    # The TCS got a new runner; the enclave and the EVM go on.
-    assert runner_of(plain, 0).process.pid != runner.process.pid
+    # The TCS gets a new runner (at its next entry); the enclave and the EVM go on.
     assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    assert runner_of(plain, 0).process.pid != runner.process.pid
     other = native_plain()
     assert other.call(0, OP_NOP)[0].kind == "eexit"
 
@@ -206,8 +206,8 @@ def test_a_silent_runner_is_killed_and_replaced(native_plain, monkeypatch):
     assert outcome and isinstance(outcome[0], VsgxError)
     assert "stopped answering" in str(outcome[0])
     assert runner.process.returncode == -signal.SIGKILL
-    assert runner_of(plain, 0).process.pid != runner.process.pid
     assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    assert runner_of(plain, 0).process.pid != runner.process.pid
 
 
 def _counting_reports(monkeypatch) -> Counter:

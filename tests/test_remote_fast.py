@@ -1,9 +1,11 @@
-"""The fast path of an AVM whose EVM is another process on this host (a
-Unix socket): after an entry through the channel made a TCS's runner, the
-AVM asks for the runner's CLIENT area and page pool (the side socket's
-one-time token) and enters the runner itself; the EVM still grants and
-revokes, and whatever the runner cannot finish alone goes back over the
-channel (handed over, refused)."""
+"""The fast path of an AVM whose EVM is on this host: after an entry through
+the channel made a TCS's runner, the AVM asks for the runner's client and
+enters the runner itself; the EVM still grants and revokes, and whatever the
+runner cannot finish alone goes back over the channel (handed over,
+refused). Each test runs against an EVM process on a Unix socket (the
+runner's CLIENT area and page pool, claimed on the side socket with a
+one-time token) and against an EVM in this process (the EVM's own client of
+the TCS, handed across the in-memory channel)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from vsgx.arch.errors import Fault
 from vsgx.avm.remote import connect_evm
 from vsgx.channel import EvidencePolicy
 from vsgx.errors import VsgxError
-from vsgx.evm import native_support
+from vsgx.evm import EnclaveVM, native_support
 from vsgx.host import Avm, Enclave
 
 from plain_ops import (
@@ -36,11 +38,15 @@ USABLE, WHY = native_support()
 pytestmark = pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
 
 
-@pytest.fixture
-def unix_avm(evm_processes):
-    """An AVM of a native EVM process on a Unix socket."""
-    avm = Avm(connect_evm(evm_processes("unix", "native"),
-                          EvidencePolicy(allow_unprotected=True), warn=False))
+@pytest.fixture(params=["unix", "in-process"])
+def unix_avm(request, evm_processes):
+    """An AVM of a native EVM on this host: a process on a Unix socket, or
+    an EnclaveVM in this process."""
+    if request.param == "unix":
+        avm = Avm(connect_evm(evm_processes("unix", "native"),
+                              EvidencePolicy(allow_unprotected=True), warn=False))
+    else:
+        avm = Avm(EnclaveVM(root_secret=bytes(32), executor="native"))
     yield avm
     avm.close()
 
@@ -181,12 +187,15 @@ def test_a_runner_that_dies_is_an_error_and_a_new_one_is_attached(remote_native,
     plain.call(3, OP_NOP)
     plain.call(3, OP_NOP)
     attached = counts(plain)["attached"]
-    # The EVM process is the Unix socket's peer.
-    sock = plain.enclave.avm.link.conn.stream.tls
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    evm_pid = struct.unpack("3i", creds)[0]
-    before = set(_runner_pids(evm_pid))
-    assert before, "the EVM process has no runner children"
+    evm = plain.enclave.avm.evm
+    if isinstance(evm, EnclaveVM):  # in this process: the enclave's runners
+        encl = evm.enclave(plain.enclave.handle.secs_page)
+        before = {thread.executor.process.pid for thread in encl.threads.values()}
+    else:  # the EVM process is the Unix socket's peer
+        sock = plain.enclave.avm.link.conn.stream.tls
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        before = set(_runner_pids(struct.unpack("3i", creds)[0]))
+    assert before, "the EVM has no runners"
     for pid in before:
         os.kill(pid, signal.SIGKILL)
     started = time.monotonic()

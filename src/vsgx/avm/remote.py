@@ -10,7 +10,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from vsgx.arch.constants import PAGE_SIZE, ExitKind, Vector
 from vsgx.arch.cpuid import SgxCpuid
@@ -124,7 +124,7 @@ class FastEntryClient(Protocol):
     def end(self) -> None: ...
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: Any
-               ) -> tuple[str, list[int] | None]: ...
+               ) -> tuple[str, list[int] | None, bool] | None: ...
 
 
 class FastClientFactory(Protocol):
@@ -353,8 +353,8 @@ class RemoteEvm:
     def _entry_in_memory(self, message_type: Type, fields: tuple[Any, ...], untrusted: Any, tcs: int
                          ) -> Any:
         """An entry over the in-memory transport: the address space goes
-        with it, and the EVM's exit comes back as it is (the hot path of
-        an in-process EVM: no more steps than it needs)."""
+        with it, and the EVM's exit comes back as it is (an in-process
+        EVM's entries that do not go to the TCS's runner itself)."""
         conn = self.conn
         assert isinstance(conn, MemoryConnection)
         try:
@@ -396,24 +396,28 @@ class RemoteEvm:
 
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                ) -> Any:
-        if self.in_memory:  # the EVM maps the application's pages in place
-            return self._entry_in_memory(Type.EENTER, (secs_page, return_rip, *registers),
-                                         untrusted, registers[3])
         tcs = registers[RBX]
-        client = self._fast.get((secs_page, tcs)) if self.fast_clients is not None else None
+        client = self._fast.get((secs_page, tcs)) if self._fast_capable else None
         if client is None or client.closed:
-            result = self._eenter(secs_page, registers, return_rip, untrusted)
-            if self.fast_clients is not None and self.fast_path:
+            result = self._channel_eenter(secs_page, registers, return_rip, untrusted)
+            if self._fast_capable and self.fast_path:
                 self._attach(secs_page, tcs)
             return result
         # Any entry of the TCS, even one through the channel, runs between
         # begin and end: the pages the runner keeps are this client's.
-        # False: another thread's entry of the TCS is in flight (the EVM
-        # then says it is busy).
-        if not client.begin(untrusted):
-            return self._eenter(secs_page, registers, return_rip, untrusted)
         try:
-            outcome, exit_registers = client.eenter(registers, return_rip, untrusted)
+            begun = client.eenter(registers, return_rip, untrusted)
+        except VsgxError:
+            # The EVM's own client of an in-process EVM, begun: its runner was
+            # lost, and the EVM replaces it (the entry is lost, as the EVM's
+            # own entries are then).
+            client.end()
+            self._drop_client(secs_page, tcs)
+            raise
+        if begun is None:  # another thread's entry of the TCS is in flight (busy)
+            return self._channel_eenter(secs_page, registers, return_rip, untrusted)
+        outcome, exit_registers, ended = begun
+        try:
             counts = self.fast_counts
             if outcome == "eexit" and exit_registers is not None:
                 counts["entries"] += 1
@@ -423,11 +427,19 @@ class RemoteEvm:
                 return self.continue_entry(secs_page, tcs, registers[RCX],
                                            (registers[FSBASE], registers[GSBASE]), untrusted)
             # refused (no grant: the EVM checks the entry) or gone (the
-            # runner closed: a new one's files are asked for after this)
+            # runner closed: a new one's client is asked for after this)
             counts["refused"] += 1
-            return self._eenter(secs_page, registers, return_rip, untrusted)
+            return self._channel_eenter(secs_page, registers, return_rip, untrusted)
         finally:
-            client.end()
+            if not ended:
+                client.end()
+
+    def _channel_eenter(self, secs_page: int, registers: list[int], return_rip: int,
+                        untrusted: Any) -> Any:
+        if self.in_memory:  # the EVM maps the application's pages in place
+            return self._entry_in_memory(Type.EENTER, (secs_page, return_rip, *registers),
+                                         untrusted, registers[RBX])
+        return self._eenter(secs_page, registers, return_rip, untrusted)
 
     def _eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                 ) -> RemoteExit:
@@ -446,13 +458,12 @@ class RemoteEvm:
         return RemoteExit(ExitKind.EEXIT, regs, 0, 0, 0, False, False)
 
     def eresume(self, secs_page: int, registers: list[int], untrusted: Any) -> Any:
-        if self.in_memory:
-            return self._entry_in_memory(Type.ERESUME, (secs_page, *registers), untrusted,
-                                         registers[3])
-        client = self._fast.get((secs_page, registers[RBX])) if self.fast_clients is not None \
-            else None
+        client = self._fast.get((secs_page, registers[RBX])) if self._fast_capable else None
         begun = client is not None and not client.closed and client.begin(untrusted)
         try:
+            if self.in_memory:
+                return self._entry_in_memory(Type.ERESUME, (secs_page, *registers), untrusted,
+                                             registers[RBX])
             self.memory = untrusted
             reply = self._call(Type.ERESUME, (secs_page, *registers),
                                self._pushed(registers, untrusted))
@@ -468,12 +479,25 @@ class RemoteEvm:
     fast_clients: FastClientFactory | None = None
     fast_path = True
 
+    @property
+    def _fast_capable(self) -> bool:
+        """Whether entries may go to the runners themselves: an EVM in this
+        process (its own clients, handed across), or one on this host whose
+        runners' files this process can build clients on."""
+        return self.in_memory or self.fast_clients is not None
+
+    def _drop_client(self, secs_page: int, tcs: int) -> None:
+        with self._fast_lock:
+            self._fast.pop((secs_page, tcs), None)
+
     def _attach(self, secs_page: int, tcs: int) -> None:
         """After an entry through the channel made the TCS's runner: ask for
-        its files, for the next entries (a failure leaves the TCS on the
-        channel; each TCS is attached at most FAST_ATTACH_TRIES times)."""
+        its client (an in-process EVM) or its files, for the next entries
+        (a failure leaves the TCS on the channel; each TCS is attached at
+        most FAST_ATTACH_TRIES times)."""
         factory, key = self.fast_clients, (secs_page, tcs)
-        if factory is None or self.client_socket is None or self.version < BATCH_VERSION:
+        if self.version < BATCH_VERSION or (not self.in_memory and (
+                factory is None or self.client_socket is None)):
             return
         with self._fast_lock:
             current = self._fast.get(key)
@@ -482,6 +506,15 @@ class RemoteEvm:
                     or secs_page not in self._ranges:
                 return
             self._fast_tries[key] = tries + 1
+            if self.in_memory:
+                try:
+                    self._fast[key] = self._in_memory_client(secs_page, tcs)
+                    self.fast_counts["attached"] += 1
+                except (VsgxError, Fault):
+                    self._fast_tries[key] = FAST_ATTACH_TRIES
+                    self._fast.pop(key, None)
+                return
+            assert factory is not None
             base, size = self._ranges[secs_page]
             try:
                 fds = self.client_files(secs_page, tcs)
@@ -499,6 +532,18 @@ class RemoteEvm:
             finally:
                 for fd in fds:
                     os.close(fd)
+
+    def _in_memory_client(self, secs_page: int, tcs: int) -> FastEntryClient:
+        """The fast-path client an EVM in this process uses for the TCS
+        itself, handed across the in-memory channel: one client, so one
+        busy flag and one set of kept pages for the EVM's entries of the
+        TCS and ours; VsgxError where the TCS has none."""
+        reply = self._call(Type.CLIENT_FILES, (secs_page, tcs))
+        client = reply.attachment
+        if reply.type != Type.CLIENT_OFFER or client is None:
+            raise VsgxError("the EVM has no fast path for this TCS: "
+                            + one_line(reply.blob.decode(errors="replace"), 300))
+        return cast(FastEntryClient, client)
 
     def client_files(self, secs_page: int, tcs: int) -> tuple[int, int]:
         """The CLIENT area and page pool of a TCS's runner (file
@@ -527,6 +572,9 @@ class RemoteEvm:
     def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
                        untrusted: Any) -> Any:
         """Go on with an entry the TCS's runner handed over to the EVM."""
+        if self.in_memory:
+            return self._entry_in_memory(Type.CONTINUE, (secs_page, tcs, aep, *entry_fsgs),
+                                         untrusted, tcs)
         self.memory = untrusted
         reply = self._call(Type.CONTINUE, (secs_page, tcs, aep, *entry_fsgs))
         return self._exit(reply, untrusted, tcs)

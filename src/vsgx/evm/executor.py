@@ -150,7 +150,10 @@ class ThreadExecutor(Protocol):
 
 
 class FastEntryClient(Protocol):
-    """The fast path's client for a host in the EVM's process."""
+    """The fast path's client for a host in the EVM's process (the EVM's
+    own entries of the TCS, and an in-process AVM's)."""
+
+    closed: bool
 
     def begin(self, untrusted: UntrustedMemory) -> bool: ...
 
@@ -163,6 +166,9 @@ class FastEntryClient(Protocol):
              untrusted: UntrustedMemory) -> tuple[int, bool] | None: ...
 
     def exit_registers(self) -> list[int]: ...
+
+    def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
+               ) -> tuple[str, list[int] | None, bool] | None: ...
 
 
 class FastEntryExecutor(ThreadExecutor, Protocol):

@@ -655,6 +655,12 @@ class Session:
         program may see anyway (its registers at ENCLU and EEXIT, its own
         untrusted pages), never EPC memory."""
         secs, tcs = m.fields
+        if self.in_memory:
+            # An AVM in this process: the EVM's own client of the TCS, by
+            # reference (one client: one busy flag, one set of kept pages).
+            client = self.vm.fast_client(self._secs(secs), tcs)
+            return _new_message(Message, (Type.CLIENT_OFFER, (bytes(CLIENT_TOKEN_SIZE),), b"",
+                                          Kind.REPLY, m.request_id, client))
         offers = self.manager.client_offers
         if offers is None or self.peer_uid is None:
             raise VsgxError("the fast path's files go only to a client on this host, "
@@ -664,6 +670,10 @@ class Session:
 
     def _continue(self, m: Message) -> Message:
         secs, tcs, aep, fsbase, gsbase = m.fields
+        if m.attachment is not None and self.in_memory:
+            return self._exit_in_memory(self.vm.continue_entry(
+                self._secs(secs), tcs, aep, (fsbase, gsbase),
+                cast(UntrustedMemory, m.attachment)))
         untrusted = self._untrusted(m)
         try:
             result = self.vm.continue_entry(self._secs(secs), tcs, aep, (fsbase, gsbase),

@@ -727,6 +727,14 @@ class NativeExecutor:
             self.process.kill()
             self.process.wait()
 
+    def runner_lost(self) -> None:
+        """A fast-path client found the runner dead or silent: killed and
+        closed at once, so that the TCS's next entry, whoever makes it (the
+        EVM, or a host in this process through the same client), gets a
+        new runner."""
+        self._kill()
+        self.close()
+
     def _wait(self, seen: int, limit: float, spin: bool = True) -> tuple[int, ...]:
         """Wait until the runner reports again; the report."""
         sequence = self._report_seq
@@ -1226,7 +1234,7 @@ class FastClient:
     def of(cls, executor: NativeExecutor) -> FastClient:
         encl = executor.encl
         return cls(executor.client_area, executor.pool, layout.PYTHON_SLOTS * PAGE_SIZE,
-                   encl.base, encl.size, executor._kill, f"TCS {executor.tcs:#x}")
+                   encl.base, encl.size, executor.runner_lost, f"TCS {executor.tcs:#x}")
 
     @classmethod
     def from_files(cls, client_fd: int, pool_fd: int, base: int, size: int, name: str
@@ -1341,21 +1349,28 @@ class FastClient:
         return list(layout.REGISTERS.unpack_from(self._out, 0))
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
-               ) -> tuple[str, list[int] | None]:
-        """One EENTER for a host in another process than the EVM (between
-        ``begin`` and ``end``): ("eexit", the registers as the runner
-        reported them), or "handed over" (the EVM goes on: CONTINUE),
-        "refused" (the entry goes through the EVM) or "gone" (the runner
-        closed or stopped answering: this client is done)."""
-        code = self.enter(layout.REQ_EENTER, registers, return_rip, untrusted)
+               ) -> tuple[str, list[int] | None, bool] | None:
+        """One EENTER for a host that goes to the runner itself (an AVM in
+        this process or another), with ``begin`` in the same foreign call
+        where nothing about the memory changed: None where ``begin`` would
+        be False (nothing begun); else (what happened, the registers as
+        the runner reported them at an EEXIT, whether the client is ended
+        already). What happened: "eexit", "handed over" (the EVM goes on:
+        CONTINUE, before ``end``), "refused" (the entry goes through the
+        EVM) or "gone" (the runner closed or stopped answering: this client
+        is done). Unless ended, ``end`` follows."""
+        called = self.call(layout.REQ_EENTER, registers, return_rip, untrusted)
+        if called is None:
+            return None
+        code, ended = called
         if code == FAST_EEXIT:
-            return "eexit", self.exit_registers()
+            return "eexit", self.exit_registers(), ended
         if code == FAST_HANDED_OVER:
-            return "handed over", None
+            return "handed over", None, ended
         if code in (FAST_CLOSED, FAST_LOST):
             self.closed = True
-            return "gone", None
-        return "refused", None
+            return "gone", None, ended
+        return "refused", None, ended
 
     def stats(self) -> dict[str, int]:
         values = (ctypes.c_uint64 * 5)()

@@ -23,7 +23,13 @@ from vsgx.errors import VsgxError
 from vsgx.evm import encls
 from vsgx.evm.enclave import EnclaveState
 from vsgx.evm.encls import EvictedPage
-from vsgx.evm.executor import RBX, ExecutorCapability, ExecutorFactory, UntrustedMemory
+from vsgx.evm.executor import (
+    RBX,
+    ExecutorCapability,
+    ExecutorFactory,
+    FastEntryClient,
+    UntrustedMemory,
+)
 from vsgx.evm.fast_exits import rewrite_exit_sites
 from vsgx.evm.machine import Machine
 from vsgx.evm.platform import PlatformConfig, PlatformSecrets, load_root_secret
@@ -380,6 +386,17 @@ class EnclaveVM:
             raise VsgxError(f"TCS {tcs:#x} has no fast path (its executor is not the "
                             "native one)")
         return executor.client_files()
+
+    def fast_client(self, secs_page: int, tcs: int) -> FastEntryClient:
+        """The fast-path client of a TCS's runner that the EVM's own entries
+        of the TCS use, for a host in this process to enter the runner with
+        (an in-process AVM): VsgxError where the TCS has no fast path."""
+        thread = self._thread(secs_page, tcs)
+        client = thread.fast.fast_client if thread.fast is not None else None
+        if client is None:
+            raise VsgxError(f"TCS {tcs:#x} has no fast path (its executor is not the "
+                            "native one, or its runner has none)")
+        return client
 
     def continue_entry(self, secs_page: int, tcs: int, aep: int, entry_fsgs: tuple[int, int],
                        untrusted: UntrustedMemory) -> EnclaveExit:
