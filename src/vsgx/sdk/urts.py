@@ -100,6 +100,13 @@ class Urts:
 
     def take_tcs(self) -> int | None:
         """A free TCS, or None (after collecting those of exited threads)."""
+        if not self.bind:
+            # Nobody owns a TCS between ECALLs: nothing to collect, and a
+            # list's pop and append are atomic (each ECALL takes one here).
+            try:
+                return self._free.pop()
+            except IndexError:
+                return None
         with self._lock:
             if not self._free:
                 for tcs, owner in list(self._owners.items()):
@@ -110,6 +117,9 @@ class Urts:
             return self._free.pop() if self._free else None
 
     def give_back(self, tcs: int) -> None:
+        if not self.bind:
+            self._free.append(tcs)
+            return
         with self._lock:
             self._owners.pop(tcs, None)
             self._free.append(tcs)
