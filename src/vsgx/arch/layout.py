@@ -135,6 +135,12 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
         order = tuple(specs)
         wide = tuple(i for i, s in enumerate(order) if s.is_int and s.size == 16)
         names = tuple(s.name for s in order)
+        # the constructor's positional order (the class's) as indexes into
+        # the codec's (by offset): unpack passes values without keywords
+        fields_in_init = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        assert all(f.init for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        positions = tuple(names.index(name) for name in fields_in_init)
+        in_offset_order = positions == tuple(range(len(positions)))
         checked_bits = tuple((s.name, s.reserved_bits) for s in order if s.reserved_bits)
         # compared against zero constants in C (any() over a 4 KiB span of a
         # TCS or SECS cost 40-75 us a structure)
@@ -152,10 +158,12 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
         def unpack(klass: Any, data: bytes | bytearray | memoryview, *, strict: bool = True) -> Any:
             if len(data) < size:
                 raise StructureError(f"{klass.__name__}: {len(data)} bytes, expected {size}")
-            values = list(codec.unpack_from(data))
-            for i in wide:
-                values[i] = int.from_bytes(values[i], "little")
-            obj = klass(**dict(zip(names, values, strict=True)))
+            values: Any = codec.unpack_from(data)
+            if wide:
+                values = list(values)
+                for i in wide:
+                    values[i] = int.from_bytes(values[i], "little")
+            obj = klass(*values) if in_offset_order else klass(*[values[i] for i in positions])
             if strict:
                 view = memoryview(data)
                 for off, length, zeros in zero_spans:

@@ -86,6 +86,7 @@ _CSSA = fields_of(Tcs, "cssa")
 _TCS_CSSA = _CSSA.offset
 _URSP_URBP = fields_of(Gprsgx, "ursp", "urbp")
 _INIT = int(Attribute.INIT)
+_MISC_EXINFO = int(MiscSelect.EXINFO)  # an int: IntFlag's __and__ runs in Python
 _AEXNOTIFY = int(Attribute.AEXNOTIFY)
 _EXIT_FSGS = fields_of(Gprsgx, "exitinfo", "aexnotify", "fsbase", "gsbase")
 # RAX..R15, RFLAGS, RIP, URSP, URBP: the GPRSGX fields before EXITINFO
@@ -383,7 +384,7 @@ class EnclaveThread:
             frames.append(frame if frame and executor.maps_writable(frame, size) else 0)
         view = encl.memory.view  # type: ignore[union-attr]
         cssa = _CSSA.unpack_from(view, self.tcs - base + _TCS_CSSA)[0]
-        flags = (GRANT_EXINFO if encl.miscselect & MiscSelect.EXINFO else 0) | (
+        flags = (GRANT_EXINFO if encl.miscselect & _MISC_EXINFO else 0) | (
             GRANT_CODE_READABLE if executor.code_readable() else 0)
         executor.grant(epoch=encl.epoch, tcs=self.tcs, oentry=(base + oentry) & _U64,
                        ofsbase=(base + ofs) & _U64, ogsbase=(base + ogs) & _U64, cssa=cssa,
@@ -582,7 +583,7 @@ class EnclaveThread:
             if not interrupt and stop.exit_type is ExitType.HARDWARE and vector != Vector.BP:
                 saved[RFLAGS] |= 1 << 16  # RF for faults
             report = not interrupt and (vector in EXITINFO_ALWAYS or (
-                vector in EXITINFO_WITH_EXINFO and bool(encl.miscselect & MiscSelect.EXINFO)))
+                vector in EXITINFO_WITH_EXINFO and bool(encl.miscselect & _MISC_EXINFO)))
             info = exitinfo(vector, stop.exit_type) if report else 0
             _GPRS.pack_into(memory, gpr_at, *saved, ursp, urbp)
             _EXIT_FSGS.pack_into(memory, gpr_at + _EXIT_FSGS.offset, info, 0, regs[FSBASE],

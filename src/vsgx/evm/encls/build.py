@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Sequence
 
 from vsgx.arch.constants import (
+    PAGE_SHIFT,
     PAGE_SIZE,
     SSA_GPRSGX_SIZE,
     XFRM_LEGACY,
@@ -186,7 +187,12 @@ def eadd(m: Machine, epc_page: int, secs_page: int, linaddr: int, source: bytes,
 
 def _free_epc_entries(m: Machine, epc_pages: Sequence[int]) -> list[EpcmEntry]:
     """The EPCM entries of EPC pages an add may fill: each once, each free."""
-    entries = [m.epc.entry(page) for page in epc_pages]
+    epc = m.epc
+    base, end, table = epc.base, epc.end, epc.entries
+    entries = [table[(page - base) >> PAGE_SHIFT]
+               if not page & PAGE_OFFSET_MASK and base <= page < end
+               else epc.entry(page)  # raises the fault the operand deserves
+               for page in epc_pages]
     if len(set(epc_pages)) != len(epc_pages):
         raise gp("the same EPC page is given twice", "epc_page_twice")
     for entry in entries:
@@ -236,8 +242,8 @@ def give_pages(encl: EnclaveState, entries: list[EpcmEntry], linaddr: int, flags
     """The EPCM side of EADD for consecutive pages (contents written by the caller)."""
     r, w, x = bool(flags & R), bool(flags & W), bool(flags & X)
     pages, old = encl.pages, encl.old
-    for n, entry in enumerate(entries):
-        page = linaddr + n * PAGE_SIZE
+    added = range(linaddr, linaddr + len(entries) * PAGE_SIZE, PAGE_SIZE)
+    for page, entry in zip(added, entries, strict=True):
         entry.enclave = encl
         entry.linaddr = page
         entry.valid = True
@@ -245,9 +251,9 @@ def give_pages(encl: EnclaveState, entries: list[EpcmEntry], linaddr: int, flags
         entry.r, entry.w, entry.x = r, w, x
         entry.blocked = entry.pending = entry.modified = entry.pr = False
         pages[page] = entry
-        old.add(page)  # its accessed bit starts clear
-        encl.note_change(page)
+    old.update(added)  # their accessed bits start clear
     encl.child_count += len(entries)
+    encl.note_changes(list(added))  # the caller holds the machine lock
 
 
 def eadd_pages(m: Machine, epc_pages: Sequence[int], secs_page: int, linaddr: int,
