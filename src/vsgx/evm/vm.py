@@ -296,18 +296,18 @@ class EnclaveVM:
             if linaddr % PAGE_SIZE or not encl.in_elrange(linaddr, count * PAGE_SIZE):
                 raise gp("the range is not page aligned inside ELRANGE")
             end = linaddr + count * PAGE_SIZE
-            if prot == 0b111 and count > len(encl.pte):
-                for page in [p for p in encl.pte if linaddr <= p < end]:
-                    del encl.pte[page]
+            pte, pages = encl.pte, range(linaddr, end, PAGE_SIZE)
+            if prot != 0b111:
+                pte.update(dict.fromkeys(pages, prot))
+            elif count > len(pte):  # all rights: the default, no entry
+                for page in [p for p in pte if linaddr <= p < end]:
+                    del pte[page]
             else:
-                for page in range(linaddr, end, PAGE_SIZE):
-                    if prot == 0b111:
-                        encl.pte.pop(page, None)
-                    else:
-                        encl.pte[page] = prot
+                pop = pte.pop
+                for page in pages:
+                    pop(page, None)
             if count <= _JOURNALLED_PROTECT:
-                for page in range(linaddr, end, PAGE_SIZE):
-                    encl.note_change(page)
+                encl.note_changes(list(pages))  # under the lock: one change to see
             else:
                 encl.note_unnamed_change()  # too many to name: executors re-read all
 
