@@ -72,6 +72,19 @@ def test_bulk_paths_equal_single_records():
     pages = [(0x10000 + i * 4096, 0x203, data[i * 4096:(i + 1) * 4096], True) for i in range(300)]
     pages += [(0x200000 + i * 4096, 0x203, b"\xcc" * 4096, True) for i in range(700)]
     pages += [(0x800000 + i * 4096, 0x203, b"", False) for i in range(1000)]
+    # batches of a page or two take another path: the same records
+    at = 0xC00000
+    for count in (1, 2, 3):
+        bulk.add_pages(at, data[:count * 4096], 0x201, measured=True)
+        pages += [(at + i * 4096, 0x201, data[i * 4096:(i + 1) * 4096], True)
+                  for i in range(count)]
+        at += count * 4096
+        bulk.add_uniform_pages(at, count, b"\x5a" * 4096, 0x203, measured=True)
+        pages += [(at + i * 4096, 0x203, b"\x5a" * 4096, True) for i in range(count)]
+        at += count * 4096
+        bulk.add_uniform_pages(at, count, bytes(4096), 0x203, measured=False)
+        pages += [(at + i * 4096, 0x203, b"", False) for i in range(count)]
+        at += count * 4096
     assert bulk.digest() == hand_mrenclave(2, 1 << 24, pages)
 
 

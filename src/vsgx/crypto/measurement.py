@@ -37,6 +37,9 @@ _BATCH_PAGES = 256
 # Unmeasured pages hash 64 bytes each: batches this large keep NumPy's
 # per-batch cost below the hash's (millions of heap pages).
 _EADD_ONLY_BATCH = 4096
+_FEW_PAGES = 1  # batches this small are assembled as bytes
+# One measured page's records as one struct: EADD, then 16 x (EEXTEND, chunk).
+_MEASURED_PAGE_RECORDS = struct.Struct("<8sQQ40x" + "8sQ48x256s" * CHUNKS_PER_PAGE)
 # Offsets from a batch's first page, made once: of each page, and of each
 # of its 256-byte chunks.
 _PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
@@ -138,8 +141,8 @@ class MrEnclave:
 
     def _hash_batch(self, offset: int, n: int, secinfo_flags: int,
                     chunks: np.ndarray | None) -> None:
-        if n == 1 and chunks is None:
-            self.eadd(offset, secinfo_flags)
+        if n <= _FEW_PAGES:
+            self._hash_few(offset, n, secinfo_flags, chunks)
             return
         base = np.uint64(offset)
         flags = np.frombuffer(struct.pack("<Q", secinfo_flags), np.uint8)
@@ -161,6 +164,21 @@ class MrEnclave:
             self._hash.update(out.data)
         finally:
             _give_buffer(chunks is not None, buffer)
+
+    def _hash_few(self, offset: int, n: int, secinfo_flags: int,
+                  chunks: np.ndarray | None) -> None:
+        """A batch of a page or two as bytes (NumPy's cost per batch is more
+        than their hash): the same records, in the same order."""
+        for i in range(n):
+            page = offset + i * PAGE_SIZE
+            if chunks is None:
+                self.eadd(page, secinfo_flags)
+                continue
+            data = chunks[i if len(chunks) > 1 else 0].tobytes()
+            fields: list[bytes | int] = [TAG_EADD, page, secinfo_flags]
+            for chunk in range(0, PAGE_SIZE, EEXTEND_CHUNK):
+                fields += (TAG_EEXTEND, page + chunk, data[chunk:chunk + EEXTEND_CHUNK])
+            self._hash.update(_MEASURED_PAGE_RECORDS.pack(*fields))
 
     def digest(self) -> bytes:
         """The MRENCLAVE value EINIT would finalise now."""
