@@ -137,6 +137,31 @@ def test_past_the_bound_on_live_executors_idle_runners_close_and_come_back(plain
 
 
 @native_only
+def test_a_tcs_entered_straight_through_its_runner_is_not_the_idle_one(plain_enclave):
+    """Entries that go to the runner itself (the in-process AVM's, through
+    the TCS's client) never ask the EVM for the thread: the runner's count
+    of them still tells the EVM the TCS is in use when it picks a runner
+    to close."""
+    vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="native",
+                   max_live_executors=2)
+    avm = Avm(vm)
+    try:
+        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        encl = vm.enclave(plain.enclave.handle.secs_page)
+        plain.call(0, OP_NOP)  # through the EVM: TCS 0's runner starts
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"  # TCS 1: entered once, then idle
+        hot = runner_of(plain, 0)
+        for _ in range(20):
+            assert plain.call(0, OP_NOP)[0].kind == "eexit"
+        assert fast_entries(hot) >= 20  # all of them straight through the runner
+        assert plain.call(2, OP_NOP)[0].kind == "eexit"  # a third runner: one closes
+        assert not hot.closed
+        assert encl.threads[plain.tcs[1]].executor.closed
+    finally:
+        avm.close()
+
+
+@native_only
 def test_a_system_call_is_ud_and_the_runner_survives(native_plain):
     plain = native_plain()
     result, _ = plain.call(0, OP_SYSCALL)

@@ -105,6 +105,48 @@ def test_a_fault_is_handed_over_and_the_tcs_goes_on(remote_native):
     assert raised.value.vector == Vector.GP
 
 
+def test_an_entry_given_up_mid_way_is_lost_not_mistaken_for_the_next(remote_native,
+                                                                     monkeypatch):
+    """An exception (a KeyboardInterrupt, say) while the runner waits for a
+    page of the AVM gives the entry up: the runner is still inside for it,
+    so the next EENTER must not be taken for its answer. In this process
+    the runner is lost as a dead one is, and the TCS gets a new one; an
+    EVM process keeps the TCS busy, as for a thread that never left it."""
+    plain = remote_native
+    enclave = plain.enclave
+    plain.call(0, OP_NOP)
+    plain.call(0, OP_NOP)
+    slot = enclave.alloc(4096)  # a page no entry has asked for yet
+    memory = enclave.avm.memory
+    share = memory.share
+    raised = []
+
+    def interrupted(page: int):  # type: ignore[no-untyped-def]
+        if page == slot and not raised:
+            raised.append(page)
+            raise KeyboardInterrupt
+        return share(page)
+
+    monkeypatch.setattr(memory, "share", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plain.get(slot)
+    assert raised == [slot]
+    if not isinstance(enclave.avm.evm, EnclaveVM):
+        with pytest.raises(Fault) as busy:
+            plain.get(slot, tcs_index=0)
+        assert busy.value.vector == Vector.GP
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"  # the other TCSs go on
+        return
+    before = counts(plain)
+    for value in (0x1111, 0x2222, 0x3333):
+        enclave.write(slot, value.to_bytes(8, "little"))
+        result, got = plain.get(slot)
+        assert result.kind == "eexit" and got == value
+    after = counts(plain)
+    assert after["attached"] > before["attached"]  # the new runner's client
+    assert after["entries"] > before["entries"]
+
+
 def fast_begun(plain: PlainEnclave) -> int:
     """Entries that began through the runner alone: ended there, or handed
     over to the EVM (a kick from another thread's entry can do that)."""
@@ -161,7 +203,7 @@ def test_without_the_fast_path_entries_take_the_channel(remote_native):
         first = counts(plain)
         for _ in range(5):
             assert plain.call(2, OP_NOP)[0].kind == "eexit"
-        assert counts(plain) == first  # that TCS never attached: nothing through a runner
+        assert counts(plain) == first  # that TCS never attached: the AVM entered no runner
     finally:
         link.fast_path = True
 

@@ -138,7 +138,8 @@ def structure(size: int) -> Callable[[type[T]], type[T]]:
         # the constructor's positional order (the class's) as indexes into
         # the codec's (by offset): unpack passes values without keywords
         fields_in_init = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        assert all(f.init for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        if not all(f.init for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
+            raise AssertionError(f"{cls.__name__}: every field is a constructor argument")
         positions = tuple(names.index(name) for name in fields_in_init)
         in_offset_order = positions == tuple(range(len(positions)))
         checked_bits = tuple((s.name, s.reserved_bits) for s in order if s.reserved_bits)

@@ -124,7 +124,10 @@ class FastEntryClient(Protocol):
     def end(self) -> None: ...
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: Any
-               ) -> tuple[str, list[int] | None, bool] | None: ...
+               ) -> tuple[str, list[int] | None, bool] | None:
+        """begin and EENTER: None if nothing was begun (busy), else (what
+        happened, the reported registers, whether it ended already); if it
+        raises, it has ended what it began."""
 
 
 class FastClientFactory(Protocol):
@@ -407,11 +410,10 @@ class RemoteEvm:
         # begin and end: the pages the runner keeps are this client's.
         try:
             begun = client.eenter(registers, return_rip, untrusted)
-        except VsgxError:
-            # The EVM's own client of an in-process EVM, begun: its runner was
-            # lost, and the EVM replaces it (the entry is lost, as the EVM's
-            # own entries are then).
-            client.end()
+        except BaseException:
+            # The client ended what it began and is done: its runner was lost
+            # (the EVM replaces it), or the entry was given up mid-way (the
+            # entry is lost, as the EVM's own entries are then).
             self._drop_client(secs_page, tcs)
             raise
         if begun is None:  # another thread's entry of the TCS is in flight (busy)

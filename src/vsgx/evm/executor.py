@@ -190,6 +190,11 @@ class FastEntryExecutor(ThreadExecutor, Protocol):
 
     def fast_entry_epoch(self) -> int | None: ...
 
+    @property
+    def fast_entries(self) -> int:
+        """Entries the runner made alone so far (its count: for the EVM's
+        choice of idle runners only)."""
+
     def handed_over(self) -> bool: ...
 
     def end_fast_entry(self) -> None: ...

@@ -180,6 +180,8 @@ _GRANT_SEQ_AT = COMMAND.offset("grant_seq")
 _INTERRUPT_SEQ_AT = COMMAND.offset("interrupt_seq")
 _FAST_INSIDE = struct.Struct("<II Q")  # fast_inside, fast_handed_over, fast_entry_epoch
 _FAST_INSIDE_AT = REPORT.offset("fast_inside")
+_FAST_ENTRIES_AT = REPORT.offset("fast_entries")
+_U32 = struct.Struct("<I")
 _FAULT_CLIENT_SLOT_AT = REPORT.offset("fault_client_slot")
 _EXIT = struct.Struct(f"<{REG_COUNT}QIIQII")  # struct vsgx_fast_exit
 # vsgx_fast_client.h's results
@@ -733,7 +735,11 @@ class NativeExecutor:
         EVM, or a host in this process through the same client), gets a
         new runner."""
         self._kill()
-        self.close()
+        if self.machine is None:
+            self.close()
+            return
+        with self.machine.lock:  # the EVM's looks at this runner (claim, revoke) hold it
+            self.close()
 
     def _wait(self, seen: int, limit: float, spin: bool = True) -> tuple[int, ...]:
         """Wait until the runner reports again; the report."""
@@ -1075,7 +1081,9 @@ class NativeExecutor:
     def revoke(self) -> None:
         """No fast entry from now on, until the next grant (the sequence's
         last step is a locked add: a fence before whatever the EVM looks at
-        next)."""
+        next); a closed runner has none."""
+        if self.closed:
+            return
         sequence = self._grant_seq
         sequence.value = (sequence.value | 1) & 0xFFFFFFFF
         struct.pack_into("<I", self.command_area, _GRANT_AT, 0)
@@ -1094,6 +1102,14 @@ class NativeExecutor:
             return None
         inside, _, epoch = _FAST_INSIDE.unpack_from(self.report_area, _FAST_INSIDE_AT)
         return epoch if inside == 1 else None
+
+    @property
+    def fast_entries(self) -> int:
+        """The runner's count of the entries it made alone (enclave code can
+        write the report area: it orders idle runners, nothing else)."""
+        if self.closed:
+            return 0
+        return int(_U32.unpack_from(self.report_area, _FAST_ENTRIES_AT)[0])
 
     def handed_over(self) -> bool:
         return not self.closed and _FAST_INSIDE.unpack_from(
@@ -1297,23 +1313,47 @@ class FastClient:
         the memory changed since the last entry: (the result, whether the
         client is ended already — after an EEXIT); None where ``begin``
         would be False. Without ``ended``, ``end`` follows as after
-        ``begin``."""
+        ``begin``. If it raises (a lost runner, a signal's exception), what
+        it began it has ended: the caller ends nothing then."""
         source = self._source
         if self.closed or source is None or source[0] is not untrusted \
                 or source[1] != untrusted.generation or not untrusted.shares_pages:
             if not self.begin(untrusted):
                 return None
-            return self.enter(request, registers, return_rip, untrusted), False
+            try:
+                return self.enter(request, registers, return_rip, untrusted), False
+            except BaseException:
+                self._abandon()
+                raise
         ended = self._ended
-        code = self._lib.vsgx_fast_call(self._c, request, layout.REGISTERS.pack(*registers),
-                                        return_rip, self._out_address, self._ended_address)
-        if code == FAST_BUSY:
-            return None
-        if ended.value:
-            if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
-                self._trim_pinned()
-            return code, True
-        return self._served(code, untrusted), False
+        ended.value = 0
+        try:
+            code = self._lib.vsgx_fast_call(self._c, request, layout.REGISTERS.pack(*registers),
+                                            return_rip, self._out_address, self._ended_address)
+            if code == FAST_BUSY:
+                return None
+            if ended.value == 1:
+                if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
+                    self._trim_pinned()
+                return code, True
+            return self._served(code, untrusted), False
+        except BaseException:
+            if ended.value == 2:  # begun here, not ended (the C side says which)
+                self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """An entry this client began is given up mid-way (an exception
+        while the runner waited for a page, say): the runner is still inside
+        the enclave for it, so the next request would be taken for its
+        answer. The client ends it and goes; a runner of this process is
+        lost, as a dead one is (the TCS gets a new one at its next entry)."""
+        self.closed = True
+        try:
+            self.end()
+        finally:
+            if self._on_lost is not None:
+                self._on_lost()
 
     def enter(self, request: int, registers: list[int], return_rip: int,
               untrusted: UntrustedMemory) -> int:
@@ -1358,8 +1398,9 @@ class FastClient:
         already). What happened: "eexit", "handed over" (the EVM goes on:
         CONTINUE, before ``end``), "refused" (the entry goes through the
         EVM) or "gone" (the runner closed or stopped answering: this client
-        is done). Unless ended, ``end`` follows."""
-        called = self.call(layout.REQ_EENTER, registers, return_rip, untrusted)
+        is done). Unless ended, ``end`` follows; if it raises, it has ended
+        what it began."""
+        called = self.call(layout.REQ_EENTER, registers, return_rip, untrusted)  # ends if it raises
         if called is None:
             return None
         code, ended = called

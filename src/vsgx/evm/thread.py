@@ -136,6 +136,7 @@ class EnclaveThread:
         self.entry_fsgs = (0, 0)
         self.active = False
         self.last_used = 0  # when an entry last asked for it (EnclaveVM's count)
+        self.fast_entries_seen = 0  # the runner's count when the EVM last looked
         self._tcs_cache: tuple[int, tuple[int, ...]] | None = None
         self._ssa_checked: tuple[int, int] | None = None
 
@@ -211,17 +212,15 @@ class EnclaveThread:
         fast = self._fast()
         if fast is None:
             return self._eenter(registers, return_rip, untrusted)
-        ended = False
         try:
-            try:
-                called = fast.call(REQ_EENTER, registers, return_rip, untrusted)
-            except VsgxError:
-                self._lost()
-                raise
-            if called is None:  # not begun: no fast path for this memory, or busy
-                ended = True
-                return self._eenter(registers, return_rip, untrusted)
-            outcome, ended = called
+            called = fast.call(REQ_EENTER, registers, return_rip, untrusted)
+        except VsgxError:  # the client ended what it began
+            self._lost()
+            raise
+        if called is None:  # not begun: no fast path for this memory, or busy
+            return self._eenter(registers, return_rip, untrusted)
+        outcome, ended = called
+        try:
             if outcome == _FAST_EEXIT:
                 # The CLIENT area is writable by enclave code: what EEXIT
                 # sets from the entry (RCX = AEP, the caller's FS/GS) is

@@ -354,6 +354,14 @@ class EnclaveVM:
         excess = len(live) - self.max_live_executors
         if excess <= 0:
             return
+        for thread in live:
+            # Entries straight to a runner (a host through its client) ask
+            # the EVM for nothing: its count says the TCS is in use.
+            fast = thread.fast
+            count = fast.fast_entries if fast is not None else 0
+            if count != thread.fast_entries_seen:
+                thread.fast_entries_seen = count
+                thread.last_used = next(self._uses)
         for thread in sorted(live, key=lambda t: t.last_used):
             if thread is not keep and thread.park():
                 excess -= 1

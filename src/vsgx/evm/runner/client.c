@@ -495,9 +495,11 @@ CLIENT_API int vsgx_fast_enter(struct vsgx_fast_client *c, uint32_t request,
 
 /* vsgx_fast_begin and vsgx_fast_enter in one call (the Python host's
    common case, one foreign call instead of three): VSGX_FAST_BUSY if
-   another entry holds the client (nothing begun); after VSGX_FAST_EEXIT the
-   client is ended too and *ended is 1; any other result leaves it begun,
-   for vsgx_fast_page or an entry through the EVM, then vsgx_fast_end. */
+   another entry holds the client (nothing begun, *ended 0); after
+   VSGX_FAST_EEXIT the client is ended too and *ended is 1; any other result
+   leaves it begun (*ended 2), for vsgx_fast_page or an entry through the
+   EVM, then vsgx_fast_end. *ended is the caller's to read even when it
+   could not see the result (an exception as the call returned). */
 CLIENT_API int vsgx_fast_call(struct vsgx_fast_client *c, uint32_t request,
                               const uint64_t *regs, uint64_t return_rip,
                               struct vsgx_fast_exit *out, uint32_t *ended)
@@ -505,6 +507,7 @@ CLIENT_API int vsgx_fast_call(struct vsgx_fast_client *c, uint32_t request,
     *ended = 0;
     if (vsgx_fast_begin(c) != 0)
         return VSGX_FAST_BUSY;
+    *ended = 2;
     int code = vsgx_fast_enter(c, request, regs, return_rip, out);
     if (code == VSGX_FAST_EEXIT) {
         vsgx_fast_end(c);
