@@ -10,6 +10,8 @@ RFLAGS.RF clear."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 REG_COUNT = 20
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
@@ -25,7 +27,7 @@ def canonical(address: int) -> bool:
     return address < CANONICAL_HALF or address >= (1 << 64) - CANONICAL_HALF
 
 
-def eexit_registers(reported: list[int], at_enclu: list[int]) -> list[int] | None:
+def eexit_registers(reported: Sequence[int], at_enclu: Sequence[int]) -> list[int] | None:
     """The registers after an EEXIT: ``reported`` (as the runner saw them at
     the ENCLU) with what EEXIT sets taken from the entry (``at_enclu``, the
     caller's registers at its EENTER). None if RIP would not be canonical

@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -124,7 +125,7 @@ class FastEntryClient(Protocol):
     def end(self) -> None: ...
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: Any
-               ) -> tuple[str, list[int] | None, bool] | None:
+               ) -> tuple[str, Sequence[int] | None, bool] | None:
         """begin and EENTER: None if nothing was begun (busy), else (what
         happened, the reported registers, whether it ended already); if it
         raises, it has ended what it began."""
@@ -400,7 +401,8 @@ class RemoteEvm:
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                ) -> Any:
         tcs = registers[RBX]
-        client = self._fast.get((secs_page, tcs)) if self._fast_capable else None
+        client = self._fast.get((secs_page, tcs)) \
+            if self.in_memory or self.fast_clients is not None else None  # _fast_capable
         if client is None or client.closed:
             result = self._channel_eenter(secs_page, registers, return_rip, untrusted)
             if self._fast_capable and self.fast_path:
@@ -450,7 +452,7 @@ class RemoteEvm:
                            self._pushed(registers, untrusted))
         return self._exit(reply, untrusted, registers[3])
 
-    def _fast_eexit(self, at_enclu: list[int], reported: list[int], tcs: int) -> RemoteExit:
+    def _fast_eexit(self, at_enclu: list[int], reported: Sequence[int], tcs: int) -> RemoteExit:
         """EEXIT as the SDM defines it, whatever the CLIENT area says
         (enclave code can write it)."""
         regs = eexit_registers(reported, at_enclu)

@@ -18,6 +18,7 @@ code run natively in an isolated process) fits beside Unicorn:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum, Flag, auto
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -165,10 +166,10 @@ class FastEntryClient(Protocol):
     def call(self, request: int, registers: list[int], return_rip: int,
              untrusted: UntrustedMemory) -> tuple[int, bool] | None: ...
 
-    def exit_registers(self) -> list[int]: ...
+    def exit_registers(self) -> Sequence[int]: ...
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
-               ) -> tuple[str, list[int] | None, bool] | None: ...
+               ) -> tuple[str, Sequence[int] | None, bool] | None: ...
 
 
 class FastEntryExecutor(ThreadExecutor, Protocol):

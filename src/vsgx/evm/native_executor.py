@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -1385,11 +1386,11 @@ class FastClient:
             self.closed = True  # a runner of another process: its EVM decides
         return int(code)
 
-    def exit_registers(self) -> list[int]:
-        return list(layout.REGISTERS.unpack_from(self._out, 0))
+    def exit_registers(self) -> tuple[int, ...]:
+        return layout.REGISTERS.unpack_from(self._out, 0)  # eexit_registers copies them
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
-               ) -> tuple[str, list[int] | None, bool] | None:
+               ) -> tuple[str, Sequence[int] | None, bool] | None:
         """One EENTER for a host that goes to the runner itself (an AVM in
         this process or another), with ``begin`` in the same foreign call
         where nothing about the memory changed: None where ``begin`` would

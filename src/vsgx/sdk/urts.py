@@ -59,6 +59,7 @@ class _ThreadContext:
     tcs: int | None = None
     depth: int = 0
     sp: int = 0
+    stack_top: int = 0  # the thread's untrusted stack (the Avm's; made once per thread)
     errors: list[BaseException] = field(default_factory=list)
 
 
@@ -166,7 +167,7 @@ class Urts:
         context = context or self._context()
         tcs = self._bind(context)
         if context.depth == 0:
-            context.sp = self.raw.avm.stack_top()
+            context.sp = context.stack_top or self._stack_top(context)
         saved_sp = context.sp
         saved_errors = context.errors
         context.errors = []
@@ -187,6 +188,10 @@ class Urts:
                 raise first
             raise OcallFailed(f"an OCALL handler raised {first!r}") from first
         return status
+
+    def _stack_top(self, context: _ThreadContext) -> int:
+        context.stack_top = self.raw.avm.stack_top()
+        return context.stack_top
 
     def _enter(self, leaf: int, tcs: int, rdi: int, rsi: int, rsp: int, rbp: int) -> Any:
         registers = [0] * _NREGS
