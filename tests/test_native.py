@@ -102,63 +102,63 @@ def runner_of(plain: PlainEnclave, tcs_index: int = 0) -> NativeExecutor:
     return executor
 
 
+@pytest.fixture
+def two_runners(plain_enclave):
+    """The plain enclave in an in-process EVM that keeps at most two runners
+    alive: (its PlainEnclave, its EnclaveState)."""
+    vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="native",
+                   max_live_executors=2)
+    avm = Avm(vm)
+    try:
+        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
+        yield plain, vm.enclave(plain.enclave.handle.secs_page)
+    finally:
+        avm.close()
+
+
 # -- what only the native executor has to show ------------------------------------
 @native_only
-def test_past_the_bound_on_live_executors_idle_runners_close_and_come_back(plain_enclave):
+def test_past_the_bound_on_live_executors_idle_runners_close_and_come_back(two_runners):
     """A session cannot start a runner process per TCS page without bound:
     past max_live_executors the idle TCS entered longest ago loses its
     runner, and its next entry gets a new one, with the enclave's state (an
     AEX pending in its SSA) intact."""
-    vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="native",
-                   max_live_executors=2)
-    avm = Avm(vm)
-    try:
-        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
-        encl = vm.enclave(plain.enclave.handle.secs_page)
-        result, _ = plain.call(0, OP_DIVIDE, 100, 0)
-        assert result.aex and result.vector == Vector.DE
-        first = runner_of(plain, 0)
-        for index in (1, 2, 3):
-            assert plain.call(index, OP_NOP)[0].kind == "eexit"
-            live = [thread.executor for thread in encl.threads.values()
-                    if not thread.executor.closed]
-            assert len(live) <= 2
-        assert first.closed and first.process.poll() is not None
-        # TCS 0 comes back on a new runner: its handler fixes the divisor in
-        # SSA[0] and ERESUME finishes the division.
-        handled, _ = plain.handle_exception(0, FIX_SET_RCX, 4)
-        assert handled.kind == "eexit" and runner_of(plain, 0) is not first
-        assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
-        assert plain.read_op(0, 24, 8) == (25).to_bytes(8, "little")
-        live = [thread for thread in encl.threads.values() if not thread.executor.closed]
+    plain, encl = two_runners
+    result, _ = plain.call(0, OP_DIVIDE, 100, 0)
+    assert result.aex and result.vector == Vector.DE
+    first = runner_of(plain, 0)
+    for index in (1, 2, 3):
+        assert plain.call(index, OP_NOP)[0].kind == "eexit"
+        live = [thread.executor for thread in encl.threads.values()
+                if not thread.executor.closed]
         assert len(live) <= 2
-    finally:
-        avm.close()
+    assert first.closed and first.process.poll() is not None
+    # TCS 0 comes back on a new runner: its handler fixes the divisor in
+    # SSA[0] and ERESUME finishes the division.
+    handled, _ = plain.handle_exception(0, FIX_SET_RCX, 4)
+    assert handled.kind == "eexit" and runner_of(plain, 0) is not first
+    assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
+    assert plain.read_op(0, 24, 8) == (25).to_bytes(8, "little")
+    live = [thread for thread in encl.threads.values() if not thread.executor.closed]
+    assert len(live) <= 2
 
 
 @native_only
-def test_a_tcs_entered_straight_through_its_runner_is_not_the_idle_one(plain_enclave):
+def test_a_tcs_entered_straight_through_its_runner_is_not_the_idle_one(two_runners):
     """Entries that go to the runner itself (the in-process AVM's, through
     the TCS's client) never ask the EVM for the thread: the runner's count
     of them still tells the EVM the TCS is in use when it picks a runner
     to close."""
-    vm = EnclaveVM(PlatformConfig(), root_secret=ROOT_SECRET, executor="native",
-                   max_live_executors=2)
-    avm = Avm(vm)
-    try:
-        plain = PlainEnclave(Enclave.load(plain_enclave.signed, evm=avm))
-        encl = vm.enclave(plain.enclave.handle.secs_page)
-        plain.call(0, OP_NOP)  # through the EVM: TCS 0's runner starts
-        assert plain.call(1, OP_NOP)[0].kind == "eexit"  # TCS 1: entered once, then idle
-        hot = runner_of(plain, 0)
-        for _ in range(20):
-            assert plain.call(0, OP_NOP)[0].kind == "eexit"
-        assert fast_entries(hot) >= 20  # all of them straight through the runner
-        assert plain.call(2, OP_NOP)[0].kind == "eexit"  # a third runner: one closes
-        assert not hot.closed
-        assert encl.threads[plain.tcs[1]].executor.closed
-    finally:
-        avm.close()
+    plain, encl = two_runners
+    plain.call(0, OP_NOP)  # through the EVM: TCS 0's runner starts
+    assert plain.call(1, OP_NOP)[0].kind == "eexit"  # TCS 1: entered once, then idle
+    hot = runner_of(plain, 0)
+    for _ in range(20):
+        assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    assert fast_entries(hot) >= 20  # all of them straight through the runner
+    assert plain.call(2, OP_NOP)[0].kind == "eexit"  # a third runner: one closes
+    assert not hot.closed
+    assert encl.threads[plain.tcs[1]].executor.closed
 
 
 @native_only
