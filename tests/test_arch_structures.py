@@ -220,3 +220,18 @@ def test_fields_of_refuses_unordered_overlapping_skipped_or_unknown_fields(names
 
     with pytest.raises((ValueError, KeyError)):
         fields_of(Gprsgx, *names)
+
+
+def test_fields_declared_out_of_offset_order_unpack_to_their_names():
+    from vsgx.arch.layout import Structure, structure, u32, u64
+
+    @structure(16)
+    class Backwards(Structure):
+        high: int = u64(8)
+        low: int = u32(0)
+
+    raw = (0x11223344).to_bytes(4, "little") + bytes(4) + (0x5566778899AABBCC).to_bytes(
+        8, "little")
+    value = Backwards.unpack(raw)
+    assert (value.low, value.high) == (0x11223344, 0x5566778899AABBCC)
+    assert value.pack() == raw
