@@ -251,6 +251,19 @@ def test_a_failing_handler_surfaces_after_the_ecall_unwound(hello):
     assert hello.ecall_hello("y") > 0 and hello.printed[-1].endswith("y!")
 
 
+def test_a_handler_failing_after_a_nested_ecall_fails_only_its_own_ecall(hello):
+    def nested_then_fail(x):
+        assert hello.ecall_private(x) == 2 * x  # a nested ECALL that succeeds
+        raise ZeroDivisionError("after the nested ECALL")
+
+    hello.callback = nested_then_fail
+    with pytest.raises(OcallFailed, match="after the nested ECALL"):
+        hello.ecall_call_back(4)
+    hello.callback = lambda x: hello.ecall_private(x) + 1
+    assert hello.ecall_call_back(4) == 9  # no error of the last ECALL is left over
+    assert hello.ecall_add(1, 2) == 3
+
+
 def test_unknown_ocall_names_are_refused(sdk_enclave, make_avm):
     from vsgx.errors import VsgxError
 

@@ -59,6 +59,8 @@ RECLAIM_BATCH = 16
 # Turns of the clock's hand (at most) before candidates are evicted even
 # though the EVM saw them touched.
 _AGING_TURNS = 4
+# members looked up once (an enum's attribute is a descriptor call each time)
+_EENTER, _AEX = int(Enclu.EENTER), ExitKind.AEX
 # Pages added per call to the EVM (one message per batch on a channel).
 ADD_BATCH = 256
 # Uniform pages of one add_runs run given EPC pages at once (the rest wait,
@@ -1181,7 +1183,7 @@ class SgxDriver:
         evm = self.evm
         while True:
             try:
-                if leaf == Enclu.EENTER:
+                if leaf == _EENTER:
                     result = evm.eenter(encl.secs_page, registers, return_rip, memory)
                 else:
                     result = evm.eresume(encl.secs_page, registers, memory)
@@ -1189,7 +1191,7 @@ class SgxDriver:
                 if self._reload_for(encl, fault):
                     continue
                 raise
-            if result.kind is not ExitKind.AEX:
+            if result.kind is not _AEX:
                 return result
             if result.interrupt or (result.vector == Vector.PF and self.handle_fault(
                     encl, result.address, result.error_code)):

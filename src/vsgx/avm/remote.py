@@ -401,7 +401,7 @@ class RemoteEvm:
     def eenter(self, secs_page: int, registers: list[int], return_rip: int, untrusted: Any
                ) -> Any:
         tcs = registers[RBX]
-        client = self._fast.get((secs_page, tcs)) if self._fast_capable else None
+        client = self._fast.get((secs_page, tcs))  # only a fast-capable EVM has clients
         if client is None or client.closed:
             result = self._channel_eenter(secs_page, registers, return_rip, untrusted)
             if self._fast_capable and self.fast_path:

@@ -185,6 +185,9 @@ _FAST_ENTRIES_AT = REPORT.offset("fast_entries")
 _U32 = struct.Struct("<I")
 _FAULT_CLIENT_SLOT_AT = REPORT.offset("fault_client_slot")
 _EXIT = struct.Struct(f"<{REG_COUNT}QIIQII")  # struct vsgx_fast_exit
+# struct vsgx_fast_call up to its exit: client, request, ended, return RIP, registers
+_CALL_IN = struct.Struct(f"<QIIQ{REG_COUNT}Q")
+_CALL_ENDED = 12
 # vsgx_fast_client.h's results
 FAST_EEXIT, FAST_AEX, FAST_REFUSED, FAST_HANDED_OVER, FAST_NEED_PAGE = 1, 2, 3, 4, 5
 FAST_CLOSED, FAST_LOST, FAST_BUSY = 6, 7, 8
@@ -382,7 +385,7 @@ def client_library() -> ctypes.CDLL:
             ("vsgx_fast_end", None, [pointer]),
             ("vsgx_fast_forget", None, [pointer]),
             ("vsgx_fast_enter", c_int, [pointer, u32, ctypes.c_char_p, u64, pointer]),
-            ("vsgx_fast_call", c_int, [pointer, u32, ctypes.c_char_p, u64, pointer, pointer]),
+            ("vsgx_fast_call_packed", c_int, [pointer]),
             ("vsgx_fast_page", c_int, [pointer, u64, u32, pointer]),
             ("vsgx_fast_slot_page", u64, [pointer, u32]),
             ("vsgx_fast_wanted", u64, [pointer]),
@@ -1226,10 +1229,12 @@ class FastClient:
         self._c = ctypes.addressof(self._state)
         self._snapshots = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
         self._snapshots_base = ctypes.c_char.from_buffer(self._snapshots)
-        self._out = ctypes.create_string_buffer(_EXIT.size)
-        self._out_address = ctypes.addressof(self._out)
-        self._ended = ctypes.c_uint32(0)
-        self._ended_address = ctypes.addressof(self._ended)
+        # vsgx_fast_call_packed's block; every exit is written into its end
+        self._call = ctypes.create_string_buffer(_CALL_IN.size + _EXIT.size)
+        self._call_address = ctypes.addressof(self._call)
+        self._call_packed = lib.vsgx_fast_call_packed
+        self._ended = ctypes.c_uint32.from_buffer(self._call, _CALL_ENDED)
+        self._out_address = self._call_address + _CALL_IN.size
         self._on_lost = on_lost
         self.name = name
         # Our own hold on the runner's areas: they stay mapped while C may
@@ -1326,20 +1331,18 @@ class FastClient:
             except BaseException:
                 self._abandon()
                 raise
-        ended = self._ended
-        ended.value = 0
+        _CALL_IN.pack_into(self._call, 0, self._c, request, 0, return_rip, *registers)
         try:
-            code = self._lib.vsgx_fast_call(self._c, request, layout.REGISTERS.pack(*registers),
-                                            return_rip, self._out_address, self._ended_address)
-            if code == FAST_BUSY:
-                return None
-            if ended.value == 1:
+            code = self._call_packed(self._call_address)
+            if code == FAST_EEXIT:  # the client is ended with it (ended is 1)
                 if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
                     self._trim_pinned()
                 return code, True
+            if code == FAST_BUSY:
+                return None
             return self._served(code, untrusted), False
         except BaseException:
-            if ended.value == 2:  # begun here, not ended (the C side says which)
+            if self._ended.value == 2:  # begun here, not ended (the C side says which)
                 self._abandon()
             raise
 
@@ -1387,7 +1390,8 @@ class FastClient:
         return int(code)
 
     def exit_registers(self) -> tuple[int, ...]:
-        return layout.REGISTERS.unpack_from(self._out, 0)  # eexit_registers copies them
+        # eexit_registers copies them
+        return layout.REGISTERS.unpack_from(self._call, _CALL_IN.size)
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
                ) -> tuple[str, Sequence[int] | None, bool] | None:

@@ -45,6 +45,8 @@ _MASK = (1 << 64) - 1
 RAX, RCX, RBX, RSP, RBP, RSI, RDI, RFLAGS = (REGISTERS.index(name) for name in (
     "rax", "rcx", "rbx", "rsp", "rbp", "rsi", "rdi", "rflags"))
 _NREGS = len(REGISTERS)
+# members looked up once: an enum's attribute costs a descriptor call each time
+_EENTER, _ERESUME, _AEX = int(Enclu.EENTER), int(Enclu.ERESUME), ExitKind.AEX
 RED_ZONE = 256  # kept free below an OCALL's ms before a nested entry's frame
 MAX_EXCEPTION_DEPTH = 8
 
@@ -80,6 +82,10 @@ class Urts:
         self._driver = raw.avm.driver
         self._handle = raw.handle
         self._return_rip = memory.return_rip
+        # what every entry's registers start from
+        self._registers = [0] * _NREGS
+        self._registers[RFLAGS] = 0x202
+        self._registers[RCX] = memory.return_rip
         self._free = list(reversed(raw.tcs))
         self._owners: dict[int, weakref.ref[threading.Thread]] = {}
         self._lock = threading.Lock()
@@ -165,25 +171,32 @@ class Urts:
         buffers into untrusted memory and returns (ms, the RSP to enter with).
         An OCALL handler's exception is raised after the ECALL has unwound."""
         context = context or self._context()
-        tcs = self._bind(context)
-        if context.depth == 0:
+        tcs = context.tcs
+        if tcs is None:
+            tcs = self._bind(context)
+        depth = context.depth
+        if depth == 0:
             context.sp = context.stack_top or self._stack_top(context)
         saved_sp = context.sp
-        saved_errors = context.errors
-        context.errors = []
-        context.depth += 1
+        # this call's OCALL errors are those appended past the caller's
+        errors = context.errors
+        mark = len(errors)
+        context.depth = depth + 1
         try:
-            ms, rsp = marshal(context.sp)
+            ms, rsp = marshal(saved_sp)
             status = self._run(tcs, command, ms, rsp, context)
-            errors = context.errors
         finally:
-            context.depth -= 1
+            context.depth = depth
             context.sp = saved_sp
-            context.errors = saved_errors
-            if context.depth == 0:
-                self._unbind(context)
-        if errors:
-            first = errors[0]
+            if depth == 0 and not self.bind:
+                # the TCS goes back to the pool (give_back, inline)
+                context.tcs = None
+                self._free.append(tcs)
+            raised = errors[mark:] if len(errors) > mark else None
+            if raised:
+                del errors[mark:]
+        if raised:
+            first = raised[0]
             if isinstance(first, VsgxError | KeyboardInterrupt | SystemExit):
                 raise first
             raise OcallFailed(f"an OCALL handler raised {first!r}") from first
@@ -194,12 +207,10 @@ class Urts:
         return context.stack_top
 
     def _enter(self, leaf: int, tcs: int, rdi: int, rsi: int, rsp: int, rbp: int) -> Any:
-        registers = [0] * _NREGS
+        registers = self._registers[:]  # RFLAGS and RCX (the AEP) set
         registers[RSP] = rsp
         registers[RBP] = rbp
-        registers[RFLAGS] = 0x202
         registers[RBX] = tcs
-        registers[RCX] = self._return_rip
         registers[RDI] = rdi & _MASK
         registers[RSI] = rsi & _MASK
         if self.raw.closed:
@@ -211,12 +222,12 @@ class Urts:
         """__morestack: EENTER, then serve OCALLs and exceptions until the
         EEXIT with RDI = OCMD_ERET."""
         try:
-            result = self._enter(Enclu.EENTER, tcs, command, ms, rsp, rsp)
+            result = self._enter(_EENTER, tcs, command, ms, rsp, rsp)
         except Fault:
             # Intel: a fault on EENTER itself means the enclave is gone.
             return st.SGX_ERROR_ENCLAVE_LOST
         while True:
-            if result.kind is ExitKind.AEX:
+            if result.kind is _AEX:
                 if exception_depth >= MAX_EXCEPTION_DEPTH:
                     return st.SGX_ERROR_ENCLAVE_CRASHED
                 registers: list[int] = result.registers
@@ -225,7 +236,7 @@ class Urts:
                 if status != st.SGX_SUCCESS:
                     return status
                 try:
-                    result = self._enter(Enclu.ERESUME, tcs, 0, 0, registers[RSP], registers[RBP])
+                    result = self._enter(_ERESUME, tcs, 0, 0, registers[RSP], registers[RBP])
                 except Fault:
                     return st.SGX_ERROR_ENCLAVE_LOST
                 continue
@@ -237,7 +248,7 @@ class Urts:
             context.sp = (exit_rsp - RED_ZONE) & ~15
             status = self._ocall(index, registers[RSI], context)
             try:
-                result = self._enter(Enclu.EENTER, tcs, ECMD_ORET, status, exit_rsp, exit_rbp)
+                result = self._enter(_EENTER, tcs, ECMD_ORET, status, exit_rsp, exit_rbp)
             except Fault:
                 return st.SGX_ERROR_ENCLAVE_LOST
 

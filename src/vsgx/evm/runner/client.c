@@ -500,9 +500,9 @@ CLIENT_API int vsgx_fast_enter(struct vsgx_fast_client *c, uint32_t request,
    leaves it begun (*ended 2), for vsgx_fast_page or an entry through the
    EVM, then vsgx_fast_end. *ended is the caller's to read even when it
    could not see the result (an exception as the call returned). */
-CLIENT_API int vsgx_fast_call(struct vsgx_fast_client *c, uint32_t request,
-                              const uint64_t *regs, uint64_t return_rip,
-                              struct vsgx_fast_exit *out, uint32_t *ended)
+static int vsgx_fast_call(struct vsgx_fast_client *c, uint32_t request,
+                          const uint64_t *regs, uint64_t return_rip,
+                          struct vsgx_fast_exit *out, uint32_t *ended)
 {
     *ended = 0;
     if (vsgx_fast_begin(c) != 0)
@@ -514,6 +514,13 @@ CLIENT_API int vsgx_fast_call(struct vsgx_fast_client *c, uint32_t request,
         *ended = 1;
     }
     return code;
+}
+
+/* vsgx_fast_call with its operands in one block (``ended`` there). */
+CLIENT_API int vsgx_fast_call_packed(struct vsgx_fast_call *call)
+{
+    return vsgx_fast_call(call->client, call->request, call->regs, call->return_rip,
+                          &call->out, &call->ended);
 }
 
 /* After VSGX_FAST_NEED_PAGE: the page the runner wants, as ``source``

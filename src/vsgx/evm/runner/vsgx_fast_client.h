@@ -28,6 +28,16 @@ struct vsgx_fast_exit {
     uint32_t exitinfo_valid, interrupt;
 };
 
+/* vsgx_fast_call_packed's one operand: what vsgx_fast_call takes and gives,
+   in a block the Python host keeps (one ctypes argument instead of six). */
+struct vsgx_fast_call {
+    struct vsgx_fast_client *client;
+    uint32_t request, ended;
+    uint64_t return_rip;
+    uint64_t regs[VSGX_REG_COUNT];
+    struct vsgx_fast_exit out;
+};
+
 struct vsgx_fast_client {
     struct vsgx_client *area;
     uint8_t *pool;       /* VSGX_CLIENT_SLOTS pages of the pool, shared with the runner */
