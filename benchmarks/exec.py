@@ -11,7 +11,8 @@ executor. Measured in the program, in the same run:
 * all of it quiet and again with a CPU hog this benchmark starts beside it
   (``python -c 'while 1: pass'``, killed by its PID);
 * creating a 16 MiB, 10-TCS SDK enclave (probe, CREATE, one ADD_PAGES per
-  page, INIT, the mappings, ECMD_INIT_ENCLAVE), first and second time.
+  page, INIT, the mappings, ECMD_INIT_ENCLAVE), first and second time,
+  and destroying it in between (close, munmap).
 
 Each three times: through the fast path (the injected library enters the
 TCS's runner itself over shared memory), through the launcher and the EVM
@@ -93,6 +94,7 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
         results: dict[str, dict[str, float]] = {}
         creates: dict[str, list[float]] = {}
+        destroys: dict[str, list[float]] = {}
         steps: dict[str, list[dict[str, float]]] = {}
         fast_counts: dict[str, str] = {}
         for load in ("quiet", "CPU hog"):
@@ -121,6 +123,8 @@ def main() -> None:
                     if load == "quiet":  # creation, first and second, on each path
                         creates[path] = [round(value / 1000, 1)
                                          for value in samples(run.stdout, "create")]
+                        destroys[path] = [round(value / 1000, 2)
+                                          for value in samples(run.stdout, "destroy")]
                         steps[path] = [dict(zip(STEP_NAMES, (round(int(v) / 1e6, 2)
                                                              for v in line.split()[1:]),
                                                 strict=True))
@@ -144,10 +148,14 @@ def main() -> None:
         for n, step in enumerate(steps[path]):
             print(f"    {('first', 'second')[n] if n < 2 else n}: " + ", ".join(
                 f"{name} {ms} ms" for name, ms in step.items()))
+    print("destroying it (close, munmap: the UNMAPs and RELEASE):")
+    for path, values in destroys.items():
+        print(f"  {path}: {values} ms")
     save("exec", {"executor": args.executor, "results": results,
                   "create_ms": creates.get("launcher", []),
                   "create_steps_ms": steps.get("launcher", []),
                   "create_ms_by_path": creates, "create_steps_ms_by_path": steps,
+                  "destroy_ms_by_path": destroys,
                   "enclave_mib": size_mib,
                   "tcs": len(plan.tcs_offsets), "fast_path_counts": fast_counts,
                   "ratio_to_enclu_trap_p50": {row[0]: row[3] for row in rows},

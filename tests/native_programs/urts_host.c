@@ -509,7 +509,9 @@ static int bench(long count, long ecall_nop, struct enclave *e)
        next OCALL's EEXIT: one OCALL round trip. */
     for (long i = 1; i < stamp_count; i++)
         printf("ocall %lu\n", (unsigned long)(stamps[i] - stamps[i - 1]));
+    start = now_ns();
     destroy(e);
+    printf("destroy %lu\n", (unsigned long)(now_ns() - start));
     start = now_ns();
     ret = load(e);
     printf("create %lu\n", (unsigned long)(now_ns() - start));
