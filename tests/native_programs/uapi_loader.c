@@ -563,6 +563,19 @@ int main(int argc, char **argv)
         CHECK("augmented page", ret == 0 && run.function == EEXIT &&
               call(tcs3, read_hole, &run, EENTER) == 0 && read_hole[1] == 0x5a5a,
               "value %#lx", (unsigned long)read_hole[1]);
+        /* Unmapped again by the program: the next entry's touch is a #PF
+           (the library only queues the UNMAP, and sends it before any
+           entry); mapped again, ERESUME completes the read of the page the
+           enclave kept. */
+        munmap((void *)hole, PAGE);
+        uint64_t read_unmapped[8] = {OP_GET_ADDRESS, 0, hole};
+        ret = call(tcs1, read_unmapped, &run, EENTER);
+        int faulted = ret == 0 && run.function == ERESUME && run.exception_vector == 14;
+        page = mmap((void *)hole, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        ret = call(tcs1, read_unmapped, &run, ERESUME);
+        CHECK("hole unmapped and mapped again", faulted && page != MAP_FAILED && ret == 0 &&
+              run.function == EEXIT && read_unmapped[1] == 0x5a5a, "faulted %d value %#lx",
+              faulted, (unsigned long)read_unmapped[1]);
     } else {
         printf("skip eaug: no hole in ELRANGE\n");
     }

@@ -500,14 +500,21 @@ class EnclaveFile:
         self._protect(start, end, prot)
         return 0
 
-    def map_ranges(self, ranges: list[tuple[int, int, int]]) -> int:
-        """map() of each (start, length, prot), in order (mappings the
-        library checked and answered itself): 0, or the first failure's
-        -errno. The EVM's page tables take them in one request."""
+    def map_ranges(self, ranges: list[tuple[int, int, int | None]]) -> int:
+        """map() of each (start, length, prot), or unmap() where prot is
+        None, in order (what the library checked and answered itself): 0,
+        or the first failure's -errno. The EVM's page tables take them in
+        one request."""
         status = 0
         changes = []
         for start, length, prot in ranges:
             end = start + length
+            if prot is None:
+                self._cut(start, end)
+                change = self._protection(start, end, 0)
+                if change is not None:
+                    changes.append(change)
+                continue
             code = 0 if self.legacy else self.may_map(start, end, prot)
             if code:
                 status = status or code

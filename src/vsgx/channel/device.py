@@ -228,10 +228,12 @@ ADD_RUN_MEASURE = 1 << 0  # SGX_PAGE_MEASURE
 ADD_RUN_UNIFORM = 1 << 1
 ADD_RUNS_MAX = 512  # runs in one ADD_RUNS
 ADD_RUNS_PAGES = 32  # pages sent in one ADD_RUNS (a datagram's worth)
-# MAPS: one mmap of an enclave file, as MAP would have carried it.
+# MAPS: one mmap of an enclave file, as MAP would have carried it, or (its
+# flags MAP_RECORD_UNMAP, a bit no mmap flag uses) one munmap, as UNMAP.
 MAP_RECORD = Record("vsgx_map_record", (Field("file", "u64"), Field("address", "u64"),
                                         Field("length", "u64"), Field("prot", "u32"),
                                         Field("flags", "u32")))
+MAP_RECORD_UNMAP = 1 << 31
 MAPS_MAX = 256  # records in one MAPS
 RECORDS = (ADD_RUN, MAP_RECORD)
 
@@ -325,7 +327,8 @@ def render_c_header() -> str:
              f"#define VSGX_ADD_RUN_UNIFORM {ADD_RUN_UNIFORM}",
              f"#define VSGX_ADD_RUNS_MAX {ADD_RUNS_MAX}",
              f"#define VSGX_ADD_RUNS_PAGES {ADD_RUNS_PAGES}",
-             f"#define VSGX_MAPS_MAX {MAPS_MAX}", ""]
+             f"#define VSGX_MAPS_MAX {MAPS_MAX}",
+             f"#define VSGX_MAP_RECORD_UNMAP {MAP_RECORD_UNMAP}u", ""]
     for msg in Msg:
         lines.append(f"#define VSGX_MSG_{msg.name} {int(msg)}")
     for kind in ExitKind:
@@ -357,6 +360,6 @@ def render_c_header() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ADD_PAGES_BATCH", "ADD_RUN", "MAPS_MAX", "MAP_RECORD", "MESSAGES", "RECORDS",
-           "VERSION", "Decoded", "DeviceProtocolError", "ExitKind", "Msg", "PageState", "pack",
-           "render_c_header", "unpack"]
+__all__ = ["ADD_PAGES_BATCH", "ADD_RUN", "MAPS_MAX", "MAP_RECORD", "MAP_RECORD_UNMAP", "MESSAGES",
+           "RECORDS", "VERSION", "Decoded", "DeviceProtocolError", "ExitKind", "Msg", "PageState",
+           "pack", "render_c_header", "unpack"]

@@ -58,6 +58,7 @@ from vsgx.channel.device import (
     IOCTL_COPY_BACK,
     LEGACY_DRIVER,
     MAP_RECORD,
+    MAP_RECORD_UNMAP,
     MAPS_MAX,
     MAX_DATAGRAM,
     PAGE_SIZE,
@@ -355,8 +356,9 @@ class Session:
                 return -errno.EIO
 
     def _maps(self, message: Decoded) -> int:
-        """MAPs the library answered itself, in order (runs of one file go to
-        the EVM together): 0, or the first failure's -errno."""
+        """MAPs the library answered itself and the UNMAPs it queued, in
+        order (runs of one file go to the EVM together): 0, or the first
+        failure's -errno."""
         count = message["count"]
         record = MAP_RECORD.layout
         if count > MAPS_MAX or len(message.payload) != count * record.size:
@@ -369,11 +371,12 @@ class Session:
                 file_id = records[n][0]
                 ranges = []
                 while n < count and records[n][0] == file_id:
-                    _, start, length, prot, _flags = records[n]
+                    _, start, length, prot, flags = records[n]
                     if start % PAGE_SIZE or length % PAGE_SIZE or start + length >= 1 << 64:
                         status = status or -errno.EINVAL
                     else:
-                        ranges.append((start, length, prot))
+                        ranges.append((start, length,
+                                       None if flags & MAP_RECORD_UNMAP else prot))
                     n += 1
                 try:
                     code = self.file(file_id).map_ranges(ranges)

@@ -1150,6 +1150,8 @@ static void add_mapping(uint64_t start, uint64_t end, int prot, struct sgx_file 
     file->mapped++;
 }
 
+static void send_unmap(const struct sgx_file *file, uint64_t start, uint64_t length);
+
 /* Remove [start, end) from the tracked mappings (device_lock held); the
    EVM's page tables lose those pages. Files left unreferenced go. */
 static void cut_mappings(uint64_t start, uint64_t end)
@@ -1162,14 +1164,8 @@ static void cut_mappings(uint64_t start, uint64_t end)
             continue;
         uint64_t cut_start = m.start > start ? m.start : start;
         uint64_t cut_end = m.end < end ? m.end : end;
-        if (m.file->size && vsgx_channel_available()) {
-            struct vsgx_msg_unmap request = {0};
-            request.type = VSGX_MSG_UNMAP;
-            request.file = m.file->id;
-            request.address = cut_start;
-            request.length = cut_end - cut_start;
-            simple_request(&request, sizeof(request));
-        }
+        if (m.file->size && vsgx_channel_available())
+            send_unmap(m.file, cut_start, cut_end - cut_start);
         /* Replace by what is left on either side. */
         mappings[i] = mappings[--mapping_count];
         m.file->mapped--;
@@ -1270,6 +1266,27 @@ static int queue_map(const struct sgx_file *file, uint64_t start, uint64_t lengt
     }
     pthread_mutex_unlock(&pending_lock);
     return ret;
+}
+
+/* An munmap's UNMAP (device_lock held): queued as a MAPS record, and sent
+   with the process's next request, when no entry is in flight (no enclave
+   code can touch the pages before that: an entry sends the queue first);
+   sent now otherwise, as the pages must go from code running now. The
+   queue's count is written before the entries are counted, and vsgx_enter
+   counts itself before it reads the queue: one of the two sees the other. */
+static void send_unmap(const struct sgx_file *file, uint64_t start, uint64_t length)
+{
+    if (queue_map(file, start, length, 0, (int)VSGX_MAP_RECORD_UNMAP) == 0) {
+        if (atomic_load(&vsgx_entries_running) != 0)
+            vsgx_maps_flush();
+        return;
+    }
+    struct vsgx_msg_unmap request = {0};
+    request.type = VSGX_MSG_UNMAP;
+    request.file = file->id;
+    request.address = start;
+    request.length = length;
+    simple_request(&request, sizeof(request));
 }
 
 static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int prot, int flags)

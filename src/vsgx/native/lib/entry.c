@@ -10,6 +10,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -179,6 +180,8 @@ static void enter_through_launcher(uint64_t file, uint32_t leaf, uint64_t *regs,
     vsgx_entry_from_reply(ret, &reply, regs, result);
 }
 
+_Atomic int vsgx_entries_running;
+
 int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
                struct vsgx_entry_result *result)
 {
@@ -197,6 +200,9 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
        not pass the launcher); then the fast path (fast.c), and what it
        leaves goes through the launcher, between its begin and end. */
     void *begun = NULL;
+    /* counted before the queue is looked at: an UNMAP queued meanwhile is
+       either seen here or sent by its munmap (device.c, send_unmap) */
+    atomic_fetch_add(&vsgx_entries_running, 1);
     if (vsgx_maps_flush() < 0) {
         result->kind = VSGX_EXIT_LOST;
         result->status = -EIO;
@@ -204,6 +210,7 @@ int vsgx_enter(uint32_t leaf, uint64_t *regs, uint64_t return_rip,
         enter_through_launcher(file, leaf, regs, return_rip, result);
     }
     vsgx_fast_done(begun);
+    atomic_fetch_sub(&vsgx_entries_running, 1);
     if (result->kind == VSGX_EXIT_LOST) {
         vsgx_log("the entry on %#lx is lost (%d)", (unsigned long)regs[R_RBX], result->status);
         /* The enclave is gone: its TCS no longer resolves to EPC. */

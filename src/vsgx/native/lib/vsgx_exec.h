@@ -91,6 +91,9 @@ VSGX_HIDDEN int vsgx_enclave_range(uint64_t file, uint64_t *base, uint64_t *size
 VSGX_HIDDEN void vsgx_device_after_fork(void);
 /* Send the mappings answered here (MAPS) if there are any: 0 or -EIO. */
 VSGX_HIDDEN int vsgx_maps_flush(void);
+/* entry.c: entries in flight in this process (enclave code may be running):
+   an munmap's UNMAP waits in the MAPS queue only while there are none. */
+VSGX_HIDDEN extern _Atomic int vsgx_entries_running;
 
 /* device.c for legacy.c: the legacy drivers' enclaves (device.c's
    FILE_ISGX = 3, FILE_DCAP = 4) and the in-kernel ioctl path they reuse. */
