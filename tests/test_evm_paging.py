@@ -13,7 +13,7 @@ from vsgx.arch import Fault, SgxError
 from vsgx.host import Enclave
 
 from conftest import REMOTE_TRANSPORTS, ROOT_SECRET, _remote_avm
-from plain_ops import OP_SHA256, PlainEnclave
+from plain_ops import OP_NOP, OP_SHA256, PlainEnclave
 
 
 @pytest.fixture
@@ -456,3 +456,27 @@ def test_protections_kept_through_the_journal_equal_a_full_read():
     assert changed is not None and gone in changed
     changed_protection_runs(encl, kept, changed)
     assert gone not in kept and kept == protection_runs(encl, {})[0] == read_all(encl)
+
+
+def test_destroy_leaves_what_eremove_of_every_page_leaves(plain_enclave, make_avm):
+    """The EVM's destroy (a driver's release, one request) removes the
+    enclave's pages as EREMOVE one by one would: every EPCM entry it had is
+    invalid, the SECS is gone, and the pages serve a new enclave."""
+    avm = make_avm()
+    enclave = Enclave.load(plain_enclave.signed, evm=avm)
+    assert PlainEnclave(enclave).call(0, OP_NOP)[0].kind == "eexit"  # a TCS with its executor
+    machine = avm.evm.machine
+    secs = enclave.handle.secs_page
+    state = machine.epc.secs[secs]
+    owned = [entry for entry in machine.epc.entries if entry.valid and entry.enclave is state]
+    assert len(owned) == len(state.pages) > 0
+    avm.driver.destroy(enclave.handle)  # through EnclaveVM.destroy
+    assert not any(entry.valid for entry in owned)
+    assert not machine.epc.entry(secs).valid and secs not in machine.epc.secs
+    assert state.memory is None and not state.threads and state.child_count == 0
+    with pytest.raises(Fault):
+        avm.evm.destroy(secs)  # no SECS there any more
+    again = Enclave.load(plain_enclave.signed, evm=avm)
+    reused = {entry.address for entry in owned} | {secs}
+    assert reused & ({page.epc for page in again.handle.pages.values()} | {again.handle.secs_page})
+    assert PlainEnclave(again).call(0, OP_NOP)[0].kind == "eexit"

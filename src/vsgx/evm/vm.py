@@ -473,11 +473,7 @@ class EnclaveVM:
         """Remove every page of an enclave and its SECS (what the driver does
         when the application closes the enclave)."""
         with self.machine.lock:
-            encl = encls.secs_of(self.machine, secs_page)
-            encl.inside.clear()
-            for entry in list(encl.pages.values()):
-                encls.eremove(self.machine, entry.address)
-            encls.eremove(self.machine, secs_page)
+            encls.eremove_enclave(self.machine, secs_page)
 
 
 __all__ = ["EnclaveExit", "EnclaveVM", "EvictedPage"]

@@ -40,7 +40,7 @@ from vsgx.evm.encls.paging import (
     ewb,
     ewb_pages,
 )
-from vsgx.evm.encls.remove import destroy_enclave, eremove
+from vsgx.evm.encls.remove import destroy_enclave, eremove, eremove_enclave
 from vsgx.evm.encls.sgx2 import eaug, emodpr, emodt
 from vsgx.evm.epc import epc_pf
 
@@ -48,6 +48,6 @@ __all__ = [
     "MAX_DEFERRED_RUNS", "EvictedPage", "destroy_enclave", "eadd", "eadd_pages", "eadd_uniform",
     "eaug", "eblock",
     "eblock_pages", "ecreate", "edbgrd", "edbgwr", "eextend", "einit", "eld", "eld_pages",
-    "eldu_deferred", "emodpr", "emodt", "epa", "epc_pf", "eremove", "etrack", "ewb",
-    "ewb_pages", "launch_key", "measure_pages", "secs_of",
+    "eldu_deferred", "emodpr", "emodt", "epa", "epc_pf", "eremove", "eremove_enclave", "etrack",
+    "ewb", "ewb_pages", "launch_key", "measure_pages", "secs_of",
 ]

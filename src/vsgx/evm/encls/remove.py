@@ -7,7 +7,7 @@ from __future__ import annotations
 from vsgx.arch.constants import PageType
 from vsgx.arch.errors import SgxError
 from vsgx.evm.enclave import EnclaveState
-from vsgx.evm.encls.operands import detach
+from vsgx.evm.encls.operands import detach, secs_of
 from vsgx.evm.machine import Machine
 
 
@@ -39,6 +39,23 @@ def eremove(m: Machine, epc_page: int) -> SgxError:
         thread.close()
     detach(owner, entry)
     return SgxError.SUCCESS
+
+
+def eremove_enclave(m: Machine, secs_page: int) -> None:
+    """EREMOVE of every page of an enclave, then of its SECS: a driver's
+    release, with nobody inside (EENTERed threads are forgotten). The end
+    state of the EREMOVEs one by one, in one step under the machine lock:
+    the pages' memory and executors go with the SECS, not one by one."""
+    encl = secs_of(m, secs_page)
+    encl.inside.clear()
+    removed = list(encl.pages)
+    for entry in encl.pages.values():
+        entry.clear()
+    encl.pages.clear()
+    encl.old.clear()
+    encl.child_count = 0
+    encl.note_changes(removed)
+    eremove(m, secs_page)
 
 
 def destroy_enclave(encl: EnclaveState) -> None:
