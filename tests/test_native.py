@@ -162,6 +162,29 @@ def test_a_tcs_entered_straight_through_its_runner_is_not_the_idle_one(two_runne
 
 
 @native_only
+def test_a_tcs_whose_runner_closes_as_idle_again_and_again_keeps_its_fast_path(two_runners):
+    """A runner closed as idle after it served entries is not a failed
+    attach: the TCS gets the fast path back each time, however often (only
+    runners that go away before serving anything count against it)."""
+    from vsgx.avm.remote import FAST_ATTACH_TRIES
+
+    plain, _ = two_runners
+    counts = plain.enclave.avm.link.fast_counts
+    for _ in range(FAST_ATTACH_TRIES + 2):
+        for _ in range(3):  # the first through the EVM (a new runner), then straight to it
+            assert plain.call(1, OP_NOP)[0].kind == "eexit"
+        runner = runner_of(plain, 1)
+        before = counts["entries"]
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"
+        assert counts["entries"] == before + 1  # through the runner itself
+        # other TCSs' new runners: TCS 1's, once its entries are old news,
+        # is the idle one
+        for index in (0, 2, 0, 2):
+            assert plain.call(index, OP_NOP)[0].kind == "eexit"
+        assert runner.closed
+
+
+@native_only
 def test_a_system_call_is_ud_and_the_runner_survives(native_plain):
     plain = native_plain()
     result, _ = plain.call(0, OP_SYSCALL)

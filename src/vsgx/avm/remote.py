@@ -124,6 +124,9 @@ class FastEntryClient(Protocol):
 
     def end(self) -> None: ...
 
+    def stats(self) -> dict[str, int]:
+        """Counts of its work: "entries" is those the runner ended."""
+
     def eenter(self, registers: list[int], return_rip: int, untrusted: Any
                ) -> tuple[str, Sequence[int] | None, bool] | None:
         """begin and EENTER: None if nothing was begun (busy), else (what
@@ -136,7 +139,9 @@ class FastClientFactory(Protocol):
                  ) -> FastEntryClient: ...
 
 
-FAST_ATTACH_TRIES = 3  # a TCS whose runner keeps going away stays on the channel
+# a TCS whose runners keep going away before they serve an entry stays on
+# the channel (one closed as idle after its entries is not a failed try)
+FAST_ATTACH_TRIES = 3
 
 
 @dataclass
@@ -505,6 +510,8 @@ class RemoteEvm:
         with self._fast_lock:
             current = self._fast.get(key)
             tries = self._fast_tries.get(key, 0)
+            if current is not None and current.closed and current.stats()["entries"]:
+                tries = 0
             if (current is not None and not current.closed) or tries >= FAST_ATTACH_TRIES \
                     or secs_page not in self._ranges:
                 return

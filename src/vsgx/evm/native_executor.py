@@ -1446,10 +1446,10 @@ class FastClient:
         return "refused", None, ended
 
     def stats(self) -> dict[str, int]:
-        values = (ctypes.c_uint64 * 5)()
+        values = (ctypes.c_uint64 * 6)()
         self._lib.vsgx_fast_stats(self._c, values)
-        return dict(zip(("refreshed", "written_back", "pages_served", "slept", "descheduled"),
-                        values, strict=True))
+        return dict(zip(("refreshed", "written_back", "pages_served", "slept", "descheduled",
+                         "entries"), values, strict=True))
 
     def close(self) -> None:
         self.closed = True

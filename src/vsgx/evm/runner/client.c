@@ -463,6 +463,7 @@ static int serve(struct vsgx_fast_client *c, struct vsgx_fast_exit *out)
             out->address = a->address;
             out->exitinfo_valid = a->exitinfo_valid;
             out->interrupt = a->interrupt;
+            c->entries++;
             return reply == VSGX_REPLY_EEXIT ? VSGX_FAST_EEXIT : VSGX_FAST_AEX;
         }
         if (reply == VSGX_REPLY_HANDED_OVER)
@@ -548,7 +549,8 @@ CLIENT_API uint64_t vsgx_fast_wanted(const struct vsgx_fast_client *c)
     return c->wanted;
 }
 
-/* Statistics: refreshed, written back, pages served, slept, descheduled. */
+/* Statistics: refreshed, written back, pages served, slept, descheduled,
+   entries the runner ended (EEXIT, AEX). */
 CLIENT_API void vsgx_fast_stats(const struct vsgx_fast_client *c, uint64_t *out)
 {
     out[0] = c->refreshed;
@@ -556,4 +558,5 @@ CLIENT_API void vsgx_fast_stats(const struct vsgx_fast_client *c, uint64_t *out)
     out[2] = c->pages_served;
     out[3] = c->slept;
     out[4] = c->descheduled;
+    out[5] = c->entries;
 }

@@ -54,7 +54,7 @@ struct vsgx_fast_client {
     uint32_t unmap[VSGX_MAX_UNMAP];
     uint32_t unmap_count, reserved;
     /* statistics (tests, benchmarks) */
-    uint64_t refreshed, written_back, pages_served, slept, descheduled;
+    uint64_t refreshed, written_back, pages_served, slept, descheduled, entries;
     struct vsgx_fast_slot slots[VSGX_CLIENT_SLOTS];
 };
 
