@@ -616,7 +616,6 @@ class NativeExecutor:
         self.tcs = tcs if tcs is not None else 0
         self.generation = -1
         self.mark = (-1, 0)  # EnclaveState.change_mark() at the last sync
-        self.rewritten_seen = 0
         self.prot: dict[int, int] = {}
         self.interrupt_requested = False
         self.stop_requested = False
@@ -848,7 +847,6 @@ class NativeExecutor:
             self.prot, runs = protection_runs(encl, self.prot)
         else:
             runs = changed_protection_runs(encl, self.prot, changed)
-        self.rewritten_seen = len(encl.rewritten)
         self._ops.extend((layout.OP_PROTECT, start, end - start, prot)
                          for start, end, prot in runs)
         self.generation = encl.generation
