@@ -49,6 +49,7 @@ from plain_ops import (
     FIX_SKIP,
     OP_BAD_JUMP,
     OP_DIVIDE,
+    OP_GET_ADDRESS,
     OP_JUMP,
     OP_MAKE_SECRET,
     OP_NOP,
@@ -57,6 +58,7 @@ from plain_ops import (
     OP_SECRET_HASH,
     OP_SET_FLAG,
     OP_SHA256,
+    OP_SIZE,
     OP_SYSCALL,
     OP_SYSCALL_ABI,
     OP_WAIT_FLAG,
@@ -182,6 +184,65 @@ def test_a_tcs_whose_runner_closes_as_idle_again_and_again_keeps_its_fast_path(t
         for index in (0, 2, 0, 2):
             assert plain.call(index, OP_NOP)[0].kind == "eexit"
         assert runner.closed
+
+
+@native_only
+def test_a_client_closed_under_its_runner_is_not_attached_again_at_every_entry(two_runners):
+    """Enclave code can mark its runner's client closed (the CLIENT area is
+    in the runner's process): the TCS's entries then go through the channel
+    and the client is asked for again a few times, not at every entry."""
+    from vsgx.avm.remote import FAST_ATTACH_TRIES
+
+    plain, _ = two_runners
+    counts = plain.enclave.avm.link.fast_counts
+    for _ in range(3):
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"
+    client = runner_of(plain, 1).fast_client
+    assert client is not None and client.stats()["entries"]
+    client.closed = True
+    attached = counts["attached"]
+    for _ in range(4 * FAST_ATTACH_TRIES):
+        assert plain.call(1, OP_NOP)[0].kind == "eexit"
+    assert counts["attached"] - attached <= FAST_ATTACH_TRIES + 1
+
+
+@native_only
+def test_two_threads_on_one_tcs_each_run_their_own_entry(native_plain):
+    """Two threads entering the same TCS at once: one of them gets the TCS
+    busy (#GP) or waits its turn, and every entry that runs runs with the
+    registers its own thread gave it."""
+    plain = native_plain()
+    enclave, tcs = plain.enclave, plain.tcs[0]
+    assert plain.call(0, OP_NOP)[0].kind == "eexit"
+    cells = {index: enclave.alloc(64) for index in range(2)}
+    errors: list[BaseException] = []
+    done = Counter()
+
+    def run(index: int) -> None:
+        op = enclave.alloc(OP_SIZE)
+        value = 0x1000 + index
+        try:
+            enclave.write(cells[index], struct.pack("<Q", value))
+            for _ in range(300):
+                enclave.write(op, struct.pack("<4Q", OP_GET_ADDRESS, 0, cells[index], 0))
+                try:
+                    result = enclave.eenter(tcs=tcs, rdi=op)
+                except Fault as fault:
+                    assert fault.vector == Vector.GP  # the TCS is busy
+                    continue
+                assert result.kind == "eexit"
+                assert struct.unpack("<2Q", enclave.read(op, 16))[1] == value
+                done[index] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert done[0] and done[1]
 
 
 @native_only

@@ -175,6 +175,9 @@ class RemoteEvm:
         self._ranges: dict[int, tuple[int, int]] = {}
         self._fast: dict[tuple[int, int], FastEntryClient] = {}
         self._fast_tries: dict[tuple[int, int], int] = {}
+        # the closed client whose served entries last gave a TCS its tries
+        # back: each client does so once (enclave code can close its own)
+        self._fast_credited: dict[tuple[int, int], FastEntryClient] = {}
         self._fast_lock = threading.Lock()
         self.fast_counts = {"entries": 0, "handed over": 0, "refused": 0, "attached": 0}
         conn.handler = self._serve
@@ -337,6 +340,7 @@ class RemoteEvm:
                 del self._fast[key]
             for key in [key for key in self._fast_tries if key[0] == secs_page]:
                 del self._fast_tries[key]
+                self._fast_credited.pop(key, None)
 
     def _exit(self, reply: Message, untrusted: Any, tcs: int) -> RemoteExit:
         fields = reply.fields
@@ -510,7 +514,9 @@ class RemoteEvm:
         with self._fast_lock:
             current = self._fast.get(key)
             tries = self._fast_tries.get(key, 0)
-            if current is not None and current.closed and current.stats()["entries"]:
+            if current is not None and current.closed and current.stats()["entries"] \
+                    and self._fast_credited.get(key) is not current:
+                self._fast_credited[key] = current
                 tries = 0
             if (current is not None and not current.closed) or tries >= FAST_ATTACH_TRIES \
                     or secs_page not in self._ranges:

@@ -1228,12 +1228,27 @@ def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
             return False
         return True
     try:
-        exited = bool(select.select([pidfd], [], [], timeout)[0])
+        waiter = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
+        waiter.register(pidfd, select.POLLIN)
+        exited = bool(waiter.poll(max(0, int(timeout * 1000))))
     finally:
         os.close(pidfd)
     if exited:
         process.wait()
     return exited
+
+
+class _CallBlock:
+    """vsgx_fast_call_packed's operand (_CALL_IN) and, after it, the exit
+    the C side writes (_EXIT)."""
+
+    __slots__ = ("address", "buffer", "ended", "out_address")
+
+    def __init__(self) -> None:
+        self.buffer = ctypes.create_string_buffer(_CALL_IN.size + _EXIT.size)
+        self.address = ctypes.addressof(self.buffer)
+        self.ended = ctypes.c_uint32.from_buffer(self.buffer, _CALL_ENDED)
+        self.out_address = self.address + _CALL_IN.size
 
 
 class FastClient:
@@ -1254,12 +1269,11 @@ class FastClient:
         self._c = ctypes.addressof(self._state)
         self._snapshots = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
         self._snapshots_base = ctypes.c_char.from_buffer(self._snapshots)
-        # vsgx_fast_call_packed's block; every exit is written into its end
-        self._call = ctypes.create_string_buffer(_CALL_IN.size + _EXIT.size)
-        self._call_address = ctypes.addressof(self._call)
+        # vsgx_fast_call_packed's block, one per thread (two threads may
+        # try the TCS at once: only one gets past vsgx_fast_begin, but both
+        # pack first); every exit is written into its end
+        self._blocks = threading.local()
         self._call_packed = lib.vsgx_fast_call_packed
-        self._ended = ctypes.c_uint32.from_buffer(self._call, _CALL_ENDED)
-        self._out_address = self._call_address + _CALL_IN.size
         self._on_lost = on_lost
         self.name = name
         # Our own hold on the runner's areas: they stay mapped while C may
@@ -1304,6 +1318,13 @@ class FastClient:
         except OSError as exc:
             raise NativeUnavailable(f"the fast path's files: {exc}") from None
         return cls(area, pool, 0, base, size, None, name)
+
+    def _block(self) -> _CallBlock:
+        try:
+            return self._blocks.block  # type: ignore[no-any-return]
+        except AttributeError:
+            block = self._blocks.block = _CallBlock()
+            return block
 
     def begin(self, untrusted: UntrustedMemory) -> bool:
         """Before any entry of the TCS (through the runner or the EVM): the
@@ -1356,9 +1377,10 @@ class FastClient:
             except BaseException:
                 self._abandon()
                 raise
-        _CALL_IN.pack_into(self._call, 0, self._c, request, 0, return_rip, *registers)
+        block = self._block()
+        _CALL_IN.pack_into(block.buffer, 0, self._c, request, 0, return_rip, *registers)
         try:
-            code = self._call_packed(self._call_address)
+            code = self._call_packed(block.address)
             if code == FAST_EEXIT:  # the client is ended with it (ended is 1)
                 if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
                     self._trim_pinned()
@@ -1367,7 +1389,7 @@ class FastClient:
                 return None
             return self._served(code, untrusted), False
         except BaseException:
-            if self._ended.value == 2:  # begun here, not ended (the C side says which)
+            if block.ended.value == 2:  # begun here, not ended (the C side says which)
                 self._abandon()
             raise
 
@@ -1389,12 +1411,12 @@ class FastClient:
         """One EENTER through the runner: FAST_EEXIT (``exit_registers``),
         FAST_REFUSED, FAST_HANDED_OVER, FAST_CLOSED or FAST_LOST."""
         code = self._lib.vsgx_fast_enter(self._c, request, layout.REGISTERS.pack(*registers),
-                                         return_rip, self._out_address)
+                                         return_rip, self._block().out_address)
         return self._served(code, untrusted)
 
     def _served(self, code: int, untrusted: UntrustedMemory) -> int:
         """The pages the runner asks for (NEED_PAGE), until the entry ends."""
-        lib, c, out = self._lib, self._c, self._out_address
+        lib, c, out = self._lib, self._c, self._block().out_address
         share = untrusted.share
         while code == FAST_NEED_PAGE:
             page = lib.vsgx_fast_wanted(c)
@@ -1416,7 +1438,7 @@ class FastClient:
 
     def exit_registers(self) -> tuple[int, ...]:
         # eexit_registers copies them
-        return layout.REGISTERS.unpack_from(self._call, _CALL_IN.size)
+        return layout.REGISTERS.unpack_from(self._block().buffer, _CALL_IN.size)
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: UntrustedMemory
                ) -> tuple[str, Sequence[int] | None, bool] | None:

@@ -1252,7 +1252,7 @@ int vsgx_maps_flush(void)
 }
 
 static int queue_map(const struct sgx_file *file, uint64_t start, uint64_t length, int prot,
-                     int flags)
+                     uint32_t flags)
 {
     pthread_mutex_lock(&pending_lock);
     int ret = 0;
@@ -1261,7 +1261,7 @@ static int queue_map(const struct sgx_file *file, uint64_t start, uint64_t lengt
     if (ret == 0) {
         int n = atomic_load(&pending_count);
         pending_maps[n] = (struct vsgx_map_record){file->id, start, length, (uint32_t)prot,
-                                                   (uint32_t)flags};
+                                                   flags};
         atomic_store(&pending_count, n + 1);
     }
     pthread_mutex_unlock(&pending_lock);
@@ -1276,9 +1276,10 @@ static int queue_map(const struct sgx_file *file, uint64_t start, uint64_t lengt
    counts itself before it reads the queue: one of the two sees the other. */
 static void send_unmap(const struct sgx_file *file, uint64_t start, uint64_t length)
 {
-    if (queue_map(file, start, length, 0, (int)VSGX_MAP_RECORD_UNMAP) == 0) {
-        if (atomic_load(&vsgx_entries_running) != 0)
-            vsgx_maps_flush();
+    if (queue_map(file, start, length, 0, VSGX_MAP_RECORD_UNMAP) == 0) {
+        /* A failed flush is a lost launcher session: the next entry fails too. */
+        if (atomic_load(&vsgx_entries_running) != 0 && vsgx_maps_flush() != 0)
+            vsgx_log("an munmap of the enclave could not be sent");
         return;
     }
     struct vsgx_msg_unmap request = {0};
@@ -1337,7 +1338,7 @@ static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int p
             cut = 1;
         }
         if (status == 0)
-            status = queue_map(file, (uint64_t)where, size, prot, flags);
+            status = queue_map(file, (uint64_t)where, size, prot, (uint32_t)flags);
     } else if (file->size) {  /* before ECREATE nothing limits a mapping */
         flush_file(file);  /* what may be mapped depends on the pages added */
         status = simple_request(&request, sizeof(request));
@@ -1587,4 +1588,5 @@ void vsgx_device_after_fork(void)
     any_device = 0;
     pthread_mutex_init(&pending_lock, NULL);
     atomic_store(&pending_count, 0);  /* the parent's, for its session */
+    atomic_store(&vsgx_entries_running, 0);  /* the parent's threads' entries */
 }
