@@ -636,3 +636,51 @@ def test_a_closing_notice_says_why_the_session_ended():
     error, _ = _bounded(lambda: conn.call(Type.GET_CPUID), 15)
     assert isinstance(error, ChannelError)
     assert str(error) == "the EVM closed the idle session (no request) ?"
+
+
+def test_descriptors_past_fd_setsize_handshake_send_and_wait(tmp_path):
+    """A busy EVM holds more than 1024 descriptors: select() refuses those
+    (ValueError), so every wait is a poll."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on descriptors is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    high: list[int] = []
+
+    def lifted(sock: socket.socket) -> socket.socket:
+        fd = 1100 + len(high)
+        os.dup2(sock.fileno(), fd)
+        sock.close()
+        high.append(fd)
+        return socket.socket(fileno=fd)
+
+    try:
+        left, right = (lifted(s) for s in socket.socketpair())
+        assert left.fileno() >= 1024 and right.fileno() >= 1024
+        server = TlsStream(right, ServerIdentity("none").context, server_side=True,
+                           timeout=2.0, peer="the AVM")
+        client = TlsStream(left, client_context(), server_side=False, timeout=2.0,
+                           peer="the EVM")
+        thread = threading.Thread(target=server.handshake)
+        thread.start()
+        client.handshake()
+        thread.join()
+        assert not server.pending()
+        client.send(b"\x00\x05hello")
+        deadline = time.monotonic() + 5
+        while not server.pending():
+            assert time.monotonic() < deadline, "the frame never became readable"
+            time.sleep(0.001)
+        frame = server.read_frame(2, lambda header: int.from_bytes(header, "big"), 2.0)
+        assert frame.endswith(b"hello")
+        client.close()
+        server.close()
+        listener = listen(_unix(tmp_path / "high.sock"))
+        lifted_listener = lifted(listener.sock)
+        listener.sock = lifted_listener
+        assert listener.accept(timeout=0.01) is None
+        listener.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

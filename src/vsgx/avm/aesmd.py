@@ -74,6 +74,7 @@ from vsgx.arch.report import REPORT_SIZE, TARGETINFO_SIZE
 from vsgx.channel import ChannelError, listen, parse_address, peer_uid
 from vsgx.channel.evidence import one_line
 from vsgx.channel.messages import LaunchStatus, LaunchTokenError
+from vsgx.channel.transport import wait_ready
 from vsgx.crypto.quote import QuoteGenerationError
 from vsgx.errors import VsgxError
 
@@ -727,9 +728,6 @@ class _AbstractListener:
     """The legacy abstract socket name (Linux)."""
 
     def __init__(self) -> None:
-        import select
-
-        self._select = select.select
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.bind(ABSTRACT_SOCKET)
@@ -739,7 +737,7 @@ class _AbstractListener:
             raise
 
     def accept(self, timeout: float | None = None) -> socket.socket | None:
-        if timeout is not None and not self._select([self.sock], [], [], timeout)[0]:
+        if timeout is not None and not wait_ready(self.sock, read=True, timeout=timeout):
             return None
         return self.sock.accept()[0]
 

@@ -45,6 +45,22 @@ class ChannelIdle(Exception):
 IDLE_SECONDS = 1.0
 
 
+def wait_ready(sock: socket.socket | ssl.SSLSocket, *, read: bool = False,
+               write: bool = False, timeout: float | None = None) -> bool:
+    """Whether ``sock`` became readable (``read``) or writable (``write``)
+    within ``timeout`` seconds (None: wait as long as it takes). poll, not
+    select: a descriptor past FD_SETSIZE (1024) is legal in a busy EVM.
+    Raises ValueError or OSError for a closed socket, as select did."""
+    fd = sock.fileno()
+    if fd < 0:
+        raise ValueError("the socket is closed")
+    poller = select.poll()
+    poller.register(fd, (select.POLLIN if read else 0)
+                    | (select.POLLOUT if write else 0))
+    wait = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(poller.poll(wait))
+
+
 def vsock_available() -> bool:
     if not hasattr(socket, "AF_VSOCK"):
         return False
@@ -159,7 +175,7 @@ class Listener:
         """A new connection, or None after ``timeout`` seconds (a signal
         may go to any thread: a main thread that waits forever in accept
         would never run its handler)."""
-        if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+        if timeout is not None and not wait_ready(self.sock, read=True, timeout=timeout):
             return None
         return self.sock.accept()[0]
 
@@ -298,9 +314,9 @@ class TlsStream:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                readers, writers = [tls], []
+                want_write = False
             except ssl.SSLWantWriteError:
-                readers, writers = [], [tls]
+                want_write = True
             except (ssl.SSLError, OSError) as exc:
                 raise ChannelError(f"TLS handshake failed: "
                                    f"{getattr(exc, 'reason', None) or exc}") from None
@@ -308,7 +324,7 @@ class TlsStream:
             if remaining <= 0:
                 raise ChannelError(f"the TLS handshake did not finish within {limit:g} s")
             try:
-                select.select(readers, writers, [], remaining)
+                wait_ready(tls, read=not want_write, write=want_write, timeout=remaining)
             except (ValueError, OSError):
                 raise ChannelClosed("the channel is closed") from None
         self.last_received = time.monotonic()
@@ -367,7 +383,7 @@ class TlsStream:
                 raise ChannelError(f"{self.peer} stopped reading: nothing could be sent for "
                                    f"{waited:.0f} s")
             try:
-                select.select([], [tls], [], min(IDLE_SECONDS, self.timeout - waited))
+                wait_ready(tls, write=True, timeout=min(IDLE_SECONDS, self.timeout - waited))
             except (ValueError, OSError):
                 raise ChannelClosed("the channel is closed") from None
 
@@ -456,7 +472,7 @@ class TlsStream:
         if self._plain or tls.pending():
             return True
         try:  # not the reader's poll object: any thread may ask
-            return bool(select.select([tls], [], [], 0)[0])
+            return wait_ready(tls, read=True, timeout=0)
         except (ValueError, OSError):
             return True  # closed: a read will say so
 
