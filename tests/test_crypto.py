@@ -88,6 +88,20 @@ def test_bulk_paths_equal_single_records():
     assert bulk.digest() == hand_mrenclave(2, 1 << 24, pages)
 
 
+def test_eextend_chunks_equals_one_eextend_per_chunk():
+    data = bytes((i * 13 + 5) & 0xFF for i in range(4096))
+    for count in (0, 1, 15, 16):
+        packed, single = MrEnclave(), MrEnclave()
+        packed.eextend_chunks(0x7100, data[:count * 256])
+        for n in range(count):
+            single.eextend(0x7100 + n * 256, data[n * 256:(n + 1) * 256])
+        assert packed.digest() == single.digest()
+    with pytest.raises(ValueError):
+        MrEnclave().eextend_chunks(0, data[:300])
+    with pytest.raises(ValueError):
+        MrEnclave().eextend_chunks(0, data + data[:256])
+
+
 def test_one_byte_change_to_a_measured_page_changes_mrenclave():
     page = bytearray(4096)
     first = MrEnclave()

@@ -64,9 +64,11 @@ _EENTER, _AEX = int(Enclu.EENTER), ExitKind.AEX
 # Pages added per call to the EVM (one message per batch on a channel).
 ADD_BATCH = 256
 # Uniform pages of one add_runs run given EPC pages at once (the rest wait,
-# deferred, for their first touch): enough for the stacks, SSA frames and
-# the start of a heap.
-UNIFORM_RESIDENT = 256
+# deferred, for their first touch): a short run (an SSA frame, an SDK stack
+# of 64 KiB) whole, a longer one at both ends, where code touches it first
+# (a heap's start, a stack's top). Each resident page costs the driver and
+# the EVM a record at creation; a deferred one costs an ELDU if touched.
+UNIFORM_RESIDENT = 32
 # How long the reclaimer waits for threads inside an enclave to leave after
 # the "IPI" before it gives up on a batch (seconds).
 TRACKING_WAIT = 2.0
@@ -864,6 +866,27 @@ class SgxDriver:
                                                            (first + count) * PAGE_SIZE]))
         return pieces
 
+    def _plan(self, run: AddRun, info: Secinfo, want: int,
+              planned: list[tuple[AddRun, Secinfo, list[int]]]) -> DriverError | None:
+        """EPC pages (and VA slots) for the first ``want`` pages of ``run``,
+        planned; the error if there are none to be had."""
+        epcs: list[int] = []
+        if want:
+            try:
+                self._reserve_va(want)
+            except DriverError as exc:
+                return exc
+            try:
+                for _ in range(want):
+                    epcs.append(self._alloc_epc(reclaim=run.data is not None))
+            except DriverError as exc:
+                for epc in epcs:
+                    self._free_epc(epc)
+                self._release_va(want)
+                return exc
+        planned.append((run, info, epcs))
+        return None
+
     def _add_runs(self, encl: DriverEnclave, runs: list[AddRun], eadd_runs: Any
                   ) -> tuple[int, DriverError | None]:
         error: DriverError | None = None
@@ -887,7 +910,8 @@ class SgxDriver:
             checked.append((run, info))
         # EPC pages: every page with content (evicting others if need be);
         # uniform pages while free ones are left after the content to come,
-        # at most UNIFORM_RESIDENT of a run; the rest stay deferred.
+        # at most UNIFORM_RESIDENT of a run (split between its two ends);
+        # the rest stay deferred.
         later = sum(run.count for run, _ in checked if run.data is not None)
         planned: list[tuple[AddRun, Secinfo, list[int]]] = []
         for run, info in checked:
@@ -898,22 +922,21 @@ class SgxDriver:
                 room = (len(self._free) - RECLAIM_BATCH - later) * VA_SLOTS // (VA_SLOTS + 1)
                 want = 0 if info.page_type != PageType.REG else \
                     max(0, min(run.count, UNIFORM_RESIDENT, room))
-            epcs: list[int] = []
-            try:
-                if want:
-                    self._reserve_va(want)
-                    try:
-                        for _ in range(want):
-                            epcs.append(self._alloc_epc(reclaim=run.data is not None))
-                    except DriverError:
-                        for epc in epcs:
-                            self._free_epc(epc)
-                        self._release_va(want)
-                        raise
-            except DriverError as exc:
-                error = exc
+                if want == UNIFORM_RESIDENT < run.count:  # both ends: the front part first
+                    tail = want // 2
+                    front = AddRun(run.offset, run.count - tail, run.secinfo, run.measure,
+                                   fill=run.fill)
+                    run = AddRun(run.offset + front.count * PAGE_SIZE, tail, run.secinfo,
+                                 run.measure, fill=run.fill)
+                    refused = self._plan(front, info, want - tail, planned)
+                    if refused is not None:
+                        error = refused
+                        break
+                    want = tail
+            refused = self._plan(run, info, want, planned)
+            if refused is not None:
+                error = refused
                 break
-            planned.append((run, info, epcs))
         results = eadd_runs(encl.secs_page, [
             (encl.base + run.offset, run.count, run.secinfo, run.measure, run.fill, run.data,
              epcs) for run, _, epcs in planned]) if planned else []

@@ -40,6 +40,8 @@ _EADD_ONLY_BATCH = 4096
 _FEW_PAGES = 1  # batches this small are assembled as bytes
 # One measured page's records as one struct: EADD, then 16 x (EEXTEND, chunk).
 _MEASURED_PAGE_RECORDS = struct.Struct("<8sQQ40x" + "8sQ48x256s" * CHUNKS_PER_PAGE)
+# n EEXTENDs (record, chunk) as one struct, for n = 0..16.
+_EEXTEND_RECORDS = [struct.Struct("<" + "8sQ48x256s" * n) for n in range(CHUNKS_PER_PAGE + 1)]
 # Offsets from a batch's first page, made once: of each page, and of each
 # of its 256-byte chunks.
 _PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE
@@ -112,6 +114,18 @@ class MrEnclave:
             raise ValueError("EEXTEND measures 256 bytes")
         self._hash.update(eextend_record(offset))
         self._hash.update(chunk)
+
+    def eextend_chunks(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """EEXTEND of each 256-byte chunk of ``data`` (at ``offset``,
+        ``offset + 256``, ...), hashed as one string."""
+        count, rest = divmod(len(data), EEXTEND_CHUNK)
+        if rest or count > CHUNKS_PER_PAGE:
+            raise ValueError("eextend_chunks takes up to a page of 256-byte chunks")
+        fields: list[bytes | int] = []
+        for n in range(count):
+            fields += (TAG_EEXTEND, offset + n * EEXTEND_CHUNK,
+                       bytes(data[n * EEXTEND_CHUNK:(n + 1) * EEXTEND_CHUNK]))
+        self._hash.update(_EEXTEND_RECORDS[count].pack(*fields))
 
     def add_pages(self, offset: int, data: bytes | bytearray | memoryview, secinfo_flags: int,
                   measured: bool) -> None:

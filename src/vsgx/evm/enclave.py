@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # vsgx.evm.executor imports this module
     from vsgx.evm.executor import Closable, ThreadExecutor
 
 PROT_R, PROT_W, PROT_X = 1, 2, 4
+_ZERO_PAGE = bytes(PAGE_SIZE)
 # plain ints: an int & an IntFlag member runs the enum's __and__ in Python (2 us)
 _INIT, _DEBUG = int(Attribute.INIT), int(Attribute.DEBUG)
 PROT_ALL = PROT_R | PROT_W | PROT_X
@@ -130,7 +131,7 @@ class EnclaveMemory:
         written only where memory is held: every other page of the memfd
         reads as zero already (never written, or given back)."""
         held = self._held
-        if page.count(0) == len(page):  # all zero (count runs in C; any() per byte)
+        if page == _ZERO_PAGE:  # a memcmp (bytes.count(0) takes ~30 us a page)
             if held:
                 for position in range(offset, offset + count * PAGE_SIZE, PAGE_SIZE):
                     if held.pop(position, 0) is None:

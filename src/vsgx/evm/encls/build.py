@@ -328,9 +328,9 @@ def measure_pages(m: Machine, secs_page: int, epc_page: int) -> None:
     encl = m.epc.entry(epc_page).enclave
     assert encl is not None and encl.mrenclave_builder is not None and encl.memory is not None
     offset = m.epc.entry(epc_page).linaddr - encl.base
-    view, builder = encl.memory.view, encl.mrenclave_builder
-    for chunk in range(EEXTEND_CHUNK, PAGE_SIZE, EEXTEND_CHUNK):
-        builder.eextend(offset + chunk, view[offset + chunk:offset + chunk + EEXTEND_CHUNK])
+    encl.mrenclave_builder.eextend_chunks(offset + EEXTEND_CHUNK,
+                                          encl.memory.view[offset + EEXTEND_CHUNK:
+                                                           offset + PAGE_SIZE])
 
 
 def _token_reserved_ok(raw: bytes) -> bool:
