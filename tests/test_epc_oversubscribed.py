@@ -229,3 +229,36 @@ def test_remove_pages_of_a_deferred_page_needs_its_trim(plain_heap_signed, make_
         enclave.remove_pages(last, 4096)
     assert raised.value.errno == errno.EPERM
     assert enclave.handle.deferred.get(last) is None  # it was brought in to be checked
+
+
+def test_free_epc_pages_hand_out_what_a_list_of_every_page_did():
+    """The driver's free pages, without a list of the whole section: given
+    back pages first (last in, first out), then the unused ones from the
+    base up; the count is every page not handed out."""
+    from vsgx.avm.driver import FreeEpcPages
+
+    base, size = 0x8000_0000, 64 * 4096
+    lazy = FreeEpcPages(base, size)
+    listed = list(range(base + size - 4096, base - 1, -4096))
+    rng = random.Random(7)
+    held: list[int] = []
+    for _ in range(2000):
+        assert len(lazy) == len(listed) and bool(lazy) == bool(listed)
+        if listed and (not held or rng.random() < 0.6):
+            page = lazy.pop()
+            assert page == listed.pop()
+            held.append(page)
+        else:
+            count = rng.randint(1, min(3, len(held)))
+            back = [held.pop(rng.randrange(len(held))) for _ in range(count)]
+            if len(back) == 1:
+                lazy.append(back[0])
+                listed.append(back[0])
+            else:
+                lazy.extend(back)
+                listed.extend(back)
+    while listed:
+        assert lazy.pop() == listed.pop()
+    assert not lazy and len(lazy) == 0
+    with pytest.raises(IndexError):
+        lazy.pop()

@@ -30,6 +30,7 @@ import errno as errnos
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -199,6 +200,40 @@ class DriverEnclave:
         return self is other
 
 
+class FreeEpcPages:
+    """The driver's free EPC pages: those given back, last in first out,
+    then the section's never-used pages from its base up (the order a list
+    of every page popped from its end gave), without that list: for a
+    336 MiB EPC it took 2-3 ms to build, at a program's first CREATE."""
+
+    __slots__ = ("_end", "_given", "_next")
+
+    def __init__(self, base: int, size: int):
+        self._given: list[int] = []
+        self._next, self._end = base, base + size
+
+    def __len__(self) -> int:
+        return len(self._given) + (self._end - self._next) // PAGE_SIZE
+
+    def __bool__(self) -> bool:
+        return bool(self._given) or self._next < self._end
+
+    def pop(self) -> int:
+        if self._given:
+            return self._given.pop()
+        page = self._next
+        if page >= self._end:
+            raise IndexError("no free EPC page")
+        self._next = page + PAGE_SIZE
+        return page
+
+    def append(self, page: int) -> None:
+        self._given.append(page)
+
+    def extend(self, pages: Iterable[int]) -> None:
+        self._given.extend(pages)
+
+
 def available_memory() -> int | None:
     """Bytes this host can still give the AVM (MemAvailable), if it says."""
     try:
@@ -223,8 +258,7 @@ class SgxDriver:
         self.cpuid = cpuid
         self.augment_on_fault = augment_on_fault
         self.epc_base, self.epc_size = section.base, section.size
-        self._free = list(range(section.base + section.size - PAGE_SIZE, section.base - 1,
-                                -PAGE_SIZE))
+        self._free = FreeEpcPages(section.base, section.size)
         self._lock = threading.RLock()
         # Resident, reclaimable pages: (ticket, page, enclave), hand at the left.
         self._clock: deque[tuple[int, EnclavePage, DriverEnclave]] = deque()
