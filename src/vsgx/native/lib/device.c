@@ -101,6 +101,10 @@ struct sgx_file {
        spans say every page's vm_max_prot, so a mapping is checked here
        (sgx_encl_may_map) and sent with the next request (MAPS). */
     int maps_checked_here;
+    /* An ioctl or a mapping of it reached this library: before that the
+       launcher has heard nothing of it, and its release (a device probe's
+       close) needs no round trip. */
+    int used;
     int add_error;    /* -errno the driver or the EVM gave a queued add: final */
     struct span *added;
     int added_count, added_capacity;
@@ -295,7 +299,8 @@ static void maybe_release(struct sgx_file *file)
     unlink_file(file);
     if (file->kind == FILE_ENCLAVE)
         vsgx_fast_release_file(file->id);
-    if (file->kind == FILE_ENCLAVE && vsgx_channel_available()) {
+    if (file->kind == FILE_ENCLAVE && __atomic_load_n(&file->used, __ATOMIC_ACQUIRE) &&
+        vsgx_channel_available()) {
         struct vsgx_msg_release request = {0};
         request.type = VSGX_MSG_RELEASE;
         request.file = file->id;
@@ -1101,6 +1106,8 @@ VSGX_EXPORT int ioctl(int fd, unsigned long cmd, ...)
     struct sgx_file *file = file_of(fd);
     if (file == NULL)
         return REAL(ioctl)(fd, cmd, arg);
+    if (file->kind == FILE_ENCLAVE)
+        __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     long ret = file->kind == FILE_ENCLAVE ? enclave_ioctl(file, cmd, (uint64_t)arg)
                : file->kind == FILE_ISGX || file->kind == FILE_DCAP
                    ? vsgx_legacy_ioctl(file->kind == FILE_DCAP, cmd, (uint64_t)arg)
@@ -1417,6 +1424,7 @@ static void *map_legacy(struct sgx_file *device, void *addr, size_t length, int 
     encl->legacy = device->kind;
     encl->dev = (dev_t)-1;  /* no descriptor: never found by file_of */
     encl->ino = (ino_t)-1;
+    encl->used = 1;
     pthread_mutex_init(&encl->queue_lock, NULL);
     pthread_mutex_lock(&device_lock);
     encl->id = ((uint64_t)vsgx_pid << 32) | next_file_id++;
@@ -1462,6 +1470,7 @@ int vsgx_legacy_created(const struct sgx_file *file, uint64_t *base, uint64_t *s
 
 long vsgx_enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg_address)
 {
+    __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     return enclave_ioctl(file, cmd, arg_address);
 }
 
@@ -1481,6 +1490,7 @@ VSGX_EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, o
             errno = ENODEV;
             return MAP_FAILED;
         }
+        __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
         return map_enclave(file, addr, length, prot, flags);
     }
     if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
