@@ -129,7 +129,8 @@ class FastEntryClient(Protocol):
 
     def eenter(self, registers: list[int], return_rip: int, untrusted: Any
                ) -> tuple[str, Sequence[int] | None, bool] | None:
-        """begin and EENTER: None if nothing was begun (busy), else (what
+        """begin and EENTER: None if nothing was begun (no fast path for
+        this memory), #GP if another entry holds the TCS, else (what
         happened, the reported registers, whether it ended already); if it
         raises, it has ended what it began."""
 
@@ -420,13 +421,15 @@ class RemoteEvm:
         # begin and end: the pages the runner keeps are this client's.
         try:
             begun = client.eenter(registers, return_rip, untrusted)
+        except Fault:  # #GP: another thread's entry holds the TCS (nothing begun)
+            raise
         except BaseException:
             # The client ended what it began and is done: its runner was lost
             # (the EVM replaces it), or the entry was given up mid-way (the
             # entry is lost, as the EVM's own entries are then).
             self._drop_client(secs_page, tcs)
             raise
-        if begun is None:  # another thread's entry of the TCS is in flight (busy)
+        if begun is None:  # no fast path for this memory
             return self._channel_eenter(secs_page, registers, return_rip, untrusted)
         outcome, exit_registers, ended = begun
         try:

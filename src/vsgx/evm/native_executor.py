@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vsgx.arch.constants import ENCLU_OPCODE, PAGE_SIZE, ExitType, PfErrorCode, Vector
+from vsgx.arch.errors import gp
 from vsgx.arch.ssa import xsave_size
 from vsgx.errors import VsgxError
 from vsgx.evm.access import (
@@ -1242,9 +1243,13 @@ class _CallBlock:
     """vsgx_fast_call_packed's operand (_CALL_IN) and, after it, the exit
     the C side writes (_EXIT)."""
 
-    __slots__ = ("address", "buffer", "ended", "out_address")
+    __slots__ = ("address", "buffer", "ended", "holding", "out_address")
 
     def __init__(self) -> None:
+        # This thread began an entry of the client and has not ended it:
+        # an entry it makes meanwhile (the EVM's side of one an in-process
+        # AVM began) goes through the EVM, within that one.
+        self.holding = False
         self.buffer = ctypes.create_string_buffer(_CALL_IN.size + _EXIT.size)
         self.address = ctypes.addressof(self.buffer)
         self.ended = ctypes.c_uint32.from_buffer(self.buffer, _CALL_ENDED)
@@ -1328,14 +1333,20 @@ class FastClient:
 
     def begin(self, untrusted: UntrustedMemory) -> bool:
         """Before any entry of the TCS (through the runner or the EVM): the
-        kept pages refreshed. False when this memory has no fast path or an
-        entry of the TCS is in flight (the EVM then says the TCS is busy)."""
-        if self.closed:
+        kept pages refreshed. False when this memory has no fast path; #GP
+        (the TCS is busy) while another thread's entry of the TCS holds the
+        client. Not an entry through the EVM then: the runner maps the
+        client's slots, which only the client refreshes and writes back (an
+        EVM entry slipped in as the other ended read stale pages, and its
+        writes were lost at the next refresh)."""
+        block = self._block()
+        if self.closed or block.holding:
             return False
         # Taken first: the slots are this entry's alone from here (another
         # thread's entry of the TCS may be using them right now).
         if self._lib.vsgx_fast_begin(self._c) != 0:
-            return False
+            raise gp("the TCS is busy (another thread's entry of it is in flight)")
+        block.holding = True
         source = (untrusted, untrusted.generation)
         if self._source is None or self._source[0] is not untrusted \
                 or self._source[1] != source[1]:
@@ -1343,7 +1354,7 @@ class FastClient:
             self._pinned.clear()
             self._source = source
         if not untrusted.shares_pages:
-            self._lib.vsgx_fast_end(self._c)
+            self.end()
             return False
         return True
 
@@ -1351,6 +1362,7 @@ class FastClient:
         """After the entry: write back, keep a few pages for the next one
         (the areas are ours to touch until this client is dropped)."""
         self._lib.vsgx_fast_end(self._c)
+        self._block().holding = False
         if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
             self._trim_pinned()
 
@@ -1364,9 +1376,10 @@ class FastClient:
         """``begin`` and ``enter`` in one foreign call where nothing about
         the memory changed since the last entry: (the result, whether the
         client is ended already — after an EEXIT); None where ``begin``
-        would be False. Without ``ended``, ``end`` follows as after
-        ``begin``. If it raises (a lost runner, a signal's exception), what
-        it began it has ended: the caller ends nothing then."""
+        would be False, #GP where it would raise it (busy: nothing begun).
+        Without ``ended``, ``end`` follows as after ``begin``. If it raises
+        (a lost runner, a signal's exception), what it began it has ended:
+        the caller ends nothing then."""
         source = self._source
         if self.closed or source is None or source[0] is not untrusted \
                 or source[1] != untrusted.generation or not untrusted.shares_pages:
@@ -1378,6 +1391,8 @@ class FastClient:
                 self._abandon()
                 raise
         block = self._block()
+        if block.holding:
+            return None
         _CALL_IN.pack_into(block.buffer, 0, self._c, request, 0, return_rip, *registers)
         try:
             code = self._call_packed(block.address)
@@ -1385,8 +1400,9 @@ class FastClient:
                 if len(self._pinned) > 2 * layout.CLIENT_SLOTS:
                     self._trim_pinned()
                 return code, True
-            if code == FAST_BUSY:
-                return None
+            if code == FAST_BUSY:  # nothing begun (ended is 0)
+                raise gp("the TCS is busy (another thread's entry of it is in flight)")
+            block.holding = True
             return self._served(code, untrusted), False
         except BaseException:
             if block.ended.value == 2:  # begun here, not ended (the C side says which)

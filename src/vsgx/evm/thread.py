@@ -217,7 +217,7 @@ class EnclaveThread:
         except VsgxError:  # the client ended what it began
             self._lost()
             raise
-        if called is None:  # not begun: no fast path for this memory, or busy
+        if called is None:  # not begun: no fast path for this memory (busy is #GP)
             return self._eenter(registers, return_rip, untrusted)
         outcome, ended = called
         try:
