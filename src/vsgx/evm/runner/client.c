@@ -308,7 +308,7 @@ static int wait_reply(struct vsgx_fast_client *c)
         if (seq != seen)
             goto replied;
         __asm__ volatile("pause" ::: "memory");
-        if ((i & 15) == 15) {
+        if ((i & 1) == 1) {
             uint64_t t = now_ns();
             if (t - last > DESCHEDULED_NS)
                 descheduled = 1;
@@ -316,8 +316,8 @@ static int wait_reply(struct vsgx_fast_client *c)
             if (t - start > budget || descheduled)
                 break;
             /* let a runner that shares this CPU run rather than spin it
-               out: at once when it last ran here, past the floor of a
-               reply otherwise */
+               out: at once when it last ran here (looked at every other
+               round), past the floor of a reply otherwise */
             uint32_t cpu = this_cpu();
             if (t - start > SPIN_YIELD_AFTER_NS ||
                 (cpu && __atomic_load_n(&a->runner_cpu, __ATOMIC_RELAXED) == cpu))
