@@ -126,7 +126,11 @@ class Enclave:
     # -- ECALLs ------------------------------------------------------------------
     def __getattr__(self, name: str) -> EcallProxy:
         if name in self.__dict__.get("_ordinals", {}):
-            return self.proxy(name)
+            # Kept as an attribute: the next ``enclave.<name>`` is found
+            # without this call (no other attribute has the name, or this
+            # would not have been called).
+            proxy = self.__dict__[name] = self.proxy(name)
+            return proxy
         raise AttributeError(f"{type(self).__name__} has no attribute or ECALL {name!r}")
 
     def proxy(self, name: str) -> EcallProxy:
