@@ -39,9 +39,10 @@ _BATCH_PAGES = 256
 _EADD_ONLY_BATCH = 4096
 _FEW_PAGES = 1  # batches this small are assembled as bytes
 # One measured page's records as one struct: EADD, then 16 x (EEXTEND, chunk).
-_MEASURED_PAGE_RECORDS = struct.Struct("<8sQQ40x" + "8sQ48x256s" * CHUNKS_PER_PAGE)
+_EEXTEND_FORMAT = "8sQ48x256s"  # an EEXTEND record and its chunk
+_MEASURED_PAGE_RECORDS = struct.Struct("<8sQQ40x" + _EEXTEND_FORMAT * CHUNKS_PER_PAGE)
 # n EEXTENDs (record, chunk) as one struct, for n = 0..16.
-_EEXTEND_RECORDS = [struct.Struct("<" + "8sQ48x256s" * n) for n in range(CHUNKS_PER_PAGE + 1)]
+_EEXTEND_RECORDS = [struct.Struct("<" + _EEXTEND_FORMAT * n) for n in range(CHUNKS_PER_PAGE + 1)]
 # Offsets from a batch's first page, made once: of each page, and of each
 # of its 256-byte chunks.
 _PAGE_STEPS = np.arange(_BATCH_PAGES, dtype="<u8") * PAGE_SIZE

@@ -977,6 +977,7 @@ static int flush_file(struct sgx_file *file)
 
 static long enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg_address)
 {
+    __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     switch (cmd) {
     case SGX_IOC_ENCLAVE_CREATE:
     case SGX_IOC_ENCLAVE_ADD_PAGES:
@@ -1106,8 +1107,6 @@ VSGX_EXPORT int ioctl(int fd, unsigned long cmd, ...)
     struct sgx_file *file = file_of(fd);
     if (file == NULL)
         return REAL(ioctl)(fd, cmd, arg);
-    if (file->kind == FILE_ENCLAVE)
-        __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     long ret = file->kind == FILE_ENCLAVE ? enclave_ioctl(file, cmd, (uint64_t)arg)
                : file->kind == FILE_ISGX || file->kind == FILE_DCAP
                    ? vsgx_legacy_ioctl(file->kind == FILE_DCAP, cmd, (uint64_t)arg)
@@ -1299,6 +1298,7 @@ static void send_unmap(const struct sgx_file *file, uint64_t start, uint64_t len
 
 static void *map_enclave(struct sgx_file *file, void *addr, size_t length, int prot, int flags)
 {
+    __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     if ((flags & MAP_TYPE) == MAP_PRIVATE) {
         errno = EINVAL;  /* sgx_get_unmapped_area */
         return MAP_FAILED;
@@ -1424,7 +1424,6 @@ static void *map_legacy(struct sgx_file *device, void *addr, size_t length, int 
     encl->legacy = device->kind;
     encl->dev = (dev_t)-1;  /* no descriptor: never found by file_of */
     encl->ino = (ino_t)-1;
-    encl->used = 1;
     pthread_mutex_init(&encl->queue_lock, NULL);
     pthread_mutex_lock(&device_lock);
     encl->id = ((uint64_t)vsgx_pid << 32) | next_file_id++;
@@ -1470,7 +1469,6 @@ int vsgx_legacy_created(const struct sgx_file *file, uint64_t *base, uint64_t *s
 
 long vsgx_enclave_ioctl(struct sgx_file *file, unsigned long cmd, uint64_t arg_address)
 {
-    __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
     return enclave_ioctl(file, cmd, arg_address);
 }
 
@@ -1490,7 +1488,6 @@ VSGX_EXPORT void *mmap(void *addr, size_t length, int prot, int flags, int fd, o
             errno = ENODEV;
             return MAP_FAILED;
         }
-        __atomic_store_n(&file->used, 1, __ATOMIC_RELEASE);
         return map_enclave(file, addr, length, prot, flags);
     }
     if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
