@@ -117,7 +117,8 @@ def test_uapi_loader_runs_the_plain_enclave(programs, plain_enclave, executor) -
               "add heap", "init", "init wrong measurement",
               "map above the pages' rights", "mprotect above the pages' rights",
               "zeroed restrict probe", "vdso symbol", "put and get", "user handler",
-              "exception", "pte fault", "eresume", "threads", "raw enclu", "raw enclu aex",
+              "pages read afresh", "exception", "pte fault", "eresume", "threads", "raw enclu",
+              "raw enclu aex",
               "program's own sigill", "after close", "after munmap"}
     if plan.ecreate.size - image_end >= 4096:
         wanted |= {"unmapped hole", "eaug on a mapped hole", "eaccept", "augmented page",

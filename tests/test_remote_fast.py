@@ -30,6 +30,7 @@ from plain_ops import (
     OP_DIVIDE,
     OP_NOP,
     OP_SET_FLAG,
+    OP_TOUCH,
     OP_WAIT_FLAG,
     PlainEnclave,
 )
@@ -89,6 +90,23 @@ def test_the_enclave_sees_and_changes_the_applications_pages(remote_native):
         assert plain.put(slot + 8, value + 1).kind == "eexit"
         assert int.from_bytes(enclave.read(slot + 8, 8), "little") == value + 1
     assert counts(plain)["entries"] - before["entries"] == 6
+
+
+def test_pages_an_entry_no_longer_keeps_are_read_afresh_at_the_next(remote_native):
+    """An entry that touches more pages than the client keeps (and more
+    than one request may ask the runner to unmap): the next entry still
+    reads each page as the application has it now, not a stale slot."""
+    plain = remote_native
+    enclave = plain.enclave
+    pages = 200
+    buffer = enclave.alloc(pages * 4096)
+    plain.call(0, OP_NOP)
+    for value in (1, 2, 3):
+        for i in range(pages):
+            enclave.write(buffer + i * 4096, value.to_bytes(8, "little"))
+        result, words = plain.call(0, OP_TOUCH, buffer, pages)
+        assert result.kind == "eexit"
+        assert words[3] == value * pages
 
 
 def test_a_fault_is_handed_over_and_the_tcs_goes_on(remote_native):

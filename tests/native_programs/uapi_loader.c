@@ -39,7 +39,7 @@
 #define EEXIT 4
 
 enum { OP_NOP, OP_PUT_BUFFER, OP_GET_BUFFER, OP_PUT_ADDRESS, OP_GET_ADDRESS, OP_EACCEPT,
-       OP_EMODPE, OP_INIT_TCS_PAGE, OP_DIVIDE };
+       OP_EMODPE, OP_INIT_TCS_PAGE, OP_DIVIDE, OP_TOUCH = 26 };
 
 struct sgx_enclave_add_pages { uint64_t src, offset, length, secinfo, flags, count; };
 struct sgx_enclave_restrict_permissions { uint64_t offset, length, permissions, result, count; };
@@ -496,6 +496,24 @@ int main(int argc, char **argv)
 
     CHECK("put and get", put_buffer(tcs0, 0x1122334455667788ull) &&
           get_buffer(tcs1) == 0x1122334455667788ull, "the value did not come back");
+
+    /* More pages in one entry than the fast path keeps between entries:
+       each later entry still reads what the program wrote since. */
+    enum { TOUCHED = 200 };
+    uint64_t *touched = mmap(NULL, TOUCHED * PAGE, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int fresh = touched != MAP_FAILED;
+    uint64_t sums[3] = {0};
+    for (uint64_t value = 1; fresh && value <= 3; value++) {
+        for (int i = 0; i < TOUCHED; i++)
+            touched[i * (PAGE / 8)] = value;
+        uint64_t touch[8] = {OP_TOUCH, (uint64_t)touched, TOUCHED};
+        fresh = call(tcs0, touch, &run, EENTER) == 0 && run.function == EEXIT;
+        sums[value - 1] = touch[3];
+        fresh &= touch[3] == value * TOUCHED;
+    }
+    CHECK("pages read afresh", fresh, "sums %lu %lu %lu", (unsigned long)sums[0],
+          (unsigned long)sums[1], (unsigned long)sums[2]);
 
     memset(&run, 0, sizeof(run));
     run.tcs = tcs0;

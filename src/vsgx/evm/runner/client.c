@@ -177,10 +177,10 @@ static void drop_slot(struct vsgx_fast_client *c, uint32_t slot)
         return;
     s->page = 0;
     s->source = 0;
+    /* Never full: a slot in the list is not reused until the list is sent
+       (take_slot), so it holds each slot once at most. */
     if (c->unmap_count < VSGX_MAX_UNMAP)
         c->unmap[c->unmap_count++] = slot;
-    else
-        c->unmap_lost = 1;  /* the runner's mapping goes when the slot is reused */
 }
 
 /* The program's bytes of a page into ``out`` (0, or -EFAULT if it is

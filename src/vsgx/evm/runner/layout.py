@@ -103,7 +103,10 @@ GRANT_FRAMES = 16  # SSA frames a grant can describe (a TCS with more NSSA: no g
 PYTHON_SLOTS = 512  # page-pool slots the EVM's executor maps untrusted pages from
 CLIENT_SLOTS = 256  # slots after those that the fast path's client fills
 POOL_SLOTS = PYTHON_SLOTS + CLIENT_SLOTS
-MAX_UNMAP = 64  # client slots one request may ask the runner to unmap
+# Client slots one request may ask the runner to unmap: every slot, since a
+# slot waiting to be unmapped is not reused (a shorter list would leave some
+# mapped, and the enclave would read and write them stale).
+MAX_UNMAP = CLIENT_SLOTS
 MAX_EXIT_SITES = 32  # rewritten EEXIT sites the COMMAND area names (vsgx.evm.fast_exits)
 # Fast-exit mode's exit gate: one page of the runner just below ELRANGE,
 # entry i at GATE_ENTRY_SIZE * i for the EEXIT site rewritten into a jump
@@ -205,7 +208,6 @@ CLIENT = Area("vsgx_client", 4096, (
     Field("page_slot", 244, "u32"),  # REQ_PAGE: the client slot that holds it
     Field("page_state", 248, "u32"),  # REQ_PAGE: PAGE_*
     Field("unmap_count", 252, "u32"),  # with an entry: client slots to unmap first
-    Field("unmap_slots", 256, "u32", MAX_UNMAP),
     Field("entries", 512, "u32"),  # statistics the runner keeps (tests, benchmarks)
     Field("page_requests", 516, "u32"),
     # Where each side last ran (RDPID + 1; 0: unknown): a waiter whose peer
@@ -213,6 +215,7 @@ CLIENT = Area("vsgx_client", 4096, (
     # run meanwhile). Hints only: written by everyone, trusted by no one.
     Field("runner_cpu", 520, "u32"),
     Field("client_cpu", 524, "u32"),
+    Field("unmap_slots", 1024, "u32", MAX_UNMAP),
 ))
 
 STATE = Area("vsgx_state", 4096, (

@@ -50,7 +50,7 @@ struct vsgx_fast_client {
     uint64_t spin_ns;
     uint64_t clock;
     uint64_t wanted;     /* VSGX_FAST_NEED_PAGE: the page */
-    uint32_t wanted_write, unmap_lost;
+    uint32_t wanted_write;
     uint32_t unmap[VSGX_MAX_UNMAP];
     uint32_t unmap_count, reserved;
     /* statistics (tests, benchmarks) */
