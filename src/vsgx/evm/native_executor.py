@@ -1488,8 +1488,14 @@ class FastClient:
                          "entries"), values, strict=True))
 
     def close(self) -> None:
+        """No entry from now on. The buffers the slots copy from are let go
+        only if no entry holds the client: one in flight (this thread's,
+        whose runner was just lost, say) still writes back into them."""
         self.closed = True
-        self._pinned.clear()
+        if self._lib.vsgx_fast_begin(self._c) == 0:
+            self._lib.vsgx_fast_forget(self._c)
+            self._lib.vsgx_fast_end(self._c)
+            self._pinned.clear()
 
 
 def fast_client_from_files(client_fd: int, pool_fd: int, base: int, size: int, name: str
