@@ -7,7 +7,10 @@ the code bytes at the sites behaves as before."""
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import threading
 import time
 
 import pytest
@@ -22,7 +25,7 @@ from vsgx.evm.vm import EnclaveVM
 from vsgx.host import Avm, Enclave
 
 from conftest import EXECUTORS, ROOT_SECRET
-from plain_ops import FIX_SET_RIP, OP_INT3, OP_JUMP, OP_NOP, PlainEnclave
+from plain_ops import FIX_SET_RIP, OP_INT3, OP_JUMP, OP_NOP, OP_TOUCH, PlainEnclave
 
 USABLE, WHY = native_support()
 
@@ -213,6 +216,43 @@ def test_after_a_gate_exit_the_idle_runner_takes_alarms_kicks_and_commands(load_
     assert runner.process.poll() is None
     result, _ = plain.call(0, OP_NOP)
     assert result.kind == "eexit"
+
+
+@pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")
+def test_kicks_while_the_runner_unmaps_dropped_slots_lose_nothing(load_plain):
+    """After a gate exit the runner takes the next request with no signal
+    blocked, and unmaps the client slots dropped since first: a kick in the
+    middle refuses the request, and the entry through the EVM that follows
+    still finds every page as the application has it (no slot left mapped
+    stale, none recorded as mapped that is not)."""
+    vm, plain = load_plain("native", True)
+    enclave = plain.enclave
+    pages = 200
+    buffer = enclave.alloc(pages * 4096)
+    plain.call(0, OP_NOP)
+    pid = _runner(vm, plain).process.pid
+    stop = threading.Event()
+
+    def kick() -> None:
+        while not stop.is_set():
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                return
+            time.sleep(0.0002)
+
+    kicker = threading.Thread(target=kick, daemon=True)
+    kicker.start()
+    try:
+        for value in range(1, 60):
+            for i in range(pages):
+                enclave.write(buffer + i * 4096, value.to_bytes(8, "little"))
+            result, words = plain.call(0, OP_TOUCH, buffer, pages)
+            assert result.kind == "eexit", (value, result.describe())
+            assert words[3] == value * pages, value
+    finally:
+        stop.set()
+        kicker.join()
 
 
 @pytest.mark.skipif(not USABLE, reason=f"no native executor here: {WHY}")

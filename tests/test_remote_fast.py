@@ -109,6 +109,28 @@ def test_pages_an_entry_no_longer_keeps_are_read_afresh_at_the_next(remote_nativ
         assert words[3] == value * pages
 
 
+def test_an_eresume_through_the_evm_sees_the_pages_the_entry_left(remote_native):
+    """A fast entry that touched more pages than the client keeps faults;
+    its ERESUME goes through the EVM, in the same runner: the slots the
+    client dropped at the AEX are unmapped first, so the enclave's write to
+    its op page (an oldest one) reaches the AVM."""
+    plain = remote_native
+    enclave = plain.enclave
+    pages = 40
+    buffer = enclave.alloc((pages + 1) * 4096)
+    enclave.avm.memory.unmap(buffer + pages * 4096, 4096)  # the fault: one page past
+    for i in range(pages):
+        enclave.write(buffer + i * 4096, (1).to_bytes(8, "little"))
+    plain.call(0, OP_NOP)
+    result, _ = plain.call(0, OP_TOUCH, buffer, pages + 1)
+    assert result.aex and result.vector == Vector.PF
+    enclave.avm.memory.map(buffer + pages * 4096, 4096)
+    enclave.write(buffer + pages * 4096, (5).to_bytes(8, "little"))
+    assert enclave.eresume(plain.tcs[0]).kind == "eexit"
+    op = plain.ops[plain.tcs[0]]
+    assert int.from_bytes(enclave.read(op + 24, 8), "little") == pages + 5
+
+
 def test_a_fault_is_handed_over_and_the_tcs_goes_on(remote_native):
     plain = remote_native
     plain.call(0, OP_NOP)

@@ -156,6 +156,10 @@ CLIENT_API int vsgx_fast_init(struct vsgx_fast_client *c, void *area, void *pool
     c->spin_ns = SPIN_START_NS;
     if (c->area->magic != VSGX_CLIENT_MAGIC)
         return -EINVAL;
+    /* A client before this one may have left slots mapped: this one holds
+       none, so the runner unmaps them all before the next entry. */
+    memset((void *)c->area->slot_pages, 0, sizeof(c->area->slot_pages));
+    __atomic_store_n(&c->area->slots_dropped, 1, __ATOMIC_RELEASE);
     c->seen_reply = __atomic_load_n(&c->area->reply_seq, __ATOMIC_ACQUIRE);
     return 0;
 }
@@ -177,10 +181,9 @@ static void drop_slot(struct vsgx_fast_client *c, uint32_t slot)
         return;
     s->page = 0;
     s->source = 0;
-    /* Never full: a slot in the list is not reused until the list is sent
-       (take_slot), so it holds each slot once at most. */
-    if (c->unmap_count < VSGX_MAX_UNMAP)
-        c->unmap[c->unmap_count++] = slot;
+    /* the runner unmaps it before its next entry (reconcile_slots) */
+    c->area->slot_pages[slot] = 0;
+    __atomic_store_n(&c->area->slots_dropped, 1, __ATOMIC_RELEASE);
 }
 
 /* The program's bytes of a page into ``out`` (0, or -EFAULT if it is
@@ -368,7 +371,14 @@ replied:;
     c->seen_reply = seq;
     if (__atomic_load_n(&a->closed, __ATOMIC_ACQUIRE))
         return VSGX_FAST_CLOSED;
-    return (int)a->reply;
+    /* Only the runner's replies (enclave code can write the area): any
+       other value, and REPLY_BAD, is a refusal, never taken for our own
+       CLOSED or LOST. */
+    uint32_t reply = a->reply;
+    if (reply == VSGX_REPLY_EEXIT || reply == VSGX_REPLY_AEX || reply == VSGX_REPLY_PAGE ||
+        reply == VSGX_REPLY_HANDED_OVER)
+        return (int)reply;
+    return VSGX_REPLY_REFUSED;
 }
 
 static void send_request(struct vsgx_fast_client *c, uint32_t kind)
@@ -381,22 +391,15 @@ static void send_request(struct vsgx_fast_client *c, uint32_t kind)
 }
 
 /* A slot for a new page: a free one, else the oldest (written back first;
-   the runner unmaps it when it maps the new page there). */
+   the runner unmaps what it maps there when it maps the new page). Always
+   one of the VSGX_CLIENT_SLOTS: a slot is free or holds a page. */
 static uint32_t take_slot(struct vsgx_fast_client *c)
 {
-    uint32_t oldest = VSGX_CLIENT_SLOTS;
+    uint32_t oldest = 0;
     for (uint32_t slot = 0; slot < VSGX_CLIENT_SLOTS; slot++) {
-        if (!c->slots[slot].page) {
-            /* A slot still to be unmapped at the next entry would lose its
-               new page then. */
-            int pending = 0;
-            for (uint32_t i = 0; i < c->unmap_count; i++)
-                pending |= c->unmap[i] == slot;
-            if (!pending)
-                return slot;
-            continue;
-        }
-        if (oldest == VSGX_CLIENT_SLOTS || c->slots[slot].stamp < c->slots[oldest].stamp)
+        if (!c->slots[slot].page)
+            return slot;
+        if (c->slots[slot].stamp < c->slots[oldest].stamp)
             oldest = slot;
     }
     write_back_slot(c, oldest);
@@ -422,6 +425,7 @@ static void answer_page(struct vsgx_fast_client *c, uint64_t page, uint64_t sour
             state = VSGX_PAGE_MISSING;
         } else {
             memcpy(slot_snapshot(c, slot), slot_data(c, slot), PAGE_BYTES);
+            a->slot_pages[slot] = page;
         }
     }
     a->page_slot = slot;
@@ -444,9 +448,21 @@ static int serve(struct vsgx_fast_client *c, struct vsgx_fast_exit *out)
                 answer_page(c, page, 0, VSGX_PAGE_MISSING);
                 continue;
             }
+            /* A page a slot holds already: the runner lost its mapping
+               (enclave code unmapped it) or the request is made up. The same
+               slot again, with what the enclave wrote there so far. */
+            uint32_t held = VSGX_CLIENT_SLOTS;
             for (uint32_t slot = 0; slot < VSGX_CLIENT_SLOTS; slot++)
                 if (c->slots[slot].page == page)
-                    drop_slot(c, slot);  /* the runner lost it (enclave code unmapped it) */
+                    held = slot;
+            if (held < VSGX_CLIENT_SLOTS) {
+                a->slot_pages[held] = page;
+                a->page_slot = held;
+                a->page_state = c->slots[held].writable ? VSGX_PAGE_WRITABLE
+                                                        : VSGX_PAGE_READ_ONLY;
+                send_request(c, VSGX_REQ_PAGE);
+                continue;
+            }
 #ifdef VSGX_CLIENT_OWN_MEMORY
             int state = vsgx_page_state(page);
             answer_page(c, page, page, state);
@@ -485,10 +501,6 @@ CLIENT_API int vsgx_fast_enter(struct vsgx_fast_client *c, uint32_t request,
         return VSGX_FAST_CLOSED;
     memcpy((void *)a->regs, regs, sizeof(a->regs));
     a->return_rip = return_rip;
-    uint32_t count = c->unmap_count;
-    memcpy((void *)a->unmap_slots, c->unmap, count * sizeof(uint32_t));
-    a->unmap_count = count;
-    c->unmap_count = 0;
     c->seen_reply = __atomic_load_n(&a->reply_seq, __ATOMIC_ACQUIRE);
     send_request(c, request);
     return serve(c, out);

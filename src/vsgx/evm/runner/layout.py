@@ -103,10 +103,6 @@ GRANT_FRAMES = 16  # SSA frames a grant can describe (a TCS with more NSSA: no g
 PYTHON_SLOTS = 512  # page-pool slots the EVM's executor maps untrusted pages from
 CLIENT_SLOTS = 256  # slots after those that the fast path's client fills
 POOL_SLOTS = PYTHON_SLOTS + CLIENT_SLOTS
-# Client slots one request may ask the runner to unmap: every slot, since a
-# slot waiting to be unmapped is not reused (a shorter list would leave some
-# mapped, and the enclave would read and write them stale).
-MAX_UNMAP = CLIENT_SLOTS
 MAX_EXIT_SITES = 32  # rewritten EEXIT sites the COMMAND area names (vsgx.evm.fast_exits)
 # Fast-exit mode's exit gate: one page of the runner just below ELRANGE,
 # entry i at GATE_ENTRY_SIZE * i for the EEXIT site rewritten into a jump
@@ -207,7 +203,9 @@ CLIENT = Area("vsgx_client", 4096, (
     Field("page_write", 240, "u32"),  # ... for a write
     Field("page_slot", 244, "u32"),  # REQ_PAGE: the client slot that holds it
     Field("page_state", 248, "u32"),  # REQ_PAGE: PAGE_*
-    Field("unmap_count", 252, "u32"),  # with an entry: client slots to unmap first
+    # The client dropped a slot since the runner last looked at slot_pages:
+    # before its next entry the runner unmaps what the client no longer holds.
+    Field("slots_dropped", 252, "u32"),
     Field("entries", 512, "u32"),  # statistics the runner keeps (tests, benchmarks)
     Field("page_requests", 516, "u32"),
     # Where each side last ran (RDPID + 1; 0: unknown): a waiter whose peer
@@ -215,7 +213,12 @@ CLIENT = Area("vsgx_client", 4096, (
     # run meanwhile). Hints only: written by everyone, trusted by no one.
     Field("runner_cpu", 520, "u32"),
     Field("client_cpu", 524, "u32"),
-    Field("unmap_slots", 1024, "u32", MAX_UNMAP),
+    # The page each client slot holds for the client (0: none). The runner
+    # maps a slot only where the client answered a page; before an entry
+    # (fast or the EVM's) it unmaps each slot that no longer holds what it
+    # maps. A state, not a list of changes: nothing is lost if a signal cuts
+    # that work short, the next entry finishes it.
+    Field("slot_pages", 2048, "u64", CLIENT_SLOTS),
 ))
 
 STATE = Area("vsgx_state", 4096, (
@@ -291,7 +294,7 @@ def _defines() -> list[str]:
         "VSGX_REG_COUNT": REG_COUNT,
         "VSGX_GRANT_FRAMES": GRANT_FRAMES, "VSGX_PYTHON_SLOTS": PYTHON_SLOTS,
         "VSGX_CLIENT_SLOTS": CLIENT_SLOTS, "VSGX_POOL_SLOTS": POOL_SLOTS,
-        "VSGX_MAX_UNMAP": MAX_UNMAP, "VSGX_MAX_EXIT_SITES": MAX_EXIT_SITES,
+        "VSGX_MAX_EXIT_SITES": MAX_EXIT_SITES,
         "VSGX_REQ_EENTER": REQ_EENTER, "VSGX_REQ_ERESUME": REQ_ERESUME,
         "VSGX_REQ_PAGE": REQ_PAGE, "VSGX_REPLY_EEXIT": REPLY_EEXIT, "VSGX_REPLY_AEX": REPLY_AEX,
         "VSGX_REPLY_REFUSED": REPLY_REFUSED, "VSGX_REPLY_HANDED_OVER": REPLY_HANDED_OVER,

@@ -449,6 +449,26 @@ INLINE int in_elrange(uint64_t address)
     return address >= sealed.enclave_begin && address < sealed.enclave_end;
 }
 
+/* Before any entry (the client's or the EVM's): unmap each client slot
+   that no longer holds, for the client, the page mapped from it. Done
+   again until it runs to the end, so a signal that cuts it short (runner
+   code may run unblocked) loses nothing: the mapping goes first, then our
+   record of it. */
+INLINE void reconcile_slots(void)
+{
+    struct vsgx_client *c = &vsgx_client;
+    if (!__atomic_load_n(&c->slots_dropped, __ATOMIC_ACQUIRE))
+        return;
+    for (uint32_t slot = 0; slot < VSGX_CLIENT_SLOTS; slot++) {
+        uint64_t page = vsgx_fast.slot_page[slot];
+        if (!page || c->slot_pages[slot] == page)
+            continue;
+        SYSCALL(SYS_munmap, page, 4096, 0, 0, 0, 0);
+        vsgx_fast.slot_page[slot] = 0;
+    }
+    __atomic_store_n(&c->slots_dropped, 0, __ATOMIC_RELEASE);
+}
+
 /* One command of the EVM. RUN goes into the enclave and does not return. */
 INLINE void run_command(void)
 {
@@ -462,6 +482,8 @@ INLINE void run_command(void)
         report(VSGX_STOP_OP_FAILED);
         return;
     }
+    if (cmd == VSGX_CMD_RUN)
+        reconcile_slots();  /* an ERESUME through the EVM, say */
     if (apply_ops() < 0) {
         report(VSGX_STOP_OP_FAILED);
         return;
@@ -517,21 +539,6 @@ INLINE int read_grant(struct grant *g)
     return valid == 1 && !f->handed_over;
 }
 
-/* Slots the client no longer uses for the pages they hold. */
-INLINE void unmap_requested(void)
-{
-    struct vsgx_client *c = &vsgx_client;
-    uint32_t count = c->unmap_count;
-    if (count > VSGX_MAX_UNMAP)
-        count = VSGX_MAX_UNMAP;
-    for (uint32_t i = 0; i < count; i++) {
-        uint32_t slot = c->unmap_slots[i];
-        if (slot >= VSGX_CLIENT_SLOTS || !vsgx_fast.slot_page[slot])
-            continue;
-        SYSCALL(SYS_munmap, vsgx_fast.slot_page[slot], 4096, 0, 0, 0, 0);
-        vsgx_fast.slot_page[slot] = 0;
-    }
-}
 
 INLINE void refuse(void)
 {
@@ -554,7 +561,7 @@ ENTRY_FN void fast_eenter(void)
     struct vsgx_client *c = &vsgx_client;
     copy(f->request_regs, c->regs, sizeof(f->request_regs));
     uint64_t return_rip = c->return_rip;
-    unmap_requested();
+    reconcile_slots();
     struct grant g;
     if (!read_grant(&g)) {
         refuse();
@@ -748,6 +755,12 @@ INLINE int fast_page(uint64_t page, int write)
         SYSCALL(SYS_munmap, vsgx_fast.slot_page[slot], 4096, 0, 0, 0, 0);
         vsgx_fast.slot_page[slot] = 0;
     }
+    /* The page faulted, so no other slot maps it: another record of it is
+       stale (its mapping went with a cut-short reconcile, or enclave code
+       unmapped it) and must not be taken for this one. */
+    for (uint32_t i = 0; i < VSGX_CLIENT_SLOTS; i++)
+        if (vsgx_fast.slot_page[i] == page)
+            vsgx_fast.slot_page[i] = 0;
     long r = SYSCALL(SYS_mmap, page, 4096, state == VSGX_PAGE_WRITABLE ? PROT_RW : PROT_READ,
                      MAP_SHARED | MAP_FIXED_NOREPLACE, sealed.pool_fd,
                      (uint64_t)(VSGX_PYTHON_SLOTS + slot) * 4096);

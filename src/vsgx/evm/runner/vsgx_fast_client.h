@@ -50,9 +50,7 @@ struct vsgx_fast_client {
     uint64_t spin_ns;
     uint64_t clock;
     uint64_t wanted;     /* VSGX_FAST_NEED_PAGE: the page */
-    uint32_t wanted_write;
-    uint32_t unmap[VSGX_MAX_UNMAP];
-    uint32_t unmap_count, reserved;
+    uint32_t wanted_write, reserved;
     /* statistics (tests, benchmarks) */
     uint64_t refreshed, written_back, pages_served, slept, descheduled, entries;
     struct vsgx_fast_slot slots[VSGX_CLIENT_SLOTS];
