@@ -117,9 +117,10 @@ def test_uapi_loader_runs_the_plain_enclave(programs, plain_enclave, executor) -
               "add heap", "init", "init wrong measurement",
               "map above the pages' rights", "mprotect above the pages' rights",
               "zeroed restrict probe", "vdso symbol", "put and get", "user handler",
-              "pages read afresh", "exception", "pte fault", "eresume", "threads", "raw enclu",
-              "raw enclu aex",
-              "program's own sigill", "after close", "after munmap"}
+              "pages read afresh", "kept page made read-only", "kept page made writable",
+              "slot taken for a gone page", "exception", "pte fault", "eresume", "threads",
+              "raw enclu", "raw enclu aex", "program's own sigill", "after close",
+              "after munmap"}
     if plan.ecreate.size - image_end >= 4096:
         wanted |= {"unmapped hole", "eaug on a mapped hole", "eaccept", "augmented page",
                    "hole unmapped and mapped again"}

@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -514,6 +515,73 @@ int main(int argc, char **argv)
     }
     CHECK("pages read afresh", fresh, "sums %lu %lu %lu", (unsigned long)sums[0],
           (unsigned long)sums[1], (unsigned long)sums[2]);
+
+    /* A page kept between entries whose rights the program changes: made
+       read-only, the next write is #PF 0x7 (not lost); made writable, the
+       next write lands. */
+    uint64_t *kept = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                          -1, 0);
+    uint64_t put_kept[8] = {OP_PUT_ADDRESS, 0x11, (uint64_t)kept};
+    int wrote = call(tcs0, put_kept, &run, EENTER) == 0 && run.function == EEXIT &&
+                kept[0] == 0x11;
+    mprotect(kept, PAGE, PROT_READ);
+    put_kept[1] = 0x22;
+    int refused = call(tcs0, put_kept, &run, EENTER) == 0 && run.function == ERESUME &&
+                  run.exception_vector == 14 && run.exception_error_code == 0x7;
+    mprotect(kept, PAGE, PROT_READ | PROT_WRITE);
+    int resumed = refused && call(tcs0, put_kept, &run, ERESUME) == 0 &&
+                  run.function == EEXIT && kept[0] == 0x22;
+    CHECK("kept page made read-only", wrote && refused && resumed,
+          "wrote %d refused %d (vector %u code %#x) resumed %d value %#lx", wrote, refused,
+          run.exception_vector, run.exception_error_code, resumed, (unsigned long)kept[0]);
+    mprotect(kept, PAGE, PROT_READ);
+    uint64_t get_kept[8] = {OP_GET_ADDRESS, 0, (uint64_t)kept};
+    int read_it = call(tcs0, get_kept, &run, EENTER) == 0 && get_kept[1] == 0x22;
+    mprotect(kept, PAGE, PROT_READ | PROT_WRITE);
+    put_kept[1] = 0x33;
+    CHECK("kept page made writable", read_it && call(tcs0, put_kept, &run, EENTER) == 0 &&
+          run.function == EEXIT && kept[0] == 0x33, "function %u vector %u value %#lx",
+          run.function, run.exception_vector, (unsigned long)kept[0]);
+
+    /* Every client slot in use (the op page O, the touch's op page and 254
+       pages), then a page the library's maps still show but that is gone
+       (unmapped by a raw system call, as glibc's free() does past the
+       interposed munmap): the slot taken for it (O's) is unmapped too, and
+       later entries read and write O afresh. On tcs2: no page kept yet. */
+    enum { SPREAD = 255 };
+    uint8_t *spread = mmap(NULL, (SPREAD + 2) * PAGE, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint64_t *op_o = (uint64_t *)spread, *op_touch = (uint64_t *)(spread + PAGE);
+    uint8_t *spread_pages = spread + 2 * PAGE;
+    for (int i = 0; i < SPREAD; i++)
+        ((uint64_t *)(spread_pages + i * PAGE))[0] = 1;
+    for (int i = 0; i < 3; i++) {
+        op_o[0] = OP_NOP;
+        call(tcs2, op_o, &run, EENTER);
+    }
+    uint8_t *gone_page = spread_pages + (SPREAD - 1) * PAGE;
+    syscall(SYS_munmap, gone_page, PAGE);
+    memset(op_touch, 0, 64);
+    op_touch[0] = OP_TOUCH;
+    op_touch[1] = (uint64_t)spread_pages;
+    op_touch[2] = SPREAD;
+    int faulted = call(tcs2, op_touch, &run, EENTER) == 0 && run.function == ERESUME &&
+                  run.exception_vector == 14;
+    mmap(gone_page, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    ((uint64_t *)gone_page)[0] = 1;
+    int touched_all = faulted && call(tcs2, op_touch, &run, ERESUME) == 0 &&
+                      run.function == EEXIT && op_touch[3] == SPREAD;
+    memset(op_o, 0, 64);
+    op_o[0] = OP_PUT_BUFFER;
+    op_o[1] = 0x7777;
+    int put_o = call(tcs2, op_o, &run, EENTER) == 0 && run.function == EEXIT;
+    uint64_t got_o = get_buffer(tcs1);
+    memset(op_o, 0, 64);
+    op_o[0] = OP_GET_BUFFER;
+    int get_o = call(tcs2, op_o, &run, EENTER) == 0 && op_o[1] == 0x7777;
+    CHECK("slot taken for a gone page", touched_all && put_o && got_o == 0x7777 && get_o,
+          "faulted %d touched %d (sum %lu) put %d buffer %#lx got %#lx", faulted, touched_all,
+          (unsigned long)op_touch[3], put_o, (unsigned long)got_o, (unsigned long)op_o[1]);
 
     memset(&run, 0, sizeof(run));
     run.tcs = tcs0;

@@ -33,7 +33,7 @@ RUNNER_HEADERS = ("vsgx_fast_client.h",)
 LAYOUT_HEADER = "vsgx_layout.h"
 PROTOCOL_HEADER = "vsgx_device_protocol.h"
 CFLAGS = ("-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter",
-          "-Wno-missing-attributes",
+          "-Wno-missing-attributes", "-Werror=implicit-function-declaration",
           "-fvisibility=hidden", "-ftls-model=initial-exec", "-fno-strict-aliasing",
           "-D_GNU_SOURCE", "-Wl,-z,noexecstack", "-Wl,-z,now", "-pthread")
 LIBS = ("-ldl",)

@@ -403,7 +403,7 @@ static uint32_t take_slot(struct vsgx_fast_client *c)
             oldest = slot;
     }
     write_back_slot(c, oldest);
-    c->slots[oldest].page = 0;
+    drop_slot(c, oldest);  /* unmapped even if the new page cannot be read */
     return oldest;
 }
 

@@ -747,6 +747,7 @@ INLINE int fast_page(uint64_t page, int write)
         vsgx_fast.last_req = seq;
         break;
     }
+    reconcile_slots();  /* a slot the client took back for this page, say */
     uint32_t kind = c->request, slot = c->page_slot, state = c->page_state;
     if (kind != VSGX_REQ_PAGE || slot >= VSGX_CLIENT_SLOTS ||
         (state != VSGX_PAGE_READ_ONLY && state != VSGX_PAGE_WRITABLE))

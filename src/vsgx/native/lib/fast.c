@@ -48,6 +48,7 @@ struct fast_tcs {
     pid_t pid;
     uint64_t file, tcs;
     void *area, *pool, *snapshots;
+    uint64_t maps_seen;  /* vsgx_maps_generation at the last entry */
     struct vsgx_fast_client client;
 };
 
@@ -270,10 +271,24 @@ int vsgx_fast_enter_or_begin(uint32_t leaf, uint64_t file, uint64_t *regs, uint6
         return 0;
     /* Any entry of the TCS, even one through the launcher, runs between
        begin and end: the pages the runner keeps are this client's. BUSY:
-       another thread's entry of the TCS is in flight; the EVM decides. */
-    if (vsgx_fast_begin(&t->client) != 0)
-        return 0;
+       another thread's entry of the TCS is in flight, so the TCS is busy:
+       #GP(0), as on hardware (through the launcher the entry would run on
+       the slots the other one is writing back). */
+    if (vsgx_fast_begin(&t->client) != 0) {
+        memset(result, 0, sizeof(*result));
+        result->kind = VSGX_EXIT_FAULT;
+        result->vector = 13;
+        return 1;
+    }
     *begun = t;
+    /* A page kept since the program changed its mappings may be gone or
+       have other rights: the kept pages go, and come back as the enclave
+       touches them, with the rights they have now. */
+    uint64_t generation = vsgx_maps_generation();
+    if (generation != t->maps_seen) {
+        vsgx_fast_forget(&t->client);
+        t->maps_seen = generation;
+    }
     if (leaf != ENCLU_EENTER)
         return 0;  /* ERESUME goes through the EVM */
     uint64_t at_enclu[R_COUNT];

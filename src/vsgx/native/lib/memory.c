@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -171,9 +172,19 @@ static int lookup(uint64_t page)
     return -1;
 }
 
+/* Moves on with every mapping change the library sees (its mmap, munmap,
+   mprotect): the fast path's kept pages are looked at afresh after one. */
+static _Atomic uint64_t maps_generation;
+
 void vsgx_maps_invalidate(void)
 {
     maps_valid = 0;
+    atomic_fetch_add(&maps_generation, 1);
+}
+
+uint64_t vsgx_maps_generation(void)
+{
+    return atomic_load(&maps_generation);
 }
 
 int vsgx_page_state(uint64_t page)

@@ -83,6 +83,7 @@ VSGX_HIDDEN int vsgx_read_own(uint64_t address, void *out, size_t length);   /* 
 VSGX_HIDDEN int vsgx_write_own(uint64_t address, const void *data, size_t length);
 VSGX_HIDDEN int vsgx_page_state(uint64_t page);  /* VSGX_PAGE_* */
 VSGX_HIDDEN void vsgx_maps_invalidate(void);
+VSGX_HIDDEN uint64_t vsgx_maps_generation(void);
 VSGX_HIDDEN int vsgx_serve_page_request(int fd, const uint8_t *message, size_t length);
 
 /* device.c */
