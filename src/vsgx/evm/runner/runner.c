@@ -258,6 +258,7 @@ struct fast {
     uint64_t aep, entry_fs, entry_gs;
     uint64_t request_regs[VSGX_REG_COUNT];
     uint64_t slot_page[VSGX_CLIENT_SLOTS];  /* where each client slot is mapped, or 0 */
+    uint32_t reconciling;      /* a reconcile_slots was cut short: do it again */
 };
 struct fast vsgx_fast __attribute__((section(".bss.vsgx_scratch"), aligned(64)));
 #define FAST_OFF_IN_REQUEST 24
@@ -450,23 +451,25 @@ INLINE int in_elrange(uint64_t address)
 }
 
 /* Before any entry (the client's or the EVM's): unmap each client slot
-   that no longer holds, for the client, the page mapped from it. Done
-   again until it runs to the end, so a signal that cuts it short (runner
-   code may run unblocked) loses nothing: the mapping goes first, then our
-   record of it. */
+   that no longer holds, for the client, the page mapped from it. The
+   client's flag is taken before the scan (a drop it makes meanwhile sets it
+   again); ours says the scan has not run to its end, so a signal that cuts
+   it short (runner code may run unblocked) loses nothing: it is done again,
+   and the mapping goes before our record of it. */
 INLINE void reconcile_slots(void)
 {
     struct vsgx_client *c = &vsgx_client;
-    if (!__atomic_load_n(&c->slots_dropped, __ATOMIC_ACQUIRE))
+    if (!__atomic_exchange_n(&c->slots_dropped, 0, __ATOMIC_ACQ_REL) && !vsgx_fast.reconciling)
         return;
+    vsgx_fast.reconciling = 1;
     for (uint32_t slot = 0; slot < VSGX_CLIENT_SLOTS; slot++) {
         uint64_t page = vsgx_fast.slot_page[slot];
-        if (!page || c->slot_pages[slot] == page)
+        if (!page || __atomic_load_n(&c->slot_pages[slot], __ATOMIC_ACQUIRE) == page)
             continue;
         SYSCALL(SYS_munmap, page, 4096, 0, 0, 0, 0);
         vsgx_fast.slot_page[slot] = 0;
     }
-    __atomic_store_n(&c->slots_dropped, 0, __ATOMIC_RELEASE);
+    vsgx_fast.reconciling = 0;
 }
 
 /* One command of the EVM. RUN goes into the enclave and does not return. */
