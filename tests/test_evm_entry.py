@@ -4,6 +4,9 @@ expect: in-process on every executor, and a few across the channel."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from vsgx.arch import Fault, PfErrorCode, Vector
@@ -22,6 +25,7 @@ from plain_ops import (
     OP_NOP,
     OP_READ_VIA_RAX,
     OP_SYSCALL,
+    OP_WAIT_FLAG,
 )
 
 
@@ -115,6 +119,39 @@ def test_pte_write_protection_is_a_plain_0x7_fault(plain):
     plain.enclave.mprotect(data_page, 4096, 0x3)
     assert plain.enclave.eresume(plain.tcs[0]).kind == "eexit"
     assert plain.get(data_page)[1] == 1
+
+
+def test_rights_taken_from_a_page_reach_a_thread_already_inside(plain):
+    """mprotect of ELRANGE while a thread is inside: Linux's TLB shootdown
+    interrupts it (an AEX), and its next access to the page walks the new
+    page tables: a thread spinning on a page that became PROT_NONE faults
+    on it (#PF), however long it has been in, on each path."""
+    flag = plain.symbol("encl_flag")
+    page = flag & ~4095
+    plain.call(0, OP_NOP)
+    done: dict[str, object] = {}
+
+    def wait() -> None:
+        done["exit"] = plain.call(0, OP_WAIT_FLAG, 42, 1 << 40)[0]
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    encl = plain.enclave.avm.evm.enclave(plain.enclave.handle.secs_page)
+    deadline = time.monotonic() + 30
+    while plain.tcs[0] not in encl.inside:
+        assert time.monotonic() < deadline, "the waiter never entered"
+        time.sleep(0.01)
+    time.sleep(0.1)
+    plain.enclave.mprotect(page, 4096, 0)
+    waiter.join(30)
+    assert not waiter.is_alive(), "the thread inside kept reading a PROT_NONE page"
+    fault = done["exit"]
+    assert fault.aex and fault.vector == Vector.PF and fault.address == page  # type: ignore[attr-defined]
+    plain.enclave.mprotect(page, 4096, 0x3)
+    epc = plain.enclave.handle.pages[page].epc
+    assert plain.enclave.avm.evm.edbgwr(epc + (flag - page), 42).name == "SUCCESS"
+    resumed = plain.enclave.eresume(plain.tcs[0])
+    assert resumed.kind == "eexit" and plain.read_op(0, 24, 8) == (1).to_bytes(8, "little")
 
 
 def test_nssa_frames_bound_nested_exceptions(plain):

@@ -297,6 +297,13 @@ class EnclaveVM:
                 raise gp("the range is not page aligned inside ELRANGE")
             end = linaddr + count * PAGE_SIZE
             pte, pages = encl.pte, range(linaddr, end, PAGE_SIZE)
+            if encl.inside and prot != 0b111 and \
+                    any(pte.get(page, 0b111) & ~prot for page in pages):
+                # Rights taken away: Linux's TLB shootdown interrupts every
+                # CPU that runs the process, so a thread inside takes an
+                # AEX and its next page walk sees the new PTEs (SDM 37.3:
+                # the page tables are checked before the EPCM).
+                self._interrupt_inside(encl)
             if prot != 0b111:
                 pte.update(dict.fromkeys(pages, prot))
             elif count > len(pte):  # all rights: the default, no entry
@@ -448,11 +455,14 @@ class EnclaveVM:
         """An IPI to every logical processor inside the enclave: each takes
         an AEX (the driver's way to complete ETRACK tracking)."""
         with self.machine.lock:
-            encl = encls.secs_of(self.machine, secs_page)
-            for tcs in list(encl.inside):
-                thread = encl.threads.get(tcs)
-                if isinstance(thread, EnclaveThread):
-                    thread.executor.request_stop(interrupt=True)
+            self._interrupt_inside(encls.secs_of(self.machine, secs_page))
+
+    @staticmethod
+    def _interrupt_inside(encl: EnclaveState) -> None:
+        for tcs in list(encl.inside):
+            thread = encl.threads.get(tcs)
+            if isinstance(thread, EnclaveThread):
+                thread.executor.request_stop(interrupt=True)
 
     def clear_epc(self, base: int, size: int) -> None:
         """EREMOVE every page of an EPC range (an AVM session's slice when it
