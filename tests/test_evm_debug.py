@@ -43,6 +43,31 @@ def test_edbgrd_and_edbgwr_on_a_debug_enclave(leaf_plain):
         vm.edbgrd(epc + 3)
 
 
+def test_a_breakpoint_written_into_code_that_already_ran_is_hit(plain):
+    """EDBGWR of an INT3 into a function the enclave has run (a debugger's
+    breakpoint): the next call stops there with #BP on every executor (no
+    stale translation of the old bytes), and the old bytes run again once
+    they are written back."""
+    from plain_ops import OP_DIVIDE
+
+    vm = plain.enclave.avm.evm
+    function = plain.symbol("encl_divide")
+    word = function & ~7
+    epc = plain.enclave.handle.pages[function & ~4095].epc + (word & 4095)
+    result, words = plain.call(0, OP_DIVIDE, 10, 2)
+    assert result.kind == "eexit" and words[3] == 5
+    status, original = vm.edbgrd(epc)
+    assert status is SgxError.SUCCESS
+    shift = 8 * (function - word)
+    patched = original & ~(0xFF << shift) | 0xCC << shift
+    assert vm.edbgwr(epc, patched) is SgxError.SUCCESS
+    stopped, _ = plain.call(0, OP_DIVIDE, 10, 2)
+    assert stopped.aex and stopped.vector == Vector.BP
+    assert vm.edbgwr(epc, original) is SgxError.SUCCESS
+    result, words = plain.call(1, OP_DIVIDE, 12, 3)  # TCS 0 waits in its AEX
+    assert result.kind == "eexit" and words[3] == 4
+
+
 def test_edbgrd_of_a_production_enclave_faults(plain_enclave, make_avm):
     enclave = Enclave.load(plain_enclave.signed, evm=make_avm(), debug=False)
     vm = enclave.avm.evm

@@ -202,9 +202,6 @@ class EnclaveState:
     inside: dict[int, int] = field(default_factory=dict)
     # bumped whenever EPCM or page-table permissions of a page change
     generation: int = 0
-    # pages whose contents changed without a permission change (EDBGWR):
-    # executors drop their translations of them
-    rewritten: list[int] = field(default_factory=list)
     # fast-exit mode (vsgx.evm.fast_exits): the ENCLUs rewritten into INT3,
     # the runner's exit gate page (0: none) and its entries in use (entry
     # address -> the EEXIT ENCLU that jumps there)

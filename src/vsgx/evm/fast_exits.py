@@ -128,8 +128,7 @@ def _write(encl: EnclaveState, address: int, code: bytes) -> None:
     offset = address - encl.base
     encl.memory.view[offset:offset + len(code)] = code
     for page in {address & ~(PAGE_SIZE - 1), (address + len(code) - 1) & ~(PAGE_SIZE - 1)}:
-        encl.rewritten.append(page)
-        encl.note_change(page)
+        encl.note_change(page)  # executors drop their translations of it
 
 
 def rewrite_exit_sites(encl: EnclaveState) -> frozenset[int]:

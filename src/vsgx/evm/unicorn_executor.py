@@ -107,7 +107,6 @@ class UnicornExecutor:
         self.untrusted_prot: dict[int, int] = {}
         self.generation = -1
         self.mark = (0, 0)  # the enclave's change mark at our last sync
-        self.rewritten_seen = 0
         self.event: Stop | None = None
         self.retry: tuple[list[int], int | None] | None = None
         self.stop_requested = False
@@ -186,12 +185,10 @@ class UnicornExecutor:
         encl = self.encl
         if self.generation == encl.generation:
             return
-        rewritten = encl.rewritten[self.rewritten_seen:]
-        self.rewritten_seen = len(encl.rewritten)
+        # rewritten code (EDBGWR, fast-exit sites) is in the journal as well
         changed = encl.changes_since(self.mark) if self.generation >= 0 else None
         code = self.code_pages
         stale = set(code) if changed is None else code.intersection(changed)
-        stale.update(page for page in rewritten if page in code)
         for page in stale:
             self.uc.ctl_remove_cache(page, page + PAGE_SIZE)
             code.discard(page)

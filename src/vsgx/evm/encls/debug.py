@@ -61,8 +61,9 @@ def edbgwr(m: Machine, address: int, value: int) -> SgxError:
     if not encl.debug:
         raise gp("EDBGWR of a non-debug enclave", "enclave_not_debug")
     encl.page_view(entry.linaddr)[offset:offset + WORD] = (value & _U64).to_bytes(WORD, "little")
-    encl.rewritten.append(entry.linaddr)
-    encl.note_change(entry.linaddr)  # executors cache TCS contents by generation
+    # executors cache TCS contents by generation, and drop translated code
+    # of the pages the journal names
+    encl.note_change(entry.linaddr)
     return SgxError.SUCCESS
 
 
