@@ -297,8 +297,9 @@ class EnclaveVM:
                 raise gp("the range is not page aligned inside ELRANGE")
             end = linaddr + count * PAGE_SIZE
             pte, pages = encl.pte, range(linaddr, end, PAGE_SIZE)
-            if encl.inside and prot != 0b111 and \
-                    any(pte.get(page, 0b111) & ~prot for page in pages):
+            if encl.inside and prot != 0b111 and (
+                    count > _JOURNALLED_PROTECT  # too many to look at: as if some lost rights
+                    or any(pte.get(page, 0b111) & ~prot for page in pages)):
                 # Rights taken away: Linux's TLB shootdown interrupts every
                 # CPU that runs the process, so a thread inside takes an
                 # AEX and its next page walk sees the new PTEs (SDM 37.3:
