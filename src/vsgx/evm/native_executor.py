@@ -1345,6 +1345,8 @@ class FastClient:
         # Taken first: the slots are this entry's alone from here (another
         # thread's entry of the TCS may be using them right now).
         if self._lib.vsgx_fast_begin(self._c) != 0:
+            if self.closed:
+                return False  # close() holds it a moment: the entry goes to the EVM
             raise gp("the TCS is busy (another thread's entry of it is in flight)")
         block.holding = True
         source = (untrusted, untrusted.generation)
@@ -1401,6 +1403,8 @@ class FastClient:
                     self._trim_pinned()
                 return code, True
             if code == FAST_BUSY:  # nothing begun (ended is 0)
+                if self.closed:
+                    return None  # close() holds it a moment: the entry goes to the EVM
                 raise gp("the TCS is busy (another thread's entry of it is in flight)")
             block.holding = True
             return self._served(code, untrusted), False
