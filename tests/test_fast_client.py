@@ -15,7 +15,6 @@ import time
 import pytest
 
 from vsgx.arch.constants import PAGE_SIZE
-from vsgx.arch.errors import Fault
 from vsgx.evm import native_support
 from vsgx.evm.executor import REG_COUNT
 from vsgx.evm.native_executor import FAST_EEXIT, FAST_REFUSED, FastClient, client_library
@@ -151,56 +150,3 @@ def test_a_reply_the_runner_never_sends_is_a_refusal():
         assert code == FAST_REFUSED, value
         assert not client.closed
 
-
-def test_an_entry_that_meets_the_client_being_closed_goes_to_the_evm():
-    """close() (a runner parked by another thread's entry, say) holds the
-    client a moment while it lets go of its pages: an entry that found the
-    client open just before is sent to the EVM (None), not refused with the
-    #GP of a busy TCS."""
-    area = mmap.mmap(-1, CLIENT.size)
-    struct.pack_into("<I", area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
-    pool = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
-    client = FastClient(area, pool, 0, ENCLAVE_BASE, 1 << 20, None, "played")
-    memory = Pages(1)
-    runner = PlayedRunner(area, pool)
-    player = threading.Thread(target=lambda: (runner.wait_request(),
-                                              runner.reply(layout.REPLY_EEXIT)))
-    player.start()
-    assert client.begin(memory)  # one entry: the next call takes the packed path
-    client.enter(layout.REQ_EENTER, [0] * REG_COUNT, 0x1234, memory)
-    client.end()
-    player.join()
-    lib, packed = client._lib, client._call_packed
-    forgetting, go_on = threading.Event(), threading.Event()
-
-    class Pausing:
-        """The library, with close()'s forget held until the entry tried."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(lib, name)
-
-        def vsgx_fast_forget(self, c: int) -> None:
-            forgetting.set()
-            go_on.wait(5)
-            lib.vsgx_fast_forget(c)
-
-    closer = threading.Thread(target=client.close)
-
-    def entered_as_close_runs(address: int) -> int:
-        client._lib = Pausing()  # type: ignore[assignment]
-        closer.start()
-        assert forgetting.wait(5)
-        try:
-            return int(packed(address))
-        finally:
-            go_on.set()
-
-    client._call_packed = entered_as_close_runs  # type: ignore[method-assign]
-    try:
-        assert client.call(layout.REQ_EENTER, [0] * REG_COUNT, 0x1234, memory) is None
-    except Fault as fault:
-        raise AssertionError(f"the entry was refused: {fault}") from None
-    finally:
-        go_on.set()
-        closer.join()
-    assert client.closed
