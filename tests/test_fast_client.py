@@ -11,6 +11,7 @@ import mmap
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -79,18 +80,35 @@ class PlayedRunner:
         return memoryview(self.pool)[slot * PAGE_SIZE:(slot + 1) * PAGE_SIZE]
 
 
+def played_client() -> tuple[FastClient, PlayedRunner]:
+    """A client on a CLIENT area and a pool of this process, with the
+    runner played here."""
+    area = mmap.mmap(-1, CLIENT.size)
+    struct.pack_into("<I", area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
+    pool = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
+    return (FastClient(area, pool, 0, ENCLAVE_BASE, 1 << 20, None, "played"),
+            PlayedRunner(area, pool))
+
+
+def enter_once(client: FastClient, memory: Pages, play: Callable[[], None]) -> int:
+    """One EENTER of ``client`` while ``play`` plays the runner: its result."""
+    player = threading.Thread(target=play)
+    player.start()
+    assert client.begin(memory)
+    code = client.enter(layout.REQ_EENTER, [0] * REG_COUNT, 0x1234, memory)
+    client.end()
+    player.join()
+    return int(code)
+
+
 def test_made_up_page_requests_are_answered_from_the_slot_that_holds_the_page():
     """Every slot filled, then 300 requests for pages the client holds
     already (enclave code can make them up): each comes back from the slot
     that holds it, with what the enclave wrote there, never from a slot
     past the last (the client's memory after its slots) — and the write
     reaches the application at the exit."""
-    area = mmap.mmap(-1, CLIENT.size)
-    struct.pack_into("<I", area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
-    pool = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
-    client = FastClient(area, pool, 0, ENCLAVE_BASE, 1 << 20, None, "played")
+    client, runner = played_client()
     memory = Pages(layout.CLIENT_SLOTS)
-    runner = PlayedRunner(area, pool)
     answers: list[tuple[int, int]] = []
     failures: list[BaseException] = []
 
@@ -110,12 +128,7 @@ def test_made_up_page_requests_are_answered_from_the_slot_that_holds_the_page():
             failures.append(exc)
             runner.reply(layout.REPLY_EEXIT)
 
-    player = threading.Thread(target=play)
-    player.start()
-    assert client.begin(memory)
-    code = client.enter(layout.REQ_EENTER, [0] * REG_COUNT, 0x1234, memory)
-    client.end()
-    player.join()
+    code = enter_once(client, memory, play)
     assert not failures, failures
     assert code == FAST_EEXIT
     assert all(slot < layout.CLIENT_SLOTS for _, slot in answers)
@@ -130,23 +143,12 @@ def test_a_reply_the_runner_never_sends_is_a_refusal():
     """REPLY_BAD, or a value no runner writes, sends the entry to the EVM;
     neither is taken for the EVM's closing of the runner."""
     for value in (layout.REPLY_BAD, 7, 0xFFFFFFFF):
-        area = mmap.mmap(-1, CLIENT.size)
-        struct.pack_into("<I", area, CLIENT.offset("magic"), layout.CLIENT_MAGIC)
-        pool = mmap.mmap(-1, layout.CLIENT_SLOTS * PAGE_SIZE)
-        client = FastClient(area, pool, 0, ENCLAVE_BASE, 1 << 20, None, "played")
-        runner = PlayedRunner(area, pool)
-        memory = Pages(1)
+        client, runner = played_client()
 
         def play(value: int = value, runner: PlayedRunner = runner) -> None:
             runner.wait_request()
             runner.reply(value)
 
-        player = threading.Thread(target=play)
-        player.start()
-        assert client.begin(memory)
-        code = client.enter(layout.REQ_EENTER, [0] * REG_COUNT, 0x1234, memory)
-        client.end()
-        player.join()
-        assert code == FAST_REFUSED, value
+        assert enter_once(client, Pages(1), play) == FAST_REFUSED, value
         assert not client.closed
 
